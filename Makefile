@@ -1,0 +1,60 @@
+# Entry points. Each target creates the virtual environment on first use.
+#   make demo   generate a few days of shop data and run the ingest DAG on each, end to end
+#   make test   the default test suite (< 15 minutes on 2 cores)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export SHOPML_HOME ?= $(CURDIR)/.state
+DEMO_START ?= 2026-11-01
+DEMO_DAYS ?= 3
+PIP_VERSION := 26.3
+
+.PHONY: install demo test test-slow bench-data lock lint clean airflow-test
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==$(PIP_VERSION)"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+	@echo "installed into $(VENV) (versions pinned by requirements.lock)"
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $(DEMO_DAYS)
+	@for i in $$(seq 1 $(DEMO_DAYS)); do \
+	  run=$$(date -u -d "$(DEMO_START) + $$i day" +%F); \
+	  echo "== airflow dags test ingest_events $$run (data interval: the day before) =="; \
+	  $(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-$$run.log 2>&1 \
+	    || { tail -40 $(SHOPML_HOME)/demo-$$run.log; exit 1; }; \
+	  grep -hE "ingested|validation of|dataset version" $(SHOPML_HOME)/demo-$$run.log | sed -E 's/^.*(ingested|validation of|dataset version)/\1/' | sort -u; \
+	done
+	@echo "state folder: $(SHOPML_HOME)"
+	@echo "data docs:    $(SHOPML_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html"
+	@echo "dataset:      $$(cat $(SHOPML_HOME)/dataset/versions/current.json | $(PY) -c 'import json,sys; d=json.load(sys.stdin); print(d["version"], d["path"])')"
+
+test: install
+	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+bench-data: install
+	$(PY) -m benchmarks.bench_data
+
+lint: install
+	$(BIN)/ruff check pipeline dags tests benchmarks
+
+# Re-resolve every dependency from pyproject.toml and pin the result.
+lock:
+	rm -rf /tmp/shopml-lock && $(PYTHON) -m venv /tmp/shopml-lock
+	/tmp/shopml-lock/bin/pip install --quiet "pip==$(PIP_VERSION)" && /tmp/shopml-lock/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '1,2p' requirements.lock; /tmp/shopml-lock/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(SHOPML_HOME) .pytest_cache

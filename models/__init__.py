@@ -1,0 +1,1 @@
+"""PyTorch models, their configs and the training loop (see the training issue)."""

@@ -1,0 +1,167 @@
+"""Command line: every stage, callable the same way Airflow and DVC call it.
+
+    python -m pipeline generate [--days N] [--events-per-day N] [--seed S] [--start-date D]
+    python -m pipeline ingest   --date D | --start D --days N  [--adapter A] [--events-source URI]
+    python -m pipeline validate --date D | --start D --days N
+    python -m pipeline version  --date D | --start D --days N  [--no-push]
+    python -m pipeline run      --date D | --start D --days N  (ingest, validate, version)
+    python -m pipeline airflow ARGS...   (airflow with this project's DAGs and state)
+
+Bad input ends with exit code 2 and one line that names the problem; a failed validation ends with
+exit code 3 and the validation summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+from pipeline.params import ParamsError, load_params
+
+
+def _days(args: argparse.Namespace) -> list[str]:
+    if args.date:
+        return [args.date]
+    start = date.fromisoformat(args.start)
+    return [(start + timedelta(days=i)).isoformat() for i in range(args.days)]
+
+
+def _add_interval(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--date", help="one UTC day, YYYY-MM-DD")
+    group.add_argument("--start", help="first UTC day of a range, YYYY-MM-DD")
+    p.add_argument("--days", type=int, default=1, help="number of days from --start (default 1)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=None, help="params.yaml to read")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="simulate a shop and write raw landing files")
+    g.add_argument("--days", type=int)
+    g.add_argument("--events-per-day", type=int)
+    g.add_argument("--initial-users", type=int)
+    g.add_argument("--initial-items", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--start-date")
+    g.add_argument("--format", choices=("csv", "parquet"))
+    g.add_argument("--out", type=Path, help="landing folder (default: $SHOPML_HOME/landing)")
+
+    i = sub.add_parser("ingest", help="ingest days from the landing folder or a URI into staging")
+    _add_interval(i)
+    i.add_argument("--adapter")
+    i.add_argument("--events-source")
+    i.add_argument("--catalog-source")
+
+    v = sub.add_parser("validate", help="validate staged days with the Great Expectations suites")
+    _add_interval(v)
+
+    r = sub.add_parser("version", help="publish validated days and version the dataset with DVC")
+    _add_interval(r)
+    r.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
+
+    a = sub.add_parser("run", help="ingest, validate and version each day in turn")
+    _add_interval(a)
+    a.add_argument("--adapter")
+    a.add_argument("--events-source")
+    a.add_argument("--catalog-source")
+    return parser
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def run_airflow(airflow_args: list[str]) -> int:
+    """Run the ``airflow`` command against this project's DAGs and state folder.
+
+    On the embedded SQLite default the metadata database is created on first use.
+    """
+    import os
+    import subprocess
+
+    from pipeline.settings import airflow_env, get_state_paths
+
+    paths = get_state_paths()
+    env = airflow_env(paths, Path(__file__).resolve().parent.parent / "dags")
+    airflow = str(Path(sys.executable).parent / "airflow")
+    conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if conn.startswith("sqlite:///") and not Path(conn.removeprefix("sqlite:///")).exists():
+        paths.airflow_home.mkdir(parents=True, exist_ok=True)
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    os.execve(airflow, [airflow, *airflow_args], env)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["airflow"]:
+        return run_airflow(argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "dvc", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from pipeline.ingest import IngestError, Interval, ingest_events
+    from pipeline.settings import get_state_paths
+    from pipeline.validate import ValidationFailed, validate_batch
+
+    try:
+        params = load_params(args.params)
+        paths = get_state_paths()
+        if args.command == "generate":
+            from pipeline.generate import generate_shop_data
+
+            overrides = {k: getattr(args, k) for k in ("days", "events_per_day", "initial_users",
+                                                       "initial_items", "seed", "start_date", "format")
+                         if getattr(args, k) is not None}
+            gp = dataclasses.replace(params.generate, **overrides)
+            days = generate_shop_data(gp, args.out or paths.landing)
+            for d in days:
+                print(f"generated {d.day}: {d.events} events -> {d.events_path}; "
+                      f"{d.catalog_items} items -> {d.catalog_path}")
+            return 0
+
+        ingest_kwargs = {}
+        if args.command in ("ingest", "run"):
+            ingest_kwargs = dict(
+                events_source=args.events_source or params.ingest.events_source,
+                adapter_name=args.adapter or params.ingest.adapter,
+                catalog_source=args.catalog_source if args.catalog_source is not None
+                else params.ingest.catalog_source,
+            )
+        for day in _days(args):
+            interval = Interval.for_day(day)
+            if args.command in ("ingest", "run"):
+                ingest_events(interval, paths=paths, **ingest_kwargs)
+            if args.command in ("validate", "run"):
+                validate_batch(interval, paths, params.validate)
+            if args.command in ("version", "run"):
+                from pipeline.version import version_dataset
+
+                version = version_dataset(interval, paths, push=not getattr(args, "no_push", False))
+                report = paths.reports / "version" / f"{day}.json"
+                report.parent.mkdir(parents=True, exist_ok=True)
+                report.write_text(json.dumps(version.to_dict(), indent=2))
+                print(f"published {day}: dataset version {version.version} "
+                      f"({version.files} files) pushed to {version.remote or '(not pushed)'}")
+        return 0
+    except ValidationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (IngestError, ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Ingest one data interval of raw shop events into staged, typed, de-duplicated partitions.
+
+Ingestion never touches the canonical dataset: it writes to ``staging/``; only a batch that passes
+validation is published (see :mod:`pipeline.version`). So a bad rerun of an interval can never
+overwrite data that was accepted before.
+
+Every row read either lands in the staged partition, is a duplicate of one that does, falls outside
+the interval (it belongs to another run), or goes to the interval's quarantine file with the file,
+row, column, value and reason. Rerunning an interval replaces its staged partition and quarantine
+file, so the same input always gives the same bytes and never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import fsspec
+import polars as pl
+
+from pipeline.adapters import Adapter, get_adapter
+from pipeline.schema import (
+    CATALOG_COLUMNS,
+    CATALOG_SCHEMA,
+    EVENT_COLUMNS,
+    EVENT_TYPES,
+    EVENTS_SCHEMA,
+    EVENTS_SORT_KEY,
+    PARTITION_FILE,
+    partition_dir_name,
+)
+from pipeline.settings import StatePaths
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_COLUMNS = ("_source_file", "_source_row", "_column", "_value", "_reason")
+
+
+class IngestError(ValueError):
+    """The source cannot be ingested at all (no files, missing columns, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A half-open span of UTC time, [start, end), made of whole days."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        for name, value in (("start", self.start), ("end", self.end)):
+            if value.tzinfo is None:
+                raise ValueError(f"interval {name} must be timezone-aware, got {value.isoformat()}")
+            utc = value.astimezone(timezone.utc)
+            if (utc.hour, utc.minute, utc.second, utc.microsecond) != (0, 0, 0, 0):
+                raise ValueError(
+                    f"interval {name} {value.isoformat()} is not at midnight UTC; "
+                    "partitions are whole UTC days"
+                )
+        if self.end <= self.start:
+            raise ValueError(f"interval end {self.end.isoformat()} is not after start {self.start.isoformat()}")
+
+    @classmethod
+    def for_day(cls, day: str | date) -> Interval:
+        """The interval covering one UTC calendar day."""
+        d = date.fromisoformat(day) if isinstance(day, str) else day
+        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        return cls(start, start + timedelta(days=1))
+
+    @property
+    def days(self) -> list[str]:
+        """The UTC dates covered, as ``YYYY-MM-DD``."""
+        n = (self.end - self.start).days
+        return [(self.start + timedelta(days=i)).date().isoformat() for i in range(n)]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingestion did; small enough to pass between Airflow tasks."""
+
+    interval_start: str
+    interval_end: str
+    adapter: str
+    sources: list[str]
+    staged_days: list[str]
+    rows_read: int
+    rows_accepted: int
+    rows_duplicate: int
+    rows_outside_interval: int
+    rows_quarantined: int
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    quarantine_files: list[str] = field(default_factory=list)
+    catalog_items: int = 0
+    catalog_rows_quarantined: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantine_reasons.items()))
+        return (
+            f"ingested {self.interval_start[:10]}..{self.interval_end[:10]} ({self.adapter}): "
+            f"{self.rows_read} read, {self.rows_accepted} accepted, {self.rows_duplicate} duplicates, "
+            f"{self.rows_outside_interval} outside the interval, {self.rows_quarantined} quarantined"
+            + (f" ({reasons})" if reasons else "")
+            + f"; {self.catalog_items} catalog items"
+        )
+
+
+def resolve_uri(pattern: str, home: Path, day: str) -> str:
+    """Fill ``{date}`` and anchor relative local paths at the state folder."""
+    uri = pattern.replace("{date}", day)
+    if "://" in uri or Path(uri).is_absolute():
+        return uri
+    return str(home / uri)
+
+
+def _list_files(uri: str) -> list[str]:
+    fs, _, found = fsspec.get_fs_token_paths(uri)
+    files = sorted(p for p in found if fs.isfile(p))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return files if protocol in ("file", "local") else [f"{protocol}://{p}" for p in files]
+
+
+def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
+    """Read one source file with every column as text (or as stored, for Parquet)."""
+    local = "://" not in path or path.startswith("file://")
+    plain = path.removeprefix("file://")
+    is_parquet = plain.endswith(".parquet") or plain.endswith(".pq")
+    try:
+        if local and is_parquet:
+            frame = pl.scan_parquet(plain)
+        elif local and not plain.endswith((".gz", ".bz2", ".zst", ".xz")):
+            frame = pl.scan_csv(plain, separator=adapter.separator, infer_schema=False)
+        else:
+            with fsspec.open(path, "rb", compression="infer") as fh:
+                data = fh.read()
+            frame = (pl.read_parquet(data) if is_parquet else
+                     pl.read_csv(data, separator=adapter.separator, infer_schema=False)).lazy()
+        columns = frame.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise IngestError(f"{path}: cannot be read as {'Parquet' if is_parquet else 'CSV'}: {exc}") from exc
+    renames = {}
+    for canonical, alternatives in adapter.aliases.items():
+        if canonical not in columns:
+            found = next((a for a in alternatives if a in columns), None)
+            if found:
+                renames[found] = canonical
+    present = {renames.get(c, c) for c in columns}
+    missing = [c for c in adapter.required_columns if c not in present]
+    if missing:
+        raise IngestError(
+            f"{path}: missing required column(s) {missing} for adapter '{adapter.name}'; "
+            f"the file has {columns}"
+        )
+    return frame.rename(renames).with_row_index("_source_row", offset=1).with_columns(
+        pl.col("_source_row").cast(pl.Int64), pl.lit(path).alias("_source_file")
+    )
+
+
+def _check(column: str, bad: pl.Expr, value: pl.Expr, reason: str) -> tuple[pl.Expr, str, pl.Expr, str]:
+    return bad, column, value, reason
+
+
+def _first_problem(checks: list[tuple[pl.Expr, str, pl.Expr, str]]) -> list[pl.Expr]:
+    """Three columns naming the first failed check of each row: column, offending value, reason."""
+    column = reason = value = None
+    for bad, col, val, why in reversed(checks):
+        column = pl.when(bad).then(pl.lit(col)).otherwise(column if column is not None else pl.lit(None))
+        value = pl.when(bad).then(val.cast(pl.String)).otherwise(value if value is not None else pl.lit(None))
+        reason = pl.when(bad).then(pl.lit(why)).otherwise(reason if reason is not None else pl.lit(None))
+    return [column.alias("_column"), value.alias("_value"), reason.alias("_reason")]
+
+
+def _blank(name: str) -> pl.Expr:
+    text = pl.col(name).cast(pl.String)
+    return text.is_null() | (text.str.strip_chars() == "")
+
+
+def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
+    """Map a source frame to canonical columns, typed, with the first problem of each row named."""
+    mapped = adapter.events(frame)
+    if "_excluded" not in mapped.collect_schema().names():
+        mapped = mapped.with_columns(pl.lit(None, dtype=pl.String).alias("_excluded"))
+    price_text = pl.col("price").cast(pl.String).str.strip_chars()
+    qty_text = pl.col("quantity").cast(pl.String).str.strip_chars()
+    mapped = mapped.with_columns(
+        price_text.alias("_raw_price"),
+        qty_text.alias("_raw_quantity"),
+        price_text.cast(pl.Float64, strict=False).alias("price"),
+        qty_text.cast(pl.Float64, strict=False).alias("_quantity_number"),
+        *(pl.col(c).cast(pl.String).str.strip_chars().alias(c) for c in ("user_id", "session_id", "item_id", "event_type")),
+    )
+    qty = pl.col("_quantity_number")
+    checks = [
+        _check("event_time", pl.col("_raw_event_time").is_null() | (pl.col("_raw_event_time") == ""),
+               pl.lit(""), "missing event_time"),
+        _check("event_time", pl.col("event_time").is_null(), pl.col("_raw_event_time"), "unparseable event_time"),
+        _check("user_id", _blank("user_id"), pl.col("user_id"), "missing user_id"),
+        _check("session_id", _blank("session_id"), pl.col("session_id"), "missing session_id"),
+        _check("item_id", _blank("item_id"), pl.col("item_id"), "missing item_id"),
+        _check("event_type", ~pl.col("event_type").is_in(EVENT_TYPES) | pl.col("event_type").is_null(),
+               pl.col("event_type"), "unknown event_type"),
+        _check("price", pl.col("_raw_price").is_not_null() & (pl.col("_raw_price") != "") & pl.col("price").is_null(),
+               pl.col("_raw_price"), "unparseable price"),
+        _check("price", pl.col("price") < 0, pl.col("_raw_price"), "negative price"),
+        _check("quantity", qty.is_null() | (qty != qty.floor()), pl.col("_raw_quantity"), "unparseable quantity"),
+        _check("quantity", qty <= 0, pl.col("_raw_quantity"), "non-positive quantity"),
+        _check("_excluded", pl.col("_excluded").is_not_null(), pl.col("_excluded"), "excluded by adapter"),
+    ]
+    return mapped.with_columns(*_first_problem(checks)).with_columns(
+        pl.when(pl.col("_reason") == "excluded by adapter").then(pl.col("_excluded"))
+        .otherwise(pl.col("_reason")).alias("_reason"),
+        pl.col("_quantity_number").cast(pl.Int32, strict=False).alias("quantity"),
+    )
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.write_parquet(tmp, compression="zstd", statistics=True)
+    tmp.replace(path)
+
+
+def _write_quarantine(frame: pl.DataFrame, path: Path) -> str | None:
+    if frame.height == 0:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.write_csv(tmp)
+    tmp.replace(path)
+    return str(path)
+
+
+def _read_catalog(files: list[str], adapter: Adapter) -> pl.LazyFrame:
+    """The landing catalog files of the canonical layout."""
+    catalog_adapter = Adapter("catalog", CATALOG_COLUMNS, lambda f: f, separator=adapter.separator)
+    frames = [_scan(f, catalog_adapter) for f in files]
+    return pl.concat([f.select(*CATALOG_COLUMNS, "_source_file", "_source_row") for f in frames],
+                     how="vertical_relaxed")
+
+
+def _typed_catalog(frame: pl.LazyFrame) -> pl.LazyFrame:
+    price_text = pl.col("price").cast(pl.String).str.strip_chars()
+    typed = frame.with_columns(
+        *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in ("item_id", "category", "brand")),
+        price_text.alias("_raw_price"),
+        price_text.cast(pl.Float64, strict=False).alias("price"),
+    )
+    checks = [
+        _check("item_id", _blank("item_id"), pl.col("item_id"), "missing item_id"),
+        _check("price", pl.col("_raw_price").is_not_null() & (pl.col("_raw_price") != "") & pl.col("price").is_null(),
+               pl.col("_raw_price"), "unparseable price"),
+        _check("price", pl.col("price") < 0, pl.col("_raw_price"), "negative price"),
+    ]
+    return typed.with_columns(*_first_problem(checks))
+
+
+def ingest_events(
+    interval: Interval,
+    events_source: str,
+    paths: StatePaths,
+    adapter_name: str = "canonical",
+    catalog_source: str | None = None,
+) -> IngestResult:
+    """Ingest every event of ``interval`` from the source files into staged partitions.
+
+    Args:
+        interval: whole UTC days to ingest; one partition is staged per day.
+        events_source: path, glob or fsspec URI of the event files; ``{date}`` is replaced by the
+            interval's first day, and relative paths are read from the state folder.
+        paths: where state lives.
+        adapter_name: the source layout (see :mod:`pipeline.adapters`).
+        catalog_source: landing catalog files (canonical layout only); other layouts derive the
+            catalog from their events.
+
+    Returns:
+        Counts, staged days and quarantine files.
+
+    Raises:
+        IngestError: no file matches, a file cannot be read, or it lacks a required column.
+    """
+    adapter = get_adapter(adapter_name)
+    first_day = interval.days[0]
+    uri = resolve_uri(events_source, paths.home, first_day)
+    files = _list_files(uri)
+    if not files:
+        raise IngestError(f"no event files match {uri!r} (events_source={events_source!r})")
+    source = pl.concat([_scan(f, adapter) for f in files], how="diagonal_relaxed")
+
+    typed = _typed_events(source, adapter).with_columns(
+        pl.col("event_time").dt.date().cast(pl.String).alias("_day")
+    )
+    in_interval = (pl.col("event_time") >= interval.start) & (pl.col("event_time") < interval.end)
+    # Rows with no usable time are charged to every interval that reads their file.
+    ours = in_interval | pl.col("event_time").is_null()
+    frame = typed.select(
+        *EVENT_COLUMNS, "_day", "_source_file", "_source_row", "_column", "_value", "_reason",
+        ours.alias("_ours"),
+    ).collect(engine="streaming")
+
+    rows_read = frame.height
+    outside = frame.filter(~pl.col("_ours") & pl.col("_reason").is_null()).height
+    frame = frame.filter(pl.col("_ours"))
+    bad = frame.filter(pl.col("_reason").is_not_null())
+    good = frame.filter(pl.col("_reason").is_null())
+
+    staged_days, quarantine_files = [], []
+    accepted = duplicates = 0
+    reasons = {
+        row["_reason"]: row["count"]
+        for row in bad.group_by("_reason").len(name="count").iter_rows(named=True)
+    }
+    for day in interval.days:
+        part = good.filter(pl.col("_day") == day).select(EVENT_COLUMNS)
+        unique = part.unique(maintain_order=False).sort(list(EVENTS_SORT_KEY) + ["price", "quantity"])
+        unique = unique.cast(EVENTS_SCHEMA)
+        duplicates += part.height - unique.height
+        accepted += unique.height
+        _write_parquet(unique, paths.staging / "events" / partition_dir_name(day) / PARTITION_FILE)
+        staged_days.append(day)
+        day_bad = bad.filter((pl.col("_day") == day) | pl.col("_day").is_null()) if len(interval.days) > 1 \
+            else bad
+        qfile = _write_quarantine(
+            day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS).sort("_source_file", "_source_row")
+            .with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")),
+            paths.quarantine / "events" / partition_dir_name(day) / "quarantine.csv",
+        )
+        if qfile:
+            quarantine_files.append(qfile)
+
+    catalog_items, catalog_bad = _ingest_catalog(interval, adapter, source, good, catalog_source, paths)
+
+    result = IngestResult(
+        interval_start=interval.start.isoformat(),
+        interval_end=interval.end.isoformat(),
+        adapter=adapter.name,
+        sources=files,
+        staged_days=staged_days,
+        rows_read=rows_read,
+        rows_accepted=accepted,
+        rows_duplicate=duplicates,
+        rows_outside_interval=outside,
+        rows_quarantined=bad.height,
+        quarantine_reasons=reasons,
+        quarantine_files=quarantine_files,
+        catalog_items=catalog_items,
+        catalog_rows_quarantined=catalog_bad,
+    )
+    report = paths.reports / "ingest" / f"{first_day}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result.to_dict(), indent=2))
+    log.info(result.summary())
+    for row in bad.head(5).iter_rows(named=True):
+        log.warning("quarantined %s row %s: %s %s=%r", row["_source_file"], row["_source_row"],
+                    row["_reason"], row["_column"], row["_value"])
+    return result
+
+
+def _ingest_catalog(
+    interval: Interval,
+    adapter: Adapter,
+    source: pl.LazyFrame,
+    accepted_events: pl.DataFrame,
+    catalog_source: str | None,
+    paths: StatePaths,
+) -> tuple[int, int]:
+    """Stage the catalog rows of the interval; returns (items staged, rows quarantined)."""
+    first_day = interval.days[0]
+    if adapter.catalog is not None:
+        keys = accepted_events.select("_source_file", "_source_row").lazy()
+        raw = source.select(*adapter.catalog(), "_source_file", "_source_row").join(
+            keys, on=["_source_file", "_source_row"], how="semi"
+        )
+    elif catalog_source:
+        uri = resolve_uri(catalog_source, paths.home, first_day)
+        files = _list_files(uri)
+        if not files:
+            raise IngestError(f"no catalog files match {uri!r} (catalog_source={catalog_source!r})")
+        raw = _read_catalog(files, adapter)
+    else:
+        raw = accepted_events.lazy().select(
+            "item_id", pl.lit(None, dtype=pl.String).alias("category"),
+            pl.lit(None, dtype=pl.String).alias("brand"), "price", "_source_file", "_source_row",
+        )
+    typed = _typed_catalog(raw).collect(engine="streaming")
+    bad = typed.filter(pl.col("_reason").is_not_null())
+    # The last row of an item wins (sources list price changes in time order).
+    good = (
+        typed.filter(pl.col("_reason").is_null())
+        .sort("_source_file", "_source_row")
+        .unique(subset="item_id", keep="last", maintain_order=False)
+        .select(CATALOG_COLUMNS)
+        .sort("item_id")
+        .cast(CATALOG_SCHEMA)
+    )
+    _write_parquet(good, paths.staging / "catalog" / partition_dir_name(first_day) / PARTITION_FILE)
+    _write_quarantine(
+        bad.select(*QUARANTINE_COLUMNS, *CATALOG_COLUMNS).sort("_source_file", "_source_row"),
+        paths.quarantine / "catalog" / partition_dir_name(first_day) / "quarantine.csv",
+    )
+    return good.height, bad.height

@@ -1,0 +1,106 @@
+"""Stage parameters: ``params.yaml`` parsed once, at the edge, into frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing a section, has an unknown key, or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    seed: int = 42
+    start_date: str = "2026-11-01"
+    days: int = 3
+    events_per_day: int = 20_000
+    initial_users: int = 4_000
+    initial_items: int = 3_000
+    categories: int = 24
+    brands: int = 150
+    new_users_per_day: float = 0.02
+    new_items_per_day: float = 0.005
+    format: str = "csv"
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    events_source: str = "landing/events/events-{date}.csv"
+    catalog_source: str | None = "landing/catalog/catalog-{date}.csv"
+    adapter: str = "canonical"
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    history_days: int = 7
+    volume_band: tuple[float, float] = (0.25, 4.0)
+    purchase_rate: tuple[float, float] = (0.002, 0.25)
+    max_unknown_item_share: float = 0.02
+
+
+@dataclass(frozen=True)
+class Params:
+    generate: GenerateParams
+    ingest: IngestParams
+    validate: ValidateParams
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], raw: dict[str, Any] | None, name: str, path: Path) -> T:
+    raw = raw or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(f"{path}: section '{name}' has unknown keys {unknown}")
+    values = {}
+    for key, value in raw.items():
+        default = fields[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise ParamsError(f"{path}: {name}.{key} must be a list of {len(default)}, got {value!r}")
+            value = tuple(float(v) for v in value)
+        elif isinstance(default, bool) or default is None:
+            pass
+        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ParamsError(f"{path}: {name}.{key} must be a number, got {value!r}")
+        elif isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            raise ParamsError(f"{path}: {name}.{key} must be an integer, got {value!r}")
+        elif isinstance(default, int):
+            value = int(value)
+        values[key] = value
+    return cls(**values)
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read ``params.yaml``.
+
+    Args:
+        path: the file; the project's ``params.yaml`` when omitted.
+
+    Raises:
+        ParamsError: the file is malformed, or a section has unknown or mistyped keys.
+    """
+    path = Path(path) if path else DEFAULT_PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ParamsError(f"params file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return Params(
+        generate=_section(GenerateParams, raw.get("generate"), "generate", path),
+        ingest=_section(IngestParams, raw.get("ingest"), "ingest", path),
+        validate=_section(ValidateParams, raw.get("validate"), "validate", path),
+    )

@@ -1,0 +1,99 @@
+"""Where state lives: one folder, moved by one environment variable.
+
+Every stage asks this module for its locations, so the same code runs on the embedded defaults
+(SQLite, local folders) or on remote engines once the matching variables are set.
+
+Variables:
+    SHOPML_HOME: root of all local state (default: ``.state`` in the current directory).
+    SHOPML_DVC_REMOTE: DVC remote URL for dataset versions (default: ``$SHOPML_HOME/dvc-remote``;
+        ``s3://bucket/prefix`` in a scaled-out setup).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Locations of the pipeline's state, all derived from one root folder."""
+
+    home: Path
+    dvc_remote_url: str
+
+    @property
+    def landing(self) -> Path:
+        """Raw files as they arrive from the shop (the generator writes here)."""
+        return self.home / "landing"
+
+    @property
+    def staging(self) -> Path:
+        """Ingested partitions waiting for validation; never read by later stages."""
+        return self.home / "staging"
+
+    @property
+    def dataset_repo(self) -> Path:
+        """A DVC repository (no git) holding the canonical, validated dataset."""
+        return self.home / "dataset"
+
+    @property
+    def canonical(self) -> Path:
+        """The canonical dataset: ``events/`` and ``catalog/`` partitioned by event date."""
+        return self.dataset_repo / "canonical"
+
+    @property
+    def quarantine(self) -> Path:
+        """Rows that could not be ingested, with the reason, one file per interval."""
+        return self.home / "quarantine"
+
+    @property
+    def reports(self) -> Path:
+        """Per-interval ingest and validation reports (JSON)."""
+        return self.home / "reports"
+
+    @property
+    def gx_root(self) -> Path:
+        """Great Expectations file context: validation results and data docs."""
+        return self.home / "gx"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+def get_state_paths(env: Mapping[str, str] | None = None) -> StatePaths:
+    """Resolve the state locations from the environment.
+
+    Args:
+        env: the environment to read; ``os.environ`` when omitted.
+
+    Returns:
+        The resolved, absolute locations. Nothing is created on disk.
+    """
+    env = os.environ if env is None else env
+    home = Path(env.get("SHOPML_HOME") or Path.cwd() / ".state").expanduser().resolve()
+    remote = env.get("SHOPML_DVC_REMOTE") or str(home / "dvc-remote")
+    return StatePaths(home=home, dvc_remote_url=remote)
+
+
+def airflow_env(paths: StatePaths, dags_folder: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for running Airflow against this project's DAGs and state.
+
+    Values already set in ``env`` win, so a production deployment (PostgreSQL, Celery) keeps its
+    own settings; locally Airflow gets SQLite under ``$SHOPML_HOME/airflow`` and no example DAGs.
+    """
+    env = dict(os.environ if env is None else env)
+    defaults = {
+        "SHOPML_HOME": str(paths.home),
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{paths.airflow_home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env

@@ -1,0 +1,146 @@
+"""Publish a validated day into the canonical dataset and version it with DVC.
+
+The canonical dataset lives in a DVC repository of its own inside the state folder
+(``$SHOPML_HOME/dataset``, initialised with ``--no-scm``): it works wherever the state folder is, and
+on workers that have no git checkout of this project. After each publish the dataset directory is
+``dvc add``-ed and pushed to the remote (a local folder by default, ``s3://...`` through
+``SHOPML_DVC_REMOTE``). The DVC directory hash is the dataset version; a manifest per version
+(``dataset/versions/<hash>.json``) keeps the ``.dvc`` file that restores it (``dvc checkout`` or
+``dvc pull`` with it), and ``dataset/versions/current.json`` names the newest one for later stages.
+
+Publishing swaps whole partition folders by rename under a lock, so a reader sees the old day or the
+new day, never half of one, and two runs never version at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from filelock import FileLock
+
+from pipeline.ingest import Interval
+from pipeline.schema import partition_dir_name
+from pipeline.settings import StatePaths
+
+log = logging.getLogger(__name__)
+
+TABLES = ("events", "catalog")
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """A reference to one state of the canonical dataset."""
+
+    version: str
+    path: str
+    remote: str
+    published_days: list[str]
+    files: int
+    size_bytes: int
+    created_at: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _repo(paths: StatePaths):
+    from dvc.repo import Repo
+
+    root = paths.dataset_repo
+    if not (root / ".dvc").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        Repo.init(str(root), no_scm=True)
+    repo = Repo(str(root))
+    with repo.config.edit("local") as cfg:
+        cfg["remote"]["shopml"] = {"url": paths.dvc_remote_url}
+        cfg["core"]["remote"] = "shopml"
+        # Hard links keep one copy of each file on disk; partitions are replaced, never edited.
+        cfg["cache"]["type"] = "reflink,hardlink,copy"
+    return Repo(str(root))
+
+
+def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
+    """Move the staged partitions of ``interval`` into the canonical dataset, replacing old ones.
+
+    Returns:
+        The days published.
+
+    Raises:
+        FileNotFoundError: nothing was staged for a day of the interval.
+    """
+    published = []
+    for day in interval.days:
+        for table in TABLES:
+            staged = paths.staging / table / partition_dir_name(day)
+            target = paths.canonical / table / partition_dir_name(day)
+            if not staged.exists():
+                if table == "catalog":
+                    continue  # multi-day intervals stage one catalog, on their first day
+                raise FileNotFoundError(f"no staged partition at {staged}; run ingest and validate first")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            old = target.with_name(target.name + ".replaced")
+            if old.exists():
+                shutil.rmtree(old)
+            if target.exists():
+                target.rename(old)
+            staged.rename(target)
+            if old.exists():
+                shutil.rmtree(old)
+        published.append(day)
+    return published
+
+
+def version_dataset(interval: Interval, paths: StatePaths, push: bool = True) -> DatasetVersion:
+    """Publish the validated ``interval`` and record the new dataset version with DVC.
+
+    Args:
+        interval: the validated interval whose staged partitions are published.
+        paths: where state lives (the DVC remote included).
+        push: push the new version to the DVC remote.
+
+    Returns:
+        The dataset version (the DVC hash of the canonical directory) and where it lives.
+    """
+    paths.dataset_repo.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.dataset_repo / ".publish.lock"), timeout=600):
+        days = publish_partition(interval, paths)
+        repo = _repo(paths)
+        repo.add(str(paths.canonical))
+        if push:
+            repo.push()
+        dvc_file = paths.dataset_repo / "canonical.dvc"
+        out = yaml.safe_load(dvc_file.read_text())["outs"][0]
+        version = out["md5"].removesuffix(".dir")
+        result = DatasetVersion(
+            version=version,
+            path=str(paths.canonical),
+            remote=paths.dvc_remote_url if push else "",
+            published_days=days,
+            files=int(out.get("nfiles", 0)),
+            size_bytes=int(out.get("size", 0)),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        versions = paths.dataset_repo / "versions"
+        versions.mkdir(exist_ok=True)
+        manifest = {**result.to_dict(), "dvc_file": dvc_file.read_text()}
+        (versions / f"{version}.json").write_text(json.dumps(manifest, indent=2))
+        tmp = versions / "current.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        tmp.replace(versions / "current.json")
+    return result
+
+
+def current_dataset_version(paths: StatePaths) -> DatasetVersion | None:
+    """The newest dataset version, or None before the first publish."""
+    current = paths.dataset_repo / "versions" / "current.json"
+    if not current.exists():
+        return None
+    data = json.loads(current.read_text())
+    data.pop("dvc_file", None)
+    return DatasetVersion(**data)
