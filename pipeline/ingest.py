@@ -156,8 +156,13 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
             f"{path}: missing required column(s) {missing} for adapter '{adapter.name}'; "
             f"the file has {columns}"
         )
-    return frame.rename(renames).with_row_index("_source_row", offset=1).with_columns(
-        pl.col("_source_row").cast(pl.Int64), pl.lit(path).alias("_source_file")
+    # Row numbers count every data row, blank lines included, so they match the file; blank lines
+    # themselves carry no event and are skipped.
+    return (
+        frame.rename(renames)
+        .with_row_index("_source_row", offset=1)
+        .filter(~pl.all_horizontal(pl.exclude("_source_row").is_null()))
+        .with_columns(pl.col("_source_row").cast(pl.Int64), pl.lit(path).alias("_source_file"))
     )
 
 
@@ -195,7 +200,10 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         *(pl.col(c).cast(pl.String).str.strip_chars().alias(c) for c in ("user_id", "session_id", "item_id", "event_type")),
     )
     qty = pl.col("_quantity_number")
+    # The first failing check names the row's problem; an adapter's exclusion explains a row best
+    # (a cancelled invoice also has a negative quantity).
     checks = [
+        _check("_excluded", pl.col("_excluded").is_not_null(), pl.col("_excluded"), "excluded by adapter"),
         _check("event_time", pl.col("_raw_event_time").is_null() | (pl.col("_raw_event_time") == ""),
                pl.lit(""), "missing event_time"),
         _check("event_time", pl.col("event_time").is_null(), pl.col("_raw_event_time"), "unparseable event_time"),
@@ -209,7 +217,6 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         _check("price", pl.col("price") < 0, pl.col("_raw_price"), "negative price"),
         _check("quantity", qty.is_null() | (qty != qty.floor()), pl.col("_raw_quantity"), "unparseable quantity"),
         _check("quantity", qty <= 0, pl.col("_raw_quantity"), "non-positive quantity"),
-        _check("_excluded", pl.col("_excluded").is_not_null(), pl.col("_excluded"), "excluded by adapter"),
     ]
     return mapped.with_columns(*_first_problem(checks)).with_columns(
         pl.when(pl.col("_reason") == "excluded by adapter").then(pl.col("_excluded"))

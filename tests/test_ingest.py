@@ -1,0 +1,138 @@
+"""Ingestion: typing, quarantine with reasons, de-duplication, idempotent reruns, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from datetime import datetime, timezone
+
+import polars as pl
+import pytest
+
+from conftest import write_csv
+from pipeline.ingest import IngestError, Interval, ingest_events
+from pipeline.schema import EVENTS_SCHEMA, PARTITION_FILE
+
+DAY = "2026-11-02"
+HEADER = "event_time,user_id,session_id,item_id,event_type,price,quantity\n"
+GOOD = """
+2026-11-02T10:00:00Z,u1,s1,i1,view,10.5,1
+2026-11-02T10:01:00.250Z,u1,s1,i1,add_to_cart,10.5,1
+2026-11-02T10:05:00+02:00,u1,s1,i1,purchase,10.5,2
+2026-11-02 11:00:00,u2,s2,i2,view,,1
+"""
+MALFORMED = """
+yesterday,u1,s1,i1,view,10.5,1
+2026-11-02T10:02:00Z,u1,s1,i1,teleport,10.5,1
+2026-11-02T10:03:00Z,u1,s1,i1,view,-3,1
+2026-11-02T10:04:00Z,,s1,i1,view,3,1
+2026-11-02T10:05:00Z,u1,s1,i1,purchase,abc,1
+2026-11-02T10:06:00Z,u1,s1,i2,purchase,10.5,0
+"""
+
+
+def _landing(state, body: str, day: str = DAY):
+    path = write_csv(state.landing / "events" / f"events-{day}.csv", HEADER + body.lstrip("\n"))
+    write_csv(state.landing / "catalog" / f"catalog-{day}.csv",
+              "item_id,category,brand,price\ni1,home.decor,acme,10.5\ni2,home.decor,acme,3.0\n")
+    return path
+
+
+def _ingest(state, day: str = DAY, **kw):
+    kw.setdefault("catalog_source", "landing/catalog/catalog-{date}.csv")
+    return ingest_events(Interval.for_day(day), "landing/events/events-{date}.csv", state, **kw)
+
+
+def _staged(state, day: str = DAY):
+    return state.staging / "events" / f"event_date={day}" / PARTITION_FILE
+
+
+def test_good_rows_are_typed_in_utc(state):
+    _landing(state, GOOD)
+    result = _ingest(state)
+    assert (result.rows_read, result.rows_accepted, result.rows_quarantined) == (4, 4, 0)
+    frame = pl.read_parquet(_staged(state))
+    assert dict(frame.schema) == EVENTS_SCHEMA
+    times = frame["event_time"].to_list()
+    assert datetime(2026, 11, 2, 8, 5, tzinfo=timezone.utc) in times  # +02:00 converted to UTC
+    assert datetime(2026, 11, 2, 10, 1, 0, 250000, tzinfo=timezone.utc) in times
+    assert frame.filter(pl.col("user_id") == "u2")["price"].to_list() == [None]
+    assert frame.filter(pl.col("event_type") == "purchase")["quantity"].to_list() == [2]
+
+
+def test_malformed_rows_go_to_quarantine_with_file_row_column_value_and_reason(state):
+    source = _landing(state, GOOD + MALFORMED.lstrip("\n"))
+    result = _ingest(state)
+    assert result.rows_accepted == 4
+    assert result.quarantine_reasons == {
+        "unparseable event_time": 1, "unknown event_type": 1, "negative price": 1,
+        "missing user_id": 1, "unparseable price": 1, "non-positive quantity": 1,
+    }
+    rows = list(csv.DictReader(open(result.quarantine_files[0])))
+    found = {(r["_source_row"], r["_column"], r["_value"], r["_reason"]) for r in rows}
+    assert found == {
+        ("5", "event_time", "yesterday", "unparseable event_time"),
+        ("6", "event_type", "teleport", "unknown event_type"),
+        ("7", "price", "-3", "negative price"),
+        ("8", "user_id", "", "missing user_id"),
+        ("9", "price", "abc", "unparseable price"),
+        ("10", "quantity", "0", "non-positive quantity"),
+    }
+    assert {r["_source_file"] for r in rows} == {str(source)}
+
+
+def test_exact_duplicates_are_dropped_and_other_days_are_left_alone(state):
+    _landing(state, GOOD + GOOD + "2026-11-03T00:00:00Z,u3,s3,i1,view,1,1\n")
+    result = _ingest(state)
+    assert (result.rows_read, result.rows_accepted, result.rows_duplicate) == (9, 4, 4)
+    assert result.rows_outside_interval == 1
+    assert result.rows_quarantined == 0
+
+
+def test_blank_lines_are_skipped_but_still_counted_in_row_numbers(state):
+    _landing(state, GOOD + "\n" + MALFORMED.lstrip("\n"))
+    result = _ingest(state)
+    assert (result.rows_accepted, result.rows_quarantined) == (4, 6)
+    rows = list(csv.DictReader(open(result.quarantine_files[0])))
+    assert min(int(r["_source_row"]) for r in rows) == 6
+
+
+def test_rerunning_an_interval_replaces_it_with_identical_rows(state):
+    _landing(state, GOOD + MALFORMED.lstrip("\n"))
+    _ingest(state)
+    first = hashlib.sha256(_staged(state).read_bytes()).hexdigest()
+    result = _ingest(state)
+    assert hashlib.sha256(_staged(state).read_bytes()).hexdigest() == first
+    assert pl.read_parquet(_staged(state)).height == result.rows_accepted == 4
+    quarantine = list(csv.DictReader(open(result.quarantine_files[0])))
+    assert len(quarantine) == 6  # replaced, not appended
+
+
+def test_missing_columns_name_the_file_and_the_columns(state):
+    path = write_csv(state.landing / "events" / f"events-{DAY}.csv",
+                     "event_time,user_id,item_id,event_type\n2026-11-02T10:00:00Z,u1,i1,view\n")
+    with pytest.raises(IngestError) as err:
+        _ingest(state)
+    message = str(err.value)
+    assert str(path) in message and "session_id" in message and "price" in message
+
+
+def test_no_matching_file_is_a_clear_error(state):
+    with pytest.raises(IngestError, match=r"no event files match .*events-2026-11-02\.csv"):
+        _ingest(state)
+
+
+def test_intervals_must_be_whole_utc_days():
+    with pytest.raises(ValueError, match="not at midnight UTC"):
+        Interval(datetime(2026, 11, 2, 6, tzinfo=timezone.utc), datetime(2026, 11, 3, tzinfo=timezone.utc))
+    assert Interval.for_day("2026-11-02").days == ["2026-11-02"]
+
+
+def test_catalog_rows_are_checked_too(state):
+    _landing(state, GOOD)
+    write_csv(state.landing / "catalog" / f"catalog-{DAY}.csv",
+              "item_id,category,brand,price\ni1,home,acme,10.5\n,home,acme,2\ni2,home,acme,-1\ni1,home,acme,11\n")
+    result = _ingest(state)
+    assert (result.catalog_items, result.catalog_rows_quarantined) == (1, 2)
+    staged = pl.read_parquet(state.staging / "catalog" / f"event_date={DAY}" / PARTITION_FILE)
+    assert staged.rows() == [("i1", "home", "acme", 11.0)]  # the later row of an item wins
