@@ -34,7 +34,8 @@ DEFAULT_ARGS = {
 }
 
 
-def _interval(context) -> "object":
+def _interval(context):
+    """The run's data interval as the pipeline's Interval (imported here: nothing heavy at parse time)."""
     from pipeline.ingest import Interval
 
     return Interval(context["data_interval_start"], context["data_interval_end"])

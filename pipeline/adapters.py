@@ -34,6 +34,7 @@ SESSION_GAP_SECONDS = 30 * 60
 _ISO_FORMATS = (
     "%Y-%m-%dT%H:%M:%S%.fZ",
     "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M:%S%.f%z",
     "%Y-%m-%d %H:%M:%S%.f",
     "%Y-%m-%dT%H:%M:%S%.f",
 )
@@ -95,8 +96,15 @@ class Adapter:
 
 
 def _canonical_events(f: pl.LazyFrame) -> pl.LazyFrame:
+    dtype = f.collect_schema()["event_time"]
+    if isinstance(dtype, pl.Datetime):
+        # Typed sources (Parquet) carry instants already; naive ones are taken as UTC.
+        when = pl.col("event_time").cast(pl.Datetime("us", dtype.time_zone))
+        event_time = when.dt.convert_time_zone("UTC") if dtype.time_zone else when.dt.replace_time_zone("UTC")
+    else:
+        event_time = parse_timestamp(pl.col("event_time"))
     return f.with_columns(
-        parse_timestamp(pl.col("event_time")).alias("event_time"),
+        event_time.alias("event_time"),
         _text("event_time").alias("_raw_event_time"),
         _text("event_type").str.to_lowercase().alias("event_type"),
     )

@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
 
         ingest_kwargs = {}
         if args.command in ("ingest", "run"):
-            ingest_kwargs = dict(
-                events_source=args.events_source or params.ingest.events_source,
-                adapter_name=args.adapter or params.ingest.adapter,
-                catalog_source=args.catalog_source if args.catalog_source is not None
+            ingest_kwargs = {
+                "events_source": args.events_source or params.ingest.events_source,
+                "adapter_name": args.adapter or params.ingest.adapter,
+                "catalog_source": args.catalog_source if args.catalog_source is not None
                 else params.ingest.catalog_source,
-            )
+            }
         for day in _days(args):
             interval = Interval.for_day(day)
             if args.command in ("ingest", "run"):

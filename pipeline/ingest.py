@@ -129,7 +129,7 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
     """Read one source file with every column as text (or as stored, for Parquet)."""
     local = "://" not in path or path.startswith("file://")
     plain = path.removeprefix("file://")
-    is_parquet = plain.endswith(".parquet") or plain.endswith(".pq")
+    is_parquet = plain.endswith((".parquet", ".pq"))
     try:
         if local and is_parquet:
             frame = pl.scan_parquet(plain)
@@ -162,7 +162,8 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
         frame.rename(renames)
         .with_row_index("_source_row", offset=1)
         .filter(~pl.all_horizontal(pl.exclude("_source_row").is_null()))
-        .with_columns(pl.col("_source_row").cast(pl.Int64), pl.lit(path).alias("_source_file"))
+        .with_columns(pl.col("_source_row").cast(pl.Int64),
+                      pl.lit(path, dtype=pl.Categorical).alias("_source_file"))
     )
 
 
@@ -197,7 +198,8 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         qty_text.alias("_raw_quantity"),
         price_text.cast(pl.Float64, strict=False).alias("price"),
         qty_text.cast(pl.Float64, strict=False).alias("_quantity_number"),
-        *(pl.col(c).cast(pl.String).str.strip_chars().alias(c) for c in ("user_id", "session_id", "item_id", "event_type")),
+        *(pl.col(c).cast(pl.String).str.strip_chars().alias(c)
+          for c in ("user_id", "session_id", "item_id", "event_type")),
     )
     qty = pl.col("_quantity_number")
     # The first failing check names the row's problem; an adapter's exclusion explains a row best
@@ -223,6 +225,20 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         .otherwise(pl.col("_reason")).alias("_reason"),
         pl.col("_quantity_number").cast(pl.Int32, strict=False).alias("quantity"),
     )
+
+
+def _sorted_unique(events: pl.DataFrame) -> pl.DataFrame:
+    """Events sorted by every column, exact duplicates dropped.
+
+    Sorting by every column puts duplicates next to each other, so comparing each row with the one
+    before finds them without the hash table of ``unique()``, which costs gigabytes at 10 million
+    rows. The full sort also gives a stable order, so the same input always writes the same bytes.
+    """
+    ordered = events.sort([*EVENTS_SORT_KEY, "price", "quantity"], nulls_last=True).cast(EVENTS_SCHEMA)
+    same_as_previous = pl.all_horizontal(
+        pl.col(c).eq_missing(pl.col(c).shift(1)) for c in EVENTS_SCHEMA
+    ).fill_null(False)
+    return ordered.filter(~same_as_previous)
 
 
 def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -254,7 +270,8 @@ def _read_catalog(files: list[str], adapter: Adapter) -> pl.LazyFrame:
 def _typed_catalog(frame: pl.LazyFrame) -> pl.LazyFrame:
     price_text = pl.col("price").cast(pl.String).str.strip_chars()
     typed = frame.with_columns(
-        *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c) for c in ("item_id", "category", "brand")),
+        *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c)
+          for c in ("item_id", "category", "brand")),
         price_text.alias("_raw_price"),
         price_text.cast(pl.Float64, strict=False).alias("price"),
     )
@@ -299,9 +316,7 @@ def ingest_events(
         raise IngestError(f"no event files match {uri!r} (events_source={events_source!r})")
     source = pl.concat([_scan(f, adapter) for f in files], how="diagonal_relaxed")
 
-    typed = _typed_events(source, adapter).with_columns(
-        pl.col("event_time").dt.date().cast(pl.String).alias("_day")
-    )
+    typed = _typed_events(source, adapter).with_columns(pl.col("event_time").dt.date().alias("_day"))
     in_interval = (pl.col("event_time") >= interval.start) & (pl.col("event_time") < interval.end)
     # Rows with no usable time are charged to every interval that reads their file.
     ours = in_interval | pl.col("event_time").is_null()
@@ -311,10 +326,13 @@ def ingest_events(
     ).collect(engine="streaming")
 
     rows_read = frame.height
-    outside = frame.filter(~pl.col("_ours") & pl.col("_reason").is_null()).height
+    outside = frame.select((~pl.col("_ours") & pl.col("_reason").is_null()).sum()).item()
+    # Each step drops its input, so ten million rows stay within a few GiB.
     frame = frame.filter(pl.col("_ours"))
     bad = frame.filter(pl.col("_reason").is_not_null())
-    good = frame.filter(pl.col("_reason").is_null())
+    good = frame.filter(pl.col("_reason").is_null()).select(*EVENT_COLUMNS, "_day")
+    source_keys = frame.filter(pl.col("_reason").is_null()).select("_source_file", "_source_row")
+    del frame
 
     staged_days, quarantine_files = [], []
     accepted = duplicates = 0
@@ -322,25 +340,29 @@ def ingest_events(
         row["_reason"]: row["count"]
         for row in bad.group_by("_reason").len(name="count").iter_rows(named=True)
     }
+    single_day = len(interval.days) == 1
     for day in interval.days:
-        part = good.filter(pl.col("_day") == day).select(EVENT_COLUMNS)
-        unique = part.unique(maintain_order=False).sort(list(EVENTS_SORT_KEY) + ["price", "quantity"])
-        unique = unique.cast(EVENTS_SCHEMA)
+        the_day = date.fromisoformat(day)
+        part = good.drop("_day") if single_day else good.filter(pl.col("_day") == the_day).drop("_day")
+        unique = _sorted_unique(part)
         duplicates += part.height - unique.height
         accepted += unique.height
+        del part
         _write_parquet(unique, paths.staging / "events" / partition_dir_name(day) / PARTITION_FILE)
+        del unique
         staged_days.append(day)
-        day_bad = bad.filter((pl.col("_day") == day) | pl.col("_day").is_null()) if len(interval.days) > 1 \
-            else bad
+        day_bad = bad if single_day else bad.filter((pl.col("_day") == the_day) | pl.col("_day").is_null())
         qfile = _write_quarantine(
-            day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS).sort("_source_file", "_source_row")
+            day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS)
+            .with_columns(pl.col("_source_file").cast(pl.String)).sort("_source_file", "_source_row")
             .with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")),
             paths.quarantine / "events" / partition_dir_name(day) / "quarantine.csv",
         )
         if qfile:
             quarantine_files.append(qfile)
 
-    catalog_items, catalog_bad = _ingest_catalog(interval, adapter, source, good, catalog_source, paths)
+    del good
+    catalog_items, catalog_bad = _ingest_catalog(interval, adapter, source, source_keys, catalog_source, paths)
 
     result = IngestResult(
         interval_start=interval.start.isoformat(),
@@ -372,16 +394,19 @@ def _ingest_catalog(
     interval: Interval,
     adapter: Adapter,
     source: pl.LazyFrame,
-    accepted_events: pl.DataFrame,
+    accepted_keys: pl.DataFrame,
     catalog_source: str | None,
     paths: StatePaths,
 ) -> tuple[int, int]:
-    """Stage the catalog rows of the interval; returns (items staged, rows quarantined)."""
+    """Stage the catalog rows of the interval; returns (items staged, rows quarantined).
+
+    ``accepted_keys`` (``_source_file``, ``_source_row``) names the accepted event rows, from which
+    adapters without a catalog file derive theirs.
+    """
     first_day = interval.days[0]
     if adapter.catalog is not None:
-        keys = accepted_events.select("_source_file", "_source_row").lazy()
         raw = source.select(*adapter.catalog(), "_source_file", "_source_row").join(
-            keys, on=["_source_file", "_source_row"], how="semi"
+            accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi"
         )
     elif catalog_source:
         uri = resolve_uri(catalog_source, paths.home, first_day)
@@ -390,10 +415,10 @@ def _ingest_catalog(
             raise IngestError(f"no catalog files match {uri!r} (catalog_source={catalog_source!r})")
         raw = _read_catalog(files, adapter)
     else:
-        raw = accepted_events.lazy().select(
-            "item_id", pl.lit(None, dtype=pl.String).alias("category"),
-            pl.lit(None, dtype=pl.String).alias("brand"), "price", "_source_file", "_source_row",
-        )
+        raw = source.select(
+            pl.col("item_id").cast(pl.String), pl.lit(None, dtype=pl.String).alias("category"),
+            pl.lit(None, dtype=pl.String).alias("brand"), pl.col("price"), "_source_file", "_source_row",
+        ).join(accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi")
     typed = _typed_catalog(raw).collect(engine="streaming")
     bad = typed.filter(pl.col("_reason").is_not_null())
     # The last row of an item wins (sources list price changes in time order).
@@ -407,7 +432,8 @@ def _ingest_catalog(
     )
     _write_parquet(good, paths.staging / "catalog" / partition_dir_name(first_day) / PARTITION_FILE)
     _write_quarantine(
-        bad.select(*QUARANTINE_COLUMNS, *CATALOG_COLUMNS).sort("_source_file", "_source_row"),
+        bad.select(*QUARANTINE_COLUMNS, *CATALOG_COLUMNS)
+        .with_columns(pl.col("_source_file").cast(pl.String)).sort("_source_file", "_source_row"),
         paths.quarantine / "catalog" / partition_dir_name(first_day) / "quarantine.csv",
     )
     return good.height, bad.height

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -65,8 +66,21 @@ def _repo(paths: StatePaths):
     return Repo(str(root))
 
 
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link (or, across file systems, copy) every file of ``source`` into a new ``target``."""
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        try:
+            os.link(item, target / item.name)
+        except OSError:
+            shutil.copy2(item, target / item.name)
+
+
 def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
-    """Move the staged partitions of ``interval`` into the canonical dataset, replacing old ones.
+    """Put the staged partitions of ``interval`` into the canonical dataset, replacing old ones.
+
+    The staged files stay where they are (hard links, not copies), so validation and publishing can
+    be rerun, as ``dvc repro`` does when only a suite changed.
 
     Returns:
         The days published.
@@ -83,13 +97,15 @@ def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
                 if table == "catalog":
                     continue  # multi-day intervals stage one catalog, on their first day
                 raise FileNotFoundError(f"no staged partition at {staged}; run ingest and validate first")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            incoming = target.with_name(target.name + ".incoming")
             old = target.with_name(target.name + ".replaced")
-            if old.exists():
-                shutil.rmtree(old)
+            for leftover in (incoming, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+            _link_tree(staged, incoming)
             if target.exists():
                 target.rename(old)
-            staged.rename(target)
+            incoming.rename(target)
             if old.exists():
                 shutil.rmtree(old)
         published.append(day)

@@ -37,11 +37,13 @@ bag = DagBag(dag_folder=sys.argv[1])
 dags = {}
 for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
-        "tasks": {t.task_id: {"retries": t.retries, "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+        "tasks": {t.task_id: {"retries": t.retries,
+                              "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                               "downstream": sorted(t.downstream_task_ids)} for t in dag.tasks},
         "doc": bool(dag.doc_md),
     }
-print(json.dumps({"files": report, "heavy": heavy, "import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags}))
+errors = {k: str(v) for k, v in bag.import_errors.items()}
+print(json.dumps({"files": report, "heavy": heavy, "import_errors": errors, "dags": dags}))
 """
 
 

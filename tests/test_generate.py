@@ -64,7 +64,7 @@ def test_funnel_order_view_then_cart_then_purchase(week):
     assert removed.height > 0
     assert removed.filter(pl.col("add_to_cart") > pl.col("remove_from_cart")).height == 0
     counts = events["event_type"].value_counts().to_dict(as_series=False)
-    by_type = dict(zip(counts["event_type"], counts["count"]))
+    by_type = dict(zip(counts["event_type"], counts["count"], strict=True))
     assert by_type["view"] > by_type["add_to_cart"] > by_type["purchase"] > 0
 
 
@@ -100,7 +100,7 @@ def test_daily_and_weekly_seasonality(week):
     midweek = np.mean([by_day["2026-11-03"], by_day["2026-11-04"]])
     assert weekend > 1.1 * midweek
     hours = events["event_time"].dt.hour().value_counts().to_dict(as_series=False)
-    per_hour = dict(zip(hours["event_time"], hours["count"]))
+    per_hour = dict(zip(hours["event_time"], hours["count"], strict=True))
     assert per_hour[20] > 4 * per_hour[3]
 
 

@@ -43,6 +43,11 @@ def _ingest(state, day: str = DAY, **kw):
     return ingest_events(Interval.for_day(day), "landing/events/events-{date}.csv", state, **kw)
 
 
+def _read_csv(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _staged(state, day: str = DAY):
     return state.staging / "events" / f"event_date={day}" / PARTITION_FILE
 
@@ -68,7 +73,7 @@ def test_malformed_rows_go_to_quarantine_with_file_row_column_value_and_reason(s
         "unparseable event_time": 1, "unknown event_type": 1, "negative price": 1,
         "missing user_id": 1, "unparseable price": 1, "non-positive quantity": 1,
     }
-    rows = list(csv.DictReader(open(result.quarantine_files[0])))
+    rows = _read_csv(result.quarantine_files[0])
     found = {(r["_source_row"], r["_column"], r["_value"], r["_reason"]) for r in rows}
     assert found == {
         ("5", "event_time", "yesterday", "unparseable event_time"),
@@ -93,7 +98,7 @@ def test_blank_lines_are_skipped_but_still_counted_in_row_numbers(state):
     _landing(state, GOOD + "\n" + MALFORMED.lstrip("\n"))
     result = _ingest(state)
     assert (result.rows_accepted, result.rows_quarantined) == (4, 6)
-    rows = list(csv.DictReader(open(result.quarantine_files[0])))
+    rows = _read_csv(result.quarantine_files[0])
     assert min(int(r["_source_row"]) for r in rows) == 6
 
 
@@ -104,8 +109,29 @@ def test_rerunning_an_interval_replaces_it_with_identical_rows(state):
     result = _ingest(state)
     assert hashlib.sha256(_staged(state).read_bytes()).hexdigest() == first
     assert pl.read_parquet(_staged(state)).height == result.rows_accepted == 4
-    quarantine = list(csv.DictReader(open(result.quarantine_files[0])))
+    quarantine = _read_csv(result.quarantine_files[0])
     assert len(quarantine) == 6  # replaced, not appended
+
+
+def test_space_separated_time_with_offset_as_databases_export_it(state):
+    _landing(state, "2026-11-02 12:00:00.5+01:00,u2,s2,i2,view,3,1\n")
+    assert _ingest(state).rows_accepted == 1
+    assert pl.read_parquet(_staged(state))["event_time"].to_list() == [
+        datetime(2026, 11, 2, 11, 0, 0, 500000, tzinfo=timezone.utc)]
+
+
+def test_parquet_landing_files_with_typed_columns(state):
+    frame = pl.DataFrame({
+        "event_time": [datetime(2026, 11, 2, 9, tzinfo=timezone.utc), datetime(2026, 11, 2, 23, 59)],
+        "user_id": ["u1", "u2"], "session_id": ["s1", "s2"], "item_id": ["i1", "i2"],
+        "event_type": ["view", "purchase"], "price": [1.5, -2.0], "quantity": [1, 1],
+    })
+    path = state.landing / "events" / f"events-{DAY}.parquet"
+    path.parent.mkdir(parents=True)
+    frame.write_parquet(path)
+    result = ingest_events(Interval.for_day(DAY), "landing/events/events-{date}.parquet", state)
+    assert (result.rows_accepted, result.quarantine_reasons) == (1, {"negative price": 1})
+    assert pl.read_parquet(_staged(state))["event_time"].to_list() == [datetime(2026, 11, 2, 9, tzinfo=timezone.utc)]
 
 
 def test_missing_columns_name_the_file_and_the_columns(state):

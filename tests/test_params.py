@@ -1,0 +1,47 @@
+"""params.yaml is parsed once into frozen dataclasses; mistakes are named."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline.params import ParamsError, load_params
+from pipeline.settings import get_state_paths
+
+
+def test_project_params_file_parses():
+    params = load_params()
+    assert params.ingest.adapter == "canonical"
+    assert params.validate.volume_band == (0.25, 4.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.generate.seed = 1  # type: ignore[misc]
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("generate:\n  sead: 3\n")
+    with pytest.raises(ParamsError, match=r"section 'generate' has unknown keys \['sead'\]"):
+        load_params(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("validate:\n  history_days: seven\n")
+    with pytest.raises(ParamsError, match=r"validate.history_days must be a number, got 'seven'"):
+        load_params(path)
+    path.write_text("validate:\n  volume_band: 0.5\n")
+    with pytest.raises(ParamsError, match=r"validate.volume_band must be a list of 2"):
+        load_params(path)
+
+
+def test_state_folder_moves_with_one_variable(tmp_path):
+    paths = get_state_paths({"SHOPML_HOME": str(tmp_path / "elsewhere")})
+    assert paths.home == tmp_path / "elsewhere"
+    for location in (paths.landing, paths.staging, paths.canonical, paths.quarantine, paths.gx_root,
+                     paths.airflow_home, paths.dataset_repo):
+        assert location.is_relative_to(paths.home)
+    assert paths.dvc_remote_url == str(tmp_path / "elsewhere" / "dvc-remote")
+    assert not (tmp_path / "elsewhere").exists()  # resolving paths creates nothing
+    s3 = get_state_paths({"SHOPML_HOME": str(tmp_path), "SHOPML_DVC_REMOTE": "s3://shop/dvc"})
+    assert s3.dvc_remote_url == "s3://shop/dvc"
