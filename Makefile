@@ -31,7 +31,7 @@ demo: install
 	  echo "== airflow dags test ingest_events $$run (data interval: the day before) =="; \
 	  $(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-$$run.log 2>&1 \
 	    || { tail -40 $(SHOPML_HOME)/demo-$$run.log; exit 1; }; \
-	  grep -hE "ingested|validation of|dataset version" $(SHOPML_HOME)/demo-$$run.log | sed -E 's/^.*(ingested|validation of|dataset version)/\1/' | sort -u; \
+	  grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-$$run.log; \
 	done
 	@echo "state folder: $(SHOPML_HOME)"
 	@echo "data docs:    $(SHOPML_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html"

@@ -102,7 +102,7 @@ class IngestResult:
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.quarantine_reasons.items()))
         return (
-            f"ingested {self.interval_start[:10]}..{self.interval_end[:10]} ({self.adapter}): "
+            f"ingested {', '.join(self.staged_days)} ({self.adapter}): "
             f"{self.rows_read} read, {self.rows_accepted} accepted, {self.rows_duplicate} duplicates, "
             f"{self.rows_outside_interval} outside the interval, {self.rows_quarantined} quarantined"
             + (f" ({reasons})" if reasons else "")

@@ -82,12 +82,13 @@ def get_state_paths(env: Mapping[str, str] | None = None) -> StatePaths:
 def airflow_env(paths: StatePaths, dags_folder: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for running Airflow against this project's DAGs and state.
 
-    Values already set in ``env`` win, so a production deployment (PostgreSQL, Celery) keeps its
-    own settings; locally Airflow gets SQLite under ``$SHOPML_HOME/airflow`` and no example DAGs.
+    ``SHOPML_HOME`` is always the one of ``paths``, so tasks see the same state folder as the caller.
+    Airflow settings already set in ``env`` win, so a production deployment (PostgreSQL, Celery)
+    keeps its own; locally Airflow gets SQLite under ``$SHOPML_HOME/airflow`` and no example DAGs.
     """
     env = dict(os.environ if env is None else env)
+    env["SHOPML_HOME"] = str(paths.home)
     defaults = {
-        "SHOPML_HOME": str(paths.home),
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -7,6 +7,7 @@ project's Airflow environment (``pipeline.settings.airflow_env``) and a state fo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,10 @@ print(json.dumps({"files": report, "heavy": heavy, "import_errors": errors, "dag
 
 
 def _env(home: Path) -> dict[str, str]:
-    return airflow_env(get_state_paths({"SHOPML_HOME": str(home)}), DAGS)
+    """The environment of a fresh deployment in ``home``: nothing inherited from the caller's
+    SHOPML_* or AIRFLOW* settings (make exports SHOPML_HOME, a developer may have AIRFLOW_HOME)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPML_", "AIRFLOW"))}
+    return airflow_env(get_state_paths({"SHOPML_HOME": str(home)}), DAGS, env=clean)
 
 
 def _airflow(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

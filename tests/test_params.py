@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from pipeline.params import ParamsError, load_params
-from pipeline.settings import get_state_paths
+from pipeline.settings import airflow_env, get_state_paths
 
 
 def test_project_params_file_parses():
@@ -45,3 +45,13 @@ def test_state_folder_moves_with_one_variable(tmp_path):
     assert not (tmp_path / "elsewhere").exists()  # resolving paths creates nothing
     s3 = get_state_paths({"SHOPML_HOME": str(tmp_path), "SHOPML_DVC_REMOTE": "s3://shop/dvc"})
     assert s3.dvc_remote_url == "s3://shop/dvc"
+
+
+def test_airflow_env_uses_the_callers_state_folder_and_keeps_deployment_settings(tmp_path):
+    paths = get_state_paths({"SHOPML_HOME": str(tmp_path / "mine")})
+    inherited = {"SHOPML_HOME": "/somewhere/else", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}
+    env = airflow_env(paths, tmp_path / "dags", env=inherited)
+    assert env["SHOPML_HOME"] == str(tmp_path / "mine")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'mine' / 'airflow' / 'airflow.db'}"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
