@@ -162,3 +162,19 @@ def test_catalog_rows_are_checked_too(state):
     assert (result.catalog_items, result.catalog_rows_quarantined) == (1, 2)
     staged = pl.read_parquet(state.staging / "catalog" / f"event_date={DAY}" / PARTITION_FILE)
     assert staged.rows() == [("i1", "home", "acme", 11.0)]  # the later row of an item wins
+
+
+def test_any_fsspec_uri_is_a_source(state):
+    """The remote path (fsspec open, then parse) is the one S3 or GCS sources take."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"/shop-exports/events-{DAY}.csv", (HEADER + GOOD.lstrip("\n")).encode())
+    fs.pipe(f"/shop-exports/catalog-{DAY}.csv", b"item_id,category,brand,price\ni1,home,acme,10.5\n")
+    try:
+        result = ingest_events(Interval.for_day(DAY), "memory://shop-exports/events-{date}.csv", state,
+                               catalog_source="memory://shop-exports/catalog-{date}.csv")
+    finally:
+        fs.rm("/shop-exports", recursive=True)
+    assert result.sources == [f"memory:///shop-exports/events-{DAY}.csv"]
+    assert (result.rows_accepted, result.catalog_items) == (4, 1)
