@@ -1,0 +1,38 @@
+"""Ranking metrics over the full catalog (no sampled negatives)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each target among all items, by descending score.
+
+    Args:
+        scores: [batch, n_items] scores for every item index.
+        targets: [batch] the item that came next.
+        exclude: [batch, m] item indices that must not be recommended (padding, history); a target
+            is never excluded.
+
+    Ties count against the target (pessimistic), so a constant scorer gets no credit.
+    """
+    scores = scores.float().clone()
+    scores[:, :2] = -torch.inf  # padding and the unknown item are never recommended
+    if exclude is not None:
+        keep = scores.gather(1, targets[:, None])
+        scores.scatter_(1, exclude, -torch.inf)
+        scores.scatter_(1, targets[:, None], keep)
+    target_score = scores.gather(1, targets[:, None])
+    return (scores >= target_score).sum(dim=1) - 1
+
+
+def recall_ndcg(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Recall@K (hit rate, one target per example) and NDCG@K from 0-based ranks."""
+    ranks = np.asarray(ranks)
+    out = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"recall_at_{k}"] = float(hit.mean()) if ranks.size else 0.0
+        out[f"ndcg_at_{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean()) if ranks.size else 0.0
+    return out

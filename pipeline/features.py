@@ -1,0 +1,174 @@
+"""Features for the models: a time-based split and next-item sequences.
+
+The split is by event time, never random: train is everything before ``train_end``, validation the
+next ``valid_days``, test the last ``test_days`` of the data. Cut points are recorded with the data
+so that every evaluation of a model (and of the champion it may replace) uses the same frozen test.
+
+Items are indexed from 2: index 0 pads a short history and index 1 stands for any item not seen in
+training (a new item), so unknown ids are a value, not a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+PAD, UNKNOWN = 0, 1
+# Interactions that say something about what a user wants next; removals say the opposite.
+SEQUENCE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Cut points of a time-based split; each period is [start, end)."""
+
+    start: datetime
+    train_end: datetime
+    valid_end: datetime
+    end: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.isoformat() for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> TimeSplit:
+        return cls(**{k: datetime.fromisoformat(v) for k, v in data.items()})
+
+
+def load_events(canonical: Path) -> pl.DataFrame:
+    """All published events of the canonical dataset, in time order."""
+    files = sorted((canonical / "events").glob("event_date=*/part-0.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no published event partitions under {canonical / 'events'}")
+    return pl.concat([pl.read_parquet(f) for f in files]).sort("event_time", "user_id", "session_id")
+
+
+def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> TimeSplit:
+    """Cut the data's whole days into train | validation | test.
+
+    Raises:
+        ValueError: the data spans too few days to leave at least one for training.
+    """
+    first = events["event_time"].min()
+    last = events["event_time"].max()
+    start = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+    end = datetime(last.year, last.month, last.day, tzinfo=timezone.utc) + timedelta(days=1)
+    valid_end = end - timedelta(days=test_days)
+    train_end = valid_end - timedelta(days=valid_days)
+    if train_end <= start:
+        days = (end - start).days
+        raise ValueError(f"the data spans {days} day(s): too few for {valid_days} validation and "
+                         f"{test_days} test day(s) plus at least one training day")
+    return TimeSplit(start, train_end, valid_end, end)
+
+
+@dataclass(frozen=True)
+class ItemVocab:
+    """Item id <-> index; ids unseen in training map to UNKNOWN."""
+
+    ids: tuple[str, ...]
+
+    @classmethod
+    def from_events(cls, events: pl.DataFrame) -> ItemVocab:
+        return cls(tuple(events["item_id"].unique().sort().to_list()))
+
+    @property
+    def size(self) -> int:
+        """Number of indices, the two reserved ones included."""
+        return len(self.ids) + 2
+
+    def encode(self, item_ids: pl.Series) -> np.ndarray:
+        mapping = pl.DataFrame({"item_id": list(self.ids), "idx": np.arange(2, self.size, dtype=np.int64)})
+        frame = pl.DataFrame({"item_id": item_ids.cast(pl.String)}).join(
+            mapping, on="item_id", how="left", maintain_order="left")
+        return frame["idx"].fill_null(UNKNOWN).to_numpy()
+
+    def decode(self, indices: np.ndarray) -> list[str | None]:
+        return [self.ids[i - 2] if i >= 2 else None for i in np.asarray(indices).tolist()]
+
+
+@dataclass
+class NextItemExamples:
+    """Histories (left-padded to ``max_len``) and the item that came next, for evaluation."""
+
+    users: list[str]
+    histories: np.ndarray  # [n, max_len] int64
+    targets: np.ndarray    # [n] int64
+
+
+def user_sequences(events: pl.DataFrame, vocab: ItemVocab, before: datetime) -> dict[str, np.ndarray]:
+    """Each user's item indices before ``before``, in time order, repeats in a row collapsed."""
+    frame = events.filter(
+        (pl.col("event_time") < before) & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)
+    ).select("user_id", "event_time", "item_id")
+    frame = frame.with_columns(pl.Series("idx", vocab.encode(frame["item_id"]))).sort("user_id", "event_time")
+    # A view followed by an add_to_cart of the same item is one step, not two.
+    frame = frame.filter(
+        (pl.col("idx") != pl.col("idx").shift(1)) | (pl.col("user_id") != pl.col("user_id").shift(1))
+        | pl.col("idx").shift(1).is_null()
+    )
+    grouped = frame.group_by("user_id", maintain_order=True).agg(pl.col("idx"))
+    return {u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped["user_id"], grouped["idx"], strict=True)}
+
+
+def left_pad(seq: np.ndarray, max_len: int) -> np.ndarray:
+    out = np.zeros(max_len, dtype=np.int64)
+    tail = seq[-max_len:]
+    if tail.size:
+        out[-tail.size:] = tail
+    return out
+
+
+def next_item_examples(
+    events: pl.DataFrame, vocab: ItemVocab, history_end: datetime, window_end: datetime, max_len: int
+) -> tuple[NextItemExamples, int]:
+    """For each user active in [history_end, window_end): their history, and their first new item.
+
+    The target is the user's first item in the window that differs from the last item of their
+    history. Targets that are new items (unknown to the model) cannot be ranked by any model and
+    are left out; their count is returned beside the examples.
+    """
+    histories = user_sequences(events, vocab, history_end)
+    window = events.filter(
+        (pl.col("event_time") >= history_end) & (pl.col("event_time") < window_end)
+        & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)
+    ).sort("event_time")
+    window = window.with_columns(pl.Series("idx", vocab.encode(window["item_id"])))
+    users, hist, targets, unknown = [], [], [], 0
+    for user, items in window.group_by("user_id", maintain_order=True).agg(pl.col("idx")).iter_rows():
+        past = histories.get(user, np.zeros(0, dtype=np.int64))
+        last = past[-1] if past.size else -1
+        target = next((i for i in items if i != last), None)
+        if target is None:
+            continue
+        if target == UNKNOWN:
+            unknown += 1
+            continue
+        users.append(user)
+        hist.append(left_pad(past, max_len))
+        targets.append(target)
+    examples = NextItemExamples(
+        users=users,
+        histories=np.stack(hist) if hist else np.zeros((0, max_len), dtype=np.int64),
+        targets=np.asarray(targets, dtype=np.int64),
+    )
+    return examples, unknown
+
+
+def training_windows(sequences: dict[str, np.ndarray], max_len: int) -> np.ndarray:
+    """Training rows for a sequential model: each sequence cut into windows of ``max_len + 1``.
+
+    Row ``r`` holds inputs ``r[:-1]`` and next-item labels ``r[1:]`` (0 where there is none).
+    Long sequences give several non-overlapping windows, so no interaction is wasted.
+    """
+    rows = []
+    for seq in sequences.values():
+        if seq.size < 2:
+            continue
+        for end in range(seq.size, 1, -max_len):
+            rows.append(left_pad(seq[max(0, end - max_len - 1):end], max_len + 1))
+    return np.stack(rows) if rows else np.zeros((0, max_len + 1), dtype=np.int64)

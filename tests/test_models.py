@@ -1,0 +1,134 @@
+"""Model tests: learning (loss falls, beats popularity), resumable training, unknown ids.
+
+The data is the synthetic shop, whose users have sequential and personal structure; the tests
+assert comparisons, never exact metric values.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from models.baselines import CooccurrenceRecommender, PopularityRecommender
+from models.metrics import recall_ndcg, target_ranks
+from models.sasrec import SASRec, SASRecConfig
+from models.train import TrainConfig, train
+from pipeline.features import (
+    UNKNOWN,
+    ItemVocab,
+    next_item_examples,
+    split_by_time,
+    training_windows,
+    user_sequences,
+)
+from pipeline.generate import generate_shop_data
+from pipeline.params import GenerateParams
+
+MAX_LEN = 20
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shop")
+    days = generate_shop_data(GenerateParams(seed=11, start_date="2026-10-01", days=14, events_per_day=5000,
+                                             initial_users=2000, initial_items=1200), out)
+    events = pl.concat([pl.read_csv(d.events_path, try_parse_dates=True) for d in days])
+    split = split_by_time(events, valid_days=2, test_days=2)
+    vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
+    sequences = user_sequences(events, vocab, split.train_end)
+    valid, _ = next_item_examples(events, vocab, split.train_end, split.valid_end, MAX_LEN)
+    test, unknown = next_item_examples(events, vocab, split.valid_end, split.end, MAX_LEN)
+    windows = torch.from_numpy(training_windows(sequences, MAX_LEN))
+    return {"events": events, "split": split, "vocab": vocab, "sequences": sequences, "valid": valid,
+            "test": test, "unknown_targets": unknown, "windows": windows}
+
+
+def _evaluate(scorer, examples) -> dict[str, float]:
+    histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
+    with torch.no_grad():
+        ranks = target_ranks(scorer(histories), targets)
+    return recall_ndcg(ranks.numpy())
+
+
+def _loss(model, batch):
+    return model.sampled_loss(batch[:, :-1], batch[:, 1:], n_negatives=128)
+
+
+def test_split_is_by_time_and_recorded(shop):
+    split = shop["split"]
+    assert split.start < split.train_end < split.valid_end < split.end
+    assert (split.end - split.valid_end).days == 2 and (split.valid_end - split.train_end).days == 2
+    assert shop["events"]["event_time"].max() < split.end
+
+
+def test_sequential_model_learns_and_beats_popularity(shop):
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=shop["vocab"].size, max_len=MAX_LEN, dim=48, dropout=0.3))
+    result = train(model, shop["windows"], _loss, lambda m: _evaluate(m, shop["valid"])["recall_at_20"],
+                   TrainConfig(epochs=6, batch_size=128, lr=2e-3, patience=2, seed=0, progress=False))
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[1] < losses[0]
+    model.eval()
+    sasrec = _evaluate(model, shop["test"])
+    sequences = list(shop["sequences"].values())
+    popularity = _evaluate(PopularityRecommender(shop["vocab"].size, np.concatenate(sequences)).score, shop["test"])
+    assert sasrec["recall_at_20"] > popularity["recall_at_20"]
+    assert sasrec["ndcg_at_20"] > popularity["ndcg_at_20"]
+
+
+def test_cooccurrence_baseline_beats_popularity(shop):
+    sequences = list(shop["sequences"].values())
+    cooc = _evaluate(CooccurrenceRecommender(shop["vocab"].size, sequences).score, shop["test"])
+    popularity = _evaluate(PopularityRecommender(shop["vocab"].size, np.concatenate(sequences)).score, shop["test"])
+    assert cooc["recall_at_20"] > popularity["recall_at_20"]
+
+
+def test_resumed_training_ends_where_an_uninterrupted_run_ends(shop, tmp_path):
+    windows = shop["windows"][:600]
+    config = TrainConfig(epochs=3, batch_size=64, lr=2e-3, patience=10, seed=3, progress=False)
+    args = SASRecConfig(n_items=shop["vocab"].size, max_len=MAX_LEN, dim=16, layers=1)
+
+    def metric(m):  # deterministic, and different every epoch
+        return -float(sum(p.abs().sum() for p in m.parameters()))
+
+    torch.manual_seed(1)
+    straight = SASRec(args)
+    train(straight, windows, _loss, metric, config, checkpoint_dir=tmp_path / "a")
+
+    torch.manual_seed(1)
+    killed = SASRec(args)
+    train(killed, windows, _loss, metric, config, checkpoint_dir=tmp_path / "b", stop_after_epochs=1)
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 0 and set(ckpt) >= {"model", "optimizer", "config", "step", "best_metric", "model_args"}
+    torch.manual_seed(99)  # a fresh process would start from another state: the checkpoint restores it
+    resumed = SASRec(args)
+    result = train(resumed, windows, _loss, metric, config, checkpoint_dir=tmp_path / "b")
+    assert result.epochs_run == 3
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_items_are_a_value_not_a_crash(shop):
+    vocab = shop["vocab"]
+    encoded = vocab.encode(pl.Series(["never-seen", vocab.ids[0]]))
+    assert encoded.tolist() == [UNKNOWN, 2]
+    model = SASRec(SASRecConfig(n_items=vocab.size, max_len=MAX_LEN, dim=16, layers=1))
+    history = torch.zeros(1, MAX_LEN, dtype=torch.long)
+    history[0, -2:] = torch.tensor([UNKNOWN, 2])
+    scores = model(history)
+    assert scores.shape == (1, vocab.size) and torch.isfinite(scores).all()
+    # Padding and the unknown item are never ranked above a real item.
+    ranks = target_ranks(torch.zeros(1, vocab.size), torch.tensor([5]))
+    assert ranks.item() == vocab.size - 3
+    # Users whose next item is new to the model are counted, not dropped silently.
+    assert shop["unknown_targets"] >= 0 and len(shop["test"].targets) > 100
+
+
+def test_split_needs_enough_days(shop):
+    three_days = shop["events"].filter(pl.col("event_time") < shop["split"].start + timedelta(days=3))
+    with pytest.raises(ValueError, match="spans 3 day"):
+        split_by_time(three_days, valid_days=2, test_days=2)
