@@ -111,6 +111,7 @@ def train(
     checkpoint_dir: Path | None = None,
     model_args: dict | None = None,
     stop_after_epochs: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on the rows of ``train_data`` and keep its best weights (in place).
 
@@ -123,6 +124,7 @@ def train(
         checkpoint_dir: where ``last.pt`` and ``best.pt`` go; an existing ``last.pt`` is resumed.
         model_args: the model's constructor arguments, stored in the checkpoint.
         stop_after_epochs: end after this many epochs of this call (simulates a kill, for tests).
+        on_epoch: called on rank 0 with each epoch's figures (for experiment tracking).
 
     Returns:
         The best metric and epoch, per-epoch history and throughput.
@@ -196,6 +198,8 @@ def train(
         train_loss = total / max(order.numel(), 1)
         result.history.append({"epoch": epoch, "train_loss": train_loss, "valid_metric": metric})
         result.epochs_run = epoch + 1
+        if on_epoch is not None and rank == 0:
+            on_epoch(result.history[-1])
         if metric > result.best_metric:
             result.best_metric, result.best_epoch, bad_epochs = metric, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_interval(r)
     r.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
 
+    t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
+    t.add_argument("--model", choices=("next_item",), default="next_item")
+
     a = sub.add_parser("run", help="ingest, validate and version each day in turn")
     _add_interval(a)
     a.add_argument("--adapter")
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.ingest import IngestError, Interval, ingest_events
     from pipeline.settings import get_state_paths
     from pipeline.validate import ValidationFailed, validate_batch
+    from pipeline.version import NotValidated
 
     try:
         params = load_params(args.params)
@@ -129,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             for d in days:
                 print(f"generated {d.day}: {d.events} events -> {d.events_path}; "
                       f"{d.catalog_items} items -> {d.catalog_path}")
+            return 0
+
+        if args.command == "train":
+            from pipeline.train import train_recommender
+
+            outcome = train_recommender(paths, params.train_recommender)
+            print(f"trained {args.model} on dataset {outcome.dataset_version[:12]}: run {outcome.run_id}, "
+                  f"model {outcome.model_uri}")
+            print(json.dumps({k: round(v, 4) for k, v in sorted(outcome.metrics.items())}, indent=2))
             return 0
 
         ingest_kwargs = {}
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (IngestError, ParamsError, FileNotFoundError, ValueError) as exc:
+    except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

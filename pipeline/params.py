@@ -47,10 +47,28 @@ class ValidateParams:
 
 
 @dataclass(frozen=True)
+class TrainRecommenderParams:
+    valid_days: int = 2
+    test_days: int = 2
+    max_len: int = 50
+    dim: int = 64
+    heads: int = 2
+    layers: int = 2
+    dropout: float = 0.3
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.002
+    patience: int = 3
+    seed: int = 0
+    recent_days: int = 3
+
+
+@dataclass(frozen=True)
 class Params:
     generate: GenerateParams
     ingest: IngestParams
     validate: ValidateParams
+    train_recommender: TrainRecommenderParams
 
 
 T = TypeVar("T")
@@ -103,4 +121,5 @@ def load_params(path: Path | str | None = None) -> Params:
         generate=_section(GenerateParams, raw.get("generate"), "generate", path),
         ingest=_section(IngestParams, raw.get("ingest"), "ingest", path),
         validate=_section(ValidateParams, raw.get("validate"), "validate", path),
+        train_recommender=_section(TrainRecommenderParams, raw.get("train_recommender"), "train_recommender", path),
     )

@@ -76,6 +76,23 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(item, target / item.name)
 
 
+class NotValidated(RuntimeError):
+    """A staged day has no passing validation newer than its staged data."""
+
+
+def _require_passed_validation(paths: StatePaths, day: str) -> None:
+    staged = paths.staging / "events" / partition_dir_name(day)
+    report = paths.reports / "validate" / f"{day}.json"
+    if not staged.exists():
+        raise FileNotFoundError(f"no staged partition at {staged}; run ingest and validate first")
+    if not report.exists():
+        raise NotValidated(f"{day} was staged but never validated ({report} is missing); run validate first")
+    if report.stat().st_mtime < max(f.stat().st_mtime for f in staged.iterdir()):
+        raise NotValidated(f"{day} was staged again after its last validation; run validate first")
+    if not json.loads(report.read_text())["success"]:
+        raise NotValidated(f"{day} failed validation; see {report}")
+
+
 def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
     """Put the staged partitions of ``interval`` into the canonical dataset, replacing old ones.
 
@@ -87,9 +104,11 @@ def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
 
     Raises:
         FileNotFoundError: nothing was staged for a day of the interval.
+        NotValidated: a day has no passing validation newer than its staged data.
     """
     published = []
     for day in interval.days:
+        _require_passed_validation(paths, day)
         for table in TABLES:
             staged = paths.staging / table / partition_dir_name(day)
             target = paths.canonical / table / partition_dir_name(day)

@@ -15,7 +15,7 @@ from pipeline.ingest import Interval, ingest_events
 from pipeline.params import GenerateParams, ValidateParams
 from pipeline.schema import PARTITION_FILE
 from pipeline.validate import ValidationFailed, validate_batch
-from pipeline.version import current_dataset_version, version_dataset
+from pipeline.version import NotValidated, current_dataset_version, version_dataset
 
 PARAMS = GenerateParams(seed=3, start_date="2026-11-02", days=3, events_per_day=3000,
                         initial_users=800, initial_items=600)
@@ -113,3 +113,14 @@ def test_warnings_are_reported_but_do_not_stop_the_batch(shop):
 def test_validating_an_unstaged_day_says_what_to_do(state):
     with pytest.raises(FileNotFoundError, match="run ingest for 2026-11-09 first"):
         validate_batch(Interval.for_day("2026-11-09"), state, ValidateParams())
+
+
+def test_only_validated_data_is_published(shop):
+    _ingest(shop, "2026-11-02")
+    with pytest.raises(NotValidated, match="never validated"):
+        version_dataset(Interval.for_day("2026-11-02"), shop)
+    validate_batch(Interval.for_day("2026-11-02"), shop, ValidateParams())
+    _ingest(shop, "2026-11-02")  # staged again: the validation no longer covers it
+    with pytest.raises(NotValidated, match="staged again"):
+        version_dataset(Interval.for_day("2026-11-02"), shop)
+    assert current_dataset_version(shop) is None

@@ -1,0 +1,52 @@
+"""The next-item recommender as an MLflow pyfunc model: item ids in, ranked item ids out.
+
+Input: a DataFrame with ``history`` (a list of item ids, oldest first) and optionally ``k``.
+Output: a DataFrame with ``items`` (top-k item ids) and ``scores`` (their scores).
+Items unknown to the model in a history are kept as the "unknown item", never an error.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+DEFAULT_K = 20
+
+
+class SASRecPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from models.sasrec import SASRec, SASRecConfig
+
+        ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
+        self.model = SASRec(SASRecConfig(**ckpt["model_args"]))
+        self.model.load_state_dict(ckpt["model"])
+        self.model.eval()
+        with open(context.artifacts["vocab"]) as fh:
+            self.item_ids = json.load(fh)
+        self.index = {item: i + 2 for i, item in enumerate(self.item_ids)}
+
+    def encode(self, history) -> np.ndarray:
+        max_len = self.model.config.max_len
+        seq = [self.index.get(str(item), 1) for item in list(history)[-max_len:]]
+        out = np.zeros(max_len, dtype=np.int64)
+        if seq:
+            out[-len(seq):] = seq
+        return out
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        histories = torch.from_numpy(np.stack([self.encode(h) for h in model_input["history"]]))
+        ks = model_input["k"].fillna(DEFAULT_K).astype(int).tolist() if "k" in model_input else \
+            [DEFAULT_K] * len(model_input)
+        with torch.no_grad():
+            scores = self.model(histories)
+        scores[:, :2] = -torch.inf  # padding and the unknown item are never recommended
+        top_scores, top = scores.topk(min(max(ks), len(self.item_ids)), dim=1)
+        items, values = [], []
+        for row, k in enumerate(ks):
+            items.append([self.item_ids[i - 2] for i in top[row, :k].tolist()])
+            values.append([float(v) for v in top_scores[row, :k].tolist()])
+        return pd.DataFrame({"items": items, "scores": values})

@@ -1,0 +1,83 @@
+"""Training on the versioned dataset, tracked in MLflow; the logged model loads and predicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main as cli
+from pipeline.generate import generate_shop_data
+from pipeline.params import GenerateParams, TrainRecommenderParams
+from pipeline.train import train_recommender
+from pipeline.tracking import tracking_uri
+
+SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4,
+                               batch_size=128, patience=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    home = tmp_path_factory.mktemp("train")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SHOPML_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from pipeline.settings import get_state_paths
+
+    paths = get_state_paths()
+    generate_shop_data(GenerateParams(seed=21, start_date="2026-10-01", days=10, events_per_day=3000,
+                                      initial_users=1200, initial_items=800), paths.landing)
+    assert cli(["run", "--start", "2026-10-01", "--days", "10"]) == 0
+    outcome = train_recommender(paths, SMALL)
+    yield paths, outcome
+    mp.undo()
+
+
+def test_run_records_data_code_split_and_baselines(trained):
+    import mlflow
+
+    paths, outcome = trained
+    mlflow.set_tracking_uri(tracking_uri(paths))
+    run = mlflow.get_run(outcome.run_id)
+    current = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())
+    assert run.data.tags["dataset_version"] == current["version"] == outcome.dataset_version
+    assert len(run.data.tags["git_commit"].removesuffix("-dirty")) == 40
+    assert "env.torch" in run.data.tags
+    assert run.data.params["split.train_end"] < run.data.params["split.valid_end"] < run.data.params["split.end"]
+    for name in ("test_recall_at_20", "test_ndcg_at_10", "baseline_popularity_recall_at_20",
+                 "baseline_recent_popularity_recall_at_20", "baseline_cooccurrence_ndcg_at_20"):
+        assert name in run.data.metrics
+    history = mlflow.tracking.MlflowClient().get_metric_history(outcome.run_id, "train_loss")
+    assert len(history) >= 2 and history[1].value < history[0].value
+
+
+def test_logged_model_loads_in_a_fresh_process_and_predicts(trained):
+    paths, outcome = trained
+    script = f"""
+import json, mlflow, pandas as pd
+mlflow.set_tracking_uri({tracking_uri(paths)!r})
+model = mlflow.pyfunc.load_model({outcome.model_uri!r})
+out = model.predict(pd.DataFrame({{"history": [["i1", "i2", "no-such-item"], []], "k": [5, 3]}}))
+print(json.dumps({{"items": out["items"].tolist(), "scores": out["scores"].tolist(),
+                  "inputs": [c.name for c in model.metadata.get_input_schema().inputs]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(paths.home)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [len(x) for x in result["items"]] == [5, 3]
+    assert all(a >= b for a, b in zip(result["scores"][0], result["scores"][0][1:]))
+    assert result["inputs"] == ["history", "k"]
+
+
+def test_training_needs_a_published_dataset(state):
+    with pytest.raises(FileNotFoundError, match="no dataset version"):
+        train_recommender(state, dataclasses.replace(SMALL))
+
+
+def test_cli_train_without_data_is_a_clear_error(state, capsys):
+    assert cli(["train"]) == 2
+    assert "no dataset version" in capsys.readouterr().err
