@@ -12,8 +12,8 @@ import pytest
 from pipeline.cli import main as cli
 from pipeline.generate import generate_shop_data
 from pipeline.params import GenerateParams, TrainRecommenderParams
-from pipeline.train import train_recommender
 from pipeline.tracking import tracking_uri
+from pipeline.train import train_recommender
 
 SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4,
                                batch_size=128, patience=2)
@@ -69,7 +69,7 @@ print(json.dumps({{"items": out["items"].tolist(), "scores": out["scores"].tolis
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert [len(x) for x in result["items"]] == [5, 3]
-    assert all(a >= b for a, b in zip(result["scores"][0], result["scores"][0][1:]))
+    assert all(a >= b for a, b in zip(result["scores"][0], result["scores"][0][1:], strict=False))
     assert result["inputs"] == ["history", "k"]
 
 
