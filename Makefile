@@ -11,7 +11,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 3
 PIP_VERSION := 26.3
 
-.PHONY: install demo test test-slow bench-data lock lint clean airflow-test
+.PHONY: install demo test test-slow bench-data bench-models lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -42,6 +42,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+bench-models: install
+	$(PY) -m benchmarks.bench_models
 
 bench-data: install
 	$(PY) -m benchmarks.bench_data

@@ -16,6 +16,7 @@ The loop knows nothing of the model's task: ``loss_fn(model, batch)`` returns th
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -170,7 +172,8 @@ def train(
         if config.progress and rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch")
+            # disable=None: a live bar on a terminal, nothing in Airflow or CI logs (the epoch line says it).
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch", disable=None)
         started = time.perf_counter()
         total = 0.0
         for i in bar if bar is not None else batches:
@@ -198,8 +201,11 @@ def train(
         train_loss = total / max(order.numel(), 1)
         result.history.append({"epoch": epoch, "train_loss": train_loss, "valid_metric": metric})
         result.epochs_run = epoch + 1
-        if on_epoch is not None and rank == 0:
-            on_epoch(result.history[-1])
+        if rank == 0:
+            log.info("epoch %d/%d: train loss %.4f, validation %.4f, %.0f samples/s", epoch + 1, config.epochs,
+                     train_loss, metric, samples / busy if busy else 0.0)
+            if on_epoch is not None:
+                on_epoch(result.history[-1])
         if metric > result.best_metric:
             result.best_metric, result.best_epoch, bad_epochs = metric, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.train import train_recommender
 
             outcome = train_recommender(paths, params.train_recommender)
+            report = paths.reports / "train" / f"{args.model}.json"
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(dataclasses.asdict(outcome), indent=2))
             print(f"trained {args.model} on dataset {outcome.dataset_version[:12]}: run {outcome.run_id}, "
                   f"model {outcome.model_uri}")
             print(json.dumps({k: round(v, 4) for k, v in sorted(outcome.metrics.items())}, indent=2))

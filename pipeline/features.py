@@ -172,3 +172,98 @@ def training_windows(sequences: dict[str, np.ndarray], max_len: int) -> np.ndarr
         for end in range(seq.size, 1, -max_len):
             rows.append(left_pad(seq[max(0, end - max_len - 1):end], max_len + 1))
     return np.stack(rows) if rows else np.zeros((0, max_len + 1), dtype=np.int64)
+
+
+# Purchase propensity -------------------------------------------------------------------------
+
+PROPENSITY_DENSE = (
+    "ui_views", "ui_carts", "ui_removes", "ui_purchases", "ui_hours_since_last",
+    "u_events", "u_sessions", "u_purchases", "u_hours_since_last", "u_purchase_rate",
+    "i_views", "i_purchases", "i_purchase_rate", "price", "price_vs_user_avg", "u_category_affinity",
+)
+PROPENSITY_IDS = ("item_idx", "category_idx", "brand_idx")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """String value <-> index; 0 is reserved for unknown or missing values."""
+
+    values: tuple[str, ...]
+
+    @classmethod
+    def of(cls, series: pl.Series) -> Vocab:
+        return cls(tuple(series.drop_nulls().unique().sort().to_list()))
+
+    @property
+    def size(self) -> int:
+        return len(self.values) + 1
+
+    def encode_expr(self, column: str) -> pl.Expr:
+        mapping = dict(zip(self.values, range(1, self.size), strict=True))
+        return pl.col(column).replace_strict(mapping, default=0, return_dtype=pl.Int64)
+
+
+def latest_catalog(canonical: Path) -> pl.DataFrame:
+    """The latest known row of every item over all catalog partitions."""
+    files = sorted((canonical / "catalog").glob("event_date=*/part-0.parquet"))
+    if not files:
+        return pl.DataFrame(schema={"item_id": pl.String, "category": pl.String, "brand": pl.String,
+                                    "price": pl.Float64})
+    return pl.concat([pl.read_parquet(f) for f in files]).unique(subset="item_id", keep="last", maintain_order=True)
+
+
+def propensity_rows(
+    events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, horizon: timedelta, lookback: timedelta
+) -> pl.DataFrame:
+    """Candidates (user, item) at ``cutoff`` with features from before it and a label after it.
+
+    Candidates are the items a user viewed or carted in the ``lookback`` before the cutoff; the
+    label is whether the user bought that item within ``horizon`` after it. Features use only
+    events before the cutoff, so nothing leaks from the label window.
+    """
+    past = events.filter(pl.col("event_time") < cutoff)
+    recent = past.filter((pl.col("event_time") >= cutoff - lookback)
+                         & pl.col("event_type").is_in(["view", "add_to_cart"]))
+    candidates = recent.select("user_id", "item_id").unique()
+    future = events.filter((pl.col("event_time") >= cutoff) & (pl.col("event_time") < cutoff + horizon)
+                           & (pl.col("event_type") == "purchase")).select("user_id", "item_id").unique()
+    hours = (pl.lit(cutoff) - pl.col("event_time").max()).dt.total_seconds() / 3600.0
+
+    is_type = {t: (pl.col("event_type") == t).sum().cast(pl.Float64) for t in
+               ("view", "add_to_cart", "remove_from_cart", "purchase")}
+    user_item = past.join(candidates, on=["user_id", "item_id"], how="semi").group_by("user_id", "item_id").agg(
+        is_type["view"].alias("ui_views"), is_type["add_to_cart"].alias("ui_carts"),
+        is_type["remove_from_cart"].alias("ui_removes"), is_type["purchase"].alias("ui_purchases"),
+        hours.alias("ui_hours_since_last"),
+    )
+    users = past.join(candidates.select("user_id").unique(), on="user_id", how="semi")
+    user = users.group_by("user_id").agg(
+        pl.len().cast(pl.Float64).alias("u_events"),
+        pl.col("session_id").n_unique().cast(pl.Float64).alias("u_sessions"),
+        is_type["purchase"].alias("u_purchases"), hours.alias("u_hours_since_last"),
+        pl.col("price").filter(pl.col("event_type") == "purchase").mean().alias("u_avg_purchase_price"),
+    ).with_columns((pl.col("u_purchases") / pl.col("u_sessions")).alias("u_purchase_rate"))
+    item = past.group_by("item_id").agg(is_type["view"].alias("i_views"), is_type["purchase"].alias("i_purchases"),
+                                        pl.col("price").drop_nulls().last().alias("event_price"))
+    item = item.with_columns((pl.col("i_purchases") / (pl.col("i_views") + 1.0)).alias("i_purchase_rate"))
+    categories = catalog.select("item_id", "category", "brand", pl.col("price").alias("catalog_price"))
+    affinity = (users.join(categories.select("item_id", "category"), on="item_id", how="left")
+                .group_by("user_id", "category").len()
+                .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("u_category_affinity"))
+                .drop("len"))
+
+    rows = (candidates
+            .join(user_item, on=["user_id", "item_id"], how="left")
+            .join(user, on="user_id", how="left")
+            .join(item, on="item_id", how="left")
+            .join(categories, on="item_id", how="left")
+            .join(affinity, on=["user_id", "category"], how="left", nulls_equal=True)
+            .join(future.with_columns(pl.lit(1.0).alias("label")), on=["user_id", "item_id"], how="left"))
+    price = pl.coalesce("catalog_price", "event_price")
+    return rows.with_columns(
+        price.fill_null(0.0).alias("price"),
+        (price / pl.col("u_avg_purchase_price")).fill_null(1.0).fill_nan(1.0).alias("price_vs_user_avg"),
+        pl.col("u_category_affinity").fill_null(0.0),
+        pl.col("label").fill_null(0.0),
+        pl.lit(cutoff).alias("cutoff"),
+    ).with_columns(pl.col(c).fill_null(0.0) for c in PROPENSITY_DENSE).sort("user_id", "item_id")

@@ -35,14 +35,14 @@ def test_dvc_repro_builds_and_versions_the_dataset(tmp_path):
     env.pop("SHOPML_DVC_REMOTE", None)
     dvc = [sys.executable, "-m", "dvc"]
 
-    first = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run([*dvc, "repro", "version"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     current = json.loads((repo / ".state" / "dataset" / "versions" / "current.json").read_text())
     assert current["published_days"] == ["2026-11-02"]
     assert sorted(p.name for p in (repo / ".state" / "dataset" / "canonical" / "events").iterdir()) == [
         "event_date=2026-11-01", "event_date=2026-11-02"]
 
-    again = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*dvc, "repro", "version"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Data and pipelines are up to date" in again.stdout
 
     # A changed suite re-validates and re-publishes the same data: same dataset version.
@@ -50,7 +50,7 @@ def test_dvc_repro_builds_and_versions_the_dataset(tmp_path):
     data = json.loads(suite.read_text())
     data["meta"]["description"] += " (edited)"
     suite.write_text(json.dumps(data, indent=2))
-    third = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    third = subprocess.run([*dvc, "repro", "version"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "Running stage 'validate'" in third.stdout and "Running stage 'ingest'" not in third.stdout
     rerun = json.loads((repo / ".state" / "dataset" / "versions" / "current.json").read_text())

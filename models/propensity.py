@@ -1,0 +1,98 @@
+"""Purchase propensity: DCN-v2 (Wang et al., 2021) over id embeddings and dense features.
+
+Item, category and brand ids are embedded (index 0 = unknown, so new ids are a value); dense
+features are log-scaled and standardised with statistics from the training rows. A cross network
+(explicit feature crosses) runs beside a deep network; their outputs are concatenated into one logit.
+``calibrate`` fits Platt scaling on validation rows so that ``predict_proba`` is a probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DCNConfig:
+    n_dense: int
+    id_cardinalities: tuple[int, ...]
+    embedding_dim: int = 16
+    cross_layers: int = 2
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrossLayer(nn.Module):
+    """x_{l+1} = x_0 * (W x_l + b) + x_l."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.linear(x) + x
+
+
+class DCNv2(nn.Module):
+    def __init__(self, config: DCNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.ModuleList(nn.Embedding(n, config.embedding_dim) for n in config.id_cardinalities)
+        width = config.n_dense + config.embedding_dim * len(config.id_cardinalities)
+        self.cross = nn.ModuleList(CrossLayer(width) for _ in range(config.cross_layers))
+        layers, last = [], width
+        for h in config.hidden:
+            layers += [nn.Linear(last, h), nn.ReLU(), nn.Dropout(config.dropout)]
+            last = h
+        self.deep = nn.Sequential(*layers)
+        self.head = nn.Linear(width + last, 1)
+        # Standardisation of dense inputs and Platt scaling of the logit, saved with the weights.
+        self.register_buffer("dense_mean", torch.zeros(config.n_dense))
+        self.register_buffer("dense_std", torch.ones(config.n_dense))
+        self.register_buffer("platt", torch.tensor([1.0, 0.0]))
+
+    @staticmethod
+    def transform(dense: torch.Tensor) -> torch.Tensor:
+        """Counts and durations are heavy-tailed: compress them before standardising."""
+        return torch.sign(dense) * torch.log1p(dense.abs())
+
+    def fit_scaler(self, dense: torch.Tensor) -> None:
+        x = self.transform(dense)
+        self.dense_mean.copy_(x.mean(0))
+        self.dense_std.copy_(x.std(0).clamp_min(1e-6))
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits, [batch]."""
+        x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std
+        x0 = torch.cat([x_dense, *(emb(ids[:, j]) for j, emb in enumerate(self.embeddings))], dim=1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.head(torch.cat([x, self.deep(x0)], dim=1)).squeeze(1)
+
+    def predict_proba(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        a, b = self.platt
+        return torch.sigmoid(a * self(ids, dense) + b)
+
+    @torch.no_grad()
+    def calibrate(self, ids: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fit Platt scaling (a * logit + b) on held-out rows by minimising log loss."""
+        logits = self(ids, dense).detach()
+        params = torch.tensor([1.0, 0.0], requires_grad=True)
+        optimizer = torch.optim.LBFGS([params], max_iter=100)
+
+        def closure():
+            optimizer.zero_grad()
+            with torch.enable_grad():
+                loss = nn.functional.binary_cross_entropy_with_logits(params[0] * logits + params[1], labels)
+                loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+        self.platt.copy_(params.detach())
