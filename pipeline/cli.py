@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
 
     t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
-    t.add_argument("--model", choices=("next_item",), default="next_item")
+    t.add_argument("--model", choices=("next_item", "purchase_propensity"), default="next_item")
 
     a = sub.add_parser("run", help="ingest, validate and version each day in turn")
     _add_interval(a)
@@ -136,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         if args.command == "train":
-            from pipeline.train import train_recommender
+            from pipeline.train import train_propensity, train_recommender
 
-            outcome = train_recommender(paths, params.train_recommender)
+            if args.model == "next_item":
+                outcome = train_recommender(paths, params.train_recommender)
+            else:
+                outcome = train_propensity(paths, params.train_propensity)
             report = paths.reports / "train" / f"{args.model}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps(dataclasses.asdict(outcome), indent=2))

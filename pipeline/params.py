@@ -64,11 +64,30 @@ class TrainRecommenderParams:
 
 
 @dataclass(frozen=True)
+class TrainPropensityParams:
+    valid_days: int = 2
+    test_days: int = 2
+    horizon_days: int = 2
+    lookback_days: int = 3
+    embedding_dim: int = 8
+    cross_layers: int = 2
+    hidden: tuple[float, float] = (64, 32)
+    dropout: float = 0.2
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    patience: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Params:
     generate: GenerateParams
     ingest: IngestParams
     validate: ValidateParams
     train_recommender: TrainRecommenderParams
+    train_propensity: TrainPropensityParams
 
 
 T = TypeVar("T")
@@ -122,4 +141,5 @@ def load_params(path: Path | str | None = None) -> Params:
         ingest=_section(IngestParams, raw.get("ingest"), "ingest", path),
         validate=_section(ValidateParams, raw.get("validate"), "validate", path),
         train_recommender=_section(TrainRecommenderParams, raw.get("train_recommender"), "train_recommender", path),
+        train_propensity=_section(TrainPropensityParams, raw.get("train_propensity"), "train_propensity", path),
     )

@@ -21,18 +21,24 @@ import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.metrics import recall_ndcg, target_ranks
+from models.propensity import DCNConfig, DCNv2
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, train
 from pipeline.features import (
+    PROPENSITY_DENSE,
+    PROPENSITY_IDS,
     ItemVocab,
     NextItemExamples,
+    Vocab,
+    latest_catalog,
     load_events,
     next_item_examples,
+    propensity_rows,
     split_by_time,
     training_windows,
     user_sequences,
 )
-from pipeline.params import TrainRecommenderParams
+from pipeline.params import TrainPropensityParams, TrainRecommenderParams
 from pipeline.settings import StatePaths
 from pipeline.tracking import REPO_ROOT, environment_tags, git_commit, use_experiment
 from pipeline.version import current_dataset_version
@@ -104,10 +110,7 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
     use_experiment(paths, MODEL_NAME)
     with mlflow.start_run(run_name=f"sasrec-{version.version[:8]}") as run, \
             tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tags({
-            "model": MODEL_NAME, "dataset_version": version.version, "dataset_path": version.path,
-            "git_commit": git_commit(), **environment_tags(),
-        })
+        _tag_run(MODEL_NAME, version)
         mlflow.log_params({**{f"model.{k}": v for k, v in config.to_dict().items()},
                            **{f"train.{k}": v for k, v in loop.to_dict().items()},
                            **{f"split.{k}": v for k, v in split.to_dict().items()},
@@ -157,8 +160,147 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
         return TrainOutcome(run.info.run_id, info.model_uri, version.version, metrics)
 
 
+def _tag_run(model_name: str, version) -> None:
+    """Tags every training run carries: what was trained, on which data, from which code, where."""
+    import mlflow
+
+    mlflow.set_tags({"model": model_name, "dataset_version": version.version, "dataset_path": version.path,
+                     "git_commit": git_commit(), **environment_tags()})
+
+
 def _input_example(test: NextItemExamples, vocab: ItemVocab):
     import pandas as pd
 
     histories = [[i for i in vocab.decode(h) if i is not None] for h in test.histories[:2]]
     return pd.DataFrame({"history": histories, "k": [10] * len(histories)})
+
+
+PROPENSITY_MODEL_NAME = "purchase_propensity"
+
+
+def _propensity_tensors(rows: pl.DataFrame, vocabs: dict[str, Vocab]):
+    encoded = rows.with_columns(
+        vocabs["item_idx"].encode_expr("item_id").alias("item_idx"),
+        vocabs["category_idx"].encode_expr("category").alias("category_idx"),
+        vocabs["brand_idx"].encode_expr("brand").alias("brand_idx"),
+    )
+    ids = torch.from_numpy(encoded.select(PROPENSITY_IDS).to_numpy().astype(np.int64))
+    dense = torch.from_numpy(encoded.select(PROPENSITY_DENSE).to_numpy().astype(np.float32))
+    labels = torch.from_numpy(encoded["label"].to_numpy().astype(np.float32))
+    return ids, dense, labels
+
+
+def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainOutcome:
+    """Train DCN-v2 for purchase propensity beside a logistic-regression baseline, tracked in MLflow.
+
+    Training rows come from one cutoff per day of the training period (features before it, label
+    within ``horizon_days`` after it, never past ``train_end``); validation rows from ``train_end``
+    (early stopping and calibration), test rows from ``valid_end``, shared by both models.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    version = current_dataset_version(paths)
+    if version is None:
+        raise FileNotFoundError(f"no dataset version under {paths.dataset_repo}; run the ingest DAG first")
+    events = load_events(paths.canonical)
+    catalog = latest_catalog(paths.canonical)
+    split = split_by_time(events, params.valid_days, params.test_days)
+    horizon, lookback = timedelta(days=params.horizon_days), timedelta(days=params.lookback_days)
+    cutoffs = []
+    cutoff = split.start + lookback
+    while cutoff < split.train_end:
+        cutoffs.append(cutoff)
+        cutoff += timedelta(days=1)
+    if not cutoffs:
+        raise ValueError(f"the training period is shorter than the {params.lookback_days}-day lookback")
+    train_rows = pl.concat([propensity_rows(events, catalog, c, min(horizon, split.train_end - c), lookback)
+                            for c in cutoffs])
+    valid_rows = propensity_rows(events, catalog, split.train_end, horizon, lookback)
+    test_rows = propensity_rows(events, catalog, split.valid_end, horizon, lookback)
+    for name, rows in (("training", train_rows), ("validation", valid_rows), ("test", test_rows)):
+        if rows["label"].n_unique() < 2:
+            raise ValueError(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
+    past = events.filter(pl.col("event_time") < split.train_end)
+    vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(catalog["category"]),
+              "brand_idx": Vocab.of(catalog["brand"])}
+    (tr_ids, tr_dense, tr_y), (va_ids, va_dense, va_y), (te_ids, te_dense, te_y) = (
+        _propensity_tensors(r, vocabs) for r in (train_rows, valid_rows, test_rows))
+
+    config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=tuple(v.size for v in vocabs.values()),
+                       embedding_dim=params.embedding_dim, cross_layers=params.cross_layers,
+                       hidden=tuple(int(h) for h in params.hidden), dropout=params.dropout)
+    loop = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                       weight_decay=params.weight_decay, patience=params.patience, seed=params.seed)
+    torch.manual_seed(params.seed)
+    model = DCNv2(config)
+    model.fit_scaler(tr_dense)
+    n_ids = len(PROPENSITY_IDS)
+    packed = torch.cat([tr_ids.float(), tr_dense, tr_y[:, None]], dim=1)
+
+    def loss_fn(m, batch):
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            m(batch[:, :n_ids].long(), batch[:, n_ids:-1]), batch[:, -1])
+
+    def valid_auc(m) -> float:
+        return float(roc_auc_score(va_y.numpy(), m(va_ids, va_dense).float().cpu().numpy()))
+
+    # The baseline sees the same dense features with the model's own compression and scaling.
+    def lr_features(dense: torch.Tensor) -> np.ndarray:
+        return ((DCNv2.transform(dense) - model.dense_mean) / model.dense_std).numpy()
+
+    logreg = LogisticRegression(max_iter=2000).fit(lr_features(tr_dense), tr_y.numpy())
+
+    use_experiment(paths, PROPENSITY_MODEL_NAME)
+    with mlflow.start_run(run_name=f"dcnv2-{version.version[:8]}") as run, tempfile.TemporaryDirectory() as tmp:
+        _tag_run(PROPENSITY_MODEL_NAME, version)
+        mlflow.log_params({**{f"model.{k}": v for k, v in config.to_dict().items()},
+                           **{f"train.{k}": v for k, v in loop.to_dict().items()},
+                           **{f"split.{k}": v for k, v in split.to_dict().items()},
+                           "data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
+                           "data.train_rows": len(tr_y), "data.valid_rows": len(va_y), "data.test_rows": len(te_y),
+                           "data.train_positive_rate": float(tr_y.mean())})
+        mlflow.log_dict(split.to_dict(), "split.json")
+
+        def log_epoch(h: dict[str, float]) -> None:
+            mlflow.log_metrics({"train_loss": h["train_loss"], "valid_auc": h["valid_metric"]}, step=int(h["epoch"]))
+
+        result = train(model, packed, loss_fn, valid_auc, loop, checkpoint_dir=Path(tmp) / "checkpoints",
+                       model_args=config.to_dict(), on_epoch=log_epoch)
+        model.cpu().eval()
+        model.calibrate(va_ids, va_dense, va_y)
+        with torch.no_grad():
+            p_model = model.predict_proba(te_ids, te_dense).numpy()
+        p_lr = logreg.predict_proba(lr_features(te_dense))[:, 1]
+        y = te_y.numpy()
+        metrics = {
+            "test_auc": float(roc_auc_score(y, p_model)), "test_log_loss": float(log_loss(y, p_model, labels=[0, 1])),
+            "baseline_logreg_auc": float(roc_auc_score(y, p_lr)),
+            "baseline_logreg_log_loss": float(log_loss(y, p_lr, labels=[0, 1])),
+            "best_valid_auc": result.best_metric, "best_epoch": result.best_epoch,
+            "train_samples_per_second": result.samples_per_second,
+        }
+        mlflow.log_metrics(metrics)
+
+        weights = Path(tmp) / "propensity.pt"
+        torch.save({"model": model.state_dict(), "model_args": config.to_dict()}, weights)
+        vocab_file = Path(tmp) / "vocabs.json"
+        vocab_file.write_text(json.dumps({k: list(v.values) for k, v in vocabs.items()}))
+        from pipeline.propensity_model import PropensityPyfunc
+
+        example = test_rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).head(3).to_pandas()
+        wrapper = PropensityPyfunc.from_parts(model, vocabs)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PropensityPyfunc(),
+            artifacts={"weights": str(weights), "vocabs": str(vocab_file)},
+            code_paths=[str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
+            signature=infer_signature(example, wrapper.predict(None, example)),
+            input_example=example,
+        )
+        log.info("run %s: test AUC %.4f, log loss %.4f (logistic regression: AUC %.4f, log loss %.4f)",
+                 run.info.run_id, metrics["test_auc"], metrics["test_log_loss"], metrics["baseline_logreg_auc"],
+                 metrics["baseline_logreg_log_loss"])
+        return TrainOutcome(run.info.run_id, info.model_uri, version.version, metrics)

@@ -11,9 +11,9 @@ import pytest
 
 from pipeline.cli import main as cli
 from pipeline.generate import generate_shop_data
-from pipeline.params import GenerateParams, TrainRecommenderParams
+from pipeline.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
 from pipeline.tracking import tracking_uri
-from pipeline.train import train_recommender
+from pipeline.train import train_propensity, train_recommender
 
 SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4,
                                batch_size=128, patience=2)
@@ -32,14 +32,15 @@ def trained(tmp_path_factory):
                                       initial_users=1200, initial_items=800), paths.landing)
     assert cli(["run", "--start", "2026-10-01", "--days", "10"]) == 0
     outcome = train_recommender(paths, SMALL)
-    yield paths, outcome
+    propensity = train_propensity(paths, TrainPropensityParams(epochs=4, patience=2))
+    yield paths, outcome, propensity
     mp.undo()
 
 
 def test_run_records_data_code_split_and_baselines(trained):
     import mlflow
 
-    paths, outcome = trained
+    paths, outcome, _ = trained
     mlflow.set_tracking_uri(tracking_uri(paths))
     run = mlflow.get_run(outcome.run_id)
     current = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())
@@ -55,7 +56,7 @@ def test_run_records_data_code_split_and_baselines(trained):
 
 
 def test_logged_model_loads_in_a_fresh_process_and_predicts(trained):
-    paths, outcome = trained
+    paths, outcome, _ = trained
     script = f"""
 import json, mlflow, pandas as pd
 mlflow.set_tracking_uri({tracking_uri(paths)!r})
@@ -81,3 +82,32 @@ def test_training_needs_a_published_dataset(state):
 def test_cli_train_without_data_is_a_clear_error(state, capsys):
     assert cli(["train"]) == 2
     assert "no dataset version" in capsys.readouterr().err
+
+
+def test_propensity_run_reports_the_model_beside_logistic_regression(trained):
+    import mlflow
+
+    paths, recommender, outcome = trained
+    mlflow.set_tracking_uri(tracking_uri(paths))
+    run = mlflow.get_run(outcome.run_id)
+    assert run.data.tags["dataset_version"] == recommender.dataset_version
+    for name in ("test_auc", "test_log_loss", "baseline_logreg_auc", "baseline_logreg_log_loss"):
+        assert name in run.data.metrics
+    assert 0.5 < run.data.metrics["test_auc"] <= 1.0
+    assert int(run.data.params["data.train_rows"]) > int(run.data.params["data.test_rows"]) > 0
+
+
+def test_logged_propensity_model_scores_feature_rows_with_unknown_ids(trained):
+    import mlflow
+    import pandas as pd
+
+    from pipeline.features import PROPENSITY_DENSE
+
+    paths, _, outcome = trained
+    mlflow.set_tracking_uri(tracking_uri(paths))
+    model = mlflow.pyfunc.load_model(outcome.model_uri)
+    rows = pd.DataFrame([{"item_id": "no-such-item", "category": None, "brand": "new-brand",
+                          **dict.fromkeys(PROPENSITY_DENSE, 1.0)}] * 2)
+    rows.loc[1, "ui_purchases"] = 3.0
+    probs = model.predict(rows)["probability"]
+    assert ((probs > 0) & (probs < 1)).all()

@@ -1,0 +1,48 @@
+"""The purchase-propensity model as an MLflow pyfunc: feature rows in, calibrated probabilities out.
+
+Input columns: ``item_id``, ``category``, ``brand`` (ids unknown to the model are allowed) and the
+dense features of ``pipeline.features.PROPENSITY_DENSE``. Output: a DataFrame with ``probability``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+ID_COLUMNS = {"item_idx": "item_id", "category_idx": "category", "brand_idx": "brand"}
+
+
+class PropensityPyfunc(mlflow.pyfunc.PythonModel):
+    @classmethod
+    def from_parts(cls, model, vocabs) -> PropensityPyfunc:
+        wrapper = cls()
+        wrapper.model = model
+        wrapper.index = {k: {v: i + 1 for i, v in enumerate(vocab.values)} for k, vocab in vocabs.items()}
+        return wrapper
+
+    def load_context(self, context) -> None:
+        from models.propensity import DCNConfig, DCNv2
+
+        saved = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=False)
+        args = dict(saved["model_args"])
+        args["id_cardinalities"] = tuple(args["id_cardinalities"])
+        args["hidden"] = tuple(args["hidden"])
+        self.model = DCNv2(DCNConfig(**args))
+        self.model.load_state_dict(saved["model"])
+        self.model.eval()
+        with open(context.artifacts["vocabs"]) as fh:
+            self.index = {k: {v: i + 1 for i, v in enumerate(values)} for k, values in json.load(fh).items()}
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from pipeline.features import PROPENSITY_DENSE, PROPENSITY_IDS
+
+        ids = np.stack([model_input[ID_COLUMNS[k]].map(lambda v, m=self.index[k]: m.get(v, 0)).to_numpy()
+                        for k in PROPENSITY_IDS], axis=1).astype(np.int64)
+        dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
+        with torch.no_grad():
+            probs = self.model.predict_proba(torch.from_numpy(ids), torch.from_numpy(dense))
+        return pd.DataFrame({"probability": probs.numpy().astype(np.float64)})
