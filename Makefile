@@ -45,6 +45,7 @@ test-slow: install
 
 bench-models: install
 	$(PY) -m benchmarks.bench_models
+	$(PY) -m benchmarks.bench_propensity
 
 bench-data: install
 	$(PY) -m benchmarks.bench_data

@@ -217,13 +217,14 @@ def propensity_rows(
 ) -> pl.DataFrame:
     """Candidates (user, item) at ``cutoff`` with features from before it and a label after it.
 
-    Candidates are the items a user viewed or carted in the ``lookback`` before the cutoff; the
-    label is whether the user bought that item within ``horizon`` after it. Features use only
-    events before the cutoff, so nothing leaks from the label window.
+    Candidates are the items a user viewed, carted or bought in the ``lookback`` before the cutoff
+    (bought, because buying again is what a replenishment shop's propensity is about); the label is
+    whether the user bought that item within ``horizon`` after it. Features use only events before
+    the cutoff, so nothing leaks from the label window.
     """
     past = events.filter(pl.col("event_time") < cutoff)
     recent = past.filter((pl.col("event_time") >= cutoff - lookback)
-                         & pl.col("event_type").is_in(["view", "add_to_cart"]))
+                         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
     candidates = recent.select("user_id", "item_id").unique()
     future = events.filter((pl.col("event_time") >= cutoff) & (pl.col("event_time") < cutoff + horizon)
                            & (pl.col("event_type") == "purchase")).select("user_id", "item_id").unique()

@@ -69,6 +69,7 @@ class TrainPropensityParams:
     test_days: int = 2
     horizon_days: int = 2
     lookback_days: int = 3
+    cutoff_stride_days: int = 1
     embedding_dim: int = 8
     cross_layers: int = 2
     hidden: tuple[float, float] = (64, 32)

@@ -23,12 +23,13 @@ from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.metrics import recall_ndcg, target_ranks
 from models.propensity import DCNConfig, DCNv2
 from models.sasrec import SASRec, SASRecConfig
-from models.train import TrainConfig, train
+from models.train import TrainConfig, TrainResult, train
 from pipeline.features import (
     PROPENSITY_DENSE,
     PROPENSITY_IDS,
     ItemVocab,
     NextItemExamples,
+    TimeSplit,
     Vocab,
     latest_catalog,
     load_events,
@@ -190,30 +191,42 @@ def _propensity_tensors(rows: pl.DataFrame, vocabs: dict[str, Vocab]):
     return ids, dense, labels
 
 
-def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainOutcome:
-    """Train DCN-v2 for purchase propensity beside a logistic-regression baseline, tracked in MLflow.
+@dataclass
+class PropensityFit:
+    """A trained, calibrated propensity model with its baseline and the figures of both."""
 
-    Training rows come from one cutoff per day of the training period (features before it, label
-    within ``horizon_days`` after it, never past ``train_end``); validation rows from ``train_end``
-    (early stopping and calibration), test rows from ``valid_end``, shared by both models.
+    model: DCNv2
+    config: DCNConfig
+    loop: TrainConfig
+    split: TimeSplit
+    vocabs: dict[str, Vocab]
+    result: TrainResult
+    metrics: dict[str, float]
+    data: dict[str, float]
+    test_rows: pl.DataFrame
+
+
+def fit_propensity(
+    events: pl.DataFrame, catalog: pl.DataFrame, params: TrainPropensityParams, on_epoch=None,
+    checkpoint_dir: Path | None = None,
+) -> PropensityFit:
+    """Train DCN-v2 and a logistic regression on the same rows; score both on the same test rows.
+
+    Training rows come from cutoffs every ``cutoff_stride_days`` of the training period (features
+    before each cutoff, label within ``horizon_days`` after it, never past ``train_end``);
+    validation rows from ``train_end`` (early stopping and calibration); test rows from
+    ``valid_end``.
     """
-    import mlflow
-    from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss, roc_auc_score
 
-    version = current_dataset_version(paths)
-    if version is None:
-        raise FileNotFoundError(f"no dataset version under {paths.dataset_repo}; run the ingest DAG first")
-    events = load_events(paths.canonical)
-    catalog = latest_catalog(paths.canonical)
     split = split_by_time(events, params.valid_days, params.test_days)
     horizon, lookback = timedelta(days=params.horizon_days), timedelta(days=params.lookback_days)
     cutoffs = []
     cutoff = split.start + lookback
     while cutoff < split.train_end:
         cutoffs.append(cutoff)
-        cutoff += timedelta(days=1)
+        cutoff += timedelta(days=params.cutoff_stride_days)
     if not cutoffs:
         raise ValueError(f"the training period is shorter than the {params.lookback_days}-day lookback")
     train_rows = pl.concat([propensity_rows(events, catalog, c, min(horizon, split.train_end - c), lookback)
@@ -221,7 +234,7 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainO
     valid_rows = propensity_rows(events, catalog, split.train_end, horizon, lookback)
     test_rows = propensity_rows(events, catalog, split.valid_end, horizon, lookback)
     for name, rows in (("training", train_rows), ("validation", valid_rows), ("test", test_rows)):
-        if rows["label"].n_unique() < 2:
+        if rows.height == 0 or rows["label"].n_unique() < 2:
             raise ValueError(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
     past = events.filter(pl.col("event_time") < split.train_end)
     vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(catalog["category"]),
@@ -247,45 +260,61 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainO
     def valid_auc(m) -> float:
         return float(roc_auc_score(va_y.numpy(), m(va_ids, va_dense).float().cpu().numpy()))
 
+    result = train(model, packed, loss_fn, valid_auc, loop, checkpoint_dir=checkpoint_dir,
+                   model_args=config.to_dict(), on_epoch=on_epoch)
+    model.cpu().eval()
+    model.calibrate(va_ids, va_dense, va_y)
+
     # The baseline sees the same dense features with the model's own compression and scaling.
     def lr_features(dense: torch.Tensor) -> np.ndarray:
         return ((DCNv2.transform(dense) - model.dense_mean) / model.dense_std).numpy()
 
     logreg = LogisticRegression(max_iter=2000).fit(lr_features(tr_dense), tr_y.numpy())
+    with torch.no_grad():
+        p_model = model.predict_proba(te_ids, te_dense).numpy()
+    p_lr = logreg.predict_proba(lr_features(te_dense))[:, 1]
+    y = te_y.numpy()
+    metrics = {
+        "test_auc": float(roc_auc_score(y, p_model)), "test_log_loss": float(log_loss(y, p_model, labels=[0, 1])),
+        "baseline_logreg_auc": float(roc_auc_score(y, p_lr)),
+        "baseline_logreg_log_loss": float(log_loss(y, p_lr, labels=[0, 1])),
+        "best_valid_auc": result.best_metric, "best_epoch": result.best_epoch,
+        "train_samples_per_second": result.samples_per_second,
+    }
+    data = {"data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
+            "data.cutoffs": len(cutoffs), "data.train_rows": len(tr_y), "data.valid_rows": len(va_y),
+            "data.test_rows": len(te_y), "data.train_positive_rate": float(tr_y.mean())}
+    return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows)
+
+
+def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainOutcome:
+    """Fit the propensity model on the current dataset version and log the run to MLflow."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    version = current_dataset_version(paths)
+    if version is None:
+        raise FileNotFoundError(f"no dataset version under {paths.dataset_repo}; run the ingest DAG first")
+    events = load_events(paths.canonical)
+    catalog = latest_catalog(paths.canonical)
 
     use_experiment(paths, PROPENSITY_MODEL_NAME)
     with mlflow.start_run(run_name=f"dcnv2-{version.version[:8]}") as run, tempfile.TemporaryDirectory() as tmp:
         _tag_run(PROPENSITY_MODEL_NAME, version)
-        mlflow.log_params({**{f"model.{k}": v for k, v in config.to_dict().items()},
-                           **{f"train.{k}": v for k, v in loop.to_dict().items()},
-                           **{f"split.{k}": v for k, v in split.to_dict().items()},
-                           "data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
-                           "data.train_rows": len(tr_y), "data.valid_rows": len(va_y), "data.test_rows": len(te_y),
-                           "data.train_positive_rate": float(tr_y.mean())})
-        mlflow.log_dict(split.to_dict(), "split.json")
 
         def log_epoch(h: dict[str, float]) -> None:
             mlflow.log_metrics({"train_loss": h["train_loss"], "valid_auc": h["valid_metric"]}, step=int(h["epoch"]))
 
-        result = train(model, packed, loss_fn, valid_auc, loop, checkpoint_dir=Path(tmp) / "checkpoints",
-                       model_args=config.to_dict(), on_epoch=log_epoch)
-        model.cpu().eval()
-        model.calibrate(va_ids, va_dense, va_y)
-        with torch.no_grad():
-            p_model = model.predict_proba(te_ids, te_dense).numpy()
-        p_lr = logreg.predict_proba(lr_features(te_dense))[:, 1]
-        y = te_y.numpy()
-        metrics = {
-            "test_auc": float(roc_auc_score(y, p_model)), "test_log_loss": float(log_loss(y, p_model, labels=[0, 1])),
-            "baseline_logreg_auc": float(roc_auc_score(y, p_lr)),
-            "baseline_logreg_log_loss": float(log_loss(y, p_lr, labels=[0, 1])),
-            "best_valid_auc": result.best_metric, "best_epoch": result.best_epoch,
-            "train_samples_per_second": result.samples_per_second,
-        }
+        fit = fit_propensity(events, catalog, params, on_epoch=log_epoch, checkpoint_dir=Path(tmp) / "checkpoints")
+        model, vocabs, test_rows, metrics = fit.model, fit.vocabs, fit.test_rows, fit.metrics
+        mlflow.log_params({**{f"model.{k}": v for k, v in fit.config.to_dict().items()},
+                           **{f"train.{k}": v for k, v in fit.loop.to_dict().items()},
+                           **{f"split.{k}": v for k, v in fit.split.to_dict().items()}, **fit.data})
+        mlflow.log_dict(fit.split.to_dict(), "split.json")
         mlflow.log_metrics(metrics)
 
         weights = Path(tmp) / "propensity.pt"
-        torch.save({"model": model.state_dict(), "model_args": config.to_dict()}, weights)
+        torch.save({"model": model.state_dict(), "model_args": fit.config.to_dict()}, weights)
         vocab_file = Path(tmp) / "vocabs.json"
         vocab_file.write_text(json.dumps({k: list(v.values) for k, v in vocabs.items()}))
         from pipeline.propensity_model import PropensityPyfunc
