@@ -18,20 +18,10 @@ Wiring only: the work is done by plain functions in `pipeline/`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
-
-CANONICAL_DATASET = Asset("shopml://dataset/canonical")
-
-DEFAULT_ARGS = {
-    "owner": "shopml",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(minutes=30),
-}
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS
 
 
 def _interval(context):

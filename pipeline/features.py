@@ -263,7 +263,9 @@ def propensity_rows(
     price = pl.coalesce("catalog_price", "event_price")
     return rows.with_columns(
         price.fill_null(0.0).alias("price"),
-        (price / pl.col("u_avg_purchase_price")).fill_null(1.0).fill_nan(1.0).alias("price_vs_user_avg"),
+        # 1.0 (no information) when the user never paid anything: free items exist in real shops.
+        pl.when(pl.col("u_avg_purchase_price") > 0).then(price / pl.col("u_avg_purchase_price"))
+        .otherwise(1.0).fill_null(1.0).alias("price_vs_user_avg"),
         pl.col("u_category_affinity").fill_null(0.0),
         pl.col("label").fill_null(0.0),
         pl.lit(cutoff).alias("cutoff"),

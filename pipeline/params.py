@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,6 +11,8 @@ from typing import Any, TypeVar
 import yaml
 
 DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
+# SHOPML_PARAMS points a deployment (or a test) at another params file.
+PARAMS_ENV = "SHOPML_PARAMS"
 
 
 class ParamsError(ValueError):
@@ -123,12 +126,12 @@ def load_params(path: Path | str | None = None) -> Params:
     """Read ``params.yaml``.
 
     Args:
-        path: the file; the project's ``params.yaml`` when omitted.
+        path: the file; ``$SHOPML_PARAMS``, else the project's ``params.yaml``, when omitted.
 
     Raises:
         ParamsError: the file is malformed, or a section has unknown or mistyped keys.
     """
-    path = Path(path) if path else DEFAULT_PARAMS_FILE
+    path = Path(path or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS_FILE)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:

@@ -38,10 +38,14 @@ def test_rows_use_only_the_past_and_label_the_horizon():
         (3, "u1", "b", "add_to_cart", 20.0),
         (60, "u1", "b", "purchase", 20.0),      # after the horizon: label 0
         (-2, "u2", "c", "view", 5.0),
+        (-90, "u3", "a", "purchase", 0.0),      # a free item, before the lookback: no average price
+        (-1, "u3", "b", "view", 20.0),
     ])
     rows = propensity_rows(events, CATALOG, T0, horizon=timedelta(days=2), lookback=timedelta(days=3))
     got = {(r["user_id"], r["item_id"]): r for r in rows.iter_rows(named=True)}
-    assert set(got) == {("u1", "a"), ("u1", "b"), ("u2", "c")}  # u1's old purchase of c is history only
+    # u1's old purchase of c is history only
+    assert set(got) == {("u1", "a"), ("u1", "b"), ("u2", "c"), ("u3", "b")}
+    assert got[("u3", "b")]["price_vs_user_avg"] == 1.0
     assert got[("u1", "a")]["label"] == 1.0 and got[("u1", "b")]["label"] == 0.0
     assert got[("u1", "b")]["ui_views"] == 1.0 and got[("u1", "b")]["ui_carts"] == 0.0
     assert got[("u1", "a")]["ui_carts"] == 1.0
@@ -49,7 +53,9 @@ def test_rows_use_only_the_past_and_label_the_horizon():
     assert got[("u1", "a")]["u_purchases"] == 1.0  # the purchase of c, long before
     assert got[("u1", "a")]["u_category_affinity"] == pytest.approx(3 / 4)  # 3 of u1's 4 past events are in x
     assert got[("u1", "b")]["price"] == 20.0 and got[("u1", "b")]["price_vs_user_avg"] == pytest.approx(4.0)
-    assert rows.select(PROPENSITY_DENSE).null_count().sum_horizontal().item() == 0
+    dense = rows.select(PROPENSITY_DENSE)
+    assert dense.null_count().sum_horizontal().item() == 0
+    assert dense.select(pl.all().is_finite().all()).row(0) == (True,) * len(PROPENSITY_DENSE)
 
 
 def test_unknown_ids_map_to_zero_and_the_model_scores_them():
