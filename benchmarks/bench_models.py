@@ -70,7 +70,7 @@ def main() -> int:
     windows = torch.from_numpy(training_windows(train_seqs, args.max_len))
     start = time.perf_counter()
     result = train(
-        model, windows, lambda m, b: m.sampled_loss(b[:, :-1], b[:, 1:], n_negatives=512),
+        model, windows, lambda m, b: m(b[:, :-1], b[:, 1:], n_negatives=512),
         lambda m: recall_ndcg(_ranks(m, valid_h, valid_t, device))["ndcg_at_10"],
         TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, patience=3, device=args.device,
                     progress=False),

@@ -53,8 +53,14 @@ class SASRec(nn.Module):
         x = self.blocks(x, mask=self.causal_mask[:length, :length], is_causal=True)
         return self.norm(x)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Scores of every item as the next one after each history: [batch, n_items]."""
+    def forward(self, seq: torch.Tensor, labels: torch.Tensor | None = None, n_negatives: int = 256) -> torch.Tensor:
+        """Without labels: scores of every item as the next one after each history, [batch, n_items].
+
+        With next-item ``labels`` ([batch, len], 0 = none): the training loss. Training goes through
+        ``forward`` so that DistributedDataParallel sees it and synchronises gradients.
+        """
+        if labels is not None:
+            return self.sampled_loss(seq, labels, n_negatives)
         return self.hidden(seq)[:, -1] @ self.item_emb.weight.t()
 
     def sampled_loss(self, inputs: torch.Tensor, labels: torch.Tensor, n_negatives: int = 256) -> torch.Tensor:

@@ -166,7 +166,8 @@ def train(
         net.train()
         # The order of an epoch depends on the seed and the epoch only: resuming replays it exactly.
         order = torch.randperm(train_data.shape[0], generator=torch.Generator().manual_seed(config.seed + epoch))
-        order = order[rank::world]
+        # Equal shares: a rank with one batch more would wait forever for the others' gradients.
+        order = order[: order.numel() // world * world][rank::world]
         batches = range(0, order.numel(), config.batch_size)
         bar = None
         if config.progress and rank == 0:
@@ -198,6 +199,11 @@ def train(
         net.eval()
         with torch.no_grad():
             metric = float(evaluate_fn(model)) if rank == 0 else 0.0
+        if world > 1:
+            # Every rank must take the same early-stopping decision, or one waits forever for the others.
+            shared = torch.tensor([metric], dtype=torch.float64, device=device)
+            torch.distributed.broadcast(shared, src=0)
+            metric = float(shared.item())
         train_loss = total / max(order.numel(), 1)
         result.history.append({"epoch": epoch, "train_loss": train_loss, "valid_metric": metric})
         result.epochs_run = epoch + 1

@@ -126,7 +126,7 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
 
         result = train(
             model, windows,
-            lambda m, b: m.sampled_loss(b[:, :-1], b[:, 1:]),
+            lambda m, b: m(b[:, :-1], b[:, 1:]),
             lambda m: evaluate_scorer(m, valid)["recall_at_20"],
             loop, checkpoint_dir=Path(tmp) / "checkpoints", model_args=config.to_dict(), on_epoch=log_epoch,
         )

@@ -55,7 +55,7 @@ def _evaluate(scorer, examples) -> dict[str, float]:
 
 
 def _loss(model, batch):
-    return model.sampled_loss(batch[:, :-1], batch[:, 1:], n_negatives=128)
+    return model(batch[:, :-1], batch[:, 1:], n_negatives=128)
 
 
 def test_split_is_by_time_and_recorded(shop):
