@@ -35,12 +35,17 @@ def use_experiment(paths: StatePaths, model_name: str) -> str:
     mlflow.set_tracking_uri(uri)
     name = f"{os.environ.get('SHOPML_EXPERIMENT', 'shopml')}-{model_name}"
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (paths.home / "mlflow" / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            # Without it MLflow puts artifacts in ./mlruns of whatever directory the process runs in.
+            location = (paths.home / "mlflow" / "artifacts").as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    # Runs started after this go to this experiment, not to MLflow's Default one.
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def git_commit() -> str:

@@ -47,6 +47,8 @@ def test_run_records_data_code_split_and_baselines(trained):
     assert run.data.tags["dataset_version"] == current["version"] == outcome.dataset_version
     assert len(run.data.tags["git_commit"].removesuffix("-dirty")) == 40
     assert "env.torch" in run.data.tags
+    assert mlflow.get_experiment(run.info.experiment_id).name == "shopml-next_item"
+    assert run.info.artifact_uri.startswith(paths.home.as_uri())  # inside the state folder, never ./mlruns
     assert run.data.params["split.train_end"] < run.data.params["split.valid_end"] < run.data.params["split.end"]
     for name in ("test_recall_at_20", "test_ndcg_at_10", "baseline_popularity_recall_at_20",
                  "baseline_recent_popularity_recall_at_20", "baseline_cooccurrence_ndcg_at_20"):
