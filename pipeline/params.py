@@ -75,7 +75,7 @@ class TrainPropensityParams:
     cutoff_stride_days: int = 1
     embedding_dim: int = 8
     cross_layers: int = 2
-    hidden: tuple[float, float] = (64, 32)
+    hidden: tuple[int, int] = (64, 32)
     dropout: float = 0.2
     epochs: int = 30
     batch_size: int = 256
@@ -109,7 +109,7 @@ def _section(cls: type[T], raw: dict[str, Any] | None, name: str, path: Path) ->
         if isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or len(value) != len(default):
                 raise ParamsError(f"{path}: {name}.{key} must be a list of {len(default)}, got {value!r}")
-            value = tuple(float(v) for v in value)
+            value = tuple(type(d)(v) for d, v in zip(default, value, strict=True))
         elif isinstance(default, bool) or default is None:
             pass
         elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):

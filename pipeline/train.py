@@ -112,13 +112,10 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
     with mlflow.start_run(run_name=f"sasrec-{version.version[:8]}") as run, \
             tempfile.TemporaryDirectory() as tmp:
         _tag_run(MODEL_NAME, version)
-        mlflow.log_params({**{f"model.{k}": v for k, v in config.to_dict().items()},
-                           **{f"train.{k}": v for k, v in loop.to_dict().items()},
-                           **{f"split.{k}": v for k, v in split.to_dict().items()},
-                           "data.train_windows": windows.shape[0], "data.valid_examples": len(valid.targets),
-                           "data.test_examples": len(test.targets), "data.items": vocab.size - 2,
-                           "data.valid_unknown_targets": valid_unknown, "data.test_unknown_targets": test_unknown})
-        mlflow.log_dict(split.to_dict(), "split.json")
+        _log_setup(config, loop, split, {
+            "data.train_windows": windows.shape[0], "data.valid_examples": len(valid.targets),
+            "data.test_examples": len(test.targets), "data.items": vocab.size - 2,
+            "data.valid_unknown_targets": valid_unknown, "data.test_unknown_targets": test_unknown})
 
         def log_epoch(h: dict[str, float]) -> None:
             mlflow.log_metrics({"train_loss": h["train_loss"], "valid_recall_at_20": h["valid_metric"]},
@@ -167,6 +164,16 @@ def _tag_run(model_name: str, version) -> None:
 
     mlflow.set_tags({"model": model_name, "dataset_version": version.version, "dataset_path": version.path,
                      "git_commit": git_commit(), **environment_tags()})
+
+
+def _log_setup(model_config, loop: TrainConfig, split: TimeSplit, data: dict) -> None:
+    """Params every training run records: the model, the loop, the split's cut points, the data."""
+    import mlflow
+
+    mlflow.log_params({**{f"model.{k}": v for k, v in model_config.to_dict().items()},
+                       **{f"train.{k}": v for k, v in loop.to_dict().items()},
+                       **{f"split.{k}": v for k, v in split.to_dict().items()}, **data})
+    mlflow.log_dict(split.to_dict(), "split.json")
 
 
 def _input_example(test: NextItemExamples, vocab: ItemVocab):
@@ -244,7 +251,7 @@ def fit_propensity(
 
     config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=tuple(v.size for v in vocabs.values()),
                        embedding_dim=params.embedding_dim, cross_layers=params.cross_layers,
-                       hidden=tuple(int(h) for h in params.hidden), dropout=params.dropout)
+                       hidden=params.hidden, dropout=params.dropout)
     loop = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                        weight_decay=params.weight_decay, patience=params.patience, seed=params.seed)
     torch.manual_seed(params.seed)
@@ -307,10 +314,7 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainO
 
         fit = fit_propensity(events, catalog, params, on_epoch=log_epoch, checkpoint_dir=Path(tmp) / "checkpoints")
         model, vocabs, test_rows, metrics = fit.model, fit.vocabs, fit.test_rows, fit.metrics
-        mlflow.log_params({**{f"model.{k}": v for k, v in fit.config.to_dict().items()},
-                           **{f"train.{k}": v for k, v in fit.loop.to_dict().items()},
-                           **{f"split.{k}": v for k, v in fit.split.to_dict().items()}, **fit.data})
-        mlflow.log_dict(fit.split.to_dict(), "split.json")
+        _log_setup(fit.config, fit.loop, fit.split, fit.data)
         mlflow.log_metrics(metrics)
 
         weights = Path(tmp) / "propensity.pt"
