@@ -18,16 +18,26 @@ DEFAULT_K = 20
 
 
 class SASRecPyfunc(mlflow.pyfunc.PythonModel):
+    @classmethod
+    def from_parts(cls, model, item_ids: list[str]) -> SASRecPyfunc:
+        """A ready wrapper around an in-memory model (to infer the signature before logging)."""
+        wrapper = cls()
+        wrapper._set(model, item_ids)
+        return wrapper
+
+    def _set(self, model, item_ids: list[str]) -> None:
+        self.model = model.eval()
+        self.item_ids = list(item_ids)
+        self.index = {item: i + 2 for i, item in enumerate(self.item_ids)}
+
     def load_context(self, context) -> None:
         from models.sasrec import SASRec, SASRecConfig
 
         ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
-        self.model = SASRec(SASRecConfig(**ckpt["model_args"]))
-        self.model.load_state_dict(ckpt["model"])
-        self.model.eval()
+        model = SASRec(SASRecConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
         with open(context.artifacts["vocab"]) as fh:
-            self.item_ids = json.load(fh)
-        self.index = {item: i + 2 for i, item in enumerate(self.item_ids)}
+            self._set(model, json.load(fh))
 
     def encode(self, history) -> np.ndarray:
         max_len = self.model.config.max_len

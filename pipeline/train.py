@@ -140,9 +140,7 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
         from pipeline.recommender import SASRecPyfunc
 
         example = _input_example(test, vocab)
-        wrapper = SASRecPyfunc()
-        wrapper.model, wrapper.item_ids = model.cpu(), list(vocab.ids)
-        wrapper.index = {item: i + 2 for i, item in enumerate(vocab.ids)}
+        wrapper = SASRecPyfunc.from_parts(model.cpu(), vocab.ids)
         signature = infer_signature(example, wrapper.predict(None, example))
         info = mlflow.pyfunc.log_model(
             name="model",
