@@ -132,3 +132,33 @@ def test_split_needs_enough_days(shop):
     three_days = shop["events"].filter(pl.col("event_time") < shop["split"].start + timedelta(days=3))
     with pytest.raises(ValueError, match="spans 3 day"):
         split_by_time(three_days, valid_days=2, test_days=2)
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    worker = [sys.executable, str(REPO / "tests" / "kill_worker.py")]
+    subprocess.run([*worker, str(tmp_path / "a"), str(tmp_path / "straight.pt")], env=env, check=True, timeout=300)
+
+    victim = subprocess.Popen([*worker, str(tmp_path / "b"), str(tmp_path / "resumed.pt")], env=env)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "b" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # into the next epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL and not (tmp_path / "resumed.pt").exists()
+    killed_at = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"]
+    assert killed_at < 3  # it really was interrupted before the end
+
+    subprocess.run([*worker, str(tmp_path / "b"), str(tmp_path / "resumed.pt")], env=env, check=True, timeout=300)
+    straight, resumed = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
