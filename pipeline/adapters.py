@@ -93,6 +93,8 @@ class Adapter:
     separator: str = ","
     # Alternative column names across releases of the same source: canonical name -> aliases.
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The source column whose value explains an ``_excluded`` row (named in the quarantine file).
+    exclusion_column: str | None = None
 
 
 def _canonical_events(f: pl.LazyFrame) -> pl.LazyFrame:
@@ -259,6 +261,7 @@ ADAPTERS: dict[str, Adapter] = {
         _uci_events,
         _uci_catalog,
         aliases={"Invoice": ("InvoiceNo",), "Price": ("UnitPrice",), "Customer ID": ("CustomerID",)},
+        exclusion_column="Invoice",
     ),
     "yoochoose": Adapter(
         "yoochoose", ("SessionId", "ItemId", "Time"), _yoochoose_events, _ids_only_catalog("ItemId"),

@@ -205,7 +205,9 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
     # The first failing check names the row's problem; an adapter's exclusion explains a row best
     # (a cancelled invoice also has a negative quantity).
     checks = [
-        _check("_excluded", pl.col("_excluded").is_not_null(), pl.col("_excluded"), "excluded by adapter"),
+        _check(adapter.exclusion_column or "_excluded", pl.col("_excluded").is_not_null(),
+               pl.col(adapter.exclusion_column) if adapter.exclusion_column else pl.col("_excluded"),
+               "excluded by adapter"),
         _check("event_time", pl.col("_raw_event_time").is_null() | (pl.col("_raw_event_time") == ""),
                pl.lit(""), "missing event_time"),
         _check("event_time", pl.col("event_time").is_null(), pl.col("_raw_event_time"), "unparseable event_time"),

@@ -93,6 +93,9 @@ C489449,22087,PAPER BUNTING WHITE LACE,-12,2009-12-01 10:33:00,2.95,16321.0,Aust
     assert result.rows_accepted == 1
     assert result.quarantine_reasons == {"cancelled invoice (not a purchase)": 1}
     assert _events(state, "2009-12-01")["user_id"].to_list() == ["13085"]
+    quarantined = pl.read_csv(result.quarantine_files[0], infer_schema=False)
+    assert quarantined.select("_source_row", "_column", "_value", "_reason").rows() == [
+        ("2", "Invoice", "C489449", "cancelled invoice (not a purchase)")]
 
 
 def test_yoochoose_real_clicks(state, shared_data):
