@@ -167,17 +167,22 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
     )
 
 
-def _check(column: str, bad: pl.Expr, value: pl.Expr, reason: str) -> tuple[pl.Expr, str, pl.Expr, str]:
+def _check(column: str, bad: pl.Expr, value: pl.Expr, reason: str | pl.Expr) -> tuple:
     return bad, column, value, reason
 
 
-def _first_problem(checks: list[tuple[pl.Expr, str, pl.Expr, str]]) -> list[pl.Expr]:
-    """Three columns naming the first failed check of each row: column, offending value, reason."""
+def _first_problem(checks: list[tuple]) -> list[pl.Expr]:
+    """Three columns naming the first failed check of each row: column, offending value, reason.
+
+    A reason is a fixed text or, where the row itself explains it (an adapter's exclusion), an
+    expression.
+    """
     column = reason = value = None
     for bad, col, val, why in reversed(checks):
+        why = why if isinstance(why, pl.Expr) else pl.lit(why)
         column = pl.when(bad).then(pl.lit(col)).otherwise(column if column is not None else pl.lit(None))
         value = pl.when(bad).then(val.cast(pl.String)).otherwise(value if value is not None else pl.lit(None))
-        reason = pl.when(bad).then(pl.lit(why)).otherwise(reason if reason is not None else pl.lit(None))
+        reason = pl.when(bad).then(why).otherwise(reason if reason is not None else pl.lit(None))
     return [column.alias("_column"), value.alias("_value"), reason.alias("_reason")]
 
 
@@ -207,7 +212,7 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
     checks = [
         _check(adapter.exclusion_column or "_excluded", pl.col("_excluded").is_not_null(),
                pl.col(adapter.exclusion_column) if adapter.exclusion_column else pl.col("_excluded"),
-               "excluded by adapter"),
+               pl.col("_excluded")),
         _check("event_time", pl.col("_raw_event_time").is_null() | (pl.col("_raw_event_time") == ""),
                pl.lit(""), "missing event_time"),
         _check("event_time", pl.col("event_time").is_null(), pl.col("_raw_event_time"), "unparseable event_time"),
@@ -222,10 +227,8 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         _check("quantity", qty.is_null() | (qty != qty.floor()), pl.col("_raw_quantity"), "unparseable quantity"),
         _check("quantity", qty <= 0, pl.col("_raw_quantity"), "non-positive quantity"),
     ]
-    return mapped.with_columns(*_first_problem(checks)).with_columns(
-        pl.when(pl.col("_reason") == "excluded by adapter").then(pl.col("_excluded"))
-        .otherwise(pl.col("_reason")).alias("_reason"),
-        pl.col("_quantity_number").cast(pl.Int32, strict=False).alias("quantity"),
+    return mapped.with_columns(
+        *_first_problem(checks), pl.col("_quantity_number").cast(pl.Int32, strict=False).alias("quantity")
     )
 
 
@@ -251,12 +254,13 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
 
 
 def _write_quarantine(frame: pl.DataFrame, path: Path) -> str | None:
+    """Replace the interval's quarantine file with ``frame``, in source order; remove it if empty."""
     if frame.height == 0:
         path.unlink(missing_ok=True)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    frame.write_csv(tmp)
+    frame.with_columns(pl.col("_source_file").cast(pl.String)).sort("_source_file", "_source_row").write_csv(tmp)
     tmp.replace(path)
     return str(path)
 
@@ -332,9 +336,12 @@ def ingest_events(
     # Each step drops its input, so ten million rows stay within a few GiB.
     frame = frame.filter(pl.col("_ours"))
     bad = frame.filter(pl.col("_reason").is_not_null())
-    good = frame.filter(pl.col("_reason").is_null()).select(*EVENT_COLUMNS, "_day")
-    source_keys = frame.filter(pl.col("_reason").is_null()).select("_source_file", "_source_row")
+    accepted_rows = frame.filter(pl.col("_reason").is_null())
     del frame
+    # Selecting columns shares them: one filter serves both the events and the catalog's keys.
+    good = accepted_rows.select(*EVENT_COLUMNS, "_day")
+    source_keys = accepted_rows.select("_source_file", "_source_row")
+    del accepted_rows
 
     staged_days, quarantine_files = [], []
     accepted = duplicates = 0
@@ -356,7 +363,6 @@ def ingest_events(
         day_bad = bad if single_day else bad.filter((pl.col("_day") == the_day) | pl.col("_day").is_null())
         qfile = _write_quarantine(
             day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS)
-            .with_columns(pl.col("_source_file").cast(pl.String)).sort("_source_file", "_source_row")
             .with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")),
             paths.quarantine / "events" / partition_dir_name(day) / "quarantine.csv",
         )
@@ -434,8 +440,7 @@ def _ingest_catalog(
     )
     _write_parquet(good, paths.staging / "catalog" / partition_dir_name(first_day) / PARTITION_FILE)
     _write_quarantine(
-        bad.select(*QUARANTINE_COLUMNS, *CATALOG_COLUMNS)
-        .with_columns(pl.col("_source_file").cast(pl.String)).sort("_source_file", "_source_row"),
+        bad.select(*QUARANTINE_COLUMNS, *CATALOG_COLUMNS),
         paths.quarantine / "catalog" / partition_dir_name(first_day) / "quarantine.csv",
     )
     return good.height, bad.height
