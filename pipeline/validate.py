@@ -91,6 +91,11 @@ class ValidationOutcome:
         return out
 
 
+def validation_report_path(paths: StatePaths, day: str) -> Path:
+    """Where the verdict on a staged day is written; publishing reads it back."""
+    return paths.reports / "validate" / f"{day}.json"
+
+
 def load_suite_json(name: str, suites_dir: Path = SUITES_DIR) -> dict:
     """Read one suite file; errors name the file."""
     path = suites_dir / f"{name}.json"
@@ -275,7 +280,7 @@ def validate_batch(
         parameters=parameters,
         data_docs=str(docs),
     )
-    report = paths.reports / "validate" / f"{day}.json"
+    report = validation_report_path(paths, day)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
     for w in warnings:

@@ -28,6 +28,7 @@ from filelock import FileLock
 from pipeline.ingest import Interval
 from pipeline.schema import partition_dir_name
 from pipeline.settings import StatePaths
+from pipeline.validate import validation_report_path
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class NotValidated(RuntimeError):
 
 def _require_passed_validation(paths: StatePaths, day: str) -> None:
     staged = paths.staging / "events" / partition_dir_name(day)
-    report = paths.reports / "validate" / f"{day}.json"
+    report = validation_report_path(paths, day)
     if not staged.exists():
         raise FileNotFoundError(f"no staged partition at {staged}; run ingest and validate first")
     if not report.exists():
@@ -113,9 +114,7 @@ def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
             staged = paths.staging / table / partition_dir_name(day)
             target = paths.canonical / table / partition_dir_name(day)
             if not staged.exists():
-                if table == "catalog":
-                    continue  # multi-day intervals stage one catalog, on their first day
-                raise FileNotFoundError(f"no staged partition at {staged}; run ingest and validate first")
+                continue  # only a catalog: multi-day intervals stage one, on their first day
             incoming = target.with_name(target.name + ".incoming")
             old = target.with_name(target.name + ".replaced")
             for leftover in (incoming, old):
