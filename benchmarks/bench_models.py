@@ -19,21 +19,12 @@ import numpy as np
 import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
-from models.metrics import recall_ndcg, target_ranks
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, select_device, train
-from pipeline.features import left_pad, training_windows
+from pipeline.features import NextItemExamples, left_pad, training_windows
+from pipeline.train import evaluate_scorer
 
 BEAUTY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "amazon_beauty" / "Beauty.txt"
-
-
-def _ranks(scorer, histories: np.ndarray, targets: np.ndarray, device) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(targets), 1024):
-            h = torch.from_numpy(histories[i:i + 1024]).to(device)
-            out.append(target_ranks(scorer(h), torch.from_numpy(targets[i:i + 1024]).to(device)).cpu().numpy())
-    return np.concatenate(out)
 
 
 def main() -> int:
@@ -50,19 +41,19 @@ def main() -> int:
     seqs = [np.array([int(x) + 1 for x in line.split()[1:]], dtype=np.int64) for line in args.data.open()]
     n_items = max(int(s.max()) for s in seqs) + 1
     train_seqs = {str(u): s[:-2] for u, s in enumerate(seqs)}
-    valid_h = np.stack([left_pad(s[:-2], args.max_len) for s in seqs])
-    valid_t = np.array([s[-2] for s in seqs])
-    test_h = np.stack([left_pad(s[:-1], args.max_len) for s in seqs])
-    test_t = np.array([s[-1] for s in seqs])
+    users = [str(u) for u in range(len(seqs))]
+    valid = NextItemExamples(users, np.stack([left_pad(s[:-2], args.max_len) for s in seqs]),
+                             np.array([s[-2] for s in seqs]))
+    test = NextItemExamples(users, np.stack([left_pad(s[:-1], args.max_len) for s in seqs]),
+                            np.array([s[-1] for s in seqs]))
     print(f"{args.data.name}: {len(seqs)} users, {n_items - 2} items, {sum(map(len, seqs))} interactions")
 
     results = {}
-    cpu = torch.device("cpu")
     pop = PopularityRecommender(n_items, np.concatenate(list(train_seqs.values())))
-    results["popularity"] = recall_ndcg(_ranks(pop.score, test_h, test_t, cpu))
+    results["popularity"] = evaluate_scorer(pop.score, test)
     # Co-occurrence may also learn from the validation item, as SASRec's test history includes it.
     cooc = CooccurrenceRecommender(n_items, [s[:-1] for s in seqs])
-    results["cooccurrence"] = recall_ndcg(_ranks(cooc.score, test_h, test_t, cpu))
+    results["cooccurrence"] = evaluate_scorer(cooc.score, test)
 
     device = select_device(args.device)
     torch.manual_seed(0)
@@ -71,12 +62,12 @@ def main() -> int:
     start = time.perf_counter()
     result = train(
         model, windows, lambda m, b: m(b[:, :-1], b[:, 1:], n_negatives=512),
-        lambda m: recall_ndcg(_ranks(m, valid_h, valid_t, device))["ndcg_at_10"],
+        lambda m: evaluate_scorer(m, valid, device=device)["ndcg_at_10"],
         TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, patience=3, device=args.device,
                     progress=False),
     )
     model.eval()
-    results["sasrec"] = recall_ndcg(_ranks(model, test_h, test_t, device))
+    results["sasrec"] = evaluate_scorer(model, test, device=device)
     print(f"sasrec: {result.epochs_run} epochs in {time.perf_counter() - start:.0f}s on {result.device}, "
           f"{result.samples_per_second:,.0f} sequences/s ({result.samples_per_second * args.max_len:,.0f} "
           f"positions/s), best epoch {result.best_epoch + 1}")

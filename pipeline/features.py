@@ -124,15 +124,22 @@ def left_pad(seq: np.ndarray, max_len: int) -> np.ndarray:
 
 
 def next_item_examples(
-    events: pl.DataFrame, vocab: ItemVocab, history_end: datetime, window_end: datetime, max_len: int
+    events: pl.DataFrame,
+    vocab: ItemVocab,
+    histories: dict[str, np.ndarray],
+    history_end: datetime,
+    window_end: datetime,
+    max_len: int,
 ) -> tuple[NextItemExamples, int]:
     """For each user active in [history_end, window_end): their history, and their first new item.
+
+    ``histories`` is ``user_sequences(events, vocab, history_end)``, which the caller also needs to
+    train or to build baselines, so it is passed in rather than computed again.
 
     The target is the user's first item in the window that differs from the last item of their
     history. Targets that are new items (unknown to the model) cannot be ranked by any model and
     are left out; their count is returned beside the examples.
     """
-    histories = user_sequences(events, vocab, history_end)
     window = events.filter(
         (pl.col("event_time") >= history_end) & (pl.col("event_time") < window_end)
         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)

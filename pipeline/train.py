@@ -57,13 +57,15 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024) -> dict[str, float]:
-    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog."""
+def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024,
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog, in batches on ``device``."""
     histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
     ranks = []
     with torch.no_grad():
         for i in range(0, targets.numel(), batch):
-            ranks.append(target_ranks(scorer(histories[i:i + batch]), targets[i:i + batch]).cpu().numpy())
+            scores = scorer(histories[i:i + batch].to(device))
+            ranks.append(target_ranks(scores, targets[i:i + batch].to(device)).cpu().numpy())
     return recall_ndcg(np.concatenate(ranks) if ranks else np.zeros(0))
 
 
@@ -84,13 +86,15 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
     split = split_by_time(events, params.valid_days, params.test_days)
     vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
     sequences = user_sequences(events, vocab, split.train_end)
-    windows = torch.from_numpy(training_windows(sequences, params.max_len))
-    valid, valid_unknown = next_item_examples(events, vocab, split.train_end, split.valid_end, params.max_len)
-    test, test_unknown = next_item_examples(events, vocab, split.valid_end, split.end, params.max_len)
-    if windows.shape[0] == 0 or len(valid.targets) == 0:
-        raise ValueError("no training sequences or no validation examples in the split")
     # The test history includes validation-period interactions, as it will when serving.
     test_sequences = user_sequences(events, vocab, split.valid_end)
+    windows = torch.from_numpy(training_windows(sequences, params.max_len))
+    valid, valid_unknown = next_item_examples(events, vocab, sequences, split.train_end, split.valid_end,
+                                              params.max_len)
+    test, test_unknown = next_item_examples(events, vocab, test_sequences, split.valid_end, split.end,
+                                            params.max_len)
+    if windows.shape[0] == 0 or len(valid.targets) == 0:
+        raise ValueError("no training sequences or no validation examples in the split")
 
     all_train = np.concatenate(list(sequences.values()))
     recent = events.filter((pl.col("event_time") >= split.train_end - timedelta(days=params.recent_days))

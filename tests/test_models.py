@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
-from models.metrics import recall_ndcg, target_ranks
+from models.metrics import target_ranks
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, train
 from pipeline.features import (
@@ -27,6 +27,7 @@ from pipeline.features import (
 )
 from pipeline.generate import generate_shop_data
 from pipeline.params import GenerateParams
+from pipeline.train import evaluate_scorer
 
 MAX_LEN = 20
 
@@ -40,18 +41,12 @@ def shop(tmp_path_factory):
     split = split_by_time(events, valid_days=2, test_days=2)
     vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
     sequences = user_sequences(events, vocab, split.train_end)
-    valid, _ = next_item_examples(events, vocab, split.train_end, split.valid_end, MAX_LEN)
-    test, unknown = next_item_examples(events, vocab, split.valid_end, split.end, MAX_LEN)
+    valid, _ = next_item_examples(events, vocab, sequences, split.train_end, split.valid_end, MAX_LEN)
+    test, unknown = next_item_examples(events, vocab, user_sequences(events, vocab, split.valid_end),
+                                       split.valid_end, split.end, MAX_LEN)
     windows = torch.from_numpy(training_windows(sequences, MAX_LEN))
     return {"events": events, "split": split, "vocab": vocab, "sequences": sequences, "valid": valid,
             "test": test, "unknown_targets": unknown, "windows": windows}
-
-
-def _evaluate(scorer, examples) -> dict[str, float]:
-    histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
-    with torch.no_grad():
-        ranks = target_ranks(scorer(histories), targets)
-    return recall_ndcg(ranks.numpy())
 
 
 def _loss(model, batch):
@@ -68,22 +63,24 @@ def test_split_is_by_time_and_recorded(shop):
 def test_sequential_model_learns_and_beats_popularity(shop):
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=shop["vocab"].size, max_len=MAX_LEN, dim=48, dropout=0.3))
-    result = train(model, shop["windows"], _loss, lambda m: _evaluate(m, shop["valid"])["recall_at_20"],
+    result = train(model, shop["windows"], _loss, lambda m: evaluate_scorer(m, shop["valid"])["recall_at_20"],
                    TrainConfig(epochs=6, batch_size=128, lr=2e-3, patience=2, seed=0, progress=False))
     losses = [h["train_loss"] for h in result.history]
     assert losses[1] < losses[0]
     model.eval()
-    sasrec = _evaluate(model, shop["test"])
+    sasrec = evaluate_scorer(model, shop["test"])
     sequences = list(shop["sequences"].values())
-    popularity = _evaluate(PopularityRecommender(shop["vocab"].size, np.concatenate(sequences)).score, shop["test"])
+    popular = PopularityRecommender(shop["vocab"].size, np.concatenate(sequences))
+    popularity = evaluate_scorer(popular.score, shop["test"])
     assert sasrec["recall_at_20"] > popularity["recall_at_20"]
     assert sasrec["ndcg_at_20"] > popularity["ndcg_at_20"]
 
 
 def test_cooccurrence_baseline_beats_popularity(shop):
     sequences = list(shop["sequences"].values())
-    cooc = _evaluate(CooccurrenceRecommender(shop["vocab"].size, sequences).score, shop["test"])
-    popularity = _evaluate(PopularityRecommender(shop["vocab"].size, np.concatenate(sequences)).score, shop["test"])
+    cooc = evaluate_scorer(CooccurrenceRecommender(shop["vocab"].size, sequences).score, shop["test"])
+    popular = PopularityRecommender(shop["vocab"].size, np.concatenate(sequences))
+    popularity = evaluate_scorer(popular.score, shop["test"])
     assert cooc["recall_at_20"] > popularity["recall_at_20"]
 
 
