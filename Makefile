@@ -46,6 +46,7 @@ test-slow: install
 bench-models: install
 	$(PY) -m benchmarks.bench_models
 	$(PY) -m benchmarks.bench_propensity
+	$(PY) -m benchmarks.bench_throughput
 
 bench-data: install
 	$(PY) -m benchmarks.bench_data

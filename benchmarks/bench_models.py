@@ -5,7 +5,7 @@ test target, the second to last the validation target, the rest is training; eve
 catalog is ranked (no sampled negatives). Prints Recall@10/20 and NDCG@10/20 for popularity,
 item co-occurrence and SASRec, and SASRec's training throughput in sequences per second.
 
-    python -m benchmarks.bench_models [--epochs 8] [--device auto]
+    python -m benchmarks.bench_models [--epochs 8] [--patience 3] [--device auto] [--compile]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main() -> int:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=BEAUTY)
     args = parser.parse_args()
@@ -63,8 +65,8 @@ def main() -> int:
     result = train(
         model, windows, lambda m, b: m(b[:, :-1], b[:, 1:], n_negatives=512),
         lambda m: evaluate_scorer(m, valid, device=device)["ndcg_at_10"],
-        TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, patience=3, device=args.device,
-                    progress=False),
+        TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, patience=args.patience,
+                    device=args.device, compile=args.compile, progress=False),
     )
     model.eval()
     results["sasrec"] = evaluate_scorer(model, test, device=device)

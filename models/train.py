@@ -192,7 +192,8 @@ def train(
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.4f}",
                                 samples_s=f"{samples / max(busy + time.perf_counter() - started, 1e-9):.0f}")
-        busy += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        busy += elapsed
         if bar is not None:
             bar.close()
 
@@ -205,7 +206,8 @@ def train(
             torch.distributed.broadcast(shared, src=0)
             metric = float(shared.item())
         train_loss = total / max(order.numel(), 1)
-        result.history.append({"epoch": epoch, "train_loss": train_loss, "valid_metric": metric})
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "valid_metric": metric,
+                               "samples_per_second": order.numel() * world / elapsed if elapsed else 0.0})
         result.epochs_run = epoch + 1
         if rank == 0:
             log.info("epoch %d/%d: train loss %.4f, validation %.4f, %.0f samples/s", epoch + 1, config.epochs,
