@@ -2,15 +2,24 @@
 ### train_models
 
 Retrains both models whenever `ingest_events` publishes a new dataset version (the Asset
-`shopml://dataset/canonical`), each on the current version with a time-based split:
+`shopml://dataset/canonical`). For each model, one chain:
 
-- **train_recommender**: SASRec next-item model beside popularity, recent-popularity and
-  co-occurrence baselines;
-- **train_propensity**: DCN-v2 purchase-propensity model beside a logistic regression.
+`train -> evaluate -> gate -> register -> promote`
 
-The two tasks are independent: one failing never hides the other's result. Each logs one MLflow run
-(params, per-epoch metrics, dataset version, git commit, split, environment, the model as a pyfunc);
-the task log ends with the run id and the test metrics of the model and its baselines.
+- **train**: on the current dataset version with a time-based split; one MLflow run (params,
+  per-epoch metrics, dataset version, git commit, split, environment, the model as a pyfunc, the
+  baselines' test metrics);
+- **evaluate**: the candidate, the current `champion` and the baselines on the same frozen test
+  rows, with metrics per slice and plots, logged to the candidate's run under `evaluation/`;
+- **gate**: the rules of `policy.yaml` (floors, minimum improvement, a bootstrap confidence
+  interval over users that must exclude zero, latency and size guards); the task log lists every
+  check with PASS or FAIL;
+- **register**: every candidate becomes a registered model version tagged with its lineage and the
+  gate's decision; a passed one gets the alias `challenger`;
+- **promote**: moves `champion` to the challenger, provided the champion is still the one it was
+  evaluated against. A rejected candidate ends here as **skipped**, with the reasons in the log.
+
+The two chains are independent: one failing never hides the other's result.
 """
 
 from __future__ import annotations
@@ -20,12 +29,76 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import dag, task
 from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS
 
+MODELS = ("next_item", "purchase_propensity")
 
-def _summary(outcome) -> dict:
-    print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
-    for name, value in sorted(outcome.metrics.items()):
-        print(f"  {name} = {value:.4f}")
-    return {"run_id": outcome.run_id, "model_uri": outcome.model_uri, "dataset_version": outcome.dataset_version}
+
+def _chain(model: str) -> None:
+    @task(task_id=f"train_{model}", execution_timeout=timedelta(hours=2))
+    def train_model() -> dict:
+        from pipeline.params import load_params
+        from pipeline.settings import get_state_paths
+        from pipeline.train import train_propensity, train_recommender
+
+        params = load_params()
+        if model == "next_item":
+            outcome = train_recommender(get_state_paths(), params.train_recommender)
+        else:
+            outcome = train_propensity(get_state_paths(), params.train_propensity)
+        print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
+        for name, value in sorted(outcome.metrics.items()):
+            print(f"  {name} = {value:.4f}")
+        return {"run_id": outcome.run_id, "dataset_version": outcome.dataset_version}
+
+    @task(task_id=f"evaluate_{model}")
+    def evaluate(trained: dict) -> dict:
+        from pipeline.registry import evaluate_candidate
+        from pipeline.settings import get_state_paths
+
+        ev = evaluate_candidate(get_state_paths(), model, trained["run_id"])
+        print(f"champion: {'version ' + ev.champion_version if ev.champion_version else 'none yet'}")
+        for side, scores in (("candidate", ev.candidate), ("champion", ev.champion), *ev.baselines.items()):
+            if scores is not None:
+                print(f"  {side}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.metrics.items())))
+        return {**trained, "champion_version": ev.champion_version}
+
+    @task(task_id=f"gate_{model}")
+    def gate(evaluated: dict) -> dict:
+        from pipeline.registry import gate_candidate
+        from pipeline.settings import get_state_paths
+
+        decision = gate_candidate(get_state_paths(), model, evaluated["run_id"])
+        print(decision.summary())
+        return {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
+
+    @task(task_id=f"register_{model}")
+    def register(gated: dict) -> dict:
+        from pipeline.registry import register_candidate
+        from pipeline.settings import get_state_paths
+
+        mv = register_candidate(get_state_paths(), model, gated["run_id"])
+        print(f"{model} version {mv.version}: {mv.tags.get('status')}")
+        return {**gated, "version": mv.version}
+
+    @task(task_id=f"promote_{model}")
+    def promote(registered: dict) -> str:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from pipeline.registry import NO_CHAMPION, ChampionMoved, promote
+        from pipeline.settings import get_state_paths
+
+        if not registered["passed"]:
+            reasons = "\n  ".join(registered["reasons"])
+            raise AirflowSkipException(f"{model} version {registered['version']} rejected by the gate:\n  {reasons}")
+        try:
+            mv = promote(get_state_paths(), model, registered["version"],
+                         expected_champion=registered["champion_version"] or NO_CHAMPION, by="airflow",
+                         reason=f"passed the gate (run {registered['run_id']})")
+        except ChampionMoved as exc:  # a retry cannot help: the candidate must be evaluated again
+            raise AirflowFailException(str(exc)) from exc
+        print(f"{model}: champion is now version {mv.version}")
+        return mv.version
+
+    promote(register(gate(evaluate(train_model()))))
 
 
 @dag(
@@ -34,29 +107,13 @@ def _summary(outcome) -> dict:
     start_date=datetime(2026, 11, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "execution_timeout": timedelta(hours=2)},
+    default_args={**DEFAULT_ARGS, "execution_timeout": timedelta(minutes=30)},
     doc_md=__doc__,
     tags=["shopml", "training"],
 )
 def train_models():
-    @task
-    def train_recommender() -> dict:
-        from pipeline.params import load_params
-        from pipeline.settings import get_state_paths
-        from pipeline.train import train_recommender
-
-        return _summary(train_recommender(get_state_paths(), load_params().train_recommender))
-
-    @task
-    def train_propensity() -> dict:
-        from pipeline.params import load_params
-        from pipeline.settings import get_state_paths
-        from pipeline.train import train_propensity
-
-        return _summary(train_propensity(get_state_paths(), load_params().train_propensity))
-
-    train_recommender()
-    train_propensity()
+    for model in MODELS:
+        _chain(model)
 
 
 train_models()

@@ -5,10 +5,18 @@
     python -m pipeline validate --date D | --start D --days N
     python -m pipeline version  --date D | --start D --days N  [--no-push]
     python -m pipeline run      --date D | --start D --days N  (ingest, validate, version)
+    python -m pipeline train    --model M                     (train only; see retrain)
+    python -m pipeline retrain  --model M                     (train, evaluate, gate, register, promote)
+    python -m pipeline evaluate|gate|register --model M --run-id R
+    python -m pipeline promote  --model M [--version V] [--reason TEXT] [--force]
+    python -m pipeline rollback --model M --reason TEXT
+    python -m pipeline lineage  --model M [--version V | --bento-tag T]
+    python -m pipeline models   [--model M]
     python -m pipeline airflow ARGS...   (airflow with this project's DAGs and state)
 
 Bad input ends with exit code 2 and one line that names the problem; a failed validation ends with
-exit code 3 and the validation summary.
+exit code 3 and the validation summary; a promotion refused because the champion moved since the
+candidate's evaluation ends with exit code 4.
 """
 
 from __future__ import annotations
@@ -71,6 +79,36 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
     t.add_argument("--model", choices=("next_item", "purchase_propensity"), default="next_item")
 
+    models = ("next_item", "purchase_propensity")
+    rt = sub.add_parser("retrain", help="train, evaluate against the champion, gate, register, promote")
+    rt.add_argument("--model", choices=models, required=True)
+    rt.add_argument("--policy", type=Path, help="policy file (default: policy.yaml)")
+    for name, text in (("evaluate", "score a run's model, the champion and the baselines on the test split"),
+                       ("gate", "apply the policy to a run's evaluation"),
+                       ("register", "register a gated run's model (challenger if it passed)")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--model", choices=models, required=True)
+        sp.add_argument("--run-id", required=True)
+        if name == "gate":
+            sp.add_argument("--policy", type=Path, help="policy file (default: policy.yaml)")
+    pr = sub.add_parser("promote", help="make a version (default: the challenger) the champion")
+    pr.add_argument("--model", choices=models, required=True)
+    pr.add_argument("--version")
+    pr.add_argument("--reason", default="")
+    pr.add_argument("--by", help="who (default: the current user)")
+    pr.add_argument("--force", action="store_true", help="promote a version the gate rejected")
+    rb = sub.add_parser("rollback", help="move the champion back to the previous champion")
+    rb.add_argument("--model", choices=models, required=True)
+    rb.add_argument("--reason", required=True)
+    rb.add_argument("--by", help="who (default: the current user)")
+    ln = sub.add_parser("lineage", help="a version's run, dataset version, commit, metrics and gate decision")
+    ln.add_argument("--model", choices=models, required=True)
+    which = ln.add_mutually_exclusive_group()
+    which.add_argument("--version")
+    which.add_argument("--bento-tag")
+    ls = sub.add_parser("models", help="registered versions and aliases")
+    ls.add_argument("--model", choices=models)
+
     a = sub.add_parser("run", help="ingest, validate and version each day in turn")
     _add_interval(a)
     a.add_argument("--adapter")
@@ -104,6 +142,51 @@ def run_airflow(airflow_args: list[str]) -> int:
     return 0  # not reached
 
 
+def _lifecycle(args: argparse.Namespace, params, paths) -> int:
+    from pipeline import registry
+    from pipeline.gate import load_policy
+
+    if args.command == "retrain":
+        from pipeline.train import train_propensity, train_recommender
+
+        outcome = (train_recommender(paths, params.train_recommender) if args.model == "next_item"
+                   else train_propensity(paths, params.train_propensity))
+        print(f"trained {args.model}: run {outcome.run_id} on dataset {outcome.dataset_version[:12]}")
+        result = registry.evaluate_gate_register(paths, args.model, outcome.run_id,
+                                                 load_policy(args.model, args.policy))
+        print(result.decision.summary())
+        print(f"{args.model} version {result.version}: "
+              + ("champion" if result.promoted else "rejected, the champion stays "
+                 + (f"version {result.decision.champion_version}" if result.decision.champion_version else "unset")))
+        return 0
+    if args.command == "evaluate":
+        ev = registry.evaluate_candidate(paths, args.model, args.run_id)
+        _print({"candidate": ev.candidate.metrics, "champion_version": ev.champion_version,
+                "champion": ev.champion.metrics if ev.champion else None,
+                "baselines": {n: s.metrics for n, s in ev.baselines.items()}})
+    elif args.command == "gate":
+        decision = registry.gate_candidate(paths, args.model, args.run_id, load_policy(args.model, args.policy))
+        print(decision.summary())
+    elif args.command == "register":
+        mv = registry.register_candidate(paths, args.model, args.run_id)
+        print(f"{args.model} version {mv.version} ({mv.tags.get('status')})")
+    elif args.command == "promote":
+        mv = registry.promote(paths, args.model, args.version, by=args.by, reason=args.reason, force=args.force)
+        print(f"{args.model}: champion is version {mv.version}")
+    elif args.command == "rollback":
+        mv = registry.rollback(paths, args.model, by=args.by, reason=args.reason)
+        print(f"{args.model}: champion is back to version {mv.version}")
+    elif args.command == "lineage":
+        _print(registry.lineage(paths, args.model, args.version, args.bento_tag))
+    elif args.command == "models":
+        rows = registry.list_versions(paths, args.model)
+        print(f"{'model':<20} {'ver':>4} {'aliases':<22} {'status':<12} {'gate':<9} {'dataset':<13} created")
+        for r in rows:
+            print(f"{r['model']:<20} {r['version']:>4} {','.join(r['aliases']) or '-':<22} {r['status'] or '-':<12} "
+                  f"{r['gate'] or '-':<9} {r['dataset_version']:<13} {r['created']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["airflow"]:
@@ -115,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from pipeline.ingest import IngestError, Interval, ingest_events
+    from pipeline.registry import ChampionMoved, RegistryError
     from pipeline.settings import get_state_paths
     from pipeline.validate import ValidationFailed, validate_batch
     from pipeline.version import NotValidated
@@ -150,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: round(v, 4) for k, v in sorted(outcome.metrics.items())}, indent=2))
             return 0
 
+        if args.command in ("retrain", "evaluate", "gate", "register", "promote", "rollback", "lineage", "models"):
+            return _lifecycle(args, params, paths)
+
         ingest_kwargs = {}
         if args.command in ("ingest", "run"):
             ingest_kwargs = {
@@ -177,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated) as exc:
+    except ChampionMoved as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,9 @@
 """The next-item recommender as an MLflow pyfunc model: item ids in, ranked item ids out.
 
 Input: a DataFrame with ``history`` (a list of item ids, oldest first) and optionally ``k``.
-Output: a DataFrame with ``items`` (top-k item ids) and ``scores`` (their scores).
+Output: a DataFrame with ``items`` (top-k item ids), ``scores`` (their scores) and ``source``:
+``model``, or ``popularity`` for a cold-start history (empty, or with no item the model knows),
+which gets the most popular items of the training period instead of the model's guess.
 Items unknown to the model in a history are kept as the "unknown item", never an error.
 """
 
@@ -19,16 +21,17 @@ DEFAULT_K = 20
 
 class SASRecPyfunc(mlflow.pyfunc.PythonModel):
     @classmethod
-    def from_parts(cls, model, item_ids: list[str]) -> SASRecPyfunc:
+    def from_parts(cls, model, item_ids: list[str], popular: list[str]) -> SASRecPyfunc:
         """A ready wrapper around an in-memory model (to infer the signature before logging)."""
         wrapper = cls()
-        wrapper._set(model, item_ids)
+        wrapper._set(model, item_ids, popular)
         return wrapper
 
-    def _set(self, model, item_ids: list[str]) -> None:
+    def _set(self, model, item_ids: list[str], popular: list[str]) -> None:
         self.model = model.eval()
         self.item_ids = list(item_ids)
         self.index = {item: i + 2 for i, item in enumerate(self.item_ids)}
+        self.popular = list(popular)
 
     def load_context(self, context) -> None:
         from models.sasrec import SASRec, SASRecConfig
@@ -37,7 +40,9 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         model = SASRec(SASRecConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
         with open(context.artifacts["vocab"]) as fh:
-            self._set(model, json.load(fh))
+            item_ids = json.load(fh)
+        with open(context.artifacts["popular"]) as fh:
+            self._set(model, item_ids, json.load(fh))
 
     def encode(self, history) -> np.ndarray:
         max_len = self.model.config.max_len
@@ -55,8 +60,16 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
             scores = self.model(histories)
         scores[:, :2] = -torch.inf  # padding and the unknown item are never recommended
         top_scores, top = scores.topk(min(max(ks), len(self.item_ids)), dim=1)
-        items, values = [], []
+        cold = (histories < 2).all(dim=1).tolist()
+        items, values, sources = [], [], []
         for row, k in enumerate(ks):
-            items.append([self.item_ids[i - 2] for i in top[row, :k].tolist()])
-            values.append([float(v) for v in top_scores[row, :k].tolist()])
-        return pd.DataFrame({"items": items, "scores": values})
+            if cold[row]:
+                # Popularity scores decrease with rank, so they sort like the model's scores do.
+                items.append(self.popular[:k])
+                values.append([1.0 / (rank + 1) for rank in range(len(items[-1]))])
+                sources.append("popularity")
+            else:
+                items.append([self.item_ids[i - 2] for i in top[row, :k].tolist()])
+                values.append([float(v) for v in top_scores[row, :k].tolist()])
+                sources.append("model")
+        return pd.DataFrame({"items": items, "scores": values, "source": sources})

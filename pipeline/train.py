@@ -47,6 +47,7 @@ from pipeline.version import current_dataset_version
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "next_item"
+POPULAR_KEPT = 1000   # the cold-start fallback's list; k is at most this
 
 
 @dataclass
@@ -141,15 +142,21 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
 
         vocab_file = Path(tmp) / "vocab.json"
         vocab_file.write_text(json.dumps(list(vocab.ids)))
+        # The cold-start fallback: the most popular items of the training period.
+        counts = np.bincount(all_train, minlength=vocab.size)[2:]
+        popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
+        popular_file = Path(tmp) / "popular.json"
+        popular_file.write_text(json.dumps(popular))
         from pipeline.recommender import SASRecPyfunc
 
         example = _input_example(test, vocab)
-        wrapper = SASRecPyfunc.from_parts(model.cpu(), vocab.ids)
+        wrapper = SASRecPyfunc.from_parts(model.cpu(), vocab.ids, popular)
         signature = infer_signature(example, wrapper.predict(None, example))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=SASRecPyfunc(),
-            artifacts={"checkpoint": str(Path(tmp) / "checkpoints" / "best.pt"), "vocab": str(vocab_file)},
+            artifacts={"checkpoint": str(Path(tmp) / "checkpoints" / "best.pt"), "vocab": str(vocab_file),
+                       "popular": str(popular_file)},
             code_paths=[str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
             signature=signature,
             input_example=example,
@@ -213,6 +220,12 @@ class PropensityFit:
     metrics: dict[str, float]
     data: dict[str, float]
     test_rows: pl.DataFrame
+    logreg: object = None    # the baseline, fitted on model.dense_mean/dense_std-scaled features
+
+
+def logreg_features(dense: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The logistic-regression baseline's inputs: DCN-v2's own compression and scaling."""
+    return (DCNv2.transform(torch.as_tensor(dense, dtype=torch.float32)).numpy() - mean) / std
 
 
 def fit_propensity(
@@ -276,7 +289,7 @@ def fit_propensity(
 
     # The baseline sees the same dense features with the model's own compression and scaling.
     def lr_features(dense: torch.Tensor) -> np.ndarray:
-        return ((DCNv2.transform(dense) - model.dense_mean) / model.dense_std).numpy()
+        return logreg_features(dense.numpy(), model.dense_mean.numpy(), model.dense_std.numpy())
 
     logreg = LogisticRegression(max_iter=2000).fit(lr_features(tr_dense), tr_y.numpy())
     with torch.no_grad():
@@ -293,7 +306,7 @@ def fit_propensity(
     data = {"data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
             "data.cutoffs": len(cutoffs), "data.train_rows": len(tr_y), "data.valid_rows": len(va_y),
             "data.test_rows": len(te_y), "data.train_positive_rate": float(tr_y.mean())}
-    return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows)
+    return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows, logreg)
 
 
 def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainOutcome:
@@ -323,6 +336,13 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainO
         torch.save({"model": model.state_dict(), "model_args": fit.config.to_dict()}, weights)
         vocab_file = Path(tmp) / "vocabs.json"
         vocab_file.write_text(json.dumps({k: list(v.values) for k, v in vocabs.items()}))
+        # The baseline goes with the run, so the gate can score it on the same rows as the model.
+        import joblib
+
+        baseline = Path(tmp) / "logreg.joblib"
+        joblib.dump({"model": fit.logreg, "mean": model.dense_mean.numpy(), "std": model.dense_std.numpy()},
+                    baseline)
+        mlflow.log_artifact(str(baseline), artifact_path="baseline")
         from pipeline.propensity_model import PropensityPyfunc
 
         example = test_rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).head(3).to_pandas()

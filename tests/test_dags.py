@@ -6,6 +6,7 @@ project's Airflow environment (``pipeline.settings.airflow_env``) and a state fo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -77,8 +78,13 @@ def test_dag_integrity(tmp_path):
     assert ingest["ingest_events"]["downstream"] == ["validate_batch"]
     assert ingest["validate_batch"]["downstream"] == ["version_dataset"]
     training = report["dags"]["train_models"]["tasks"]
-    assert set(training) == {"train_recommender", "train_propensity"}
-    assert all(t["downstream"] == [] for t in training.values())  # independent: one failing hides nothing
+    for model in ("next_item", "purchase_propensity"):
+        steps = [f"{step}_{model}" for step in ("train", "evaluate", "gate", "register", "promote")]
+        for upstream, downstream in itertools.pairwise(steps):
+            # one chain per model, never joined: one failing hides nothing of the other
+            assert training[upstream]["downstream"] == [downstream]
+    assert set(training) == {f"{s}_{m}" for s in ("train", "evaluate", "gate", "register", "promote")
+                             for m in ("next_item", "purchase_propensity")}
     for dag_id, dag in report["dags"].items():
         assert dag["doc"], f"{dag_id} has no doc_md"
         for task_id, task in dag["tasks"].items():
@@ -127,21 +133,46 @@ def test_validation_failure_stops_the_dag_without_retries(dag_home):
     assert (paths.canonical / "events" / "event_date=2026-11-01" / "part-0.parquet").read_bytes() == accepted
 
 
-def test_train_dag_trains_both_models_on_the_published_dataset(tmp_path):
+def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data(tmp_path):
     home = tmp_path / "home"
     env = _env(home)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train_recommender"].update(epochs=3, max_len=20, dim=32, layers=1)
+    params["train_recommender"].update(epochs=6, max_len=20, dim=32, layers=1)
     params["train_propensity"].update(epochs=3)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
-    for args in (["generate", "--days", "8", "--events-per-day", "2500", "--start-date", "2026-10-01"],
-                 ["run", "--start", "2026-10-01", "--days", "8"]):
+    # A shop dense enough (users and items per event) for the sequential model to beat popularity.
+    for args in (["generate", "--days", "10", "--events-per-day", "5000", "--start-date", "2026-10-01",
+                  "--initial-users", "2000", "--initial-items", "1200", "--seed", "11"],
+                 ["run", "--start", "2026-10-01", "--days", "10"]):
         subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, check=True, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", "train_models"],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-4000:]
-    assert log.count("on dataset ") >= 2
-    assert "test_recall_at_20 = " in log and "baseline_popularity_recall_at_20 = " in log
-    assert "test_auc = " in log and "baseline_logreg_auc = " in log
+
+    def run_dag() -> str:
+        out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", "train_models"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log[-4000:]
+        return log
+
+    def models() -> str:
+        return subprocess.run([sys.executable, "-m", "pipeline", "models"], env=env, cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout
+
+    first = run_dag()
+    assert first.count("on dataset ") >= 2
+    assert "test_recall_at_20 = " in first and "baseline_popularity_recall_at_20 = " in first
+    assert "test_auc = " in first and "baseline_logreg_auc = " in first
+    assert "gate decision: PROMOTE" in first and "PASS floor popularity" in first
+    assert "next_item: champion is now version 1" in first
+    # Whatever the propensity gate decided, its reasons are in the log and the version is registered.
+    assert "floor logistic_regression: auc" in first
+    listing = models()
+    assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
+    assert any(line.split()[:2] == ["purchase_propensity", "1"] for line in listing.splitlines()), listing
+
+    second = run_dag()  # same data, same seed: an equal model is not significantly better
+    assert "not significantly better" in second
+    assert "next_item version 2 rejected by the gate" in second  # the promote task is skipped, not failed
+    listing = models()
+    assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
+    assert any(line.split()[:4] == ["next_item", "2", "-", "rejected"] for line in listing.splitlines()), listing

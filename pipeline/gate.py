@@ -1,0 +1,198 @@
+"""The promotion gate: rules from ``policy.yaml``, a paired bootstrap, and a decision with reasons.
+
+A candidate is promoted only if every check passes:
+
+1. floors: its metric beats each baseline named in the policy on the same test rows (this alone
+   decides for the first model, when there is no champion);
+2. improvement: its metric exceeds the champion's by at least ``min_improvement``;
+3. significance: the bootstrap confidence interval (at ``confidence``) of the candidate-minus-champion
+   difference, resampling users (all rows of a user together, since a user's rows are not
+   independent), lies entirely above zero;
+4. guards: p95 latency of a one-row prediction and the model's size stay under their limits.
+
+The module is pure (no MLflow): ``decide`` takes figures and per-row values and returns a
+``Decision`` whose ``reasons`` say, in words, why it passed or failed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.tracking import REPO_ROOT
+
+POLICY_FILE = REPO_ROOT / "policy.yaml"
+
+
+class PolicyError(ValueError):
+    """The policy file is missing a model, or a rule has a wrong value."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    metric: str                        # e.g. ndcg_at_20 or auc
+    higher_is_better: bool = True
+    floors: tuple[str, ...] = ()       # baselines the candidate must beat
+    min_improvement: float = 0.0       # over the champion, in the metric's units
+    confidence: float = 0.95
+    bootstrap_samples: int = 2000
+    seed: int = 0
+    max_latency_ms: float = math.inf   # p95 of a one-row prediction
+    max_model_mb: float = math.inf
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_policy(model_name: str, path: Path | None = None) -> Policy:
+    """The rules for ``model_name`` from the policy file (``policy.yaml`` at the repo root)."""
+    path = Path(path or POLICY_FILE)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    if model_name not in data:
+        raise PolicyError(f"{path}: no section for model {model_name!r} (sections: {', '.join(data) or 'none'})")
+    section = dict(data[model_name] or {})
+    known = set(Policy.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise PolicyError(f"{path}: {model_name}.{unknown[0]} is not a policy rule (rules: {', '.join(sorted(known))})")
+    if "metric" not in section:
+        raise PolicyError(f"{path}: {model_name}.metric is required")
+    section["floors"] = tuple(section.get("floors") or ())
+    for key in ("min_improvement", "confidence", "max_latency_ms", "max_model_mb"):
+        if key in section and not isinstance(section[key], int | float):
+            raise PolicyError(f"{path}: {model_name}.{key} must be a number, got {section[key]!r}")
+    if not 0.5 <= float(section.get("confidence", 0.95)) < 1:
+        raise PolicyError(f"{path}: {model_name}.confidence must be in [0.5, 1), got {section['confidence']!r}")
+    if int(section.get("bootstrap_samples", 2000)) < 100:
+        raise PolicyError(f"{path}: {model_name}.bootstrap_samples must be at least 100")
+    return Policy(**section)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Decision:
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+    champion_version: str | None = None
+    difference: float | None = None
+    interval: tuple[float, float] | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+
+    def summary(self) -> str:
+        verdict = "PROMOTE" if self.passed else "REJECT"
+        return "\n".join([f"gate decision: {verdict}", *(f"  {r}" for r in self.reasons)])
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "champion_version": self.champion_version, "difference": self.difference,
+                "interval": list(self.interval) if self.interval else None,
+                "checks": [asdict(c) for c in self.checks], "reasons": self.reasons}
+
+
+def cluster_bootstrap(
+    groups: np.ndarray, candidate: np.ndarray, champion: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float], samples: int, confidence: float, seed: int,
+) -> tuple[float, tuple[float, float]]:
+    """Paired bootstrap of ``statistic(candidate) - statistic(champion)``, resampling whole groups.
+
+    ``statistic(values, rows)`` gets the values at the resampled row indices ``rows`` (so a
+    statistic like AUC can look up the labels of the same rows). Returns the observed difference and
+    the percentile interval at ``confidence``.
+    """
+    order = np.argsort(groups, kind="stable")
+    _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for b in range(samples):
+        picked = rng.integers(0, starts.size, size=starts.size)
+        lengths = counts[picked]
+        # Row indices of every picked group, vectorised: each group's start plus 0..count-1.
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        rows = order[np.repeat(starts[picked], lengths) + offsets]
+        diffs[b] = statistic(candidate[rows], rows) - statistic(champion[rows], rows)
+    all_rows = np.arange(groups.size)
+    observed = statistic(candidate, all_rows) - statistic(champion, all_rows)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs[np.isfinite(diffs)], [alpha, 1 - alpha])
+    return float(observed), (float(low), float(high))
+
+
+def decide(
+    policy: Policy,
+    candidate: dict[str, float],
+    baselines: dict[str, float],
+    champion: dict[str, float] | None = None,
+    champion_version: str | None = None,
+    paired: tuple[np.ndarray, np.ndarray, np.ndarray, Callable] | None = None,
+    latency_ms: float = float("nan"),
+    model_mb: float = float("nan"),
+) -> Decision:
+    """Apply the policy.
+
+    Args:
+        policy: the model's rules.
+        candidate: the candidate's metrics on the test rows (must hold ``policy.metric``).
+        baselines: each baseline's value of ``policy.metric`` on the same rows.
+        champion: the champion's metrics on the same rows, or None when there is no champion.
+        champion_version: the registry version of the champion, recorded in the decision.
+        paired: (groups, candidate per-row values, champion per-row values, statistic) for the bootstrap.
+        latency_ms: p95 latency of a one-row prediction of the candidate.
+        model_mb: the candidate's size on disk.
+    """
+    sign = 1.0 if policy.higher_is_better else -1.0
+    metric = policy.metric
+    value = candidate[metric]
+    decision = Decision(passed=False, champion_version=champion_version)
+    checks = decision.checks
+    for name in policy.floors:
+        if name not in baselines:
+            checks.append(Check(f"floor {name}", False, f"no {metric} for baseline {name!r} in the evaluation"))
+            continue
+        ok = sign * (value - baselines[name]) > 0
+        checks.append(Check(f"floor {name}", ok, f"{metric} {value:.4f} vs {name} {baselines[name]:.4f}"))
+    if champion is None:
+        checks.append(Check("champion", True, "no champion yet: the floors and guards decide"))
+    else:
+        diff = sign * (value - champion[metric])
+        decision.difference = value - champion[metric]
+        checks.append(Check("improvement", diff >= policy.min_improvement and diff > 0,
+                            f"{metric} {value:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
+                            f"(difference {value - champion[metric]:+.4f}, required > {policy.min_improvement:g})"))
+        if paired is None:
+            checks.append(Check("significance", False, "no per-row values to bootstrap"))
+        else:
+            groups, cand_values, champ_values, statistic = paired
+            _, (low, high) = cluster_bootstrap(groups, cand_values, champ_values, statistic,
+                                               policy.bootstrap_samples, policy.confidence, policy.seed)
+            decision.interval = (low, high)
+            lower = low if policy.higher_is_better else -high
+            checks.append(Check("significance", lower > 0,
+                                f"{policy.confidence:.0%} bootstrap interval of the difference over "
+                                f"{np.unique(groups).size} users: [{low:+.4f}, {high:+.4f}]"
+                                + ("" if lower > 0 else ", includes zero: not significantly better")))
+    if math.isfinite(policy.max_latency_ms):
+        checks.append(Check("latency", bool(latency_ms <= policy.max_latency_ms),
+                            f"p95 {latency_ms:.1f} ms (limit {policy.max_latency_ms:g} ms)"))
+    if math.isfinite(policy.max_model_mb):
+        checks.append(Check("size", bool(model_mb <= policy.max_model_mb),
+                            f"{model_mb:.1f} MB (limit {policy.max_model_mb:g} MB)"))
+    decision.passed = all(c.passed for c in checks)
+    return decision
