@@ -1,5 +1,5 @@
 # Entry points. Each target creates the virtual environment on first use.
-#   make demo   generate a few days of shop data and run the ingest DAG on each, end to end
+#   make demo   generate ten days of shop data, ingest them, then train, evaluate, gate and register twice
 #   make test   the default test suite (< 15 minutes on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export SHOPML_HOME ?= $(CURDIR)/.state
 DEMO_START ?= 2026-11-01
-DEMO_DAYS ?= 3
+DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
 .PHONY: install demo test test-slow bench-data bench-models lock lint clean
@@ -25,17 +25,31 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $(DEMO_DAYS)
-	@for i in $$(seq 1 $(DEMO_DAYS)); do \
-	  run=$$(date -u -d "$(DEMO_START) + $$i day" +%F); \
-	  echo "== airflow dags test ingest_events $$run (data interval: the day before) =="; \
-	  $(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-$$run.log 2>&1 \
-	    || { tail -40 $(SHOPML_HOME)/demo-$$run.log; exit 1; }; \
-	  grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-$$run.log; \
+	@# A shop dense enough in users and items per event for the sequential model to learn from.
+	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $(DEMO_DAYS) --events-per-day 5000 \
+	  --initial-users 2000 --initial-items 1200 --seed 11
+	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
+	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
+	  || { tail -40 $(SHOPML_HOME)/demo-backfill.log; exit 1; }
+	@last=$$(date -u -d "$(DEMO_START) + $$(($(DEMO_DAYS) - 1)) day" +%F); \
+	run=$$(date -u -d "$$last + 1 day" +%F); \
+	echo "== airflow dags test ingest_events $$run (data interval: $$last) =="; \
+	$(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-ingest.log 2>&1 \
+	  || { tail -40 $(SHOPML_HOME)/demo-ingest.log; exit 1; }; \
+	grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-ingest.log
+	@for n in 1 2; do \
+	  echo "== airflow dags test train_models, run $$n: train -> evaluate -> gate -> register -> promote =="; \
+	  $(PY) -m pipeline airflow dags test train_models > $(SHOPML_HOME)/demo-train-$$n.log 2>&1 \
+	    || { tail -60 $(SHOPML_HOME)/demo-train-$$n.log; exit 1; }; \
+	  grep -E "^(gate decision|  (PASS|FAIL) |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
+	    $(SHOPML_HOME)/demo-train-$$n.log; \
 	done
+	@echo "== registry =="
+	@$(PY) -m pipeline models
 	@echo "state folder: $(SHOPML_HOME)"
 	@echo "data docs:    $(SHOPML_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html"
 	@echo "dataset:      $$(cat $(SHOPML_HOME)/dataset/versions/current.json | $(PY) -c 'import json,sys; d=json.load(sys.stdin); print(d["version"], d["path"])')"
+	@echo "MLflow UI:    $(BIN)/mlflow ui --backend-store-uri sqlite:///$(SHOPML_HOME)/mlflow/mlflow.db"
 
 test: install
 	$(PY) -m pytest
