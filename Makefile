@@ -41,7 +41,7 @@ demo: install
 	  echo "== airflow dags test train_models, run $$n: train -> evaluate -> gate -> register -> promote =="; \
 	  $(PY) -m pipeline airflow dags test train_models > $(SHOPML_HOME)/demo-train-$$n.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-train-$$n.log; exit 1; }; \
-	  grep -E "^(gate decision|  (PASS|FAIL) |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
+	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
 	    $(SHOPML_HOME)/demo-train-$$n.log; \
 	done
 	@echo "== registry =="

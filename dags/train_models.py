@@ -67,7 +67,7 @@ def _chain(model: str) -> None:
         from pipeline.settings import get_state_paths
 
         decision = gate_candidate(get_state_paths(), model, evaluated["run_id"])
-        print(decision.summary())
+        print(f"{model} {decision.summary()}")
         return {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
 
     @task(task_id=f"register_{model}")
