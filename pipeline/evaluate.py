@@ -182,7 +182,7 @@ def propensity_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
             "calibration_error": expected_calibration_error(labels, probs)}
 
 
-def _per_slice(test: TestSet, metric_fn) -> dict[str, dict[str, float]]:
+def per_slice(test: TestSet, metric_fn) -> dict[str, dict[str, float]]:
     out = {}
     for column in test.slices.columns:
         for value in sorted(test.slices[column].unique()):
@@ -203,7 +203,7 @@ def score_recommender(model, test: TestSet, batch: int = 512) -> ModelScores:
     pops = np.array([test.item_popularity.get(i, 0) for i in recommended])
     metrics["popularity_bias"] = float(np.searchsorted(counts, pops, side="right").mean() / max(len(counts), 1)) \
         if pops.size else float("nan")
-    return ModelScores(metrics, values, _per_slice(test, lambda m: ranking_metrics(values, m)),
+    return ModelScores(metrics, values, per_slice(test, lambda m: ranking_metrics(values, m)),
                        _latency_p95(model, test.inputs))
 
 
@@ -211,7 +211,7 @@ def score_propensity(model, test: TestSet, batch: int = 8192) -> ModelScores:
     probs = _predict_batches(model, test.inputs, batch)["probability"].to_numpy(dtype=np.float64)
     labels = test.labels
     return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
-                       _per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])),
+                       per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])),
                        _latency_p95(model, test.inputs))
 
 
@@ -219,4 +219,4 @@ def popularity_scores(test: TestSet) -> ModelScores:
     """The global-popularity baseline on the same test rows (same top 20 for every user)."""
     top = [i for i, _ in sorted(test.item_popularity.items(), key=lambda kv: (-kv[1], kv[0]))[:K]]
     values = ranking_values([top] * len(test.targets), test.targets)
-    return ModelScores(ranking_metrics(values), values, _per_slice(test, lambda m: ranking_metrics(values, m)))
+    return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))

@@ -35,6 +35,7 @@ from pipeline.evaluate import (
     TestSet,
     auc,
     next_item_test_set,
+    per_slice,
     popularity_scores,
     propensity_metrics,
     propensity_test_set,
@@ -131,12 +132,8 @@ def _logreg_scores(client, run_id: str, test: TestSet, tmp: Path) -> ModelScores
     dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
     probs = saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
     labels = test.labels
-    slices = {}
-    for column in test.slices.columns:
-        for value in sorted(test.slices[column].unique()):
-            mask = (test.slices[column] == value).to_numpy()
-            slices[f"{column}={value}"] = {**propensity_metrics(labels[mask], probs[mask]), "rows": int(mask.sum())}
-    return ModelScores(propensity_metrics(labels, probs), {"probability": probs}, slices)
+    return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
+                       per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])))
 
 
 def build_test_set(paths: StatePaths, model_name: str, run) -> TestSet:
