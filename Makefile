@@ -11,7 +11,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo test test-slow bench-data bench-models lock lint clean
+.PHONY: install demo airflow test test-slow bench-data bench-models lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -50,6 +50,18 @@ demo: install
 	@echo "data docs:    $(SHOPML_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html"
 	@echo "dataset:      $$(cat $(SHOPML_HOME)/dataset/versions/current.json | $(PY) -c 'import json,sys; d=json.load(sys.stdin); print(d["version"], d["path"])')"
 	@echo "MLflow UI:    $(BIN)/mlflow ui --backend-store-uri sqlite:///$(SHOPML_HOME)/mlflow/mlflow.db"
+
+# The Airflow UI on this project's DAGs and state (SQLite, LocalExecutor); Ctrl-C stops it.
+airflow: install
+	@pw=$(SHOPML_HOME)/airflow/simple_auth_manager_passwords.json.generated; \
+	$(PY) -m pipeline airflow standalone > $(SHOPML_HOME)/airflow-standalone.log 2>&1 & pid=$$!; \
+	trap "kill $$pid 2>/dev/null" INT TERM EXIT; \
+	for i in $$(seq 1 180); do [ -s $$pw ] && curl -sf -o /dev/null http://localhost:8080/api/v2/monitor/health && break; \
+	  kill -0 $$pid 2>/dev/null || { tail -30 $(SHOPML_HOME)/airflow-standalone.log; exit 1; }; sleep 1; done; \
+	echo "Airflow UI: http://localhost:8080"; \
+	$(PY) -c 'import json,sys; [print(f"  login: {u}  password: {p}") for u, p in json.load(open(sys.argv[1])).items()]' $$pw; \
+	echo "  log:   $(SHOPML_HOME)/airflow-standalone.log"; \
+	wait $$pid
 
 test: install
 	$(PY) -m pytest

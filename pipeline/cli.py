@@ -134,6 +134,8 @@ def run_airflow(airflow_args: list[str]) -> int:
     paths = get_state_paths()
     env = airflow_env(paths, Path(__file__).resolve().parent.parent / "dags")
     airflow = str(Path(sys.executable).parent / "airflow")
+    # `airflow standalone` starts its components as `airflow ...` found on PATH: this environment's.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     if conn.startswith("sqlite:///") and not Path(conn.removeprefix("sqlite:///")).exists():
         paths.airflow_home.mkdir(parents=True, exist_ok=True)

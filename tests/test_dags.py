@@ -72,7 +72,7 @@ def test_dag_integrity(tmp_path):
     assert report["heavy"] == [], f"DAG files import heavy modules at parse time: {report['heavy']}"
     for name, file in report["files"].items():
         assert file["seconds"] < 2.0, f"{name} took {file['seconds']:.2f}s to import"
-    assert set(report["dags"]) == {"ingest_events", "train_models"}
+    assert set(report["dags"]) == {"ingest_events", "train_models", "promote_model", "rollback_model"}
     ingest = report["dags"]["ingest_events"]["tasks"]
     assert set(ingest) == {"ingest_events", "validate_batch", "version_dataset"}
     assert ingest["ingest_events"]["downstream"] == ["validate_batch"]

@@ -215,6 +215,20 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     assert trace["evaluated_against"] == "1" and "eval_ndcg_at_20" in trace["metrics"]
 
 
+def _passed_versions(paths, runs) -> list[str]:
+    """The versions of the two trained runs, marked as passed (also when a test runs on its own)."""
+    from pipeline import registry
+
+    client = registry._client(paths)
+    for key in ("good", "good_again"):
+        if "gate.decision" not in client.get_run(runs[key]).data.tags:
+            client.set_tag(runs[key], "gate.decision", "passed")
+    versions = [str(registry.register_candidate(paths, "next_item", runs[k]).version) for k in ("good", "good_again")]
+    for v in versions:
+        client.set_model_version_tag("next_item", v, "gate.decision", "passed")
+    return versions
+
+
 RACER = """
 import os, sys, time
 from pipeline import registry
@@ -235,12 +249,7 @@ def test_two_racing_promotions_leave_exactly_one_champion(shop, tmp_path):
     paths, runs = shop
     client = registry._client(paths)
     # Two versions that passed a gate against the same champion, promoted at the same moment.
-    for key in ("good", "good_again"):
-        if "gate.decision" not in client.get_run(runs[key]).data.tags:  # this test run on its own
-            client.set_tag(runs[key], "gate.decision", "passed")
-    contenders = [str(registry.register_candidate(paths, "next_item", runs[k]).version) for k in ("good", "good_again")]
-    for v in contenders:
-        client.set_model_version_tag("next_item", v, "gate.decision", "passed")
+    contenders = _passed_versions(paths, runs)
     champion = registry.alias_version(client, "next_item", registry.CHAMPION)
     current = str(champion.version) if champion else registry.NO_CHAMPION
     assert current not in contenders
@@ -255,3 +264,30 @@ def test_two_racing_promotions_leave_exactly_one_champion(shop, tmp_path):
     winner = contenders[[o.startswith("PROMOTED") for o in outputs].index(True)]
     assert str(registry.alias_version(client, "next_item", registry.CHAMPION).version) == winner
     assert "evaluate it again" in next(o for o in outputs if o.startswith("REFUSED"))
+
+
+def test_promote_and_rollback_through_their_dags(shop):
+    from pipeline import registry
+
+    paths, runs = shop
+    client = registry._client(paths)
+    champion = registry.alias_version(client, "next_item", registry.CHAMPION)
+    before = str(champion.version) if champion else None
+    target = next(v for v in _passed_versions(paths, runs) if v != before)
+    env = {**os.environ, "SHOPML_HOME": str(paths.home)}
+
+    def dag(dag_id: str, conf: dict) -> str:
+        out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", dag_id, "--conf",
+                              json.dumps(conf)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+        return out.stdout + out.stderr
+
+    log = dag("promote_model", {"model": "next_item", "version": target, "reason": "manual release"})
+    assert f"next_item: champion is now version {target} (manual release)" in log
+    assert str(registry.alias_version(client, "next_item", registry.CHAMPION).version) == target
+    if before is not None:
+        log = dag("rollback_model", {"model": "next_item", "reason": "checkout errors"})
+        assert f"next_item: champion is back to version {before} (checkout errors)" in log
+        assert str(registry.alias_version(client, "next_item", registry.CHAMPION).version) == before
+        history = json.loads(client.get_registered_model("next_item").tags[registry.HISTORY_TAG])
+        assert history[-1]["action"] == "rollback" and history[-1]["reason"] == "checkout errors"
