@@ -32,6 +32,25 @@ from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS
 MODELS = ("next_item", "purchase_propensity")
 
 
+def _no_retry_on_bad_state(func):
+    """A missing run, model or policy rule will not appear on a retry: fail at once, saying why."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline.gate import PolicyError
+        from pipeline.registry import RegistryError
+
+        try:
+            return func(*args, **kwargs)
+        except (RegistryError, PolicyError) as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
 def _chain(model: str) -> None:
     @task(task_id=f"train_{model}", execution_timeout=timedelta(hours=2))
     def train_model() -> dict:
@@ -50,6 +69,7 @@ def _chain(model: str) -> None:
         return {"run_id": outcome.run_id, "dataset_version": outcome.dataset_version}
 
     @task(task_id=f"evaluate_{model}")
+    @_no_retry_on_bad_state
     def evaluate(trained: dict) -> dict:
         from pipeline.registry import evaluate_candidate
         from pipeline.settings import get_state_paths
@@ -62,6 +82,7 @@ def _chain(model: str) -> None:
         return {**trained, "champion_version": ev.champion_version}
 
     @task(task_id=f"gate_{model}")
+    @_no_retry_on_bad_state
     def gate(evaluated: dict) -> dict:
         from pipeline.registry import gate_candidate
         from pipeline.settings import get_state_paths
@@ -71,6 +92,7 @@ def _chain(model: str) -> None:
         return {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
 
     @task(task_id=f"register_{model}")
+    @_no_retry_on_bad_state
     def register(gated: dict) -> dict:
         from pipeline.registry import register_candidate
         from pipeline.settings import get_state_paths
