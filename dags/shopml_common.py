@@ -9,6 +9,34 @@ from airflow.sdk import Asset
 # Updated by ingest_events after each published day; training DAGs are scheduled on it.
 CANONICAL_DATASET = Asset("shopml://dataset/canonical")
 
+def report_failure(context) -> None:
+    """Task failure callback: one clear summary in the log and a JSON file for whoever is on call.
+
+    The file goes to ``$SHOPML_HOME/reports/failures/<dag>/<run>/<task>.json`` (stdlib only: this
+    module is imported when DAG files are parsed).
+    """
+    import json
+    import os
+    import re
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    ti = context.get("task_instance") or context.get("ti")
+    exc = context.get("exception")
+    run_id = context.get("run_id") or getattr(ti, "run_id", "unknown")
+    summary = {
+        "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": run_id, "try_number": getattr(ti, "try_number", None),
+        "error": f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error",
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    home = Path(os.environ.get("SHOPML_HOME") or Path.cwd() / ".state")
+    out = home / "reports" / "failures" / ti.dag_id / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id) / f"{ti.task_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"FAILED {ti.dag_id}.{ti.task_id} (run {run_id}, try {summary['try_number']}): "
+          f"{summary['error'].splitlines()[0]} -- summary in {out}")
+
+
 DEFAULT_ARGS = {
     "owner": "shopml",
     "retries": 2,
@@ -16,4 +44,5 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(minutes=30),
+    "on_failure_callback": report_failure,
 }

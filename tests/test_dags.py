@@ -131,6 +131,11 @@ def test_validation_failure_stops_the_dag_without_retries(dag_home):
     assert "[DAG TEST] starting task_id=version_dataset" not in log
     assert log.count("[DAG TEST] starting task_id=validate_batch") == 1  # no retry of bad data
     assert (paths.canonical / "events" / "event_date=2026-11-01" / "part-0.parquet").read_bytes() == accepted
+    # The failure callback left one summary for whoever is on call, naming the problem.
+    reports = list((paths.reports / "failures" / "ingest_events").glob("*/validate_batch.json"))
+    assert len(reports) == 1, reports
+    summary = json.loads(reports[0].read_text())
+    assert summary["task_id"] == "validate_batch" and "share of unknown items" in summary["error"]
 
 
 def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data(tmp_path):
