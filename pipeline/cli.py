@@ -76,10 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_interval(r)
     r.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
 
-    t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
-    t.add_argument("--model", choices=("next_item", "purchase_propensity"), default="next_item")
-
     models = ("next_item", "purchase_propensity")
+    t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
+    t.add_argument("--model", choices=models, default="next_item")
+
     rt = sub.add_parser("retrain", help="train, evaluate against the champion, gate, register, promote")
     rt.add_argument("--model", choices=models, required=True)
     rt.add_argument("--policy", type=Path, help="policy file (default: policy.yaml)")

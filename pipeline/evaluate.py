@@ -16,7 +16,6 @@ gate can bootstrap the difference between candidate and champion over users.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,8 +31,6 @@ from pipeline.features import (
     propensity_rows,
     user_sequences,
 )
-
-log = logging.getLogger(__name__)
 
 K = 20
 HISTORY_LEN = 200        # the longest history sent to a model; each model keeps what it can use
@@ -75,8 +72,10 @@ def _slices(users: list[str], items: pl.Series, events: pl.DataFrame, catalog: p
     returning = set(events.filter(pl.col("event_time") < first_seen_before)["user_id"].unique().to_list())
     meta = pl.DataFrame({"item_id": items.cast(pl.String)}).join(
         catalog.select("item_id", "category", "price"), on="item_id", how="left", maintain_order="left")
-    top = catalog.join(events.select("item_id"), on="item_id").group_by("category").len() \
-        .sort("len", descending=True).head(TOP_CATEGORIES)["category"].to_list()
+    # Categories by event volume: count per item first, so the join is catalog-sized, not event-sized.
+    top = (events.group_by("item_id").len().join(catalog.select("item_id", "category"), on="item_id")
+           .group_by("category").agg(pl.col("len").sum()).sort("len", "category", descending=[True, False])
+           .head(TOP_CATEGORIES)["category"].to_list())
     prices = catalog["price"].drop_nulls()
     cuts = (float(prices.quantile(1 / 3)), float(prices.quantile(2 / 3))) if prices.len() else (0.0, 0.0)
     return pd.DataFrame({
