@@ -21,9 +21,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from airflow.sdk import Param, dag, task
-from shopml_common import DEFAULT_ARGS
+from shopml_common import DEFAULT_ARGS, MODELS, fail_without_retry
 
-MODELS = ["next_item", "purchase_propensity"]
 COMMON = {"tags": ["shopml", "registry"], "schedule": None, "catchup": False,
           "start_date": datetime(2026, 11, 1, tzinfo=timezone.utc), "max_active_runs": 1,
           "default_args": DEFAULT_ARGS, "doc_md": __doc__}
@@ -36,25 +35,21 @@ def _who(context) -> str:
 
 
 @dag(dag_id="promote_model", params={
-    "model": Param("next_item", enum=MODELS),
+    "model": Param("next_item", enum=list(MODELS)),
     "version": Param(None, type=["null", "string", "integer"], description="empty: the current challenger"),
     "reason": Param("", type="string", minLength=1, description="why, recorded in the registry"),
     "force": Param(False, type="boolean", description="promote a version the gate rejected"),
 }, **COMMON)
 def promote_model_dag():
     @task
+    @fail_without_retry
     def promote(params=None, **context) -> str:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from pipeline.registry import RegistryError, promote
+        from pipeline.registry import promote
         from pipeline.settings import get_state_paths
 
         version = None if params["version"] in (None, "") else str(params["version"])
-        try:
-            mv = promote(get_state_paths(), params["model"], version, by=_who(context), reason=params["reason"],
-                         force=bool(params["force"]))
-        except RegistryError as exc:
-            raise AirflowFailException(str(exc)) from exc
+        mv = promote(get_state_paths(), params["model"], version, by=_who(context), reason=params["reason"],
+                     force=bool(params["force"]))
         print(f"{params['model']}: champion is now version {mv.version} ({params['reason']})")
         return str(mv.version)
 
@@ -62,21 +57,17 @@ def promote_model_dag():
 
 
 @dag(dag_id="rollback_model", params={
-    "model": Param("next_item", enum=MODELS),
+    "model": Param("next_item", enum=list(MODELS)),
     "reason": Param("", type="string", minLength=1, description="why, recorded in the registry"),
 }, **COMMON)
 def rollback_model_dag():
     @task
+    @fail_without_retry
     def rollback(params=None, **context) -> str:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from pipeline.registry import RegistryError, rollback
+        from pipeline.registry import rollback
         from pipeline.settings import get_state_paths
 
-        try:
-            mv = rollback(get_state_paths(), params["model"], by=_who(context), reason=params["reason"])
-        except RegistryError as exc:
-            raise AirflowFailException(str(exc)) from exc
+        mv = rollback(get_state_paths(), params["model"], by=_who(context), reason=params["reason"])
         print(f"{params['model']}: champion is back to version {mv.version} ({params['reason']})")
         return str(mv.version)
 

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 from airflow.sdk import Asset
 
 # Updated by ingest_events after each published day; training DAGs are scheduled on it.
 CANONICAL_DATASET = Asset("shopml://dataset/canonical")
+
+# The registered models (pipeline.registry.MODELS; not imported here, it is heavy at parse time).
+MODELS = ("next_item", "purchase_propensity")
+
+
+def fail_without_retry(func):
+    """A task decorator: a missing run, model or policy rule, or a refused registry change, will not
+    change on a retry, so the task fails at once and says why."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline.gate import PolicyError
+        from pipeline.registry import RegistryError
+
+        try:
+            return func(*args, **kwargs)
+        except (RegistryError, PolicyError) as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 def report_failure(context) -> None:
     """Task failure callback: one clear summary in the log and a JSON file for whoever is on call.

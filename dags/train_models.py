@@ -27,28 +27,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import dag, task
-from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS
-
-MODELS = ("next_item", "purchase_propensity")
-
-
-def _no_retry_on_bad_state(func):
-    """A missing run, model or policy rule will not appear on a retry: fail at once, saying why."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from pipeline.gate import PolicyError
-        from pipeline.registry import RegistryError
-
-        try:
-            return func(*args, **kwargs)
-        except (RegistryError, PolicyError) as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-
-    return wrapper
+from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, fail_without_retry
 
 
 def _chain(model: str) -> None:
@@ -69,7 +48,7 @@ def _chain(model: str) -> None:
         return {"run_id": outcome.run_id, "dataset_version": outcome.dataset_version}
 
     @task(task_id=f"evaluate_{model}")
-    @_no_retry_on_bad_state
+    @fail_without_retry
     def evaluate(trained: dict) -> dict:
         from pipeline.registry import evaluate_candidate
         from pipeline.settings import get_state_paths
@@ -82,7 +61,7 @@ def _chain(model: str) -> None:
         return {**trained, "champion_version": ev.champion_version}
 
     @task(task_id=f"gate_{model}")
-    @_no_retry_on_bad_state
+    @fail_without_retry
     def gate(evaluated: dict) -> dict:
         from pipeline.registry import gate_candidate
         from pipeline.settings import get_state_paths
@@ -92,7 +71,7 @@ def _chain(model: str) -> None:
         return {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
 
     @task(task_id=f"register_{model}")
-    @_no_retry_on_bad_state
+    @fail_without_retry
     def register(gated: dict) -> dict:
         from pipeline.registry import register_candidate
         from pipeline.settings import get_state_paths
@@ -102,21 +81,19 @@ def _chain(model: str) -> None:
         return {**gated, "version": mv.version}
 
     @task(task_id=f"promote_{model}")
+    @fail_without_retry  # a moved champion: the candidate must be evaluated again, not retried
     def promote(registered: dict) -> str:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipeline.registry import NO_CHAMPION, ChampionMoved, promote
+        from pipeline.registry import NO_CHAMPION, promote
         from pipeline.settings import get_state_paths
 
         if not registered["passed"]:
             reasons = "\n  ".join(registered["reasons"])
             raise AirflowSkipException(f"{model} version {registered['version']} rejected by the gate:\n  {reasons}")
-        try:
-            mv = promote(get_state_paths(), model, registered["version"],
-                         expected_champion=registered["champion_version"] or NO_CHAMPION, by="airflow",
-                         reason=f"passed the gate (run {registered['run_id']})")
-        except ChampionMoved as exc:  # a retry cannot help: the candidate must be evaluated again
-            raise AirflowFailException(str(exc)) from exc
+        mv = promote(get_state_paths(), model, registered["version"],
+                     expected_champion=registered["champion_version"] or NO_CHAMPION, by="airflow",
+                     reason=f"passed the gate (run {registered['run_id']})")
         print(f"{model}: champion is now version {mv.version}")
         return mv.version
 
