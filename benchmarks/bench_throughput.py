@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from models.propensity import DCNConfig, DCNv2
+from models.propensity import DCNConfig, DCNv2, packed_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, select_device, train
 
@@ -46,13 +46,9 @@ def dcn_case(args, rng):
     labels = (rng.random(args.dcn_rows) < 0.05)[:, None]
     packed = torch.from_numpy(np.concatenate([ids, dense, labels], axis=1).astype(np.float32))
     model = DCNv2(DCNConfig(n_dense=N_DENSE, id_cardinalities=PROPENSITY_IDS))
-    model.fit_scaler(packed[:, 3:-1])
     n_ids = len(PROPENSITY_IDS)
-
-    def loss(m, b):
-        return torch.nn.functional.binary_cross_entropy_with_logits(m(b[:, :n_ids].long(), b[:, n_ids:-1]), b[:, -1])
-
-    return model, packed, loss
+    model.fit_scaler(packed[:, n_ids:-1])
+    return model, packed, packed_loss(n_ids)
 
 
 def measure(case, args, batch_size: int, compile_: bool) -> tuple[float, float, str]:

@@ -96,3 +96,16 @@ class DCNv2(nn.Module):
         with torch.enable_grad():
             optimizer.step(closure)
         self.platt.copy_(params.detach())
+
+
+def packed_loss(n_ids: int):
+    """Training loss on packed rows ``[ids (as float) | dense features | label]``.
+
+    The training loop batches one tensor, so ids, features and labels travel packed in one row.
+    """
+
+    def loss(model: DCNv2, batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch[:, :n_ids].long(), batch[:, n_ids:-1])
+        return nn.functional.binary_cross_entropy_with_logits(logits, batch[:, -1])
+
+    return loss

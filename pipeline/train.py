@@ -21,7 +21,7 @@ import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.metrics import recall_ndcg, target_ranks
-from models.propensity import DCNConfig, DCNv2
+from models.propensity import DCNConfig, DCNv2, packed_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, TrainResult, train
 from pipeline.features import (
@@ -275,14 +275,10 @@ def fit_propensity(
     n_ids = len(PROPENSITY_IDS)
     packed = torch.cat([tr_ids.float(), tr_dense, tr_y[:, None]], dim=1)
 
-    def loss_fn(m, batch):
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            m(batch[:, :n_ids].long(), batch[:, n_ids:-1]), batch[:, -1])
-
     def valid_auc(m) -> float:
         return float(roc_auc_score(va_y.numpy(), m(va_ids, va_dense).float().cpu().numpy()))
 
-    result = train(model, packed, loss_fn, valid_auc, loop, checkpoint_dir=checkpoint_dir,
+    result = train(model, packed, packed_loss(n_ids), valid_auc, loop, checkpoint_dir=checkpoint_dir,
                    model_args=config.to_dict(), on_epoch=on_epoch)
     model.cpu().eval()
     model.calibrate(va_ids, va_dense, va_y)
