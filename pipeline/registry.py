@@ -448,10 +448,9 @@ def lineage(paths: StatePaths, model_name: str, version: str | None = None, bent
     else:
         mv = client.get_model_version(model_name, str(version))
     run = client.get_run(mv.run_id)
-    held = client.get_registered_model(model_name).aliases or {}
-    aliases = sorted(a for a, v in held.items() if str(v) == str(mv.version))
     return {
-        "model": model_name, "version": str(mv.version), "aliases": aliases, "status": mv.tags.get("status"),
+        "model": model_name, "version": str(mv.version),
+        "aliases": _aliases_by_version(client, model_name).get(str(mv.version), []), "status": mv.tags.get("status"),
         "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
         "dataset_version": run.data.tags.get("dataset_version"), "dataset_path": run.data.tags.get("dataset_path"),
         "git_commit": run.data.tags.get("git_commit"), "bento_tag": mv.tags.get("bento_tag"),
@@ -462,21 +461,28 @@ def lineage(paths: StatePaths, model_name: str, version: str | None = None, bent
     }
 
 
+def _aliases_by_version(client, model_name: str) -> dict[str, list[str]]:
+    """Version -> its aliases. Model versions from a search do not carry their aliases on every
+    backend; the registered model does."""
+    held: dict[str, list[str]] = {}
+    for alias, version in sorted((client.get_registered_model(model_name).aliases or {}).items()):
+        held.setdefault(str(version), []).append(alias)
+    return held
+
+
 def list_versions(paths: StatePaths, model_name: str | None = None) -> list[dict]:
     """Every registered version with its aliases, status, gate decision and dataset version."""
-    client = _client(paths)
-    out = []
     from mlflow.exceptions import MlflowException
 
+    client = _client(paths)
+    out = []
     for name in [model_name] if model_name else MODELS:
         try:
-            aliases = client.get_registered_model(name).aliases or {}
+            aliases = _aliases_by_version(client, name)
         except MlflowException:
             continue  # not registered yet
         for mv in client.search_model_versions(f"name = '{name}'"):
-            # search results do not carry aliases on every backend; the registered model does.
-            held = sorted(a for a, v in aliases.items() if str(v) == str(mv.version))
-            out.append({"model": name, "version": int(mv.version), "aliases": held,
+            out.append({"model": name, "version": int(mv.version), "aliases": aliases.get(str(mv.version), []),
                         "status": mv.tags.get("status"), "gate": mv.tags.get("gate.decision"),
                         "dataset_version": (mv.tags.get("dataset_version") or "")[:12], "run_id": mv.run_id,
                         "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
