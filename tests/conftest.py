@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"real data samples not found at {SHARED_DATA}; the tests read them from there")
     return SHARED_DATA
+
+
+@contextmanager
+def published_shop(home: Path, params) -> Iterator[StatePaths]:
+    """A state folder at ``home`` holding ``params.days`` generated days, ingested, validated and
+    published, with MLflow on its default store there; for module-scoped fixtures (no monkeypatch)."""
+    from pipeline.cli import main as cli
+    from pipeline.generate import generate_shop_data
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SHOPML_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        paths = get_state_paths()
+        generate_shop_data(params, paths.landing)
+        assert cli(["run", "--start", params.start_date, "--days", str(params.days)]) == 0
+        yield paths
+    finally:
+        mp.undo()
 
 
 def write_csv(path: Path, text: str) -> Path:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, published_shop
 from pipeline.gate import Policy, PolicyError, decide, load_policy
 
 
@@ -117,30 +117,23 @@ def test_auc_is_bootstrapped_over_users_not_rows():
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    home = tmp_path_factory.mktemp("registry")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SHOPML_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from pipeline.cli import main as cli
-    from pipeline.generate import generate_shop_data
+    """A published shop and four trained recommender runs: untrained (random), good, good again
+    (same data, same seed) and untrained again."""
     from pipeline.params import GenerateParams, TrainRecommenderParams
-    from pipeline.settings import get_state_paths
     from pipeline.train import train_recommender
 
-    paths = get_state_paths()
-    generate_shop_data(GenerateParams(seed=11, start_date="2026-10-01", days=10, events_per_day=5000,
-                                      initial_users=2000, initial_items=1200), paths.landing)
-    assert cli(["run", "--start", "2026-10-01", "--days", "10"]) == 0
-    good = TrainRecommenderParams(max_len=20, dim=32, layers=1, epochs=6, patience=2)
-    untrained = dataclasses.replace(good, lr=0.0, epochs=1)   # scores at random
-    runs = {
-        "untrained": train_recommender(paths, untrained).run_id,
-        "good": train_recommender(paths, good).run_id,
-        "good_again": train_recommender(paths, good).run_id,   # same data, same seed
-        "untrained_again": train_recommender(paths, dataclasses.replace(untrained, seed=1)).run_id,
-    }
-    yield paths, runs
-    mp.undo()
+    with published_shop(tmp_path_factory.mktemp("registry"), GenerateParams(
+            seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000,
+            initial_items=1200)) as paths:
+        good = TrainRecommenderParams(max_len=20, dim=32, layers=1, epochs=6, patience=2)
+        untrained = dataclasses.replace(good, lr=0.0, epochs=1)   # scores at random
+        runs = {
+            "untrained": train_recommender(paths, untrained).run_id,
+            "good": train_recommender(paths, good).run_id,
+            "good_again": train_recommender(paths, good).run_id,   # same data, same seed
+            "untrained_again": train_recommender(paths, dataclasses.replace(untrained, seed=1)).run_id,
+        }
+        yield paths, runs
 
 
 def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):

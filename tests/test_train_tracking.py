@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from conftest import published_shop
 from pipeline.cli import main as cli
-from pipeline.generate import generate_shop_data
 from pipeline.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
 from pipeline.tracking import tracking_uri
 from pipeline.train import train_propensity, train_recommender
@@ -21,20 +21,12 @@ SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, la
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    home = tmp_path_factory.mktemp("train")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SHOPML_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from pipeline.settings import get_state_paths
-
-    paths = get_state_paths()
-    generate_shop_data(GenerateParams(seed=21, start_date="2026-10-01", days=10, events_per_day=3000,
-                                      initial_users=1200, initial_items=800), paths.landing)
-    assert cli(["run", "--start", "2026-10-01", "--days", "10"]) == 0
-    outcome = train_recommender(paths, SMALL)
-    propensity = train_propensity(paths, TrainPropensityParams(epochs=4, patience=2))
-    yield paths, outcome, propensity
-    mp.undo()
+    with published_shop(tmp_path_factory.mktemp("train"), GenerateParams(
+            seed=21, start_date="2026-10-01", days=10, events_per_day=3000, initial_users=1200,
+            initial_items=800)) as paths:
+        outcome = train_recommender(paths, SMALL)
+        propensity = train_propensity(paths, TrainPropensityParams(epochs=4, patience=2))
+        yield paths, outcome, propensity
 
 
 def test_run_records_data_code_split_and_baselines(trained):
