@@ -1,5 +1,6 @@
 # Entry points. Each target creates the virtual environment on first use.
-#   make demo   generate ten days of shop data, ingest them, then train, evaluate, gate and register twice
+#   make demo   generate ten days of shop data, ingest them, then train, evaluate, gate, register, package
+#               (a Bento, smoke-tested) and promote, twice; it ends with the command that serves the champion
 #   make test   the default test suite (< 15 minutes on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -11,7 +12,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow test test-slow bench-data bench-models lock lint clean
+.PHONY: install demo airflow serve test test-slow bench-data bench-models bench-serve lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -38,10 +39,10 @@ demo: install
 	  || { tail -40 $(SHOPML_HOME)/demo-ingest.log; exit 1; }; \
 	grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-ingest.log
 	@for n in 1 2; do \
-	  echo "== airflow dags test train_models, run $$n: train -> evaluate -> gate -> register -> promote =="; \
+	  echo "== airflow dags test train_models, run $$n: train -> evaluate -> gate -> register -> package -> promote =="; \
 	  $(PY) -m pipeline airflow dags test train_models > $(SHOPML_HOME)/demo-train-$$n.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-train-$$n.log; exit 1; }; \
-	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
+	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity: |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
 	    $(SHOPML_HOME)/demo-train-$$n.log; \
 	done
 	@echo "== registry =="
@@ -50,6 +51,15 @@ demo: install
 	@echo "data docs:    $(SHOPML_HOME)/gx/gx/uncommitted/data_docs/local_site/index.html"
 	@echo "dataset:      $$(cat $(SHOPML_HOME)/dataset/versions/current.json | $(PY) -c 'import json,sys; d=json.load(sys.stdin); print(d["version"], d["path"])')"
 	@echo "MLflow UI:    $(BIN)/mlflow ui --backend-store-uri sqlite:///$(SHOPML_HOME)/mlflow/mlflow.db"
+	@tag=$$($(PY) -m pipeline lineage --model next_item | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["bento_tag"])'); \
+	echo "champion's Bento: $$tag"; \
+	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
+	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"u1\", \"k\": 5}'"
+
+# Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
+MODEL ?= next_item
+serve: install
+	$(PY) -m pipeline serve --model $(MODEL) --port 3000
 
 # The Airflow UI on this project's DAGs and state (SQLite, LocalExecutor); Ctrl-C stops it.
 airflow: install
@@ -73,6 +83,11 @@ bench-models: install
 	$(PY) -m benchmarks.bench_models
 	$(PY) -m benchmarks.bench_propensity
 	$(PY) -m benchmarks.bench_throughput
+
+# Load benchmark of the served recommender over 50,000 items: requests/s and p50/p95/p99 latency at
+# several concurrency levels, batching on and off, beside the raw model's batched throughput.
+bench-serve: install
+	$(PY) -m benchmarks.bench_serve
 
 bench-data: install
 	$(PY) -m benchmarks.bench_data

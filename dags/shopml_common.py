@@ -15,8 +15,9 @@ MODELS = ("next_item", "purchase_propensity")
 
 
 def fail_without_retry(func):
-    """A task decorator: a missing run, model or policy rule, or a refused registry change, will not
-    change on a retry, so the task fails at once and says why."""
+    """A task decorator: a missing run, model or policy rule, a refused registry change, or a served
+    model that answers unlike its evaluation, will not change on a retry, so the task fails at once
+    and says why."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -24,10 +25,11 @@ def fail_without_retry(func):
 
         from pipeline.gate import PolicyError
         from pipeline.registry import RegistryError
+        from pipeline.serving.package import ParityError
 
         try:
             return func(*args, **kwargs)
-        except (RegistryError, PolicyError) as exc:
+        except (RegistryError, PolicyError, ParityError) as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper

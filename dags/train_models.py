@@ -4,7 +4,7 @@
 Retrains both models whenever `ingest_events` publishes a new dataset version (the Asset
 `shopml://dataset/canonical`). For each model, one chain:
 
-`train -> evaluate -> gate -> register -> promote`
+`train -> evaluate -> gate -> register -> package -> promote`
 
 - **train**: on the current dataset version with a time-based split; one MLflow run (params,
   per-epoch metrics, dataset version, git commit, split, environment, the model as a pyfunc, the
@@ -16,8 +16,12 @@ Retrains both models whenever `ingest_events` publishes a new dataset version (t
   check with PASS or FAIL;
 - **register**: every candidate becomes a registered model version tagged with its lineage and the
   gate's decision; a passed one gets the alias `challenger`;
-- **promote**: moves `champion` to the challenger, provided the champion is still the one it was
-  evaluated against. A rejected candidate ends here as **skipped**, with the reasons in the log.
+- **package**: imports the challenger into the Bento store, builds its Bento, starts it with
+  `bentoml serve` on a free loopback port and replays the offline evaluation's requests: the served
+  answers must match the evaluated ones (parity check). The Bento tag is written to the version.
+  A rejected candidate ends here as **skipped**, with the gate's reasons in the log;
+- **promote**: moves `champion` to the packaged challenger, provided the champion is still the one
+  it was evaluated against.
 
 The two chains are independent: one failing never hides the other's result.
 """
@@ -80,24 +84,37 @@ def _chain(model: str) -> None:
         print(f"{model} version {mv.version}: {mv.tags.get('status')}")
         return {**gated, "version": mv.version}
 
-    @task(task_id=f"promote_{model}")
-    @fail_without_retry  # a moved champion: the candidate must be evaluated again, not retried
-    def promote(registered: dict) -> str:
+    @task(task_id=f"package_{model}", execution_timeout=timedelta(minutes=20))
+    @fail_without_retry  # a parity mismatch will not change on a retry; a server that did not start may
+    def package(registered: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipeline.registry import NO_CHAMPION, promote
+        from pipeline.serving.package import package
         from pipeline.settings import get_state_paths
 
         if not registered["passed"]:
             reasons = "\n  ".join(registered["reasons"])
             raise AirflowSkipException(f"{model} version {registered['version']} rejected by the gate:\n  {reasons}")
+        packaged = package(get_state_paths(), model, str(registered["version"]))
+        for check in packaged.smoke.checks:
+            print(f"  {check}")
+        print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
+        return {**registered, "bento_tag": packaged.bento_tag}
+
+    @task(task_id=f"promote_{model}")
+    @fail_without_retry  # a moved champion: the candidate must be evaluated again, not retried
+    def promote(registered: dict) -> str:
+        from pipeline.registry import NO_CHAMPION, promote
+        from pipeline.settings import get_state_paths
+
         mv = promote(get_state_paths(), model, registered["version"],
                      expected_champion=registered["champion_version"] or NO_CHAMPION, by="airflow",
-                     reason=f"passed the gate (run {registered['run_id']})")
-        print(f"{model}: champion is now version {mv.version}")
+                     reason=f"passed the gate and the smoke test of {registered['bento_tag']} "
+                            f"(run {registered['run_id']})")
+        print(f"{model}: champion is now version {mv.version}, served by Bento {registered['bento_tag']}")
         return mv.version
 
-    promote(register(gate(evaluate(train_model()))))
+    promote(package(register(gate(evaluate(train_model())))))
 
 
 @dag(

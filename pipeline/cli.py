@@ -10,13 +10,16 @@
     python -m pipeline evaluate|gate|register --model M --run-id R
     python -m pipeline promote  --model M [--version V] [--reason TEXT] [--force]
     python -m pipeline rollback --model M --reason TEXT
+    python -m pipeline package  --model M [--version V]     (build the Bento, serve it, parity-check it)
+    python -m pipeline serve    --model M [--version V | --bento-tag T] [--port P]   (default: the champion)
     python -m pipeline lineage  --model M [--version V | --bento-tag T]
     python -m pipeline models   [--model M]
     python -m pipeline airflow ARGS...   (airflow with this project's DAGs and state)
 
 Bad input ends with exit code 2 and one line that names the problem; a failed validation ends with
 exit code 3 and the validation summary; a promotion refused because the champion moved since the
-candidate's evaluation ends with exit code 4.
+candidate's evaluation ends with exit code 4; a Bento that fails its smoke test or parity check ends
+with exit code 5.
 """
 
 from __future__ import annotations
@@ -106,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     which = ln.add_mutually_exclusive_group()
     which.add_argument("--version")
     which.add_argument("--bento-tag")
+    pk = sub.add_parser("package", help="build a version's Bento (default: the challenger), serve it, check parity")
+    pk.add_argument("--model", choices=models, required=True)
+    pk.add_argument("--version")
+    pk.add_argument("--requests", type=int, default=300, help="offline requests replayed in the parity check")
+    sv = sub.add_parser("serve", help="serve a Bento: the champion's, a version's, or a given tag")
+    sv.add_argument("--model", choices=models, required=True)
+    what = sv.add_mutually_exclusive_group()
+    what.add_argument("--version")
+    what.add_argument("--bento-tag")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=3000)
     ls = sub.add_parser("models", help="registered versions and aliases")
     ls.add_argument("--model", choices=models)
 
@@ -178,6 +192,23 @@ def _lifecycle(args: argparse.Namespace, params, paths) -> int:
     elif args.command == "rollback":
         mv = registry.rollback(paths, args.model, by=args.by, reason=args.reason)
         print(f"{args.model}: champion is back to version {mv.version}")
+    elif args.command == "package":
+        from pipeline.serving.package import package, serve_hint
+
+        packaged = package(paths, args.model, args.version, requests=args.requests)
+        print("\n".join(f"  {c}" for c in packaged.smoke.checks))
+        print(f"{args.model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
+        print(f"serve it: {serve_hint(args.model, packaged.bento_tag)}")
+    elif args.command == "serve":
+        import os
+
+        from pipeline.serving.package import resolve_bento, serve_command, use_bento_home
+
+        tag = resolve_bento(paths, args.model, args.version, args.bento_tag)
+        use_bento_home(paths)
+        command = serve_command(tag, args.port, args.host)
+        print(f"serving {tag} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+        os.execv(command[0], command)
     elif args.command == "lineage":
         _print(registry.lineage(paths, args.model, args.version, args.bento_tag))
     elif args.command == "models":
@@ -201,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.ingest import IngestError, Interval, ingest_events
     from pipeline.registry import ChampionMoved, RegistryError
+    from pipeline.serving.package import ServingError
     from pipeline.settings import get_state_paths
     from pipeline.validate import ValidationFailed, validate_batch
     from pipeline.version import NotValidated
@@ -236,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: round(v, 4) for k, v in sorted(outcome.metrics.items())}, indent=2))
             return 0
 
-        if args.command in ("retrain", "evaluate", "gate", "register", "promote", "rollback", "lineage", "models"):
+        if args.command in ("retrain", "evaluate", "gate", "register", "package", "serve", "promote", "rollback",
+                            "lineage", "models"):
             return _lifecycle(args, params, paths)
 
         ingest_kwargs = {}
@@ -269,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except ChampionMoved as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 5
     except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

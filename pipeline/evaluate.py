@@ -59,6 +59,8 @@ class ModelScores:
     values: dict[str, np.ndarray]          # per-row arrays: ndcg_at_20, recall_at_20 ... or probability
     slices: dict[str, dict[str, float]]    # slice name -> metrics
     latency_ms_p95: float = float("nan")
+    # The model's raw answers, row for row (the pyfunc's output); the serving parity check replays them.
+    predictions: pd.DataFrame | None = None
 
 
 def _price_band(prices: pl.Series, cuts: tuple[float, float]) -> list[str]:
@@ -191,8 +193,8 @@ def per_slice(test: TestSet, metric_fn) -> dict[str, dict[str, float]]:
 
 
 def score_recommender(model, test: TestSet, batch: int = 512) -> ModelScores:
-    top = _predict_batches(model, test.inputs, batch)["items"].tolist()
-    top = [list(row) for row in top]
+    predictions = _predict_batches(model, test.inputs, batch)
+    top = [list(row) for row in predictions["items"].tolist()]
     values = ranking_values(top, test.targets)
     metrics = ranking_metrics(values)
     recommended = [item for row in top for item in row]
@@ -203,15 +205,16 @@ def score_recommender(model, test: TestSet, batch: int = 512) -> ModelScores:
     metrics["popularity_bias"] = float(np.searchsorted(counts, pops, side="right").mean() / max(len(counts), 1)) \
         if pops.size else float("nan")
     return ModelScores(metrics, values, per_slice(test, lambda m: ranking_metrics(values, m)),
-                       _latency_p95(model, test.inputs))
+                       _latency_p95(model, test.inputs), predictions)
 
 
 def score_propensity(model, test: TestSet, batch: int = 8192) -> ModelScores:
-    probs = _predict_batches(model, test.inputs, batch)["probability"].to_numpy(dtype=np.float64)
+    predictions = _predict_batches(model, test.inputs, batch)
+    probs = predictions["probability"].to_numpy(dtype=np.float64)
     labels = test.labels
     return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
                        per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])),
-                       _latency_p95(model, test.inputs))
+                       _latency_p95(model, test.inputs), predictions)
 
 
 def popularity_scores(test: TestSet) -> ModelScores:

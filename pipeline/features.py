@@ -219,32 +219,25 @@ def latest_catalog(canonical: Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files]).unique(subset="item_id", keep="last", maintain_order=True)
 
 
-def propensity_rows(
-    events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, horizon: timedelta, lookback: timedelta
-) -> pl.DataFrame:
-    """Candidates (user, item) at ``cutoff`` with features from before it and a label after it.
+def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime,
+                      candidates: pl.DataFrame | None = None) -> dict[str, pl.DataFrame]:
+    """The aggregates that propensity features are read from, as of ``cutoff``.
 
-    Candidates are the items a user viewed, carted or bought in the ``lookback`` before the cutoff
-    (bought, because buying again is what a replenishment shop's propensity is about); the label is
-    whether the user bought that item within ``horizon`` after it. Features use only events before
-    the cutoff, so nothing leaks from the label window.
+    ``past`` holds only events before the cutoff. With ``candidates`` (user_id, item_id) the user
+    tables are restricted to those users and pairs; without, they cover everyone, which is the
+    serving snapshot (``pipeline.serving.snapshot``) that answers any (user, item) later.
     """
-    past = events.filter(pl.col("event_time") < cutoff)
-    recent = past.filter((pl.col("event_time") >= cutoff - lookback)
-                         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-    candidates = recent.select("user_id", "item_id").unique()
-    future = events.filter((pl.col("event_time") >= cutoff) & (pl.col("event_time") < cutoff + horizon)
-                           & (pl.col("event_type") == "purchase")).select("user_id", "item_id").unique()
     hours = (pl.lit(cutoff) - pl.col("event_time").max()).dt.total_seconds() / 3600.0
-
     is_type = {t: (pl.col("event_type") == t).sum().cast(pl.Float64) for t in
                ("view", "add_to_cart", "remove_from_cart", "purchase")}
-    user_item = past.join(candidates, on=["user_id", "item_id"], how="semi").group_by("user_id", "item_id").agg(
+    pairs = past if candidates is None else past.join(candidates, on=["user_id", "item_id"], how="semi")
+    user_item = pairs.group_by("user_id", "item_id").agg(
         is_type["view"].alias("ui_views"), is_type["add_to_cart"].alias("ui_carts"),
         is_type["remove_from_cart"].alias("ui_removes"), is_type["purchase"].alias("ui_purchases"),
         hours.alias("ui_hours_since_last"),
     )
-    users = past.join(candidates.select("user_id").unique(), on="user_id", how="semi")
+    users = past if candidates is None else past.join(candidates.select("user_id").unique(), on="user_id",
+                                                      how="semi")
     user = users.group_by("user_id").agg(
         pl.len().cast(pl.Float64).alias("u_events"),
         pl.col("session_id").n_unique().cast(pl.Float64).alias("u_sessions"),
@@ -259,14 +252,21 @@ def propensity_rows(
                 .group_by("user_id", "category").len()
                 .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("u_category_affinity"))
                 .drop("len"))
+    return {"user_item": user_item, "user": user, "item": item, "catalog": categories, "affinity": affinity}
 
-    rows = (candidates
-            .join(user_item, on=["user_id", "item_id"], how="left")
-            .join(user, on="user_id", how="left")
-            .join(item, on="item_id", how="left")
-            .join(categories, on="item_id", how="left")
-            .join(affinity, on=["user_id", "category"], how="left", nulls_equal=True)
-            .join(future.with_columns(pl.lit(1.0).alias("label")), on=["user_id", "item_id"], how="left"))
+
+def assemble_propensity(candidates: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Feature rows for (user_id, item_id) candidates, in the candidates' order, from ``propensity_tables``.
+
+    A user or item the tables do not know gets zero counts (and ``price_vs_user_avg`` 1.0), the same
+    values a candidate without history gets in training, never an error.
+    """
+    rows = (candidates.with_row_index("_order")
+            .join(tables["user_item"], on=["user_id", "item_id"], how="left")
+            .join(tables["user"], on="user_id", how="left")
+            .join(tables["item"], on="item_id", how="left")
+            .join(tables["catalog"], on="item_id", how="left")
+            .join(tables["affinity"], on=["user_id", "category"], how="left", nulls_equal=True))
     price = pl.coalesce("catalog_price", "event_price")
     return rows.with_columns(
         price.fill_null(0.0).alias("price"),
@@ -274,6 +274,26 @@ def propensity_rows(
         pl.when(pl.col("u_avg_purchase_price") > 0).then(price / pl.col("u_avg_purchase_price"))
         .otherwise(1.0).fill_null(1.0).alias("price_vs_user_avg"),
         pl.col("u_category_affinity").fill_null(0.0),
-        pl.col("label").fill_null(0.0),
-        pl.lit(cutoff).alias("cutoff"),
-    ).with_columns(pl.col(c).fill_null(0.0) for c in PROPENSITY_DENSE).sort("user_id", "item_id")
+    ).with_columns(pl.col(c).fill_null(0.0) for c in PROPENSITY_DENSE).sort("_order").drop("_order")
+
+
+def propensity_rows(
+    events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, horizon: timedelta, lookback: timedelta
+) -> pl.DataFrame:
+    """Candidates (user, item) at ``cutoff`` with features from before it and a label after it.
+
+    Candidates are the items a user viewed, carted or bought in the ``lookback`` before the cutoff
+    (bought, because buying again is what a replenishment shop's propensity is about); the label is
+    whether the user bought that item within ``horizon`` after it. Features use only events before
+    the cutoff, so nothing leaks from the label window.
+    """
+    past = events.filter(pl.col("event_time") < cutoff)
+    recent = past.filter((pl.col("event_time") >= cutoff - lookback)
+                         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+    candidates = recent.select("user_id", "item_id").unique().sort("user_id", "item_id")
+    future = events.filter((pl.col("event_time") >= cutoff) & (pl.col("event_time") < cutoff + horizon)
+                           & (pl.col("event_type") == "purchase")).select("user_id", "item_id").unique()
+    rows = assemble_propensity(candidates, propensity_tables(past, catalog, cutoff, candidates))
+    return rows.join(future.with_columns(pl.lit(1.0).alias("label")), on=["user_id", "item_id"], how="left",
+                     maintain_order="left").with_columns(
+        pl.col("label").fill_null(0.0), pl.lit(cutoff).alias("cutoff"))

@@ -17,6 +17,7 @@ The module is pure (no MLflow): ``decide`` takes figures and per-row values and 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import yaml
 from pipeline.tracking import REPO_ROOT
 
 POLICY_FILE = REPO_ROOT / "policy.yaml"
+POLICY_ENV = "SHOPML_POLICY"   # another policy file, e.g. a shop's own, without editing the repository's
 
 
 class PolicyError(ValueError):
@@ -44,14 +46,16 @@ class Policy:
     seed: int = 0
     max_latency_ms: float = math.inf   # p95 of a one-row prediction
     max_model_mb: float = math.inf
+    require_smoke_test: bool = True    # promote only a version whose Bento passed the smoke test
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def load_policy(model_name: str, path: Path | None = None) -> Policy:
-    """The rules for ``model_name`` from the policy file (``policy.yaml`` at the repo root)."""
-    path = Path(path or POLICY_FILE)
+    """The rules for ``model_name`` from the policy file (``$SHOPML_POLICY``, else ``policy.yaml`` at
+    the repo root)."""
+    path = Path(path or os.environ.get(POLICY_ENV) or POLICY_FILE)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -73,6 +77,9 @@ def load_policy(model_name: str, path: Path | None = None) -> Policy:
             raise PolicyError(f"{path}: {model_name}.{key} must be a number, got {section[key]!r}")
     if not 0.5 <= float(section.get("confidence", 0.95)) < 1:
         raise PolicyError(f"{path}: {model_name}.confidence must be in [0.5, 1), got {section['confidence']!r}")
+    if not isinstance(section.get("require_smoke_test", True), bool):
+        raise PolicyError(f"{path}: {model_name}.require_smoke_test must be true or false, "
+                          f"got {section['require_smoke_test']!r}")
     if int(section.get("bootstrap_samples", 2000)) < 100:
         raise PolicyError(f"{path}: {model_name}.bootstrap_samples must be at least 100")
     return Policy(**section)

@@ -53,6 +53,7 @@ MODELS = ("next_item", "purchase_propensity")
 HISTORY_TAG, STACK_TAG = "champion_history", "champion_stack"
 HISTORY_KEPT = 20
 NO_CHAMPION = "none"
+PREDICTIONS = "predictions.parquet"   # under the run's evaluation/ artifacts
 
 
 class RegistryError(RuntimeError):
@@ -217,6 +218,10 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         out.mkdir()
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         rows.to_parquet(out / "rows.parquet", index=False)
+        # What the candidate was asked and answered, for the serving stage's parity check.
+        answers = ev.candidate.predictions.reset_index(drop=True).add_prefix("predicted_")
+        pd.concat([pd.DataFrame({"user_id": test.users.astype(str)}), test.inputs.reset_index(drop=True), answers],
+                  axis=1).to_parquet(out / PREDICTIONS, index=False)
         _plots(ev, test, out)
         client.log_artifacts(ev.run_id, str(out), artifact_path="evaluation")
 
@@ -362,14 +367,16 @@ def _stack(client, model_name: str) -> list[str]:
 
 
 def promote(paths: StatePaths, model_name: str, version: str | None = None, expected_champion: str | None = "any",
-            by: str | None = None, reason: str = "", force: bool = False):
+            by: str | None = None, reason: str = "", force: bool = False, policy: Policy | None = None):
     """Make ``version`` (default: the ``challenger``) the champion.
 
     Args:
         expected_champion: the champion version the candidate was evaluated against (``"none"``
             when there was none); the promotion fails with ``ChampionMoved`` if the champion is
             another by now. ``"any"`` skips this check (a person promoting by hand).
-        force: promote a version the gate rejected (a person overriding the gate; recorded).
+        force: promote a version the gate rejected or whose Bento was not smoke-tested (a person
+            overriding the gate; recorded).
+        policy: the rules (default: the policy file); ``require_smoke_test`` is read from it.
     """
     _check_model(model_name)
     client = _client(paths)
@@ -383,6 +390,14 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
         if mv.tags.get("gate.decision") != "passed" and not force:
             raise RegistryError(f"{model_name} version {version} was rejected by the gate "
                                 f"({mv.tags.get('gate.reasons', 'no reasons recorded')}); use --force to override")
+        if (policy or load_policy(model_name)).require_smoke_test and mv.tags.get("smoke_test") != "passed" \
+                and not force:
+            state = mv.tags.get("smoke_test")
+            why = f"its smoke test failed: {mv.tags.get('smoke_test.reason', '')[:300]}" if state == "failed" else \
+                "it was never packaged and smoke-tested"
+            raise RegistryError(f"{model_name} version {version} cannot be champion: {why}; run "
+                                f"`python -m pipeline package --model {model_name} --version {version}` "
+                                f"(or --force to override)")
         current = alias_version(client, model_name, CHAMPION)
         current_version = str(current.version) if current else NO_CHAMPION
         if expected_champion != "any" and str(expected_champion) != current_version:
@@ -499,15 +514,22 @@ class GateOutcome:
 
 def evaluate_gate_register(paths: StatePaths, model_name: str, run_id: str, policy: Policy | None = None,
                            by: str = "pipeline") -> GateOutcome:
-    """The whole path after training: evaluate, gate, register, and promote a passed candidate.
+    """The whole path after training: evaluate, gate, register, and for a passed candidate package
+    and smoke-test its Bento (policy ``require_smoke_test``), then promote it.
 
     The promotion names the champion the candidate was evaluated against, so a champion that
     moved meanwhile (another run won a race) makes this one fail with ``ChampionMoved``.
     """
+    policy = policy or load_policy(model_name)
     evaluate_candidate(paths, model_name, run_id)
     decision = gate_candidate(paths, model_name, run_id, policy)
     mv = register_candidate(paths, model_name, run_id)
     if decision.passed:
+        if policy.require_smoke_test:
+            from pipeline.serving.package import package
+
+            package(paths, model_name, str(mv.version))
         promote(paths, model_name, mv.version, expected_champion=decision.champion_version or NO_CHAMPION,
-                by=by, reason="passed the gate")
+                by=by, reason="passed the gate and the smoke test" if policy.require_smoke_test else
+                "passed the gate", policy=policy)
     return GateOutcome(decision, str(mv.version), decision.passed)

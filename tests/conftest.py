@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bento_store(tmp_path_factory) -> Path:
+    """One Bento store for the session, set before BentoML is first imported (it reads BENTOML_HOME
+    once per process). Tags carry run ids, so tests never collide in it."""
+    import os
+
+    home = tmp_path_factory.mktemp("bentoml")
+    os.environ["BENTOML_HOME"] = str(home)
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    return home
+
+
 @pytest.fixture
 def state(tmp_path, monkeypatch) -> StatePaths:
     """A fresh SHOPML_HOME for one test."""

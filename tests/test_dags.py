@@ -79,11 +79,11 @@ def test_dag_integrity(tmp_path):
     assert ingest["validate_batch"]["downstream"] == ["version_dataset"]
     training = report["dags"]["train_models"]["tasks"]
     for model in ("next_item", "purchase_propensity"):
-        steps = [f"{step}_{model}" for step in ("train", "evaluate", "gate", "register", "promote")]
+        steps = [f"{step}_{model}" for step in ("train", "evaluate", "gate", "register", "package", "promote")]
         for upstream, downstream in itertools.pairwise(steps):
             # one chain per model, never joined: one failing hides nothing of the other
             assert training[upstream]["downstream"] == [downstream]
-    assert set(training) == {f"{s}_{m}" for s in ("train", "evaluate", "gate", "register", "promote")
+    assert set(training) == {f"{s}_{m}" for s in ("train", "evaluate", "gate", "register", "package", "promote")
                              for m in ("next_item", "purchase_propensity")}
     for dag_id, dag in report["dags"].items():
         assert dag["doc"], f"{dag_id} has no doc_md"
@@ -168,7 +168,8 @@ def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data
     assert "test_recall_at_20 = " in first and "baseline_popularity_recall_at_20 = " in first
     assert "test_auc = " in first and "baseline_logreg_auc = " in first
     assert "gate decision: PROMOTE" in first and "PASS floor popularity" in first
-    assert "next_item: champion is now version 1" in first
+    assert "parity: " in first and "answers identical" in first
+    assert "next_item: champion is now version 1, served by Bento shopml-next-item:v1-" in first
     # Whatever the propensity gate decided, its reasons are in the log and the version is registered.
     assert "floor logistic_regression: auc" in first
     listing = models()
@@ -177,7 +178,7 @@ def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data
 
     second = run_dag()  # same data, same seed: an equal model is not significantly better
     assert "not significantly better" in second
-    assert "next_item version 2 rejected by the gate" in second  # the promote task is skipped, not failed
+    assert "next_item version 2 rejected by the gate" in second  # package and promote are skipped, not failed
     listing = models()
     assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
     assert any(line.split()[:4] == ["next_item", "2", "-", "rejected"] for line in listing.splitlines()), listing

@@ -209,7 +209,8 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
 
 
 def _passed_versions(paths, runs) -> list[str]:
-    """The versions of the two trained runs, marked as passed (also when a test runs on its own)."""
+    """The versions of the two trained runs, marked as passed by the gate and the smoke test (also when
+    a test runs on its own)."""
     from pipeline import registry
 
     client = registry._client(paths)
@@ -219,6 +220,7 @@ def _passed_versions(paths, runs) -> list[str]:
     versions = [str(registry.register_candidate(paths, "next_item", runs[k]).version) for k in ("good", "good_again")]
     for v in versions:
         client.set_model_version_tag("next_item", v, "gate.decision", "passed")
+        client.set_model_version_tag("next_item", v, "smoke_test", "passed")  # tests/test_serving.py packages
     return versions
 
 

@@ -1,0 +1,446 @@
+"""Package a registry model version as a Bento, start it, check it, and record the result.
+
+``package`` does, for one version (default: the ``challenger``):
+
+1. imports the MLflow model into the Bento store (``bentoml.mlflow.import_model``) as
+   ``<model>:v<version>-<run>``, and the feature snapshot of the current dataset version as
+   ``shopml-features:<dataset hash>`` (both once: a retried task reuses them);
+2. builds the Bento ``shopml-<model>:v<version>-<run>`` with the service code (``pipeline/``,
+   ``models/``) and a pinned Python environment: the serving packages and their dependencies at
+   the versions installed here, which ``requirements.lock`` fixed;
+3. smoke-tests it: ``bentoml serve`` on a free loopback port, readiness, metadata, a malformed request
+   (must be a 4xx), a cold-start request, then the **parity check**: the offline evaluation's own
+   requests (``evaluation/predictions.parquet`` of the version's run) replayed against the server,
+   whose answers must match what was evaluated (the same top-k, probabilities within a tolerance);
+4. writes ``bento_tag`` and ``smoke_test`` (``passed`` or ``failed`` with the reason) to the model
+   version. ``registry.promote`` refuses a version whose smoke test did not pass (policy
+   ``require_smoke_test``).
+
+The Bento store lives in ``$BENTOML_HOME`` (default ``$SHOPML_HOME/bentoml``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.settings import StatePaths
+from pipeline.tracking import REPO_ROOT
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per smoke-test request is noise
+
+SERVICES = {"next_item": "pipeline.serving.next_item:NextItemService",
+            "purchase_propensity": "pipeline.serving.propensity:PropensityService"}
+# What the served process imports; their dependencies are pinned with them.
+SERVING_PACKAGES = ("bentoml", "mlflow", "torch", "polars", "pandas", "numpy", "pyarrow", "pydantic", "pyyaml")
+SCORE_TOLERANCE = 1e-4          # |served - evaluated| for scores and probabilities (float32 models)
+PARITY_REQUESTS = 300           # offline requests replayed (all of them when fewer)
+CANDIDATES_PER_REQUEST = 50
+
+
+class ServingError(RuntimeError):
+    """Packaging, starting or checking a Bento failed; the message says what and where."""
+
+
+class ParityError(ServingError):
+    """The served model's answers differ from the offline evaluation's."""
+
+
+def use_bento_home(paths: StatePaths) -> Path:
+    """Point BentoML at the project's store (before BentoML is imported; an explicit
+    ``BENTOML_HOME`` wins)."""
+    os.environ.setdefault("BENTOML_HOME", str(paths.home / "bentoml"))
+    return Path(os.environ["BENTOML_HOME"])
+
+
+def bento_name(model_name: str) -> str:
+    return "shopml-" + model_name.replace("_", "-")
+
+
+# Build ---------------------------------------------------------------------------------------------
+
+def pinned_requirements(roots: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
+    """``name==version`` for the roots and everything they need, as installed (the lock file's pins).
+
+    Not a resolver: the environment is already resolved; this walks its installed metadata.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in pins:
+            continue
+        try:
+            dist = importlib_metadata.distribution(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue  # an optional dependency that is not installed here
+        pins[name] = dist.version.split("+")[0]   # torch 2.13.0+cpu -> 2.13.0, as in requirements.lock
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+@dataclass
+class Packaged:
+    model_name: str
+    version: str
+    bento_tag: str
+    model_tag: str
+    snapshot_tag: str
+    smoke: SmokeReport | None = None
+
+
+def _import_model(model_name: str, mv, tag: str) -> None:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(tag)
+        return
+    except NotFound:
+        pass
+    bentoml.mlflow.import_model(tag, f"models:/{model_name}/{mv.version}",
+                                labels={"registry_model": model_name, "registry_version": str(mv.version)},
+                                metadata={"run_id": mv.run_id, "dataset_version": mv.tags.get("dataset_version", "")})
+
+
+def _snapshot(paths: StatePaths) -> tuple[str, str]:
+    """The feature snapshot of the current dataset version: (Bento model tag, dataset version)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from pipeline.serving.snapshot import SNAPSHOT_MODEL, write_snapshot
+    from pipeline.version import current_dataset_version
+
+    current = current_dataset_version(paths)
+    if current is None:
+        raise ServingError(f"no dataset version under {paths.dataset_repo}; ingest data first")
+    tag = f"{SNAPSHOT_MODEL}:{re.sub(r'[^a-z0-9_.-]', '', current.version.lower())[:32]}"
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        with bentoml.models.create(tag, labels={"dataset_version": current.version}) as model:
+            meta = write_snapshot(paths.canonical, current.version, Path(model.path))
+            log.info("feature snapshot %s: %d users, cutoff %s", tag, meta["users"], meta["cutoff"])
+    return tag, current.version
+
+
+def build_bento(paths: StatePaths, model_name: str, version: str | None = None) -> Packaged:
+    """Import the version and the snapshot into the Bento store and build its Bento (idempotent)."""
+    use_bento_home(paths)
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from pipeline import registry
+
+    registry._check_model(model_name)
+    client = registry._client(paths)
+    mv = _version(client, model_name, version)
+    suffix = f"v{mv.version}-{mv.run_id[:8]}"
+    model_tag, bento_tag = f"{model_name}:{suffix}", f"{bento_name(model_name)}:{suffix}"
+    _import_model(model_name, mv, model_tag)
+    snapshot_tag, dataset_version = _snapshot(paths)
+    try:
+        existing = bentoml.bentos.get(bento_tag)
+        if existing.info.args.get("snapshot_tag") == snapshot_tag:
+            return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
+        bentoml.bentos.delete(bento_tag)   # built on an older snapshot: rebuild on today's
+    except NotFound:
+        pass
+    run = client.get_run(mv.run_id)
+    args = {"model_name": model_name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
+            "version": str(mv.version), "run_id": mv.run_id,
+            "dataset_version": run.data.tags.get("dataset_version", "unknown"),
+            "git_commit": run.data.tags.get("git_commit", "unknown"), "bento_tag": bento_tag}
+    bento_tag = build(args, labels={"registry_model": model_name, "registry_version": str(mv.version),
+                                    "features_dataset_version": dataset_version[:63]},
+                      description=f"{model_name} version {mv.version} (run {mv.run_id}), features of dataset "
+                                  f"{dataset_version}")
+    return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
+
+
+def build(args: dict[str, str], labels: dict[str, str] | None = None, description: str = "") -> str:
+    """Build the Bento of ``args`` (``common.ARG_NAMES``; the models already in the store); its tag."""
+    import bentoml
+
+    name, version = args["bento_tag"].split(":")
+    bento = bentoml.bentos.build(
+        SERVICES[args["model_name"]], name=name, version=version, build_ctx=str(REPO_ROOT),
+        include=["pipeline/**/*.py", "models/**/*.py"], exclude=["**/__pycache__"],
+        python={"packages": pinned_requirements(), "lock_packages": False},
+        labels=labels or {}, description=description, args=args,
+    )
+    log.info("built Bento %s", bento.tag)
+    return str(bento.tag)
+
+
+def _version(client, model_name: str, version: str | None):
+    from pipeline.registry import CHALLENGER, RegistryError, alias_version
+
+    if version is None:
+        mv = alias_version(client, model_name, CHALLENGER)
+        if mv is None:
+            raise RegistryError(f"{model_name} has no challenger to package; name a version")
+        return mv
+    return client.get_model_version(model_name, str(version))
+
+
+def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None, bento_tag: str | None = None) -> str:
+    """The Bento to serve: a given tag, or the one a version (default: the champion) was packaged as."""
+    from pipeline.registry import CHAMPION, RegistryError, _client, alias_version
+
+    if bento_tag:
+        return bento_tag
+    client = _client(paths)
+    mv = alias_version(client, model_name, CHAMPION) if version is None else \
+        client.get_model_version(model_name, str(version))
+    if mv is None:
+        raise RegistryError(f"{model_name} has no champion to serve; name a version or a Bento tag")
+    tag = mv.tags.get("bento_tag")
+    if not tag:
+        raise RegistryError(f"{model_name} version {mv.version} was never packaged; run "
+                            f"`python -m pipeline package {model_name} {mv.version}`")
+    return tag
+
+
+# Serve ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_hint(model_name: str, bento_tag: str) -> str:
+    """The command a person runs to serve this Bento (``make serve`` wraps the same)."""
+    return f"python -m pipeline serve --model {model_name} --bento-tag {bento_tag} --port 3000"
+
+
+def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    return [str(Path(sys.executable).with_name("bentoml")), "serve", bento_tag, "--host", host, "--port", str(port)]
+
+
+@contextmanager
+def served(paths: StatePaths, bento_tag: str, env: dict[str, str] | None = None, startup_s: float = 240,
+           log_path: Path | None = None) -> Iterator[str]:
+    """A real ``bentoml serve`` process of the Bento on a free loopback port; yields its base URL.
+
+    Waits for ``/readyz``; the process (and its workers) is stopped on exit. A process that dies or
+    never gets ready raises ``ServingError`` with the end of its log.
+    """
+    import httpx
+
+    home = use_bento_home(paths)
+    port = free_port()
+    log_path = log_path or paths.home / "serving" / f"{bento_tag.replace(':', '-')}-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(serve_command(bento_tag, port), stdout=out, stderr=subprocess.STDOUT, env=full_env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise ServingError(f"`bentoml serve {bento_tag}` exited with {proc.returncode}:\n{_tail(log_path)}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServingError(f"`bentoml serve {bento_tag}` not ready after {startup_s:.0f} s:\n{_tail(log_path)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# Smoke test and parity -----------------------------------------------------------------------------
+
+@dataclass
+class SmokeReport:
+    bento_tag: str
+    version: str
+    requests: int
+    mismatches: int
+    max_abs_diff: float
+    p50_ms: float
+    p95_ms: float
+    checks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def offline_predictions(paths: StatePaths, model_name: str, version: str) -> pd.DataFrame:
+    """What the version answered in its offline evaluation (``evaluation/predictions.parquet``)."""
+    from pipeline.registry import PREDICTIONS, RegistryError, _client
+
+    client = _client(paths)
+    mv = client.get_model_version(model_name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(mv.run_id, f"evaluation/{PREDICTIONS}", tmp)
+        except Exception as exc:
+            raise RegistryError(f"{model_name} version {version} (run {mv.run_id}) has no evaluation/{PREDICTIONS}; "
+                                f"evaluate it first: {exc}") from None
+        return pd.read_parquet(path)
+
+
+def _spread(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` rows spread evenly over the frame (all when fewer)."""
+    if len(frame) <= n:
+        return frame.reset_index(drop=True)
+    return frame.iloc[np.linspace(0, len(frame) - 1, n).astype(int)].reset_index(drop=True)
+
+
+def _post(client, url: str, body) -> tuple[dict, float]:
+    start = time.perf_counter()
+    response = client.post(url, json=body)
+    elapsed = (time.perf_counter() - start) * 1000
+    if response.status_code != 200:
+        raise ServingError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
+    return response.json(), elapsed
+
+
+def _parity_next_item(client, url: str, expected: pd.DataFrame) -> tuple[int, float, list[float], list[str]]:
+    bodies = [{"history": [str(i) for i in h], "k": int(k)} for h, k in zip(expected["history"], expected["k"],
+                                                                              strict=True)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: _post(client, f"{url}/recommend", b), bodies))
+    mismatches, worst, examples = 0, 0.0, []
+    for (answer, _), items, scores, user in zip(answers, expected["predicted_items"], expected["predicted_scores"],
+                                                expected["user_id"], strict=True):
+        items, scores = list(items), np.asarray(scores, dtype=float)
+        if answer["items"] != items:
+            mismatches += 1
+            if len(examples) < 3:
+                examples.append(f"user {user}: served {answer['items'][:5]}..., evaluated {items[:5]}...")
+            continue
+        worst = max(worst, float(np.max(np.abs(np.asarray(answer["scores"]) - scores), initial=0.0)))
+    return mismatches, worst, [t for _, t in answers], examples
+
+
+def _parity_propensity(client, url: str, expected: pd.DataFrame) -> tuple[int, float, list[float], list[str]]:
+    from pipeline.features import PROPENSITY_DENSE
+
+    def candidate(row) -> dict:
+        return {"item_id": row["item_id"], "category": row["category"], "brand": row["brand"],
+                "features": {f: float(row[f]) for f in PROPENSITY_DENSE}}
+
+    records = expected.to_dict("records")
+    chunks = [records[i:i + CANDIDATES_PER_REQUEST] for i in range(0, len(records), CANDIDATES_PER_REQUEST)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda c: _post(client, f"{url}/purchase_probability",
+                                                {"candidates": [candidate(r) for r in c]}), chunks))
+    served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
+    evaluated = expected["predicted_probability"].to_numpy(dtype=float)
+    diff = np.abs(served - evaluated)
+    bad = np.flatnonzero(diff > SCORE_TOLERANCE)
+    examples = [f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
+                f"evaluated {evaluated[i]:.6f}" for i in bad[:3]]
+    return int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples
+
+
+def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
+               requests: int = PARITY_REQUESTS) -> SmokeReport:
+    """Serve ``bento_tag`` and check it answers like ``version`` did in its offline evaluation.
+
+    Raises:
+        ParityError: answers differ (top-k items, or scores beyond ``SCORE_TOLERANCE``).
+        ServingError: the server does not start, a check fails, or bad input is not a 4xx.
+    """
+    import httpx
+
+    expected = offline_predictions(paths, model_name, version)
+    # A propensity request carries many candidates: more rows for about as many requests.
+    expected = _spread(expected, requests if model_name == "next_item" else requests * 4)
+    checks = []
+    with served(paths, bento_tag) as url, httpx.Client(timeout=60) as client:
+        meta, _ = _post(client, f"{url}/metadata", {})
+        if meta["version"] != str(version) or meta["bento_tag"] != bento_tag:
+            raise ServingError(f"{bento_tag} says it serves version {meta['version']} ({meta['bento_tag']}), "
+                               f"not {model_name} version {version}")
+        checks.append(f"metadata: {model_name} version {meta['version']}, dataset {meta['dataset_version'][:12]}")
+        endpoint = "recommend" if model_name == "next_item" else "purchase_probability"
+        bad = client.post(f"{url}/{endpoint}", json={"no_such_field": 1})
+        if not 400 <= bad.status_code < 500:
+            raise ServingError(f"a malformed {endpoint} request got {bad.status_code}, not a 4xx: {bad.text[:300]}")
+        checks.append(f"malformed request: {bad.status_code}")
+        if model_name == "next_item":
+            cold, _ = _post(client, f"{url}/recommend", {"user_id": "no-such-user", "k": 5})
+            if cold["source"] != "popularity" or len(cold["items"]) != 5:
+                raise ServingError(f"a cold-start user was not answered from popularity: {cold}")
+            checks.append("cold start: popularity fallback")
+            mismatches, worst, times, examples = _parity_next_item(client, url, expected)
+        else:
+            mismatches, worst, times, examples = _parity_propensity(client, url, expected)
+    report = SmokeReport(bento_tag, str(version), len(expected), mismatches, worst,
+                         float(np.percentile(times, 50)), float(np.percentile(times, 95)), checks)
+    if mismatches or worst > SCORE_TOLERANCE:
+        raise ParityError(f"{bento_tag}: {mismatches} of {len(expected)} served answers differ from {model_name} "
+                          f"version {version}'s offline evaluation (largest score difference {worst:.2e}, "
+                          f"tolerance {SCORE_TOLERANCE:g}); " + "; ".join(examples))
+    report.checks.append(f"parity: {len(expected)} offline requests replayed, answers identical, "
+                         f"largest score difference {worst:.2e}")
+    return report
+
+
+def package(paths: StatePaths, model_name: str, version: str | None = None,
+            requests: int = PARITY_REQUESTS) -> Packaged:
+    """Build, serve and check a version's Bento; record the outcome on the model version."""
+    from pipeline.registry import _client
+
+    packaged = build_bento(paths, model_name, version)
+    client = _client(paths)
+    tag = lambda k, v: client.set_model_version_tag(model_name, packaged.version, k, v)  # noqa: E731
+    tag("bento_tag", packaged.bento_tag)
+    try:
+        packaged.smoke = smoke_test(paths, model_name, packaged.version, packaged.bento_tag, requests)
+    except ServingError as exc:
+        tag("smoke_test", "failed")
+        tag("smoke_test.reason", str(exc)[:4000])
+        raise
+    tag("smoke_test", "passed")
+    tag("smoke_test.report", json.dumps(packaged.smoke.to_dict())[:4000])
+    return packaged

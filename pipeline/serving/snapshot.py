@@ -1,0 +1,116 @@
+"""What a service knows about users, cut from one dataset version: a Bento model of parquet files.
+
+A recommendation for a user id needs that user's recent items; a purchase probability for a
+(user, item) needs the aggregates the propensity features are computed from. Both are built here
+from the canonical dataset, as of the end of its last day, with the same functions training uses
+(``pipeline.features``), so a served feature is the feature the model learned from.
+
+The snapshot is tagged by dataset version and shared by every Bento built on that version. A newer
+dataset gets a newer snapshot with the next packaging; callers that keep their own, fresher feature
+store send features (or histories) in the request instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.features import (
+    PROPENSITY_DENSE,
+    SEQUENCE_EVENT_TYPES,
+    assemble_propensity,
+    latest_catalog,
+    load_events,
+    propensity_tables,
+    split_by_time,
+)
+
+SNAPSHOT_MODEL = "shopml-features"
+HISTORY_KEPT = 200            # the most recent items kept per user (pipeline.evaluate.HISTORY_LEN)
+TABLES = ("user_item", "user", "item", "catalog", "affinity")
+
+
+def user_histories(events: pl.DataFrame, kept: int = HISTORY_KEPT) -> pl.DataFrame:
+    """Per user: the recent item ids (oldest first, repeats in a row collapsed, as in training) and
+    every item bought."""
+    steps = (events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+             .select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
+    steps = steps.filter((pl.col("item_id") != pl.col("item_id").shift(1))
+                         | (pl.col("user_id") != pl.col("user_id").shift(1)) | pl.col("item_id").shift(1).is_null())
+    histories = steps.group_by("user_id", maintain_order=True).agg(pl.col("item_id").tail(kept).alias("items"))
+    bought = (events.filter(pl.col("event_type") == "purchase").group_by("user_id")
+              .agg(pl.col("item_id").unique().sort().alias("purchased")))
+    return histories.join(bought, on="user_id", how="full", coalesce=True).with_columns(
+        pl.col("items").fill_null([]), pl.col("purchased").fill_null([])).sort("user_id")
+
+
+def write_snapshot(canonical: Path, dataset_version: str, out: Path) -> dict:
+    """Write the snapshot files of the canonical dataset into ``out``; returns its metadata."""
+    return write_snapshot_of(load_events(canonical), latest_catalog(canonical), dataset_version, out)
+
+
+def write_snapshot_of(events: pl.DataFrame, catalog: pl.DataFrame, dataset_version: str, out: Path) -> dict:
+    """Write the snapshot of these events (canonical schema) as of the end of their last day."""
+    cutoff = split_by_time(events, 0, 0).end
+    out.mkdir(parents=True, exist_ok=True)
+    user_histories(events).write_parquet(out / "histories.parquet")
+    for name, table in propensity_tables(events, catalog, cutoff).items():
+        table.write_parquet(out / f"{name}.parquet")
+    meta = {"dataset_version": dataset_version, "cutoff": cutoff.isoformat(), "events": events.height,
+            "users": events["user_id"].n_unique(), "items": catalog.height}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+@dataclass
+class FeatureSnapshot:
+    """The loaded snapshot; every lookup of an unknown user or item answers 'nothing known'."""
+
+    meta: dict
+    histories: pl.DataFrame
+    tables: dict[str, pl.DataFrame]
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSnapshot:
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        histories = pl.read_parquet(path / "histories.parquet")
+        tables = {name: pl.read_parquet(path / f"{name}.parquet") for name in TABLES}
+        snapshot = cls(meta, histories, tables)
+        snapshot._row = {u: i for i, u in enumerate(histories["user_id"].to_list())}
+        return snapshot
+
+    @property
+    def cutoff(self) -> datetime:
+        return datetime.fromisoformat(self.meta["cutoff"])
+
+    def knows(self, user_id: str) -> bool:
+        return user_id in self._row
+
+    def history(self, user_id: str) -> list[str]:
+        row = self._row.get(user_id)
+        return [] if row is None else self.histories["items"][row].to_list()
+
+    def purchased(self, user_id: str) -> list[str]:
+        row = self._row.get(user_id)
+        return [] if row is None else self.histories["purchased"][row].to_list()
+
+    def propensity_inputs(self, user_ids: list[str], item_ids: list[str]) -> pl.DataFrame:
+        """The propensity pyfunc's input rows for these (user, item) pairs, in order."""
+        candidates = pl.DataFrame({"user_id": user_ids, "item_id": item_ids}, schema={"user_id": pl.String,
+                                                                                       "item_id": pl.String})
+        users, items = candidates["user_id"].unique().implode(), candidates["item_id"].unique().implode()
+        # Only the rows of these users and items take part in the joins, not whole tables.
+        tables = {
+            "user_item": self.tables["user_item"].filter(pl.col("user_id").is_in(users)
+                                                         & pl.col("item_id").is_in(items)),
+            "user": self.tables["user"].filter(pl.col("user_id").is_in(users)),
+            "item": self.tables["item"].filter(pl.col("item_id").is_in(items)),
+            "catalog": self.tables["catalog"].filter(pl.col("item_id").is_in(items)),
+            "affinity": self.tables["affinity"].filter(pl.col("user_id").is_in(users)),
+        }
+        return assemble_propensity(candidates, tables).select("item_id", "category", "brand", *PROPENSITY_DENSE)

@@ -1,0 +1,267 @@
+"""Serving: Bentos built from registry versions, tested against real ``bentoml serve`` processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import REPO, published_shop
+from pipeline.features import PROPENSITY_DENSE, assemble_propensity, propensity_rows, propensity_tables
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A published shop; a trained and a random recommender and a propensity model, all evaluated,
+    gated and registered (nothing packaged yet)."""
+    from pipeline import registry
+    from pipeline.gate import load_policy
+    from pipeline.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
+    from pipeline.train import train_propensity, train_recommender
+
+    with published_shop(tmp_path_factory.mktemp("serving"), GenerateParams(
+            seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000,
+            initial_items=1200)) as paths:
+        good = TrainRecommenderParams(max_len=20, dim=32, layers=1, epochs=6, patience=2)
+        runs = {"good": train_recommender(paths, good).run_id,
+                "random": train_recommender(paths, dataclasses.replace(good, lr=0.0, epochs=1)).run_id,
+                "propensity": train_propensity(paths, TrainPropensityParams(epochs=3)).run_id}
+        versions = {}
+        for key, model in (("good", "next_item"), ("random", "next_item"), ("propensity", "purchase_propensity")):
+            policy = dataclasses.replace(load_policy(model), bootstrap_samples=200)
+            registry.evaluate_candidate(paths, model, runs[key])
+            registry.gate_candidate(paths, model, runs[key], policy)
+            versions[key] = str(registry.register_candidate(paths, model, runs[key]).version)
+        yield paths, runs, versions
+
+
+@pytest.fixture(scope="module")
+def next_item_bento(shop):
+    """The trained recommender packaged (built, served, parity-checked) and promoted."""
+    from pipeline import registry
+    from pipeline.serving.package import package
+
+    paths, _, versions = shop
+    with pytest.raises(registry.RegistryError, match="never packaged and smoke-tested"):
+        registry.promote(paths, "next_item", versions["good"])
+    packaged = package(paths, "next_item", versions["good"], requests=100)
+    registry.promote(paths, "next_item", versions["good"])
+    return packaged
+
+
+@pytest.fixture(scope="module")
+def next_item_url(shop, next_item_bento):
+    """`python -m pipeline serve` of the champion: the command `make demo` prints."""
+    from pipeline.serving.package import free_port
+
+    paths = shop[0]
+    port = free_port()
+    env = {**os.environ, "SHOPML_HOME": str(paths.home)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", "next_item", "--port", str(port)],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the served champion never became ready")
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def propensity_url(shop):
+    from pipeline.serving.package import build_bento, served
+
+    paths, _, versions = shop
+    bento = build_bento(paths, "purchase_propensity", versions["propensity"])
+    with served(paths, bento.bento_tag) as url:
+        yield url
+
+
+def _post(url: str, body) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=30)
+
+
+def _snapshot_user(paths) -> tuple[str, list[str], list[str]]:
+    """A user with a history and at least one purchase, from the published data."""
+    from pipeline.features import latest_catalog, load_events
+    from pipeline.serving.snapshot import user_histories
+
+    events = load_events(paths.canonical)
+    assert latest_catalog(paths.canonical).height > 0
+    histories = user_histories(events).filter(pl.col("purchased").list.len() > 0)
+    row = histories.row(0, named=True)
+    return row["user_id"], row["items"], row["purchased"]
+
+
+def test_recommend_serves_known_users_histories_and_cold_starts(shop, next_item_url):
+    paths = shop[0]
+    user, history, purchased = _snapshot_user(paths)
+    known = _post(f"{next_item_url}/recommend", {"user_id": user, "k": 10}).json()
+    assert known["user_known"] and known["source"] == "model" and len(known["items"]) == 10
+    assert known["scores"] == sorted(known["scores"], reverse=True)
+    # The same user given as their history answers the same.
+    same = _post(f"{next_item_url}/recommend", {"history": history, "k": 10}).json()
+    assert same["items"] == known["items"] and not same["user_known"]
+
+    # Exclusions: what they bought, and items out of stock.
+    excluded = known["items"][:3]
+    filtered = _post(f"{next_item_url}/recommend", {"user_id": user, "k": 10, "exclude": excluded,
+                                                    "exclude_purchased": True}).json()
+    assert len(filtered["items"]) == 10
+    assert not set(filtered["items"]) & (set(excluded) | set(purchased))
+    assert [i for i in known["items"] if i not in excluded and i not in purchased] == \
+        filtered["items"][:len([i for i in known["items"] if i not in excluded and i not in purchased])]
+
+    cold = _post(f"{next_item_url}/recommend", {"user_id": "someone-new", "k": 5}).json()
+    assert cold["source"] == "popularity" and not cold["user_known"] and len(cold["items"]) == 5
+    unknown_items = _post(f"{next_item_url}/recommend", {"history": ["no-such-item"], "k": 5}).json()
+    assert unknown_items["source"] == "popularity" and unknown_items["items"] == cold["items"]
+
+
+def test_metadata_health_and_bad_requests(shop, next_item_bento, next_item_url):
+    _, runs, versions = shop
+    meta = _post(f"{next_item_url}/metadata", {}).json()
+    assert meta["model"] == "next_item" and meta["version"] == versions["good"]
+    assert meta["bento_tag"] == next_item_bento.bento_tag and meta["run_id"] == runs["good"]
+    assert len(meta["dataset_version"]) == 32 and meta["git_commit"]
+    assert httpx.get(f"{next_item_url}/readyz").status_code == 200
+    assert httpx.get(f"{next_item_url}/livez").status_code == 200
+
+    for body, field in (({"k": 5, "colour": "red"}, "colour"), ({"k": 0}, "k"), ({"k": 101}, "k"),
+                        ({"k": "5"}, "k"), ({"history": "i1"}, "history"), ({"history": [1, 2]}, "history"),
+                        ({"exclude_purchased": "yes"}, "exclude_purchased"),
+                        ({"history": ["i1"] * 201}, "history")):
+        r = _post(f"{next_item_url}/recommend", body)
+        assert r.status_code == 400, (body, r.status_code, r.text)
+        assert field in {str(loc) for d in r.json()["detail"] for loc in d["loc"]}, (body, r.text)
+    broken = httpx.post(f"{next_item_url}/recommend", content=b"{not json", timeout=30,
+                        headers={"content-type": "application/json"})
+    assert broken.status_code == 400 and "Invalid JSON" in broken.text
+
+
+def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
+    import mlflow
+
+    from pipeline.serving.snapshot import user_histories
+
+    paths, _, versions = shop
+    from pipeline.features import load_events
+
+    pairs = user_histories(load_events(paths.canonical)).head(20).select(
+        "user_id", pl.col("items").list.last().alias("item_id")).filter(pl.col("item_id").is_not_null())
+    candidates = [{"user_id": u, "item_id": i} for u, i in pairs.iter_rows()] + \
+        [{"user_id": "someone-new", "item_id": "no-such-item"}]
+    answer = _post(f"{propensity_url}/purchase_probability", {"candidates": candidates})
+    assert answer.status_code == 200, answer.text
+    probs = answer.json()["probabilities"]
+    assert len(probs) == len(candidates) and all(0 < p < 1 for p in probs)
+    assert answer.json()["model_version"] == versions["propensity"]
+
+    # By user id, the service computes the features training computes; the registry model agrees.
+    from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot
+
+    snapshot_dir = paths.home / "snapshot-check"
+    write_snapshot(paths.canonical, "check", snapshot_dir)
+    inputs = FeatureSnapshot.load(snapshot_dir).propensity_inputs([c["user_id"] for c in candidates],
+                                                                  [c["item_id"] for c in candidates])
+    model = mlflow.pyfunc.load_model(f"models:/purchase_propensity/{versions['propensity']}")
+    expected = model.predict(inputs.to_pandas())["probability"].to_numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+    # A caller with its own feature store sends the features.
+    row = inputs.row(0, named=True)
+    sent = _post(f"{propensity_url}/purchase_probability", {"candidates": [
+        {"item_id": row["item_id"], "features": {f: row[f] for f in PROPENSITY_DENSE}}]}).json()
+    assert sent["probabilities"][0] == pytest.approx(probs[0], abs=1e-6)
+
+    too_many = _post(f"{propensity_url}/purchase_probability",
+                     {"candidates": [{"user_id": "u1", "item_id": "i1"}] * 1001})
+    assert too_many.status_code == 400 and "candidates" in too_many.text
+    for bad in ({"candidates": []}, {"candidates": [{"item_id": "i1"}]},
+                {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]},
+                {"candidates": [{"user_id": "u1", "item_id": "i1", "score": 3}]}):
+        r = _post(f"{propensity_url}/purchase_probability", bad)
+        assert r.status_code == 400, (bad, r.text)
+    assert "missing" in _post(f"{propensity_url}/purchase_probability",
+                              {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]}).text
+
+
+def test_parity_check_fails_when_the_packaged_model_is_not_the_evaluated_one(shop, next_item_bento):
+    import shutil
+
+    import bentoml
+
+    from pipeline.serving.package import ParityError, build_bento, smoke_test
+
+    paths, _, versions = shop
+    impostor = build_bento(paths, "next_item", versions["random"])
+    # The random version's Bento, its weights swapped for the trained model's in the Bento store:
+    # it says it is the random version, and answers like another model.
+    weights = sorted(Path(bentoml.models.get(impostor.model_tag).path).rglob("*.pt"))
+    trained = sorted(Path(bentoml.models.get(next_item_bento.model_tag).path).rglob("*.pt"))
+    assert len(weights) == len(trained) == 1
+    shutil.copyfile(trained[0], weights[0])
+    with pytest.raises(ParityError, match=r"of 50 served answers differ from next_item version"):
+        smoke_test(paths, "next_item", versions["random"], impostor.bento_tag, requests=50)
+
+
+def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_item_bento):
+    import json
+
+    from pipeline import registry
+    from pipeline.serving.package import build_bento, resolve_bento
+
+    paths, runs, versions = shop
+    mv = registry._client(paths).get_model_version("next_item", versions["good"])
+    assert mv.tags["bento_tag"] == next_item_bento.bento_tag and mv.tags["smoke_test"] == "passed"
+    report = json.loads(mv.tags["smoke_test.report"])
+    assert report["mismatches"] == 0 and report["requests"] == 100
+    assert resolve_bento(paths, "next_item") == next_item_bento.bento_tag   # the champion's
+    assert registry.lineage(paths, "next_item", bento_tag=next_item_bento.bento_tag)["run_id"] == runs["good"]
+    # Packaging again (a retried task) reuses the Bento.
+    assert build_bento(paths, "next_item", versions["good"]).bento_tag == next_item_bento.bento_tag
+
+
+def test_snapshot_features_are_the_training_features():
+    """The serving snapshot assembles a candidate's row exactly as propensity_rows does at a cutoff."""
+    from datetime import datetime, timezone
+
+    t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
+    rng = np.random.default_rng(0)
+    n = 2000
+    events = pl.DataFrame({
+        "event_time": [t0 - timedelta(hours=float(h)) for h in rng.uniform(-48, 24 * 6, n)],
+        "user_id": [f"u{k}" for k in rng.integers(0, 40, n)],
+        "session_id": [f"s{k}" for k in rng.integers(0, 300, n)],
+        "item_id": [f"i{k}" for k in rng.integers(0, 60, n)],
+        "event_type": rng.choice(["view", "add_to_cart", "remove_from_cart", "purchase"], n).tolist(),
+        "price": rng.uniform(1, 50, n), "quantity": np.ones(n, dtype=np.int64),
+    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+    catalog = pl.DataFrame({"item_id": [f"i{k}" for k in range(55)], "category": [f"c{k % 7}" for k in range(55)],
+                            "brand": [f"b{k % 4}" for k in range(55)], "price": np.linspace(2, 40, 55)})
+    rows = propensity_rows(events, catalog, t0, timedelta(days=2), timedelta(days=3))
+    tables = propensity_tables(events.filter(pl.col("event_time") < t0), catalog, t0)   # everyone, as served
+    served = assemble_propensity(rows.select("user_id", "item_id"), tables)
+    columns = ["user_id", "item_id", "category", "brand", *PROPENSITY_DENSE]
+    assert rows.height > 100
+    assert served.select(columns).equals(rows.select(columns))
