@@ -54,24 +54,21 @@ def torch_threads() -> None:
     torch.set_num_threads(max(threads, 1))
 
 
-def keep_connections(proxy) -> None:
-    """Stop BentoML's client to a dependency from recycling its HTTP session under load.
-
-    BentoML 1.4.39's dependency client closes and replaces its aiohttp session every 100 requests
-    (``SessionManager.max_requests``), which cuts the requests still in flight on the old one
-    ("Server disconnected"): at 8 concurrent requests a few in every hundred fail. No setting
-    reaches that client, so the limits are raised on the instance; ``call_with_retry`` covers a
-    BentoML that recycles anyway.
-    """
-    for client in (getattr(proxy, "to_async", None), getattr(proxy, "to_sync", None)):
-        manager = getattr(client, "_session_manager", None)
-        if manager is not None:
-            manager.max_requests = 2**62
-            manager.max_age = float("inf")
+# The internal model service: a connection from the public service that is never recycled (BentoML
+# 1.4.39 closes its client session every ``max_requests`` calls, cutting requests still in flight on
+# it, so that limit is set out of reach), and no access log line per internal call.
+MODEL_SERVICE_CONFIG = {
+    "workers": 1,
+    "traffic": {"timeout": 30},
+    "runner_connection": {"max_requests": 2**31 - 1, "max_age": 365 * 86400.0},
+    "logging": {"access": {"enabled": False}},
+}
+PUBLIC_SERVICE_CONFIG = {"workers": int(os.environ.get("SHOPML_API_WORKERS", "1")), "traffic": {"timeout": 30}}
 
 
 async def call_with_retry(call, *args, attempts: int = 3):
-    """Call a dependency's endpoint again when the connection dropped before an answer came.
+    """Call a dependency's endpoint again when the connection dropped before an answer came (a
+    recycled client session, a restarted worker).
 
     Only for pure endpoints (scoring), where a repeated call cannot do anything twice.
     """

@@ -22,9 +22,10 @@ from pipeline.serving.common import (
     ADAPTIVE_BATCHING,
     MAX_BATCH_SIZE,
     MAX_LATENCY_MS,
+    MODEL_SERVICE_CONFIG,
+    PUBLIC_SERVICE_CONFIG,
     bento_args,
     call_with_retry,
-    keep_connections,
     metadata,
     torch_threads,
 )
@@ -43,22 +44,26 @@ class Ranked(BaseModel):
     source: str
 
 
-@bentoml.service(name="next_item_model", workers=1, traffic={"timeout": 30})
+@bentoml.service(name="next_item_model", **MODEL_SERVICE_CONFIG)
 class NextItemModel:
     bento_model = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
         torch_threads()
         self.pyfunc = bentoml.mlflow.load_model(self.bento_model)
+        # The pyfunc's own predict, without MLflow's per-call input schema check: the rows are built
+        # here, always valid, and the call is the one the offline evaluation made (the parity check
+        # proves it).
+        self.predict = self.pyfunc.unwrap_python_model().predict
 
     @bentoml.api(batchable=ADAPTIVE_BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def rank(self, rows: list[RankRow]) -> list[Ranked]:
-        out = self.pyfunc.predict(pd.DataFrame({"history": [r.history for r in rows], "k": [r.k for r in rows]}))
+        out = self.predict(None, pd.DataFrame({"history": [r.history for r in rows], "k": [r.k for r in rows]}))
         return [Ranked(items=list(items), scores=[float(s) for s in scores], source=source)
                 for items, scores, source in zip(out["items"], out["scores"], out["source"], strict=True)]
 
 
-@bentoml.service(name="next_item", workers=1, traffic={"timeout": 30})
+@bentoml.service(name="next_item", **PUBLIC_SERVICE_CONFIG)
 class NextItemService:
     model = bentoml.depends(NextItemModel)
     snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
@@ -67,7 +72,6 @@ class NextItemService:
         from pipeline.serving.snapshot import FeatureSnapshot
 
         self.snapshot = FeatureSnapshot.load(self.snapshot_model.path)
-        keep_connections(self.model)
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None

@@ -18,9 +18,10 @@ from pipeline.serving.common import (
     ADAPTIVE_BATCHING,
     MAX_BATCH_SIZE,
     MAX_LATENCY_MS,
+    MODEL_SERVICE_CONFIG,
+    PUBLIC_SERVICE_CONFIG,
     bento_args,
     call_with_retry,
-    keep_connections,
     metadata,
     torch_threads,
 )
@@ -29,7 +30,7 @@ ARGS = bento_args("purchase_propensity")
 INPUT_COLUMNS = ("item_id", "category", "brand", *PROPENSITY_DENSE)
 
 
-@bentoml.service(name="purchase_propensity_model", workers=1, traffic={"timeout": 30})
+@bentoml.service(name="purchase_propensity_model", **MODEL_SERVICE_CONFIG)
 class PropensityModel:
     bento_model = bentoml.models.BentoModel(ARGS.model_tag)
 
@@ -44,7 +45,7 @@ class PropensityModel:
         return self.pyfunc.predict(frame)["probability"].astype(float).tolist()
 
 
-@bentoml.service(name="purchase_propensity", workers=1, traffic={"timeout": 30})
+@bentoml.service(name="purchase_propensity", **PUBLIC_SERVICE_CONFIG)
 class PropensityService:
     model = bentoml.depends(PropensityModel)
     snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
@@ -53,7 +54,6 @@ class PropensityService:
         from pipeline.serving.snapshot import FeatureSnapshot
 
         self.snapshot = FeatureSnapshot.load(self.snapshot_model.path)
-        keep_connections(self.model)
         self.catalog = self.snapshot.tables["catalog"]
 
     def __is_ready__(self) -> bool:
