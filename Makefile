@@ -54,7 +54,8 @@ demo: install
 	@tag=$$($(PY) -m pipeline lineage --model next_item | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["bento_tag"])'); \
 	echo "champion's Bento: $$tag"; \
 	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
-	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"u1\", \"k\": 5}'"
+	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
+	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"'$$user'\", \"k\": 5}'"
 
 # Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
 MODEL ?= next_item
