@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from datetime import timedelta
 
 from airflow.sdk import Asset
@@ -12,6 +13,10 @@ CANONICAL_DATASET = Asset("shopml://dataset/canonical")
 
 # The registered models (pipeline.registry.MODELS; not imported here, it is heavy at parse time).
 MODELS = ("next_item", "purchase_propensity")
+
+# The pool every training task takes a slot of: one slot per GPU, so two trainings never share one.
+# `python -m pipeline airflow` creates it (one slot) with a new metadata database.
+TRAIN_POOL = os.environ.get("SHOPML_TRAIN_POOL", "shopml_training")
 
 
 def fail_without_retry(func):

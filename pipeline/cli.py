@@ -138,7 +138,8 @@ def _print(obj) -> None:
 def run_airflow(airflow_args: list[str]) -> int:
     """Run the ``airflow`` command against this project's DAGs and state folder.
 
-    On the embedded SQLite default the metadata database is created on first use.
+    On the embedded SQLite default the metadata database is created on first use, with the
+    training pool (one slot).
     """
     import os
     import subprocess
@@ -154,6 +155,10 @@ def run_airflow(airflow_args: list[str]) -> int:
     if conn.startswith("sqlite:///") and not Path(conn.removeprefix("sqlite:///")).exists():
         paths.airflow_home.mkdir(parents=True, exist_ok=True)
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        # Training tasks take a slot of this pool (dags/shopml_common.py): one, for one GPU or none.
+        pool = env.get("SHOPML_TRAIN_POOL", "shopml_training")
+        subprocess.run([airflow, "pools", "set", pool, "1", "one training at a time per GPU"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
     os.execve(airflow, [airflow, *airflow_args], env)
     return 0  # not reached
 

@@ -43,8 +43,11 @@ for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
         "tasks": {t.task_id: {"retries": t.retries,
                               "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
-                              "downstream": sorted(t.downstream_task_ids)} for t in dag.tasks},
+                              "downstream": sorted(t.downstream_task_ids), "pool": t.pool,
+                              "queue": t.queue} for t in dag.tasks},
         "doc": bool(dag.doc_md),
+        "schedule": type(dag.timetable).__name__,
+        "max_active_runs": dag.max_active_runs,
     }
 errors = {k: str(v) for k, v in bag.import_errors.items()}
 print(json.dumps({"files": report, "heavy": heavy, "import_errors": errors, "dags": dags}))
@@ -72,19 +75,21 @@ def test_dag_integrity(tmp_path):
     assert report["heavy"] == [], f"DAG files import heavy modules at parse time: {report['heavy']}"
     for name, file in report["files"].items():
         assert file["seconds"] < 2.0, f"{name} took {file['seconds']:.2f}s to import"
-    assert set(report["dags"]) == {"ingest_events", "train_models", "promote_model", "rollback_model"}
+    assert set(report["dags"]) == {"ingest_events", "retrain_next_item", "retrain_purchase_propensity",
+                                   "promote_model", "rollback_model"}
     ingest = report["dags"]["ingest_events"]["tasks"]
     assert set(ingest) == {"ingest_events", "validate_batch", "version_dataset"}
     assert ingest["ingest_events"]["downstream"] == ["validate_batch"]
     assert ingest["validate_batch"]["downstream"] == ["version_dataset"]
-    training = report["dags"]["train_models"]["tasks"]
     for model in ("next_item", "purchase_propensity"):
+        retrain = report["dags"][f"retrain_{model}"]
         steps = [f"{step}_{model}" for step in ("train", "evaluate", "gate", "register", "package", "promote")]
+        assert set(retrain["tasks"]) == set(steps)
         for upstream, downstream in itertools.pairwise(steps):
-            # one chain per model, never joined: one failing hides nothing of the other
-            assert training[upstream]["downstream"] == [downstream]
-    assert set(training) == {f"{s}_{m}" for s in ("train", "evaluate", "gate", "register", "package", "promote")
-                             for m in ("next_item", "purchase_propensity")}
+            assert retrain["tasks"][upstream]["downstream"] == [downstream]
+        # On a new dataset version, or weekly at the latest; one run at a time; one training per GPU.
+        assert retrain["schedule"] == "AssetOrTimeSchedule" and retrain["max_active_runs"] == 1
+        assert retrain["tasks"][f"train_{model}"]["pool"] == "shopml_training"
     for dag_id, dag in report["dags"].items():
         assert dag["doc"], f"{dag_id} has no doc_md"
         for task_id, task in dag["tasks"].items():
@@ -138,7 +143,7 @@ def test_validation_failure_stops_the_dag_without_retries(dag_home):
     assert summary["task_id"] == "validate_batch" and "share of unknown items" in summary["error"]
 
 
-def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data(tmp_path):
+def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_on_the_same_data(tmp_path):
     home = tmp_path / "home"
     env = _env(home)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -147,24 +152,44 @@ def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
     # A shop dense enough (users and items per event) for the sequential model to beat popularity.
-    for args in (["generate", "--days", "10", "--events-per-day", "5000", "--start-date", "2026-10-01",
+    for args in (["generate", "--days", "10", "--events-per-day", "5000", "--start-date", "2026-11-01",
                   "--initial-users", "2000", "--initial-items", "1200", "--seed", "11"],
-                 ["run", "--start", "2026-10-01", "--days", "10"]):
+                 ["run", "--start", "2026-11-01", "--days", "7"]):
         subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, check=True, capture_output=True)
+    paths = get_state_paths({"SHOPML_HOME": str(home)})
 
-    def run_dag() -> str:
-        out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", "train_models"],
+    def ingest(run_date: str) -> None:
+        out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", "ingest_events", run_date],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-        log = out.stdout + out.stderr
-        assert out.returncode == 0, log[-4000:]
-        return log
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+
+    # The last three days through the ingest DAG, one data interval per run (after the DAG's start date).
+    for run_date in ("2026-11-09", "2026-11-10", "2026-11-11"):
+        ingest(run_date)
+    assert len(list((paths.canonical / "events").iterdir())) == 10
+    current = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())
+    partition = paths.canonical / "events" / "event_date=2026-11-09" / "part-0.parquet"
+    before = pl.read_parquet(partition)
+    # Rerunning a day (a cleared run) gives the same partition and the same dataset version.
+    ingest("2026-11-10")
+    assert pl.read_parquet(partition).equals(before)
+    assert json.loads((paths.dataset_repo / "versions" / "current.json").read_text())["version"] == current["version"]
+
+    def run_dag(*models: str) -> str:
+        logs = []
+        for model in models:
+            out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", f"retrain_{model}"],
+                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+            logs.append(out.stdout + out.stderr)
+            assert out.returncode == 0, logs[-1][-4000:]
+        return "\n".join(logs)
 
     def models() -> str:
         return subprocess.run([sys.executable, "-m", "pipeline", "models"], env=env, cwd=REPO, check=True,
                               capture_output=True, text=True).stdout
 
-    first = run_dag()
-    assert first.count("on dataset ") >= 2
+    first = run_dag("next_item", "purchase_propensity")
+    assert first.count(f"on dataset {current['version']}") >= 2
     assert "test_recall_at_20 = " in first and "baseline_popularity_recall_at_20 = " in first
     assert "test_auc = " in first and "baseline_logreg_auc = " in first
     assert "gate decision: PROMOTE" in first and "PASS floor popularity" in first
@@ -176,9 +201,10 @@ def test_train_dag_trains_gates_registers_and_rejects_a_retrain_on_the_same_data
     assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
     assert any(line.split()[:2] == ["purchase_propensity", "1"] for line in listing.splitlines()), listing
 
-    second = run_dag()  # same data, same seed: an equal model is not significantly better
+    second = run_dag("next_item")  # same data, same seed: an equal model is not significantly better
     assert "not significantly better" in second
     assert "next_item version 2 rejected by the gate" in second  # package and promote are skipped, not failed
     listing = models()
     assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
     assert any(line.split()[:4] == ["next_item", "2", "-", "rejected"] for line in listing.splitlines()), listing
+

@@ -1,8 +1,10 @@
 """
-### train_models
+### retrain_next_item / retrain_purchase_propensity
 
-Retrains both models whenever `ingest_events` publishes a new dataset version (the Asset
-`shopml://dataset/canonical`). For each model, one chain:
+One DAG per model. Each retrains its model when `ingest_events` publishes a new dataset version
+(the Asset `shopml://dataset/canonical`), and at the latest every Monday at 03:00 UTC (a weekly
+fallback, so a shop whose ingestion stalls still gets a fresh evaluation). One run at a time per
+model; the two models never wait for each other:
 
 `train -> evaluate -> gate -> register -> package -> promote`
 
@@ -23,19 +25,34 @@ Retrains both models whenever `ingest_events` publishes a new dataset version (t
 - **promote**: moves `champion` to the packaged challenger, provided the champion is still the one
   it was evaluated against.
 
-The two chains are independent: one failing never hides the other's result.
+**Routing the training task** (read when the DAG file is parsed, so set on the DAG processor):
+
+- `SHOPML_TRAIN_POOL` (default `shopml_training`, one slot): the pool the training tasks share, so
+  two trainings never share a GPU; give it one slot per GPU of the workers;
+- `SHOPML_TRAIN_QUEUE` (default `default`): with the CeleryExecutor, `gpu` sends training to the
+  workers started with `airflow celery worker --queues gpu`;
+- `SHOPML_TRAIN_EXECUTOR` (default: the configured one): e.g. `KubernetesExecutor` to run training
+  as a pod, with Airflow's multiple-executor configuration.
+
+The training task itself uses the worker's GPU when there is one (CUDA, else MPS, else CPU).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import dag, task
-from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, fail_without_retry
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry
+
+TRAIN_QUEUE = os.environ.get("SHOPML_TRAIN_QUEUE", "default")
+TRAIN_EXECUTOR = os.environ.get("SHOPML_TRAIN_EXECUTOR") or None
+WEEKLY_FALLBACK = CronTriggerTimetable("0 3 * * 1", timezone="UTC")
 
 
 def _chain(model: str) -> None:
-    @task(task_id=f"train_{model}", execution_timeout=timedelta(hours=2))
+    @task(task_id=f"train_{model}", execution_timeout=timedelta(hours=2), pool=TRAIN_POOL, queue=TRAIN_QUEUE,
+          executor=TRAIN_EXECUTOR)
     def train_model() -> dict:
         from pipeline.params import load_params
         from pipeline.settings import get_state_paths
@@ -117,19 +134,22 @@ def _chain(model: str) -> None:
     promote(package(register(gate(evaluate(train_model())))))
 
 
-@dag(
-    dag_id="train_models",
-    schedule=[CANONICAL_DATASET],
-    start_date=datetime(2026, 11, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "execution_timeout": timedelta(minutes=30)},
-    doc_md=__doc__,
-    tags=["shopml", "training"],
-)
-def train_models():
-    for model in MODELS:
+def _retrain_dag(model: str) -> None:
+    @dag(
+        dag_id=f"retrain_{model}",
+        schedule=AssetOrTimeSchedule(timetable=WEEKLY_FALLBACK, assets=[CANONICAL_DATASET]),
+        start_date=datetime(2026, 11, 1, tzinfo=timezone.utc),
+        catchup=False,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "execution_timeout": timedelta(minutes=30)},
+        doc_md=__doc__,
+        tags=["shopml", "training", model],
+    )
+    def retrain():
         _chain(model)
 
+    retrain()
 
-train_models()
+
+for _model in MODELS:
+    _retrain_dag(_model)
