@@ -208,3 +208,70 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
     assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
     assert any(line.split()[:4] == ["next_item", "2", "-", "rejected"] for line in listing.splitlines()), listing
 
+
+
+def _json_tail(text: str):
+    """The JSON list at the end of a command's output (Airflow prints warnings before it); no list
+    of objects (Airflow's "No data found") is an empty one."""
+    return json.loads(text[text.index("[{"):].strip()) if "[{" in text else []
+
+
+@pytest.mark.slow
+def test_a_week_backfills_through_the_scheduler(tmp_path):
+    """``airflow backfill create`` for seven days, run by a real scheduler (``airflow standalone``:
+    scheduler, DAG processor, API server, LocalExecutor), one data interval per run, in order."""
+    import signal
+    import socket
+    import time
+
+    home = tmp_path / "home"
+    env = _env(home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update({"AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/"})
+    subprocess.run([sys.executable, "-m", "pipeline", "generate", "--days", "7", "--events-per-day", "3000",
+                    "--start-date", "2026-11-01"], env=env, cwd=REPO, check=True, capture_output=True)
+
+    def airflow(*args: str) -> str:
+        for _ in range(10):   # SQLite allows one writer; the scheduler holds it for moments
+            out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", *args], env=env, cwd=REPO,
+                                 capture_output=True, text=True, timeout=300)
+            if out.returncode == 0:
+                return out.stdout
+            if "database is locked" not in out.stdout + out.stderr:
+                break
+            time.sleep(2)
+        raise AssertionError(f"airflow {' '.join(args)}: {(out.stdout + out.stderr)[-3000:]}")
+
+    airflow("db", "check")   # creates the metadata database and the training pool first
+    with open(tmp_path / "standalone.log", "wb") as log:
+        standalone = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], env=env,
+                                      cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "ingest_events" not in airflow("dags", "list"):
+            assert standalone.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "standalone.log").read_text()[-3000:]
+            time.sleep(3)
+        # Logical dates are data-interval starts: 2026-11-01 .. 2026-11-07, the generated week.
+        airflow("backfill", "create", "--dag-id", "ingest_events", "--from-date", "2026-11-01", "--to-date",
+                "2026-11-07", "--max-active-runs", "1")
+        airflow("dags", "unpause", "ingest_events")   # the scheduler runs no run of a paused DAG
+        deadline = time.monotonic() + 600
+        while True:
+            runs = [r for r in _json_tail(airflow("dags", "list-runs", "ingest_events", "-o", "json"))
+                    if r["run_id"].startswith("backfill__")]
+            states = sorted(r["state"] for r in runs)
+            assert "failed" not in states, runs
+            if len(runs) == 7 and set(states) == {"success"}:
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(5)
+    finally:
+        os.killpg(standalone.pid, signal.SIGTERM)
+        standalone.wait(timeout=60)
+    paths = get_state_paths({"SHOPML_HOME": str(home)})
+    days = sorted(p.name for p in (paths.canonical / "events").iterdir())
+    assert days == [f"event_date=2026-11-0{d}" for d in range(1, 8)]
