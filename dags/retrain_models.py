@@ -43,7 +43,7 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
-from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry
+from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry, timed
 
 TRAIN_QUEUE = os.environ.get("SHOPML_TRAIN_QUEUE", "default")
 TRAIN_EXECUTOR = os.environ.get("SHOPML_TRAIN_EXECUTOR") or None
@@ -53,16 +53,24 @@ WEEKLY_FALLBACK = CronTriggerTimetable("0 3 * * 1", timezone="UTC")
 def _chain(model: str) -> None:
     @task(task_id=f"train_{model}", execution_timeout=timedelta(hours=2), pool=TRAIN_POOL, queue=TRAIN_QUEUE,
           executor=TRAIN_EXECUTOR)
+    @timed
     def train_model() -> dict:
+        from airflow.sdk import get_current_context
+
         from pipeline.params import load_params
         from pipeline.settings import get_state_paths
-        from pipeline.train import train_propensity, train_recommender
+        from pipeline.train import finished_run, train_propensity, train_recommender
 
-        params = load_params()
-        if model == "next_item":
-            outcome = train_recommender(get_state_paths(), params.train_recommender)
+        # A cleared and rerun task returns the run this DAG run already made: never a second model.
+        tags = {"airflow.dag_run_id": get_current_context()["dag_run"].run_id, "airflow.dag_id": f"retrain_{model}"}
+        params, paths = load_params(), get_state_paths()
+        outcome = finished_run(paths, model, tags)
+        if outcome is not None:
+            print(f"this DAG run already trained run {outcome.run_id}; reusing it")
+        elif model == "next_item":
+            outcome = train_recommender(paths, params.train_recommender, tags)
         else:
-            outcome = train_propensity(get_state_paths(), params.train_propensity)
+            outcome = train_propensity(paths, params.train_propensity, tags)
         print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
         for name, value in sorted(outcome.metrics.items()):
             print(f"  {name} = {value:.4f}")
@@ -70,6 +78,7 @@ def _chain(model: str) -> None:
 
     @task(task_id=f"evaluate_{model}")
     @fail_without_retry
+    @timed
     def evaluate(trained: dict) -> dict:
         from pipeline.registry import evaluate_candidate
         from pipeline.settings import get_state_paths
@@ -83,6 +92,7 @@ def _chain(model: str) -> None:
 
     @task(task_id=f"gate_{model}")
     @fail_without_retry
+    @timed
     def gate(evaluated: dict) -> dict:
         from pipeline.registry import gate_candidate
         from pipeline.settings import get_state_paths
@@ -93,6 +103,7 @@ def _chain(model: str) -> None:
 
     @task(task_id=f"register_{model}")
     @fail_without_retry
+    @timed
     def register(gated: dict) -> dict:
         from pipeline.registry import register_candidate
         from pipeline.settings import get_state_paths
@@ -103,6 +114,7 @@ def _chain(model: str) -> None:
 
     @task(task_id=f"package_{model}", execution_timeout=timedelta(minutes=20))
     @fail_without_retry  # a parity mismatch will not change on a retry; a server that did not start may
+    @timed
     def package(registered: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -120,6 +132,7 @@ def _chain(model: str) -> None:
 
     @task(task_id=f"promote_{model}")
     @fail_without_retry  # a moved champion: the candidate must be evaluated again, not retried
+    @timed
     def promote(registered: dict) -> str:
         from pipeline.registry import NO_CHAMPION, promote
         from pipeline.settings import get_state_paths

@@ -39,6 +39,23 @@ def fail_without_retry(func):
 
     return wrapper
 
+def timed(func):
+    """A task decorator: the task log ends with the stage's own time (``stage <name> took <s> s``),
+    so Airflow's overhead is the DAG's wall time minus these (``benchmarks/bench_airflow.py``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        import time
+
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            print(f"stage {func.__name__} took {time.perf_counter() - start:.2f} s")
+
+    return wrapper
+
+
 def report_failure(context) -> None:
     """Task failure callback: one clear summary in the log and a JSON file for whoever is on call.
 

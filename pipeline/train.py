@@ -70,7 +70,8 @@ def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024,
     return recall_ndcg(np.concatenate(ranks) if ranks else np.zeros(0))
 
 
-def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> TrainOutcome:
+def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
+                      tags: dict[str, str] | None = None) -> TrainOutcome:
     """Train SASRec on the current dataset version and log the run, baselines included.
 
     Raises:
@@ -116,7 +117,7 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
     use_experiment(paths, MODEL_NAME)
     with mlflow.start_run(run_name=f"sasrec-{version.version[:8]}") as run, \
             tempfile.TemporaryDirectory() as tmp:
-        _tag_run(MODEL_NAME, version)
+        _tag_run(MODEL_NAME, version, tags)
         _log_setup(config, loop, split, {
             "data.train_windows": windows.shape[0], "data.valid_examples": len(valid.targets),
             "data.test_examples": len(test.targets), "data.items": vocab.size - 2,
@@ -167,12 +168,38 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams) -> Trai
         return TrainOutcome(run.info.run_id, info.model_uri, version.version, metrics)
 
 
-def _tag_run(model_name: str, version) -> None:
-    """Tags every training run carries: what was trained, on which data, from which code, where."""
+def _tag_run(model_name: str, version, tags: dict[str, str] | None = None) -> None:
+    """Tags every training run carries: what was trained, on which data, from which code, where;
+    plus the caller's ``tags`` (e.g. the Airflow DAG run that asked for it)."""
     import mlflow
 
     mlflow.set_tags({"model": model_name, "dataset_version": version.version, "dataset_path": version.path,
-                     "git_commit": git_commit(), **environment_tags()})
+                     "git_commit": git_commit(), **environment_tags(), **(tags or {})})
+
+
+def finished_run(paths: StatePaths, model_name: str, tags: dict[str, str]) -> TrainOutcome | None:
+    """The newest finished training run of ``model_name`` carrying all of ``tags``, with its model.
+
+    The DAG's training task tags its run with the DAG run's id and asks this first, so a cleared and
+    rerun task returns the run it already made instead of training (and later registering) a second
+    model for the same DAG run.
+    """
+    import mlflow
+
+    experiment_id = use_experiment(paths, model_name)
+    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [f"tags.model = '{model_name}'",
+                                                                       "attributes.status = 'FINISHED'"]
+    runs = mlflow.search_runs([experiment_id], filter_string=" and ".join(conditions), max_results=1,
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    if not runs:
+        return None
+    run = runs[0]
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    if not models:
+        return None
+    return TrainOutcome(run.info.run_id, models[0].model_uri, run.data.tags.get("dataset_version", ""),
+                        dict(run.data.metrics))
 
 
 def _log_setup(model_config, loop: TrainConfig, split: TimeSplit, data: dict) -> None:
@@ -305,7 +332,8 @@ def fit_propensity(
     return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows, logreg)
 
 
-def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainOutcome:
+def train_propensity(paths: StatePaths, params: TrainPropensityParams,
+                     tags: dict[str, str] | None = None) -> TrainOutcome:
     """Fit the propensity model on the current dataset version and log the run to MLflow."""
     import mlflow
     from mlflow.models import infer_signature
@@ -318,7 +346,7 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams) -> TrainO
 
     use_experiment(paths, PROPENSITY_MODEL_NAME)
     with mlflow.start_run(run_name=f"dcnv2-{version.version[:8]}") as run, tempfile.TemporaryDirectory() as tmp:
-        _tag_run(PROPENSITY_MODEL_NAME, version)
+        _tag_run(PROPENSITY_MODEL_NAME, version, tags)
 
         def log_epoch(h: dict[str, float]) -> None:
             mlflow.log_metrics({"train_loss": h["train_loss"], "valid_auc": h["valid_metric"]}, step=int(h["epoch"]))

@@ -74,7 +74,7 @@ def test_dag_integrity(tmp_path):
     assert report["import_errors"] == {}
     assert report["heavy"] == [], f"DAG files import heavy modules at parse time: {report['heavy']}"
     for name, file in report["files"].items():
-        assert file["seconds"] < 2.0, f"{name} took {file['seconds']:.2f}s to import"
+        assert file["seconds"] < 1.0, f"{name} took {file['seconds']:.2f}s to import"
     assert set(report["dags"]) == {"ingest_events", "retrain_next_item", "retrain_purchase_propensity",
                                    "promote_model", "rollback_model"}
     ingest = report["dags"]["ingest_events"]["tasks"]

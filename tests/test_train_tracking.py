@@ -13,7 +13,7 @@ from conftest import published_shop
 from pipeline.cli import main as cli
 from pipeline.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
 from pipeline.tracking import tracking_uri
-from pipeline.train import train_propensity, train_recommender
+from pipeline.train import finished_run, train_propensity, train_recommender
 
 SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4,
                                batch_size=128, patience=2)
@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     with published_shop(tmp_path_factory.mktemp("train"), GenerateParams(
             seed=21, start_date="2026-10-01", days=10, events_per_day=3000, initial_users=1200,
             initial_items=800)) as paths:
-        outcome = train_recommender(paths, SMALL)
+        outcome = train_recommender(paths, SMALL, tags={"airflow.dag_run_id": "manual__1"})
         propensity = train_propensity(paths, TrainPropensityParams(epochs=4, patience=2))
         yield paths, outcome, propensity
 
@@ -105,3 +105,12 @@ def test_logged_propensity_model_scores_feature_rows_with_unknown_ids(trained):
     rows.loc[1, "ui_purchases"] = 3.0
     probs = model.predict(rows)["probability"]
     assert ((probs > 0) & (probs < 1)).all()
+
+
+def test_a_rerun_of_the_same_dag_run_finds_the_run_it_made(trained):
+    paths, outcome, _ = trained
+    found = finished_run(paths, "next_item", {"airflow.dag_run_id": "manual__1"})
+    assert found is not None and found.run_id == outcome.run_id and found.model_uri == outcome.model_uri
+    assert found.dataset_version == outcome.dataset_version
+    assert finished_run(paths, "next_item", {"airflow.dag_run_id": "manual__2"}) is None
+    assert finished_run(paths, "purchase_propensity", {"airflow.dag_run_id": "manual__1"}) is None
