@@ -56,7 +56,7 @@ demo: install
 	echo "champion's Bento: $$tag"; \
 	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
 	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
-	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"'$$user'\", \"k\": 5}'"
+	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"
 
 # Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
 MODEL ?= next_item
