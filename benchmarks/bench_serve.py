@@ -60,11 +60,10 @@ def save_model(directory: Path, items: int) -> Path:
     import mlflow.pyfunc
     import pandas as pd
     import torch
-    from mlflow.models import infer_signature
 
     from models.sasrec import SASRec, SASRecConfig
     from pipeline.params import TrainRecommenderParams
-    from pipeline.recommender import SASRecPyfunc
+    from pipeline.recommender import pyfunc_model_args
 
     p = TrainRecommenderParams()
     config = SASRecConfig(n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers,
@@ -75,17 +74,10 @@ def save_model(directory: Path, items: int) -> Path:
     parts.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "model_args": config.to_dict()}, parts / "best.pt")
     item_ids = [f"i{i}" for i in range(items)]
-    (parts / "vocab.json").write_text(json.dumps(item_ids))
-    (parts / "popular.json").write_text(json.dumps(item_ids[:100]))
     example = pd.DataFrame({"history": [item_ids[:5], item_ids[5:7]], "k": [10, 10]})
-    wrapper = SASRecPyfunc.from_parts(model, item_ids, item_ids[:100])
     out = directory / "model"
-    mlflow.pyfunc.save_model(
-        str(out), python_model=SASRecPyfunc(),
-        artifacts={"checkpoint": str(parts / "best.pt"), "vocab": str(parts / "vocab.json"),
-                   "popular": str(parts / "popular.json")},
-        code_paths=[str(REPO / "models"), str(REPO / "pipeline")],
-        signature=infer_signature(example, wrapper.predict(None, example)), input_example=example)
+    mlflow.pyfunc.save_model(str(out), **pyfunc_model_args(model, item_ids, item_ids[:100], parts / "best.pt",
+                                                           parts, example))
     return out
 
 

@@ -10,6 +10,7 @@ Items unknown to the model in a history are kept as the "unknown item", never an
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -73,3 +74,26 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
                 values.append([float(v) for v in top_scores[row, :k].tolist()])
                 sources.append("model")
         return pd.DataFrame({"items": items, "scores": values, "source": sources})
+
+
+def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint: Path, workdir: Path,
+                      example: pd.DataFrame) -> dict:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a trained SASRec: the
+    artifacts ``load_context`` reads (``checkpoint``, ``vocab``, ``popular``), the project code,
+    and a signature inferred from ``example``. The vocabulary and popularity files go to ``workdir``.
+    """
+    from mlflow.models import infer_signature
+
+    from pipeline.tracking import REPO_ROOT
+
+    vocab_file, popular_file = Path(workdir) / "vocab.json", Path(workdir) / "popular.json"
+    vocab_file.write_text(json.dumps(list(item_ids)))
+    popular_file.write_text(json.dumps(list(popular)))
+    wrapper = SASRecPyfunc.from_parts(model, item_ids, popular)
+    return {
+        "python_model": SASRecPyfunc(),
+        "artifacts": {"checkpoint": str(checkpoint), "vocab": str(vocab_file), "popular": str(popular_file)},
+        "code_paths": [str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
+        "signature": infer_signature(example, wrapper.predict(None, example)),
+        "input_example": example,
+    }

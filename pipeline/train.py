@@ -79,7 +79,6 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
         ValueError: the data spans too few days for the configured split.
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     version = current_dataset_version(paths)
     if version is None:
@@ -141,27 +140,14 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
                         "train_samples_per_second": result.samples_per_second})
         mlflow.log_metrics(metrics)
 
-        vocab_file = Path(tmp) / "vocab.json"
-        vocab_file.write_text(json.dumps(list(vocab.ids)))
         # The cold-start fallback: the most popular items of the training period.
         counts = np.bincount(all_train, minlength=vocab.size)[2:]
         popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
-        popular_file = Path(tmp) / "popular.json"
-        popular_file.write_text(json.dumps(popular))
-        from pipeline.recommender import SASRecPyfunc
+        from pipeline.recommender import pyfunc_model_args
 
-        example = _input_example(test, vocab)
-        wrapper = SASRecPyfunc.from_parts(model.cpu(), vocab.ids, popular)
-        signature = infer_signature(example, wrapper.predict(None, example))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=SASRecPyfunc(),
-            artifacts={"checkpoint": str(Path(tmp) / "checkpoints" / "best.pt"), "vocab": str(vocab_file),
-                       "popular": str(popular_file)},
-            code_paths=[str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
-            signature=signature,
-            input_example=example,
-        )
+        info = mlflow.pyfunc.log_model(name="model", **pyfunc_model_args(
+            model.cpu(), list(vocab.ids), popular, Path(tmp) / "checkpoints" / "best.pt", Path(tmp),
+            _input_example(test, vocab)))
         log.info("run %s: test recall@20 %.4f (popularity %.4f, co-occurrence %.4f)", run.info.run_id,
                  metrics["test_recall_at_20"], metrics["baseline_popularity_recall_at_20"],
                  metrics["baseline_cooccurrence_recall_at_20"])
