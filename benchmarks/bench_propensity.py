@@ -25,6 +25,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="shopml-bench-") as home:
         os.environ["SHOPML_HOME"] = home
         from pipeline.features import latest_catalog, load_events
+        from pipeline.featureset import propensity_features
         from pipeline.ingest import Interval, ingest_events
         from pipeline.params import TrainPropensityParams
         from pipeline.settings import get_state_paths
@@ -40,7 +41,7 @@ def main() -> int:
         params = TrainPropensityParams(valid_days=14, test_days=14, horizon_days=14, lookback_days=28,
                                        cutoff_stride_days=7, epochs=20, batch_size=512, patience=4)
         start = time.perf_counter()
-        fit = fit_propensity(events, catalog, params)
+        fit = fit_propensity(propensity_features(events, catalog, params), params)
         print(f"rows: {fit.data['data.train_rows']:,} train ({fit.data['data.cutoffs']} cutoffs, "
               f"{fit.data['data.train_positive_rate']:.3f} positive), {fit.data['data.valid_rows']:,} valid, "
               f"{fit.data['data.test_rows']:,} test; fit in {time.perf_counter() - start:.0f}s, "

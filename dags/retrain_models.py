@@ -6,9 +6,12 @@ One DAG per model. Each retrains its model when `ingest_events` publishes a new 
 fallback, so a shop whose ingestion stalls still gets a fresh evaluation). One run at a time per
 model; the two models never wait for each other:
 
-`train -> evaluate -> gate -> register -> package -> promote`
+`features -> train -> evaluate -> gate -> register -> package -> promote`
 
-- **train**: on the current dataset version with a time-based split; one MLflow run (params,
+- **features**: the model's feature set on the current dataset version (time-based split, then
+  SASRec's sequences or the propensity rows), written once under `$SHOPML_HOME/features/` and
+  reused by a rerun; the log names the folder and the dataset version;
+- **train**: on that feature set; one MLflow run (params,
   per-epoch metrics, dataset version, git commit, split, environment, the model as a pyfunc, the
   baselines' test metrics);
 - **evaluate**: the candidate, the current `champion` and the baselines on the same frozen test
@@ -29,12 +32,19 @@ model; the two models never wait for each other:
 
 - `SHOPML_TRAIN_POOL` (default `shopml_training`, one slot): the pool the training tasks share, so
   two trainings never share a GPU; give it one slot per GPU of the workers;
-- `SHOPML_TRAIN_QUEUE` (default `default`): with the CeleryExecutor, `gpu` sends training to the
-  workers started with `airflow celery worker --queues gpu`;
+- `SHOPML_TRAIN_QUEUE` (default: `SHOPML_QUEUE`, the queue of every other shopml task, itself
+  `default` unless set): with the CeleryExecutor, `gpu` sends training to the workers started with
+  `airflow celery worker --queues gpu`;
 - `SHOPML_TRAIN_EXECUTOR` (default: the configured one): e.g. `KubernetesExecutor` to run training
   as a pod, with Airflow's multiple-executor configuration.
 
-The training task itself uses the worker's GPU when there is one (CUDA, else MPS, else CPU).
+- `SHOPML_TRAIN_NPROC` (default 1): more than one trains with `torchrun` on that many processes of
+  the worker, one per GPU (DDP); rank 0 alone tracks the run;
+- `SHOPML_TRAIN_RUNNER` (default `task`): `kubernetes_pod` runs training as a pod of the training
+  image on a GPU node, with a `KubernetesPodOperator` (`dags/shopml_k8s.py` lists its settings).
+
+The training task itself uses the worker's (or pod's) GPU when there is one (CUDA, else MPS, else
+CPU). A rerun of a cleared `train` returns the run this DAG run already made.
 """
 
 from __future__ import annotations
@@ -45,21 +55,41 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry, timed
 
-TRAIN_QUEUE = os.environ.get("SHOPML_TRAIN_QUEUE", "default")
+TRAIN_QUEUE = os.environ.get("SHOPML_TRAIN_QUEUE") or os.environ.get("SHOPML_QUEUE", "default")
 TRAIN_EXECUTOR = os.environ.get("SHOPML_TRAIN_EXECUTOR") or None
+TRAIN_RUNNER = os.environ.get("SHOPML_TRAIN_RUNNER", "task")
+TRAIN_RUNNERS = ("task", "kubernetes_pod")
+if TRAIN_RUNNER not in TRAIN_RUNNERS:
+    raise ValueError(f"SHOPML_TRAIN_RUNNER={TRAIN_RUNNER!r}: expected one of {', '.join(TRAIN_RUNNERS)}")
+TRAIN_TIMEOUT = timedelta(hours=2)
+TRAIN_NPROC = int(os.environ.get("SHOPML_TRAIN_NPROC", "1"))
 WEEKLY_FALLBACK = CronTriggerTimetable("0 3 * * 1", timezone="UTC")
 
 
 def _chain(model: str) -> None:
-    @task(task_id=f"train_{model}", execution_timeout=timedelta(hours=2), pool=TRAIN_POOL, queue=TRAIN_QUEUE,
+    @task(task_id=f"features_{model}")
+    @timed
+    def features() -> dict:
+        from pipeline.featureset import build_features
+        from pipeline.params import load_params
+        from pipeline.settings import get_state_paths
+
+        params, paths = load_params(), get_state_paths()
+        fs = build_features(paths, model, params.train_recommender if model == "next_item"
+                            else params.train_propensity)
+        print(f"{'reused' if fs.reused else 'built'} the feature set of dataset {fs.dataset_version}: {fs.path}")
+        return {"features": str(fs.path), "features_rel": str(fs.path.relative_to(paths.home)),
+                "dataset_version": fs.dataset_version}
+
+    @task(task_id=f"train_{model}", execution_timeout=TRAIN_TIMEOUT, pool=TRAIN_POOL, queue=TRAIN_QUEUE,
           executor=TRAIN_EXECUTOR)
     @timed
-    def train_model() -> dict:
+    def train_model(built: dict) -> dict:
         from airflow.sdk import get_current_context
 
         from pipeline.params import load_params
         from pipeline.settings import get_state_paths
-        from pipeline.train import finished_run, train_propensity, train_recommender
+        from pipeline.train import finished_run, train_distributed, train_propensity, train_recommender
 
         # A cleared and rerun task returns the run this DAG run already made: never a second model.
         tags = {"airflow.dag_run_id": get_current_context()["dag_run"].run_id, "airflow.dag_id": f"retrain_{model}"}
@@ -67,10 +97,13 @@ def _chain(model: str) -> None:
         outcome = finished_run(paths, model, tags)
         if outcome is not None:
             print(f"this DAG run already trained run {outcome.run_id}; reusing it")
+        elif TRAIN_NPROC > 1:
+            print(f"training with torchrun on {TRAIN_NPROC} processes")
+            outcome = train_distributed(paths, model, TRAIN_NPROC, built["features"], tags)
         elif model == "next_item":
-            outcome = train_recommender(paths, params.train_recommender, tags)
+            outcome = train_recommender(paths, params.train_recommender, tags, features=built["features"])
         else:
-            outcome = train_propensity(paths, params.train_propensity, tags)
+            outcome = train_propensity(paths, params.train_propensity, tags, features=built["features"])
         print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
         for name, value in sorted(outcome.metrics.items()):
             print(f"  {name} = {value:.4f}")
@@ -144,7 +177,14 @@ def _chain(model: str) -> None:
         print(f"{model}: champion is now version {mv.version}, served by Bento {registered['bento_tag']}")
         return mv.version
 
-    promote(package(register(gate(evaluate(train_model())))))
+    built = features()
+    if TRAIN_RUNNER == "kubernetes_pod":
+        from shopml_k8s import training_pod
+
+        trained = training_pod(model, built, pool=TRAIN_POOL, execution_timeout=TRAIN_TIMEOUT).output
+    else:
+        trained = train_model(built)
+    promote(package(register(gate(evaluate(trained)))))
 
 
 def _retrain_dag(model: str) -> None:

@@ -86,6 +86,9 @@ def report_failure(context) -> None:
 
 DEFAULT_ARGS = {
     "owner": "shopml",
+    # The Celery queue of every shopml task (training has its own, SHOPML_TRAIN_QUEUE): on an Airflow
+    # shared with other teams, shopml's tasks go to shopml's workers.
+    "queue": os.environ.get("SHOPML_QUEUE", "default"),
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,

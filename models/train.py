@@ -79,7 +79,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _distributed() -> tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -131,7 +131,7 @@ def train(
     Returns:
         The best metric and epoch, per-epoch history and throughput.
     """
-    rank, world = _distributed()
+    rank, world = init_distributed()
     device = select_device(config.device)
     seed_everything(config.seed)
     model.to(device)

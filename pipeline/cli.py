@@ -5,7 +5,9 @@
     python -m pipeline validate --date D | --start D --days N
     python -m pipeline version  --date D | --start D --days N  [--no-push]
     python -m pipeline run      --date D | --start D --days N  (ingest, validate, version)
-    python -m pipeline train    --model M                     (train only; see retrain)
+    python -m pipeline features --model M                     (build the model's feature set)
+    python -m pipeline train    --model M [--features DIR]    (train only; see retrain)
+    torchrun --nproc-per-node N -m pipeline train --model M    (the same on N GPUs, DDP)
     python -m pipeline retrain  --model M                     (train, evaluate, gate, register, promote)
     python -m pipeline evaluate|gate|register --model M --run-id R
     python -m pipeline promote  --model M [--version V] [--reason TEXT] [--force]
@@ -80,8 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
 
     models = ("next_item", "purchase_propensity")
+    f = sub.add_parser("features", help="build a model's feature set on the current dataset version")
+    f.add_argument("--model", choices=models, required=True)
     t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
     t.add_argument("--model", choices=models, default="next_item")
+    t.add_argument("--features", type=Path, help="a feature set folder (default: the current dataset version's, "
+                                                 "built if missing)")
+    t.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tag for the MLflow run (repeatable), e.g. airflow.dag_run_id=...")
+    t.add_argument("--reuse-finished", action="store_true",
+                   help="if a finished run of this model carries all the --tag tags, return it instead of training "
+                        "again (what a retried Airflow task or pod does)")
+    t.add_argument("--output", type=Path, help="also write the outcome (run id, model URI, metrics) as JSON here")
 
     rt = sub.add_parser("retrain", help="train, evaluate against the champion, gate, register, promote")
     rt.add_argument("--model", choices=models, required=True)
@@ -161,6 +173,25 @@ def run_airflow(airflow_args: list[str]) -> int:
                        stdout=subprocess.DEVNULL)
     os.execve(airflow, [airflow, *airflow_args], env)
     return 0  # not reached
+
+
+def _reuse_finished(paths, model: str, tags: dict[str, str]):
+    """The finished run carrying ``tags``, or None. Under torchrun, rank 0 alone asks MLflow and
+    tells the other ranks, so all of them either train together or all return."""
+    import os
+
+    from pipeline.train import finished_run
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return finished_run(paths, model, tags)
+    import torch.distributed as dist
+
+    from models.train import init_distributed
+
+    rank, _ = init_distributed()
+    found = [finished_run(paths, model, tags) if rank == 0 else None]
+    dist.broadcast_object_list(found, src=0)
+    return found[0]
 
 
 def _lifecycle(args: argparse.Namespace, params, paths) -> int:
@@ -258,16 +289,40 @@ def main(argv: list[str] | None = None) -> int:
                       f"{d.catalog_items} items -> {d.catalog_path}")
             return 0
 
+        if args.command == "features":
+            from pipeline.featureset import build_features
+
+            model_params = params.train_recommender if args.model == "next_item" else params.train_propensity
+            fs = build_features(paths, args.model, model_params)
+            report = paths.reports / "features" / f"{args.model}.json"
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps({k: v for k, v in fs.to_dict().items() if k != "reused"}, indent=2))
+            print(f"{'reused' if fs.reused else 'built'} {args.model} features of dataset "
+                  f"{fs.dataset_version[:12]}: {fs.path}")
+            return 0
+
         if args.command == "train":
             from pipeline.train import train_propensity, train_recommender
 
-            if args.model == "next_item":
-                outcome = train_recommender(paths, params.train_recommender)
+            tags = {}
+            for item in args.tag:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
+                tags[key] = value
+            train_fn = train_recommender if args.model == "next_item" else train_propensity
+            model_params = params.train_recommender if args.model == "next_item" else params.train_propensity
+            outcome = _reuse_finished(paths, args.model, tags) if args.reuse_finished and tags else None
+            if outcome is not None:
+                print(f"run {outcome.run_id} already carries {tags}; reusing it")
             else:
-                outcome = train_propensity(paths, params.train_propensity)
-            report = paths.reports / "train" / f"{args.model}.json"
-            report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps(dataclasses.asdict(outcome), indent=2))
+                outcome = train_fn(paths, model_params, tags or None, features=args.features)
+            if not outcome.run_id:   # another rank than 0 under torchrun: rank 0 reports
+                return 0
+            reports = [paths.reports / "train" / f"{args.model}.json", *([args.output] if args.output else [])]
+            for report in reports:
+                report.parent.mkdir(parents=True, exist_ok=True)
+                report.write_text(json.dumps(dataclasses.asdict(outcome), indent=2))
             print(f"trained {args.model} on dataset {outcome.dataset_version[:12]}: run {outcome.run_id}, "
                   f"model {outcome.model_uri}")
             print(json.dumps({k: round(v, 4) for k, v in sorted(outcome.metrics.items())}, indent=2))

@@ -49,7 +49,8 @@ def use_experiment(paths: StatePaths, model_name: str) -> str:
 
 
 def git_commit() -> str:
-    """The commit of this checkout ('unknown' outside git), with '-dirty' for uncommitted changes."""
+    """The commit of this checkout, with '-dirty' for uncommitted changes; outside git (a container
+    image) the ``SHOPML_GIT_COMMIT`` its build recorded, else 'unknown'."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -57,7 +58,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("SHOPML_GIT_COMMIT") or "unknown"
 
 
 def environment_tags() -> dict[str, str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +24,20 @@ from models.metrics import recall_ndcg, target_ranks
 from models.propensity import DCNConfig, DCNv2, packed_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, TrainResult, train
-from pipeline.features import (
-    PROPENSITY_DENSE,
-    PROPENSITY_IDS,
-    ItemVocab,
-    NextItemExamples,
-    TimeSplit,
-    Vocab,
-    latest_catalog,
-    load_events,
-    next_item_examples,
-    propensity_rows,
-    split_by_time,
-    training_windows,
-    user_sequences,
+from pipeline.features import PROPENSITY_DENSE, PROPENSITY_IDS, ItemVocab, NextItemExamples, TimeSplit, Vocab
+from pipeline.featureset import (
+    FeatureSet,
+    FeatureSetError,
+    PropensityFeatures,
+    build_features,
+    feature_params,
+    load_propensity_features,
+    load_recommender_features,
+    read_manifest,
 )
 from pipeline.params import TrainPropensityParams, TrainRecommenderParams
 from pipeline.settings import StatePaths
 from pipeline.tracking import REPO_ROOT, environment_tags, git_commit, use_experiment
-from pipeline.version import current_dataset_version
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +66,9 @@ def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024,
 
 
 def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
-                      tags: dict[str, str] | None = None) -> TrainOutcome:
-    """Train SASRec on the current dataset version and log the run, baselines included.
+                      tags: dict[str, str] | None = None, features: Path | None = None) -> TrainOutcome:
+    """Train SASRec on a feature set (``features``; by default the current dataset version's) and
+    log the run, baselines included.
 
     Raises:
         FileNotFoundError: no dataset version has been published yet.
@@ -80,30 +76,15 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
     """
     import mlflow
 
-    version = current_dataset_version(paths)
-    if version is None:
-        raise FileNotFoundError(f"no dataset version under {paths.dataset_repo}; run the ingest DAG first")
-    events = load_events(paths.canonical)
-    split = split_by_time(events, params.valid_days, params.test_days)
-    vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
-    sequences = user_sequences(events, vocab, split.train_end)
-    # The test history includes validation-period interactions, as it will when serving.
-    test_sequences = user_sequences(events, vocab, split.valid_end)
-    windows = torch.from_numpy(training_windows(sequences, params.max_len))
-    valid, valid_unknown = next_item_examples(events, vocab, sequences, split.train_end, split.valid_end,
-                                              params.max_len)
-    test, test_unknown = next_item_examples(events, vocab, test_sequences, split.valid_end, split.end,
-                                            params.max_len)
-    if windows.shape[0] == 0 or len(valid.targets) == 0:
-        raise ValueError("no training sequences or no validation examples in the split")
-
-    all_train = np.concatenate(list(sequences.values()))
-    recent = events.filter((pl.col("event_time") >= split.train_end - timedelta(days=params.recent_days))
-                           & (pl.col("event_time") < split.train_end))
+    fs = features_for(paths, MODEL_NAME, params, features)
+    f = load_recommender_features(fs.path)
+    split, vocab, valid, test = f.split, f.vocab, f.valid, f.test
+    windows = torch.from_numpy(f.windows)
+    all_train = f.train_items
     baselines = {
         "popularity": PopularityRecommender(vocab.size, all_train).score,
-        "recent_popularity": PopularityRecommender(vocab.size, vocab.encode(recent["item_id"])).score,
-        "cooccurrence": CooccurrenceRecommender(vocab.size, list(test_sequences.values())).score,
+        "recent_popularity": PopularityRecommender(vocab.size, f.recent_items).score,
+        "cooccurrence": CooccurrenceRecommender(vocab.size, f.test_sequences).score,
     }
 
     config = SASRecConfig(n_items=vocab.size, max_len=params.max_len, dim=params.dim, heads=params.heads,
@@ -112,15 +93,16 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
                        patience=params.patience, seed=params.seed)
     torch.manual_seed(params.seed)
     model = SASRec(config)
+    if _rank() != 0:
+        # Under torchrun the other ranks train their share; rank 0 evaluates, tracks and logs the model.
+        train(model, windows, lambda m, b: m(b[:, :-1], b[:, 1:]), lambda m: 0.0, loop, model_args=config.to_dict())
+        return TrainOutcome("", "", fs.dataset_version, {})
 
     use_experiment(paths, MODEL_NAME)
-    with mlflow.start_run(run_name=f"sasrec-{version.version[:8]}") as run, \
+    with mlflow.start_run(run_name=f"sasrec-{fs.dataset_version[:8]}") as run, \
             tempfile.TemporaryDirectory() as tmp:
-        _tag_run(MODEL_NAME, version, tags)
-        _log_setup(config, loop, split, {
-            "data.train_windows": windows.shape[0], "data.valid_examples": len(valid.targets),
-            "data.test_examples": len(test.targets), "data.items": vocab.size - 2,
-            "data.valid_unknown_targets": valid_unknown, "data.test_unknown_targets": test_unknown})
+        _tag_run(MODEL_NAME, fs, tags)
+        _log_setup(config, loop, split, {f"data.{k}": v for k, v in f.counts.items()})
 
         def log_epoch(h: dict[str, float]) -> None:
             mlflow.log_metrics({"train_loss": h["train_loss"], "valid_recall_at_20": h["valid_metric"]},
@@ -151,15 +133,43 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
         log.info("run %s: test recall@20 %.4f (popularity %.4f, co-occurrence %.4f)", run.info.run_id,
                  metrics["test_recall_at_20"], metrics["baseline_popularity_recall_at_20"],
                  metrics["baseline_cooccurrence_recall_at_20"])
-        return TrainOutcome(run.info.run_id, info.model_uri, version.version, metrics)
+        return TrainOutcome(run.info.run_id, info.model_uri, fs.dataset_version, metrics)
 
 
-def _tag_run(model_name: str, version, tags: dict[str, str] | None = None) -> None:
-    """Tags every training run carries: what was trained, on which data, from which code, where;
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def features_for(paths: StatePaths, model_name: str, params, folder: Path | None) -> FeatureSet:
+    """The feature set to train on: ``folder`` (built by the features stage, e.g. an earlier Airflow
+    task) after checking it matches ``params``, or else the current dataset version's, built now if
+    no earlier stage built it.
+
+    Raises:
+        FeatureSetError: ``folder`` is not a feature set of this model or was built with other
+            feature parameters than ``params``.
+    """
+    if folder is None:
+        return build_features(paths, model_name, params)
+    manifest = read_manifest(folder, model_name)
+    wanted = feature_params(model_name, params)
+    if manifest["params"] != wanted:
+        built = manifest["params"]
+        differ = sorted(k for k in wanted if built.get(k) != wanted[k])
+        raise FeatureSetError(f"{folder} was built with {', '.join(f'{k}={built.get(k)}' for k in differ)}"
+                              f"; training asks for {', '.join(f'{k}={wanted[k]}' for k in differ)}")
+    return FeatureSet(model_name, Path(folder), manifest["dataset_version"], manifest["dataset_path"], reused=True)
+
+
+def _tag_run(model_name: str, features: FeatureSet, tags: dict[str, str] | None = None) -> None:
+    """Tags every training run carries: what was trained, on which data and features, from which code, where;
     plus the caller's ``tags`` (e.g. the Airflow DAG run that asked for it)."""
     import mlflow
 
-    mlflow.set_tags({"model": model_name, "dataset_version": version.version, "dataset_path": version.path,
+    mlflow.set_tags({"model": model_name, "dataset_version": features.dataset_version,
+                     "dataset_path": features.dataset_path, "features_path": str(features.path),
+                     "train.world_size": os.environ.get("WORLD_SIZE", "1"),
                      "git_commit": git_commit(), **environment_tags(), **(tags or {})})
 
 
@@ -242,40 +252,16 @@ def logreg_features(dense: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.
 
 
 def fit_propensity(
-    events: pl.DataFrame, catalog: pl.DataFrame, params: TrainPropensityParams, on_epoch=None,
-    checkpoint_dir: Path | None = None,
+    features: PropensityFeatures, params: TrainPropensityParams, on_epoch=None, checkpoint_dir: Path | None = None,
 ) -> PropensityFit:
-    """Train DCN-v2 and a logistic regression on the same rows; score both on the same test rows.
-
-    Training rows come from cutoffs every ``cutoff_stride_days`` of the training period (features
-    before each cutoff, label within ``horizon_days`` after it, never past ``train_end``);
-    validation rows from ``train_end`` (early stopping and calibration); test rows from
-    ``valid_end``.
-    """
+    """Train DCN-v2 and a logistic regression on the same rows; score both on the same test rows
+    (``featureset.propensity_features`` says which rows)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss, roc_auc_score
 
-    split = split_by_time(events, params.valid_days, params.test_days)
-    horizon, lookback = timedelta(days=params.horizon_days), timedelta(days=params.lookback_days)
-    cutoffs = []
-    cutoff = split.start + lookback
-    while cutoff < split.train_end:
-        cutoffs.append(cutoff)
-        cutoff += timedelta(days=params.cutoff_stride_days)
-    if not cutoffs:
-        raise ValueError(f"the training period is shorter than the {params.lookback_days}-day lookback")
-    train_rows = pl.concat([propensity_rows(events, catalog, c, min(horizon, split.train_end - c), lookback)
-                            for c in cutoffs])
-    valid_rows = propensity_rows(events, catalog, split.train_end, horizon, lookback)
-    test_rows = propensity_rows(events, catalog, split.valid_end, horizon, lookback)
-    for name, rows in (("training", train_rows), ("validation", valid_rows), ("test", test_rows)):
-        if rows.height == 0 or rows["label"].n_unique() < 2:
-            raise ValueError(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
-    past = events.filter(pl.col("event_time") < split.train_end)
-    vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(catalog["category"]),
-              "brand_idx": Vocab.of(catalog["brand"])}
+    split, vocabs, test_rows = features.split, features.vocabs, features.test_rows
     (tr_ids, tr_dense, tr_y), (va_ids, va_dense, va_y), (te_ids, te_dense, te_y) = (
-        _propensity_tensors(r, vocabs) for r in (train_rows, valid_rows, test_rows))
+        _propensity_tensors(r, vocabs) for r in (features.train_rows, features.valid_rows, test_rows))
 
     config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=tuple(v.size for v in vocabs.values()),
                        embedding_dim=params.embedding_dim, cross_layers=params.cross_layers,
@@ -313,31 +299,32 @@ def fit_propensity(
         "train_samples_per_second": result.samples_per_second,
     }
     data = {"data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
-            "data.cutoffs": len(cutoffs), "data.train_rows": len(tr_y), "data.valid_rows": len(va_y),
+            "data.cutoffs": features.counts["cutoffs"], "data.train_rows": len(tr_y), "data.valid_rows": len(va_y),
             "data.test_rows": len(te_y), "data.train_positive_rate": float(tr_y.mean())}
     return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows, logreg)
 
 
 def train_propensity(paths: StatePaths, params: TrainPropensityParams,
-                     tags: dict[str, str] | None = None) -> TrainOutcome:
-    """Fit the propensity model on the current dataset version and log the run to MLflow."""
+                     tags: dict[str, str] | None = None, features: Path | None = None) -> TrainOutcome:
+    """Fit the propensity model on a feature set (``features``; by default the current dataset
+    version's) and log the run to MLflow."""
     import mlflow
     from mlflow.models import infer_signature
 
-    version = current_dataset_version(paths)
-    if version is None:
-        raise FileNotFoundError(f"no dataset version under {paths.dataset_repo}; run the ingest DAG first")
-    events = load_events(paths.canonical)
-    catalog = latest_catalog(paths.canonical)
+    fs = features_for(paths, PROPENSITY_MODEL_NAME, params, features)
+    rows = load_propensity_features(fs.path)
+    if _rank() != 0:   # under torchrun: rank 0 alone tracks and logs (see train_recommender)
+        fit_propensity(rows, params)
+        return TrainOutcome("", "", fs.dataset_version, {})
 
     use_experiment(paths, PROPENSITY_MODEL_NAME)
-    with mlflow.start_run(run_name=f"dcnv2-{version.version[:8]}") as run, tempfile.TemporaryDirectory() as tmp:
-        _tag_run(PROPENSITY_MODEL_NAME, version, tags)
+    with mlflow.start_run(run_name=f"dcnv2-{fs.dataset_version[:8]}") as run, tempfile.TemporaryDirectory() as tmp:
+        _tag_run(PROPENSITY_MODEL_NAME, fs, tags)
 
         def log_epoch(h: dict[str, float]) -> None:
             mlflow.log_metrics({"train_loss": h["train_loss"], "valid_auc": h["valid_metric"]}, step=int(h["epoch"]))
 
-        fit = fit_propensity(events, catalog, params, on_epoch=log_epoch, checkpoint_dir=Path(tmp) / "checkpoints")
+        fit = fit_propensity(rows, params, on_epoch=log_epoch, checkpoint_dir=Path(tmp) / "checkpoints")
         model, vocabs, test_rows, metrics = fit.model, fit.vocabs, fit.test_rows, fit.metrics
         _log_setup(fit.config, fit.loop, fit.split, fit.data)
         mlflow.log_metrics(metrics)
@@ -368,4 +355,33 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams,
         log.info("run %s: test AUC %.4f, log loss %.4f (logistic regression: AUC %.4f, log loss %.4f)",
                  run.info.run_id, metrics["test_auc"], metrics["test_log_loss"], metrics["baseline_logreg_auc"],
                  metrics["baseline_logreg_log_loss"])
-        return TrainOutcome(run.info.run_id, info.model_uri, version.version, metrics)
+        return TrainOutcome(run.info.run_id, info.model_uri, fs.dataset_version, metrics)
+
+
+def train_distributed(paths: StatePaths, model_name: str, nproc: int, features: Path | None = None,
+                      tags: dict[str, str] | None = None, timeout: float | None = None) -> TrainOutcome:
+    """Train with ``torchrun`` on ``nproc`` processes of this machine (one per GPU; gloo on CPU).
+
+    Runs ``python -m pipeline train`` under ``torch.distributed.run --standalone``: every rank trains
+    its share of each epoch with DDP, rank 0 alone tracks the run and logs the model. The parameters
+    are the deployment's (``params.yaml`` or ``SHOPML_PARAMS``), as for any CLI stage.
+
+    Raises:
+        RuntimeError: the distributed training failed; the message ends with its output's tail.
+    """
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="shopml-torchrun-") as tmp:
+        output = Path(tmp) / "outcome.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "pipeline", "train", "--model", model_name, "--output", str(output), "--reuse-finished",
+                   *(["--features", str(features)] if features else []),
+                   *[arg for k, v in (tags or {}).items() for arg in ("--tag", f"{k}={v}")]]
+        env = {**os.environ, "SHOPML_HOME": str(paths.home)}
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not output.exists():
+            tail = (done.stdout[-2000:] + done.stderr[-4000:]).strip()
+            raise RuntimeError(f"torchrun with {nproc} processes failed (exit code {done.returncode}):\n{tail}")
+        data = json.loads(output.read_text())
+    return TrainOutcome(**data)

@@ -44,7 +44,7 @@ for dag_id, dag in bag.dags.items():
         "tasks": {t.task_id: {"retries": t.retries,
                               "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                               "downstream": sorted(t.downstream_task_ids), "pool": t.pool,
-                              "queue": t.queue} for t in dag.tasks},
+                              "queue": t.queue, "operator": type(t).__name__} for t in dag.tasks},
         "doc": bool(dag.doc_md),
         "schedule": type(dag.timetable).__name__,
         "max_active_runs": dag.max_active_runs,
@@ -83,18 +83,88 @@ def test_dag_integrity(tmp_path):
     assert ingest["validate_batch"]["downstream"] == ["version_dataset"]
     for model in ("next_item", "purchase_propensity"):
         retrain = report["dags"][f"retrain_{model}"]
-        steps = [f"{step}_{model}" for step in ("train", "evaluate", "gate", "register", "package", "promote")]
+        steps = [f"{step}_{model}" for step in ("features", "train", "evaluate", "gate", "register", "package",
+                                                "promote")]
         assert set(retrain["tasks"]) == set(steps)
         for upstream, downstream in itertools.pairwise(steps):
             assert retrain["tasks"][upstream]["downstream"] == [downstream]
         # On a new dataset version, or weekly at the latest; one run at a time; one training per GPU.
         assert retrain["schedule"] == "AssetOrTimeSchedule" and retrain["max_active_runs"] == 1
         assert retrain["tasks"][f"train_{model}"]["pool"] == "shopml_training"
+        assert retrain["tasks"][f"train_{model}"]["operator"] == "_PythonDecoratedOperator"
     for dag_id, dag in report["dags"].items():
         assert dag["doc"], f"{dag_id} has no doc_md"
         for task_id, task in dag["tasks"].items():
             assert task["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
             assert task["timeout"] and task["timeout"] > 0, f"{dag_id}.{task_id} has no execution timeout"
+
+
+POD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import airflow.sdk
+from airflow.dag_processing.dagbag import DagBag
+start = time.perf_counter()
+import airflow.providers.cncf.kubernetes.operators.pod  # the provider's own import, once per process
+provider_seconds = time.perf_counter() - start
+start = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1] + "/retrain_models.py")
+seconds = time.perf_counter() - start
+if bag.import_errors:
+    print(json.dumps({"import_errors": {k: str(v) for k, v in bag.import_errors.items()}}))
+    raise SystemExit(0)
+t = bag.dags["retrain_next_item"].get_task("train_next_item")
+pod = t.build_pod_request_obj()
+c = pod.spec.containers[0]
+print(json.dumps({
+    "seconds": seconds, "provider_seconds": provider_seconds, "operator": type(t).__name__, "pool": t.pool,
+    "upstream": sorted(t.upstream_task_ids),
+    "downstream": sorted(t.downstream_task_ids), "image": c.image, "cmd": c.command, "args": c.args,
+    "limits": c.resources.limits, "requests": c.resources.requests, "node_selector": pod.spec.node_selector,
+    "tolerations": [tol.key for tol in pod.spec.tolerations or []], "namespace": pod.metadata.namespace,
+    "env": {e.name: e.value for e in c.env}, "mounts": {m.name: m.mount_path for m in c.volume_mounts},
+    "claims": [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim],
+    "xcom": t.do_xcom_push, "timeout": t.execution_timeout.total_seconds()}))
+"""
+
+
+def test_training_is_routed_to_a_gpu_pod_by_configuration_alone(tmp_path):
+    env = {**_env(tmp_path), "SHOPML_TRAIN_RUNNER": "kubernetes_pod", "SHOPML_TRAIN_GPUS": "2",
+           "SHOPML_TRAIN_IMAGE": "registry.shop.example/shopml-train:1.2", "SHOPML_STATE_PVC": "shopml-state",
+           "MLFLOW_TRACKING_URI": "http://mlflow.shopml:5000", "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    # Building the pod's spec reads a cluster's configuration; nothing connects to it.
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gpu",
+        "clusters": [{"name": "gpu", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "contexts": [{"name": "gpu", "context": {"cluster": "gpu", "user": "u"}}],
+        "users": [{"name": "u", "user": {}}]}))
+    out = subprocess.run([sys.executable, "-c", POD, str(DAGS)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pod = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "import_errors" not in pod, pod
+    assert pod["operator"] == "KubernetesPodOperator" and pod["pool"] == "shopml_training"
+    assert pod["upstream"] == ["features_next_item"] and pod["downstream"] == ["evaluate_next_item"]
+    assert pod["image"] == "registry.shop.example/shopml-train:1.2" and pod["namespace"] == "shopml"
+    assert pod["limits"] == pod["requests"] == {"nvidia.com/gpu": "2"}
+    assert pod["node_selector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"] == ["nvidia.com/gpu"]
+    assert pod["claims"] == ["shopml-state"] and pod["mounts"]["state"] == pod["env"]["SHOPML_HOME"]
+    assert pod["env"]["MLFLOW_TRACKING_URI"] == "http://mlflow.shopml:5000"
+    assert pod["cmd"] == ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "pipeline"]  # one rank per GPU
+    args = pod["args"]
+    assert args[:3] == ["train", "--model", "next_item"] and "--reuse-finished" in args
+    assert args[args.index("--output") + 1] == "/airflow/xcom/return.json" and pod["xcom"]
+    assert "airflow.dag_run_id={{ run_id }}" in args
+    assert "features_rel" in args[args.index("--features") + 1]
+    assert pod["timeout"] == 7200
+    # The provider's import (about 1 s, the Kubernetes clients) is paid once per parsing process;
+    # the DAG file itself stays within the budget.
+    print(f"cncf.kubernetes provider import {pod['provider_seconds']:.2f}s, DAG file {pod['seconds']:.2f}s")
+    assert pod["seconds"] < 1.0, f"the DAG file took {pod['seconds']:.2f}s to parse with the pod runner"
+
+    env["SHOPML_TRAIN_RUNNER"] = "spark"
+    out = subprocess.run([sys.executable, "-c", POD, str(DAGS)], env=env, capture_output=True, text=True, timeout=300)
+    errors = json.loads(out.stdout.strip().splitlines()[-1])["import_errors"]
+    assert "SHOPML_TRAIN_RUNNER='spark': expected one of task, kubernetes_pod" in next(iter(errors.values()))
 
 
 @pytest.fixture(scope="module")

@@ -114,3 +114,59 @@ def test_a_rerun_of_the_same_dag_run_finds_the_run_it_made(trained):
     assert found.dataset_version == outcome.dataset_version
     assert finished_run(paths, "next_item", {"airflow.dag_run_id": "manual__2"}) is None
     assert finished_run(paths, "purchase_propensity", {"airflow.dag_run_id": "manual__1"}) is None
+
+
+def test_training_reads_a_feature_set_built_once_per_dataset_version(trained):
+    import mlflow
+
+    from pipeline.featureset import FeatureSetError, build_features, load_recommender_features, read_manifest
+    from pipeline.train import features_for
+
+    paths, outcome, propensity = trained
+    mlflow.set_tracking_uri(tracking_uri(paths))
+    run = mlflow.get_run(outcome.run_id)
+    again = build_features(paths, "next_item", SMALL)
+    # Training built the set; the features stage finds it instead of building it twice.
+    assert again.reused and str(again.path) == run.data.tags["features_path"]
+    manifest = read_manifest(again.path, "next_item")
+    assert manifest["dataset_version"] == outcome.dataset_version
+    assert manifest["split"]["train_end"] == run.data.params["split.train_end"]
+    assert manifest["counts"]["train_windows"] == int(run.data.params["data.train_windows"])
+    loaded = load_recommender_features(again.path)
+    assert loaded.windows.shape[1] == SMALL.max_len + 1 and len(loaded.test.targets) == len(loaded.test.users) > 0
+    assert (loaded.test.targets >= 2).all()            # unknown targets are left out, not ranked
+    # Only the parameters that shape the features change the set.
+    assert build_features(paths, "next_item", dataclasses.replace(SMALL, epochs=9)).path == again.path
+    other = build_features(paths, "next_item", dataclasses.replace(SMALL, max_len=12))
+    assert other.path != again.path and not other.reused
+    assert load_recommender_features(other.path).windows.shape[1] == 13
+    # A set built with other feature parameters, or for the other model, is refused with the reason.
+    with pytest.raises(FeatureSetError, match="max_len=12; training asks for max_len=20"):
+        features_for(paths, "next_item", SMALL, other.path)
+    with pytest.raises(FeatureSetError, match="holds features of 'next_item', not 'purchase_propensity'"):
+        features_for(paths, "purchase_propensity", TrainPropensityParams(), again.path)
+    with pytest.raises(FeatureSetError, match="not a feature set"):
+        features_for(paths, "next_item", SMALL, paths.home)
+    prop = mlflow.get_run(propensity.run_id)
+    assert read_manifest(prop.data.tags["features_path"], "purchase_propensity")["counts"]["test_rows"] == int(
+        prop.data.params["data.test_rows"])
+
+
+def test_cli_features_then_a_retried_train_returns_the_run_it_made(trained, tmp_path, capsys):
+    paths, outcome, _ = trained
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SHOPML_HOME", str(paths.home))
+    try:
+        assert cli(["features", "--model", "next_item"]) == 0
+        report = json.loads((paths.reports / "features" / "next_item.json").read_text())
+        assert report["dataset_version"] == outcome.dataset_version
+        # What the Kubernetes pod runs: a retried pod finds the finished run of its DAG run.
+        out = tmp_path / "xcom" / "return.json"
+        assert cli(["train", "--model", "next_item", "--features", report["path"], "--tag",
+                    "airflow.dag_run_id=manual__1", "--reuse-finished", "--output", str(out)]) == 0
+        assert json.loads(out.read_text())["run_id"] == outcome.run_id
+        assert "already carries" in capsys.readouterr().out
+        assert cli(["train", "--tag", "no-equals-sign", "--reuse-finished"]) == 2
+        assert "expected KEY=VALUE" in capsys.readouterr().err
+    finally:
+        mp.undo()
