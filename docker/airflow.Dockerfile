@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# The Airflow image: Airflow 3 with the project's DAGs, code and pinned dependencies (requirements.lock).
+# One image for every Airflow component (api-server, scheduler, dag-processor, triggerer, Celery worker);
+# the compose file picks the command. Torch is the CPU build: GPU training runs on docker/train.Dockerfile.
+#
+#   docker build -f docker/airflow.Dockerfile -t shopml-airflow:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# psycopg2-binary, torch and the rest come as wheels: no compiler in either stage.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir pip==26.3
+COPY requirements.lock /tmp/requirements.lock
+# The CPU build of the locked torch version, the rest from PyPI at the locked versions.
+RUN /opt/venv/bin/pip install --no-cache-dir \
+        --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.lock
+
+FROM ${PYTHON_IMAGE} AS runtime
+ARG SHOPML_GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="shopml-airflow" \
+      org.opencontainers.image.source="https://github.com/shopml/shopml" \
+      org.opencontainers.image.revision="${SHOPML_GIT_COMMIT}"
+# Airflow's own convention: uid 50000, group 0, so mounted volumes work under OpenShift too.
+RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow \
+    && mkdir -p /opt/shopml /opt/airflow /var/lib/shopml \
+    && chown -R 50000:0 /opt/airflow /var/lib/shopml
+COPY --from=build /opt/venv /opt/venv
+COPY --chown=50000:0 pyproject.toml params.yaml policy.yaml dvc.yaml /opt/shopml/
+COPY --chown=50000:0 pipeline /opt/shopml/pipeline
+COPY --chown=50000:0 models /opt/shopml/models
+COPY --chown=50000:0 dags /opt/shopml/dags
+COPY --chown=50000:0 expectations /opt/shopml/expectations
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/shopml \
+    PYTHONUNBUFFERED=1 \
+    AIRFLOW_HOME=/opt/airflow \
+    AIRFLOW__CORE__DAGS_FOLDER=/opt/shopml/dags \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False \
+    SHOPML_HOME=/var/lib/shopml \
+    SHOPML_GIT_COMMIT=${SHOPML_GIT_COMMIT}
+WORKDIR /opt/shopml
+USER 50000
+ENTRYPOINT ["airflow"]
+CMD ["version"]

@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# The CUDA training image: the same project and locked versions as docker/airflow.Dockerfile, with PyPI's
+# CUDA build of torch (it carries the CUDA and cuDNN libraries; the host's NVIDIA driver is mounted by
+# the NVIDIA container toolkit). It runs
+#   - an Airflow Celery worker on the `gpu` queue (compose service airflow-worker-gpu), and
+#   - the training pod of SHOPML_TRAIN_RUNNER=kubernetes_pod (dags/shopml_k8s.py), which calls
+#     `python -m pipeline train`, or `torchrun --nproc-per-node N -m pipeline train` on N GPUs.
+#
+#   docker build -f docker/train.Dockerfile -t shopml-train:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir pip==26.3
+COPY requirements.lock /tmp/requirements.lock
+# torch==2.13.0 from PyPI: the CUDA build (the lock pins the version, the index picks the build).
+RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.lock
+
+FROM ${PYTHON_IMAGE} AS runtime
+ARG SHOPML_GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="shopml-train" \
+      org.opencontainers.image.revision="${SHOPML_GIT_COMMIT}"
+RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow \
+    && mkdir -p /opt/shopml /opt/airflow /var/lib/shopml /airflow/xcom \
+    && chown -R 50000:0 /opt/airflow /var/lib/shopml /airflow
+COPY --from=build /opt/venv /opt/venv
+COPY --chown=50000:0 pyproject.toml params.yaml policy.yaml dvc.yaml /opt/shopml/
+COPY --chown=50000:0 pipeline /opt/shopml/pipeline
+COPY --chown=50000:0 models /opt/shopml/models
+COPY --chown=50000:0 dags /opt/shopml/dags
+COPY --chown=50000:0 expectations /opt/shopml/expectations
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/shopml \
+    PYTHONUNBUFFERED=1 \
+    AIRFLOW_HOME=/opt/airflow \
+    AIRFLOW__CORE__DAGS_FOLDER=/opt/shopml/dags \
+    SHOPML_HOME=/var/lib/shopml \
+    SHOPML_GIT_COMMIT=${SHOPML_GIT_COMMIT} \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+WORKDIR /opt/shopml
+USER 50000
+CMD ["python", "-m", "pipeline", "train", "--help"]
