@@ -13,7 +13,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow serve test test-slow bench-data bench-models bench-serve bench-airflow lock lint clean
+.PHONY: install demo airflow serve test test-slow test-integration bench-data bench-models bench-serve bench-airflow lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -40,7 +40,7 @@ demo: install
 	  || { tail -40 $(SHOPML_HOME)/demo-ingest.log; exit 1; }; \
 	grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-ingest.log
 	@for dag in retrain_next_item retrain_purchase_propensity retrain_next_item; do \
-	  echo "== airflow dags test $$dag: train -> evaluate -> gate -> register -> package -> promote =="; \
+	  echo "== airflow dags test $$dag: features -> train -> evaluate -> gate -> register -> package -> promote =="; \
 	  $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-$$dag.log; exit 1; }; \
 	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity: |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
@@ -80,6 +80,12 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# The production profile end to end on this machine's PostgreSQL and Redis (no Docker): an MLflow server,
+# Airflow's api-server and a Celery worker as processes. SHOPML_TEST_POSTGRES_URL and SHOPML_TEST_REDIS_URL
+# say where the servers are (defaults: postgresql://postgres@127.0.0.1:5432/postgres, redis://127.0.0.1:6379/15).
+test-integration: install
+	$(PY) -m pytest -m integration tests/test_integration.py
 
 bench-models: install
 	$(PY) -m benchmarks.bench_models

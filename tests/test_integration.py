@@ -1,0 +1,286 @@
+"""The production profile, for real, without Docker: PostgreSQL, Redis, an MLflow server, Celery.
+
+``make test-integration`` runs this module. It needs a PostgreSQL server and a Redis server:
+
+- ``SHOPML_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``): a role that
+  may create databases; the suite creates two of its own (Airflow's and MLflow's) and drops them;
+- ``SHOPML_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``): the Celery broker; the suite uses
+  a queue of its own and deletes the keys it made.
+
+It starts, as processes on loopback, an MLflow tracking server (PostgreSQL backend store, proxied
+artifacts), Airflow's api-server (the Execution API the worker's tasks talk to) and a Celery worker;
+the environment is the production profile's (README, "Scaling out"). Then ``ingest_events`` and
+``retrain_next_item`` run end to end through the CeleryExecutor (``airflow dags test
+--use-executor``), and the champion is read back from MLflow's tables in PostgreSQL. Everything it
+started is stopped, and its databases dropped, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+POSTGRES_URL = os.environ.get("SHOPML_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SHOPML_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BIN = Path(sys.executable).parent
+
+
+class ServiceMissing(RuntimeError):
+    """A service the suite needs does not answer at its URL."""
+
+
+def check_services(postgres_url: str = POSTGRES_URL, redis_url: str = REDIS_URL) -> None:
+    """Raise ServiceMissing naming the service, its URL and the variable that sets it."""
+    import psycopg2
+    import redis
+
+    try:
+        psycopg2.connect(postgres_url, connect_timeout=5).close()
+    except psycopg2.Error as exc:
+        raise ServiceMissing(f"PostgreSQL is not reachable at {_redact(postgres_url)} "
+                             f"(set SHOPML_TEST_POSTGRES_URL): {str(exc).strip().splitlines()[0]}") from exc
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise ServiceMissing(f"Redis is not reachable at {_redact(redis_url)} (set SHOPML_TEST_REDIS_URL): "
+                             f"{exc}") from exc
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
+def _with_db(url: str, database: str, scheme: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=3):
+            return
+        time.sleep(1)
+    raise RuntimeError(f"{url} did not answer in {seconds:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+class Stack:
+    """The processes and databases of one integration run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tag = f"shopml_it_{secrets.token_hex(4)}"
+        self.databases = {"airflow": f"{self.tag}_airflow", "mlflow": f"{self.tag}_mlflow"}
+        self.queue = self.tag
+        self.procs: list[subprocess.Popen] = []
+        self.mlflow_port, self.api_port = _free_port(), _free_port()
+        self.env = self._env()
+
+    def _env(self) -> dict[str, str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPML_", "AIRFLOW", "MLFLOW_"))}
+        airflow_db = _with_db(POSTGRES_URL, self.databases["airflow"], "postgresql+psycopg2")
+        return {
+            **clean,
+            "PATH": f"{BIN}{os.pathsep}{clean.get('PATH', '')}",
+            "SHOPML_HOME": str(self.root / "state"),
+            # The production profile: every switch is an environment variable.
+            "AIRFLOW_HOME": str(self.root / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _with_db(POSTGRES_URL, self.databases["airflow"], "postgresql"),
+            "SHOPML_QUEUE": self.queue,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.mlflow_port}",
+            "SHOPML_TRAIN_QUEUE": self.queue,
+            "OMP_NUM_THREADS": "1",
+        }
+
+    # -- databases -------------------------------------------------------------------------------
+    def create_databases(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(POSTGRES_URL)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in self.databases.values():
+                cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+
+    def drop_databases(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(POSTGRES_URL)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in self.databases.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+    def query(self, database: str, sql: str) -> list[tuple]:
+        import psycopg2
+
+        conn = psycopg2.connect(_with_db(POSTGRES_URL, self.databases[database], "postgresql"))
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    # -- processes -------------------------------------------------------------------------------
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.root / f"{name}.log"
+        proc = subprocess.Popen(list(args), env=self.env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        proc.log = log
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    def clean_redis(self, before: set[bytes]) -> None:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        made = [k for k in client.keys("*") if k not in before or self.queue.encode() in k]
+        if made:
+            client.delete(*made)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    import redis
+
+    missing = None
+    try:
+        check_services()
+    except ServiceMissing as exc:
+        missing = str(exc)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    root = tmp_path_factory.mktemp("integration")
+    s = Stack(root)
+    redis_before = set(redis.Redis.from_url(REDIS_URL).keys("*"))
+    s.create_databases()
+    try:
+        mlflow = s.start("mlflow", str(BIN / "mlflow"), "server",
+                         "--backend-store-uri", _with_db(POSTGRES_URL, s.databases["mlflow"], "postgresql+psycopg2"),
+                         "--artifacts-destination", (root / "mlflow-artifacts").as_uri(), "--serve-artifacts",
+                         "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1")
+        migrated = s.run(str(BIN / "airflow"), "db", "migrate", timeout=600)
+        assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+        pool = s.run(str(BIN / "airflow"), "pools", "set", "shopml_training", "1", "one training per GPU")
+        assert pool.returncode == 0, pool.stderr[-2000:]
+        api = s.start("api-server", str(BIN / "airflow"), "api-server", "--host", "127.0.0.1",
+                      "--port", str(s.api_port), "--workers", "1")
+        worker = s.start("celery-worker", str(BIN / "airflow"), "celery", "worker", "--queues", s.queue,
+                         "--concurrency", "1", "--without-gossip", "--without-mingle",
+                         "--celery-hostname", f"{s.tag}@%h")
+        _wait_http(f"http://127.0.0.1:{s.mlflow_port}/health", mlflow, mlflow.log)
+        _wait_http(f"http://127.0.0.1:{s.api_port}/api/v2/monitor/health", api, api.log)
+        s.worker = worker
+        yield s
+    finally:
+        s.stop()
+        s.drop_databases()
+        s.clean_redis(redis_before)
+
+
+def test_a_missing_service_is_named_with_its_url():
+    dead = _free_port()
+    with pytest.raises(ServiceMissing, match=rf"PostgreSQL is not reachable at postgresql://u:\*\*\*@127.0.0.1:{dead}/x"):
+        check_services(f"postgresql://u:secret@127.0.0.1:{dead}/x", REDIS_URL)
+    with pytest.raises(ServiceMissing, match=rf"Redis is not reachable at redis://127.0.0.1:{dead}/0 \(set SHOPML_"):
+        check_services(POSTGRES_URL, f"redis://127.0.0.1:{dead}/0")
+
+
+def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(stack, tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train_recommender"].update(epochs=6, max_len=20, dim=32, layers=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stack.env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
+    py = sys.executable
+    # Seven days published from the command line (faster), the eighth through the DAG.
+    for args in (["generate", "--days", "10", "--events-per-day", "5000", "--start-date", "2026-11-01",
+                  "--initial-users", "2000", "--initial-items", "1200", "--seed", "11"],
+                 ["run", "--start", "2026-11-01", "--days", "9"]):
+        done = stack.run(py, "-m", "pipeline", *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    ingest = stack.run(str(BIN / "airflow"), "dags", "test", "--use-executor", "ingest_events", "2026-11-11")
+    assert ingest.returncode == 0, (ingest.stdout + ingest.stderr)[-5000:]
+    retrain = stack.run(str(BIN / "airflow"), "dags", "test", "--use-executor", "retrain_next_item", timeout=1500)
+    assert retrain.returncode == 0, (retrain.stdout + retrain.stderr)[-5000:]
+
+    # Every task ran on the Celery worker, recorded in Airflow's metadata on PostgreSQL.
+    rows = stack.query("airflow", "select dag_id, task_id, state, queue, hostname from task_instance "
+                                  "where dag_id in ('ingest_events', 'retrain_next_item')")
+    assert {(r[0], r[1]) for r in rows} == {
+        ("ingest_events", t) for t in ("ingest_events", "validate_batch", "version_dataset")} | {
+        ("retrain_next_item", f"{t}_next_item") for t in ("features", "train", "evaluate", "gate", "register",
+                                                           "package", "promote")}
+    assert {r[2] for r in rows} == {"success"}, rows
+    assert {r[3] for r in rows} == {stack.queue}
+    worker_log = stack.worker.log.read_text()
+    assert "retrain_next_item" in worker_log and "train_next_item" in worker_log
+
+    # The registry lives on PostgreSQL: the champion alias points at the version the DAG promoted.
+    aliases = stack.query("mlflow", "select name, alias, version from registered_model_aliases")
+    assert ("next_item", "champion", 1) in aliases, aliases
+    tags = dict(stack.query("mlflow", "select key, value from model_version_tags where name = 'next_item' "
+                                      "and version = 1"))
+    assert tags["smoke_test"] == "passed" and tags["bento_tag"].startswith("shopml-next-item:v1-")
+    run_id = stack.query("mlflow", "select run_id from model_versions where name = 'next_item' and version = 1")[0][0]
+    run_tags = dict(stack.query("mlflow", f"select key, value from tags where run_uuid = '{run_id}'"))
+    current = json.loads((Path(stack.env["SHOPML_HOME"]) / "dataset" / "versions" / "current.json").read_text())
+    assert run_tags["dataset_version"] == current["version"]
+    # Artifacts went through the server's proxy to its destination, not to a local mlruns folder.
+    assert list((stack.root / "mlflow-artifacts").rglob("MLmodel"))
+    assert not (REPO / "mlruns").exists()
