@@ -213,6 +213,7 @@ def test_validation_failure_stops_the_dag_without_retries(dag_home):
     assert summary["task_id"] == "validate_batch" and "share of unknown items" in summary["error"]
 
 
+@pytest.mark.slow  # about 5 minutes: make test-slow, which CI runs too
 def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_on_the_same_data(tmp_path):
     home = tmp_path / "home"
     env = _env(home)
