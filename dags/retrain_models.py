@@ -75,8 +75,7 @@ def _chain(model: str) -> None:
         from pipeline.settings import get_state_paths
 
         params, paths = load_params(), get_state_paths()
-        fs = build_features(paths, model, params.train_recommender if model == "next_item"
-                            else params.train_propensity)
+        fs = build_features(paths, model, params.training(model))
         print(f"{'reused' if fs.reused else 'built'} the feature set of dataset {fs.dataset_version}: {fs.path}")
         return {"features": str(fs.path), "features_rel": str(fs.path.relative_to(paths.home)),
                 "dataset_version": fs.dataset_version}

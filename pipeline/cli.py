@@ -292,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "features":
             from pipeline.featureset import build_features
 
-            model_params = params.train_recommender if args.model == "next_item" else params.train_propensity
-            fs = build_features(paths, args.model, model_params)
+            fs = build_features(paths, args.model, params.training(args.model))
             report = paths.reports / "features" / f"{args.model}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps({k: v for k, v in fs.to_dict().items() if k != "reused"}, indent=2))
@@ -311,12 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
                 tags[key] = value
             train_fn = train_recommender if args.model == "next_item" else train_propensity
-            model_params = params.train_recommender if args.model == "next_item" else params.train_propensity
             outcome = _reuse_finished(paths, args.model, tags) if args.reuse_finished and tags else None
             if outcome is not None:
                 print(f"run {outcome.run_id} already carries {tags}; reusing it")
             else:
-                outcome = train_fn(paths, model_params, tags or None, features=args.features)
+                outcome = train_fn(paths, params.training(args.model), tags or None, features=args.features)
             if not outcome.run_id:   # another rank than 0 under torchrun: rank 0 reports
                 return 0
             reports = [paths.reports / "train" / f"{args.model}.json", *([args.output] if args.output else [])]

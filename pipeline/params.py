@@ -93,6 +93,10 @@ class Params:
     train_recommender: TrainRecommenderParams
     train_propensity: TrainPropensityParams
 
+    def training(self, model: str) -> TrainRecommenderParams | TrainPropensityParams:
+        """The training section of a registered model (``next_item`` or ``purchase_propensity``)."""
+        return self.train_recommender if model == "next_item" else self.train_propensity
+
 
 T = TypeVar("T")
 

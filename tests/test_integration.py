@@ -130,25 +130,24 @@ class Stack:
         }
 
     # -- databases -------------------------------------------------------------------------------
-    def create_databases(self) -> None:
+    def _each_database(self, statement: str) -> None:
+        """Run ``statement`` (with ``{name}``) for each of the suite's databases, outside a transaction."""
         import psycopg2
 
         conn = psycopg2.connect(POSTGRES_URL)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in self.databases.values():
-                cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
+        conn.autocommit = True   # CREATE and DROP DATABASE refuse to run in a transaction
+        try:
+            with conn.cursor() as cur:
+                for name in self.databases.values():
+                    cur.execute(statement.format(name=name))
+        finally:
+            conn.close()
+
+    def create_databases(self) -> None:
+        self._each_database('CREATE DATABASE "{name}"')
 
     def drop_databases(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(POSTGRES_URL)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in self.databases.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+        self._each_database('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def query(self, database: str, sql: str) -> list[tuple]:
         import psycopg2
