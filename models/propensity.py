@@ -81,9 +81,11 @@ class DCNv2(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, ids: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fit Platt scaling (a * logit + b) on held-out rows by minimising log loss."""
-        logits = self(ids, dense).detach()
-        params = torch.tensor([1.0, 0.0], requires_grad=True)
+        """Fit Platt scaling (a * logit + b) on held-out rows by minimising log loss, on the model's device."""
+        device = self.platt.device
+        logits = self(ids.to(device), dense.to(device)).detach().float()
+        labels = labels.to(device=device, dtype=logits.dtype)
+        params = torch.tensor([1.0, 0.0], device=device, requires_grad=True)
         optimizer = torch.optim.LBFGS([params], max_iter=100)
 
         def closure():

@@ -1,13 +1,16 @@
 """One training loop for every model: read it top to bottom.
 
-* device: CUDA, else Apple MPS, else CPU; bf16 autocast on CUDA;
-* ``torch.compile`` when asked (it pays off on GPUs, not for small CPU runs);
+* device: CUDA, else Apple MPS, else CPU (or the one asked for); the training rows move to the
+  device once when they fit, else batch by batch;
+* precision: bf16 autocast on CUDA, float32 elsewhere (``precision``); ``torch.compile`` on CUDA
+  (``compile``), where both pay off; the model's weights and validation stay in float32;
 * multi-GPU: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP and each rank
   trains on its own shard of every epoch;
 * early stopping on a validation metric (higher is better), keeping the best weights;
 * a checkpoint that describes itself (model, optimizer, config, epoch, step, best metric, RNG
   states) after every epoch, so a killed run resumes where it stopped and, on CPU, ends with the
-  same weights as a run that was never interrupted;
+  same weights as a run that was never interrupted. Its tensors are CPU copies, so a checkpoint
+  written on a GPU loads anywhere; under DDP every rank resumes from the same one;
 * a progress bar with samples per second.
 
 The loop knows nothing of the model's task: ``loss_fn(model, batch)`` returns the loss and
@@ -16,6 +19,7 @@ The loop knows nothing of the model's task: ``loss_fn(model, batch)`` returns th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -40,13 +44,25 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 3            # epochs without improvement before stopping
     seed: int = 0
-    device: str = "auto"         # auto, cpu, cuda, mps
-    compile: bool = False
+    device: str = "auto"         # auto, cpu, cuda, cuda:N, mps
+    precision: str = "auto"      # auto (bf16 on CUDA, else fp32), bf16, fp32
+    compile: bool | str = "auto"  # auto (on CUDA only), True, False
     grad_clip: float = 1.0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.compile not in ("auto", True, False):
+            raise ValueError(f"compile={self.compile!r}: expected auto, true or false")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+# Training rows smaller than this move to the accelerator once instead of batch by batch.
+RESIDENT_DATA_BYTES = 1 << 30
 
 
 @dataclass
@@ -58,7 +74,10 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     samples_per_second: float = 0.0
     device: str = "cpu"
+    precision: str = "fp32"
+    compiled: bool = False
     stopped_early: bool = False
+    resumed_from_epoch: int = 0    # the first epoch this call trained (0: a fresh start)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -71,6 +90,49 @@ def select_device(preference: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def model_device(module: object) -> torch.device:
+    """The device of a module's weights (CPU for anything without weights, e.g. a baseline scorer).
+
+    Every evaluation, scoring and calibration call moves its inputs here, so the same code runs
+    with the model on a GPU during training and on the CPU of a serving host.
+    """
+    if isinstance(module, nn.Module):
+        for tensor in (*module.parameters(), *module.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def resolve_precision(preference: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``preference`` on ``device``, or None for plain float32."""
+    if preference == "fp32":
+        return None
+    if preference == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def resolve_compile(preference: bool | str, device: torch.device) -> bool:
+    """Whether to ``torch.compile`` the model: on CUDA under ``auto`` (on a CPU, small models spend
+    longer compiling than they save)."""
+    return device.type == "cuda" if preference == "auto" else bool(preference)
+
+
+def to_cpu(value: Any) -> Any:
+    """A copy of a (nested) state dict whose tensors are on the CPU: checkpoints load on any host.
+
+    Always a copy, also of CPU tensors: a snapshot of the best weights must not follow training.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -102,6 +164,34 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_checkpoint(checkpoint_dir: Path | None, rank: int, world: int) -> dict | None:
+    """The checkpoint to resume from, or None; under DDP every rank gets the same one or none.
+
+    Rank 0 decides whether there is one and tells the others, which read the same file (the folder
+    must be shared by the ranks, as the state folder is); a rank that cannot see it fails loudly
+    instead of training from another epoch than the others.
+    """
+    last = checkpoint_dir / "last.pt" if checkpoint_dir is not None else None
+    found = last is not None and last.exists()
+    if world > 1:
+        flag = [found if rank == 0 else None]
+        torch.distributed.broadcast_object_list(flag, src=0)
+        if flag[0] and not found:
+            raise FileNotFoundError(f"rank {rank}: rank 0 resumes from {last}, which this rank cannot read; "
+                                    "the checkpoint folder must be shared by every rank")
+        found = bool(flag[0])
+    if not found:
+        return None
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    if world > 1:
+        epochs = [None] * world
+        torch.distributed.all_gather_object(epochs, ckpt["epoch"])
+        if len(set(epochs)) != 1:
+            raise RuntimeError(f"the ranks read checkpoints of different epochs {epochs} from {last}")
+        log.info("rank %d resumes from epoch %d", rank, ckpt["epoch"] + 1)
+    return ckpt
 
 
 def train(
@@ -136,31 +226,41 @@ def train(
     seed_everything(config.seed)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    result = TrainResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, device=str(device))
+    amp_dtype = resolve_precision(config.precision, device)
+    compiled = resolve_compile(config.compile, device)
+    result = TrainResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, device=str(device),
+                         precision="bf16" if amp_dtype == torch.bfloat16 else "fp32", compiled=compiled)
     best_state: dict[str, torch.Tensor] | None = None
-    start_epoch, bad_epochs = 0, 0
+    start_epoch, bad_epochs, finished = 0, 0, False
 
-    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    if last is not None and last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
+    ckpt = _load_checkpoint(checkpoint_dir, rank, world)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["bad_epochs"]
+        finished = ckpt.get("finished", False)
         result.best_metric, result.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         result.steps, result.history = ckpt["step"], ckpt["history"]
+        result.epochs_run, result.stopped_early = start_epoch, ckpt.get("stopped_early", False)
         best_state = ckpt["best_model"]
         _set_rng_state(ckpt["rng"])
+        if rank == 0:
+            log.info("resuming from the checkpoint of epoch %d/%d in %s", start_epoch, config.epochs, checkpoint_dir)
+    result.resumed_from_epoch = start_epoch
 
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
+    if compiled:
         net = torch.compile(net)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" \
-        else torch.autocast(device_type="cpu", enabled=False)
+    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None \
+        else contextlib.nullcontext()
+    # Small enough: move the rows to the device once, and index them there (no copy per batch).
+    if device.type != "cpu" and train_data.element_size() * train_data.nelement() <= RESIDENT_DATA_BYTES:
+        train_data = train_data.to(device)
 
     samples, busy = 0, 0.0
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, config.epochs if not finished else start_epoch):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             break
         net.train()
@@ -178,7 +278,7 @@ def train(
         started = time.perf_counter()
         total = 0.0
         for i in bar if bar is not None else batches:
-            batch = train_data[order[i:i + config.batch_size]].to(device, non_blocking=True)
+            batch = train_data[order[i:i + config.batch_size].to(train_data.device)].to(device, non_blocking=True)
             with autocast:
                 loss = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -216,27 +316,32 @@ def train(
                 on_epoch(result.history[-1])
         if metric > result.best_metric:
             result.best_metric, result.best_epoch, bad_epochs = metric, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = to_cpu(model.state_dict())
         else:
             bad_epochs += 1
+        result.stopped_early = bad_epochs >= config.patience
         if checkpoint_dir is not None and rank == 0:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             ckpt = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best_model": best_state,
-                "model_args": model_args or {}, "config": config.to_dict(), "epoch": epoch,
-                "step": result.steps, "best_metric": result.best_metric, "best_epoch": result.best_epoch,
-                "bad_epochs": bad_epochs, "history": result.history, "rng": _rng_state(),
+                "model": to_cpu(model.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),
+                "best_model": best_state, "model_args": model_args or {}, "config": config.to_dict(),
+                "epoch": epoch, "step": result.steps, "best_metric": result.best_metric,
+                "best_epoch": result.best_epoch, "bad_epochs": bad_epochs, "history": result.history,
+                "rng": _rng_state(), "world_size": world,
+                # A resumed run must not train past an early stop or the last epoch.
+                "finished": result.stopped_early or epoch + 1 >= config.epochs,
+                "stopped_early": result.stopped_early,
             }
             tmp = checkpoint_dir / "last.pt.tmp"
             torch.save(ckpt, tmp)
             tmp.replace(checkpoint_dir / "last.pt")
-        if bad_epochs >= config.patience:
-            result.stopped_early = True
+        if result.stopped_early:
             break
 
     if best_state is not None:
         model.load_state_dict(best_state)
     if checkpoint_dir is not None and rank == 0 and best_state is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"model": best_state, "model_args": model_args or {}, "config": config.to_dict(),
                     "best_metric": result.best_metric, "best_epoch": result.best_epoch},
                    checkpoint_dir / "best.pt")
