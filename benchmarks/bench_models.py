@@ -5,7 +5,7 @@ test target, the second to last the validation target, the rest is training; eve
 catalog is ranked (no sampled negatives). Prints Recall@10/20 and NDCG@10/20 for popularity,
 item co-occurrence and SASRec, and SASRec's training throughput in sequences per second.
 
-    python -m benchmarks.bench_models [--epochs 8] [--patience 3] [--device auto] [--compile]
+    python -m benchmarks.bench_models [--epochs 8] [--patience 3] [--device auto] [--compile auto|on|off]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.sasrec import SASRec, SASRecConfig
-from models.train import TrainConfig, select_device, train
+from models.train import TrainConfig, train
 from pipeline.features import NextItemExamples, left_pad, training_windows
 from pipeline.train import evaluate_scorer
 
@@ -34,7 +34,8 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on GPUs)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile the model (auto: on CUDA, where it pays off)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=BEAUTY)
     args = parser.parse_args()
@@ -57,19 +58,19 @@ def main() -> int:
     cooc = CooccurrenceRecommender(n_items, [s[:-1] for s in seqs])
     results["cooccurrence"] = evaluate_scorer(cooc.score, test)
 
-    device = select_device(args.device)
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=n_items, max_len=args.max_len, dim=args.dim, dropout=0.5))
     windows = torch.from_numpy(training_windows(train_seqs, args.max_len))
     start = time.perf_counter()
     result = train(
         model, windows, lambda m, b: m(b[:, :-1], b[:, 1:], n_negatives=512),
-        lambda m: evaluate_scorer(m, valid, device=device)["ndcg_at_10"],
+        lambda m: evaluate_scorer(m, valid)["ndcg_at_10"],
         TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, patience=args.patience,
-                    device=args.device, compile=args.compile, progress=False),
+                    device=args.device, compile={"auto": "auto", "on": True, "off": False}[args.compile],
+                    progress=False),
     )
     model.eval()
-    results["sasrec"] = evaluate_scorer(model, test, device=device)
+    results["sasrec"] = evaluate_scorer(model, test)
     print(f"sasrec: {result.epochs_run} epochs in {time.perf_counter() - start:.0f}s on {result.device}, "
           f"{result.samples_per_second:,.0f} sequences/s ({result.samples_per_second * args.max_len:,.0f} "
           f"positions/s), best epoch {result.best_epoch + 1}")

@@ -44,7 +44,10 @@ model; the two models never wait for each other:
   image on a GPU node, with a `KubernetesPodOperator` (`dags/shopml_k8s.py` lists its settings).
 
 The training task itself uses the worker's (or pod's) GPU when there is one (CUDA, else MPS, else
-CPU). A rerun of a cleared `train` returns the run this DAG run already made.
+CPU), with bf16 autocast and `torch.compile` there. A rerun of a cleared `train` returns the run this
+DAG run already made. A retry of a killed one (SIGKILL, OOM, a lost node or pod) reopens the run it
+left `RUNNING` and continues from its last epoch, from the checkpoints under
+`$SHOPML_HOME/checkpoints/` (so the pod's state volume must be the workers' one).
 """
 
 from __future__ import annotations

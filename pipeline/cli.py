@@ -6,7 +6,7 @@
     python -m pipeline version  --date D | --start D --days N  [--no-push]
     python -m pipeline run      --date D | --start D --days N  (ingest, validate, version)
     python -m pipeline features --model M                     (build the model's feature set)
-    python -m pipeline train    --model M [--features DIR]    (train only; see retrain)
+    python -m pipeline train    --model M [--features DIR]    (train only, resumes a killed run; see retrain)
     torchrun --nproc-per-node N -m pipeline train --model M    (the same on N GPUs, DDP)
     python -m pipeline retrain  --model M                     (train, evaluate, gate, register, promote)
     python -m pipeline evaluate|gate|register --model M --run-id R
@@ -21,7 +21,9 @@
 Bad input ends with exit code 2 and one line that names the problem; a failed validation ends with
 exit code 3 and the validation summary; a promotion refused because the champion moved since the
 candidate's evaluation ends with exit code 4; a Bento that fails its smoke test or parity check ends
-with exit code 5.
+with exit code 5. A training whose run another live process is training (the same model, tags,
+features and parameters) ends with exit code 6; once that process is gone, the same command resumes
+the run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -268,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.ingest import IngestError, Interval, ingest_events
     from pipeline.registry import ChampionMoved, RegistryError
+    from pipeline.resume import TrainingInProgress
     from pipeline.serving.package import ServingError
     from pipeline.settings import get_state_paths
     from pipeline.validate import ValidationFailed, validate_batch
@@ -301,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         if args.command == "train":
-            from pipeline.train import train_propensity, train_recommender
+            import os
+            import signal
+
+            from pipeline.train import exit_with_parent, train_propensity, train_recommender
+
+            if os.environ.get("TORCHELASTIC_RUN_ID"):   # a rank under torchrun: never outlive the agent
+                exit_with_parent(signal.SIGKILL)
 
             tags = {}
             for item in args.tag:
@@ -363,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5
+    except TrainingInProgress as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 6
     except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,15 @@ class ValidateParams:
     max_unknown_item_share: float = 0.02
 
 
+def _check_runtime(params) -> None:
+    if params.precision not in ("auto", "bf16", "fp32"):
+        raise ParamsError(f"precision must be auto, bf16 or fp32, got {params.precision!r}")
+    if params.compile not in ("auto", True, False):
+        raise ParamsError(f"compile must be auto, true or false, got {params.compile!r}")
+    if not isinstance(params.device, str) or not params.device:
+        raise ParamsError(f"device must be auto, cpu, cuda, cuda:N or mps, got {params.device!r}")
+
+
 @dataclass(frozen=True)
 class TrainRecommenderParams:
     valid_days: int = 2
@@ -64,6 +73,13 @@ class TrainRecommenderParams:
     patience: int = 3
     seed: int = 0
     recent_days: int = 3
+    # How to train, not what: they do not change the model's identity (a killed run resumes on other hardware).
+    device: str = "auto"           # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    precision: str = "auto"        # auto (bf16 autocast on CUDA, float32 elsewhere), bf16, fp32
+    compile: bool | str = "auto"   # torch.compile: auto (on CUDA only), true, false
+
+    def __post_init__(self) -> None:
+        _check_runtime(self)
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,13 @@ class TrainPropensityParams:
     weight_decay: float = 0.0001
     patience: int = 5
     seed: int = 0
+    # How to train, not what: they do not change the model's identity (a killed run resumes on other hardware).
+    device: str = "auto"           # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    precision: str = "auto"        # auto (bf16 autocast on CUDA, float32 elsewhere), bf16, fp32
+    compile: bool | str = "auto"   # torch.compile: auto (on CUDA only), true, false
+
+    def __post_init__(self) -> None:
+        _check_runtime(self)
 
 
 @dataclass(frozen=True)
@@ -123,7 +146,10 @@ def _section(cls: type[T], raw: dict[str, Any] | None, name: str, path: Path) ->
         elif isinstance(default, int):
             value = int(value)
         values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {name}.{exc}") from None
 
 
 def load_params(path: Path | str | None = None) -> Params:

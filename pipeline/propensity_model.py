@@ -38,11 +38,13 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
             self.index = {k: {v: i + 1 for i, v in enumerate(values)} for k, values in json.load(fh).items()}
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from models.train import model_device
         from pipeline.features import PROPENSITY_DENSE, PROPENSITY_IDS
 
         ids = np.stack([model_input[ID_COLUMNS[k]].map(lambda v, m=self.index[k]: m.get(v, 0)).to_numpy()
                         for k in PROPENSITY_IDS], axis=1).astype(np.int64)
-        dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
+        dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32, copy=True)  # writable, for torch
+        device = model_device(self.model)
         with torch.no_grad():
-            probs = self.model.predict_proba(torch.from_numpy(ids), torch.from_numpy(dense))
-        return pd.DataFrame({"probability": probs.numpy().astype(np.float64)})
+            probs = self.model.predict_proba(torch.from_numpy(ids).to(device), torch.from_numpy(dense).to(device))
+        return pd.DataFrame({"probability": probs.cpu().numpy().astype(np.float64)})

@@ -54,7 +54,10 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         return out
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from models.train import model_device
+
         histories = torch.from_numpy(np.stack([self.encode(h) for h in model_input["history"]]))
+        histories = histories.to(model_device(self.model))
         ks = model_input["k"].fillna(DEFAULT_K).astype(int).tolist() if "k" in model_input else \
             [DEFAULT_K] * len(model_input)
         with torch.no_grad():

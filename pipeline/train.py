@@ -23,7 +23,7 @@ from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.metrics import recall_ndcg, target_ranks
 from models.propensity import DCNConfig, DCNv2, packed_loss
 from models.sasrec import SASRec, SASRecConfig
-from models.train import TrainConfig, TrainResult, train
+from models.train import TrainConfig, TrainResult, model_device, train
 from pipeline.features import PROPENSITY_DENSE, PROPENSITY_IDS, ItemVocab, NextItemExamples, TimeSplit, Vocab
 from pipeline.featureset import (
     FeatureSet,
@@ -36,6 +36,7 @@ from pipeline.featureset import (
     read_manifest,
 )
 from pipeline.params import TrainPropensityParams, TrainRecommenderParams
+from pipeline.resume import RUNTIME_PARAMS, checkpoint_dir, resume_key, tracked_training
 from pipeline.settings import StatePaths
 from pipeline.tracking import REPO_ROOT, environment_tags, git_commit, use_experiment
 
@@ -53,9 +54,10 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024,
-                    device: torch.device | str = "cpu") -> dict[str, float]:
-    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog, in batches on ``device``."""
+def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024) -> dict[str, float]:
+    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog, in batches on the scorer's
+    device (a model's own; the CPU for a baseline)."""
+    device = model_device(scorer)
     histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
     ranks = []
     with torch.no_grad():
@@ -89,18 +91,20 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
 
     config = SASRecConfig(n_items=vocab.size, max_len=params.max_len, dim=params.dim, heads=params.heads,
                           layers=params.layers, dropout=params.dropout)
-    loop = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                       patience=params.patience, seed=params.seed)
+    loop = _loop_config(params)
     torch.manual_seed(params.seed)
     model = SASRec(config)
+    key = resume_key(MODEL_NAME, tags, fs.path, fs.dataset_version, params)
     if _rank() != 0:
-        # Under torchrun the other ranks train their share; rank 0 evaluates, tracks and logs the model.
-        train(model, windows, lambda m, b: m(b[:, :-1], b[:, 1:]), lambda m: 0.0, loop, model_args=config.to_dict())
+        # Under torchrun the other ranks train their share (resuming from the same checkpoint as
+        # rank 0); rank 0 evaluates, tracks and logs the model.
+        train(model, windows, lambda m, b: m(b[:, :-1], b[:, 1:]), lambda m: 0.0, loop,
+              checkpoint_dir=checkpoint_dir(paths, MODEL_NAME, key), model_args=config.to_dict())
         return TrainOutcome("", "", fs.dataset_version, {})
 
-    use_experiment(paths, MODEL_NAME)
-    with mlflow.start_run(run_name=f"sasrec-{fs.dataset_version[:8]}") as run, \
-            tempfile.TemporaryDirectory() as tmp:
+    experiment_id = use_experiment(paths, MODEL_NAME)
+    with tracked_training(paths, MODEL_NAME, experiment_id, key, f"sasrec-{fs.dataset_version[:8]}",
+                          tags) as run, tempfile.TemporaryDirectory() as tmp:
         _tag_run(MODEL_NAME, fs, tags)
         _log_setup(config, loop, split, {f"data.{k}": v for k, v in f.counts.items()})
 
@@ -112,8 +116,9 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
             model, windows,
             lambda m, b: m(b[:, :-1], b[:, 1:]),
             lambda m: evaluate_scorer(m, valid)["recall_at_20"],
-            loop, checkpoint_dir=Path(tmp) / "checkpoints", model_args=config.to_dict(), on_epoch=log_epoch,
+            loop, checkpoint_dir=run.checkpoints, model_args=config.to_dict(), on_epoch=log_epoch,
         )
+        _tag_result(result)
         model.eval()
         metrics = {f"test_{k}": v for k, v in evaluate_scorer(model, test).items()}
         for name, scorer in baselines.items():
@@ -128,12 +133,48 @@ def train_recommender(paths: StatePaths, params: TrainRecommenderParams,
         from pipeline.recommender import pyfunc_model_args
 
         info = mlflow.pyfunc.log_model(name="model", **pyfunc_model_args(
-            model.cpu(), list(vocab.ids), popular, Path(tmp) / "checkpoints" / "best.pt", Path(tmp),
+            model.cpu(), list(vocab.ids), popular, run.checkpoints / "best.pt", Path(tmp),
             _input_example(test, vocab)))
-        log.info("run %s: test recall@20 %.4f (popularity %.4f, co-occurrence %.4f)", run.info.run_id,
+        log.info("run %s: test recall@20 %.4f (popularity %.4f, co-occurrence %.4f)", run.run_id,
                  metrics["test_recall_at_20"], metrics["baseline_popularity_recall_at_20"],
                  metrics["baseline_cooccurrence_recall_at_20"])
-        return TrainOutcome(run.info.run_id, info.model_uri, fs.dataset_version, metrics)
+        return TrainOutcome(run.run_id, info.model_uri, fs.dataset_version, metrics)
+
+
+def _loop_config(params: TrainRecommenderParams | TrainPropensityParams) -> TrainConfig:
+    """The training loop's settings from a model's training parameters."""
+    return TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                       weight_decay=getattr(params, "weight_decay", 0.0), patience=params.patience,
+                       seed=params.seed, device=params.device, precision=params.precision, compile=params.compile)
+
+
+def _tag_result(result: TrainResult) -> None:
+    """Where and how the run trained; tags, not params, because a resumed run may train elsewhere."""
+    import mlflow
+
+    mlflow.set_tags({"train.device": result.device, "train.precision": result.precision,
+                     "train.compiled": str(result.compiled),
+                     "train.resumed_from_epoch": str(result.resumed_from_epoch)})
+
+
+def exit_with_parent(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    torchrun starts its ranks in sessions of their own, so when its agent is SIGKILLed (a worker
+    killing a timed-out task, a lost pod) the ranks would train on as orphans. They would also hold
+    the run's lock, and the retry could not resume. A no-op where prctl does not exist.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    if os.getppid() != parent:    # the parent died before the call: nobody would send the signal
+        os.kill(os.getpid(), sig)
 
 
 def _rank() -> int:
@@ -202,8 +243,10 @@ def _log_setup(model_config, loop: TrainConfig, split: TimeSplit, data: dict) ->
     """Params every training run records: the model, the loop, the split's cut points, the data."""
     import mlflow
 
+    # Device, precision and compile are tags (_tag_result): a resumed run may train on other hardware.
     mlflow.log_params({**{f"model.{k}": v for k, v in model_config.to_dict().items()},
-                       **{f"train.{k}": v for k, v in loop.to_dict().items()},
+                       **{f"train.{k}": v for k, v in loop.to_dict().items()
+                          if k not in (*RUNTIME_PARAMS, "progress")},
                        **{f"split.{k}": v for k, v in split.to_dict().items()}, **data})
     mlflow.log_dict(split.to_dict(), "split.json")
 
@@ -266,8 +309,7 @@ def fit_propensity(
     config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=tuple(v.size for v in vocabs.values()),
                        embedding_dim=params.embedding_dim, cross_layers=params.cross_layers,
                        hidden=params.hidden, dropout=params.dropout)
-    loop = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                       weight_decay=params.weight_decay, patience=params.patience, seed=params.seed)
+    loop = _loop_config(params)
     torch.manual_seed(params.seed)
     model = DCNv2(config)
     model.fit_scaler(tr_dense)
@@ -275,20 +317,24 @@ def fit_propensity(
     packed = torch.cat([tr_ids.float(), tr_dense, tr_y[:, None]], dim=1)
 
     def valid_auc(m) -> float:
-        return float(roc_auc_score(va_y.numpy(), m(va_ids, va_dense).float().cpu().numpy()))
+        device = model_device(m)
+        return float(roc_auc_score(va_y.numpy(), m(va_ids.to(device), va_dense.to(device)).float().cpu().numpy()))
 
     result = train(model, packed, packed_loss(n_ids), valid_auc, loop, checkpoint_dir=checkpoint_dir,
                    model_args=config.to_dict(), on_epoch=on_epoch)
-    model.cpu().eval()
+    model.eval()
     model.calibrate(va_ids, va_dense, va_y)
+
+    with torch.no_grad():
+        device = model_device(model)
+        p_model = model.predict_proba(te_ids.to(device), te_dense.to(device)).cpu().numpy()
+    model.cpu()   # from here on the model is logged and served: a CPU host must load it
 
     # The baseline sees the same dense features with the model's own compression and scaling.
     def lr_features(dense: torch.Tensor) -> np.ndarray:
         return logreg_features(dense.numpy(), model.dense_mean.numpy(), model.dense_std.numpy())
 
     logreg = LogisticRegression(max_iter=2000).fit(lr_features(tr_dense), tr_y.numpy())
-    with torch.no_grad():
-        p_model = model.predict_proba(te_ids, te_dense).numpy()
     p_lr = logreg.predict_proba(lr_features(te_dense))[:, 1]
     y = te_y.numpy()
     metrics = {
@@ -313,18 +359,21 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams,
 
     fs = features_for(paths, PROPENSITY_MODEL_NAME, params, features)
     rows = load_propensity_features(fs.path)
+    key = resume_key(PROPENSITY_MODEL_NAME, tags, fs.path, fs.dataset_version, params)
     if _rank() != 0:   # under torchrun: rank 0 alone tracks and logs (see train_recommender)
-        fit_propensity(rows, params)
+        fit_propensity(rows, params, checkpoint_dir=checkpoint_dir(paths, PROPENSITY_MODEL_NAME, key))
         return TrainOutcome("", "", fs.dataset_version, {})
 
-    use_experiment(paths, PROPENSITY_MODEL_NAME)
-    with mlflow.start_run(run_name=f"dcnv2-{fs.dataset_version[:8]}") as run, tempfile.TemporaryDirectory() as tmp:
+    experiment_id = use_experiment(paths, PROPENSITY_MODEL_NAME)
+    with tracked_training(paths, PROPENSITY_MODEL_NAME, experiment_id, key, f"dcnv2-{fs.dataset_version[:8]}",
+                          tags) as run, tempfile.TemporaryDirectory() as tmp:
         _tag_run(PROPENSITY_MODEL_NAME, fs, tags)
 
         def log_epoch(h: dict[str, float]) -> None:
             mlflow.log_metrics({"train_loss": h["train_loss"], "valid_auc": h["valid_metric"]}, step=int(h["epoch"]))
 
-        fit = fit_propensity(rows, params, on_epoch=log_epoch, checkpoint_dir=Path(tmp) / "checkpoints")
+        fit = fit_propensity(rows, params, on_epoch=log_epoch, checkpoint_dir=run.checkpoints)
+        _tag_result(fit.result)
         model, vocabs, test_rows, metrics = fit.model, fit.vocabs, fit.test_rows, fit.metrics
         _log_setup(fit.config, fit.loop, fit.split, fit.data)
         mlflow.log_metrics(metrics)
@@ -353,9 +402,9 @@ def train_propensity(paths: StatePaths, params: TrainPropensityParams,
             input_example=example,
         )
         log.info("run %s: test AUC %.4f, log loss %.4f (logistic regression: AUC %.4f, log loss %.4f)",
-                 run.info.run_id, metrics["test_auc"], metrics["test_log_loss"], metrics["baseline_logreg_auc"],
+                 run.run_id, metrics["test_auc"], metrics["test_log_loss"], metrics["baseline_logreg_auc"],
                  metrics["baseline_logreg_log_loss"])
-        return TrainOutcome(run.info.run_id, info.model_uri, fs.dataset_version, metrics)
+        return TrainOutcome(run.run_id, info.model_uri, fs.dataset_version, metrics)
 
 
 def train_distributed(paths: StatePaths, model_name: str, nproc: int, features: Path | None = None,
@@ -369,6 +418,7 @@ def train_distributed(paths: StatePaths, model_name: str, nproc: int, features: 
     Raises:
         RuntimeError: the distributed training failed; the message ends with its output's tail.
     """
+    import signal
     import subprocess
     import sys
 
@@ -379,7 +429,10 @@ def train_distributed(paths: StatePaths, model_name: str, nproc: int, features: 
                    *(["--features", str(features)] if features else []),
                    *[arg for k, v in (tags or {}).items() for arg in ("--tag", f"{k}={v}")]]
         env = {**os.environ, "SHOPML_HOME": str(paths.home)}
-        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        # If this task process dies, torchrun gets SIGTERM and stops its ranks (the ranks themselves
+        # die with torchrun: see exit_with_parent), so a retry finds the run's lock free.
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=lambda: exit_with_parent(signal.SIGTERM))
         if done.returncode != 0 or not output.exists():
             tail = (done.stdout[-2000:] + done.stderr[-4000:]).strip()
             raise RuntimeError(f"torchrun with {nproc} processes failed (exit code {done.returncode}):\n{tail}")
