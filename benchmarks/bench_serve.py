@@ -87,6 +87,8 @@ def ceiling(model_dir: Path, histories: list[list[str]], k: int, batch: int = 64
     import pandas as pd
     import torch
 
+    from models.train import model_device
+
     pyfunc = mlflow.pyfunc.load_model(str(model_dir))
     frames = [pd.DataFrame({"history": histories[i:i + batch], "k": k})
               for i in range(0, len(histories) - batch, batch)]
@@ -97,6 +99,7 @@ def ceiling(model_dir: Path, histories: list[list[str]], k: int, batch: int = 64
     predict_rps = rows / (time.perf_counter() - start)
     inner = pyfunc.unwrap_python_model()
     encoded = torch.from_numpy(np.stack([inner.encode(h) for h in histories[:batch]]))
+    encoded = encoded.to(model_device(inner.model))
     with torch.no_grad():
         inner.model(encoded)
         rows, start = 0, time.perf_counter()
