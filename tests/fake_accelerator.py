@@ -17,6 +17,7 @@ it, as a CUDA machine would. PyTorch has no public way to register a device from
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -112,6 +113,9 @@ def accelerator(monkeypatch) -> Iterator[torch.device]:
 
     real = models.train.select_device
     monkeypatch.setattr(models.train, "select_device", lambda pref="auto": DEVICE if pref == "auto" else real(pref))
-    with _Constructors(), _Mode():
+    with warnings.catch_warnings(), _Constructors(), _Mode():
+        # Module.load_state_dict warns that copying into a "meta" parameter is a no-op; here the copy
+        # is real (copy_ goes through _dispatch to the values), as it is on CUDA.
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
         yield DEVICE
     monkeypatch.setattr(models.train, "select_device", real)

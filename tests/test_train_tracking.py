@@ -199,6 +199,12 @@ def test_the_simulated_accelerator_catches_a_batch_left_on_the_cpu(monkeypatch):
         assert torch.allclose(scores.cpu(), expected)
         with pytest.raises((RuntimeError, TypeError)):
             scores.numpy()
+        # Restoring weights (best epoch, resume) copies real values onto the device.
+        saved = {k: v + 1 for k, v in model.state_dict().items()}
+        saved = {k: v.cpu() for k, v in saved.items()}
+        model.load_state_dict(saved)
+        assert model_device(model) == device
+        assert torch.equal(model.item_emb.weight.cpu(), saved["item_emb.weight"])
 
 
 def test_both_models_train_validate_test_and_evaluate_on_an_accelerator(trained, monkeypatch):
