@@ -100,17 +100,25 @@ class NextItemExamples:
     targets: np.ndarray    # [n] int64
 
 
+def collapse_repeats(steps: pl.DataFrame) -> pl.DataFrame:
+    """Drop each step whose item repeats the same user's previous step: a view followed by an
+    add_to_cart of the same item is one step, not two. ``steps`` is sorted by user and time.
+
+    The one definition for training (``user_sequences``) and serving (the snapshot's histories).
+    It compares raw item ids, never vocabulary indices, so two different unseen items in a row stay
+    two "unknown" steps in both.
+    """
+    previous_item, previous_user = pl.col("item_id").shift(1), pl.col("user_id").shift(1)
+    return steps.filter((pl.col("item_id") != previous_item) | (pl.col("user_id") != previous_user)
+                        | previous_item.is_null())
+
+
 def user_sequences(events: pl.DataFrame, vocab: ItemVocab, before: datetime) -> dict[str, np.ndarray]:
     """Each user's item indices before ``before``, in time order, repeats in a row collapsed."""
-    frame = events.filter(
+    frame = collapse_repeats(events.filter(
         (pl.col("event_time") < before) & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)
-    ).select("user_id", "event_time", "item_id")
-    frame = frame.with_columns(pl.Series("idx", vocab.encode(frame["item_id"]))).sort("user_id", "event_time")
-    # A view followed by an add_to_cart of the same item is one step, not two.
-    frame = frame.filter(
-        (pl.col("idx") != pl.col("idx").shift(1)) | (pl.col("user_id") != pl.col("user_id").shift(1))
-        | pl.col("idx").shift(1).is_null()
-    )
+    ).select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
+    frame = frame.with_columns(pl.Series("idx", vocab.encode(frame["item_id"])))
     grouped = frame.group_by("user_id", maintain_order=True).agg(pl.col("idx"))
     return {u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped["user_id"], grouped["idx"], strict=True)}
 

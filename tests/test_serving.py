@@ -265,3 +265,30 @@ def test_snapshot_features_are_the_training_features():
     columns = ["user_id", "item_id", "category", "brand", *PROPENSITY_DENSE]
     assert rows.height > 100
     assert served.select(columns).equals(rows.select(columns))
+
+
+def test_training_and_serving_collapse_repeats_into_the_same_sequence():
+    """A view then a cart of the same item is one step in both, and two different items the model
+    has never seen stay two 'unknown' steps in both (training once compared vocabulary indices and
+    merged them, serving compared ids and did not: a training/serving skew)."""
+    from datetime import datetime, timezone
+
+    from pipeline.features import UNKNOWN, ItemVocab, user_sequences
+    from pipeline.serving.snapshot import user_histories
+
+    t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
+    steps = [("A", "view"), ("B", "view"), ("B", "add_to_cart"), ("new-1", "view"), ("new-2", "view"),
+             ("new-2", "add_to_cart"), ("A", "purchase")]
+    events = pl.DataFrame({
+        "event_time": [t0 + timedelta(minutes=i) for i in range(len(steps))],
+        "user_id": ["u1"] * len(steps), "session_id": ["s1"] * len(steps),
+        "item_id": [item for item, _ in steps], "event_type": [kind for _, kind in steps],
+        "price": [1.0] * len(steps), "quantity": [1] * len(steps),
+    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+    vocab = ItemVocab.from_events(events.filter(pl.col("item_id").is_in(["A", "B"])))
+    trained = user_sequences(events, vocab, t0 + timedelta(days=1))["u1"].tolist()
+    served = user_histories(events).filter(pl.col("user_id") == "u1")["items"][0].to_list()
+    a, b = vocab.encode(pl.Series(["A", "B"])).tolist()
+    assert trained == [a, b, UNKNOWN, UNKNOWN, a]
+    assert served == ["A", "B", "new-1", "new-2", "A"]
+    assert vocab.encode(pl.Series(served)).tolist() == trained

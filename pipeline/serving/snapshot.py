@@ -23,6 +23,7 @@ from pipeline.features import (
     PROPENSITY_DENSE,
     SEQUENCE_EVENT_TYPES,
     assemble_propensity,
+    collapse_repeats,
     latest_catalog,
     load_events,
     propensity_tables,
@@ -37,10 +38,8 @@ TABLES = ("user_item", "user", "item", "catalog", "affinity")
 def user_histories(events: pl.DataFrame, kept: int = HISTORY_KEPT) -> pl.DataFrame:
     """Per user: the recent item ids (oldest first, repeats in a row collapsed, as in training) and
     every item bought."""
-    steps = (events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-             .select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
-    steps = steps.filter((pl.col("item_id") != pl.col("item_id").shift(1))
-                         | (pl.col("user_id") != pl.col("user_id").shift(1)) | pl.col("item_id").shift(1).is_null())
+    steps = collapse_repeats(events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+                             .select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
     histories = steps.group_by("user_id", maintain_order=True).agg(pl.col("item_id").tail(kept).alias("items"))
     bought = (events.filter(pl.col("event_type") == "purchase").group_by("user_id")
               .agg(pl.col("item_id").unique().sort().alias("purchased")))
