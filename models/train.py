@@ -231,14 +231,13 @@ def train(
     result = TrainResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, device=str(device),
                          precision="bf16" if amp_dtype == torch.bfloat16 else "fp32", compiled=compiled)
     best_state: dict[str, torch.Tensor] | None = None
-    start_epoch, bad_epochs, finished = 0, 0, False
+    start_epoch, bad_epochs = 0, 0
 
     ckpt = _load_checkpoint(checkpoint_dir, rank, world)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["bad_epochs"]
-        finished = ckpt.get("finished", False)
         result.best_metric, result.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         result.steps, result.history = ckpt["step"], ckpt["history"]
         result.epochs_run, result.stopped_early = start_epoch, ckpt.get("stopped_early", False)
@@ -260,7 +259,8 @@ def train(
         train_data = train_data.to(device)
 
     samples, busy = 0, 0.0
-    for epoch in range(start_epoch, config.epochs if not finished else start_epoch):
+    # A resumed run never trains past an early stop (nor past the last epoch: start_epoch says so).
+    for epoch in range(start_epoch, config.epochs if not result.stopped_early else start_epoch):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             break
         net.train()
@@ -327,10 +327,7 @@ def train(
                 "best_model": best_state, "model_args": model_args or {}, "config": config.to_dict(),
                 "epoch": epoch, "step": result.steps, "best_metric": result.best_metric,
                 "best_epoch": result.best_epoch, "bad_epochs": bad_epochs, "history": result.history,
-                "rng": _rng_state(), "world_size": world,
-                # A resumed run must not train past an early stop or the last epoch.
-                "finished": result.stopped_early or epoch + 1 >= config.epochs,
-                "stopped_early": result.stopped_early,
+                "rng": _rng_state(), "world_size": world, "stopped_early": result.stopped_early,
             }
             tmp = checkpoint_dir / "last.pt.tmp"
             torch.save(ckpt, tmp)

@@ -93,6 +93,12 @@ def _unfinished(client, experiment_id: str, conditions: list[str]) -> list:
     return [r for r in runs if r.info.status != "FINISHED"]
 
 
+def _mark_failed(client, run_id: str, why: str) -> None:
+    """End a run that a dead process left RUNNING, saying why (tag ``shopml.abandoned``)."""
+    client.set_tag(run_id, "shopml.abandoned", why)
+    client.set_terminated(run_id, "FAILED")
+
+
 def _fail_abandoned(client, paths: StatePaths, experiment_id: str, model_name: str, key: str,
                     tags: dict[str, str]) -> None:
     """Mark FAILED the RUNNING runs with the caller's tags under another key whose trainer is gone."""
@@ -107,8 +113,7 @@ def _fail_abandoned(client, paths: StatePaths, experiment_id: str, model_name: s
         lock = _lock(checkpoint_folder(paths, model_name, other))
         try:
             with lock:
-                client.set_tag(run.info.run_id, "shopml.abandoned", f"superseded by a run with key {key}")
-                client.set_terminated(run.info.run_id, "FAILED")
+                _mark_failed(client, run.info.run_id, f"superseded by a run with key {key}")
                 log.warning("marked run %s FAILED: its trainer is gone and this DAG run now trains with "
                             "other parameters", run.info.run_id)
         except Timeout:
@@ -143,8 +148,7 @@ def tracked_training(paths: StatePaths, model_name: str, experiment_id: str, key
         candidates = _unfinished(client, experiment_id, [f"tags.`{RESUME_TAG}` = '{key}'"])
         for stale in candidates[1:]:
             if stale.info.status == "RUNNING":
-                client.set_tag(stale.info.run_id, "shopml.abandoned", f"superseded by {candidates[0].info.run_id}")
-                client.set_terminated(stale.info.run_id, "FAILED")
+                _mark_failed(client, stale.info.run_id, f"superseded by {candidates[0].info.run_id}")
         owner_file = folder / "run.json"
         owner = json.loads(owner_file.read_text()).get("run_id") if owner_file.exists() else None
         resume_id = candidates[0].info.run_id if candidates else None

@@ -159,3 +159,16 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     straight, resumed = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+
+
+def test_a_run_resumed_after_its_early_stop_trains_no_further(shop, tmp_path):
+    windows = shop["windows"][:300]
+    args = SASRecConfig(n_items=shop["vocab"].size, max_len=MAX_LEN, dim=16, layers=1)
+    config = TrainConfig(epochs=10, batch_size=64, patience=1, seed=3, progress=False)
+    torch.manual_seed(1)
+    first = train(SASRec(args), windows, _loss, lambda m: 0.0, config, checkpoint_dir=tmp_path)
+    assert first.stopped_early and first.epochs_run == 2    # no improvement after epoch 1
+    torch.manual_seed(1)
+    again = train(SASRec(args), windows, _loss, lambda m: 0.0, config, checkpoint_dir=tmp_path)
+    assert again.stopped_early and again.epochs_run == 2 and again.history == first.history
+    assert again.resumed_from_epoch == 2
