@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import families
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=5_000)
-    parser.add_argument("--model", default="next_item", choices=("next_item", "purchase_propensity"))
+    parser.add_argument("--model", default="next_item", choices=families.names())
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (params.yaml's default is 20)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -52,8 +54,8 @@ def main() -> None:
     env["SHOPML_HOME"] = str(home)
     env.pop("BENTOML_HOME", None)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    section = "train_recommender" if args.model == "next_item" else "train_propensity"
-    params[section]["epochs"] = args.epochs
+    for section in ("train_recommender", "train_propensity"):   # whichever --model trains
+        params[section]["epochs"] = args.epochs
     (home / "params.yaml").write_text(yaml.safe_dump(params))
     env["SHOPML_PARAMS"] = str(home / "params.yaml")
     try:

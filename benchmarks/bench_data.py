@@ -22,14 +22,14 @@ DAY = "2026-11-05"  # a Thursday: the weekly traffic factor is close to 1
 
 def _child(stage: str, home: Path, events: int) -> dict:
     os.environ["SHOPML_HOME"] = str(home)
-    from pipeline.ingest import Interval, ingest_events
-    from pipeline.params import GenerateParams, ValidateParams
-    from pipeline.settings import get_state_paths
+    from pipeline.core.params import GenerateParams, ValidateParams
+    from pipeline.core.settings import get_state_paths
+    from pipeline.data.ingest import Interval, ingest_events
 
     paths = get_state_paths()
     start = time.perf_counter()
     if stage == "generate":
-        from pipeline.generate import generate_shop_data
+        from pipeline.data.generate import generate_shop_data
 
         params = GenerateParams(seed=1, start_date=DAY, days=1, events_per_day=events,
                                 initial_users=max(4000, events // 25),
@@ -39,7 +39,7 @@ def _child(stage: str, home: Path, events: int) -> dict:
         rows = ingest_events(Interval.for_day(DAY), "landing/events/events-{date}.parquet", paths,
                              catalog_source="landing/catalog/catalog-{date}.parquet").rows_accepted
     else:
-        from pipeline.validate import validate_batch
+        from pipeline.data.validate import validate_batch
 
         rows = validate_batch(Interval.for_day(DAY), paths, ValidateParams()).events_rows
     seconds = time.perf_counter() - start

@@ -21,8 +21,8 @@ import torch
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, train
-from pipeline.features import NextItemExamples, left_pad, training_windows
-from pipeline.train import evaluate_scorer
+from pipeline.families.next_item.features import NextItemExamples, left_pad, training_windows
+from pipeline.families.next_item.train import evaluate_scorer
 
 BEAUTY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "amazon_beauty" / "Beauty.txt"
 

@@ -24,12 +24,12 @@ UCI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "uci_o
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="shopml-bench-") as home:
         os.environ["SHOPML_HOME"] = home
-        from pipeline.features import latest_catalog, load_events
-        from pipeline.featureset import propensity_features
-        from pipeline.ingest import Interval, ingest_events
-        from pipeline.params import TrainPropensityParams
-        from pipeline.settings import get_state_paths
-        from pipeline.train import fit_propensity
+        from pipeline.core.params import TrainPropensityParams
+        from pipeline.core.settings import get_state_paths
+        from pipeline.data.dataset import latest_catalog, load_events
+        from pipeline.data.ingest import Interval, ingest_events
+        from pipeline.families.purchase_propensity.features import propensity_features
+        from pipeline.families.purchase_propensity.train import fit_propensity
 
         paths = get_state_paths()
         start = time.perf_counter()

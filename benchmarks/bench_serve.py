@@ -62,8 +62,8 @@ def save_model(directory: Path, items: int) -> Path:
     import torch
 
     from models.sasrec import SASRec, SASRecConfig
-    from pipeline.params import TrainRecommenderParams
-    from pipeline.recommender import pyfunc_model_args
+    from pipeline.core.params import TrainRecommenderParams
+    from pipeline.families.next_item.pyfunc import pyfunc_model_args
 
     p = TrainRecommenderParams()
     config = SASRecConfig(n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers,
@@ -127,9 +127,10 @@ def main() -> None:
     try:
         import bentoml
 
+        from pipeline import families
+        from pipeline.core.settings import StatePaths
         from pipeline.serving.package import build, served
         from pipeline.serving.snapshot import SNAPSHOT_MODEL, write_snapshot_of
-        from pipeline.settings import StatePaths
 
         paths = StatePaths(home=home, dvc_remote_url=str(home / "dvc-remote"))
         t0 = time.perf_counter()
@@ -141,7 +142,8 @@ def main() -> None:
             write_snapshot_of(events, catalog, "synthetic", Path(snapshot.path))
         bento_tag = build({"model_name": "next_item", "model_tag": model_tag, "snapshot_tag": snapshot_tag,
                            "version": "bench", "run_id": "none", "dataset_version": "synthetic",
-                           "git_commit": "bench", "bento_tag": f"shopml-next-item:bench-{args.items}"})
+                           "git_commit": "bench", "bento_tag": f"shopml-next-item:bench-{args.items}"},
+                          families.get("next_item").service)
         print(f"setup: {args.items:,} items, {args.users:,} users, {events.height:,} events, Bento {bento_tag} "
               f"({time.perf_counter() - t0:.0f} s)")
 

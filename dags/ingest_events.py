@@ -26,7 +26,7 @@ from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS
 
 def _interval(context):
     """The run's data interval as the pipeline's Interval (imported here: nothing heavy at parse time)."""
-    from pipeline.ingest import Interval
+    from pipeline.data.ingest import Interval
 
     return Interval(context["data_interval_start"], context["data_interval_end"])
 
@@ -49,9 +49,9 @@ def _interval(context):
 def ingest_events_dag():
     @task
     def ingest_events(params=None, **context) -> dict:
-        from pipeline.ingest import ingest_events
-        from pipeline.params import load_params
-        from pipeline.settings import get_state_paths
+        from pipeline.core.params import load_params
+        from pipeline.core.settings import get_state_paths
+        from pipeline.data.ingest import ingest_events
 
         defaults = load_params().ingest
         result = ingest_events(
@@ -69,9 +69,9 @@ def ingest_events_dag():
     def validate_batch(staged: dict, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipeline.params import load_params
-        from pipeline.settings import get_state_paths
-        from pipeline.validate import ValidationFailed, validate_batch
+        from pipeline.core.params import load_params
+        from pipeline.core.settings import get_state_paths
+        from pipeline.data.validate import ValidationFailed, validate_batch
 
         try:
             outcome = validate_batch(_interval(context), get_state_paths(), load_params().validate)
@@ -83,8 +83,8 @@ def ingest_events_dag():
 
     @task(outlets=[CANONICAL_DATASET])
     def version_dataset(validated: dict, **context) -> dict:
-        from pipeline.settings import get_state_paths
-        from pipeline.version import version_dataset
+        from pipeline.core.settings import get_state_paths
+        from pipeline.data.version import version_dataset
 
         version = version_dataset(_interval(context), get_state_paths())
         context["outlet_events"][CANONICAL_DATASET].extra = {"version": version.version}

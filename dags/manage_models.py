@@ -44,8 +44,8 @@ def promote_model_dag():
     @task
     @fail_without_retry
     def promote(params=None, **context) -> str:
-        from pipeline.registry import promote
-        from pipeline.settings import get_state_paths
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle.registry import promote
 
         version = None if params["version"] in (None, "") else str(params["version"])
         mv = promote(get_state_paths(), params["model"], version, by=_who(context), reason=params["reason"],
@@ -64,8 +64,8 @@ def rollback_model_dag():
     @task
     @fail_without_retry
     def rollback(params=None, **context) -> str:
-        from pipeline.registry import rollback
-        from pipeline.settings import get_state_paths
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle.registry import rollback
 
         mv = rollback(get_state_paths(), params["model"], by=_who(context), reason=params["reason"])
         print(f"{params['model']}: champion is back to version {mv.version} ({params['reason']})")

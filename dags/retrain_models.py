@@ -8,14 +8,18 @@ model; the two models never wait for each other:
 
 `features -> train -> evaluate -> gate -> register -> package -> promote`
 
-- **features**: the model's feature set on the current dataset version (time-based split, then
+- **features**: the model's feature set on the run's dataset version (time-based split, then
   SASRec's sequences or the propensity rows), written once under `$SHOPML_HOME/features/` and
-  reused by a rerun; the log names the folder and the dataset version;
+  reused by a rerun; the log names the folder and the dataset version. The run's dataset version
+  is the one the triggering Asset event carries (`ingest_events` publishes it), or for a weekly or
+  manual run the current one, fixed in `$SHOPML_HOME/runs/` the first time the task runs, so a
+  cleared and rerun DAG run trains, evaluates and packages on the data it first saw;
 - **train**: on that feature set; one MLflow run (params,
   per-epoch metrics, dataset version, git commit, split, environment, the model as a pyfunc, the
   baselines' test metrics);
 - **evaluate**: the candidate, the current `champion` and the baselines on the same frozen test
-  rows, with metrics per slice and plots, logged to the candidate's run under `evaluation/`;
+  rows (the run's own dataset version, cut at the run's own split points), with metrics per
+  slice and plots, logged to the candidate's run under `evaluation/`;
 - **gate**: the rules of `policy.yaml` (floors, minimum improvement, a bootstrap confidence
   interval over users that must exclude zero, latency and size guards); the task log lists every
   check with PASS or FAIL;
@@ -69,83 +73,68 @@ TRAIN_NPROC = int(os.environ.get("SHOPML_TRAIN_NPROC", "1"))
 WEEKLY_FALLBACK = CronTriggerTimetable("0 3 * * 1", timezone="UTC")
 
 
+def _announced_version(context) -> str | None:
+    """The dataset version the newest triggering Asset event carries (``ingest_events`` sets it),
+    or None for a run the weekly schedule or a person started."""
+    events = context.get("triggering_asset_events") or {}
+    found = [e for asset in events for e in events[asset] if (e.extra or {}).get("version")]
+    return max(found, key=lambda e: e.timestamp).extra["version"] if found else None
+
+
 def _chain(model: str) -> None:
+    # Each task is one call of pipeline.lifecycle.steps, the functions `python -m pipeline` runs too.
     @task(task_id=f"features_{model}")
     @timed
-    def features() -> dict:
-        from pipeline.featureset import build_features
-        from pipeline.params import load_params
-        from pipeline.settings import get_state_paths
+    def features(**context) -> dict:
+        from pipeline.core.params import load_params
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
-        params, paths = load_params(), get_state_paths()
-        fs = build_features(paths, model, params.training(model))
-        print(f"{'reused' if fs.reused else 'built'} the feature set of dataset {fs.dataset_version}: {fs.path}")
-        return {"features": str(fs.path), "features_rel": str(fs.path.relative_to(paths.home)),
-                "dataset_version": fs.dataset_version}
+        paths = get_state_paths()
+        # Fixed once per DAG run: a retry or a cleared rerun after newer days works on the same data.
+        version = steps.pinned_dataset_version(paths, context["dag"].dag_id, context["run_id"],
+                                               _announced_version(context))
+        print(f"DAG run {context['run_id']} works on dataset version {version}")
+        return steps.features(paths, load_params(), model, version)
 
     @task(task_id=f"train_{model}", execution_timeout=TRAIN_TIMEOUT, pool=TRAIN_POOL, queue=TRAIN_QUEUE,
           executor=TRAIN_EXECUTOR)
     @timed
-    def train_model(built: dict) -> dict:
-        from airflow.sdk import get_current_context
-
-        from pipeline.params import load_params
-        from pipeline.settings import get_state_paths
-        from pipeline.train import finished_run, train_distributed, train_propensity, train_recommender
+    def train_model(built: dict, **context) -> dict:
+        from pipeline.core.params import load_params
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
         # A cleared and rerun task returns the run this DAG run already made: never a second model.
-        tags = {"airflow.dag_run_id": get_current_context()["dag_run"].run_id, "airflow.dag_id": f"retrain_{model}"}
-        params, paths = load_params(), get_state_paths()
-        outcome = finished_run(paths, model, tags)
-        if outcome is not None:
-            print(f"this DAG run already trained run {outcome.run_id}; reusing it")
-        elif TRAIN_NPROC > 1:
-            print(f"training with torchrun on {TRAIN_NPROC} processes")
-            outcome = train_distributed(paths, model, TRAIN_NPROC, built["features"], tags)
-        elif model == "next_item":
-            outcome = train_recommender(paths, params.train_recommender, tags, features=built["features"])
-        else:
-            outcome = train_propensity(paths, params.train_propensity, tags, features=built["features"])
-        print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
-        for name, value in sorted(outcome.metrics.items()):
-            print(f"  {name} = {value:.4f}")
-        return {"run_id": outcome.run_id, "dataset_version": outcome.dataset_version}
+        tags = {"airflow.dag_run_id": context["run_id"], "airflow.dag_id": f"retrain_{model}"}
+        return steps.train(get_state_paths(), load_params(), model, built, tags, nproc=TRAIN_NPROC)
 
     @task(task_id=f"evaluate_{model}")
     @fail_without_retry
     @timed
     def evaluate(trained: dict) -> dict:
-        from pipeline.registry import evaluate_candidate
-        from pipeline.settings import get_state_paths
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
-        ev = evaluate_candidate(get_state_paths(), model, trained["run_id"])
-        print(f"champion: {'version ' + ev.champion_version if ev.champion_version else 'none yet'}")
-        for side, scores in (("candidate", ev.candidate), ("champion", ev.champion), *ev.baselines.items()):
-            if scores is not None:
-                print(f"  {side}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.metrics.items())))
-        return {**trained, "champion_version": ev.champion_version}
+        return steps.evaluate(get_state_paths(), model, trained)
 
     @task(task_id=f"gate_{model}")
     @fail_without_retry
     @timed
     def gate(evaluated: dict) -> dict:
-        from pipeline.registry import gate_candidate
-        from pipeline.settings import get_state_paths
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
-        decision = gate_candidate(get_state_paths(), model, evaluated["run_id"])
-        print(f"{model} {decision.summary()}")
-        return {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
+        return steps.gate(get_state_paths(), model, evaluated)
 
     @task(task_id=f"register_{model}")
     @fail_without_retry
     @timed
     def register(gated: dict) -> dict:
-        from pipeline.registry import register_candidate
-        from pipeline.settings import get_state_paths
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
-        mv = register_candidate(get_state_paths(), model, gated["run_id"])
-        print(f"{model} version {mv.version}: {mv.tags.get('status')}")
-        return {**gated, "version": mv.version}
+        return steps.register(get_state_paths(), model, gated)
 
     @task(task_id=f"package_{model}", execution_timeout=timedelta(minutes=20))
     @fail_without_retry  # a parity mismatch will not change on a retry; a server that did not start may
@@ -153,31 +142,22 @@ def _chain(model: str) -> None:
     def package(registered: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipeline.serving.package import package
-        from pipeline.settings import get_state_paths
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
-        if not registered["passed"]:
-            reasons = "\n  ".join(registered["reasons"])
-            raise AirflowSkipException(f"{model} version {registered['version']} rejected by the gate:\n  {reasons}")
-        packaged = package(get_state_paths(), model, str(registered["version"]))
-        for check in packaged.smoke.checks:
-            print(f"  {check}")
-        print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
-        return {**registered, "bento_tag": packaged.bento_tag}
+        try:
+            return steps.package(get_state_paths(), model, registered)
+        except steps.CandidateRejected as rejected:
+            raise AirflowSkipException(str(rejected)) from None
 
     @task(task_id=f"promote_{model}")
     @fail_without_retry  # a moved champion: the candidate must be evaluated again, not retried
     @timed
-    def promote(registered: dict) -> str:
-        from pipeline.registry import NO_CHAMPION, promote
-        from pipeline.settings import get_state_paths
+    def promote(packaged: dict) -> str:
+        from pipeline.core.settings import get_state_paths
+        from pipeline.lifecycle import steps
 
-        mv = promote(get_state_paths(), model, registered["version"],
-                     expected_champion=registered["champion_version"] or NO_CHAMPION, by="airflow",
-                     reason=f"passed the gate and the smoke test of {registered['bento_tag']} "
-                            f"(run {registered['run_id']})")
-        print(f"{model}: champion is now version {mv.version}, served by Bento {registered['bento_tag']}")
-        return mv.version
+        return steps.promote(get_state_paths(), model, packaged, by="airflow")["champion"]
 
     built = features()
     if TRAIN_RUNNER == "kubernetes_pod":

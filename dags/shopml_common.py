@@ -8,11 +8,13 @@ from datetime import timedelta
 
 from airflow.sdk import Asset
 
+from pipeline import families
+
 # Updated by ingest_events after each published day; training DAGs are scheduled on it.
 CANONICAL_DATASET = Asset("shopml://dataset/canonical")
 
-# The registered models (pipeline.registry.MODELS; not imported here, it is heavy at parse time).
-MODELS = ("next_item", "purchase_propensity")
+# The model families, one retrain DAG each (the table is standard library only: cheap at parse time).
+MODELS = families.names()
 
 # The pool every training task takes a slot of: one slot per GPU, so two trainings never share one.
 # `python -m pipeline airflow` creates it (one slot) with a new metadata database.
@@ -28,8 +30,8 @@ def fail_without_retry(func):
     def wrapper(*args, **kwargs):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipeline.gate import PolicyError
-        from pipeline.registry import RegistryError
+        from pipeline.core.tracking import RegistryError
+        from pipeline.lifecycle.gate import PolicyError
         from pipeline.serving.package import ParityError
 
         try:

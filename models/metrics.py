@@ -27,12 +27,22 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
     return (scores >= target_score).sum(dim=1) - 1
 
 
-def recall_ndcg(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
-    """Recall@K (hit rate, one target per example) and NDCG@K from 0-based ranks."""
+def ranking_values(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarray]:
+    """Per example, Recall@K (hit rate, one target per example) and NDCG@K from 0-based ranks.
+
+    The one definition of the ranking metrics: training's validation and test figures
+    (``recall_ndcg``), the lifecycle's evaluation through the pyfunc, and the gate's bootstrap over
+    users all use it. A target outside the ranked list has any rank >= max(ks).
+    """
     ranks = np.asarray(ranks)
     out = {}
     for k in ks:
         hit = ranks < k
-        out[f"recall_at_{k}"] = float(hit.mean()) if ranks.size else 0.0
-        out[f"ndcg_at_{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean()) if ranks.size else 0.0
+        out[f"recall_at_{k}"] = hit.astype(np.float64)
+        out[f"ndcg_at_{k}"] = np.where(hit, 1.0 / np.log2(ranks + 2), 0.0)
     return out
+
+
+def recall_ndcg(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K over examples from 0-based ranks (0.0 for no examples)."""
+    return {name: float(v.mean()) if v.size else 0.0 for name, v in ranking_values(ranks, ks).items()}

@@ -5,18 +5,28 @@
     python -m pipeline validate --date D | --start D --days N
     python -m pipeline version  --date D | --start D --days N  [--no-push]
     python -m pipeline run      --date D | --start D --days N  (ingest, validate, version)
-    python -m pipeline features --model M                     (build the model's feature set)
-    python -m pipeline train    --model M [--features DIR]    (train only, resumes a killed run; see retrain)
+    python -m pipeline features --model M [--dataset-version H]   (build the model's feature set)
+    python -m pipeline train    --model M [--features DIR | --dataset-version H]
+                                                   (train only, resumes a killed run; see retrain)
     torchrun --nproc-per-node N -m pipeline train --model M    (the same on N GPUs, DDP)
-    python -m pipeline retrain  --model M                     (train, evaluate, gate, register, promote)
-    python -m pipeline evaluate|gate|register --model M --run-id R
+    python -m pipeline retrain  --model M [--dataset-version H]
+                                       (features, train, evaluate, gate, register, package, promote)
+    python -m pipeline evaluate --model M --run-id R [--dataset-version H]
+    python -m pipeline gate|register --model M --run-id R
     python -m pipeline promote  --model M [--version V] [--reason TEXT] [--force]
     python -m pipeline rollback --model M --reason TEXT
-    python -m pipeline package  --model M [--version V]     (build the Bento, serve it, parity-check it)
+    python -m pipeline package  --model M [--version V] [--dataset-version H]
+                                                   (build the Bento, serve it, parity-check it)
     python -m pipeline serve    --model M [--version V | --bento-tag T] [--port P]   (default: the champion)
     python -m pipeline lineage  --model M [--version V | --bento-tag T]
     python -m pipeline models   [--model M]
     python -m pipeline airflow ARGS...   (airflow with this project's DAGs and state)
+
+``--dataset-version`` takes a published dataset version (its DVC hash, or a unique prefix of at
+least 6 characters). Without it, ``features``, ``train`` and ``retrain`` resolve the current version
+once and print it; ``evaluate`` cuts the test rows from the run's own version at the run's own split
+points, and ``package`` ships the feature snapshot of the version the model was trained on. A version
+that is not published, or whose files cannot be restored, is an error that names it.
 
 Bad input ends with exit code 2 and one line that names the problem; a failed validation ends with
 exit code 3 and the validation summary; a promotion refused because the champion moved since the
@@ -36,7 +46,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from pipeline.params import ParamsError, load_params
+from pipeline.core.params import ParamsError, load_params
 
 
 def _days(args: argparse.Namespace) -> list[str]:
@@ -83,13 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_interval(r)
     r.add_argument("--no-push", action="store_true", help="do not push to the DVC remote")
 
-    models = ("next_item", "purchase_propensity")
-    f = sub.add_parser("features", help="build a model's feature set on the current dataset version")
+    from pipeline import families
+
+    models = families.names()
+    version_help = "a published dataset version (hash or unique prefix); default: the current one"
+    f = sub.add_parser("features", help="build a model's feature set on a dataset version")
     f.add_argument("--model", choices=models, required=True)
-    t = sub.add_parser("train", help="train a model on the current dataset version, tracked in MLflow")
-    t.add_argument("--model", choices=models, default="next_item")
-    t.add_argument("--features", type=Path, help="a feature set folder (default: the current dataset version's, "
-                                                 "built if missing)")
+    f.add_argument("--dataset-version", help=version_help)
+    t = sub.add_parser("train", help="train a model on a dataset version, tracked in MLflow")
+    t.add_argument("--model", choices=models, required=True)
+    which_data = t.add_mutually_exclusive_group()
+    which_data.add_argument("--features", type=Path, help="a feature set folder (default: the dataset version's, "
+                                                          "built if missing)")
+    which_data.add_argument("--dataset-version", help=version_help)
     t.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="a tag for the MLflow run (repeatable), e.g. airflow.dag_run_id=...")
     t.add_argument("--reuse-finished", action="store_true",
@@ -97,8 +113,10 @@ def _parser() -> argparse.ArgumentParser:
                         "again (what a retried Airflow task or pod does)")
     t.add_argument("--output", type=Path, help="also write the outcome (run id, model URI, metrics) as JSON here")
 
-    rt = sub.add_parser("retrain", help="train, evaluate against the champion, gate, register, promote")
+    rt = sub.add_parser("retrain", help="features, train, evaluate against the champion, gate, register, "
+                                        "package, promote")
     rt.add_argument("--model", choices=models, required=True)
+    rt.add_argument("--dataset-version", help=version_help)
     rt.add_argument("--policy", type=Path, help="policy file (default: policy.yaml)")
     for name, text in (("evaluate", "score a run's model, the champion and the baselines on the test split"),
                        ("gate", "apply the policy to a run's evaluation"),
@@ -108,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--run-id", required=True)
         if name == "gate":
             sp.add_argument("--policy", type=Path, help="policy file (default: policy.yaml)")
+        if name == "evaluate":
+            sp.add_argument("--dataset-version", help="cut the test rows from this version (default: the run's own)")
     pr = sub.add_parser("promote", help="make a version (default: the challenger) the champion")
     pr.add_argument("--model", choices=models, required=True)
     pr.add_argument("--version")
@@ -127,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--model", choices=models, required=True)
     pk.add_argument("--version")
     pk.add_argument("--requests", type=int, default=300, help="offline requests replayed in the parity check")
+    pk.add_argument("--dataset-version", help="ship this version's feature snapshot (default: the version the "
+                                              "model was trained on)")
     sv = sub.add_parser("serve", help="serve a Bento: the champion's, a version's, or a given tag")
     sv.add_argument("--model", choices=models, required=True)
     what = sv.add_mutually_exclusive_group()
@@ -158,7 +180,7 @@ def run_airflow(airflow_args: list[str]) -> int:
     import os
     import subprocess
 
-    from pipeline.settings import airflow_env, get_state_paths
+    from pipeline.core.settings import airflow_env, get_state_paths
 
     paths = get_state_paths()
     env = airflow_env(paths, Path(__file__).resolve().parent.parent / "dags")
@@ -182,7 +204,7 @@ def _reuse_finished(paths, model: str, tags: dict[str, str]):
     tells the other ranks, so all of them either train together or all return."""
     import os
 
-    from pipeline.train import finished_run
+    from pipeline.families.training import finished_run
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return finished_run(paths, model, tags)
@@ -197,33 +219,18 @@ def _reuse_finished(paths, model: str, tags: dict[str, str]):
 
 
 def _lifecycle(args: argparse.Namespace, params, paths) -> int:
-    from pipeline import registry
-    from pipeline.gate import load_policy
+    from pipeline.lifecycle import registry, steps
+    from pipeline.lifecycle.gate import load_policy
 
     if args.command == "retrain":
-        from pipeline.train import train_propensity, train_recommender
-
-        outcome = (train_recommender(paths, params.train_recommender) if args.model == "next_item"
-                   else train_propensity(paths, params.train_propensity))
-        print(f"trained {args.model}: run {outcome.run_id} on dataset {outcome.dataset_version[:12]}")
-        result = registry.evaluate_gate_register(paths, args.model, outcome.run_id,
-                                                 load_policy(args.model, args.policy))
-        print(result.decision.summary())
-        print(f"{args.model} version {result.version}: "
-              + ("champion" if result.promoted else "rejected, the champion stays "
-                 + (f"version {result.decision.champion_version}" if result.decision.champion_version else "unset")))
+        steps.retrain(paths, params, args.model, args.dataset_version, load_policy(args.model, args.policy))
         return 0
     if args.command == "evaluate":
-        ev = registry.evaluate_candidate(paths, args.model, args.run_id)
-        _print({"candidate": ev.candidate.metrics, "champion_version": ev.champion_version,
-                "champion": ev.champion.metrics if ev.champion else None,
-                "baselines": {n: s.metrics for n, s in ev.baselines.items()}})
+        steps.evaluate(paths, args.model, {"run_id": args.run_id}, args.dataset_version)
     elif args.command == "gate":
-        decision = registry.gate_candidate(paths, args.model, args.run_id, load_policy(args.model, args.policy))
-        print(decision.summary())
+        steps.gate(paths, args.model, {"run_id": args.run_id}, load_policy(args.model, args.policy))
     elif args.command == "register":
-        mv = registry.register_candidate(paths, args.model, args.run_id)
-        print(f"{args.model} version {mv.version} ({mv.tags.get('status')})")
+        steps.register(paths, args.model, {"run_id": args.run_id})
     elif args.command == "promote":
         mv = registry.promote(paths, args.model, args.version, by=args.by, reason=args.reason, force=args.force)
         print(f"{args.model}: champion is version {mv.version}")
@@ -231,12 +238,11 @@ def _lifecycle(args: argparse.Namespace, params, paths) -> int:
         mv = registry.rollback(paths, args.model, by=args.by, reason=args.reason)
         print(f"{args.model}: champion is back to version {mv.version}")
     elif args.command == "package":
-        from pipeline.serving.package import package, serve_hint
+        from pipeline.serving.package import serve_hint
 
-        packaged = package(paths, args.model, args.version, requests=args.requests)
-        print("\n".join(f"  {c}" for c in packaged.smoke.checks))
-        print(f"{args.model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
-        print(f"serve it: {serve_hint(args.model, packaged.bento_tag)}")
+        packaged = steps.package(paths, args.model, {"version": args.version}, requests=args.requests,
+                                 dataset_version=args.dataset_version)
+        print(f"serve it: {serve_hint(args.model, packaged['bento_tag'])}")
     elif args.command == "serve":
         import os
 
@@ -268,19 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("great_expectations", "dvc", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from pipeline.ingest import IngestError, Interval, ingest_events
-    from pipeline.registry import ChampionMoved, RegistryError
-    from pipeline.resume import TrainingInProgress
+    from pipeline.core.settings import get_state_paths
+    from pipeline.core.tracking import RegistryError
+    from pipeline.data.ingest import IngestError, Interval, ingest_events
+    from pipeline.data.validate import ValidationFailed, validate_batch
+    from pipeline.data.version import NotValidated, UnknownDatasetVersion
+    from pipeline.families.resume import TrainingInProgress
+    from pipeline.lifecycle.registry import ChampionMoved
     from pipeline.serving.package import ServingError
-    from pipeline.settings import get_state_paths
-    from pipeline.validate import ValidationFailed, validate_batch
-    from pipeline.version import NotValidated
 
     try:
         params = load_params(args.params)
         paths = get_state_paths()
         if args.command == "generate":
-            from pipeline.generate import generate_shop_data
+            from pipeline.data.generate import generate_shop_data
 
             overrides = {k: getattr(args, k) for k in ("days", "events_per_day", "initial_users",
                                                        "initial_items", "seed", "start_date", "format")
@@ -293,21 +300,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         if args.command == "features":
-            from pipeline.featureset import build_features
+            from pipeline.lifecycle import steps
 
-            fs = build_features(paths, args.model, params.training(args.model))
+            built = steps.features(paths, params, args.model, args.dataset_version)
             report = paths.reports / "features" / f"{args.model}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps({k: v for k, v in fs.to_dict().items() if k != "reused"}, indent=2))
-            print(f"{'reused' if fs.reused else 'built'} {args.model} features of dataset "
-                  f"{fs.dataset_version[:12]}: {fs.path}")
+            report.write_text(json.dumps({"model": args.model, "path": built["features"],
+                                          "dataset_version": built["dataset_version"]}, indent=2))
             return 0
 
         if args.command == "train":
             import os
             import signal
 
-            from pipeline.train import exit_with_parent, train_propensity, train_recommender
+            from pipeline import families
+            from pipeline.families.training import exit_with_parent
 
             if os.environ.get("TORCHELASTIC_RUN_ID"):   # a rank under torchrun: never outlive the agent
                 exit_with_parent(signal.SIGKILL)
@@ -318,12 +325,13 @@ def main(argv: list[str] | None = None) -> int:
                 if not sep or not key:
                     raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
                 tags[key] = value
-            train_fn = train_recommender if args.model == "next_item" else train_propensity
+            spec = families.get(args.model)
             outcome = _reuse_finished(paths, args.model, tags) if args.reuse_finished and tags else None
             if outcome is not None:
                 print(f"run {outcome.run_id} already carries {tags}; reusing it")
             else:
-                outcome = train_fn(paths, params.training(args.model), tags or None, features=args.features)
+                outcome = spec.train(paths, spec.params(params), tags or None, features=args.features,
+                                     dataset_version=args.dataset_version)
             if not outcome.run_id:   # another rank than 0 under torchrun: rank 0 reports
                 return 0
             reports = [paths.reports / "train" / f"{args.model}.json", *([args.output] if args.output else [])]
@@ -354,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command in ("validate", "run"):
                 validate_batch(interval, paths, params.validate)
             if args.command in ("version", "run"):
-                from pipeline.version import version_dataset
+                from pipeline.data.version import version_dataset
 
                 version = version_dataset(interval, paths, push=not getattr(args, "no_push", False))
                 report = paths.reports / "version" / f"{day}.json"
@@ -375,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInProgress as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 6
-    except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated, RegistryError) as exc:
+    except (IngestError, ParamsError, FileNotFoundError, ValueError, NotValidated, RegistryError,
+            UnknownDatasetVersion) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import StatePaths, get_state_paths
+from pipeline.core.settings import StatePaths, get_state_paths
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -47,7 +47,7 @@ def published_shop(home: Path, params) -> Iterator[StatePaths]:
     """A state folder at ``home`` holding ``params.days`` generated days, ingested, validated and
     published, with MLflow on its default store there; for module-scoped fixtures (no monkeypatch)."""
     from pipeline.cli import main as cli
-    from pipeline.generate import generate_shop_data
+    from pipeline.data.generate import generate_shop_data
 
     mp = pytest.MonkeyPatch()
     mp.setenv("SHOPML_HOME", str(home))

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from conftest import write_csv
-from pipeline.adapters import get_adapter
-from pipeline.ingest import Interval, ingest_events
-from pipeline.schema import PARTITION_FILE
+from pipeline.core.schema import PARTITION_FILE
+from pipeline.data.adapters import get_adapter
+from pipeline.data.ingest import Interval, ingest_events
 
 
 def _events(state, day: str) -> pl.DataFrame:

@@ -1,7 +1,7 @@
 """DAG integrity and end-to-end runs with ``airflow dags test`` on SQLite.
 
 Airflow reads its configuration at import, so everything Airflow runs in a subprocess with the
-project's Airflow environment (``pipeline.settings.airflow_env``) and a state folder of its own.
+project's Airflow environment (``pipeline.core.settings.airflow_env``) and a state folder of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.settings import airflow_env, get_state_paths
+from pipeline.core.settings import airflow_env, get_state_paths
 
 DAGS = REPO / "dags"
 HEAVY = ("torch", "pandas", "polars", "mlflow", "great_expectations", "dvc", "bentoml", "sklearn", "pyarrow")

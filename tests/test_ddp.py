@@ -53,9 +53,9 @@ def test_pipeline_train_under_torchrun_resumes_a_killed_run_on_every_rank_and_tr
     import yaml
 
     from conftest import published_shop
-    from pipeline.params import GenerateParams
-    from pipeline.tracking import tracking_uri
-    from pipeline.train import train_distributed
+    from pipeline.core.params import GenerateParams
+    from pipeline.core.tracking import tracking_uri
+    from pipeline.families.training import train_distributed
 
     epochs = 4   # with 2 ranks on 2 cores, about a second each: time to kill it mid-training
     params = yaml.safe_load((REPO / "params.yaml").read_text())

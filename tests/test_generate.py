@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.generate import generate_shop_data
-from pipeline.params import GenerateParams
+from pipeline.core.params import GenerateParams
+from pipeline.data.generate import generate_shop_data
 
 SMALL = GenerateParams(seed=7, start_date="2026-11-02", days=7, events_per_day=6000,
                        initial_users=1500, initial_items=1200, new_users_per_day=0.03,

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from conftest import write_csv
-from pipeline.ingest import IngestError, Interval, ingest_events
-from pipeline.schema import EVENTS_SCHEMA, PARTITION_FILE
+from pipeline.core.schema import EVENTS_SCHEMA, PARTITION_FILE
+from pipeline.data.ingest import IngestError, Interval, ingest_events
 
 DAY = "2026-11-02"
 HEADER = "event_time,user_id,session_id,item_id,event_type,price,quantity\n"

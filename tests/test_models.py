@@ -17,17 +17,17 @@ from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.metrics import target_ranks
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, train
-from pipeline.features import (
+from pipeline.core.params import GenerateParams
+from pipeline.data.dataset import split_by_time
+from pipeline.data.generate import generate_shop_data
+from pipeline.families.next_item.features import (
     UNKNOWN,
     ItemVocab,
     next_item_examples,
-    split_by_time,
     training_windows,
     user_sequences,
 )
-from pipeline.generate import generate_shop_data
-from pipeline.params import GenerateParams
-from pipeline.train import evaluate_scorer
+from pipeline.families.next_item.train import evaluate_scorer
 
 MAX_LEN = 20
 

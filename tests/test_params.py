@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from pipeline.params import ParamsError, load_params
-from pipeline.settings import airflow_env, get_state_paths
+from pipeline.core.params import ParamsError, load_params
+from pipeline.core.settings import airflow_env, get_state_paths
 
 
 def test_project_params_file_parses():

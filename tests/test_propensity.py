@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.propensity import DCNConfig, DCNv2
-from pipeline.features import PROPENSITY_DENSE, PROPENSITY_IDS, Vocab, propensity_rows
+from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, PROPENSITY_IDS, Vocab, propensity_rows
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 
@@ -109,10 +109,10 @@ def _structured_rows(n: int, seed: int) -> pl.DataFrame:
 
 
 def test_dcn_beats_logistic_regression_on_data_with_known_structure():
-    from pipeline.features import TimeSplit
-    from pipeline.featureset import PropensityFeatures
-    from pipeline.params import TrainPropensityParams
-    from pipeline.train import fit_propensity
+    from pipeline.core.params import TrainPropensityParams
+    from pipeline.data.dataset import TimeSplit
+    from pipeline.families.purchase_propensity.features import PropensityFeatures
+    from pipeline.families.purchase_propensity.train import fit_propensity
 
     train, valid, test = (_structured_rows(n, seed) for n, seed in ((20_000, 1), (5_000, 2), (5_000, 3)))
     vocabs = {"item_idx": Vocab.of(train["item_id"]), "category_idx": Vocab.of(train["category"]),

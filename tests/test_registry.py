@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, published_shop
-from pipeline.gate import Policy, PolicyError, decide, load_policy
+from pipeline.lifecycle.gate import Policy, PolicyError, decide, load_policy
 
 
 def MEAN(values, rows):
@@ -97,7 +97,7 @@ def test_guards_on_latency_and_size_reject_a_model_that_beats_everything():
 
 
 def test_auc_is_bootstrapped_over_users_not_rows():
-    from pipeline.registry import _statistic
+    from pipeline.lifecycle.gate import _statistic
 
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(400), 5)                        # five candidate rows per user
@@ -119,8 +119,8 @@ def test_auc_is_bootstrapped_over_users_not_rows():
 def shop(tmp_path_factory):
     """A published shop and four trained recommender runs: untrained (random), good, good again
     (same data, same seed) and untrained again."""
-    from pipeline.params import GenerateParams, TrainRecommenderParams
-    from pipeline.train import train_recommender
+    from pipeline.core.params import GenerateParams, TrainRecommenderParams
+    from pipeline.families.next_item.train import train as train_recommender
 
     with published_shop(tmp_path_factory.mktemp("registry"), GenerateParams(
             seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000,
@@ -139,20 +139,21 @@ def shop(tmp_path_factory):
 def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     import mlflow
 
-    from pipeline import registry
+    from pipeline.core.tracking import mlflow_client
+    from pipeline.lifecycle import registry, steps
 
     paths, runs = shop
     policy = dataclasses.replace(load_policy("next_item"), bootstrap_samples=500)
-    client = registry._client(paths)
+    client = mlflow_client(paths)
 
     def champion():
         mv = registry.alias_version(client, "next_item", registry.CHAMPION)
         return str(mv.version) if mv else None
 
     # The first model, scoring at random, does not beat popularity: registered, rejected, no champion.
-    first = registry.evaluate_gate_register(paths, "next_item", runs["untrained"], policy)
-    assert not first.promoted and first.version == "1"
-    assert any(r.startswith("FAIL floor popularity") for r in first.decision.reasons)
+    first = steps.after_training(paths, "next_item", {"run_id": runs["untrained"]}, policy)
+    assert "champion" not in first and first["version"] == "1"
+    assert any(r.startswith("FAIL floor popularity") for r in first["reasons"])
     assert champion() is None
     assert registry.alias_version(client, "next_item", registry.CHALLENGER) is None
     v1 = client.get_model_version("next_item", "1")
@@ -163,9 +164,9 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     assert champion() == "1"
 
     # A trained model against the random champion: significantly better, promoted.
-    better = registry.evaluate_gate_register(paths, "next_item", runs["good"], policy)
-    assert better.promoted, better.decision.summary()
-    assert any(r.startswith("PASS significance") for r in better.decision.reasons)
+    better = steps.after_training(paths, "next_item", {"run_id": runs["good"]}, policy)
+    assert better.get("champion") == "2", better["reasons"]
+    assert any(r.startswith("PASS significance") for r in better["reasons"])
     assert champion() == "2"
     artifacts = {a.path for a in client.list_artifacts(runs["good"], "evaluation")}
     assert {"evaluation/summary.json", "evaluation/rows.parquet", "evaluation/decision.json",
@@ -176,16 +177,16 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     assert 0 < summary["candidate"]["metrics"]["coverage_at_20"] <= 1
 
     # The same training again: equal, not significantly better; registered as rejected.
-    equal = registry.evaluate_gate_register(paths, "next_item", runs["good_again"], policy)
-    assert not equal.promoted and champion() == "2"
-    assert any("not significantly better" in r for r in equal.decision.reasons)
+    equal = steps.after_training(paths, "next_item", {"run_id": runs["good_again"]}, policy)
+    assert "champion" not in equal and champion() == "2"
+    assert any("not significantly better" in r for r in equal["reasons"])
     # Registering the same run again (a retried task) returns the same version.
-    assert str(registry.register_candidate(paths, "next_item", runs["good_again"]).version) == equal.version
+    assert str(registry.register_candidate(paths, "next_item", runs["good_again"]).version) == equal["version"]
 
     # A worse model: rejected on the improvement rule.
-    worse = registry.evaluate_gate_register(paths, "next_item", runs["untrained_again"], policy)
-    assert not worse.promoted and champion() == "2"
-    assert any(r.startswith("FAIL improvement") for r in worse.decision.reasons)
+    worse = steps.after_training(paths, "next_item", {"run_id": runs["untrained_again"]}, policy)
+    assert "champion" not in worse and champion() == "2"
+    assert any(r.startswith("FAIL improvement") for r in worse["reasons"])
 
     # Rollback restores the previous champion and records who and why.
     registry.rollback(paths, "next_item", by="bob", reason="conversion dropped after the release")
@@ -211,9 +212,10 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
 def _passed_versions(paths, runs) -> list[str]:
     """The versions of the two trained runs, marked as passed by the gate and the smoke test (also when
     a test runs on its own)."""
-    from pipeline import registry
+    from pipeline.core.tracking import mlflow_client
+    from pipeline.lifecycle import registry
 
-    client = registry._client(paths)
+    client = mlflow_client(paths)
     for key in ("good", "good_again"):
         if "gate.decision" not in client.get_run(runs[key]).data.tags:
             client.set_tag(runs[key], "gate.decision", "passed")
@@ -226,8 +228,8 @@ def _passed_versions(paths, runs) -> list[str]:
 
 RACER = """
 import os, sys, time
-from pipeline import registry
-from pipeline.settings import get_state_paths
+from pipeline.lifecycle import registry
+from pipeline.core.settings import get_state_paths
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)
 try:
@@ -239,10 +241,11 @@ except registry.ChampionMoved as exc:
 
 
 def test_two_racing_promotions_leave_exactly_one_champion(shop, tmp_path):
-    from pipeline import registry
+    from pipeline.core.tracking import mlflow_client
+    from pipeline.lifecycle import registry
 
     paths, runs = shop
-    client = registry._client(paths)
+    client = mlflow_client(paths)
     # Two versions that passed a gate against the same champion, promoted at the same moment.
     contenders = _passed_versions(paths, runs)
     champion = registry.alias_version(client, "next_item", registry.CHAMPION)
@@ -263,10 +266,11 @@ def test_two_racing_promotions_leave_exactly_one_champion(shop, tmp_path):
 
 @pytest.mark.slow  # a minute of `airflow dags test`: make test-slow, which CI runs too
 def test_promote_and_rollback_through_their_dags(shop):
-    from pipeline import registry
+    from pipeline.core.tracking import mlflow_client
+    from pipeline.lifecycle import registry
 
     paths, runs = shop
-    client = registry._client(paths)
+    client = mlflow_client(paths)
     champion = registry.alias_version(client, "next_item", registry.CHAMPION)
     before = str(champion.version) if champion else None
     target = next(v for v in _passed_versions(paths, runs) if v != before)

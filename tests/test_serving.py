@@ -16,17 +16,25 @@ import polars as pl
 import pytest
 
 from conftest import REPO, published_shop
-from pipeline.features import PROPENSITY_DENSE, assemble_propensity, propensity_rows, propensity_tables
+from pipeline.core.tracking import mlflow_client
+from pipeline.families.purchase_propensity.features import (
+    PROPENSITY_DENSE,
+    assemble_propensity,
+    propensity_rows,
+    propensity_tables,
+)
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """A published shop; a trained and a random recommender and a propensity model, all evaluated,
     gated and registered (nothing packaged yet)."""
-    from pipeline import registry
-    from pipeline.gate import load_policy
-    from pipeline.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
-    from pipeline.train import train_propensity, train_recommender
+    from pipeline.core.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
+    from pipeline.families.next_item.train import train as train_recommender
+    from pipeline.families.purchase_propensity.train import train as train_propensity
+    from pipeline.lifecycle import registry
+    from pipeline.lifecycle.evaluate import evaluate_candidate
+    from pipeline.lifecycle.gate import gate_candidate, load_policy
 
     with published_shop(tmp_path_factory.mktemp("serving"), GenerateParams(
             seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000,
@@ -38,8 +46,8 @@ def shop(tmp_path_factory):
         versions = {}
         for key, model in (("good", "next_item"), ("random", "next_item"), ("propensity", "purchase_propensity")):
             policy = dataclasses.replace(load_policy(model), bootstrap_samples=200)
-            registry.evaluate_candidate(paths, model, runs[key])
-            registry.gate_candidate(paths, model, runs[key], policy)
+            evaluate_candidate(paths, model, runs[key])
+            gate_candidate(paths, model, runs[key], policy)
             versions[key] = str(registry.register_candidate(paths, model, runs[key]).version)
         yield paths, runs, versions
 
@@ -47,7 +55,7 @@ def shop(tmp_path_factory):
 @pytest.fixture(scope="module")
 def next_item_bento(shop):
     """The trained recommender packaged (built, served, parity-checked) and promoted."""
-    from pipeline import registry
+    from pipeline.lifecycle import registry
     from pipeline.serving.package import package
 
     paths, _, versions = shop
@@ -103,7 +111,7 @@ def _post(url: str, body) -> httpx.Response:
 
 def _snapshot_user(paths) -> tuple[str, list[str], list[str]]:
     """A user with a history and at least one purchase, from the published data."""
-    from pipeline.features import latest_catalog, load_events
+    from pipeline.data.dataset import latest_catalog, load_events
     from pipeline.serving.snapshot import user_histories
 
     events = load_events(paths.canonical)
@@ -165,7 +173,7 @@ def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
     from pipeline.serving.snapshot import user_histories
 
     paths, _, versions = shop
-    from pipeline.features import load_events
+    from pipeline.data.dataset import load_events
 
     pairs = user_histories(load_events(paths.canonical)).head(20).select(
         "user_id", pl.col("items").list.last().alias("item_id")).filter(pl.col("item_id").is_not_null())
@@ -228,11 +236,11 @@ def test_parity_check_fails_when_the_packaged_model_is_not_the_evaluated_one(sho
 def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_item_bento):
     import json
 
-    from pipeline import registry
+    from pipeline.lifecycle import registry
     from pipeline.serving.package import build_bento, resolve_bento
 
     paths, runs, versions = shop
-    mv = registry._client(paths).get_model_version("next_item", versions["good"])
+    mv = mlflow_client(paths).get_model_version("next_item", versions["good"])
     assert mv.tags["bento_tag"] == next_item_bento.bento_tag and mv.tags["smoke_test"] == "passed"
     report = json.loads(mv.tags["smoke_test.report"])
     assert report["mismatches"] == 0 and report["requests"] == 100
@@ -273,7 +281,7 @@ def test_training_and_serving_collapse_repeats_into_the_same_sequence():
     merged them, serving compared ids and did not: a training/serving skew)."""
     from datetime import datetime, timezone
 
-    from pipeline.features import UNKNOWN, ItemVocab, user_sequences
+    from pipeline.families.next_item.features import UNKNOWN, ItemVocab, user_sequences
     from pipeline.serving.snapshot import user_histories
 
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)

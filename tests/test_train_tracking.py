@@ -12,9 +12,11 @@ import pytest
 
 from conftest import published_shop
 from pipeline.cli import main as cli
-from pipeline.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
-from pipeline.tracking import tracking_uri
-from pipeline.train import finished_run, train_propensity, train_recommender
+from pipeline.core.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
+from pipeline.core.tracking import tracking_uri
+from pipeline.families.next_item.train import train as train_recommender
+from pipeline.families.purchase_propensity.train import train as train_propensity
+from pipeline.families.training import finished_run
 
 SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4,
                                batch_size=128, patience=2)
@@ -75,7 +77,7 @@ def test_training_needs_a_published_dataset(state):
 
 
 def test_cli_train_without_data_is_a_clear_error(state, capsys):
-    assert cli(["train"]) == 2
+    assert cli(["train", "--model", "next_item"]) == 2
     assert "no dataset version" in capsys.readouterr().err
 
 
@@ -96,7 +98,7 @@ def test_logged_propensity_model_scores_feature_rows_with_unknown_ids(trained):
     import mlflow
     import pandas as pd
 
-    from pipeline.features import PROPENSITY_DENSE
+    from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
 
     paths, _, outcome = trained
     mlflow.set_tracking_uri(tracking_uri(paths))
@@ -120,8 +122,8 @@ def test_a_rerun_of_the_same_dag_run_finds_the_run_it_made(trained):
 def test_training_reads_a_feature_set_built_once_per_dataset_version(trained):
     import mlflow
 
-    from pipeline.featureset import FeatureSetError, build_features, load_recommender_features, read_manifest
-    from pipeline.train import features_for
+    from pipeline.families.featureset import FeatureSetError, build_features, features_for, read_manifest
+    from pipeline.families.next_item.features import load_features as load_recommender_features
 
     paths, outcome, propensity = trained
     mlflow.set_tracking_uri(tracking_uri(paths))
@@ -167,7 +169,7 @@ def test_cli_features_then_a_retried_train_returns_the_run_it_made(trained, tmp_
                     "airflow.dag_run_id=manual__1", "--reuse-finished", "--output", str(out)]) == 0
         assert json.loads(out.read_text())["run_id"] == outcome.run_id
         assert "already carries" in capsys.readouterr().out
-        assert cli(["train", "--tag", "no-equals-sign", "--reuse-finished"]) == 2
+        assert cli(["train", "--model", "next_item", "--tag", "no-equals-sign", "--reuse-finished"]) == 2
         assert "expected KEY=VALUE" in capsys.readouterr().err
     finally:
         mp.undo()
@@ -218,8 +220,8 @@ def test_both_models_train_validate_test_and_evaluate_on_an_accelerator(trained,
     import torch
 
     from fake_accelerator import DEVICE, accelerator
-    from pipeline.features import PROPENSITY_DENSE
-    from pipeline.registry import evaluate_candidate
+    from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
+    from pipeline.lifecycle.evaluate import evaluate_candidate
 
     paths, _, _ = trained
     tags = {"test.case": "accelerator"}
@@ -274,7 +276,7 @@ def test_precision_and_compile_follow_the_device_and_params_name_a_bad_value(tmp
     import yaml
 
     from models.train import TrainConfig, resolve_compile, resolve_precision
-    from pipeline.params import ParamsError, load_params
+    from pipeline.core.params import ParamsError, load_params
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_precision("auto", cpu) is None and resolve_compile("auto", cpu) is False
@@ -314,9 +316,9 @@ def test_a_second_process_on_the_same_run_is_refused_and_a_dead_attempts_run_is_
     import mlflow
     from filelock import FileLock
 
-    from pipeline.resume import RESUME_TAG, TrainingInProgress, checkpoint_folder, resume_key
-    from pipeline.tracking import use_experiment
-    from pipeline.train import features_for
+    from pipeline.core.tracking import use_experiment
+    from pipeline.families.featureset import features_for
+    from pipeline.families.resume import RESUME_TAG, TrainingInProgress, checkpoint_folder, resume_key
 
     paths, _, _ = trained
     params = dataclasses.replace(SMALL, epochs=1)

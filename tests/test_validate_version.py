@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.generate import generate_shop_data
-from pipeline.ingest import Interval, ingest_events
-from pipeline.params import GenerateParams, ValidateParams
-from pipeline.schema import PARTITION_FILE
-from pipeline.validate import ValidationFailed, validate_batch
-from pipeline.version import NotValidated, current_dataset_version, version_dataset
+from pipeline.core.params import GenerateParams, ValidateParams
+from pipeline.core.schema import PARTITION_FILE
+from pipeline.data.generate import generate_shop_data
+from pipeline.data.ingest import Interval, ingest_events
+from pipeline.data.validate import ValidationFailed, validate_batch
+from pipeline.data.version import NotValidated, current_dataset_version, version_dataset
 
 PARAMS = GenerateParams(seed=3, start_date="2026-11-02", days=3, events_per_day=3000,
                         initial_users=800, initial_items=600)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from pipeline.features import PROPENSITY_DENSE
+from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
 
 MAX_K = 100
 MAX_HISTORY = 200
@@ -84,4 +84,5 @@ class Metadata(BaseModel):
     git_commit: str
     run_id: str
     features_as_of: str
+    features_dataset_version: str
     adaptive_batching: bool

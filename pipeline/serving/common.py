@@ -26,8 +26,9 @@ MAX_BATCH_SIZE = int(os.environ.get("SHOPML_MAX_BATCH_SIZE", "64"))
 MAX_LATENCY_MS = int(os.environ.get("SHOPML_MAX_LATENCY_MS", "1000"))
 
 
-def bento_args(model_name: str) -> SimpleNamespace:
-    """The build arguments of the Bento being built or served, checked."""
+def bento_args(model_name: str | None) -> SimpleNamespace:
+    """The build arguments of the Bento being built or served, checked (``model_name`` None: a
+    service that serves any family's model)."""
     import bentoml
 
     args = bentoml.use_arguments()
@@ -35,15 +36,18 @@ def bento_args(model_name: str) -> SimpleNamespace:
     if missing:
         raise RuntimeError(f"the {model_name} service needs the Bento arguments {missing}; build it with "
                            f"`python -m pipeline package {model_name} <version>`, then serve the Bento it prints")
-    if args.model_name != model_name:
+    if model_name is not None and args.model_name != model_name:
         raise RuntimeError(f"this Bento packages {args.model_name}, not {model_name}")
     return args
 
 
-def metadata(args: SimpleNamespace, features_as_of: str) -> Metadata:
+def metadata(args: SimpleNamespace, snapshot_meta: dict) -> Metadata:
+    """What the Bento serves: the model version and its lineage, and the feature snapshot's dataset
+    version and cutoff (the version the model was trained on, unless packaged with another)."""
     return Metadata(model=args.model_name, version=str(args.version), bento_tag=args.bento_tag,
                     dataset_version=args.dataset_version, git_commit=args.git_commit, run_id=args.run_id,
-                    features_as_of=features_as_of, adaptive_batching=ADAPTIVE_BATCHING)
+                    features_as_of=snapshot_meta["cutoff"], features_dataset_version=snapshot_meta["dataset_version"],
+                    adaptive_batching=ADAPTIVE_BATCHING)
 
 
 def torch_threads() -> None:

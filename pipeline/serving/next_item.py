@@ -93,7 +93,7 @@ class NextItemService:
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta["cutoff"])
+        return metadata(ARGS, self.snapshot.meta)
 
 
 __all__ = ["MAX_K", "NextItemModel", "NextItemService"]

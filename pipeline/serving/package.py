@@ -3,17 +3,20 @@
 ``package`` does, for one version (default: the ``challenger``):
 
 1. imports the MLflow model into the Bento store (``bentoml.mlflow.import_model``) as
-   ``<model>:v<version>-<run>``, and the feature snapshot of the current dataset version as
-   ``shopml-features:<dataset hash>`` (both once: a retried task reuses them);
+   ``<model>:v<version>-<run>``, and the feature snapshot of the dataset version the model was
+   trained on (its run's ``dataset_version``) as ``shopml-features:<dataset hash>`` (both once: a
+   retried task reuses them), so a version packaged after newer days were published still serves
+   the features its model learned from;
 2. builds the Bento ``shopml-<model>:v<version>-<run>`` with the service code (``pipeline/``,
    ``models/``) and a pinned Python environment: the serving packages and their dependencies at
    the versions installed here, which ``requirements.lock`` fixed;
 3. smoke-tests it: ``bentoml serve`` on a free loopback port, readiness, metadata, a malformed request
-   (must be a 4xx), a cold-start request, then the **parity check**: the offline evaluation's own
+   (must be a 4xx), the family's own checks (``ModelSpec.smoke_checks``), then the **parity check**
+   (``ModelSpec.parity``): the offline evaluation's own
    requests (``evaluation/predictions.parquet`` of the version's run) replayed against the server,
    whose answers must match what was evaluated (the same top-k, probabilities within a tolerance);
 4. writes ``bento_tag`` and ``smoke_test`` (``passed`` or ``failed`` with the reason) to the model
-   version. ``registry.promote`` refuses a version whose smoke test did not pass (policy
+   version. ``pipeline.lifecycle.registry.promote`` refuses a version whose smoke test did not pass (policy
    ``require_smoke_test``).
 
 The Bento store lives in ``$BENTOML_HOME`` (default ``$SHOPML_HOME/bentoml``).
@@ -32,7 +35,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
@@ -41,19 +43,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.settings import StatePaths
-from pipeline.tracking import REPO_ROOT
+from pipeline import families
+from pipeline.core.settings import StatePaths
+from pipeline.core.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    PREDICTIONS,
+    REPO_ROOT,
+    RegistryError,
+    mlflow_client,
+    model_version,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per smoke-test request is noise
 
-SERVICES = {"next_item": "pipeline.serving.next_item:NextItemService",
-            "purchase_propensity": "pipeline.serving.propensity:PropensityService"}
 # What the served process imports; their dependencies are pinned with them.
 SERVING_PACKAGES = ("bentoml", "mlflow", "torch", "polars", "pandas", "numpy", "pyarrow", "pydantic", "pyyaml")
 SCORE_TOLERANCE = 1e-4          # |served - evaluated| for scores and probabilities (float32 models)
 PARITY_REQUESTS = 300           # offline requests replayed (all of them when fewer)
-CANDIDATES_PER_REQUEST = 50
 
 
 class ServingError(RuntimeError):
@@ -127,68 +135,75 @@ def _import_model(model_name: str, mv, tag: str) -> None:
                                 metadata={"run_id": mv.run_id, "dataset_version": mv.tags.get("dataset_version", "")})
 
 
-def _snapshot(paths: StatePaths) -> tuple[str, str]:
-    """The feature snapshot of the current dataset version: (Bento model tag, dataset version)."""
+def _snapshot(paths: StatePaths, dataset_version: str) -> tuple[str, str]:
+    """The feature snapshot of ``dataset_version``: (Bento model tag, full dataset version).
+
+    Raises:
+        UnknownDatasetVersion: the version cannot be restored (the message says how to restore it).
+    """
     import bentoml
     from bentoml.exceptions import NotFound
 
+    from pipeline.data.version import open_dataset
     from pipeline.serving.snapshot import SNAPSHOT_MODEL, write_snapshot
-    from pipeline.version import current_dataset_version
 
-    current = current_dataset_version(paths)
-    if current is None:
-        raise ServingError(f"no dataset version under {paths.dataset_repo}; ingest data first")
-    tag = f"{SNAPSHOT_MODEL}:{re.sub(r'[^a-z0-9_.-]', '', current.version.lower())[:32]}"
+    dataset = open_dataset(paths, dataset_version)
+    tag = f"{SNAPSHOT_MODEL}:{re.sub(r'[^a-z0-9_.-]', '', dataset.version.lower())[:32]}"
     try:
         bentoml.models.get(tag)
     except NotFound:
-        with bentoml.models.create(tag, labels={"dataset_version": current.version}) as model:
-            meta = write_snapshot(paths.canonical, current.version, Path(model.path))
+        with bentoml.models.create(tag, labels={"dataset_version": dataset.version}) as model:
+            meta = write_snapshot(dataset.path, dataset.version, Path(model.path))
             log.info("feature snapshot %s: %d users, cutoff %s", tag, meta["users"], meta["cutoff"])
-    return tag, current.version
+    return tag, dataset.version
 
 
-def build_bento(paths: StatePaths, model_name: str, version: str | None = None) -> Packaged:
-    """Import the version and the snapshot into the Bento store and build its Bento (idempotent)."""
+def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
+                dataset_version: str | None = None) -> Packaged:
+    """Import the version and the feature snapshot of the dataset version it was trained on (or of
+    ``dataset_version``) into the Bento store and build its Bento (idempotent)."""
     use_bento_home(paths)
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from pipeline import registry
-
-    registry._check_model(model_name)
-    client = registry._client(paths)
-    mv = _version(client, model_name, version)
+    spec = families.get(model_name)
+    client = mlflow_client(paths)
+    mv = model_version(client, model_name, version, CHALLENGER)
+    run = client.get_run(mv.run_id)
+    trained_on = run.data.tags.get("dataset_version")
+    if not (dataset_version or trained_on):
+        raise RegistryError(f"{model_name} version {mv.version} (run {mv.run_id}) records no dataset version; "
+                            "its features cannot be packaged")
     suffix = f"v{mv.version}-{mv.run_id[:8]}"
     model_tag, bento_tag = f"{model_name}:{suffix}", f"{bento_name(model_name)}:{suffix}"
     _import_model(model_name, mv, model_tag)
-    snapshot_tag, dataset_version = _snapshot(paths)
+    snapshot_tag, dataset_version = _snapshot(paths, dataset_version or trained_on)
     try:
         existing = bentoml.bentos.get(bento_tag)
         if existing.info.args.get("snapshot_tag") == snapshot_tag:
             return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
-        bentoml.bentos.delete(bento_tag)   # built on an older snapshot: rebuild on today's
+        bentoml.bentos.delete(bento_tag)   # built by an older release on another snapshot: rebuild
     except NotFound:
         pass
-    run = client.get_run(mv.run_id)
     args = {"model_name": model_name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
             "version": str(mv.version), "run_id": mv.run_id,
             "dataset_version": run.data.tags.get("dataset_version", "unknown"),
             "git_commit": run.data.tags.get("git_commit", "unknown"), "bento_tag": bento_tag}
-    bento_tag = build(args, labels={"registry_model": model_name, "registry_version": str(mv.version),
+    bento_tag = build(args, spec.service, labels={"registry_model": model_name, "registry_version": str(mv.version),
                                     "features_dataset_version": dataset_version[:63]},
                       description=f"{model_name} version {mv.version} (run {mv.run_id}), features of dataset "
                                   f"{dataset_version}")
     return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
 
 
-def build(args: dict[str, str], labels: dict[str, str] | None = None, description: str = "") -> str:
-    """Build the Bento of ``args`` (``common.ARG_NAMES``; the models already in the store); its tag."""
+def build(args: dict[str, str], service: str, labels: dict[str, str] | None = None, description: str = "") -> str:
+    """Build the Bento of ``service`` (``module:Class``) with ``args`` (``common.ARG_NAMES``; the
+    models already in the store); its tag."""
     import bentoml
 
     name, version = args["bento_tag"].split(":")
     bento = bentoml.bentos.build(
-        SERVICES[args["model_name"]], name=name, version=version, build_ctx=str(REPO_ROOT),
+        service, name=name, version=version, build_ctx=str(REPO_ROOT),
         include=["pipeline/**/*.py", "models/**/*.py"], exclude=["**/__pycache__"],
         python={"packages": pinned_requirements(), "lock_packages": False},
         labels=labels or {}, description=description, args=args,
@@ -197,28 +212,11 @@ def build(args: dict[str, str], labels: dict[str, str] | None = None, descriptio
     return str(bento.tag)
 
 
-def _version(client, model_name: str, version: str | None):
-    from pipeline.registry import CHALLENGER, RegistryError, alias_version
-
-    if version is None:
-        mv = alias_version(client, model_name, CHALLENGER)
-        if mv is None:
-            raise RegistryError(f"{model_name} has no challenger to package; name a version")
-        return mv
-    return client.get_model_version(model_name, str(version))
-
-
 def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None, bento_tag: str | None = None) -> str:
     """The Bento to serve: a given tag, or the one a version (default: the champion) was packaged as."""
-    from pipeline.registry import CHAMPION, RegistryError, _client, alias_version
-
     if bento_tag:
         return bento_tag
-    client = _client(paths)
-    mv = alias_version(client, model_name, CHAMPION) if version is None else \
-        client.get_model_version(model_name, str(version))
-    if mv is None:
-        raise RegistryError(f"{model_name} has no champion to serve; name a version or a Bento tag")
+    mv = model_version(mlflow_client(paths), model_name, version, CHAMPION)
     tag = mv.tags.get("bento_tag")
     if not tag:
         raise RegistryError(f"{model_name} version {mv.version} was never packaged; run "
@@ -314,9 +312,7 @@ class SmokeReport:
 
 def offline_predictions(paths: StatePaths, model_name: str, version: str) -> pd.DataFrame:
     """What the version answered in its offline evaluation (``evaluation/predictions.parquet``)."""
-    from pipeline.registry import PREDICTIONS, RegistryError, _client
-
-    client = _client(paths)
+    client = mlflow_client(paths)
     mv = client.get_model_version(model_name, str(version))
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -343,45 +339,6 @@ def _post(client, url: str, body) -> tuple[dict, float]:
     return response.json(), elapsed
 
 
-def _parity_next_item(client, url: str, expected: pd.DataFrame) -> tuple[int, float, list[float], list[str]]:
-    bodies = [{"history": [str(i) for i in h], "k": int(k)} for h, k in zip(expected["history"], expected["k"],
-                                                                              strict=True)]
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda b: _post(client, f"{url}/recommend", b), bodies))
-    mismatches, worst, examples = 0, 0.0, []
-    for (answer, _), items, scores, user in zip(answers, expected["predicted_items"], expected["predicted_scores"],
-                                                expected["user_id"], strict=True):
-        items, scores = list(items), np.asarray(scores, dtype=float)
-        if answer["items"] != items:
-            mismatches += 1
-            if len(examples) < 3:
-                examples.append(f"user {user}: served {answer['items'][:5]}..., evaluated {items[:5]}...")
-            continue
-        worst = max(worst, float(np.max(np.abs(np.asarray(answer["scores"]) - scores), initial=0.0)))
-    return mismatches, worst, [t for _, t in answers], examples
-
-
-def _parity_propensity(client, url: str, expected: pd.DataFrame) -> tuple[int, float, list[float], list[str]]:
-    from pipeline.features import PROPENSITY_DENSE
-
-    def candidate(row) -> dict:
-        return {"item_id": row["item_id"], "category": row["category"], "brand": row["brand"],
-                "features": {f: float(row[f]) for f in PROPENSITY_DENSE}}
-
-    records = expected.to_dict("records")
-    chunks = [records[i:i + CANDIDATES_PER_REQUEST] for i in range(0, len(records), CANDIDATES_PER_REQUEST)]
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda c: _post(client, f"{url}/purchase_probability",
-                                                {"candidates": [candidate(r) for r in c]}), chunks))
-    served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
-    evaluated = expected["predicted_probability"].to_numpy(dtype=float)
-    diff = np.abs(served - evaluated)
-    bad = np.flatnonzero(diff > SCORE_TOLERANCE)
-    examples = [f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
-                f"evaluated {evaluated[i]:.6f}" for i in bad[:3]]
-    return int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples
-
-
 def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
                requests: int = PARITY_REQUESTS) -> SmokeReport:
     """Serve ``bento_tag`` and check it answers like ``version`` did in its offline evaluation.
@@ -392,29 +349,30 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
     """
     import httpx
 
-    expected = offline_predictions(paths, model_name, version)
-    # A propensity request carries many candidates: more rows for about as many requests.
-    expected = _spread(expected, requests if model_name == "next_item" else requests * 4)
+    spec = families.get(model_name)
+    expected = _spread(offline_predictions(paths, model_name, version), requests * spec.parity_rows)
     checks = []
     with served(paths, bento_tag) as url, httpx.Client(timeout=60) as client:
-        meta, _ = _post(client, f"{url}/metadata", {})
+        def post(endpoint: str, body) -> tuple[dict, float]:
+            return _post(client, f"{url}/{endpoint}", body)
+
+        meta, _ = post("metadata", {})
         if meta["version"] != str(version) or meta["bento_tag"] != bento_tag:
             raise ServingError(f"{bento_tag} says it serves version {meta['version']} ({meta['bento_tag']}), "
                                f"not {model_name} version {version}")
         checks.append(f"metadata: {model_name} version {meta['version']}, dataset {meta['dataset_version'][:12]}")
-        endpoint = "recommend" if model_name == "next_item" else "purchase_probability"
+        endpoint = spec.endpoint
         bad = client.post(f"{url}/{endpoint}", json={"no_such_field": 1})
         if not 400 <= bad.status_code < 500:
             raise ServingError(f"a malformed {endpoint} request got {bad.status_code}, not a 4xx: {bad.text[:300]}")
         checks.append(f"malformed request: {bad.status_code}")
-        if model_name == "next_item":
-            cold, _ = _post(client, f"{url}/recommend", {"user_id": "no-such-user", "k": 5})
-            if cold["source"] != "popularity" or len(cold["items"]) != 5:
-                raise ServingError(f"a cold-start user was not answered from popularity: {cold}")
-            checks.append("cold start: popularity fallback")
-            mismatches, worst, times, examples = _parity_next_item(client, url, expected)
-        else:
-            mismatches, worst, times, examples = _parity_propensity(client, url, expected)
+        if spec.smoke_checks is not None:
+            try:
+                checks.extend(spec.smoke_checks(post))
+            except ValueError as exc:
+                raise ServingError(f"{bento_tag}: {exc}") from None
+        parity = spec.parity(post, expected)
+    mismatches, worst, times, examples = parity.mismatches, parity.max_abs_diff, parity.times_ms, parity.examples
     report = SmokeReport(bento_tag, str(version), len(expected), mismatches, worst,
                          float(np.percentile(times, 50)), float(np.percentile(times, 95)), checks)
     if mismatches or worst > SCORE_TOLERANCE:
@@ -427,12 +385,10 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
 
 
 def package(paths: StatePaths, model_name: str, version: str | None = None,
-            requests: int = PARITY_REQUESTS) -> Packaged:
+            requests: int = PARITY_REQUESTS, dataset_version: str | None = None) -> Packaged:
     """Build, serve and check a version's Bento; record the outcome on the model version."""
-    from pipeline.registry import _client
-
-    packaged = build_bento(paths, model_name, version)
-    client = _client(paths)
+    packaged = build_bento(paths, model_name, version, dataset_version)
+    client = mlflow_client(paths)
     tag = lambda k, v: client.set_model_version_tag(model_name, packaged.version, k, v)  # noqa: E731
     tag("bento_tag", packaged.bento_tag)
     try:

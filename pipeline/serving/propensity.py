@@ -12,7 +12,7 @@ import bentoml
 import pandas as pd
 import polars as pl
 
-from pipeline.features import PROPENSITY_DENSE
+from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
 from pipeline.serving.api import Metadata, Probabilities, PropensityRequest
 from pipeline.serving.common import (
     ADAPTIVE_BATCHING,
@@ -87,4 +87,4 @@ class PropensityService:
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta["cutoff"])
+        return metadata(ARGS, self.snapshot.meta)

@@ -19,16 +19,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.features import (
-    PROPENSITY_DENSE,
-    SEQUENCE_EVENT_TYPES,
-    assemble_propensity,
-    collapse_repeats,
-    latest_catalog,
-    load_events,
-    propensity_tables,
-    split_by_time,
-)
+from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, latest_catalog, load_events, split_by_time
+from pipeline.families.next_item.features import collapse_repeats
+from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, assemble_propensity, propensity_tables
 
 SNAPSHOT_MODEL = "shopml-features"
 HISTORY_KEPT = 200            # the most recent items kept per user (pipeline.evaluate.HISTORY_LEN)

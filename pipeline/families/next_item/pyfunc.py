@@ -87,7 +87,7 @@ def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint
     """
     from mlflow.models import infer_signature
 
-    from pipeline.tracking import REPO_ROOT
+    from pipeline.core.tracking import REPO_ROOT
 
     vocab_file, popular_file = Path(workdir) / "vocab.json", Path(workdir) / "popular.json"
     vocab_file.write_text(json.dumps(list(item_ids)))

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pipeline.settings import StatePaths
+from pipeline.core.settings import StatePaths
 
 log = logging.getLogger(__name__)
 

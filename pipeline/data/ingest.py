@@ -1,7 +1,7 @@
 """Ingest one data interval of raw shop events into staged, typed, de-duplicated partitions.
 
 Ingestion never touches the canonical dataset: it writes to ``staging/``; only a batch that passes
-validation is published (see :mod:`pipeline.version`). So a bad rerun of an interval can never
+validation is published (see :mod:`pipeline.data.version`). So a bad rerun of an interval can never
 overwrite data that was accepted before.
 
 Every row read either lands in the staged partition, is a duplicate of one that does, falls outside
@@ -21,8 +21,7 @@ from pathlib import Path
 import fsspec
 import polars as pl
 
-from pipeline.adapters import Adapter, get_adapter
-from pipeline.schema import (
+from pipeline.core.schema import (
     CATALOG_COLUMNS,
     CATALOG_SCHEMA,
     EVENT_COLUMNS,
@@ -32,7 +31,8 @@ from pipeline.schema import (
     PARTITION_FILE,
     partition_dir_name,
 )
-from pipeline.settings import StatePaths
+from pipeline.core.settings import StatePaths
+from pipeline.data.adapters import Adapter, get_adapter
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def ingest_events(
         events_source: path, glob or fsspec URI of the event files; ``{date}`` is replaced by the
             interval's first day, and relative paths are read from the state folder.
         paths: where state lives.
-        adapter_name: the source layout (see :mod:`pipeline.adapters`).
+        adapter_name: the source layout (see :mod:`pipeline.data.adapters`).
         catalog_source: landing catalog files (canonical layout only); other layouts derive the
             catalog from their events.
 

@@ -39,7 +39,7 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from models.train import model_device
-        from pipeline.features import PROPENSITY_DENSE, PROPENSITY_IDS
+        from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, PROPENSITY_IDS
 
         ids = np.stack([model_input[ID_COLUMNS[k]].map(lambda v, m=self.index[k]: m.get(v, 0)).to_numpy()
                         for k in PROPENSITY_IDS], axis=1).astype(np.int64)

@@ -24,14 +24,14 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.ingest import Interval
-from pipeline.params import ValidateParams
-from pipeline.schema import PARTITION_FILE, partition_dir_name
-from pipeline.settings import StatePaths
+from pipeline.core.params import ValidateParams
+from pipeline.core.schema import PARTITION_FILE, partition_dir_name
+from pipeline.core.settings import StatePaths
+from pipeline.data.ingest import Interval
 
 log = logging.getLogger(__name__)
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
+SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
 DATASOURCE = "shopml"
 
 

@@ -6,7 +6,12 @@ on workers that have no git checkout of this project. After each publish the dat
 ``dvc add``-ed and pushed to the remote (a local folder by default, ``s3://...`` through
 ``SHOPML_DVC_REMOTE``). The DVC directory hash is the dataset version; a manifest per version
 (``dataset/versions/<hash>.json``) keeps the ``.dvc`` file that restores it (``dvc checkout`` or
-``dvc pull`` with it), and ``dataset/versions/current.json`` names the newest one for later stages.
+``dvc pull`` with it), and ``dataset/versions/current.json`` names the newest one.
+
+Later stages are handed a version (a hash) and read that version, never "whatever is current":
+``restore_dataset`` checks the version's files out of the DVC cache (or pulls them from the remote)
+into ``dataset/snapshots/<hash>/canonical``, by hard links, so a version published meanwhile
+changes nothing under a stage that is running, and a rerun reads what the first run read.
 
 Publishing swaps whole partition folders by rename under a lock, so a reader sees the old day or the
 new day, never half of one, and two runs never version at the same time.
@@ -25,10 +30,11 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from pipeline.ingest import Interval
-from pipeline.schema import partition_dir_name
-from pipeline.settings import StatePaths
-from pipeline.validate import validation_report_path
+from pipeline.core.schema import partition_dir_name
+from pipeline.core.settings import StatePaths
+from pipeline.data.dataset import Dataset
+from pipeline.data.ingest import Interval
+from pipeline.data.validate import validation_report_path
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +176,112 @@ def version_dataset(interval: Interval, paths: StatePaths, push: bool = True) ->
     return result
 
 
+class UnknownDatasetVersion(ValueError):
+    """A dataset version that was never published here, or whose files cannot be restored."""
+
+
+def _manifest(path: Path) -> DatasetVersion:
+    data = json.loads(path.read_text())
+    data.pop("dvc_file", None)
+    return DatasetVersion(**data)
+
+
+def dataset_version(paths: StatePaths, version: str) -> DatasetVersion:
+    """The published version ``version`` (a full hash, or a prefix of at least 6 characters that
+    names one version).
+
+    Raises:
+        UnknownDatasetVersion: no published version matches; the message lists the newest ones.
+    """
+    versions = paths.dataset_repo / "versions"
+    exact = versions / f"{version}.json"
+    if len(version) >= 6 and "/" not in version and not exact.exists():
+        found = [f for f in versions.glob(f"{version}*.json") if f.name != "current.json"]
+        exact = found[0] if len(found) == 1 else exact
+    if not exact.exists() or exact.name == "current.json":
+        known = sorted((f for f in versions.glob("*.json") if f.name != "current.json"),
+                       key=lambda f: f.stat().st_mtime, reverse=True)
+        raise UnknownDatasetVersion(
+            f"dataset version {version!r} is not published under {versions} (newest: "
+            f"{', '.join(f.stem[:12] for f in known[:5]) or 'none'}); a version from another state folder is "
+            f"restored by copying its versions/<hash>.json there and running `dvc pull` in {paths.dataset_repo}")
+    return _manifest(exact)
+
+
+def resolve_dataset_version(paths: StatePaths, version: str | None = None) -> DatasetVersion:
+    """``version`` if given (see ``dataset_version``), else the current one, resolved once.
+
+    Raises:
+        FileNotFoundError: no version was given and none has been published yet.
+        UnknownDatasetVersion: the given version is not published here.
+    """
+    if version:
+        return dataset_version(paths, version)
+    current = current_dataset_version(paths)
+    if current is None:
+        raise FileNotFoundError(f"no dataset version under {paths.dataset_repo}; run the ingest DAG first")
+    return current
+
+
+def restore_dataset(paths: StatePaths, version: str) -> Path:
+    """A folder holding exactly the canonical dataset of ``version`` (``events/``, ``catalog/``).
+
+    The files come from the DVC cache, or from the remote (``dvc pull``) when the cache lacks them,
+    into ``dataset/snapshots/<hash>/canonical`` once; later calls return that folder. Restored
+    files are hard links into the cache (``cache.type``): no copy of the data. Safe to call from
+    several processes at once (a lock per version).
+
+    Raises:
+        UnknownDatasetVersion: the version was never published here, or its files are neither in
+            the cache nor on the remote.
+    """
+    ref = dataset_version(paths, version)
+    folder = paths.dataset_repo / "snapshots" / ref.version
+    done = folder / ".restored"
+    if done.exists():
+        return folder / "canonical"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock", timeout=600):
+        if done.exists():
+            return folder / "canonical"
+        manifest = json.loads((paths.dataset_repo / "versions" / f"{ref.version}.json").read_text())
+        # The version's own .dvc file, beside the folder it describes (its out path is `canonical`).
+        dvc_file = folder / "canonical.dvc"
+        dvc_file.write_text(manifest["dvc_file"])
+        repo = _repo(paths)
+        try:
+            repo.checkout(targets=[str(dvc_file)], force=True)
+        except Exception as checkout_error:
+            log.info("dataset version %s is not complete in the DVC cache (%s); pulling it from %s",
+                     ref.version, checkout_error, paths.dvc_remote_url)
+            try:
+                repo.pull(targets=[str(dvc_file)], force=True)
+            except Exception as exc:
+                raise UnknownDatasetVersion(
+                    f"dataset version {ref.version} cannot be restored: its files are not in the DVC cache of "
+                    f"{paths.dataset_repo} and `dvc pull` from {paths.dvc_remote_url} failed ({exc}); restore the "
+                    f"remote (or the cache) and run again") from None
+        if not (folder / "canonical" / "events").is_dir():
+            raise UnknownDatasetVersion(f"dataset version {ref.version} restored to {folder / 'canonical'} "
+                                        f"holds no events/ folder")
+        done.write_text(ref.created_at)
+    return folder / "canonical"
+
+
 def current_dataset_version(paths: StatePaths) -> DatasetVersion | None:
     """The newest dataset version, or None before the first publish."""
     current = paths.dataset_repo / "versions" / "current.json"
     if not current.exists():
         return None
-    data = json.loads(current.read_text())
-    data.pop("dvc_file", None)
-    return DatasetVersion(**data)
+    return _manifest(current)
+
+
+def open_dataset(paths: StatePaths, version: str | None = None) -> Dataset:
+    """The dataset version ``version`` (default: the current one, resolved once), restored.
+
+    Raises:
+        FileNotFoundError: no version was given and none has been published yet.
+        UnknownDatasetVersion: the version is not published here or cannot be restored.
+    """
+    ref = resolve_dataset_version(paths, version)
+    return Dataset(ref.version, restore_dataset(paths, ref.version), ref.path)

@@ -13,9 +13,9 @@ import platform
 import subprocess
 from pathlib import Path
 
-from pipeline.settings import StatePaths
+from pipeline.core.settings import StatePaths
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tracking_uri(paths: StatePaths) -> str:
@@ -71,3 +71,71 @@ def environment_tags() -> dict[str, str]:
         "env.cuda": str(torch.cuda.is_available()),
         "env.device_count": str(torch.cuda.device_count()),
     }
+
+
+# The model registry's vocabulary, shared by the lifecycle (which moves aliases) and serving (which
+# reads them).
+CHALLENGER, CHAMPION = "challenger", "champion"
+NO_CHAMPION = "none"
+PREDICTIONS = "predictions.parquet"   # under a run's evaluation/ artifacts: what the candidate answered
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done as asked (the message says why)."""
+
+
+def mlflow_client(paths: StatePaths):
+    """An MLflow client on this project's tracking and registry store (MLflow's globals set too)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    # Task logs should show decisions, not a progress bar per downloaded artifact.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri(paths)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias_version(client, model_name: str, alias: str):
+    """The model version behind ``alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def model_version(client, model_name: str, version: str | None, default_alias: str):
+    """Version ``version`` of ``model_name``, or the one behind ``default_alias`` when None.
+
+    Raises:
+        RegistryError: no such version, or nothing behind the alias.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        mv = alias_version(client, model_name, default_alias)
+        if mv is None:
+            raise RegistryError(f"{model_name} has no {default_alias}; name a version")
+        return mv
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"{model_name} has no version {version}: {exc.message}") from None
+
+
+def logged_model_uri(client, run_id: str) -> str:
+    """The model logged by a training run (MLflow 3 logged model)."""
+    import mlflow
+
+    run = client.get_run(run_id)
+    # Without experiment ids MLflow searches only the active experiment, which a fresh worker lacks.
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    if not models:
+        raise RegistryError(f"run {run_id} logged no model")
+    return models[0].model_uri

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
+DEFAULT_PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 # SHOPML_PARAMS points a deployment (or a test) at another params file.
 PARAMS_ENV = "SHOPML_PARAMS"
 
@@ -115,10 +115,6 @@ class Params:
     validate: ValidateParams
     train_recommender: TrainRecommenderParams
     train_propensity: TrainPropensityParams
-
-    def training(self, model: str) -> TrainRecommenderParams | TrainPropensityParams:
-        """The training section of a registered model (``next_item`` or ``purchase_propensity``)."""
-        return self.train_recommender if model == "next_item" else self.train_propensity
 
 
 T = TypeVar("T")

@@ -10,14 +10,18 @@ A candidate is promoted only if every check passes:
    independent), lies entirely above zero;
 4. guards: p95 latency of a one-row prediction and the model's size stay under their limits.
 
-The module is pure (no MLflow): ``decide`` takes figures and per-row values and returns a
-``Decision`` whose ``reasons`` say, in words, why it passed or failed.
+``decide`` is pure (no MLflow): it takes figures and per-row values and returns a
+``Decision`` whose ``reasons`` say, in words, why it passed or failed. ``gate_candidate`` applies it
+to a candidate's logged evaluation and logs the decision to its run.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.tracking import REPO_ROOT
+from pipeline.core.settings import StatePaths
+from pipeline.core.tracking import REPO_ROOT
+
+log = logging.getLogger(__name__)
 
 POLICY_FILE = REPO_ROOT / "policy.yaml"
 POLICY_ENV = "SHOPML_POLICY"   # another policy file, e.g. a shop's own, without editing the repository's
@@ -202,4 +209,55 @@ def decide(
         checks.append(Check("size", bool(model_mb <= policy.max_model_mb),
                             f"{model_mb:.1f} MB (limit {policy.max_model_mb:g} MB)"))
     decision.passed = all(c.passed for c in checks)
+    return decision
+
+
+# Applied to a logged evaluation --------------------------------------------------------------
+
+def _statistic(policy: Policy, labels: np.ndarray | None):
+    if policy.metric == "auc":
+        if labels is None:
+            raise PolicyError("metric auc needs labels")
+        from pipeline.families.base import auc
+
+        return lambda values, rows: auc(labels[rows], values)
+    return lambda values, rows: float(values.mean())
+
+
+def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Policy | None = None) -> Decision:
+    """Apply the policy to the run's evaluation; log and print the decision and every reason."""
+    import pandas as pd
+
+    from pipeline.core.tracking import mlflow_client
+
+    policy = policy or load_policy(model_name)
+    client = mlflow_client(paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = json.loads(Path(client.download_artifacts(run_id, "evaluation/summary.json", tmp)).read_text())
+        rows = pd.read_parquet(client.download_artifacts(run_id, "evaluation/rows.parquet", tmp))
+    metric = policy.metric
+    if metric not in summary["candidate"]["metrics"]:
+        raise PolicyError(f"policy metric {metric!r} is not among the evaluation's metrics "
+                            f"({', '.join(summary['candidate']['metrics'])})")
+    paired = None
+    if summary["champion"] is not None:
+        column = "probability" if metric == "auc" else metric
+        labels = rows["label"].to_numpy() if "label" in rows else None
+        paired = (rows["user_id"].to_numpy(), rows[f"candidate.{column}"].to_numpy(),
+                  rows[f"champion.{column}"].to_numpy(), _statistic(policy, labels))
+    decision = decide(
+        policy, summary["candidate"]["metrics"],
+        {n: b["metrics"][metric] for n, b in summary["baselines"].items()},
+        champion=None if summary["champion"] is None else summary["champion"]["metrics"],
+        champion_version=summary["champion_version"], paired=paired,
+        latency_ms=summary["latency_ms_p95"], model_mb=summary["model_mb"],
+    )
+    client.log_metric(run_id, "gate_passed", float(decision.passed))
+    client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")
+    client.set_tag(run_id, "gate.reasons", "\n".join(decision.reasons)[:4900])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "decision.json"
+        path.write_text(json.dumps({**decision.to_dict(), "policy": policy.to_dict()}, indent=2, default=str))
+        client.log_artifact(run_id, str(path), artifact_path="evaluation")
+    log.debug("%s run %s\n%s", model_name, run_id, decision.summary())
     return decision

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.params import GenerateParams
-from pipeline.schema import CATALOG_COLUMNS, EVENT_COLUMNS
+from pipeline.core.params import GenerateParams
+from pipeline.core.schema import CATALOG_COLUMNS, EVENT_COLUMNS
 
 CATEGORY_NAMES = (
     "electronics.smartphone", "electronics.audio", "electronics.camera", "computers.laptop",

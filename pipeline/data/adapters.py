@@ -1,7 +1,7 @@
 """Adapters: each turns one public source layout into the canonical model, row for row.
 
 An adapter only maps columns; it never drops a row. Parsing, checking and quarantining happen once,
-in :mod:`pipeline.ingest`, for every source alike. Each adapter returns:
+in :mod:`pipeline.data.ingest`, for every source alike. Each adapter returns:
 
 * ``event_time`` already parsed to UTC (null when the source value cannot be parsed) and
   ``_raw_event_time``, the source text, so that a quarantined row shows what was wrong;

@@ -1,0 +1,1 @@
+"""The data stages: adapters, generation, ingest, validation, versioning, and reading a version."""

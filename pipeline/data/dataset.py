@@ -1,0 +1,85 @@
+"""Reading one dataset version: its events, its catalog, and a time-based split of its days.
+
+The split is by event time, never random: train is everything before ``train_end``, validation the
+next ``valid_days``, test the last ``test_days`` of the data. Cut points are recorded with the run
+(``split.json``), so every evaluation of a model (and of the champion it may replace) cuts the
+same frozen test period out of the same dataset version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+
+# Interactions that say something about what a user wants next; removals say the opposite.
+SEQUENCE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Cut points of a time-based split; each period is [start, end)."""
+
+    start: datetime
+    train_end: datetime
+    valid_end: datetime
+    end: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.isoformat() for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> TimeSplit:
+        return cls(**{k: datetime.fromisoformat(v) for k, v in data.items()})
+
+
+def load_events(canonical: Path) -> pl.DataFrame:
+    """All published events of the canonical dataset, in time order."""
+    files = sorted((canonical / "events").glob("event_date=*/part-0.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no published event partitions under {canonical / 'events'}")
+    return pl.concat([pl.read_parquet(f) for f in files]).sort("event_time", "user_id", "session_id")
+
+
+def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> TimeSplit:
+    """Cut the data's whole days into train | validation | test.
+
+    Raises:
+        ValueError: the data spans too few days to leave at least one for training.
+    """
+    first = events["event_time"].min()
+    last = events["event_time"].max()
+    start = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+    end = datetime(last.year, last.month, last.day, tzinfo=timezone.utc) + timedelta(days=1)
+    valid_end = end - timedelta(days=test_days)
+    train_end = valid_end - timedelta(days=valid_days)
+    if train_end <= start:
+        days = (end - start).days
+        raise ValueError(f"the data spans {days} day(s): too few for {valid_days} validation and "
+                         f"{test_days} test day(s) plus at least one training day")
+    return TimeSplit(start, train_end, valid_end, end)
+
+
+def latest_catalog(canonical: Path) -> pl.DataFrame:
+    """The latest known row of every item over all catalog partitions."""
+    files = sorted((canonical / "catalog").glob("event_date=*/part-0.parquet"))
+    if not files:
+        return pl.DataFrame(schema={"item_id": pl.String, "category": pl.String, "brand": pl.String,
+                                    "price": pl.Float64})
+    return pl.concat([pl.read_parquet(f) for f in files]).unique(subset="item_id", keep="last", maintain_order=True)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset version, restored to a folder (``pipeline.data.version.open_dataset``)."""
+
+    version: str
+    path: Path          # the folder holding this version's events/ and catalog/
+    source: str = ""    # where the version lives in the state folder (its DVC-tracked canonical folder)
+
+    def events(self) -> pl.DataFrame:
+        return load_events(self.path)
+
+    def catalog(self) -> pl.DataFrame:
+        return latest_catalog(self.path)

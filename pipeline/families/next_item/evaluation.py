@@ -1,0 +1,113 @@
+"""How a next-item recommender is judged: its test set, its scores, its baseline, its parity check.
+
+Per user active in the test period, the rank of their next item in the model's top 20 (the pyfunc
+ranks the full catalog, so Recall@K and NDCG@K are full-ranking metrics), with the catalog coverage
+and the popularity bias of the recommendations; the global-popularity baseline beside them.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from models.metrics import ranking_values
+from pipeline.data.dataset import Dataset, TimeSplit
+from pipeline.families.base import ModelScores, TestSet, latency_p95, per_slice, predict_batches, slices
+from pipeline.families.next_item.features import ItemVocab, next_item_examples, user_sequences
+from pipeline.families.spec import ParityOutcome, Post
+
+K = 20
+HISTORY_LEN = 200        # the longest history sent to a model; each model keeps what it can use
+
+
+def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str] | None = None) -> TestSet:
+    """Each user active in the test period: their history before it (raw ids) and their next item.
+
+    Items first seen in the test period cannot be recommended by any model and are left out.
+    """
+    events, catalog = dataset.events(), dataset.catalog()
+    before = events.filter(pl.col("event_time") < split.valid_end)
+    vocab = ItemVocab.from_events(before)
+    histories = user_sequences(events, vocab, split.valid_end)
+    examples, _ = next_item_examples(events, vocab, histories, split.valid_end, split.end, HISTORY_LEN)
+    history_ids = [[i for i in vocab.decode(h) if i is not None] for h in examples.histories]
+    targets = np.array(vocab.decode(examples.targets), dtype=object)
+    counts = before.group_by("item_id").len()
+    return TestSet(
+        inputs=pd.DataFrame({"history": history_ids, "k": K}),
+        users=np.array(examples.users, dtype=object),
+        slices=slices(examples.users, pl.Series(targets.tolist(), dtype=pl.String), events, catalog,
+                      split.train_end),
+        targets=targets,
+        catalog_items=len(vocab.ids),
+        item_popularity=dict(zip(counts["item_id"].to_list(), counts["len"].to_list(), strict=True)),
+    )
+
+
+def top_list_values(top_items: list[list[str]], targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row Recall@10/20 and NDCG@10/20 from each row's top-20 list (``models.metrics``)."""
+    ranks = np.array([row.index(t) if t in row else K for row, t in zip(top_items, targets, strict=True)])
+    return ranking_values(ranks)
+
+
+def ranking_metrics(values: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
+    mask = np.ones(len(next(iter(values.values()))), dtype=bool) if mask is None else mask
+    return {name: float(v[mask].mean()) if mask.any() else float("nan") for name, v in values.items()}
+
+
+def score(model, test: TestSet, batch: int = 512) -> ModelScores:
+    predictions = predict_batches(model, test.inputs, batch)
+    top = [list(row) for row in predictions["items"].tolist()]
+    values = top_list_values(top, test.targets)
+    metrics = ranking_metrics(values)
+    recommended = [item for row in top for item in row]
+    metrics["coverage_at_20"] = len(set(recommended)) / max(test.catalog_items, 1)
+    # Popularity bias: mean popularity percentile of what is recommended (1.0 = the most popular item).
+    counts = np.array(sorted(test.item_popularity.values()))
+    pops = np.array([test.item_popularity.get(i, 0) for i in recommended])
+    metrics["popularity_bias"] = float(np.searchsorted(counts, pops, side="right").mean() / max(len(counts), 1)) \
+        if pops.size else float("nan")
+    return ModelScores(metrics, values, per_slice(test, lambda m: ranking_metrics(values, m)),
+                       latency_p95(model, test.inputs), predictions)
+
+
+def popularity_scores(test: TestSet) -> ModelScores:
+    """The global-popularity baseline on the same test rows (same top 20 for every user)."""
+    top = [i for i, _ in sorted(test.item_popularity.items(), key=lambda kv: (-kv[1], kv[0]))[:K]]
+    values = top_list_values([top] * len(test.targets), test.targets)
+    return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))
+
+
+def baselines(client, run_id: str, test: TestSet, tmp) -> dict[str, ModelScores]:
+    return {"popularity": popularity_scores(test)}
+
+
+def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
+    """Replay each evaluated history against ``/recommend``: the same top-k, scores within tolerance
+    (the caller compares ``max_abs_diff``)."""
+    bodies = [{"history": [str(i) for i in h], "k": int(k)} for h, k in zip(expected["history"], expected["k"],
+                                                                              strict=True)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: post("recommend", b), bodies))
+    mismatches, worst, examples = 0, 0.0, []
+    for (answer, _), items, scores, user in zip(answers, expected["predicted_items"], expected["predicted_scores"],
+                                                expected["user_id"], strict=True):
+        items, scores = list(items), np.asarray(scores, dtype=float)
+        if answer["items"] != items:
+            mismatches += 1
+            if len(examples) < 3:
+                examples.append(f"user {user}: served {answer['items'][:5]}..., evaluated {items[:5]}...")
+            continue
+        worst = max(worst, float(np.max(np.abs(np.asarray(answer["scores"]) - scores), initial=0.0)))
+    return ParityOutcome(mismatches, worst, [t for _, t in answers], examples)
+
+
+def smoke_checks(post: Post) -> list[str]:
+    """A user the snapshot does not know gets the popularity fallback."""
+    cold, _ = post("recommend", {"user_id": "no-such-user", "k": 5})
+    if cold["source"] != "popularity" or len(cold["items"]) != 5:
+        raise ValueError(f"a cold-start user was not answered from popularity: {cold}")
+    return ["cold start: popularity fallback"]

@@ -1,0 +1,123 @@
+"""Train the next-item recommender (SASRec) on a feature set, tracked in MLflow, baselines beside it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.baselines import CooccurrenceRecommender, PopularityRecommender
+from models.metrics import recall_ndcg, target_ranks
+from models.sasrec import SASRec, SASRecConfig
+from models.train import model_device
+from models.train import train as train_loop
+from pipeline.core.params import TrainRecommenderParams
+from pipeline.core.settings import StatePaths
+from pipeline.core.tracking import use_experiment
+from pipeline.families.featureset import features_for
+from pipeline.families.next_item.features import ItemVocab, NextItemExamples, load_features
+from pipeline.families.next_item.pyfunc import pyfunc_model_args
+from pipeline.families.resume import checkpoint_dir, resume_key, tracked_training
+from pipeline.families.training import TrainOutcome, log_setup, loop_config, rank, tag_result, tag_run
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "next_item"
+POPULAR_KEPT = 1000   # the cold-start fallback's list; k is at most this
+
+
+def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024) -> dict[str, float]:
+    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog, in batches on the scorer's
+    device (a model's own; the CPU for a baseline)."""
+    device = model_device(scorer)
+    histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
+    ranks = []
+    with torch.no_grad():
+        for i in range(0, targets.numel(), batch):
+            scores = scorer(histories[i:i + batch].to(device))
+            ranks.append(target_ranks(scores, targets[i:i + batch].to(device)).cpu().numpy())
+    return recall_ndcg(np.concatenate(ranks) if ranks else np.zeros(0))
+
+
+def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str] | None = None,
+          features: Path | None = None, dataset_version: str | None = None) -> TrainOutcome:
+    """Train SASRec on a feature set (``features``; by default the one of ``dataset_version``,
+    itself by default the current one) and log the run, baselines included.
+
+    Raises:
+        FileNotFoundError: no dataset version has been published yet.
+        ValueError: the data spans too few days for the configured split.
+    """
+    import mlflow
+
+    fs = features_for(paths, MODEL_NAME, params, features, dataset_version)
+    f = load_features(fs.path)
+    split, vocab, valid, test = f.split, f.vocab, f.valid, f.test
+    windows = torch.from_numpy(f.windows)
+    all_train = f.train_items
+    baselines = {
+        "popularity": PopularityRecommender(vocab.size, all_train).score,
+        "recent_popularity": PopularityRecommender(vocab.size, f.recent_items).score,
+        "cooccurrence": CooccurrenceRecommender(vocab.size, f.test_sequences).score,
+    }
+
+    config = SASRecConfig(n_items=vocab.size, max_len=params.max_len, dim=params.dim, heads=params.heads,
+                          layers=params.layers, dropout=params.dropout)
+    loop = loop_config(params)
+    torch.manual_seed(params.seed)
+    model = SASRec(config)
+    key = resume_key(MODEL_NAME, tags, fs.path, fs.dataset_version, params)
+    if rank() != 0:
+        # Under torchrun the other ranks train their share (resuming from the same checkpoint as
+        # rank 0); rank 0 evaluates, tracks and logs the model.
+        train_loop(model, windows, lambda m, b: m(b[:, :-1], b[:, 1:]), lambda m: 0.0, loop,
+              checkpoint_dir=checkpoint_dir(paths, MODEL_NAME, key), model_args=config.to_dict())
+        return TrainOutcome("", "", fs.dataset_version, {})
+
+    experiment_id = use_experiment(paths, MODEL_NAME)
+    with tracked_training(paths, MODEL_NAME, experiment_id, key, f"sasrec-{fs.dataset_version[:8]}",
+                          tags) as run, tempfile.TemporaryDirectory() as tmp:
+        tag_run(MODEL_NAME, fs, tags)
+        log_setup(config, loop, split, {f"data.{k}": v for k, v in f.counts.items()})
+
+        def log_epoch(h: dict[str, float]) -> None:
+            mlflow.log_metrics({"train_loss": h["train_loss"], "valid_recall_at_20": h["valid_metric"]},
+                               step=int(h["epoch"]))
+
+        result = train_loop(
+            model, windows,
+            lambda m, b: m(b[:, :-1], b[:, 1:]),
+            lambda m: evaluate_scorer(m, valid)["recall_at_20"],
+            loop, checkpoint_dir=run.checkpoints, model_args=config.to_dict(), on_epoch=log_epoch,
+        )
+        tag_result(result)
+        model.eval()
+        metrics = {f"test_{k}": v for k, v in evaluate_scorer(model, test).items()}
+        for name, scorer in baselines.items():
+            metrics.update({f"baseline_{name}_{k}": v for k, v in evaluate_scorer(scorer, test).items()})
+        metrics.update({"best_valid_recall_at_20": result.best_metric, "best_epoch": result.best_epoch,
+                        "train_samples_per_second": result.samples_per_second})
+        mlflow.log_metrics(metrics)
+
+        # The cold-start fallback: the most popular items of the training period.
+        counts = np.bincount(all_train, minlength=vocab.size)[2:]
+        popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
+        info = mlflow.pyfunc.log_model(name="model", **pyfunc_model_args(
+            model.cpu(), list(vocab.ids), popular, run.checkpoints / "best.pt", Path(tmp),
+            _input_example(test, vocab)))
+        log.info("run %s: test recall@20 %.4f (popularity %.4f, co-occurrence %.4f)", run.run_id,
+                 metrics["test_recall_at_20"], metrics["baseline_popularity_recall_at_20"],
+                 metrics["baseline_cooccurrence_recall_at_20"])
+        return TrainOutcome(run.run_id, info.model_uri, fs.dataset_version, metrics)
+
+
+def _input_example(test: NextItemExamples, vocab: ItemVocab):
+    import pandas as pd
+
+    histories = [[i for i in vocab.decode(h) if i is not None] for h in test.histories[:2]]
+    return pd.DataFrame({"history": histories, "k": [10] * len(histories)})
+
+

@@ -1,0 +1,100 @@
+"""How a purchase-propensity model is judged: AUC, log loss and expected calibration error on the
+candidate rows at the test cutoff, the logistic-regression baseline beside it, its parity check."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.dataset import Dataset, TimeSplit
+from pipeline.families.base import ModelScores, TestSet, auc, latency_p95, per_slice, predict_batches, slices
+from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, propensity_rows
+from pipeline.families.spec import ParityOutcome, Post
+
+CALIBRATION_BINS = 10
+SCORE_TOLERANCE = 1e-4          # |served - evaluated| probability (float32 models)
+CANDIDATES_PER_REQUEST = 50
+
+
+def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str]) -> TestSet:
+    """The candidate rows at the test cutoff (``split.valid_end``), features before it, labels after,
+    with the run's own horizon and lookback (``data.horizon_days``, ``data.lookback_days``)."""
+    events, catalog = dataset.events(), dataset.catalog()
+    rows = propensity_rows(events, catalog, split.valid_end, timedelta(days=int(run_params["data.horizon_days"])),
+                           timedelta(days=int(run_params["data.lookback_days"])))
+    if rows.height == 0 or rows["label"].n_unique() < 2:
+        raise ValueError(f"the test rows at {split.valid_end:%Y-%m-%d} have a single label; AUC is undefined")
+    return TestSet(
+        inputs=rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).to_pandas(),
+        users=rows["user_id"].to_numpy().astype(object),
+        slices=slices(rows["user_id"].to_list(), rows["item_id"], events, catalog, split.train_end),
+        labels=rows["label"].to_numpy().astype(np.float64),
+    )
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Mean |observed rate - mean predicted probability| over equal-width bins, weighted by rows."""
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.sum() * abs(labels[inside].mean() - probs[inside].mean())
+    return float(error / max(len(labels), 1))
+
+
+def propensity_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import log_loss
+
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    return {"auc": auc(labels, probs), "log_loss": float(log_loss(labels, clipped, labels=[0, 1])),
+            "calibration_error": expected_calibration_error(labels, probs)}
+
+
+def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
+    predictions = predict_batches(model, test.inputs, batch)
+    probs = predictions["probability"].to_numpy(dtype=np.float64)
+    labels = test.labels
+    return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
+                       per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])),
+                       latency_p95(model, test.inputs), predictions)
+
+
+def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
+    """The logistic regression the run trained on the same rows (``baseline/logreg.joblib``)."""
+    import joblib
+
+    from pipeline.families.purchase_propensity.train import logreg_features
+
+    saved = joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp)))
+    dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
+    probs = saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
+    labels = test.labels
+    return {"logistic_regression": ModelScores(propensity_metrics(labels, probs), {"probability": probs},
+                                               per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])))}
+
+
+def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
+    """Replay the evaluated candidate rows, ``CANDIDATES_PER_REQUEST`` per request, against
+    ``/purchase_probability``: every probability within ``SCORE_TOLERANCE``."""
+
+    def candidate(row) -> dict:
+        return {"item_id": row["item_id"], "category": row["category"], "brand": row["brand"],
+                "features": {f: float(row[f]) for f in PROPENSITY_DENSE}}
+
+    records = expected.to_dict("records")
+    chunks = [records[i:i + CANDIDATES_PER_REQUEST] for i in range(0, len(records), CANDIDATES_PER_REQUEST)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda c: post("purchase_probability", {"candidates": [candidate(r) for r in c]}),
+                                chunks))
+    served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
+    evaluated = expected["predicted_probability"].to_numpy(dtype=float)
+    diff = np.abs(served - evaluated)
+    bad = np.flatnonzero(diff > SCORE_TOLERANCE)
+    examples = [f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
+                f"evaluated {evaluated[i]:.6f}" for i in bad[:3]]
+    return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)

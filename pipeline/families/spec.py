@@ -1,0 +1,70 @@
+"""What the pipeline needs to know about a model family, in one object.
+
+A family is a kind of model the pipeline trains, evaluates, gates, packages and serves (next-item
+recommendation, purchase propensity). Every stage asks the family's ``ModelSpec`` for the part it
+needs and never switches on the family's name, so a new family is one module that builds a spec
+plus one row in ``pipeline.families.FAMILIES`` (or a ``register`` call).
+
+Standard library only: DAG files import the family table when Airflow parses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# post(endpoint, json body) -> (answer as JSON, milliseconds): a smoke test's HTTP call.
+Post = Callable[[str, Any], tuple[Any, float]]
+
+
+@dataclass(frozen=True)
+class ParityOutcome:
+    """Served answers compared with the offline evaluation's, request by request."""
+
+    mismatches: int
+    max_abs_diff: float
+    times_ms: list[float]
+    examples: list[str]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model family: its parameters, features, trainer, evaluation, serving and parity check.
+
+    Attributes:
+        name: the registered model name, the policy section and the MLflow experiment.
+        params: picks the family's training section out of ``Params`` (``params.yaml``).
+        feature_params: the training parameters that shape the features (they key the feature set).
+        write_features: ``(folder, dataset, params) -> (counts, split)``: writes the family's feature
+            files for one dataset version (``pipeline.data.dataset.Dataset``) into ``folder``.
+        train: ``(paths, params, tags, features) -> TrainOutcome``: trains on a feature set folder
+            and logs one MLflow run with the model as a pyfunc.
+        test_set: ``(dataset, split, run params) -> TestSet``: the frozen test rows, cut from the
+            run's dataset version at the run's own cut points.
+        score: ``(pyfunc model, test set) -> ModelScores``: a model scored through its pyfunc.
+        baselines: ``(mlflow client, run id, test set, tmp dir) -> {name: ModelScores}``.
+        plot_metric: the metric drawn per slice in the evaluation's plot.
+        service: the BentoML service (``module:Class``) a Bento of this family serves.
+        endpoint: its scoring endpoint (a malformed request to it must get a 4xx).
+        parity: ``(post, offline predictions) -> ParityOutcome``: replays the offline evaluation's
+            requests against a served Bento.
+        parity_rows: offline rows per replayed request (candidates per request, 1 for one user).
+        smoke_checks: ``(post) -> [check, ...]``: checks of the served Bento beyond parity; raise
+            ``ValueError`` on a failure.
+    """
+
+    name: str
+    params: Callable[[Any], Any]
+    feature_params: tuple[str, ...]
+    write_features: Callable[..., tuple[dict, Any]]
+    train: Callable[..., Any]
+    test_set: Callable[..., Any]
+    score: Callable[..., Any]
+    baselines: Callable[..., dict]
+    plot_metric: str
+    service: str
+    endpoint: str
+    parity: Callable[[Post, Any], ParityOutcome]
+    parity_rows: int = 1
+    smoke_checks: Callable[[Post], list[str]] | None = None
