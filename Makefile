@@ -2,7 +2,7 @@
 #   make demo   generate ten days of shop data, ingest them, then retrain each model (train, evaluate, gate,
 #               register, package a smoke-tested Bento, promote) and the recommender once more on the same
 #               data; it ends with the command that serves the champion
-#   make test   the default test suite (< 15 minutes on 2 cores)
+#   make test   the default test suite (< 15 minutes on 2 cores); make test-fast: its fast layer (< 2 minutes)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +13,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow serve test test-slow test-integration bench-data bench-models bench-serve bench-airflow lock lint clean
+.PHONY: install demo airflow serve test test-fast test-slow test-integration bench-data bench-models bench-serve bench-airflow lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -77,6 +77,10 @@ airflow: install
 
 test: install
 	$(PY) -m pytest
+
+# The fast layer alone: no training, no servers, no Airflow runs (run it on every change).
+test-fast: install
+	$(PY) -m pytest -m fast
 
 test-slow: install
 	$(PY) -m pytest -m slow

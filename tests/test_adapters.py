@@ -17,6 +17,9 @@ from pipeline.core.schema import PARTITION_FILE
 from pipeline.data.adapters import get_adapter
 from pipeline.data.ingest import Interval, ingest_events
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 
 def _events(state, day: str) -> pl.DataFrame:
     return pl.read_parquet(state.staging / "events" / f"event_date={day}" / PARTITION_FILE)

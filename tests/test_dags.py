@@ -66,6 +66,7 @@ def _airflow(home: Path, *args: str, timeout: int = 600) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.fast
 def test_dag_integrity(tmp_path):
     out = subprocess.run([sys.executable, "-c", INTEGRITY, str(DAGS), ",".join(HEAVY)], env=_env(tmp_path),
                          capture_output=True, text=True, timeout=300)
@@ -128,6 +129,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.fast
 def test_training_is_routed_to_a_gpu_pod_by_configuration_alone(tmp_path):
     env = {**_env(tmp_path), "SHOPML_TRAIN_RUNNER": "kubernetes_pod", "SHOPML_TRAIN_GPUS": "2",
            "SHOPML_TRAIN_IMAGE": "registry.shop.example/shopml-train:1.2", "SHOPML_STATE_PVC": "shopml-state",

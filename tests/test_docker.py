@@ -16,6 +16,9 @@ import yaml
 
 from conftest import REPO
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))

@@ -123,6 +123,7 @@ def toy_family():
     families.unregister(NAME)
 
 
+@pytest.mark.fast
 def test_a_family_unknown_to_the_table_is_a_clear_error():
     with pytest.raises(families.UnknownFamily, match="unknown model 'nope'; models: next_item, purchase_propensity"):
         families.get("nope")

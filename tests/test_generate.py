@@ -12,6 +12,9 @@ import pytest
 from pipeline.core.params import GenerateParams
 from pipeline.data.generate import generate_shop_data
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 SMALL = GenerateParams(seed=7, start_date="2026-11-02", days=7, events_per_day=6000,
                        initial_users=1500, initial_items=1200, new_users_per_day=0.03,
                        new_items_per_day=0.02)

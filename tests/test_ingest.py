@@ -13,6 +13,9 @@ from conftest import write_csv
 from pipeline.core.schema import EVENTS_SCHEMA, PARTITION_FILE
 from pipeline.data.ingest import IngestError, Interval, ingest_events
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 DAY = "2026-11-02"
 HEADER = "event_time,user_id,session_id,item_id,event_type,price,quantity\n"
 GOOD = """

@@ -17,6 +17,9 @@ from pipeline.core.settings import get_state_paths
 from pipeline.data.generate import generate_shop_data
 from pipeline.data.version import UnknownDatasetVersion, current_dataset_version, restore_dataset
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 DAYS = [f"2026-11-0{d}" for d in range(1, 7)]
 
 

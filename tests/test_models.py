@@ -53,6 +53,7 @@ def _loss(model, batch):
     return model(batch[:, :-1], batch[:, 1:], n_negatives=128)
 
 
+@pytest.mark.fast
 def test_split_is_by_time_and_recorded(shop):
     split = shop["split"]
     assert split.start < split.train_end < split.valid_end < split.end
@@ -76,6 +77,7 @@ def test_sequential_model_learns_and_beats_popularity(shop):
     assert sasrec["ndcg_at_20"] > popularity["ndcg_at_20"]
 
 
+@pytest.mark.fast
 def test_cooccurrence_baseline_beats_popularity(shop):
     sequences = list(shop["sequences"].values())
     cooc = evaluate_scorer(CooccurrenceRecommender(shop["vocab"].size, sequences).score, shop["test"])
@@ -109,6 +111,7 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(shop, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.fast
 def test_unknown_items_are_a_value_not_a_crash(shop):
     vocab = shop["vocab"]
     encoded = vocab.encode(pl.Series(["never-seen", vocab.ids[0]]))
@@ -125,6 +128,7 @@ def test_unknown_items_are_a_value_not_a_crash(shop):
     assert shop["unknown_targets"] >= 0 and len(shop["test"].targets) > 100
 
 
+@pytest.mark.fast
 def test_split_needs_enough_days(shop):
     three_days = shop["events"].filter(pl.col("event_time") < shop["split"].start + timedelta(days=3))
     with pytest.raises(ValueError, match="spans 3 day"):

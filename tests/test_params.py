@@ -9,6 +9,9 @@ import pytest
 from pipeline.core.params import ParamsError, load_params
 from pipeline.core.settings import airflow_env, get_state_paths
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 
 def test_project_params_file_parses():
     params = load_params()

@@ -27,6 +27,7 @@ CATALOG = pl.DataFrame({"item_id": ["a", "b", "c"], "category": ["x", "x", "y"],
                         "price": [10.0, 20.0, 5.0]})
 
 
+@pytest.mark.fast
 def test_rows_use_only_the_past_and_label_the_horizon():
     events = _events([
         (-30, "u1", "a", "view", 10.0),
@@ -58,6 +59,7 @@ def test_rows_use_only_the_past_and_label_the_horizon():
     assert dense.select(pl.all().is_finite().all()).row(0) == (True,) * len(PROPENSITY_DENSE)
 
 
+@pytest.mark.fast
 def test_unknown_ids_map_to_zero_and_the_model_scores_them():
     vocab = Vocab.of(pl.Series(["a", "b"]))
     encoded = pl.DataFrame({"item_id": ["a", "zzz", None]}).select(vocab.encode_expr("item_id"))["item_id"]
@@ -68,6 +70,7 @@ def test_unknown_ids_map_to_zero_and_the_model_scores_them():
     assert probs.shape == (4,) and ((probs > 0) & (probs < 1)).all()
 
 
+@pytest.mark.fast
 def test_platt_calibration_lowers_log_loss_of_a_miscalibrated_model():
     torch.manual_seed(0)
     n = 4000

@@ -250,6 +250,7 @@ def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_it
     assert build_bento(paths, "next_item", versions["good"]).bento_tag == next_item_bento.bento_tag
 
 
+@pytest.mark.fast
 def test_snapshot_features_are_the_training_features():
     """The serving snapshot assembles a candidate's row exactly as propensity_rows does at a cutoff."""
     from datetime import datetime, timezone
@@ -275,6 +276,7 @@ def test_snapshot_features_are_the_training_features():
     assert served.select(columns).equals(rows.select(columns))
 
 
+@pytest.mark.fast
 def test_training_and_serving_collapse_repeats_into_the_same_sequence():
     """A view then a cart of the same item is one step in both, and two different items the model
     has never seen stay two 'unknown' steps in both (training once compared vocabulary indices and

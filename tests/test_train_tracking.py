@@ -71,11 +71,13 @@ print(json.dumps({{"items": out["items"].tolist(), "scores": out["scores"].tolis
     assert result["inputs"] == ["history", "k"]
 
 
+@pytest.mark.fast
 def test_training_needs_a_published_dataset(state):
     with pytest.raises(FileNotFoundError, match="no dataset version"):
         train_recommender(state, dataclasses.replace(SMALL))
 
 
+@pytest.mark.fast
 def test_cli_train_without_data_is_a_clear_error(state, capsys):
     assert cli(["train", "--model", "next_item"]) == 2
     assert "no dataset version" in capsys.readouterr().err
@@ -177,6 +179,7 @@ def test_cli_features_then_a_retried_train_returns_the_run_it_made(trained, tmp_
 
 # --- The GPU path, checked on a CPU: a simulated accelerator (tests/fake_accelerator.py) ---------
 
+@pytest.mark.fast
 def test_the_simulated_accelerator_catches_a_batch_left_on_the_cpu(monkeypatch):
     """The harness itself: a mismatch fails as on CUDA, and moved tensors compute the CPU's values."""
     import torch
@@ -271,6 +274,7 @@ def test_pyfuncs_predict_with_their_model_on_an_accelerator(trained, monkeypatch
     assert on_device["items"].tolist() == on_cpu["items"].tolist()
 
 
+@pytest.mark.fast
 def test_precision_and_compile_follow_the_device_and_params_name_a_bad_value(tmp_path):
     import torch
     import yaml
@@ -292,6 +296,7 @@ def test_precision_and_compile_follow_the_device_and_params_name_a_bad_value(tmp
         load_params(tmp_path / "p.yaml")
 
 
+@pytest.mark.fast
 def test_bf16_autocast_trains_with_float32_weights():
     """The autocast path CUDA takes, on the CPU: the loss falls and the weights stay float32."""
     import torch

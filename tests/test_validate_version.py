@@ -17,6 +17,9 @@ from pipeline.data.ingest import Interval, ingest_events
 from pipeline.data.validate import ValidationFailed, validate_batch
 from pipeline.data.version import NotValidated, current_dataset_version, version_dataset
 
+# The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
+pytestmark = pytest.mark.fast
+
 PARAMS = GenerateParams(seed=3, start_date="2026-11-02", days=3, events_per_day=3000,
                         initial_users=800, initial_items=600)
 SOURCE = "landing/events/events-{date}.csv"

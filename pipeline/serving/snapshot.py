@@ -3,7 +3,7 @@
 A recommendation for a user id needs that user's recent items; a purchase probability for a
 (user, item) needs the aggregates the propensity features are computed from. Both are built here
 from the canonical dataset, as of the end of its last day, with the same functions training uses
-(``pipeline.features``), so a served feature is the feature the model learned from.
+(``pipeline.families.<family>.features``), so a served feature is the feature the model learned from.
 
 The snapshot is tagged by dataset version and shared by every Bento built on that version. A newer
 dataset gets a newer snapshot with the next packaging; callers that keep their own, fresher feature
@@ -20,11 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, latest_catalog, load_events, split_by_time
+from pipeline.families.next_item.evaluation import HISTORY_LEN
 from pipeline.families.next_item.features import collapse_repeats
 from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, assemble_propensity, propensity_tables
 
 SNAPSHOT_MODEL = "shopml-features"
-HISTORY_KEPT = 200            # the most recent items kept per user (pipeline.evaluate.HISTORY_LEN)
+HISTORY_KEPT = HISTORY_LEN    # the most recent items kept per user: the longest history a model is sent
 TABLES = ("user_item", "user", "item", "catalog", "affinity")
 
 

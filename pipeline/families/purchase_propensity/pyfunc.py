@@ -1,7 +1,7 @@
 """The purchase-propensity model as an MLflow pyfunc: feature rows in, calibrated probabilities out.
 
 Input columns: ``item_id``, ``category``, ``brand`` (ids unknown to the model are allowed) and the
-dense features of ``pipeline.features.PROPENSITY_DENSE``. Output: a DataFrame with ``probability``.
+dense features of ``PROPENSITY_DENSE`` (its ``features`` module). Output: a DataFrame with ``probability``.
 """
 
 from __future__ import annotations
