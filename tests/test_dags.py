@@ -100,6 +100,29 @@ def test_dag_integrity(tmp_path):
             assert task["timeout"] and task["timeout"] > 0, f"{dag_id}.{task_id} has no execution timeout"
 
 
+ANNOUNCED = r"""
+import json, sys
+from datetime import datetime, timezone
+from types import SimpleNamespace
+sys.path.insert(0, sys.argv[1])
+import retrain_models
+event = lambda version, hour: SimpleNamespace(extra={"version": version} if version else {},
+                                              timestamp=datetime(2026, 11, 6, hour, tzinfo=timezone.utc))
+events = {"shopml://dataset/canonical": [event("older", 1), event("newest", 3), event(None, 4), event("mid", 2)]}
+print(json.dumps([retrain_models._announced_version({"triggering_asset_events": events}),
+                  retrain_models._announced_version({"triggering_asset_events": {}}),
+                  retrain_models._announced_version({})]))
+"""
+
+
+@pytest.mark.fast
+def test_a_retrain_triggered_by_new_data_takes_the_version_of_the_newest_event(tmp_path):
+    out = subprocess.run([sys.executable, "-c", ANNOUNCED, str(DAGS)], env=_env(tmp_path), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["newest", None, None]
+
+
 POD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -348,3 +371,73 @@ def test_a_week_backfills_through_the_scheduler(tmp_path):
     paths = get_state_paths({"SHOPML_HOME": str(home)})
     days = sorted(p.name for p in (paths.canonical / "events").iterdir())
     assert days == [f"event_date=2026-11-0{d}" for d in range(1, 8)]
+
+
+RUN_A = r"""
+import sys
+from datetime import datetime, timezone
+sys.path.insert(0, sys.argv[1])  # as Airflow does for its DAGs folder
+from airflow.dag_processing.dagbag import DagBag
+# `airflow dags test` names its run after the wall clock; a fixed run_after gives run A's id again, and
+# Airflow then replaces that DAG run with a fresh one of the same id: what clearing it does.
+when = datetime(2026, 11, 7, tzinfo=timezone.utc)
+dag = DagBag(dag_folder=sys.argv[1]).get_dag("retrain_next_item")
+run = dag.test(run_after=when, logical_date=when)
+print(f"run {run.run_id} ended {run.state}")
+"""
+
+
+@pytest.mark.slow  # about 3 minutes: make test-slow, which CI runs too
+def test_a_cleared_retrain_reruns_on_its_own_dataset_version_and_packages_its_snapshot(tmp_path):
+    """Publish days 1-5, run retrain_next_item (run A), publish day 6, clear and rerun run A: it works
+    on the day-5 version, and packaging its version afterwards serves the day-5 snapshot."""
+    import httpx
+
+    from pipeline.serving.package import served
+
+    home = tmp_path / "home"
+    env = _env(home)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train_recommender"].update(epochs=2, max_len=20, dim=32, layers=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+        return out.stdout + out.stderr
+
+    def run_a() -> str:
+        out = subprocess.run([sys.executable, "-c", RUN_A, str(DAGS)], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+        log = out.stdout + out.stderr
+        assert out.returncode == 0 and "ended success" in log, log[-4000:]
+        return log
+
+    cli("generate", "--days", "6", "--events-per-day", "3000", "--start-date", "2026-11-01", "--initial-users",
+        "1000", "--initial-items", "600", "--seed", "11")
+    cli("run", "--start", "2026-11-01", "--days", "5")
+    cli("airflow", "db", "check")      # creates the metadata database
+    paths = get_state_paths({"SHOPML_HOME": str(home)})
+    day5 = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())["version"]
+
+    first = run_a()
+    run_id = first.split("run ")[-1].split(" ended")[0]
+    assert f"DAG run {run_id} works on dataset version {day5}" in first and f"on dataset {day5}" in first
+    cli("run", "--date", "2026-11-06")
+    day6 = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())["version"]
+    assert day6 != day5
+    again = run_a()
+    assert f"DAG run {run_id} works on dataset version {day5}" in again and day6 not in again
+    assert "this DAG run already trained run" in again
+    lineage = json.loads(cli("lineage", "--model", "next_item", "--version", "1"))
+    assert lineage["dataset_version"] == day5
+    assert "next_item    2" not in cli("models")         # the rerun registered no second version
+
+    packaged = cli("package", "--model", "next_item", "--version", "1")
+    tag = next(line.split("Bento ")[1].split()[0] for line in packaged.splitlines() if "passed its smoke test" in line)
+    with served(paths, tag) as url:
+        meta = httpx.post(f"{url}/metadata", json={}).json()
+    assert meta["version"] == "1" and meta["dataset_version"] == day5 and meta["features_dataset_version"] == day5
+    assert meta["features_as_of"].startswith("2026-11-06")     # the end of day 5, not of day 6
