@@ -176,3 +176,64 @@ def test_a_run_resumed_after_its_early_stop_trains_no_further(shop, tmp_path):
     again = train(SASRec(args), windows, _loss, lambda m: 0.0, config, checkpoint_dir=tmp_path)
     assert again.stopped_early and again.epochs_run == 2 and again.history == first.history
     assert again.resumed_from_epoch == 2
+
+
+@pytest.mark.fast
+def test_a_historys_scores_do_not_depend_on_its_left_padding():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=60, max_len=20, dim=16, layers=2, dropout=0.0)).eval()
+    history = torch.tensor([5, 9, 13, 2, 40, 7, 7])
+    padded = [torch.cat([torch.zeros(n, dtype=torch.long), history])[None] for n in (0, 3, 13)]
+    with torch.no_grad():
+        scores = [model(seq) for seq in padded]
+    for other in scores[1:]:
+        torch.testing.assert_close(other, scores[0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():   # while the history itself matters: without its oldest item, other scores
+        assert not torch.allclose(model(padded[0][:, 1:]), scores[0], atol=1e-3)
+
+
+@pytest.mark.fast
+def test_no_loss_on_a_target_whose_input_is_padding():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=30, max_len=5, dim=8, layers=1, dropout=0.0))
+    inputs = torch.tensor([[0, 0, 4, 6, 8], [3, 5, 7, 9, 11]])
+    labels = torch.tensor([[0, 4, 6, 8, 10], [5, 7, 9, 11, 13]])   # 4 follows padding: nothing predicts it
+    without = labels.clone()
+    without[0, 1] = 0
+    torch.testing.assert_close(model(inputs, labels), model(inputs, without))
+    # By hand: the mean cross-entropy over the eight targets whose input is an item.
+    with torch.no_grad():
+        h = model.hidden(inputs)
+        logits = h @ model.item_emb.weight.t()
+        logits[..., :2] = -torch.inf
+        keep = (labels > 0) & (inputs > 0)
+        expected = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert keep.sum() == 8
+    torch.testing.assert_close(model(inputs, labels).detach(), expected)
+
+
+@pytest.mark.fast
+def test_the_sampled_softmax_draws_by_frequency_and_corrects_by_log_expected_count():
+    torch.manual_seed(0)
+    n = 40
+    model = SASRec(SASRecConfig(n_items=n, max_len=4, dim=8, layers=1, dropout=0.0, loss="sampled"))
+    counts = torch.zeros(n)
+    counts[2:] = torch.arange(1, n - 1).float() ** 2          # skewed popularity
+    counts[17] = 0                                            # never a target: never a negative
+    model.set_item_counts(counts)
+    inputs, labels = torch.tensor([[0, 3, 8, 21]]), torch.tensor([[3, 8, 21, 30]])
+    k = 400_000
+    with torch.no_grad():
+        sampled = model(inputs, labels, n_negatives=k)
+        h = model.hidden(inputs)[0, 1:]                       # the three positions with an item as input
+        s = h @ model.item_emb.weight.t()                     # [3, n]
+        q = counts / counts.sum()
+        target = labels[0, 1:]
+        # What the estimator converges to: the positive and every other item weighted by exp(s) / (K q) * K q.
+        log_kq = torch.log(k * q[target])
+        others = torch.logsumexp(torch.where((q > 0)[None] & (torch.arange(n)[None] != target[:, None]), s,
+                                             torch.tensor(-torch.inf)), dim=1)
+        pos = s.gather(1, target[:, None])[:, 0] - log_kq
+        expected = (-pos + torch.logaddexp(pos, others)).mean()
+    torch.testing.assert_close(sampled, expected, rtol=0.02, atol=0.02)
+    assert torch.multinomial(model.log_q.exp(), 10_000, replacement=True).ne(17).all()

@@ -67,6 +67,8 @@ class TrainRecommenderParams:
     heads: int = 2
     layers: int = 2
     dropout: float = 0.3
+    loss: str = "full"             # full: softmax over the catalog; sampled: sampled softmax with logQ
+    n_negatives: int = 256         # negatives per batch of the sampled softmax
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.002
@@ -80,6 +82,8 @@ class TrainRecommenderParams:
 
     def __post_init__(self) -> None:
         _check_runtime(self)
+        if self.loss not in ("full", "sampled"):
+            raise ParamsError(f"train_recommender.loss: {self.loss!r} is not one of full, sampled")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,12 @@ class TrainPropensityParams:
 
     def __post_init__(self) -> None:
         _check_runtime(self)
+        # The validation rows' labels (from train_end) must end inside the validation period, the
+        # test rows' inside the test period; a longer horizon reads labels from the next period.
+        for period in ("valid_days", "test_days"):
+            if self.horizon_days > getattr(self, period):
+                raise ParamsError(f"train_propensity.horizon_days ({self.horizon_days}) is longer than {period} "
+                                  f"({getattr(self, period)}): labels would be read from the next period")
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,13 @@ def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str
     }
 
     config = SASRecConfig(n_items=vocab.size, max_len=params.max_len, dim=params.dim, heads=params.heads,
-                          layers=params.layers, dropout=params.dropout)
+                          layers=params.layers, dropout=params.dropout, loss=params.loss,
+                          n_negatives=params.n_negatives)
     loop = loop_config(params)
     torch.manual_seed(params.seed)
     model = SASRec(config)
+    if config.loss == "sampled":   # negatives in proportion to how often each item is a target
+        model.set_item_counts(torch.bincount(windows[:, 1:].reshape(-1), minlength=vocab.size))
     key = resume_key(MODEL_NAME, tags, fs.path, fs.dataset_version, params)
     if rank() != 0:
         # Under torchrun the other ranks train their share (resuming from the same checkpoint as
@@ -84,13 +87,13 @@ def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str
         log_setup(config, loop, split, {f"data.{k}": v for k, v in f.counts.items()})
 
         def log_epoch(h: dict[str, float]) -> None:
-            mlflow.log_metrics({"train_loss": h["train_loss"], "valid_recall_at_20": h["valid_metric"]},
+            mlflow.log_metrics({"train_loss": h["train_loss"], "valid_ndcg_at_10": h["valid_metric"]},
                                step=int(h["epoch"]))
 
         result = train_loop(
             model, windows,
             lambda m, b: m(b[:, :-1], b[:, 1:]),
-            lambda m: evaluate_scorer(m, valid)["recall_at_20"],
+            lambda m: evaluate_scorer(m, valid)["ndcg_at_10"],     # early stopping on validation NDCG@10
             loop, checkpoint_dir=run.checkpoints, model_args=config.to_dict(), on_epoch=log_epoch,
         )
         tag_result(result)
@@ -98,7 +101,7 @@ def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str
         metrics = {f"test_{k}": v for k, v in evaluate_scorer(model, test).items()}
         for name, scorer in baselines.items():
             metrics.update({f"baseline_{name}_{k}": v for k, v in evaluate_scorer(scorer, test).items()})
-        metrics.update({"best_valid_recall_at_20": result.best_metric, "best_epoch": result.best_epoch,
+        metrics.update({"best_valid_ndcg_at_10": result.best_metric, "best_epoch": result.best_epoch,
                         "train_samples_per_second": result.samples_per_second})
         mlflow.log_metrics(metrics)
 
