@@ -26,7 +26,7 @@ def main() -> int:
         os.environ["SHOPML_HOME"] = home
         from pipeline.core.params import TrainPropensityParams
         from pipeline.core.settings import get_state_paths
-        from pipeline.data.dataset import latest_catalog, load_events
+        from pipeline.data.dataset import catalog_history, load_events
         from pipeline.data.ingest import Interval, ingest_events
         from pipeline.families.purchase_propensity.features import propensity_features
         from pipeline.families.purchase_propensity.train import fit_propensity
@@ -37,7 +37,7 @@ def main() -> int:
         ingested = ingest_events(interval, str(UCI), paths, adapter_name="uci_online_retail")
         print(f"ingested {ingested.rows_accepted:,} purchases of {ingested.rows_read:,} rows in "
               f"{time.perf_counter() - start:.1f}s")
-        events, catalog = load_events(paths.staging), latest_catalog(paths.staging)
+        events, catalog = load_events(paths.staging), catalog_history(paths.staging)   # point in time
         params = TrainPropensityParams(valid_days=14, test_days=14, horizon_days=14, lookback_days=28,
                                        cutoff_stride_days=7, epochs=20, batch_size=512, patience=4)
         start = time.perf_counter()

@@ -130,3 +130,49 @@ def test_dcn_beats_logistic_regression_on_data_with_known_structure():
     # logistic regression, on the same dense features, cannot.
     assert m["test_auc"] > m["baseline_logreg_auc"] + 0.02, m
     assert m["test_log_loss"] < m["baseline_logreg_log_loss"], m
+
+
+def _ten_days():
+    """Ten days: u1 views a daily and buys it on even days, u2 views b and never buys, u3 views c
+    daily and buys it on odd days (so every cutoff has both labels)."""
+    rows = []
+    for d in range(10):
+        rows += [(24 * d + 1, "u1", "a", "view", 10.0), (24 * d + 2, "u2", "b", "view", 20.0),
+                 (24 * d + 1.5, "u3", "c", "view", 5.0)]
+        buyer = ("u1", "a", "purchase", 10.0) if d % 2 == 0 else ("u3", "c", "purchase", 5.0)
+        rows.append((24 * d + 3, *buyer))
+    return _events(rows)
+
+
+@pytest.mark.fast
+def test_training_rows_see_the_catalog_as_it_was_at_their_cutoff():
+    from pipeline.core.params import TrainPropensityParams
+    from pipeline.data.dataset import catalog_as_of
+    from pipeline.families.purchase_propensity.features import propensity_features
+
+    known = lambda days: T0 + timedelta(days=days)  # noqa: E731
+    history = pl.DataFrame({"item_id": ["a", "b", "c", "a"], "category": ["x", "x", "y", "z"],
+                            "brand": ["p", "q", "p", "p"], "price": [10.0, 20.0, 5.0, 99.0],
+                            "known_from": [known(0), known(0), known(0), known(7)]},
+                           schema_overrides={"known_from": pl.Datetime("us", "UTC")})
+    params = TrainPropensityParams(valid_days=2, test_days=2, horizon_days=1, lookback_days=2, cutoff_stride_days=1)
+    f = propensity_features(_ten_days(), history, params)
+    assert f.split.train_end == known(6) and f.counts["cutoffs"] == 4        # days 2..5: each label inside training
+    assert f.train_rows["cutoff"].max() + timedelta(days=1) <= f.split.train_end
+    a = lambda rows: rows.filter(pl.col("item_id") == "a")["price"].unique().to_list()  # noqa: E731
+    # Re-priced on day 7 (after train_end): no training or validation row sees it; the test row does.
+    assert a(f.train_rows) == [10.0] and a(f.valid_rows) == [10.0] and a(f.test_rows) == [99.0]
+    assert f.vocabs["category_idx"].values == ("x", "y")      # "z" appears after the training period
+    # Without the history, every period would see today's price: what point in time prevents.
+    latest = propensity_features(_ten_days(), catalog_as_of(history), params)
+    assert a(latest.train_rows) == [99.0]
+
+
+@pytest.mark.fast
+def test_a_label_horizon_longer_than_a_period_is_refused():
+    from pipeline.core.params import ParamsError, TrainPropensityParams
+
+    with pytest.raises(ParamsError, match=r"horizon_days \(3\) is longer than valid_days \(2\)"):
+        TrainPropensityParams(valid_days=2, test_days=4, horizon_days=3)
+    with pytest.raises(ParamsError, match=r"horizon_days \(3\) is longer than test_days \(2\)"):
+        TrainPropensityParams(valid_days=4, test_days=2, horizon_days=3)

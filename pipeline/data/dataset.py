@@ -61,13 +61,36 @@ def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> Time
     return TimeSplit(start, train_end, valid_end, end)
 
 
-def latest_catalog(canonical: Path) -> pl.DataFrame:
-    """The latest known row of every item over all catalog partitions."""
+def catalog_history(canonical: Path) -> pl.DataFrame:
+    """Every catalog row of every partition, with ``known_from``: the end of its partition's day,
+    when that day's catalog was complete. ``catalog_as_of`` picks the rows known at a time."""
     files = sorted((canonical / "catalog").glob("event_date=*/part-0.parquet"))
     if not files:
         return pl.DataFrame(schema={"item_id": pl.String, "category": pl.String, "brand": pl.String,
-                                    "price": pl.Float64})
-    return pl.concat([pl.read_parquet(f) for f in files]).unique(subset="item_id", keep="last", maintain_order=True)
+                                    "price": pl.Float64, "known_from": pl.Datetime("us", "UTC")})
+    frames = []
+    for f in files:
+        day = datetime.fromisoformat(f.parent.name.removeprefix("event_date=")).replace(tzinfo=timezone.utc)
+        frames.append(pl.read_parquet(f).with_columns(
+            pl.lit(day + timedelta(days=1)).cast(pl.Datetime("us", "UTC")).alias("known_from")))
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def catalog_as_of(history: pl.DataFrame, when: datetime | None = None) -> pl.DataFrame:
+    """The latest row of every item known at ``when`` (all of them when None): point in time, so a
+    training row never sees a price, category or brand from after its cutoff. A catalog without
+    ``known_from`` (one already cut) is returned as it is."""
+    if "known_from" not in history.columns:
+        return history
+    if when is not None:
+        history = history.filter(pl.col("known_from") <= when)
+    return (history.sort("known_from", maintain_order=True)
+            .unique(subset="item_id", keep="last", maintain_order=True).drop("known_from"))
+
+
+def latest_catalog(canonical: Path) -> pl.DataFrame:
+    """The latest known row of every item over all catalog partitions."""
+    return catalog_as_of(catalog_history(canonical))
 
 
 @dataclass(frozen=True)
@@ -81,5 +104,9 @@ class Dataset:
     def events(self) -> pl.DataFrame:
         return load_events(self.path)
 
-    def catalog(self) -> pl.DataFrame:
-        return latest_catalog(self.path)
+    def catalog(self, as_of: datetime | None = None) -> pl.DataFrame:
+        """The latest row of every item known at ``as_of`` (default: at the end of the data)."""
+        return catalog_as_of(catalog_history(self.path), as_of)
+
+    def catalog_history(self) -> pl.DataFrame:
+        return catalog_history(self.path)

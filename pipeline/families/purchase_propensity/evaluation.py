@@ -23,7 +23,7 @@ CANDIDATES_PER_REQUEST = 50
 def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str]) -> TestSet:
     """The candidate rows at the test cutoff (``split.valid_end``), features before it, labels after,
     with the run's own horizon and lookback (``data.horizon_days``, ``data.lookback_days``)."""
-    events, catalog = dataset.events(), dataset.catalog()
+    events, catalog = dataset.events(), dataset.catalog(as_of=split.valid_end)    # as known at the cutoff
     rows = propensity_rows(events, catalog, split.valid_end, timedelta(days=int(run_params["data.horizon_days"])),
                            timedelta(days=int(run_params["data.lookback_days"])))
     if rows.height == 0 or rows["label"].n_unique() < 2:

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.params import TrainPropensityParams
-from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, Dataset, TimeSplit, split_by_time
+from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, Dataset, TimeSplit, catalog_as_of, split_by_time
 from pipeline.families.featureset import read_manifest
 
 PROPENSITY_DENSE = (
@@ -134,35 +134,46 @@ class PropensityFeatures:
 
 
 def propensity_cutoffs(split: TimeSplit, params: TrainPropensityParams) -> list:
-    """Training cutoffs: every ``cutoff_stride_days`` from ``lookback_days`` into the data."""
+    """Training cutoffs: every ``cutoff_stride_days`` from ``lookback_days`` into the data, each with
+    its whole ``horizon_days`` label window inside the training period (the same horizon for all)."""
+    horizon = timedelta(days=params.horizon_days)
     cutoffs, cutoff = [], split.start + timedelta(days=params.lookback_days)
-    while cutoff < split.train_end:
+    while cutoff + horizon <= split.train_end:
         cutoffs.append(cutoff)
         cutoff += timedelta(days=params.cutoff_stride_days)
     if not cutoffs:
-        raise ValueError(f"the training period is shorter than the {params.lookback_days}-day lookback")
+        days = (split.train_end - split.start).days
+        raise ValueError(f"the training period ({days} day(s)) is shorter than the {params.lookback_days}-day "
+                         f"lookback plus the {params.horizon_days}-day label horizon")
     return cutoffs
 
 
 def propensity_features(events: pl.DataFrame, catalog: pl.DataFrame,
                         params: TrainPropensityParams) -> PropensityFeatures:
     """Training rows from cutoffs every ``cutoff_stride_days`` of the training period (features
-    before each cutoff, label within ``horizon_days`` after it, never past ``train_end``);
+    before each cutoff, label within ``horizon_days`` after it, inside the training period);
     validation rows from ``train_end`` (early stopping and calibration); test rows from
-    ``valid_end``."""
+    ``valid_end``.
+
+    Point in time: each cutoff sees the catalog as it was known then (``catalog`` is a
+    ``catalog_history``), and the id vocabularies come from the training period only.
+    """
     split = split_by_time(events, params.valid_days, params.test_days)
     horizon, lookback = timedelta(days=params.horizon_days), timedelta(days=params.lookback_days)
     cutoffs = propensity_cutoffs(split, params)
-    train_rows = pl.concat([propensity_rows(events, catalog, c, min(horizon, split.train_end - c), lookback)
-                            for c in cutoffs])
-    valid_rows = propensity_rows(events, catalog, split.train_end, horizon, lookback)
-    test_rows = propensity_rows(events, catalog, split.valid_end, horizon, lookback)
+
+    def rows_at(cutoff):
+        return propensity_rows(events, catalog_as_of(catalog, cutoff), cutoff, horizon, lookback)
+
+    train_rows = pl.concat([rows_at(c) for c in cutoffs])
+    valid_rows, test_rows = rows_at(split.train_end), rows_at(split.valid_end)
     for name, rows in (("training", train_rows), ("validation", valid_rows), ("test", test_rows)):
         if rows.height == 0 or rows["label"].n_unique() < 2:
             raise ValueError(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
     past = events.filter(pl.col("event_time") < split.train_end)
-    vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(catalog["category"]),
-              "brand_idx": Vocab.of(catalog["brand"])}
+    known = catalog_as_of(catalog, split.train_end)
+    vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(known["category"]),
+              "brand_idx": Vocab.of(known["brand"])}
     counts = {"cutoffs": len(cutoffs), "train_rows": train_rows.height, "valid_rows": valid_rows.height,
               "test_rows": test_rows.height}
     return PropensityFeatures(split, train_rows, valid_rows, test_rows, vocabs, counts)
@@ -171,7 +182,7 @@ def propensity_features(events: pl.DataFrame, catalog: pl.DataFrame,
 def write_features(out: Path, dataset: Dataset, params: TrainPropensityParams):
     """The family's feature files: ``train.parquet``, ``valid.parquet``, ``test.parquet`` and
     ``vocabs.json``."""
-    f = propensity_features(dataset.events(), dataset.catalog(), params)
+    f = propensity_features(dataset.events(), dataset.catalog_history(), params)
     for name, rows in (("train", f.train_rows), ("valid", f.valid_rows), ("test", f.test_rows)):
         rows.write_parquet(out / f"{name}.parquet")
     (out / "vocabs.json").write_text(json.dumps({k: list(v.values) for k, v in f.vocabs.items()}))
