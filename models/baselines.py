@@ -47,7 +47,22 @@ class CooccurrenceRecommender:
         self.popularity = torch.from_numpy(pop / max(pop.max(), 1.0))
         self.n_items, self.recent = n_items, recent
 
+    def to_state(self) -> dict:
+        """What ``from_state`` rebuilds it from (plain tensors: ``torch.save`` writes them)."""
+        m = self.matrix
+        return {"crow": m.crow_indices(), "col": m.col_indices(), "values": m.values(), "n_items": self.n_items,
+                "recent": self.recent, "popularity": self.popularity}
+
+    @classmethod
+    def from_state(cls, state: dict) -> CooccurrenceRecommender:
+        self = cls.__new__(cls)
+        n = state["n_items"]
+        self.matrix = torch.sparse_csr_tensor(state["crow"], state["col"], state["values"], (n, n))
+        self.popularity, self.n_items, self.recent = state["popularity"], n, state["recent"]
+        return self
+
     def score(self, histories: torch.Tensor) -> torch.Tensor:
+        histories = histories.cpu()   # a sparse CPU matrix: a model on an accelerator sends its histories here
         recent = histories[:, -self.recent:]
         weights = torch.zeros(histories.shape[0], self.n_items)
         for j in range(recent.shape[1]):

@@ -243,7 +243,7 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
     home = tmp_path / "home"
     env = _env(home)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train_recommender"].update(epochs=6, max_len=20, dim=32, layers=1)
+    params["train_recommender"].update(epochs=10, patience=3)   # params.yaml's model, fewer epochs
     params["train_propensity"].update(epochs=3)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")

@@ -242,7 +242,7 @@ def test_a_missing_service_is_named_with_its_url():
 
 def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(stack, tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train_recommender"].update(epochs=6, max_len=20, dim=32, layers=1)
+    params["train_recommender"].update(epochs=10, patience=3)   # params.yaml's model, fewer epochs
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stack.env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
     py = sys.executable

@@ -237,3 +237,21 @@ def test_the_sampled_softmax_draws_by_frequency_and_corrects_by_log_expected_cou
         expected = (-pos + torch.logaddexp(pos, others)).mean()
     torch.testing.assert_close(sampled, expected, rtol=0.02, atol=0.02)
     assert torch.multinomial(model.log_q.exp(), 10_000, replacement=True).ne(17).all()
+
+
+@pytest.mark.fast
+def test_the_blend_weight_is_chosen_on_validation_and_zero_is_sasrec_alone(shop):
+    from models.baselines import CooccurrenceRecommender
+    from models.blend import BlendedRecommender, choose_beta
+
+    torch.manual_seed(0)
+    sasrec = SASRec(SASRecConfig(n_items=shop["vocab"].size, max_len=MAX_LEN, dim=16, layers=1)).eval()
+    cooc = CooccurrenceRecommender(shop["vocab"].size, list(shop["sequences"].values()))
+    histories = torch.from_numpy(shop["valid"].histories[:64])
+    with torch.no_grad():
+        torch.testing.assert_close(BlendedRecommender(sasrec, cooc, 0.0)(histories), sasrec(histories))
+    beta, curve = choose_beta(sasrec, cooc, lambda m: evaluate_scorer(m, shop["valid"])["ndcg_at_10"])
+    # An untrained SASRec scores at random: validation says to lean on co-occurrence.
+    assert beta > 0 and curve[beta] == max(curve.values()) and curve[beta] > curve[0.0]
+    state = CooccurrenceRecommender.from_state(cooc.to_state())
+    torch.testing.assert_close(state.score(histories), cooc.score(histories))

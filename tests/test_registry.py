@@ -26,10 +26,10 @@ def shop(tmp_path_factory):
     from pipeline.families.next_item.train import train as train_recommender
 
     with published_shop(tmp_path_factory.mktemp("registry"), GenerateParams(
-            seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000,
+            seed=11, start_date="2026-11-01", days=10, events_per_day=5000, initial_users=2000,
             initial_items=1200)) as paths:
-        good = TrainRecommenderParams(max_len=20, dim=32, layers=1, epochs=6, patience=2)
-        untrained = dataclasses.replace(good, lr=0.0, epochs=1)   # scores at random
+        good = TrainRecommenderParams(epochs=10, patience=3)   # params.yaml's model, fewer epochs
+        untrained = dataclasses.replace(good, lr=0.0, epochs=1, blend=False)   # scores at random
         runs = {
             "untrained": train_recommender(paths, untrained).run_id,
             "good": train_recommender(paths, good).run_id,
@@ -57,6 +57,7 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     first = steps.after_training(paths, "next_item", {"run_id": runs["untrained"]}, policy)
     assert "champion" not in first and first["version"] == "1"
     assert any(r.startswith("FAIL floor popularity") for r in first["reasons"])
+    assert any(r.startswith("FAIL floor cooccurrence") for r in first["reasons"])   # the strongest floor
     assert champion() is None
     assert registry.alias_version(client, "next_item", registry.CHALLENGER) is None
     v1 = client.get_model_version("next_item", "1")
@@ -70,6 +71,7 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     better = steps.after_training(paths, "next_item", {"run_id": runs["good"]}, policy)
     assert better.get("champion") == "2", better["reasons"]
     assert any(r.startswith("PASS significance") for r in better["reasons"])
+    assert any(r.startswith("PASS floor cooccurrence") for r in better["reasons"])
     assert champion() == "2"
     artifacts = {a.path for a in client.list_artifacts(runs["good"], "evaluation")}
     assert {"evaluation/summary.json", "evaluation/rows.parquet", "evaluation/decision.json",

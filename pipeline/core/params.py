@@ -69,6 +69,7 @@ class TrainRecommenderParams:
     dropout: float = 0.3
     loss: str = "full"             # full: softmax over the catalog; sampled: sampled softmax with logQ
     n_negatives: int = 256         # negatives per batch of the sampled softmax
+    blend: bool = True             # add co-occurrence with a weight chosen on validation (0: SASRec alone)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.002

@@ -32,6 +32,8 @@ class TestSet:
     labels: np.ndarray | None = None      # bought within the horizon (propensity)
     catalog_items: int = 0
     item_popularity: dict[str, int] = field(default_factory=dict)
+    # What a family's baselines need beyond the rows (e.g. the co-occurrence baseline's answers).
+    context: dict = field(default_factory=dict)
 
 
 @dataclass

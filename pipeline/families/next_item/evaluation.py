@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import polars as pl
+import torch
 
+from models.baselines import CooccurrenceRecommender
 from models.metrics import ranking_values
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import ModelScores, TestSet, latency_p95, per_slice, predict_batches, slices
@@ -36,6 +38,11 @@ def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str] | No
     history_ids = [[i for i in vocab.decode(h) if i is not None] for h in examples.histories]
     targets = np.array(vocab.decode(examples.targets), dtype=object)
     counts = before.group_by("item_id").len()
+    # The co-occurrence baseline, counted on every sequence before the test period: what the
+    # candidate's own training and test histories could know, never more.
+    cooccurrence = CooccurrenceRecommender(vocab.size, list(histories.values()))
+    top = [] if not len(examples.targets) else \
+        cooccurrence.score(torch.from_numpy(examples.histories))[:, 2:].topk(min(K, vocab.size - 2)).indices + 2
     return TestSet(
         inputs=pd.DataFrame({"history": history_ids, "k": K}),
         users=np.array(examples.users, dtype=object),
@@ -44,6 +51,7 @@ def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str] | No
         targets=targets,
         catalog_items=len(vocab.ids),
         item_popularity=dict(zip(counts["item_id"].to_list(), counts["len"].to_list(), strict=True)),
+        context={"cooccurrence_top": [vocab.decode(row) for row in np.asarray(top)]},
     )
 
 
@@ -81,8 +89,14 @@ def popularity_scores(test: TestSet) -> ModelScores:
     return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))
 
 
+def cooccurrence_scores(test: TestSet) -> ModelScores:
+    """The item co-occurrence baseline on the same test rows (``models.baselines``)."""
+    values = top_list_values(test.context["cooccurrence_top"], test.targets)
+    return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))
+
+
 def baselines(client, run_id: str, test: TestSet, tmp) -> dict[str, ModelScores]:
-    return {"popularity": popularity_scores(test)}
+    return {"popularity": popularity_scores(test), "cooccurrence": cooccurrence_scores(test)}
 
 
 def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:

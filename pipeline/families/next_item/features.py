@@ -157,7 +157,8 @@ class RecommenderFeatures:
     recent_items: np.ndarray         # the last ``recent_days`` of training (recent popularity)
     test_sequences: list[np.ndarray]  # each user's history up to the test period (co-occurrence)
     counts: dict[str, int]
-
+    train_sequences: list[np.ndarray] | None = None  # each user's history up to train_end (co-occurrence
+                                                     # with SASRec's own information, for validation)
 
 
 def write_features(out: Path, dataset: Dataset, params: TrainRecommenderParams):
@@ -179,7 +180,7 @@ def write_features(out: Path, dataset: Dataset, params: TrainRecommenderParams):
         raise ValueError("no training sequences or no validation examples in the split")
     recent = events.filter((pl.col("event_time") >= split.train_end - timedelta(days=params.recent_days))
                            & (pl.col("event_time") < split.train_end))
-    test_seqs = list(test_sequences.values())
+    test_seqs, train_seqs = list(test_sequences.values()), list(sequences.values())
     (out / "vocab.json").write_text(json.dumps(list(vocab.ids)))
     np.savez(
         out / "arrays.npz", windows=windows,
@@ -188,6 +189,7 @@ def write_features(out: Path, dataset: Dataset, params: TrainRecommenderParams):
         train_items=np.concatenate(list(sequences.values())), recent_items=vocab.encode(recent["item_id"]),
         test_sequences=np.concatenate(test_seqs) if test_seqs else np.zeros(0, dtype=np.int64),
         test_sequence_ends=np.cumsum([len(s) for s in test_seqs], dtype=np.int64),
+        train_sequences=np.concatenate(train_seqs), train_sequence_ends=np.cumsum([len(s) for s in train_seqs]),
     )
     counts = {"train_windows": int(windows.shape[0]), "valid_examples": len(valid.targets),
               "test_examples": len(test.targets), "items": vocab.size - 2,
@@ -200,11 +202,14 @@ def load_features(folder: Path) -> RecommenderFeatures:
     vocab = ItemVocab(tuple(json.loads((Path(folder) / "vocab.json").read_text())))
     with np.load(Path(folder) / "arrays.npz") as a:
         arrays = {k: a[k] for k in a.files}
-    ends = arrays["test_sequence_ends"]
-    test_sequences = np.split(arrays["test_sequences"], ends[:-1]) if ends.size else []
+    def split_at(name: str) -> list[np.ndarray]:
+        ends = arrays[name.removesuffix("s") + "_ends"]
+        return np.split(arrays[name], ends[:-1]) if ends.size else []
+
     return RecommenderFeatures(
         split=TimeSplit.from_dict(manifest["split"]), vocab=vocab, windows=arrays["windows"],
         valid=NextItemExamples(arrays["valid_users"].tolist(), arrays["valid_histories"], arrays["valid_targets"]),
         test=NextItemExamples(arrays["test_users"].tolist(), arrays["test_histories"], arrays["test_targets"]),
-        train_items=arrays["train_items"], recent_items=arrays["recent_items"], test_sequences=test_sequences,
-        counts=manifest["counts"])
+        train_items=arrays["train_items"], recent_items=arrays["recent_items"],
+        test_sequences=split_at("test_sequences"), counts=manifest["counts"],
+        train_sequences=split_at("train_sequences"))

@@ -35,11 +35,16 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         self.popular = list(popular)
 
     def load_context(self, context) -> None:
+        from models.baselines import CooccurrenceRecommender
+        from models.blend import BlendedRecommender
         from models.sasrec import SASRec, SASRecConfig
 
         ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
         model = SASRec(SASRecConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
+        if "cooccurrence" in context.artifacts:    # SASRec blended with co-occurrence (models/blend.py)
+            saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=False)
+            model = BlendedRecommender(model, CooccurrenceRecommender.from_state(saved["state"]), saved["beta"])
         with open(context.artifacts["vocab"]) as fh:
             item_ids = json.load(fh)
         with open(context.artifacts["popular"]) as fh:
@@ -81,21 +86,27 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
 
 def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint: Path, workdir: Path,
                       example: pd.DataFrame) -> dict:
-    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a trained SASRec: the
-    artifacts ``load_context`` reads (``checkpoint``, ``vocab``, ``popular``), the project code,
-    and a signature inferred from ``example``. The vocabulary and popularity files go to ``workdir``.
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a trained SASRec (or a
+    ``BlendedRecommender`` around one): the artifacts ``load_context`` reads (``checkpoint``,
+    ``vocab``, ``popular``, and for a blend ``cooccurrence``), the project code, and a signature
+    inferred from ``example``. The vocabulary, popularity and co-occurrence files go to ``workdir``.
     """
     from mlflow.models import infer_signature
 
+    from models.blend import BlendedRecommender
     from pipeline.core.tracking import REPO_ROOT
 
     vocab_file, popular_file = Path(workdir) / "vocab.json", Path(workdir) / "popular.json"
     vocab_file.write_text(json.dumps(list(item_ids)))
     popular_file.write_text(json.dumps(list(popular)))
     wrapper = SASRecPyfunc.from_parts(model, item_ids, popular)
+    artifacts = {"checkpoint": str(checkpoint), "vocab": str(vocab_file), "popular": str(popular_file)}
+    if isinstance(model, BlendedRecommender):
+        artifacts["cooccurrence"] = str(Path(workdir) / "cooccurrence.pt")
+        torch.save({"state": model.cooccurrence.to_state(), "beta": model.beta}, artifacts["cooccurrence"])
     return {
         "python_model": SASRecPyfunc(),
-        "artifacts": {"checkpoint": str(checkpoint), "vocab": str(vocab_file), "popular": str(popular_file)},
+        "artifacts": artifacts,
         "code_paths": [str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
         "signature": infer_signature(example, wrapper.predict(None, example)),
         "input_example": example,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
+from models.blend import BlendedRecommender, choose_beta
 from models.metrics import recall_ndcg, target_ranks
 from models.sasrec import SASRec, SASRecConfig
 from models.train import model_device
@@ -58,10 +59,14 @@ def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str
     split, vocab, valid, test = f.split, f.vocab, f.valid, f.test
     windows = torch.from_numpy(f.windows)
     all_train = f.train_items
+    # Co-occurrence counted on what the model may know at each stage: the training sequences to
+    # choose the blend's weight on validation, the sequences up to the test period for the test
+    # (SASRec's test histories include the validation period too).
+    test_cooccurrence = CooccurrenceRecommender(vocab.size, f.test_sequences)
     baselines = {
         "popularity": PopularityRecommender(vocab.size, all_train).score,
         "recent_popularity": PopularityRecommender(vocab.size, f.recent_items).score,
-        "cooccurrence": CooccurrenceRecommender(vocab.size, f.test_sequences).score,
+        "cooccurrence": test_cooccurrence.score,
     }
 
     config = SASRecConfig(n_items=vocab.size, max_len=params.max_len, dim=params.dim, heads=params.heads,
@@ -98,7 +103,14 @@ def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str
         )
         tag_result(result)
         model.eval()
-        metrics = {f"test_{k}": v for k, v in evaluate_scorer(model, test).items()}
+        beta, curve = 0.0, {}
+        if params.blend:
+            beta, curve = choose_beta(model, CooccurrenceRecommender(vocab.size, f.train_sequences),
+                                      lambda m: evaluate_scorer(m, valid)["ndcg_at_10"])
+        served = BlendedRecommender(model, test_cooccurrence, beta)
+        metrics = {f"test_{k}": v for k, v in evaluate_scorer(served, test).items()}
+        metrics.update({f"test_sasrec_{k}": v for k, v in evaluate_scorer(model, test).items()})
+        metrics.update({"blend_beta": beta, **{f"blend_valid_ndcg_at_10_beta_{b:g}": v for b, v in curve.items()}})
         for name, scorer in baselines.items():
             metrics.update({f"baseline_{name}_{k}": v for k, v in evaluate_scorer(scorer, test).items()})
         metrics.update({"best_valid_ndcg_at_10": result.best_metric, "best_epoch": result.best_epoch,
@@ -109,11 +121,11 @@ def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str
         counts = np.bincount(all_train, minlength=vocab.size)[2:]
         popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
         info = mlflow.pyfunc.log_model(name="model", **pyfunc_model_args(
-            model.cpu(), list(vocab.ids), popular, run.checkpoints / "best.pt", Path(tmp),
+            served.cpu(), list(vocab.ids), popular, run.checkpoints / "best.pt", Path(tmp),
             _input_example(test, vocab)))
-        log.info("run %s: test recall@20 %.4f (popularity %.4f, co-occurrence %.4f)", run.run_id,
-                 metrics["test_recall_at_20"], metrics["baseline_popularity_recall_at_20"],
-                 metrics["baseline_cooccurrence_recall_at_20"])
+        log.info("run %s: test NDCG@10 %.4f (SASRec alone %.4f, blend weight %g; popularity %.4f, co-occurrence "
+                 "%.4f)", run.run_id, metrics["test_ndcg_at_10"], metrics["test_sasrec_ndcg_at_10"], beta,
+                 metrics["baseline_popularity_ndcg_at_10"], metrics["baseline_cooccurrence_ndcg_at_10"])
         return TrainOutcome(run.run_id, info.model_uri, fs.dataset_version, metrics)
 
 
