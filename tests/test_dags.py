@@ -292,7 +292,8 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
     assert "parity: " in first and "answers identical" in first
     assert "next_item: champion is now version 1, served by Bento shopml-next-item:v1-" in first
     # Whatever the propensity gate decided, its reasons are in the log and the version is registered.
-    assert "floor logistic_regression: auc" in first
+    assert "floor logistic_regression: auc" in first and "floor lightgbm: auc" in first
+    assert "PASS floor cooccurrence" in first
     listing = models()
     assert any(line.split()[:4] == ["next_item", "1", "champion", "champion"] for line in listing.splitlines()), listing
     assert any(line.split()[:2] == ["purchase_propensity", "1"] for line in listing.splitlines()), listing

@@ -3,6 +3,7 @@ candidate rows at the test cutoff, the logistic-regression baseline beside it, i
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -65,17 +66,34 @@ def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
 
 
 def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
-    """The logistic regression the run trained on the same rows (``baseline/logreg.joblib``)."""
+    """The logistic regression and the LightGBM model the run trained on the same rows
+    (``baseline/logreg.joblib``, ``baseline/lightgbm.json``), on the same test rows."""
     import joblib
+    import lightgbm as lgb
 
-    from pipeline.families.purchase_propensity.train import logreg_features
+    from pipeline.families.purchase_propensity.features import PROPENSITY_IDS
+    from pipeline.families.purchase_propensity.pyfunc import ID_COLUMNS
+    from pipeline.families.purchase_propensity.train import lightgbm_features, logreg_features
+
+    labels = test.labels
+    dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
+
+    def scores(probs: np.ndarray) -> ModelScores:
+        return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
+                           per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])))
 
     saved = joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp)))
-    dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
-    probs = saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
-    labels = test.labels
-    return {"logistic_regression": ModelScores(propensity_metrics(labels, probs), {"probability": probs},
-                                               per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])))}
+    out = {"logistic_regression": scores(
+        saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1])}
+    try:
+        gbt = json.loads(Path(client.download_artifacts(run_id, "baseline/lightgbm.json", str(tmp))).read_text())
+    except Exception:   # a run trained before the LightGBM baseline existed
+        return out
+    booster = lgb.Booster(model_str=gbt["booster"])
+    ids = np.stack([test.inputs[ID_COLUMNS[k]].map({v: i + 1 for i, v in enumerate(gbt["vocabs"][k])})
+                    .fillna(0).to_numpy(dtype=np.float64) for k in PROPENSITY_IDS], axis=1)
+    out["lightgbm"] = scores(np.clip(booster.predict(lightgbm_features(ids, dense)), 0.0, 1.0))
+    return out
 
 
 def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:

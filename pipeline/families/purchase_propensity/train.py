@@ -62,6 +62,7 @@ class PropensityFit:
     data: dict[str, float]
     test_rows: pl.DataFrame
     logreg: object = None    # the baseline, fitted on model.dense_mean/dense_std-scaled features
+    lightgbm: object = None  # the other baseline: gradient-boosted trees on the raw rows (a lightgbm Booster)
 
 
 def logreg_features(dense: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -69,11 +70,31 @@ def logreg_features(dense: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.
     return (DCNv2.transform(torch.as_tensor(dense, dtype=torch.float32)).numpy() - mean) / std
 
 
+def lightgbm_features(ids: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """The LightGBM baseline's inputs: the encoded ids (categorical) then the dense features, raw."""
+    return np.concatenate([np.asarray(ids, dtype=np.float64), np.asarray(dense, dtype=np.float64)], axis=1)
+
+
+def fit_lightgbm(tr: tuple, va: tuple, seed: int):
+    """Gradient-boosted trees on the same rows, ids as categorical features, early stopping on the
+    validation rows: what a shop's data scientist tries first, so it is a floor."""
+    import lightgbm as lgb
+
+    categorical = list(range(len(PROPENSITY_IDS)))
+    model = lgb.LGBMClassifier(n_estimators=2000, learning_rate=0.05, num_leaves=31, min_child_samples=20,
+                               subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=seed,
+                               n_jobs=-1, verbose=-1, deterministic=True, force_row_wise=True)
+    model.fit(lightgbm_features(*tr[:2]), tr[2], eval_set=[(lightgbm_features(*va[:2]), va[2])],
+              eval_metric="auc", categorical_feature=categorical,
+              callbacks=[lgb.early_stopping(50, verbose=False)])
+    return model.booster_
+
+
 def fit_propensity(
     features: PropensityFeatures, params: TrainPropensityParams, on_epoch=None, checkpoint_dir: Path | None = None,
 ) -> PropensityFit:
-    """Train DCN-v2 and a logistic regression on the same rows; score both on the same test rows
-    (``featureset.propensity_features`` says which rows)."""
+    """Train DCN-v2, a logistic regression and LightGBM on the same rows; score them on the same test
+    rows (``featureset.propensity_features`` says which rows)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -111,18 +132,23 @@ def fit_propensity(
 
     logreg = LogisticRegression(max_iter=2000).fit(lr_features(tr_dense), tr_y.numpy())
     p_lr = logreg.predict_proba(lr_features(te_dense))[:, 1]
+    booster = fit_lightgbm((tr_ids.numpy(), tr_dense.numpy(), tr_y.numpy()),
+                           (va_ids.numpy(), va_dense.numpy(), va_y.numpy()), params.seed)
+    p_gbt = booster.predict(lightgbm_features(te_ids.numpy(), te_dense.numpy()))
     y = te_y.numpy()
     metrics = {
         "test_auc": float(roc_auc_score(y, p_model)), "test_log_loss": float(log_loss(y, p_model, labels=[0, 1])),
         "baseline_logreg_auc": float(roc_auc_score(y, p_lr)),
         "baseline_logreg_log_loss": float(log_loss(y, p_lr, labels=[0, 1])),
+        "baseline_lightgbm_auc": float(roc_auc_score(y, p_gbt)),
+        "baseline_lightgbm_log_loss": float(log_loss(y, np.clip(p_gbt, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "best_valid_auc": result.best_metric, "best_epoch": result.best_epoch,
         "train_samples_per_second": result.samples_per_second,
     }
     data = {"data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
             "data.cutoffs": features.counts["cutoffs"], "data.train_rows": len(tr_y), "data.valid_rows": len(va_y),
             "data.test_rows": len(te_y), "data.train_positive_rate": float(tr_y.mean())}
-    return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows, logreg)
+    return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows, logreg, booster)
 
 
 def train(paths: StatePaths, params: TrainPropensityParams, tags: dict[str, str] | None = None,
@@ -164,6 +190,10 @@ def train(paths: StatePaths, params: TrainPropensityParams, tags: dict[str, str]
         joblib.dump({"model": fit.logreg, "mean": model.dense_mean.numpy(), "std": model.dense_std.numpy()},
                     baseline)
         mlflow.log_artifact(str(baseline), artifact_path="baseline")
+        gbt = Path(tmp) / "lightgbm.json"
+        gbt.write_text(json.dumps({"booster": fit.lightgbm.model_to_string(),
+                                   "vocabs": {k: list(v.values) for k, v in vocabs.items()}}))
+        mlflow.log_artifact(str(gbt), artifact_path="baseline")
         example = test_rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).head(3).to_pandas()
         wrapper = PropensityPyfunc.from_parts(model, vocabs)
         info = mlflow.pyfunc.log_model(
