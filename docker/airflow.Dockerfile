@@ -21,6 +21,10 @@ ARG SHOPML_GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="shopml-airflow" \
       org.opencontainers.image.source="https://github.com/shopml/shopml" \
       org.opencontainers.image.revision="${SHOPML_GIT_COMMIT}"
+# LightGBM (the propensity model's floor) links the system's OpenMP runtime, which slim images lack.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
 # Airflow's own convention: uid 50000, group 0, so mounted volumes work under OpenShift too.
 RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow \
     && mkdir -p /opt/shopml /opt/airflow /var/lib/shopml \

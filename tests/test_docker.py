@@ -144,3 +144,16 @@ def test_images_copy_what_the_pipeline_needs_and_the_build_context_skips_local_s
             assert re.search(rf"^COPY .*\b{re.escape(needed)}\b", text, re.M), f"{dockerfile.name} lacks {needed}"
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".state"} <= set(ignored)
+
+
+def test_images_with_the_locked_packages_carry_the_system_libraries_they_link():
+    """LightGBM's wheel links the system OpenMP runtime (libgomp.so.1), which slim images lack: an
+    image that installs requirements.lock must install libgomp1 in the stage that runs."""
+    lightgbm = (REPO / "requirements.lock").read_text()
+    assert "\nlightgbm==" in lightgbm
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        if "-r /tmp/requirements.lock" not in text:
+            continue
+        runtime = text[text.index("AS runtime"):]
+        assert "libgomp1=" in runtime, f"{dockerfile.name}: the runtime stage does not install libgomp1"
