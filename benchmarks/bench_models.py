@@ -67,6 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=BEAUTY)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, default=200, help="at most; early stopping on validation NDCG@10")
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--max-len", type=int, default=50)
@@ -98,7 +99,7 @@ def main() -> int:
     cooc = CooccurrenceRecommender(n_items, list(train_seqs.values()))
     runs["cooccurrence"] = [evaluate_scorer(cooc.score, test)]
     windows = torch.from_numpy(training_windows(train_seqs, args.max_len))
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         torch.manual_seed(seed)
         model = SASRec(SASRecConfig(n_items=n_items, max_len=args.max_len, dim=args.dim, layers=args.layers,
                                     dropout=args.dropout, loss=args.loss))
