@@ -99,7 +99,6 @@ class Dataset:
 
     version: str
     path: Path          # the folder holding this version's events/ and catalog/
-    source: str = ""    # where the version lives in the state folder (its DVC-tracked canonical folder)
 
     def events(self) -> pl.DataFrame:
         return load_events(self.path)

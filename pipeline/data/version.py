@@ -193,6 +193,11 @@ def dataset_version(paths: StatePaths, version: str) -> DatasetVersion:
     Raises:
         UnknownDatasetVersion: no published version matches; the message lists the newest ones.
     """
+    return _manifest(_manifest_file(paths, version))
+
+
+def _manifest_file(paths: StatePaths, version: str) -> Path:
+    """``versions/<hash>.json`` of ``version`` (see ``dataset_version``)."""
     versions = paths.dataset_repo / "versions"
     exact = versions / f"{version}.json"
     if len(version) >= 6 and "/" not in version and not exact.exists():
@@ -205,7 +210,7 @@ def dataset_version(paths: StatePaths, version: str) -> DatasetVersion:
             f"dataset version {version!r} is not published under {versions} (newest: "
             f"{', '.join(f.stem[:12] for f in known[:5]) or 'none'}); a version from another state folder is "
             f"restored by copying its versions/<hash>.json there and running `dvc pull` in {paths.dataset_repo}")
-    return _manifest(exact)
+    return exact
 
 
 def resolve_dataset_version(paths: StatePaths, version: str | None = None) -> DatasetVersion:
@@ -235,7 +240,9 @@ def restore_dataset(paths: StatePaths, version: str) -> Path:
         UnknownDatasetVersion: the version was never published here, or its files are neither in
             the cache nor on the remote.
     """
-    ref = dataset_version(paths, version)
+    manifest = json.loads(_manifest_file(paths, version).read_text())
+    dvc_text = manifest.pop("dvc_file")
+    ref = DatasetVersion(**manifest)
     folder = paths.dataset_repo / "snapshots" / ref.version
     done = folder / ".restored"
     if done.exists():
@@ -244,10 +251,9 @@ def restore_dataset(paths: StatePaths, version: str) -> Path:
     with FileLock(str(folder) + ".lock", timeout=600):
         if done.exists():
             return folder / "canonical"
-        manifest = json.loads((paths.dataset_repo / "versions" / f"{ref.version}.json").read_text())
         # The version's own .dvc file, beside the folder it describes (its out path is `canonical`).
         dvc_file = folder / "canonical.dvc"
-        dvc_file.write_text(manifest["dvc_file"])
+        dvc_file.write_text(dvc_text)
         repo = _repo(paths)
         try:
             repo.checkout(targets=[str(dvc_file)], force=True)
@@ -284,4 +290,4 @@ def open_dataset(paths: StatePaths, version: str | None = None) -> Dataset:
         UnknownDatasetVersion: the version is not published here or cannot be restored.
     """
     ref = resolve_dataset_version(paths, version)
-    return Dataset(ref.version, restore_dataset(paths, ref.version), ref.path)
+    return Dataset(ref.version, restore_dataset(paths, ref.version))

@@ -136,25 +136,22 @@ def package(paths: StatePaths, model: str, registered: dict, requests: int | Non
     Raises:
         CandidateRejected: the gate rejected the version in this chain (nothing to package).
     """
-    from pipeline.core.tracking import mlflow_client
     from pipeline.lifecycle.gate import load_policy
-    from pipeline.serving.package import PARITY_REQUESTS, build_bento
+    from pipeline.serving.package import PARITY_REQUESTS
     from pipeline.serving.package import package as package_version
 
     if registered.get("passed") is False:
         reasons = "\n  ".join(registered["reasons"])
         raise CandidateRejected(f"{model} version {registered['version']} rejected by the gate:\n  {reasons}")
     version = registered.get("version")
-    version = None if version is None else str(version)
-    if (policy or load_policy(model)).require_smoke_test:
-        packaged = package_version(paths, model, version, requests=requests or PARITY_REQUESTS,
-                                   dataset_version=dataset_version)
+    smoke = (policy or load_policy(model)).require_smoke_test
+    packaged = package_version(paths, model, None if version is None else str(version),
+                               requests=requests or PARITY_REQUESTS, dataset_version=dataset_version, smoke=smoke)
+    if smoke:
         for check in packaged.smoke.checks:
             print(f"  {check}")
         print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
     else:
-        packaged = build_bento(paths, model, version, dataset_version)
-        mlflow_client(paths).set_model_version_tag(model, packaged.version, "bento_tag", packaged.bento_tag)
         print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} built; smoke test skipped "
               f"(policy require_smoke_test: false)")
     return {**registered, "version": packaged.version, "bento_tag": packaged.bento_tag}

@@ -385,12 +385,15 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
 
 
 def package(paths: StatePaths, model_name: str, version: str | None = None,
-            requests: int = PARITY_REQUESTS, dataset_version: str | None = None) -> Packaged:
-    """Build, serve and check a version's Bento; record the outcome on the model version."""
+            requests: int = PARITY_REQUESTS, dataset_version: str | None = None, smoke: bool = True) -> Packaged:
+    """Build, serve and check a version's Bento; record the outcome on the model version. With
+    ``smoke`` False (policy ``require_smoke_test: false``) the Bento is built and recorded, not started."""
     packaged = build_bento(paths, model_name, version, dataset_version)
     client = mlflow_client(paths)
     tag = lambda k, v: client.set_model_version_tag(model_name, packaged.version, k, v)  # noqa: E731
     tag("bento_tag", packaged.bento_tag)
+    if not smoke:
+        return packaged
     try:
         packaged.smoke = smoke_test(paths, model_name, packaged.version, packaged.bento_tag, requests)
     except ServingError as exc:

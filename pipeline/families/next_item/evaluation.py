@@ -82,17 +82,21 @@ def score(model, test: TestSet, batch: int = 512) -> ModelScores:
                        latency_p95(model, test.inputs), predictions)
 
 
+def _top_list_scores(test: TestSet, top_items: list[list[str]]) -> ModelScores:
+    """A baseline's figures from its top-20 list per test row."""
+    values = top_list_values(top_items, test.targets)
+    return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))
+
+
 def popularity_scores(test: TestSet) -> ModelScores:
     """The global-popularity baseline on the same test rows (same top 20 for every user)."""
     top = [i for i, _ in sorted(test.item_popularity.items(), key=lambda kv: (-kv[1], kv[0]))[:K]]
-    values = top_list_values([top] * len(test.targets), test.targets)
-    return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))
+    return _top_list_scores(test, [top] * len(test.targets))
 
 
 def cooccurrence_scores(test: TestSet) -> ModelScores:
     """The item co-occurrence baseline on the same test rows (``models.baselines``)."""
-    values = top_list_values(test.context["cooccurrence_top"], test.targets)
-    return ModelScores(ranking_metrics(values), values, per_slice(test, lambda m: ranking_metrics(values, m)))
+    return _top_list_scores(test, test.context["cooccurrence_top"])
 
 
 def baselines(client, run_id: str, test: TestSet, tmp) -> dict[str, ModelScores]:

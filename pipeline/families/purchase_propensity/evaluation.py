@@ -56,13 +56,17 @@ def propensity_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
             "calibration_error": expected_calibration_error(labels, probs)}
 
 
-def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
-    predictions = predict_batches(model, test.inputs, batch)
-    probs = predictions["probability"].to_numpy(dtype=np.float64)
+def _scores(test: TestSet, probs: np.ndarray, latency_ms: float = float("nan"), predictions=None) -> ModelScores:
+    """Figures of one model's probabilities on the test rows, overall and per slice."""
     labels = test.labels
     return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
-                       per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])),
-                       latency_p95(model, test.inputs), predictions)
+                       per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])), latency_ms, predictions)
+
+
+def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
+    predictions = predict_batches(model, test.inputs, batch)
+    return _scores(test, predictions["probability"].to_numpy(dtype=np.float64), latency_p95(model, test.inputs),
+                   predictions)
 
 
 def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
@@ -70,29 +74,22 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
     (``baseline/logreg.joblib``, ``baseline/lightgbm.json``), on the same test rows."""
     import joblib
     import lightgbm as lgb
+    from mlflow.exceptions import MlflowException
 
-    from pipeline.families.purchase_propensity.features import PROPENSITY_IDS
-    from pipeline.families.purchase_propensity.pyfunc import ID_COLUMNS
+    from pipeline.families.purchase_propensity.pyfunc import encode_ids, id_index
     from pipeline.families.purchase_propensity.train import lightgbm_features, logreg_features
 
-    labels = test.labels
     dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
-
-    def scores(probs: np.ndarray) -> ModelScores:
-        return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
-                           per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])))
-
     saved = joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp)))
-    out = {"logistic_regression": scores(
-        saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1])}
+    out = {"logistic_regression": _scores(
+        test, saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1])}
     try:
         gbt = json.loads(Path(client.download_artifacts(run_id, "baseline/lightgbm.json", str(tmp))).read_text())
-    except Exception:   # a run trained before the LightGBM baseline existed
+    except MlflowException:   # a run trained before the LightGBM baseline existed
         return out
     booster = lgb.Booster(model_str=gbt["booster"])
-    ids = np.stack([test.inputs[ID_COLUMNS[k]].map({v: i + 1 for i, v in enumerate(gbt["vocabs"][k])})
-                    .fillna(0).to_numpy(dtype=np.float64) for k in PROPENSITY_IDS], axis=1)
-    out["lightgbm"] = scores(np.clip(booster.predict(lightgbm_features(ids, dense)), 0.0, 1.0))
+    ids = encode_ids(test.inputs, id_index(gbt["vocabs"]))
+    out["lightgbm"] = _scores(test, np.clip(booster.predict(lightgbm_features(ids, dense)), 0.0, 1.0))
     return out
 
 

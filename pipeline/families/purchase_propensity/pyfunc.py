@@ -16,12 +16,25 @@ import torch
 ID_COLUMNS = {"item_idx": "item_id", "category_idx": "category", "brand_idx": "brand"}
 
 
+def id_index(vocabs: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """Value -> index of each id vocabulary (``Vocab``'s encoding: 0 for unknown or missing)."""
+    return {k: {v: i + 1 for i, v in enumerate(values)} for k, values in vocabs.items()}
+
+
+def encode_ids(frame: pd.DataFrame, index: dict[str, dict[str, int]]) -> np.ndarray:
+    """The id columns of raw feature rows as [rows, len(PROPENSITY_IDS)] int64 indices."""
+    from pipeline.families.purchase_propensity.features import PROPENSITY_IDS
+
+    return np.stack([frame[ID_COLUMNS[k]].map(lambda v, m=index[k]: m.get(v, 0)).to_numpy()
+                     for k in PROPENSITY_IDS], axis=1).astype(np.int64)
+
+
 class PropensityPyfunc(mlflow.pyfunc.PythonModel):
     @classmethod
     def from_parts(cls, model, vocabs) -> PropensityPyfunc:
         wrapper = cls()
         wrapper.model = model
-        wrapper.index = {k: {v: i + 1 for i, v in enumerate(vocab.values)} for k, vocab in vocabs.items()}
+        wrapper.index = id_index({k: vocab.values for k, vocab in vocabs.items()})
         return wrapper
 
     def load_context(self, context) -> None:
@@ -35,14 +48,13 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
         self.model.load_state_dict(saved["model"])
         self.model.eval()
         with open(context.artifacts["vocabs"]) as fh:
-            self.index = {k: {v: i + 1 for i, v in enumerate(values)} for k, values in json.load(fh).items()}
+            self.index = id_index(json.load(fh))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from models.train import model_device
-        from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, PROPENSITY_IDS
+        from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
 
-        ids = np.stack([model_input[ID_COLUMNS[k]].map(lambda v, m=self.index[k]: m.get(v, 0)).to_numpy()
-                        for k in PROPENSITY_IDS], axis=1).astype(np.int64)
+        ids = encode_ids(model_input, self.index)
         dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32, copy=True)  # writable, for torch
         device = model_device(self.model)
         with torch.no_grad():
