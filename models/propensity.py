@@ -1,8 +1,14 @@
-"""Purchase propensity: DCN-v2 (Wang et al., 2021) over id embeddings and dense features.
+"""Purchase propensity: a wide & deep DCN-v2 (Wang et al., 2021) over id embeddings and dense features.
 
 Item, category and brand ids are embedded (index 0 = unknown, so new ids are a value); dense
 features are log-scaled and standardised with statistics from the training rows. A cross network
-(explicit feature crosses) runs beside a deep network; their outputs are concatenated into one logit.
+(explicit feature crosses) runs beside a deep network; their outputs are concatenated into one logit,
+to which a wide part adds a linear term of the dense features and a learned bias per id (Cheng et
+al., 2016): the logistic regression a shop would fit is inside the model, and the deep part only has
+to learn what it misses. With no ``id_cardinalities`` the model reads only the dense features (ids
+are then ignored): on shops where identity adds little beyond the counts, id embeddings overfit.
+``constant_inputs`` learned constants join the cross network's input x0: then x0 * (W x) also holds
+each feature's own linear terms, so a cross layer adds a degree without losing the lower ones.
 ``calibrate`` fits Platt scaling on validation rows so that ``predict_proba`` is a probability.
 """
 
@@ -22,6 +28,8 @@ class DCNConfig:
     cross_layers: int = 2
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
+    wide: bool = True
+    constant_inputs: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +51,8 @@ class DCNv2(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = nn.ModuleList(nn.Embedding(n, config.embedding_dim) for n in config.id_cardinalities)
-        width = config.n_dense + config.embedding_dim * len(config.id_cardinalities)
+        width = config.n_dense + config.embedding_dim * len(config.id_cardinalities) + config.constant_inputs
+        self.constant = nn.Parameter(torch.randn(config.constant_inputs))
         self.cross = nn.ModuleList(CrossLayer(width) for _ in range(config.cross_layers))
         layers, last = [], width
         for h in config.hidden:
@@ -51,6 +60,11 @@ class DCNv2(nn.Module):
             last = h
         self.deep = nn.Sequential(*layers)
         self.head = nn.Linear(width + last, 1)
+        if config.wide:
+            self.wide = nn.Linear(config.n_dense, 1)
+            self.id_bias = nn.ModuleList(nn.Embedding(n, 1) for n in config.id_cardinalities)
+            for bias in self.id_bias:
+                nn.init.zeros_(bias.weight)
         # Standardisation of dense inputs and Platt scaling of the logit, saved with the weights.
         self.register_buffer("dense_mean", torch.zeros(config.n_dense))
         self.register_buffer("dense_std", torch.ones(config.n_dense))
@@ -69,11 +83,15 @@ class DCNv2(nn.Module):
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits, [batch]."""
         x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std
-        x0 = torch.cat([x_dense, *(emb(ids[:, j]) for j, emb in enumerate(self.embeddings))], dim=1)
+        x0 = torch.cat([x_dense, *(emb(ids[:, j]) for j, emb in enumerate(self.embeddings)),
+                        self.constant.expand(x_dense.shape[0], -1)], dim=1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        return self.head(torch.cat([x, self.deep(x0)], dim=1)).squeeze(1)
+        logit = self.head(torch.cat([x, self.deep(x0)], dim=1))
+        if self.config.wide:
+            logit = logit + self.wide(x_dense) + sum(b(ids[:, j]) for j, b in enumerate(self.id_bias))
+        return logit.squeeze(1)
 
     def predict_proba(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         a, b = self.platt

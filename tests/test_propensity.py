@@ -54,6 +54,15 @@ def test_rows_use_only_the_past_and_label_the_horizon():
     assert got[("u1", "a")]["u_purchases"] == 1.0  # the purchase of c, long before
     assert got[("u1", "a")]["u_category_affinity"] == pytest.approx(3 / 4)  # 3 of u1's 4 past events are in x
     assert got[("u1", "b")]["price"] == 20.0 and got[("u1", "b")]["price_vs_user_avg"] == pytest.approx(4.0)
+    # Time-decayed counts: an event a day old weighs 1/2 with a 1-day half-life, 2 ** (-1/7) with 7 days.
+    assert got[("u1", "b")]["ui_events_1d"] == pytest.approx(0.5 ** (5 / 24))
+    assert got[("u1", "a")]["ui_events_7d"] == pytest.approx(0.5 ** (30 / 168) + 0.5 ** (29 / 168))
+    assert got[("u1", "a")]["ui_purchases_7d"] == 0.0
+    assert got[("u1", "a")]["u_events_1d"] == pytest.approx(sum(0.5 ** (h / 24) for h in (30, 29, 5, 100)))
+    assert got[("u2", "c")]["i_views_1d"] == pytest.approx(0.5 ** (2 / 24))
+    assert got[("u1", "a")]["i_purchases_7d"] == pytest.approx(0.5 ** (90 / 168))   # u3's purchase
+    # Sequence position: b is u1's last item, a the one before.
+    assert got[("u1", "b")]["ui_recency_rank"] == 0.0 and got[("u1", "a")]["ui_recency_rank"] == 1.0
     dense = rows.select(PROPENSITY_DENSE)
     assert dense.null_count().sum_horizontal().item() == 0
     assert dense.select(pl.all().is_finite().all()).row(0) == (True,) * len(PROPENSITY_DENSE)
@@ -122,7 +131,8 @@ def test_dcn_beats_logistic_regression_on_data_with_known_structure():
               "brand_idx": Vocab.of(train["brand"])}
     split = TimeSplit(T0, T0 + timedelta(days=5), T0 + timedelta(days=6), T0 + timedelta(days=7))
     features = PropensityFeatures(split, train, valid, test, vocabs, {"cutoffs": 1})
-    fit = fit_propensity(features, TrainPropensityParams(epochs=8, batch_size=256, lr=0.003, patience=3))
+    fit = fit_propensity(features, TrainPropensityParams(epochs=8, batch_size=256, lr=0.003, patience=3,
+                                                              id_embeddings=True))   # ids carry signal here
     m = fit.metrics
     print(f"DCN-v2 AUC {m['test_auc']:.3f}, log loss {m['test_log_loss']:.3f}; logistic regression AUC "
           f"{m['baseline_logreg_auc']:.3f}, log loss {m['baseline_logreg_log_loss']:.3f}; LightGBM AUC "

@@ -98,6 +98,9 @@ class TrainPropensityParams:
     cross_layers: int = 2
     hidden: tuple[int, int] = (64, 32)
     dropout: float = 0.2
+    wide: bool = True
+    id_embeddings: bool = False
+    constant_inputs: int = 24
     epochs: int = 30
     batch_size: int = 256
     lr: float = 0.001

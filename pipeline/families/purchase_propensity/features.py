@@ -17,8 +17,15 @@ PROPENSITY_DENSE = (
     "ui_views", "ui_carts", "ui_removes", "ui_purchases", "ui_hours_since_last",
     "u_events", "u_sessions", "u_purchases", "u_hours_since_last", "u_purchase_rate",
     "i_views", "i_purchases", "i_purchase_rate", "price", "price_vs_user_avg", "u_category_affinity",
+    # Time-decayed counts (each event weighs 0.5 ** (age / half-life)): what happened yesterday
+    # matters more than what happened last month, with one half-life for the day and one for the week.
+    "ui_events_1d", "ui_events_7d", "ui_purchases_7d", "u_events_1d", "u_events_7d",
+    "i_views_1d", "i_purchases_7d",
+    # Sequence position: how many other items the user touched since this one (0: the last item).
+    "ui_recency_rank",
 )
 PROPENSITY_IDS = ("item_idx", "category_idx", "brand_idx")
+NEVER_TOUCHED_RANK = 1000.0
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,21 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
     hours = (pl.lit(cutoff) - pl.col("event_time").max()).dt.total_seconds() / 3600.0
     is_type = {t: (pl.col("event_type") == t).sum().cast(pl.Float64) for t in
                ("view", "add_to_cart", "remove_from_cart", "purchase")}
+    age_days = (pl.lit(cutoff) - pl.col("event_time")).dt.total_seconds() / 86400.0
+
+    def decayed(half_life_days: float, event_type: str | None = None) -> pl.Expr:
+        weight = pl.lit(0.5).pow(age_days / half_life_days)
+        return (weight if event_type is None else weight.filter(pl.col("event_type") == event_type)).sum()
+
     pairs = past if candidates is None else past.join(candidates, on=["user_id", "item_id"], how="semi")
     user_item = pairs.group_by("user_id", "item_id").agg(
         is_type["view"].alias("ui_views"), is_type["add_to_cart"].alias("ui_carts"),
         is_type["remove_from_cart"].alias("ui_removes"), is_type["purchase"].alias("ui_purchases"),
-        hours.alias("ui_hours_since_last"),
-    )
+        hours.alias("ui_hours_since_last"), decayed(1.0).alias("ui_events_1d"), decayed(7.0).alias("ui_events_7d"),
+        decayed(7.0, "purchase").alias("ui_purchases_7d"), pl.col("event_time").max().alias("_last"),
+    ).with_columns(   # ``pairs`` holds every candidate of a user, and candidates are the user's recent items
+        (pl.col("_last").rank("min", descending=True).over("user_id") - 1).cast(pl.Float64).alias("ui_recency_rank"),
+    ).drop("_last")
     users = past if candidates is None else past.join(candidates.select("user_id").unique(), on="user_id",
                                                       how="semi")
     user = users.group_by("user_id").agg(
@@ -64,9 +80,12 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
         pl.col("session_id").n_unique().cast(pl.Float64).alias("u_sessions"),
         is_type["purchase"].alias("u_purchases"), hours.alias("u_hours_since_last"),
         pl.col("price").filter(pl.col("event_type") == "purchase").mean().alias("u_avg_purchase_price"),
+        decayed(1.0).alias("u_events_1d"), decayed(7.0).alias("u_events_7d"),
     ).with_columns((pl.col("u_purchases") / pl.col("u_sessions")).alias("u_purchase_rate"))
     item = past.group_by("item_id").agg(is_type["view"].alias("i_views"), is_type["purchase"].alias("i_purchases"),
-                                        pl.col("price").drop_nulls().last().alias("event_price"))
+                                        pl.col("price").drop_nulls().last().alias("event_price"),
+                                        decayed(1.0, "view").alias("i_views_1d"),
+                                        decayed(7.0, "purchase").alias("i_purchases_7d"))
     item = item.with_columns((pl.col("i_purchases") / (pl.col("i_views") + 1.0)).alias("i_purchase_rate"))
     categories = catalog.select("item_id", "category", "brand", pl.col("price").alias("catalog_price"))
     affinity = (users.join(categories.select("item_id", "category"), on="item_id", how="left")
@@ -95,6 +114,8 @@ def assemble_propensity(candidates: pl.DataFrame, tables: dict[str, pl.DataFrame
         pl.when(pl.col("u_avg_purchase_price") > 0).then(price / pl.col("u_avg_purchase_price"))
         .otherwise(1.0).fill_null(1.0).alias("price_vs_user_avg"),
         pl.col("u_category_affinity").fill_null(0.0),
+        # An item the user never touched is further back than any they did.
+        pl.col("ui_recency_rank").fill_null(NEVER_TOUCHED_RANK),
     ).with_columns(pl.col(c).fill_null(0.0) for c in PROPENSITY_DENSE).sort("_order").drop("_order")
 
 
