@@ -6,6 +6,9 @@ same way, each partition holding the items declared or seen in that interval.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import polars as pl
 
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
@@ -39,3 +42,33 @@ PARTITION_FILE = "part-0.parquet"
 def partition_dir_name(day: str) -> str:
     """Folder name of one event-date partition (Hive style, readable by Spark, DuckDB, polars)."""
     return f"event_date={day}"
+
+
+_PARTITION_DIR = re.compile(r"event_date=(\d{4}-\d{2}-\d{2})(\.replaced)?")
+
+
+def partition_files(table: Path) -> list[Path]:
+    """The data files of the complete partitions under ``table`` (``events/`` or ``catalog/``), by day.
+
+    A publish replaces ``event_date=D`` by renaming it to ``event_date=D.replaced`` and renaming the
+    new ``event_date=D.incoming`` into its place (``data.version.publish_partition``). Whatever
+    moment a publish is killed, each day is read exactly once, from a complete folder:
+    ``event_date=D`` when it exists, else ``event_date=D.replaced`` (killed between the two renames:
+    the last published rows); ``.incoming`` never.
+    """
+    if not table.is_dir():
+        return []
+    chosen: dict[str, Path] = {}
+    for folder in table.iterdir():
+        match = _PARTITION_DIR.fullmatch(folder.name)
+        if match is None or not (folder / PARTITION_FILE).is_file():
+            continue
+        day, replaced = match.groups()
+        if not replaced or day not in chosen:
+            chosen[day] = folder / PARTITION_FILE
+    return [chosen[day] for day in sorted(chosen)]
+
+
+def partition_day(data_file: Path) -> str:
+    """``YYYY-MM-DD`` of a file that ``partition_files`` returned."""
+    return _PARTITION_DIR.fullmatch(data_file.parent.name).group(1)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.core.schema import partition_day, partition_files
+
 # Interactions that say something about what a user wants next; removals say the opposite.
 SEQUENCE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
 
@@ -36,7 +38,7 @@ class TimeSplit:
 
 def load_events(canonical: Path) -> pl.DataFrame:
     """All published events of the canonical dataset, in time order."""
-    files = sorted((canonical / "events").glob("event_date=*/part-0.parquet"))
+    files = partition_files(canonical / "events")
     if not files:
         raise FileNotFoundError(f"no published event partitions under {canonical / 'events'}")
     return pl.concat([pl.read_parquet(f) for f in files]).sort("event_time", "user_id", "session_id")
@@ -64,13 +66,13 @@ def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> Time
 def catalog_history(canonical: Path) -> pl.DataFrame:
     """Every catalog row of every partition, with ``known_from``: the end of its partition's day,
     when that day's catalog was complete. ``catalog_as_of`` picks the rows known at a time."""
-    files = sorted((canonical / "catalog").glob("event_date=*/part-0.parquet"))
+    files = partition_files(canonical / "catalog")
     if not files:
         return pl.DataFrame(schema={"item_id": pl.String, "category": pl.String, "brand": pl.String,
                                     "price": pl.Float64, "known_from": pl.Datetime("us", "UTC")})
     frames = []
     for f in files:
-        day = datetime.fromisoformat(f.parent.name.removeprefix("event_date=")).replace(tzinfo=timezone.utc)
+        day = datetime.fromisoformat(partition_day(f)).replace(tzinfo=timezone.utc)
         frames.append(pl.read_parquet(f).with_columns(
             pl.lit(day + timedelta(days=1)).cast(pl.Datetime("us", "UTC")).alias("known_from")))
     return pl.concat(frames, how="diagonal_relaxed")

@@ -4,10 +4,13 @@ Ingestion never touches the canonical dataset: it writes to ``staging/``; only a
 validation is published (see :mod:`pipeline.data.version`). So a bad rerun of an interval can never
 overwrite data that was accepted before.
 
-Every row read either lands in the staged partition, is a duplicate of one that does, falls outside
-the interval (it belongs to another run), or goes to the interval's quarantine file with the file,
-row, column, value and reason. Rerunning an interval replaces its staged partition and quarantine
-file, so the same input always gives the same bytes and never duplicates rows.
+Every row read ends in exactly one of: the staged partition, a duplicate of a row that does, outside
+the interval (it belongs to another run, whether it is clean or not: that run judges it), or the
+interval's quarantine file with the file, row, column, value and reason. A row with no usable time
+belongs to no day: it is quarantined once, in the interval's first day. The four counts add up to
+the rows read, and ``ingest_events`` refuses to report counts that do not. Rerunning an interval
+replaces its staged partition and quarantine file, so the same input always gives the same bytes and
+never duplicates rows.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class IngestResult:
     rows_outside_interval: int
     rows_quarantined: int
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    rows_outside_with_defects: int = 0      # of rows_outside_interval: they would be quarantined there
     quarantine_files: list[str] = field(default_factory=list)
     catalog_items: int = 0
     catalog_rows_quarantined: int = 0
@@ -104,7 +108,9 @@ class IngestResult:
         return (
             f"ingested {', '.join(self.staged_days)} ({self.adapter}): "
             f"{self.rows_read} read, {self.rows_accepted} accepted, {self.rows_duplicate} duplicates, "
-            f"{self.rows_outside_interval} outside the interval, {self.rows_quarantined} quarantined"
+            f"{self.rows_outside_interval} outside the interval"
+            + (f" ({self.rows_outside_with_defects} with defects)" if self.rows_outside_with_defects else "")
+            + f", {self.rows_quarantined} quarantined"
             + (f" ({reasons})" if reasons else "")
             + f"; {self.catalog_items} catalog items"
         )
@@ -332,7 +338,9 @@ def ingest_events(
     ).collect(engine="streaming")
 
     rows_read = frame.height
-    outside = frame.select((~pl.col("_ours") & pl.col("_reason").is_null()).sum()).item()
+    outside, outside_defective = frame.select(
+        (~pl.col("_ours")).sum().alias("outside"),
+        (~pl.col("_ours") & pl.col("_reason").is_not_null()).sum().alias("defective")).row(0)
     # Each step drops its input, so ten million rows stay within a few GiB.
     frame = frame.filter(pl.col("_ours"))
     bad = frame.filter(pl.col("_reason").is_not_null())
@@ -360,7 +368,9 @@ def ingest_events(
         _write_parquet(unique, paths.staging / "events" / partition_dir_name(day) / PARTITION_FILE)
         del unique
         staged_days.append(day)
-        day_bad = bad if single_day else bad.filter((pl.col("_day") == the_day) | pl.col("_day").is_null())
+        # A row with no usable time is quarantined once, with the interval's first day.
+        day_bad = bad if single_day else bad.filter(
+            (pl.col("_day") == the_day) | (pl.col("_day").is_null() & pl.lit(day == first_day)))
         qfile = _write_quarantine(
             day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS)
             .with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")),
@@ -372,6 +382,9 @@ def ingest_events(
     del good
     catalog_items, catalog_bad = _ingest_catalog(interval, adapter, source, source_keys, catalog_source, paths)
 
+    if accepted + duplicates + outside + bad.height != rows_read:
+        raise AssertionError(f"ingest accounting of {uri}: {rows_read} rows read but {accepted} accepted + "
+                             f"{duplicates} duplicates + {outside} outside + {bad.height} quarantined")
     result = IngestResult(
         interval_start=interval.start.isoformat(),
         interval_end=interval.end.isoformat(),
@@ -384,6 +397,7 @@ def ingest_events(
         rows_outside_interval=outside,
         rows_quarantined=bad.height,
         quarantine_reasons=reasons,
+        rows_outside_with_defects=outside_defective,
         quarantine_files=quarantine_files,
         catalog_items=catalog_items,
         catalog_rows_quarantined=catalog_bad,

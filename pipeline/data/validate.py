@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline.core.params import ValidateParams
-from pipeline.core.schema import PARTITION_FILE, partition_dir_name
+from pipeline.core.schema import PARTITION_FILE, partition_day, partition_dir_name, partition_files
 from pipeline.core.settings import StatePaths
 from pipeline.data.ingest import Interval
 
@@ -123,8 +123,8 @@ def _known_items(paths: StatePaths, day: str) -> pl.Series:
     frames = []
     published = paths.canonical / "catalog"
     if published.exists():
-        for part in sorted(published.glob(f"event_date=*/{PARTITION_FILE}")):
-            if part.parent.name.removeprefix("event_date=") <= day:
+        for part in partition_files(published):
+            if partition_day(part) <= day:
                 frames.append(pl.scan_parquet(part).select("item_id"))
     staged = paths.staging / "catalog" / partition_dir_name(day) / PARTITION_FILE
     if staged.exists():
