@@ -13,7 +13,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow serve test test-fast test-slow test-integration bench-data bench-models bench-serve bench-airflow lock lint clean
+.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-airflow lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -88,6 +88,10 @@ test-slow: install
 # The production profile end to end on this machine's PostgreSQL and Redis (no Docker): an MLflow server,
 # Airflow's api-server and a Celery worker as processes. SHOPML_TEST_POSTGRES_URL and SHOPML_TEST_REDIS_URL
 # say where the servers are (defaults: postgresql://postgres@127.0.0.1:5432/postgres, redis://127.0.0.1:6379/15).
+# Fault injection (SIGKILL at every kill point, then a rerun) and fuzzing of the served APIs and the parsers.
+test-reliability: install
+	$(PY) -m pytest -m reliability -s tests/test_reliability.py tests/test_fuzz.py
+
 test-integration: install
 	$(PY) -m pytest -m integration tests/test_integration.py
 

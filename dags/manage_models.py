@@ -2,7 +2,7 @@
 ### promote_model / rollback_model
 
 Two manually triggered DAGs that change which model version serves, recorded with who and why
-(the registered model's `champion_history` tag in MLflow).
+(the registered model's `champion_history.NNNNNN` tags in MLflow, one per change).
 
 - **promote_model**: `champion` moves to `version` (empty: the current `challenger`). A version the
   gate rejected is refused unless `force` is set; the override is recorded.

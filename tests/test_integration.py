@@ -283,3 +283,87 @@ def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(s
     # Artifacts went through the server's proxy to its destination, not to a local mlruns folder.
     assert list((stack.root / "mlflow-artifacts").rglob("MLmodel"))
     assert not (REPO / "mlruns").exists()
+
+
+def _fake_passed_version(client, run_name: str) -> str:
+    """A registered version with a logged model, passed by the gate and the smoke test."""
+    import mlflow
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    experiment = client.get_experiment_by_name("it-registry") or client.get_experiment(
+        client.create_experiment("it-registry"))
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
+    mv = mlflow.register_model(info.model_uri, "next_item")
+    for key, value in {"gate.decision": "passed", "smoke_test": "passed", "status": "challenger",
+                       "run_id": run.info.run_id, "dataset_version": "0" * 32}.items():
+        client.set_model_version_tag("next_item", mv.version, key, value)
+    return str(mv.version)
+
+
+@pytest.fixture
+def registry_env(stack, tmp_path, monkeypatch):
+    """This process as a worker of the stack: its MLflow server on PostgreSQL, a state folder of its own."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("SHOPML_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("SHOPML_LOCK_URL", POSTGRES_URL)
+    mlflow.set_tracking_uri(stack.env["MLFLOW_TRACKING_URI"])
+    from pipeline.core.settings import get_state_paths
+    from pipeline.core.tracking import mlflow_client
+
+    return get_state_paths(), mlflow_client(get_state_paths())
+
+
+def test_champion_history_fits_postgresql_after_many_promotions(stack, registry_env):
+    """25 promotions with long reasons: one growing JSON tag passed VARCHAR(5000) after about 20."""
+    from pipeline.lifecycle import registry
+
+    paths, client = registry_env
+    reason = "scheduled retrain from Airflow after the nightly ingest; " * 8      # about 450 characters
+    versions = [_fake_passed_version(client, f"history-{i}") for i in range(25)]
+    for v in versions:
+        registry.promote(paths, "next_item", v, by="airflow", reason=reason)
+    history = registry.champion_history(client, "next_item")
+    assert [h["version"] for h in history][-25:] == versions
+    assert history[-1]["reason"] == reason and history[-1]["by"] == "airflow"
+    longest = stack.query("mlflow", "select max(length(value)) from registered_model_tags")[0][0]
+    assert longest < 5000
+    registry.rollback(paths, "next_item", by="bob", reason="conversion dropped")
+    assert str(registry.alias_version(client, "next_item", registry.CHAMPION).version) == versions[-2]
+    # Reset for the next test: no champion.
+    client.delete_registered_model_alias("next_item", registry.CHAMPION)
+
+
+def test_two_workers_promoting_on_postgresql_exactly_one_wins(stack, registry_env, tmp_path):
+    """Two processes, separate state folders (no shared file lock), the same MLflow server: both
+    were evaluated against no champion; the advisory lock in PostgreSQL lets one win, and the other
+    fails the compare-and-set."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.lifecycle import registry
+
+    _, client = registry_env
+    with contextlib.suppress(MlflowException):     # a clean registry: no champion, no history
+        client.delete_registered_model("next_item")
+    a, b = _fake_passed_version(client, "race-a"), _fake_passed_version(client, "race-b")
+    start_at = time.time() + 8      # both imported and waiting by then
+    procs = []
+    for name, version in (("a", a), ("b", b)):
+        env = {**stack.env, "SHOPML_HOME": str(tmp_path / f"worker-{name}"), "SHOPML_LOCK_URL": POSTGRES_URL,
+               "SHOPML_TEST_START_AT": str(start_at), "PYTHONPATH": str(REPO)}
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "reliability_worker.py"), "promote",
+                                       version, "none"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 3], results
+    winner = (a, b)[[r[0] for r in results].index(0)]
+    assert str(registry.alias_version(client, "next_item", registry.CHAMPION).version) == winner
+    loser_out = next(r[1] for r in results if r[0] == 3)
+    assert "was evaluated against none" in loser_out
+    assert [h["version"] for h in registry.champion_history(client, "next_item")] == [winner]

@@ -96,7 +96,7 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     # Rollback restores the previous champion and records who and why.
     registry.rollback(paths, "next_item", by="bob", reason="conversion dropped after the release")
     assert champion() == "1"
-    history = json.loads(client.get_registered_model("next_item").tags[registry.HISTORY_TAG])
+    history = registry.champion_history(client, "next_item")
     assert history[-1] == {**history[-1], "action": "rollback", "version": "1", "previous": "2", "by": "bob",
                            "reason": "conversion dropped after the release"}
     assert client.get_model_version("next_item", "2").tags["status"] == "rolled_back"
@@ -194,5 +194,5 @@ def test_promote_and_rollback_through_their_dags(shop):
         log = dag("rollback_model", {"model": "next_item", "reason": "checkout errors"})
         assert f"next_item: champion is back to version {before} (checkout errors)" in log
         assert str(registry.alias_version(client, "next_item", registry.CHAMPION).version) == before
-        history = json.loads(client.get_registered_model("next_item").tags[registry.HISTORY_TAG])
+        history = registry.champion_history(client, "next_item")
         assert history[-1]["action"] == "rollback" and history[-1]["reason"] == "checkout errors"

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from pipeline.core.faults import kill_point
 from pipeline.core.schema import partition_dir_name
 from pipeline.core.settings import StatePaths
 from pipeline.data.dataset import Dataset
@@ -57,6 +58,9 @@ class DatasetVersion:
         return asdict(self)
 
 
+DVCIGNORE = "*.incoming\n*.replaced\n"
+
+
 def _repo(paths: StatePaths):
     from dvc.repo import Repo
 
@@ -64,6 +68,10 @@ def _repo(paths: StatePaths):
     if not (root / ".dvc").exists():
         root.mkdir(parents=True, exist_ok=True)
         Repo.init(str(root), no_scm=True)
+    # A publish in progress (or killed) leaves these beside the partitions; they are never data.
+    ignore = root / ".dvcignore"
+    if not ignore.exists() or ignore.read_text() != DVCIGNORE:
+        ignore.write_text(DVCIGNORE)
     repo = Repo(str(root))
     with repo.config.edit("local") as cfg:
         cfg["remote"]["shopml"] = {"url": paths.dvc_remote_url}
@@ -100,6 +108,23 @@ def _require_passed_validation(paths: StatePaths, day: str) -> None:
         raise NotValidated(f"{day} failed validation; see {report}")
 
 
+def _recover_partition(target: Path, incoming: Path, old: Path) -> None:
+    """Finish or undo what a publish killed at any point left behind, before publishing again.
+
+    Killed between moving the published partition aside and moving the new one in, ``target`` is
+    missing and ``old`` holds the last published rows: they go back. Killed after the swap, ``old``
+    is garbage. A leftover ``incoming`` was never visible; it is rebuilt from the staged files.
+    Readers never see either (``schema.partition_files``), and DVC ignores them (``.dvcignore``).
+    """
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(target)
+    if incoming.exists():
+        shutil.rmtree(incoming)
+
+
 def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
     """Put the staged partitions of ``interval`` into the canonical dataset, replacing old ones.
 
@@ -123,13 +148,14 @@ def publish_partition(interval: Interval, paths: StatePaths) -> list[str]:
                 continue  # only a catalog: multi-day intervals stage one, on their first day
             incoming = target.with_name(target.name + ".incoming")
             old = target.with_name(target.name + ".replaced")
-            for leftover in (incoming, old):
-                if leftover.exists():
-                    shutil.rmtree(leftover)
+            _recover_partition(target, incoming, old)
             _link_tree(staged, incoming)
+            kill_point("publish.linked")
             if target.exists():
                 target.rename(old)
+                kill_point("publish.moved_aside")
             incoming.rename(target)
+            kill_point("publish.swapped")
             if old.exists():
                 shutil.rmtree(old)
         published.append(day)
@@ -150,10 +176,13 @@ def version_dataset(interval: Interval, paths: StatePaths, push: bool = True) ->
     paths.dataset_repo.mkdir(parents=True, exist_ok=True)
     with FileLock(str(paths.dataset_repo / ".publish.lock"), timeout=600):
         days = publish_partition(interval, paths)
+        kill_point("version.published")
         repo = _repo(paths)
         repo.add(str(paths.canonical))
+        kill_point("version.added")
         if push:
             repo.push()
+            kill_point("version.pushed")
         dvc_file = paths.dataset_repo / "canonical.dvc"
         out = yaml.safe_load(dvc_file.read_text())["outs"][0]
         version = out["md5"].removesuffix(".dir")

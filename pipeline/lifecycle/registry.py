@@ -24,9 +24,9 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from filelock import FileLock
-
 from pipeline import families
+from pipeline.core.faults import kill_point
+from pipeline.core.locks import shared_lock
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import (
     CHALLENGER,
@@ -41,11 +41,27 @@ from pipeline.lifecycle.gate import Policy, load_policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHALLENGER", "CHAMPION", "NO_CHAMPION", "ChampionMoved", "RegistryError", "alias_version", "lineage",
-           "list_versions", "promote", "register_candidate", "rollback"]
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "NO_CHAMPION",
+    "ChampionMoved",
+    "RegistryError",
+    "alias_version",
+    "champion_history",
+    "lineage",
+    "list_versions",
+    "promote",
+    "register_candidate",
+    "rollback",
+]
 
-HISTORY_TAG, STACK_TAG = "champion_history", "champion_stack"
-HISTORY_KEPT = 20
+# One registered-model tag per change of champion, ``champion_history.000001`` and on: MLflow stores a
+# tag value in VARCHAR(5000) on PostgreSQL, which one growing JSON list outgrows after about twenty
+# promotions, while one entry (its reason cut to REASON_MAX characters) always fits.
+HISTORY_PREFIX = "champion_history."
+LEGACY_HISTORY_TAG = "champion_history"      # the single JSON list of earlier releases, still read
+REASON_MAX = 2000
 
 
 class ChampionMoved(RegistryError):
@@ -65,7 +81,7 @@ def register_candidate(paths: StatePaths, model_name: str, run_id: str):
     """Register the run's model as a version with lineage tags; ``challenger`` if it passed the gate.
 
     Idempotent: a run already registered returns its existing version (a retried task never
-    registers a model twice).
+    registers a model twice), with any tag a killed attempt did not write completed.
     """
     import mlflow
 
@@ -76,44 +92,84 @@ def register_candidate(paths: StatePaths, model_name: str, run_id: str):
     if decision is None:
         raise RegistryError(f"run {run_id} has no gate decision; run the gate first")
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    if existing:
-        mv = existing[0]
-    else:
-        mv = mlflow.register_model(logged_model_uri(client, run_id), model_name)
-        tags = {
-            "dataset_version": run.data.tags.get("dataset_version", ""),
-            "git_commit": run.data.tags.get("git_commit", ""),
-            "run_id": run_id, "gate.decision": decision, "gate.reasons": run.data.tags.get("gate.reasons", ""),
-            "gate.champion_version": run.data.tags.get("eval.champion_version", NO_CHAMPION),
-            "status": "challenger" if decision == "passed" else "rejected",
-        }
-        tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith(("eval_", "test_"))})
-        for key, value in tags.items():
+    mv = existing[0] if existing else mlflow.register_model(logged_model_uri(client, run_id), model_name)
+    kill_point("register.created")
+    # Written on every call, not only when the version is created: a task killed between the two
+    # leaves a version without them, and its retry completes it.
+    tags = {
+        "dataset_version": run.data.tags.get("dataset_version", ""),
+        "git_commit": run.data.tags.get("git_commit", ""),
+        "run_id": run_id, "gate.decision": decision, "gate.reasons": run.data.tags.get("gate.reasons", ""),
+        "gate.champion_version": run.data.tags.get("eval.champion_version", NO_CHAMPION),
+    }
+    if mv.tags.get("status") in (None, "", "challenger", "rejected"):   # never demote a champion or retiree
+        tags["status"] = "challenger" if decision == "passed" else "rejected"
+    tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith(("eval_", "test_"))})
+    for key, value in tags.items():
+        if mv.tags.get(key) != value:
             client.set_model_version_tag(model_name, mv.version, key, value)
+    kill_point("register.tagged")
     if decision == "passed":
         client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
     log.info("%s version %s registered from run %s (gate %s)", model_name, mv.version, run_id, decision)
     return client.get_model_version(model_name, mv.version)
 
 
-def _lock(paths: StatePaths, model_name: str) -> FileLock:
-    # One promotion at a time per model. With a shared tracking server, SHOPML_HOME must sit on
-    # storage every worker sees (the compare-and-set below still refuses a stale promotion).
-    lock_dir = paths.home / "registry"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(lock_dir / f"{model_name}.lock"), timeout=120)
+def _lock(paths: StatePaths, model_name: str):
+    """One promotion or rollback at a time per model, in the backend every worker shares
+    (``pipeline.core.locks``: PostgreSQL or Redis in production, a file on one machine)."""
+    return shared_lock(paths, f"registry-{model_name}")
 
 
-def _record(client, model_name: str, entry: dict, stack: list[str]) -> None:
-    model = client.get_registered_model(model_name)
-    history = json.loads(model.tags.get(HISTORY_TAG, "[]"))
-    history = ([*history, entry])[-HISTORY_KEPT:]
-    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history))
-    client.set_registered_model_tag(model_name, STACK_TAG, json.dumps(stack[-HISTORY_KEPT:]))
+def champion_history(client, model_name: str) -> list[dict]:
+    """Every change of champion, oldest first: ``{action, version, previous, by, reason, at, ...}``."""
+    tags = client.get_registered_model(model_name).tags
+    history = json.loads(tags.get(LEGACY_HISTORY_TAG, "[]"))
+    history += [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+    return history
 
 
-def _stack(client, model_name: str) -> list[str]:
-    return json.loads(client.get_registered_model(model_name).tags.get(STACK_TAG, "[]"))
+def _stack(history: list[dict]) -> list[str]:
+    """The champions a rollback walks back through, replayed from the history."""
+    stack: list[str] = []
+    for entry in history:
+        if entry["action"] == "rollback":
+            stack = stack[:-1]
+        else:
+            stack.append(str(entry["version"]))
+    return stack
+
+
+def _record(client, model_name: str, entry: dict) -> None:
+    """Append ``entry`` to the history: one new tag, never a rewrite of the earlier ones."""
+    tags = client.get_registered_model(model_name).tags
+    numbers = [int(k.removeprefix(HISTORY_PREFIX)) for k in tags if k.startswith(HISTORY_PREFIX)]
+    entry = {**entry, "reason": str(entry.get("reason", ""))[:REASON_MAX]}
+    client.set_registered_model_tag(model_name, f"{HISTORY_PREFIX}{max(numbers, default=0) + 1:06d}",
+                                    json.dumps(entry))
+
+
+def _finish_promotion(client, model_name: str, version: str, previous: str, by: str, reason: str,
+                      force: bool) -> None:
+    """What follows the move of the alias: status tags and the history entry. Idempotent, so a
+    promotion killed after moving the alias is completed by its retry."""
+    history = champion_history(client, model_name)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    mv = client.get_model_version(model_name, version)
+    if mv.tags.get("status") != "champion":
+        client.set_model_version_tag(model_name, version, "status", "champion")
+    if "promoted_at" not in mv.tags:
+        client.set_model_version_tag(model_name, version, "promoted_at", now)
+        client.set_model_version_tag(model_name, version, "promoted_by", by)
+    if previous != NO_CHAMPION and previous != version:
+        client.set_model_version_tag(model_name, previous, "status", "retired")
+    challenger = alias_version(client, model_name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+    stack = _stack(history)
+    if not stack or stack[-1] != version:
+        _record(client, model_name, {"action": "promote", "version": version, "previous": previous,
+                                     "by": by, "reason": reason, "at": now, "forced": force})
 
 
 def promote(paths: StatePaths, model_name: str, version: str | None = None, expected_champion: str | None = "any",
@@ -137,6 +193,9 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
                 raise RegistryError(f"{model_name} has no challenger to promote; name a version")
             version = str(challenger.version)
         mv = client.get_model_version(model_name, str(version))
+        if "gate.decision" not in mv.tags:
+            raise RegistryError(f"{model_name} version {version} has no gate decision: its registration did not "
+                                f"finish; rerun `python -m pipeline register` for its run {mv.run_id}")
         if mv.tags.get("gate.decision") != "passed" and not force:
             raise RegistryError(f"{model_name} version {version} was rejected by the gate "
                                 f"({mv.tags.get('gate.reasons', 'no reasons recorded')}); use --force to override")
@@ -150,25 +209,27 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
                                 f"(or --force to override)")
         current = alias_version(client, model_name, CHAMPION)
         current_version = str(current.version) if current else NO_CHAMPION
+        by, version = by or getpass.getuser(), str(version)
+        if current_version == version:
+            # Already champion. A retry of a promotion killed after it moved the alias finishes it
+            # (the compare-and-set passed then: the alias moved from the champion it expected).
+            stack = _stack(champion_history(client, model_name))
+            if not stack or stack[-1] != version:
+                _finish_promotion(client, model_name, version, stack[-1] if stack else NO_CHAMPION, by,
+                                  reason or "recorded by a retry after an interrupted promotion", force)
+            return client.get_model_version(model_name, version)
         if expected_champion != "any" and str(expected_champion) != current_version:
             raise ChampionMoved(f"{model_name}: the champion is version {current_version}, but version {version} "
                                 f"was evaluated against {expected_champion}; evaluate it again")
-        if current_version == str(version):
-            return mv
-        client.set_registered_model_alias(model_name, CHAMPION, str(version))
-        challenger = alias_version(client, model_name, CHALLENGER)
-        if challenger is not None and str(challenger.version) == str(version):
-            client.delete_registered_model_alias(model_name, CHALLENGER)
-        by = by or getpass.getuser()
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        client.set_model_version_tag(model_name, str(version), "status", "champion")
-        client.set_model_version_tag(model_name, str(version), "promoted_at", now)
-        client.set_model_version_tag(model_name, str(version), "promoted_by", by)
-        if current is not None:
-            client.set_model_version_tag(model_name, current.version, "status", "retired")
-        _record(client, model_name, {"action": "promote", "version": str(version), "previous": current_version,
-                                     "by": by, "reason": reason, "at": now, "forced": force},
-                [*_stack(client, model_name), str(version)])
+        kill_point("promote.locked")
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        # Read back: a writer that bypassed the lock (a person in the MLflow UI) would show here.
+        moved = alias_version(client, model_name, CHAMPION)
+        if moved is None or str(moved.version) != version:
+            raise ChampionMoved(f"{model_name}: the champion alias was set to {version} but reads "
+                                f"{moved.version if moved else 'nothing'}; another writer moved it")
+        kill_point("promote.alias_set")
+        _finish_promotion(client, model_name, version, current_version, by, reason, force)
     log.info("%s: champion is now version %s (was %s)", model_name, version, current_version)
     return client.get_model_version(model_name, str(version))
 
@@ -179,7 +240,7 @@ def rollback(paths: StatePaths, model_name: str, by: str | None = None, reason: 
     client = mlflow_client(paths)
     with _lock(paths, model_name):
         current = alias_version(client, model_name, CHAMPION)
-        stack = _stack(client, model_name)
+        stack = _stack(champion_history(client, model_name))
         if current is None or len(stack) < 2 or stack[-1] != str(current.version):
             raise RegistryError(f"{model_name}: no previous champion to roll back to "
                                 f"(champion {current.version if current else 'none'}, history {stack})")
@@ -189,10 +250,10 @@ def rollback(paths: StatePaths, model_name: str, by: str | None = None, reason: 
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         client.set_model_version_tag(model_name, current.version, "status", "rolled_back")
         client.set_model_version_tag(model_name, current.version, "rolled_back_by", by)
-        client.set_model_version_tag(model_name, current.version, "rolled_back_reason", reason)
+        client.set_model_version_tag(model_name, current.version, "rolled_back_reason", reason[:REASON_MAX])
         client.set_model_version_tag(model_name, target, "status", "champion")
         _record(client, model_name, {"action": "rollback", "version": target, "previous": str(current.version),
-                                     "by": by, "reason": reason, "at": now}, stack[:-1])
+                                     "by": by, "reason": reason, "at": now})
     log.info("%s: rolled back from version %s to %s (%s)", model_name, current.version, target, reason)
     return client.get_model_version(model_name, target)
 
