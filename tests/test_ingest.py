@@ -181,3 +181,10 @@ def test_any_fsspec_uri_is_a_source(state):
         fs.rm("/shop-exports", recursive=True)
     assert result.sources == [f"memory:///shop-exports/events-{DAY}.csv"]
     assert (result.rows_accepted, result.catalog_items) == (4, 1)
+
+
+def test_broken_csv_quoting_is_a_clear_error_naming_the_file(state):
+    """Found by fuzzing the parser: an unterminated quote was a polars ComputeError from deep inside."""
+    path = _landing(state, GOOD + '"\n2026-11-02T10:00:00Z,u1,s1,i1,view,1,1\n')
+    with pytest.raises(IngestError, match=rf"{path}: cannot be read as CSV: .*not properly escaped"):
+        _ingest(state)

@@ -173,6 +173,22 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
     )
 
 
+def _unreadable(files: list[str], adapter: Adapter, exc: Exception) -> IngestError:
+    """The error of a source that failed while being read (broken CSV quoting, say), naming the
+    first file that cannot be read on its own, and polars' reason."""
+    reason = str(exc).strip().splitlines()[0]
+    for f in files:
+        try:
+            _scan(f, adapter).select(pl.len()).collect()
+        except IngestError as bad:
+            return bad
+        except pl.exceptions.PolarsError as bad:
+            detail = [line for line in str(bad).splitlines() if "escaped" in line or "offset" in line]
+            return IngestError(f"{f}: cannot be read as CSV: {str(bad).strip().splitlines()[0]}"
+                               + (f" ({'; '.join(d.strip() for d in detail)})" if detail else ""))
+    return IngestError(f"{', '.join(files)}: cannot be read: {reason}")
+
+
 def _check(column: str, bad: pl.Expr, value: pl.Expr, reason: str | pl.Expr) -> tuple:
     return bad, column, value, reason
 
@@ -332,10 +348,13 @@ def ingest_events(
     in_interval = (pl.col("event_time") >= interval.start) & (pl.col("event_time") < interval.end)
     # Rows with no usable time are charged to every interval that reads their file.
     ours = in_interval | pl.col("event_time").is_null()
-    frame = typed.select(
-        *EVENT_COLUMNS, "_day", "_source_file", "_source_row", "_column", "_value", "_reason",
-        ours.alias("_ours"),
-    ).collect(engine="streaming")
+    try:
+        frame = typed.select(
+            *EVENT_COLUMNS, "_day", "_source_file", "_source_row", "_column", "_value", "_reason",
+            ours.alias("_ours"),
+        ).collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise _unreadable(files, adapter, exc) from exc
 
     rows_read = frame.height
     outside, outside_defective = frame.select(

@@ -42,6 +42,7 @@ class Recommendation(BaseModel):
     source: Literal["model", "popularity"]   # popularity: a cold start (no known history)
     user_known: bool
     model_version: str
+    reason: str | None = Field(None, description="why the answer is popularity, when it is")
 
 
 class Candidate(Strict):

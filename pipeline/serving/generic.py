@@ -16,6 +16,7 @@ from pydantic import Field
 
 from pipeline.serving.api import Metadata
 from pipeline.serving.common import PUBLIC_SERVICE_CONFIG, bento_args, metadata, torch_threads
+from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args(None)
 MAX_ROWS = 10_000
@@ -41,3 +42,6 @@ class PyfuncService:
     @bentoml.api
     def metadata(self) -> Metadata:
         return metadata(ARGS, self.snapshot.meta)
+
+
+PyfuncService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented

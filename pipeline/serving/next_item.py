@@ -29,6 +29,7 @@ from pipeline.serving.common import (
     metadata,
     torch_threads,
 )
+from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("next_item")
 
@@ -88,12 +89,20 @@ class NextItemService:
         [ranked] = await call_with_retry(self.model.to_async.rank,
                                          [RankRow(history=history[-MAX_HISTORY:], k=asked)])
         pairs = [(i, s) for i, s in zip(ranked.items, ranked.scores, strict=True) if i not in excluded][:request.k]
+        reason = None
+        if ranked.source == "popularity":
+            reason = ("no user_id and no history were sent" if request.user_id is None and not request.history
+                      else "the user is unknown and none of the history's items is known"
+                      if history else "the user is unknown and no history was sent")
         return Recommendation(items=[i for i, _ in pairs], scores=[s for _, s in pairs], source=ranked.source,
-                              user_known=known, model_version=str(ARGS.version))
+                              user_known=known, model_version=str(ARGS.version), reason=reason)
 
     @bentoml.api
     def metadata(self) -> Metadata:
         return metadata(ARGS, self.snapshot.meta)
+
+
+NextItemService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented
 
 
 __all__ = ["MAX_K", "NextItemModel", "NextItemService"]

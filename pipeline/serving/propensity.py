@@ -25,6 +25,7 @@ from pipeline.serving.common import (
     metadata,
     torch_threads,
 )
+from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("purchase_propensity")
 INPUT_COLUMNS = ("item_id", "category", "brand", *PROPENSITY_DENSE)
@@ -88,3 +89,6 @@ class PropensityService:
     @bentoml.api
     def metadata(self) -> Metadata:
         return metadata(ARGS, self.snapshot.meta)
+
+
+PropensityService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented

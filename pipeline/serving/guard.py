@@ -1,0 +1,165 @@
+"""What every request passes before BentoML parses it, and the OpenAPI document that says so.
+
+Fuzzing the served APIs found that BentoML 1.4 parses any Content-Type as its own input format: a
+``multipart/form-data`` body that is not valid multipart was a 500, an unterminated one a 200 with
+the fields silently dropped, and a JSON endpoint answered ``text/plain`` bodies as if they were
+JSON. Its 400 for a body that is not JSON had an empty ``loc``, and its OpenAPI document says an
+error's ``detail`` is a string where the server sends a list of validation errors.
+
+``RequestGuard`` (a plain ASGI middleware, added to each public service) therefore, for every
+``POST``:
+
+* answers 415 unless the body is ``application/json`` (no Content-Type is taken as JSON, as
+  BentoML's own clients send it);
+* answers 413 for a body over ``MAX_BODY_BYTES`` (read incrementally, never buffered whole);
+* answers 400 naming the position when the body is not JSON, or not a JSON object;
+* for an endpoint without inputs (``/metadata``), answers 400 naming any field sent;
+
+each with ``{"error": message, "detail": [{"loc": [...], "msg": ..., "type": ...}]}``, the shape
+of BentoML's validation errors, and rewrites ``/docs.json`` so that the document describes those
+errors and status codes. Hand-written: BentoML has no setting for any of this, and Starlette's
+middleware base class buffers streaming responses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+MAX_BODY_BYTES = 1 << 20          # 1 MiB: 1,000 propensity candidates with all features fit in a third
+NO_INPUT_ROUTES = ("/metadata",)
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+ERROR_DETAIL = {
+    "title": "Error Detail",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "msg": {"type": "string"},
+            "type": {"type": "string"},
+        },
+        "required": ["loc", "msg", "type"],
+    },
+}
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}, "detail": ERROR_DETAIL},
+                "required": ["error", "detail"]}
+
+
+def error_body(message: str, loc: list, kind: str) -> bytes:
+    return json.dumps({"error": message, "detail": [{"loc": loc, "msg": message, "type": kind}]}).encode()
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _media_type(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return value.decode("latin-1").split(";")[0].strip().lower()
+    return None
+
+
+def patch_openapi(doc: dict) -> dict:
+    """The error responses as they are sent: ``detail`` a list, and 413/415 on every POST."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
+        if name in schemas:
+            schemas[name].setdefault("properties", {})["detail"] = ERROR_DETAIL
+    schemas["RequestRejected"] = {**ERROR_SCHEMA, "title": "RequestRejected"}
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/RequestRejected"}}}
+    for path, item in doc.get("paths", {}).items():
+        operation = item.get("post")
+        if operation is None:
+            continue
+        responses = operation.setdefault("responses", {})
+        responses["400"] = {"description": "the body is not valid JSON, or a field is wrong", "content": content}
+        responses["413"] = {"description": f"the body is over {MAX_BODY_BYTES} bytes", "content": content}
+        responses["415"] = {"description": "the body is not application/json", "content": content}
+        if path in NO_INPUT_ROUTES:
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            body["schema"] = {"type": "object", "additionalProperties": False, "properties": {}}
+    return doc
+
+
+class RequestGuard:
+    """ASGI middleware: see the module's docstring."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["method"] == "GET" and scope["path"] == "/docs.json":
+            return await self._openapi(scope, receive, send)
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        media = _media_type(scope)
+        if media not in (None, "application/json"):
+            return await _answer(send, 415, error_body(
+                f"the body must be application/json, not {media}", ["header", "content-type"],
+                "unsupported_media_type"))
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return await _answer(send, 413, error_body(
+                    f"the body is over {MAX_BODY_BYTES} bytes", ["body"], "body_too_large"))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body.strip():
+            try:
+                parsed = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                return await _answer(send, 400, error_body(f"Invalid JSON: the body is not JSON ({exc})", ["body"],
+                                                           "json_invalid"))
+            if not isinstance(parsed, dict):
+                return await _answer(send, 400, error_body(
+                    f"the body must be a JSON object, not {type(parsed).__name__}", ["body"], "object_type"))
+            if scope["path"] in NO_INPUT_ROUTES and parsed:
+                field = sorted(parsed)[0]
+                return await _answer(send, 400, error_body(
+                    f"{scope['path']} takes no fields; got {', '.join(sorted(parsed))}", ["body", field],
+                    "extra_forbidden"))
+
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start, chunks = {}, []
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            body = json.dumps(patch_openapi(json.loads(body))).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,186 @@
+"""Fuzzing: Schemathesis against the OpenAPI document of each served Bento (both services), and
+Hypothesis against the landing-file parsers. Expected: a 2xx or a 4xx naming the field, never a
+5xx, never a crash, and nothing already accepted changed. ``make test-reliability`` prints the
+figures (cases per endpoint, responses by status class, parser cases)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+
+import httpx
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+from conftest import published_shop, write_csv
+
+pytestmark = pytest.mark.reliability
+
+CASES_PER_ENDPOINT = 100           # per generation mode: valid requests, then invalid ones
+FIGURES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A small published shop; a recommender and a propensity model, registered (one epoch each:
+    this is about the HTTP layer, not the models)."""
+    from pipeline.core.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
+    from pipeline.families.next_item.train import train as train_recommender
+    from pipeline.families.purchase_propensity.train import train as train_propensity
+    from pipeline.lifecycle import registry
+    from pipeline.lifecycle.evaluate import evaluate_candidate
+    from pipeline.lifecycle.gate import gate_candidate, load_policy
+
+    with published_shop(tmp_path_factory.mktemp("fuzz"), GenerateParams(
+            seed=3, start_date="2026-10-01", days=6, events_per_day=1500, initial_users=300,
+            initial_items=200)) as paths:
+        runs = {
+            "next_item": train_recommender(paths, TrainRecommenderParams(
+                valid_days=1, test_days=1, max_len=20, dim=16, layers=1, epochs=1, blend=False)).run_id,
+            "purchase_propensity": train_propensity(paths, TrainPropensityParams(
+                valid_days=1, test_days=1, horizon_days=1, lookback_days=1, epochs=1)).run_id,
+        }
+        versions = {}
+        for model, run_id in runs.items():
+            evaluate_candidate(paths, model, run_id)
+            gate_candidate(paths, model, run_id, dataclasses.replace(load_policy(model), floors=(),
+                                                                    bootstrap_samples=50))
+            versions[model] = str(registry.register_candidate(paths, model, run_id).version)
+        yield paths, versions
+
+
+def _fuzz_operation(url: str, operation, mode, counts: collections.Counter, failures: list[str]):
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import status_code_conformance
+
+    @given(case=operation.as_strategy(mode))
+    @settings(max_examples=CASES_PER_ENDPOINT, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call(base_url=url, timeout=30)
+        counts[f"{response.status_code // 100}xx"] += 1
+        counts["cases"] += 1
+        try:
+            case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+        except AssertionError as exc:       # collected, so every endpoint is fuzzed before failing
+            failures.append(f"{operation.path}: {str(exc)[:500]}")
+
+    return run
+
+
+def _fuzz(url: str, name: str) -> dict[str, collections.Counter]:
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{url}/docs.json")
+    by_endpoint: dict[str, collections.Counter] = {}
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.method.upper() != "POST":
+            continue
+        counts = by_endpoint.setdefault(operation.path, collections.Counter())
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):   # valid requests, then invalid ones
+            _fuzz_operation(url, operation, mode, counts, failures)()
+    FIGURES[name] = by_endpoint
+    assert not failures, "\n".join(failures[:5])
+    return by_endpoint
+
+
+def test_schemathesis_on_the_next_item_bento(shop):
+    from pipeline.serving.package import build_bento, served
+
+    paths, versions = shop
+    bento = build_bento(paths, "next_item", versions["next_item"])
+    with served(paths, bento.bento_tag) as url:
+        user = pl.read_parquet(sorted((paths.canonical / "events").glob("event_date=*/part-0.parquet"))[0])[
+            "user_id"][0]
+        before = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 5}, timeout=30).json()
+        counts = _fuzz(url, "next_item")
+        assert set(counts) == {"/recommend", "/metadata"}, counts
+        assert counts["/recommend"]["4xx"] > 0 and counts["/recommend"]["5xx"] == 0
+        # The fuzzing findings, one by one.
+        multipart = httpx.post(f"{url}/recommend", content=b'{"user_id":"u1009"}', timeout=30,
+                               headers={"content-type": "multipart/form-data"})
+        assert multipart.status_code == 415, multipart.text
+        cold = httpx.post(f"{url}/recommend", json={}, timeout=30).json()
+        assert cold["source"] == "popularity" and cold["reason"] == "no user_id and no history were sent"
+        extra = httpx.post(f"{url}/metadata", json={"user_id": "u1"}, timeout=30)
+        assert extra.status_code == 400 and extra.json()["detail"][0]["loc"] == ["body", "user_id"]
+        # Nothing the fuzzing sent changed what a known user gets.
+        after = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 5}, timeout=30).json()
+        assert after == before
+
+
+def test_schemathesis_on_the_propensity_bento(shop):
+    from pipeline.serving.package import build_bento, served
+
+    paths, versions = shop
+    bento = build_bento(paths, "purchase_propensity", versions["purchase_propensity"])
+    with served(paths, bento.bento_tag) as url:
+        counts = _fuzz(url, "purchase_propensity")
+        assert set(counts) == {"/purchase_probability", "/metadata"}, counts
+        assert counts["/purchase_probability"]["4xx"] > 0 and counts["/purchase_probability"]["5xx"] == 0
+
+
+# -- the landing-file parsers ------------------------------------------------------------------
+
+HEADER = "event_time,user_id,session_id,item_id,event_type,price,quantity\n"
+GOOD = "2026-11-02T10:00:00Z,u1,s1,i1,view,1.5,1\n"
+FIELD = st.one_of(
+    st.text(max_size=12),                                            # any unicode, NUL and newlines included
+    st.sampled_from(['"', '""', '"unterminated', 'a"b', ",", "\r", "\x00", "é", "\ufeff"]),
+    st.text(min_size=5000, max_size=20000, alphabet="xyz"),        # huge fields
+    st.sampled_from(["2026-11-02T10:00:00+05:30", "2026-11-02 10:00:00", "2026-11-02T10:00:00-11:00",
+                     "2026-11-02T10:00:00", "1793613600", "2026-13-40T99:99:99Z"]),   # mixed time zones
+)
+LINE = st.lists(FIELD, min_size=1, max_size=9).map(lambda fields: ",".join(fields) + "\n")
+ENCODING = st.sampled_from(["utf-8", "latin-1", "utf-16", "cp1252"])
+PARSER_CASES = collections.Counter()
+
+
+@given(lines=st.lists(LINE, max_size=20), encoding=ENCODING)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_landing_parser_never_crashes_and_never_touches_accepted_days(state, lines, encoding):
+    from pipeline.data.ingest import IngestError, Interval, ingest_events
+
+    # An accepted, published-looking neighbour day that no rerun of 2026-11-02 may change.
+    other = state.staging / "events" / "event_date=2026-11-01" / "part-0.parquet"
+    if not other.exists():
+        other.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"x": [1]}).write_parquet(other)
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    text = HEADER + GOOD + "".join(lines)
+    try:
+        raw = text.encode(encoding)
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", errors="replace")
+    path = state.landing / "events" / "events-2026-11-02.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+    write_csv(state.landing / "catalog" / "catalog-2026-11-02.csv", "item_id,category,brand,price\ni1,c,b,1.0\n")
+    PARSER_CASES["cases"] += 1
+    try:
+        result = ingest_events(Interval.for_day("2026-11-02"), "landing/events/events-{date}.csv", state,
+                               catalog_source="landing/catalog/catalog-{date}.csv")
+    except IngestError as exc:
+        PARSER_CASES["refused with IngestError"] += 1
+        assert "events-2026-11-02.csv" in str(exc)          # the error names the file
+    else:
+        PARSER_CASES["ingested"] += 1
+        assert (result.rows_accepted + result.rows_duplicate + result.rows_outside_interval
+                + result.rows_quarantined) == result.rows_read
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+
+
+def test_summary():
+    """Printed by `make test-reliability` (with -s)."""
+    for name, endpoints in FIGURES.items():
+        for path, counts in sorted(endpoints.items()):
+            classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "cases")
+            print(f"schemathesis {name} POST {path}: {counts['cases']} cases ({classes})")
+    print(f"landing-file parser: {PARSER_CASES['cases']} generated files; {PARSER_CASES['ingested']} ingested "
+          f"with counts adding up, {PARSER_CASES['refused with IngestError']} refused naming the file, 0 crashes")
+    assert PARSER_CASES["cases"] > 0

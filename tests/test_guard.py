@@ -1,0 +1,82 @@
+"""The request guard of the public services (``pipeline.serving.guard``), on a bare Starlette app:
+JSON only, bounded bodies, errors that name the problem in the documented shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from pipeline.serving.guard import MAX_BODY_BYTES, RequestGuard, patch_openapi
+
+pytestmark = pytest.mark.fast
+
+
+async def echo(request: Request):
+    return JSONResponse({"got": json.loads(await request.body() or b"{}")})
+
+
+async def docs(request: Request):
+    return JSONResponse({"paths": {"/recommend": {"post": {"responses": {"200": {}}}}},
+                         "components": {"schemas": {"InvalidArgument": {"properties": {
+                             "detail": {"type": "string"}}}}}})
+
+
+@pytest.fixture
+def client():
+    app = Starlette(routes=[Route("/recommend", echo, methods=["POST"]), Route("/metadata", echo, methods=["POST"]),
+                            Route("/docs.json", docs)])
+    return TestClient(RequestGuard(app))
+
+
+def _detail(response):
+    body = response.json()
+    assert set(body) == {"error", "detail"} and isinstance(body["detail"], list)
+    return body["detail"][0]
+
+
+def test_json_passes_through_unchanged(client):
+    r = client.post("/recommend", json={"user_id": "u1"})
+    assert r.status_code == 200 and r.json() == {"got": {"user_id": "u1"}}
+    assert client.post("/recommend", content=b'{"k": 3}').json() == {"got": {"k": 3}}   # no content-type
+
+
+def test_multipart_and_other_media_types_are_415(client):
+    """The fuzzing finding: a multipart body that is not multipart was a 500 in BentoML."""
+    r = client.post("/recommend", content=b'{"user_id":"u1009"}', headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 415 and _detail(r)["loc"] == ["header", "content-type"]
+    r = client.post("/metadata", content=b"user_id=u1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "application/x-www-form-urlencoded" in _detail(r)["msg"]
+
+
+def test_bodies_that_are_not_json_objects_are_400_naming_the_problem(client):
+    r = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and _detail(r)["loc"] == ["body"] and "line 1 column 2" in _detail(r)["msg"]
+    r = client.post("/recommend", content=b"\xff\xfe\x00", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and _detail(r)["type"] == "json_invalid"
+    r = client.post("/recommend", json=[1, 2])
+    assert r.status_code == 400 and "JSON object, not list" in _detail(r)["msg"]
+
+
+def test_an_endpoint_without_inputs_refuses_fields(client):
+    assert client.post("/metadata", json={}).status_code == 200
+    r = client.post("/metadata", json={"user_id": "u1"})
+    assert r.status_code == 400 and _detail(r)["loc"] == ["body", "user_id"]
+
+
+def test_a_body_over_the_limit_is_413_without_reading_it_all(client):
+    r = client.post("/recommend", content=b"[" + b"1," * MAX_BODY_BYTES + b"1]")
+    assert r.status_code == 413 and _detail(r)["type"] == "body_too_large"
+
+
+def test_the_openapi_document_describes_the_errors_as_sent(client):
+    doc = client.get("/docs.json").json()
+    assert doc["components"]["schemas"]["InvalidArgument"]["properties"]["detail"]["type"] == "array"
+    assert {"400", "413", "415"} <= set(doc["paths"]["/recommend"]["post"]["responses"])
+    rejected = patch_openapi({})["components"]["schemas"]["RequestRejected"]
+    assert rejected["required"] == ["error", "detail"] and rejected["properties"]["detail"]["type"] == "array"
