@@ -2,6 +2,7 @@
 point (``pipeline.core.faults``): one step of publishing a day, registering a run or promoting.
 
 Usage: reliability_worker.py publish DAY | register RUN_ID | promote VERSION EXPECTED_CHAMPION
+       | package MODEL VERSION
 """
 
 import os
@@ -30,5 +31,9 @@ elif op == "promote":
     except registry.ChampionMoved as exc:
         print(f"ChampionMoved: {exc}")
         sys.exit(3)
+elif op == "package":
+    from pipeline.serving.package import package
+
+    print(package(paths, args[0], args[1], requests=30).bento_tag)
 else:
     sys.exit(f"unknown operation {op!r}")

@@ -1,7 +1,8 @@
 """Fuzzing: Schemathesis against the OpenAPI document of each served Bento (both services), and
-Hypothesis against the landing-file parsers. Expected: a 2xx or a 4xx naming the field, never a
-5xx, never a crash, and nothing already accepted changed. ``make test-reliability`` prints the
-figures (cases per endpoint, responses by status class, parser cases)."""
+Hypothesis against the landing-file parsers; and packaging SIGKILLed at its kill points.
+Expected: a 2xx or a 4xx naming the field, never a 5xx, never a crash, nothing already accepted
+changed, no server left behind by a kill. ``make test-reliability`` prints the figures (cases per
+endpoint, responses by status class, parser cases, kill points)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,55 @@ def test_schemathesis_on_the_next_item_bento(shop):
         assert after == before
 
 
+def _bentoml_servers(tag: str) -> list[int]:
+    """Pids of running `bentoml serve <tag>` processes."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and tag.encode() in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+PACKAGE_POINTS: list[str] = []
+
+
+def test_packaging_killed_anywhere_is_finished_by_the_rerun(shop):
+    """SIGKILL after the build and after the smoke test: no server left behind, and the rerun
+    records the Bento and the passed smoke test on the version, so it can be promoted."""
+    import time
+
+    from killing import run_worker
+
+    from pipeline.core.faults import KILL_POINTS
+    from pipeline.core.tracking import mlflow_client
+
+    paths, versions = shop
+    version = versions["next_item"]
+    client = mlflow_client(paths)
+    for point in [p for p in KILL_POINTS if p.startswith("package.")]:
+        killed = run_worker(paths.home, "package", "next_item", version, kill_at=point)
+        assert killed.returncode == -9, (point, killed.returncode, killed.stderr[-2000:])
+        tags = client.get_model_version("next_item", version).tags
+        assert tags.get("smoke_test") != "passed"          # nothing claims what was not recorded
+        deadline = time.monotonic() + 60
+        while (left := _bentoml_servers("shopml-next-item")) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not left, f"bentoml serve left running after a kill at {point}: {left}"
+        done = run_worker(paths.home, "package", "next_item", version)
+        assert done.returncode == 0, done.stderr[-3000:]
+        tags = client.get_model_version("next_item", version).tags
+        assert tags["smoke_test"] == "passed" and tags["bento_tag"] == done.stdout.strip().splitlines()[-1]
+        client.delete_model_version_tag("next_item", version, "smoke_test")
+        PACKAGE_POINTS.append(point)
+
+
 def test_schemathesis_on_the_propensity_bento(shop):
     from pipeline.serving.package import build_bento, served
 
@@ -181,6 +231,85 @@ def test_summary():
         for path, counts in sorted(endpoints.items()):
             classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "cases")
             print(f"schemathesis {name} POST {path}: {counts['cases']} cases ({classes})")
+    if RESTART:
+        print(f"restart under 64 clients: {RESTART['answered']} answers, all full, from the old or the new version, "
+              f"no 500; {RESTART['refused']} failed requests ({RESTART['unavailable']} of them 503, the rest "
+              f"refused or cut connections), all inside the {RESTART['window_s']:.1f} s restart window (old "
+              f"server stopping -> new one ready)")
+    print(f"kill points of packaging tried, invariants held after the rerun: {', '.join(PACKAGE_POINTS)}")
     print(f"landing-file parser: {PARSER_CASES['cases']} generated files; {PARSER_CASES['ingested']} ingested "
           f"with counts adding up, {PARSER_CASES['refused with IngestError']} refused naming the file, 0 crashes")
     assert PARSER_CASES["cases"] > 0
+
+
+RESTART: dict[str, float] = {}
+
+
+def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_window(shop):
+    """64 clients ask for recommendations while a new version is promoted and the service is
+    restarted on it (stop the old server, start the new Bento on the same port). Every answer is
+    a full answer from the old or the new version, never a 5xx or a half-loaded model; the only
+    failures are refused connections between the old server's stop and the new one's readiness
+    (the restart window the README documents, which clients retry), and after it every answer
+    comes from the new version."""
+    import threading
+    import time
+
+    from pipeline.core.params import TrainRecommenderParams
+    from pipeline.core.tracking import mlflow_client
+    from pipeline.families.next_item.train import train as train_recommender
+    from pipeline.lifecycle import registry
+    from pipeline.serving.package import build_bento, free_port, served
+
+    paths, versions = shop
+    old = versions["next_item"]
+    run_id = train_recommender(paths, TrainRecommenderParams(valid_days=1, test_days=1, max_len=20, dim=16,
+                                                             layers=1, epochs=1, blend=False, seed=7)).run_id
+    client = mlflow_client(paths)
+    client.set_tag(run_id, "gate.decision", "passed")
+    new = str(registry.register_candidate(paths, "next_item", run_id).version)
+    bentos = {v: build_bento(paths, "next_item", v).bento_tag for v in (old, new)}
+    user = pl.read_parquet(sorted((paths.canonical / "events").glob("event_date=*/part-0.parquet"))[0])["user_id"][0]
+    port = free_port()
+    log: list[tuple[float, str, str]] = []           # (time, outcome, model version)
+    stop = threading.Event()
+
+    def client_loop():
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": user, "k": 5})
+                except httpx.TransportError as exc:
+                    log.append((time.monotonic(), type(exc).__name__, ""))
+                    time.sleep(0.05)
+                    continue
+                body = r.json() if r.status_code == 200 else {}
+                full = r.status_code == 200 and len(body.get("items", [])) == 5
+                log.append((time.monotonic(), str(r.status_code) if full or r.status_code != 200 else "partial",
+                            body.get("model_version", "")))
+
+    threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(64)]
+    with served(paths, bentos[old], port=port):
+        for t in threads:
+            t.start()
+        time.sleep(20)
+        registry.promote(paths, "next_item", new, force=True, by="load-test", reason="restart under load")
+        stopping = time.monotonic()         # leaving the block stops the old server
+    with served(paths, bentos[new], port=port):
+        ready = time.monotonic()
+        time.sleep(20)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    # Each entry is timed when its answer (or failure) came.
+    outcomes = collections.Counter(o for _, o, _ in log)
+    bad = sorted(round(t - stopping, 2) for t, o, _ in log if (o.startswith("5") and o != "503") or o == "partial")
+    assert outcomes["200"] > 0 and not bad, (outcomes, f"window {ready - stopping:.2f} s; bad at", bad[:10], bad[-5:])
+    assert {v for _, o, v in log if o == "200"} == {old, new}
+    # Refused or cut connections, and 503s (the model service already stopped), only in the window.
+    failed = [t for t, o, _ in log if o != "200"]
+    assert all(stopping <= t <= ready for t in failed), (stopping, ready, sorted(failed)[:3], sorted(failed)[-3:])
+    assert all(v == new for t, o, v in log if o == "200" and t > ready)
+    assert all(v == old for t, o, v in log if o == "200" and t < stopping)
+    RESTART.update(window_s=ready - stopping, answered=outcomes["200"], refused=len(failed),
+                   unavailable=outcomes["503"])

@@ -24,6 +24,9 @@ KILL_POINTS: tuple[str, ...] = (
     # lifecycle.registry.register_candidate
     "register.created",        # the model version exists, its lineage and gate tags not yet written
     "register.tagged",         # tagged, the challenger alias not yet set
+    # serving.package.package
+    "package.built",           # the Bento built, the model version not yet tagged with it
+    "package.tested",          # the smoke test passed, the version not yet tagged "passed"
     # lifecycle.registry.promote
     "promote.locked",          # the promotion lock held, the alias not yet moved
     "promote.alias_set",       # the champion alias moved, the history entry not yet written

@@ -74,13 +74,21 @@ async def call_with_retry(call, *args, attempts: int = 3):
     """Call a dependency's endpoint again when the connection dropped before an answer came (a
     recycled client session, a restarted worker).
 
-    Only for pure endpoints (scoring), where a repeated call cannot do anything twice.
+    Only for pure endpoints (scoring), where a repeated call cannot do anything twice. When the
+    model service stays unreachable (it is shutting down: a restart under load showed BentoML stops
+    it before the public service), the answer is a 503, which clients and load balancers retry,
+    not a 500.
     """
+    import asyncio
+
     import aiohttp
+    from bentoml.exceptions import ServiceUnavailable
 
     for attempt in range(attempts):
         try:
             return await call(*args)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             if attempt == attempts - 1:
-                raise
+                raise ServiceUnavailable(f"the model service is unreachable ({type(exc).__name__}); "
+                                         "the server is restarting or stopping: retry") from exc
+            await asyncio.sleep(0.05 * (attempt + 1))

@@ -83,6 +83,7 @@ def patch_openapi(doc: dict) -> dict:
         responses["400"] = {"description": "the body is not valid JSON, or a field is wrong", "content": content}
         responses["413"] = {"description": f"the body is over {MAX_BODY_BYTES} bytes", "content": content}
         responses["415"] = {"description": "the body is not application/json", "content": content}
+        responses["503"] = {"description": "the server is starting or stopping: retry"}
         if path in NO_INPUT_ROUTES:
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
             body["schema"] = {"type": "object", "additionalProperties": False, "properties": {}}

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import families
+from pipeline.core.faults import kill_point
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import (
     CHALLENGER,
@@ -243,7 +244,7 @@ def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[st
 
 @contextmanager
 def served(paths: StatePaths, bento_tag: str, env: dict[str, str] | None = None, startup_s: float = 240,
-           log_path: Path | None = None) -> Iterator[str]:
+           log_path: Path | None = None, port: int | None = None) -> Iterator[str]:
     """A real ``bentoml serve`` process of the Bento on a free loopback port; yields its base URL.
 
     Waits for ``/readyz``; the process (and its workers) is stopped on exit. A process that dies or
@@ -252,13 +253,13 @@ def served(paths: StatePaths, bento_tag: str, env: dict[str, str] | None = None,
     import httpx
 
     home = use_bento_home(paths)
-    port = free_port()
+    port = port or free_port()
     log_path = log_path or paths.home / "serving" / f"{bento_tag.replace(':', '-')}-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(serve_command(bento_tag, port), stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -276,6 +277,15 @@ def served(paths: StatePaths, bento_tag: str, env: dict[str, str] | None = None,
         yield url
     finally:
         _stop(proc)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the process that started it dies (Linux), so a
+    packaging task killed mid smoke test (SIGKILL runs no ``finally``) leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -389,6 +399,7 @@ def package(paths: StatePaths, model_name: str, version: str | None = None,
     """Build, serve and check a version's Bento; record the outcome on the model version. With
     ``smoke`` False (policy ``require_smoke_test: false``) the Bento is built and recorded, not started."""
     packaged = build_bento(paths, model_name, version, dataset_version)
+    kill_point("package.built")
     client = mlflow_client(paths)
     tag = lambda k, v: client.set_model_version_tag(model_name, packaged.version, k, v)  # noqa: E731
     tag("bento_tag", packaged.bento_tag)
@@ -396,6 +407,7 @@ def package(paths: StatePaths, model_name: str, version: str | None = None,
         return packaged
     try:
         packaged.smoke = smoke_test(paths, model_name, packaged.version, packaged.bento_tag, requests)
+        kill_point("package.tested")
     except ServingError as exc:
         tag("smoke_test", "failed")
         tag("smoke_test.reason", str(exc)[:4000])
