@@ -17,7 +17,7 @@ from torch import nn
 from models.baselines import CooccurrenceRecommender
 from models.sasrec import SASRec
 
-BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 class BlendedRecommender(nn.Module):
