@@ -146,10 +146,10 @@ def _snapshot(paths: StatePaths, dataset_version: str) -> tuple[str, str]:
     from bentoml.exceptions import NotFound
 
     from pipeline.data.version import open_dataset
-    from pipeline.serving.snapshot import SNAPSHOT_MODEL, write_snapshot
+    from pipeline.serving.snapshot import SNAPSHOT_FORMAT, SNAPSHOT_MODEL, write_snapshot
 
     dataset = open_dataset(paths, dataset_version)
-    tag = f"{SNAPSHOT_MODEL}:{re.sub(r'[^a-z0-9_.-]', '', dataset.version.lower())[:32]}"
+    tag = f"{SNAPSHOT_MODEL}:{re.sub(r'[^a-z0-9_.-]', '', dataset.version.lower())[:32]}.f{SNAPSHOT_FORMAT}"
     try:
         bentoml.models.get(tag)
     except NotFound:

@@ -25,8 +25,10 @@ from pipeline.families.next_item.features import collapse_repeats
 from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, assemble_propensity, propensity_tables
 
 SNAPSHOT_MODEL = "shopml-features"
+# Bump when the snapshot's tables change, so a Bento store never reuses a snapshot of the old layout.
+SNAPSHOT_FORMAT = 2
 HISTORY_KEPT = HISTORY_LEN    # the most recent items kept per user: the longest history a model is sent
-TABLES = ("user_item", "user", "item", "catalog", "affinity")
+TABLES = ("user_item", "user", "item", "catalog", "affinity", "recency")
 
 
 def user_histories(events: pl.DataFrame, kept: int = HISTORY_KEPT) -> pl.DataFrame:
@@ -105,5 +107,6 @@ class FeatureSnapshot:
             "item": self.tables["item"].filter(pl.col("item_id").is_in(items)),
             "catalog": self.tables["catalog"].filter(pl.col("item_id").is_in(items)),
             "affinity": self.tables["affinity"].filter(pl.col("user_id").is_in(users)),
+            "recency": self.tables["recency"].filter(pl.col("user_id").is_in(users) & pl.col("item_id").is_in(items)),
         }
         return assemble_propensity(candidates, tables).select("item_id", "category", "brand", *PROPENSITY_DENSE)

@@ -69,10 +69,8 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
         is_type["view"].alias("ui_views"), is_type["add_to_cart"].alias("ui_carts"),
         is_type["remove_from_cart"].alias("ui_removes"), is_type["purchase"].alias("ui_purchases"),
         hours.alias("ui_hours_since_last"), decayed(1.0).alias("ui_events_1d"), decayed(7.0).alias("ui_events_7d"),
-        decayed(7.0, "purchase").alias("ui_purchases_7d"), pl.col("event_time").max().alias("_last"),
-    ).with_columns(   # ``pairs`` holds every candidate of a user, and candidates are the user's recent items
-        (pl.col("_last").rank("min", descending=True).over("user_id") - 1).cast(pl.Float64).alias("ui_recency_rank"),
-    ).drop("_last")
+        decayed(7.0, "purchase").alias("ui_purchases_7d"),
+    )
     users = past if candidates is None else past.join(candidates.select("user_id").unique(), on="user_id",
                                                       how="semi")
     user = users.group_by("user_id").agg(
@@ -82,6 +80,13 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
         pl.col("price").filter(pl.col("event_type") == "purchase").mean().alias("u_avg_purchase_price"),
         decayed(1.0).alias("u_events_1d"), decayed(7.0).alias("u_events_7d"),
     ).with_columns((pl.col("u_purchases") / pl.col("u_sessions")).alias("u_purchase_rate"))
+    # Over all of the user's items (not only the candidates), so that training rows and the serving
+    # snapshot (which knows every pair) rank an item alike; removals are not a step of the sequence.
+    recency = (users.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+               .group_by("user_id", "item_id").agg(pl.col("event_time").max().alias("_last"))
+               .with_columns((pl.col("_last").rank("min", descending=True).over("user_id") - 1)
+                             .cast(pl.Float64).alias("ui_recency_rank"))
+               .drop("_last"))
     item = past.group_by("item_id").agg(is_type["view"].alias("i_views"), is_type["purchase"].alias("i_purchases"),
                                         pl.col("price").drop_nulls().last().alias("event_price"),
                                         decayed(1.0, "view").alias("i_views_1d"),
@@ -92,7 +97,8 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
                 .group_by("user_id", "category").len()
                 .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("u_category_affinity"))
                 .drop("len"))
-    return {"user_item": user_item, "user": user, "item": item, "catalog": categories, "affinity": affinity}
+    return {"user_item": user_item, "user": user, "item": item, "catalog": categories, "affinity": affinity,
+            "recency": recency}
 
 
 def assemble_propensity(candidates: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
@@ -103,6 +109,7 @@ def assemble_propensity(candidates: pl.DataFrame, tables: dict[str, pl.DataFrame
     """
     rows = (candidates.with_row_index("_order")
             .join(tables["user_item"], on=["user_id", "item_id"], how="left")
+            .join(tables["recency"], on=["user_id", "item_id"], how="left")
             .join(tables["user"], on="user_id", how="left")
             .join(tables["item"], on="item_id", how="left")
             .join(tables["catalog"], on="item_id", how="left")
