@@ -225,23 +225,6 @@ def test_landing_parser_never_crashes_and_never_touches_accepted_days(state, lin
     assert hashlib.sha256(other.read_bytes()).hexdigest() == before
 
 
-def test_summary():
-    """Printed by `make test-reliability` (with -s)."""
-    for name, endpoints in FIGURES.items():
-        for path, counts in sorted(endpoints.items()):
-            classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "cases")
-            print(f"schemathesis {name} POST {path}: {counts['cases']} cases ({classes})")
-    if RESTART:
-        print(f"restart under 64 clients: {RESTART['answered']} answers, all full, from the old or the new version, "
-              f"no 500; {RESTART['refused']} failed requests ({RESTART['unavailable']} of them 503, the rest "
-              f"refused or cut connections), all inside the {RESTART['window_s']:.1f} s restart window (old "
-              f"server stopping -> new one ready)")
-    print(f"kill points of packaging tried, invariants held after the rerun: {', '.join(PACKAGE_POINTS)}")
-    print(f"landing-file parser: {PARSER_CASES['cases']} generated files; {PARSER_CASES['ingested']} ingested "
-          f"with counts adding up, {PARSER_CASES['refused with IngestError']} refused naming the file, 0 crashes")
-    assert PARSER_CASES["cases"] > 0
-
-
 RESTART: dict[str, float] = {}
 
 
@@ -313,3 +296,20 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
     assert all(v == old for t, o, v in log if o == "200" and t < stopping)
     RESTART.update(window_s=ready - stopping, answered=outcomes["200"], refused=len(failed),
                    unavailable=outcomes["503"])
+
+
+def test_summary():
+    """Printed by `make test-reliability` (with -s)."""
+    for name, endpoints in FIGURES.items():
+        for path, counts in sorted(endpoints.items()):
+            classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "cases")
+            print(f"schemathesis {name} POST {path}: {counts['cases']} cases ({classes})")
+    if RESTART:
+        print(f"restart under 64 clients: {RESTART['answered']} answers, all full, from the old or the new version, "
+              f"no 500; {RESTART['refused']} failed requests ({RESTART['unavailable']} of them 503, the rest "
+              f"refused or cut connections), all inside the {RESTART['window_s']:.1f} s restart window (old "
+              f"server stopping -> new one ready)")
+    print(f"kill points of packaging tried, invariants held after the rerun: {', '.join(PACKAGE_POINTS)}")
+    print(f"landing-file parser: {PARSER_CASES['cases']} generated files; {PARSER_CASES['ingested']} ingested "
+          f"with counts adding up, {PARSER_CASES['refused with IngestError']} refused naming the file, 0 crashes")
+    assert PARSER_CASES["cases"] > 0
