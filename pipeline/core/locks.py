@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pipeline.core.settings import StatePaths
 
 LOCK_TIMEOUT_S = 120
+POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg2://", "postgres://")
 
 
 class LockTimeout(RuntimeError):
@@ -37,7 +38,7 @@ def lock_url() -> str | None:
     if url:
         return url
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
-    return tracking if tracking.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")) else None
+    return tracking if tracking.startswith(POSTGRES_SCHEMES) else None
 
 
 def _key(name: str) -> int:
@@ -100,13 +101,8 @@ def shared_lock(paths: StatePaths, name: str, timeout: float = LOCK_TIMEOUT_S):
     url = lock_url()
     if url is None:
         return _file_lock(paths, name, timeout)
-    if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+    if url.startswith(POSTGRES_SCHEMES):
         return _postgres_lock(url, name, timeout)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return _redis_lock(url, name, timeout)
     raise ValueError(f"SHOPML_LOCK_URL={url!r}: expected a postgresql:// or redis:// URL")
-
-
-def lock_backend() -> str:
-    url = lock_url()
-    return "file" if url is None else "postgresql" if url.startswith("postgres") else "redis"

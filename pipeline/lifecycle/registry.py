@@ -158,9 +158,10 @@ def _finish_promotion(client, model_name: str, version: str, previous: str, by: 
     mv = client.get_model_version(model_name, version)
     if mv.tags.get("status") != "champion":
         client.set_model_version_tag(model_name, version, "status", "champion")
-    if "promoted_at" not in mv.tags:
-        client.set_model_version_tag(model_name, version, "promoted_at", now)
-        client.set_model_version_tag(model_name, version, "promoted_by", by)
+    # Every promotion stamps its own time and author (a version promoted again after a rollback
+    # gets the new ones, as before this function existed).
+    client.set_model_version_tag(model_name, version, "promoted_at", now)
+    client.set_model_version_tag(model_name, version, "promoted_by", by)
     if previous != NO_CHAMPION and previous != version:
         client.set_model_version_tag(model_name, previous, "status", "retired")
     challenger = alias_version(client, model_name, CHALLENGER)
