@@ -31,12 +31,36 @@ class BlendedRecommender(nn.Module):
     def config(self):
         return self.sasrec.config
 
+    @property
+    def tail_len(self) -> int:
+        """How many of a history's most recent items ``score_states`` reads."""
+        return self.cooccurrence.recent
+
+    def user_state(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.sasrec.user_state(seq)
+
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        scores = self.sasrec(seq)
+        return self.score_states(self.user_state(seq), seq)
+
+    def score_states(self, states: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """SASRec's scores of the user states plus the co-occurrence boost of the histories' last
+        ``tail_len`` items (``seq`` may hold only those)."""
+        scores = self.sasrec.score_states(states)
         if self.beta == 0.0:
             return scores
-        boost = torch.log1p(self.cooccurrence.score(seq).clamp(min=0))
-        return scores + self.beta * boost.to(scores.device, scores.dtype)
+        # log(1 + c + 1e-3 * popularity) for every item, computed as the popularity part for all
+        # items (one vector, the same for every user) plus a correction where the co-occurrence c
+        # is not zero: a handful of items per user instead of [batch, catalog] dense tensors.
+        popularity = 1e-3 * self.cooccurrence.popularity.to(scores.device, scores.dtype)
+        floor = torch.log1p(popularity)
+        scores.add_(floor, alpha=self.beta)
+        rows, items, counts = self.cooccurrence.entries(seq)
+        if counts.numel():
+            rows, items, counts = rows.to(scores.device), items.to(scores.device), counts.to(scores.device,
+                                                                                                scores.dtype)
+            delta = torch.log1p(counts + popularity[items]) - floor[items]
+            scores.index_put_((rows, items), self.beta * delta, accumulate=True)
+        return scores
 
 
 def choose_beta(sasrec: SASRec, cooccurrence: CooccurrenceRecommender, validate: Callable[[nn.Module], float],

@@ -90,6 +90,33 @@ class SASRec(nn.Module):
         x = self.blocks(x, mask=self._attention_mask(real))
         return self.norm(x)
 
+    tail_len = 1   # how many of a history's most recent items ``score_states`` reads (none; a blend more)
+
+    def user_state(self, seq: torch.Tensor) -> torch.Tensor:
+        """[batch, len] histories -> [batch, dim]: what the model knows about each user, the hidden
+        state after the most recent item. Serving computes it once per known user (at packaging) and
+        scores it per request with ``score_states``."""
+        return self.hidden(seq)[:, -1]
+
+    def score_states(self, states: torch.Tensor, seq: torch.Tensor | None = None) -> torch.Tensor:
+        """[batch, dim] user states -> [batch, n_items] scores (``seq``, the histories' most recent
+        items, is unused here; a blend reads it)."""
+        return states @ self._scoring_matrix()
+
+    def _scoring_matrix(self) -> torch.Tensor:
+        """The item embeddings transposed, [dim, n_items]. For inference (no gradient) a contiguous
+        copy, made again whenever the weights change: a user state times a row-major [dim, items]
+        matrix is 2 to 4 times faster on CPU than through the transposed view (0.5 against 2.1 ms for
+        one user over 50,000 items on the 2-core machine)."""
+        weight = self.item_emb.weight
+        if torch.is_grad_enabled():
+            return weight.t()
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        if getattr(self, "_scoring_key", None) != key:
+            self._scoring_t = weight.detach().t().contiguous()
+            self._scoring_key = key
+        return self._scoring_t
+
     def forward(self, seq: torch.Tensor, labels: torch.Tensor | None = None,
                 n_negatives: int | None = None) -> torch.Tensor:
         """Without labels: scores of every item as the next one after each history, [batch, n_items].
@@ -99,7 +126,7 @@ class SASRec(nn.Module):
         through ``forward`` so that DistributedDataParallel sees it and synchronises gradients.
         """
         if labels is None:
-            return self.hidden(seq)[:, -1] @ self.item_emb.weight.t()
+            return self.score_states(self.user_state(seq), seq)
         h = self.hidden(seq)                                     # [B, L, D]
         # A target whose input is padding (the first item of a short sequence) has no history.
         mask = (labels > 0) & (seq > 0)
