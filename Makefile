@@ -13,7 +13,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-airflow lock lint clean
+.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-airflow lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -104,6 +104,11 @@ bench-models: install
 # several concurrency levels, batching on and off, beside the raw model's batched throughput.
 bench-serve: install
 	$(PY) -m benchmarks.bench_serve
+
+# The recommender's transformer on CPU: eager PyTorch, torch.compile, TorchScript, int8 dynamic
+# quantization and (when installed) ONNX Runtime, with each one's parity against eager.
+bench-runtime: install
+	$(PY) -m benchmarks.bench_runtime
 
 # Airflow's overhead on an end-to-end retrain (DAG wall time minus the stages' own time) on one
 # million generated events, and the retrain's wall time.

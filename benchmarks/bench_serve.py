@@ -1,16 +1,30 @@
-"""Load benchmark of the served recommender (``make bench-serve``).
+"""Load benchmark of both served models (``make bench-serve``).
 
-Builds a ``next_item`` Bento around a SASRec pyfunc over a catalog of ``--items`` items (default
-50,000; the default model size of ``params.yaml``, weights at their seeded initial values, which cost
-the same to run as trained ones) and a feature snapshot of ``--users`` users, then:
+Builds, in a temporary Bento store, the Bentos ``make demo`` builds, around models of production
+size with their weights at seeded initial values (they cost the same to run as trained ones):
 
-1. the ceiling: the raw pyfunc's batched forward pass (``predict`` on batches of 64 histories, the
-   batch the server forms), rows per second, in this process with nothing else running;
-2. ``bentoml serve`` of the Bento with adaptive batching on, then off; for each, a load generator in
-   a separate process (``benchmarks.load_client``) drives ``/recommend`` with known users at each
-   ``--concurrency`` level and reports requests per second and p50/p95/p99 latency.
+* ``next_item``: SASRec (``params.yaml``'s size) over a catalog of ``--items`` items (default
+  50,000), blended with co-occurrence as the promoted recommender is, the feature snapshot of a
+  synthetic week of ``--users`` users, and every user's packaged state;
+* ``purchase_propensity``: the wide & deep DCN-v2 of ``params.yaml`` on the same snapshot.
 
-Everything lives in a temporary folder, removed at the end (``--keep`` keeps it).
+Then, for each path:
+
+* **known users**: ``POST /recommend`` with ``{"user_id", "k": 10}`` (a packaged user state: a dot
+  product with the item embeddings and a top-k);
+* **sent histories**: ``POST /recommend`` with a 5-50-item history and no user id (the transformer);
+* **propensity 100 / 1000**: ``POST /purchase_probability`` with 100 or 1,000 candidates looked up
+  by user id (feature rows from the snapshot, one forward pass);
+
+it measures the raw ceiling (the service's own batch computation, ``pipeline.serving.compute``,
+on batches as the server forms them, no HTTP, nothing else running) and the served figures: a load
+generator in its own process (``benchmarks.load_client``), closed-loop clients at each
+``--concurrency`` level, requests per second and p50/p95/p99. It ends with one line per path:
+``<path> at 64 clients: <req/s> req/s, p99 <ms> ms, <percent>% of the raw ceiling``.
+
+Everything shares the machine's cores (the load generator too). ``--layout two-hop`` measures the
+layout of earlier releases for comparison: not built any more, so its figures come from the
+README (202 req/s, p99 753 ms at 64 clients on the 2-core machine, for known users).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+K = 10
 
 
 def synthetic_shop(items: int, users: int, seed: int = 0):
@@ -55,12 +70,15 @@ def synthetic_shop(items: int, users: int, seed: int = 0):
     return events, catalog
 
 
-def save_model(directory: Path, items: int) -> Path:
-    """A SASRec pyfunc over ``items`` items, saved as the training stage logs it."""
+def save_recommender(directory: Path, items: int, sequences: list[list[str]]) -> Path:
+    """A SASRec pyfunc over ``items`` items blended with co-occurrence counted on ``sequences``,
+    saved as the training stage logs it."""
     import mlflow.pyfunc
     import pandas as pd
     import torch
 
+    from models.baselines import CooccurrenceRecommender
+    from models.blend import BlendedRecommender
     from models.sasrec import SASRec, SASRecConfig
     from pipeline.core.params import TrainRecommenderParams
     from pipeline.families.next_item.pyfunc import pyfunc_model_args
@@ -69,57 +87,130 @@ def save_model(directory: Path, items: int) -> Path:
     config = SASRecConfig(n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers,
                           dropout=p.dropout)
     torch.manual_seed(0)
-    model = SASRec(config).eval()
-    parts = directory / "parts"
-    parts.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "model_args": config.to_dict()}, parts / "best.pt")
+    sasrec = SASRec(config).eval()
     item_ids = [f"i{i}" for i in range(items)]
+    index = {item: i + 2 for i, item in enumerate(item_ids)}
+    cooccurrence = CooccurrenceRecommender(items + 2, [np.array([index[i] for i in s]) for s in sequences])
+    model = BlendedRecommender(sasrec, cooccurrence, beta=1.0)
+    parts = directory / "recommender-parts"
+    parts.mkdir(parents=True)
+    torch.save({"model": sasrec.state_dict(), "model_args": config.to_dict()}, parts / "best.pt")
     example = pd.DataFrame({"history": [item_ids[:5], item_ids[5:7]], "k": [10, 10]})
-    out = directory / "model"
+    out = directory / "recommender"
     mlflow.pyfunc.save_model(str(out), **pyfunc_model_args(model, item_ids, item_ids[:100], parts / "best.pt",
                                                            parts, example))
     return out
 
 
-def ceiling(model_dir: Path, histories: list[list[str]], k: int, batch: int = 64, seconds: float = 5.0) -> dict:
-    """Rows per second of the pyfunc's batched predict, and of the bare torch forward pass."""
+def save_propensity(directory: Path, catalog) -> Path:
+    """The DCN-v2 propensity pyfunc at ``params.yaml``'s size, saved as the training stage logs it."""
     import mlflow.pyfunc
-    import pandas as pd
     import torch
 
-    from models.train import model_device
+    from models.propensity import DCNConfig, DCNv2
+    from pipeline.core.params import TrainPropensityParams
+    from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
+    from pipeline.families.purchase_propensity.pyfunc import PropensityPyfunc
 
-    pyfunc = mlflow.pyfunc.load_model(str(model_dir))
-    frames = [pd.DataFrame({"history": histories[i:i + batch], "k": k})
-              for i in range(0, len(histories) - batch, batch)]
-    pyfunc.predict(frames[0])
-    rows, start = 0, time.perf_counter()
+    p = TrainPropensityParams()
+    config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=(), embedding_dim=p.embedding_dim,
+                       cross_layers=p.cross_layers, hidden=p.hidden, dropout=p.dropout, wide=p.wide,
+                       constant_inputs=p.constant_inputs)
+    torch.manual_seed(0)
+    model = DCNv2(config).eval()
+    parts = directory / "propensity-parts"
+    parts.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "model_args": config.to_dict()}, parts / "propensity.pt")
+    vocabs = {"item_idx": catalog["item_id"].to_list(), "category_idx": catalog["category"].unique().to_list(),
+              "brand_idx": catalog["brand"].unique().to_list()}
+    (parts / "vocabs.json").write_text(json.dumps(vocabs))
+    out = directory / "propensity"
+    mlflow.pyfunc.save_model(str(out), python_model=PropensityPyfunc(),
+                             artifacts={"weights": str(parts / "propensity.pt"), "vocabs": str(parts / "vocabs.json")},
+                             code_paths=[str(REPO / "models"), str(REPO / "pipeline")])
+    return out
+
+
+def rate(fn, batches: list, seconds: float, rows_per_batch) -> float:
+    """Rows (requests) per second of ``fn`` over ``batches`` in turn, after one warm-up call."""
+    fn(batches[0])
+    done, i, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        rows += len(pyfunc.predict(frames[(rows // batch) % len(frames)]))
-    predict_rps = rows / (time.perf_counter() - start)
-    inner = pyfunc.unwrap_python_model()
-    encoded = torch.from_numpy(np.stack([inner.encode(h) for h in histories[:batch]]))
-    encoded = encoded.to(model_device(inner.model))
-    with torch.no_grad():
-        inner.model(encoded)
-        rows, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            inner.model(encoded).topk(k, dim=1)
-            rows += batch
-    return {"predict_rows_per_s": predict_rps, "forward_rows_per_s": rows / (time.perf_counter() - start),
-            "torch_threads": torch.get_num_threads()}
+        fn(batches[i % len(batches)])
+        done += rows_per_batch(batches[i % len(batches)])
+        i += 1
+    return done / (time.perf_counter() - start)
+
+
+def ceilings(recommender_path: Path, propensity_path: Path, snapshot_path: Path, states_path: Path,
+             bodies: dict[str, list[dict]], batch: int, seconds: float) -> dict[str, float]:
+    """Requests per second of each path's batch computation, without HTTP: ``pipeline.serving.compute``
+    on batches of ``batch`` requests (recommendations) or of the candidates the server puts in one
+    batch (propensity: ``batch`` x 16 candidates, at least one request)."""
+    import mlflow.pyfunc
+    import torch
+
+    from pipeline.serving.api import PropensityRequest
+    from pipeline.serving.compute import NextItemRanker, PropensityScorer, Row
+    from pipeline.serving.snapshot import FeatureSnapshot
+    from pipeline.serving.states import UserStateTable
+
+    snapshot = FeatureSnapshot.load(snapshot_path)
+    states = UserStateTable(states_path)
+    ranker = NextItemRanker(mlflow.pyfunc.load_model(str(recommender_path)).unwrap_python_model(), snapshot, states)
+    scorer = PropensityScorer(mlflow.pyfunc.load_model(str(propensity_path)).unwrap_python_model(), snapshot)
+
+    def chunks(rows: list, size: int) -> list[list]:
+        return [rows[i:i + size] for i in range(0, max(len(rows) - size, 1), size)]
+
+    known = [Row(states.row(b["user_id"]), None, b["k"], []) for b in bodies["known users"]]
+    sent = [Row(None, b["history"], b["k"], []) for b in bodies["sent histories"]]
+    out = {"known users": rate(ranker.rank_rows, chunks(known, batch), seconds, len),
+           "sent histories": rate(ranker.rank_rows, chunks(sent, batch), seconds, len)}
+    for path in ("propensity 100", "propensity 1000"):
+        requests = [PropensityRequest(**b).candidates for b in bodies[path]]
+        per_batch = max(1, batch * 16 // len(requests[0]))
+        out[path] = rate(scorer.score_requests, chunks(requests, per_batch), seconds, len)
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def request_bodies(events, catalog, users: int, n: int = 2000) -> dict[str, list[dict]]:
+    import polars as pl
+
+    rng = np.random.default_rng(1)
+    who = [f"u{u}" for u in rng.integers(0, users, n)]
+    histories = events.group_by("user_id", maintain_order=True).agg(pl.col("item_id").tail(50))
+    histories = dict(zip(histories["user_id"].to_list(), histories["item_id"].to_list(), strict=True))
+    items = catalog["item_id"].to_list()
+    touched = events.group_by("user_id").agg(pl.col("item_id").unique())
+    touched = dict(zip(touched["user_id"].to_list(), touched["item_id"].to_list(), strict=True))
+
+    def candidates(user: str, size: int) -> list[dict]:
+        # What a ranking stage sends: the user's own items first, the rest from the catalog.
+        own = touched[user][:size // 4]
+        rest = [items[int(i)] for i in rng.integers(0, len(items), size - len(own))]
+        return [{"user_id": user, "item_id": i} for i in own + rest]
+
+    return {"known users": [{"user_id": u, "k": K} for u in who],
+            "sent histories": [{"history": histories[u], "k": K} for u in who],
+            "propensity 100": [{"candidates": candidates(u, 100)} for u in who[:300]],
+            "propensity 1000": [{"candidates": candidates(u, 1000)} for u in who[:60]]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--modes", default="on,off", help="adaptive batching modes to run")
+    parser.add_argument("--concurrency", default="1,8,32,64,128")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--paths", default="known users,sent histories,propensity 100,propensity 1000")
+    parser.add_argument("--batch", type=int, default=64, help="the ceilings' batch (the server's default)")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the servers, repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
+    paths_wanted = [p.strip() for p in args.paths.split(",")]
+    levels = [int(x) for x in args.concurrency.split(",")]
 
     home = Path(tempfile.mkdtemp(prefix="shopml-bench-serve-"))
     os.environ["BENTOML_HOME"] = str(home / "bentoml")   # before BentoML is imported
@@ -129,53 +220,78 @@ def main() -> None:
 
         from pipeline import families
         from pipeline.core.settings import StatePaths
-        from pipeline.serving.package import build, served
+        from pipeline.serving.package import build, served, user_states
         from pipeline.serving.snapshot import SNAPSHOT_MODEL, write_snapshot_of
 
         paths = StatePaths(home=home, dvc_remote_url=str(home / "dvc-remote"))
         t0 = time.perf_counter()
         events, catalog = synthetic_shop(args.items, args.users)
-        model_dir = save_model(home, args.items)
-        model_tag, snapshot_tag = f"next_item:bench-{args.items}", f"{SNAPSHOT_MODEL}:bench-{args.items}"
-        bentoml.mlflow.import_model(model_tag, str(model_dir))
+        bodies = request_bodies(events, catalog, args.users)
+        sequences = events.group_by("user_id", maintain_order=True).agg("item_id")["item_id"].to_list()
+        recommender = save_recommender(home, args.items, sequences)
+        propensity = save_propensity(home, catalog)
+        snapshot_tag = f"{SNAPSHOT_MODEL}:bench-{args.items}"
         with bentoml.models.create(snapshot_tag) as snapshot:
             write_snapshot_of(events, catalog, "synthetic", Path(snapshot.path))
-        bento_tag = build({"model_name": "next_item", "model_tag": model_tag, "snapshot_tag": snapshot_tag,
-                           "version": "bench", "run_id": "none", "dataset_version": "synthetic",
-                           "git_commit": "bench", "bento_tag": f"shopml-next-item:bench-{args.items}"},
-                          families.get("next_item").service)
-        print(f"setup: {args.items:,} items, {args.users:,} users, {events.height:,} events, Bento {bento_tag} "
-              f"({time.perf_counter() - t0:.0f} s)")
+        bentos = {}
+        for name, saved in (("next_item", recommender), ("purchase_propensity", propensity)):
+            model_tag = f"{name}:bench-{args.items}"
+            bentoml.mlflow.import_model(model_tag, str(saved))
+            spec = families.get(name)
+            states_tag = user_states(spec, model_tag, snapshot_tag)
+            bento_args = {"model_name": name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
+                          "version": "bench", "run_id": "none", "dataset_version": "synthetic", "git_commit": "bench",
+                          "bento_tag": f"shopml-{name.replace('_', '-')}:bench-{args.items}",
+                          **({"states_tag": states_tag} if states_tag else {})}
+            bentos[name] = (build(bento_args, spec.service), states_tag)
+        states_meta = json.loads((Path(bentoml.models.get(bentos["next_item"][1]).path) / "meta.json").read_text())
+        print(f"setup: {args.items:,} items, {args.users:,} users, {events.height:,} events; user states of "
+              f"{states_meta['users']:,} users packaged in {states_meta['seconds']:.1f} s "
+              f"({time.perf_counter() - t0:.0f} s in all)", flush=True)
 
-        users = [f"u{u}" for u in np.random.default_rng(1).integers(0, args.users, 2000)]
-        histories_by_user = dict(zip(*events.group_by("user_id", maintain_order=True)
-                                     .agg("item_id").to_dict(as_series=False).values(), strict=True))
-        roof = ceiling(model_dir, [histories_by_user[u][-50:] for u in users], args.k)
-        print(f"ceiling (no server, {roof['torch_threads']} torch threads, batch 64): pyfunc predict "
-              f"{roof['predict_rows_per_s']:,.0f} rows/s; bare forward + top-k "
-              f"{roof['forward_rows_per_s']:,.0f} rows/s")
+        roof = ceilings(recommender, propensity, Path(bentoml.models.get(snapshot_tag).path),
+                        Path(bentoml.models.get(bentos["next_item"][1]).path), bodies, args.batch, 4.0)
+        print(f"raw ceilings (no HTTP, {roof['torch_threads']} torch threads, batches of {args.batch} requests, "
+              "propensity: of 1,024 candidates):", flush=True)
+        for path in paths_wanted:
+            print(f"  {path:<16} {roof[path]:10,.0f} req/s", flush=True)
 
-        bodies = home / "bodies.json"
-        bodies.write_text(json.dumps([{"user_id": u, "k": args.k} for u in users]))
+        env = dict(e.split("=", 1) for e in args.env)
         results = []
-        for mode in args.modes.split(","):
-            env = {"SHOPML_ADAPTIVE_BATCHING": "1" if mode == "on" else "0"}
-            with served(paths, bento_tag, env=env) as url:
-                for c in [int(x) for x in args.concurrency.split(",")]:
-                    out = subprocess.run([sys.executable, "-m", "benchmarks.load_client", "--url", f"{url}/recommend",
-                                          "--bodies", str(bodies), "--concurrency", str(c),
-                                          "--seconds", str(args.seconds)],
-                                         cwd=REPO, capture_output=True, text=True, check=True)
-                    row = {"batching": mode, **json.loads(out.stdout.strip().splitlines()[-1])}
-                    results.append(row)
-                    print(f"batching {mode:<3} concurrency {c:>3}: {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms"
-                          f"  p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}",
-                          flush=True)
-        at64 = [r for r in results if r["concurrency"] == max(int(x) for x in args.concurrency.split(","))]
-        for r in at64:
-            print(f"at {r['concurrency']} clients, batching {r['batching']}: {r['rps']:.0f} req/s = "
-                  f"{r['rps'] / roof['predict_rows_per_s']:.0%} of the pyfunc ceiling, p99 {r['p99_ms']:.1f} ms")
-        print(json.dumps({"ceiling": roof, "results": results}))
+        for bento, endpoint, group in (("next_item", "recommend", ("known users", "sent histories")),
+                                       ("purchase_propensity", "purchase_probability",
+                                        ("propensity 100", "propensity 1000"))):
+            group = [p for p in group if p in paths_wanted]
+            if not group:
+                continue
+            with served(paths, bentos[bento][0], env=env) as url:
+                for path in group:
+                    body_file = home / f"{path.replace(' ', '-')}.json"
+                    body_file.write_text(json.dumps(bodies[path]))
+                    for c in levels:
+                        out = subprocess.run([sys.executable, "-m", "benchmarks.load_client", "--url",
+                                              f"{url}/{endpoint}", "--bodies", str(body_file), "--concurrency",
+                                              str(c), "--seconds", str(args.seconds)],
+                                             cwd=REPO, capture_output=True, text=True, check=True)
+                        row = {"path": path, **json.loads(out.stdout.strip().splitlines()[-1])}
+                        row["of_ceiling"] = row["rps"] / roof[path]
+                        results.append(row)
+                        print(f"{path:<16} {c:>4} clients: {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+                              f"p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                              f"{row['of_ceiling']:6.1%} of ceiling  errors {row['errors']}", flush=True)
+                import httpx
+
+                stats = httpx.post(f"{url}/metadata", json={}, timeout=30).json()["batching"]
+                per_batch = 1000 * stats["model_seconds"] / max(stats["batches"], 1)
+                print(f"  {bento} server batches: {stats['batches']:,.0f} of {stats['mean_batch']:.1f} rows on "
+                      f"average, largest {stats['largest']:.0f}, {per_batch:.1f} ms each, refused "
+                      f"{stats['overloaded']:.0f} (one worker's figures)", flush=True)
+        at = 64 if 64 in levels else max(levels)
+        for r in results:
+            if r["concurrency"] == at:
+                print(f"{r['path']} at {at} clients: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.0f} ms, "
+                      f"{r['of_ceiling']:.0%} of the raw ceiling")
+        print(json.dumps({"ceilings": roof, "results": results}))
     finally:
         if args.keep:
             print(f"kept {home}")

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from conftest import REPO, published_shop
-from pipeline.core.tracking import mlflow_client
+from pipeline.core.tracking import alias_version, mlflow_client
 from pipeline.families.purchase_propensity.features import (
     PROPENSITY_DENSE,
     assemble_propensity,
@@ -55,6 +55,50 @@ def shop(tmp_path_factory):
         yield paths, runs, versions
 
 
+def test_a_skewed_snapshot_fails_the_parity_check_by_user_id_and_promotion(shop, monkeypatch):
+    """One user's history altered in the feature snapshot: the replayed histories still agree, but
+    the requests by user id disagree with the offline features, so the version is not promotable.
+
+    First in this module: it needs the trained version not yet packaged nor champion."""
+    import shutil
+
+    import bentoml
+
+    from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
+    from pipeline.data.version import open_dataset
+    from pipeline.families.next_item.evaluation import parity_users
+    from pipeline.lifecycle import registry
+    from pipeline.serving import package as packaging
+    from pipeline.serving.package import ParityError
+
+    paths, runs, versions = shop
+    client = mlflow_client(paths)
+    assert alias_version(client, "next_item", "champion") is None
+    dataset_version = client.get_run(runs["good"]).data.tags["dataset_version"]
+    packaging.use_bento_home(paths)
+    real_tag, full_version = packaging._snapshot(paths, dataset_version)
+    events = open_dataset(paths, full_version).events().filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+    requests = 40
+    real = Path(bentoml.models.get(real_tag).path)
+    histories = pl.read_parquet(real / "histories.parquet")
+    sampled = set(parity_users(events["user_id"].unique().to_list(), requests))
+    victim = histories.filter(pl.col("user_id").is_in(sampled) & (pl.col("items").list.n_unique() >= 3))["user_id"][0]
+    skewed_tag = "shopml-features:skewed-one-user"
+    with bentoml.models.create(skewed_tag) as model:
+        shutil.copytree(real, model.path, dirs_exist_ok=True)
+        histories.with_columns(pl.when(pl.col("user_id") == victim).then(pl.col("items").list.reverse())
+                               .otherwise(pl.col("items")).alias("items")).write_parquet(Path(model.path)
+                                                                                        / "histories.parquet")
+    monkeypatch.setattr(packaging, "_snapshot", lambda paths, version: (skewed_tag, full_version))
+
+    with pytest.raises(ParityError, match=rf"answers to 80 requests by user id differ .*user_id {victim}"):
+        packaging.package(paths, "next_item", versions["good"], requests=requests)
+    mv = client.get_model_version("next_item", versions["good"])
+    assert mv.tags["smoke_test"] == "failed" and "snapshot or the packaged user states" in mv.tags["smoke_test.reason"]
+    with pytest.raises(registry.RegistryError, match="its smoke test failed"):
+        registry.promote(paths, "next_item", versions["good"])
+
+
 @pytest.fixture(scope="module")
 def next_item_bento(shop):
     """The trained recommender packaged (built, served, parity-checked) and promoted."""
@@ -62,7 +106,8 @@ def next_item_bento(shop):
     from pipeline.serving.package import package
 
     paths, _, versions = shop
-    with pytest.raises(registry.RegistryError, match="never packaged and smoke-tested"):
+    # Not promotable before a passed smoke test (the skewed-snapshot test above failed one).
+    with pytest.raises(registry.RegistryError, match=r"never packaged and smoke-tested|its smoke test failed"):
         registry.promote(paths, "next_item", versions["good"])
     packaged = package(paths, "next_item", versions["good"], requests=100)
     registry.promote(paths, "next_item", versions["good"])
@@ -217,6 +262,19 @@ def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
                               {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]}).text
 
 
+def test_propensity_packaging_replays_requests_by_user_id(shop):
+    """The propensity Bento's smoke test also compares candidates looked up by user id in the
+    snapshot with the training code path's features for the same pairs."""
+    from pipeline.serving.package import package
+
+    paths, _, versions = shop
+    packaged = package(paths, "purchase_propensity", versions["propensity"], requests=50)
+    by_user = [c for c in packaged.smoke.checks if c.startswith("parity by user id: ")]
+    assert by_user and "10 requests" in by_user[0], packaged.smoke.checks
+    mv = mlflow_client(paths).get_model_version("purchase_propensity", versions["propensity"])
+    assert mv.tags["smoke_test"] == "passed"
+
+
 def test_parity_check_fails_when_the_packaged_model_is_not_the_evaluated_one(shop, next_item_bento):
     import shutil
 
@@ -247,6 +305,7 @@ def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_it
     assert mv.tags["bento_tag"] == next_item_bento.bento_tag and mv.tags["smoke_test"] == "passed"
     report = json.loads(mv.tags["smoke_test.report"])
     assert report["mismatches"] == 0 and report["requests"] == 100
+    assert any(c.startswith("parity by user id: 200 requests") for c in report["checks"]), report["checks"]
     assert resolve_bento(paths, "next_item") == next_item_bento.bento_tag   # the champion's
     assert registry.lineage(paths, "next_item", bento_tag=next_item_bento.bento_tag)["run_id"] == runs["good"]
     # Packaging again (a retried task) reuses the Bento.

@@ -52,6 +52,10 @@ class ModelSpec:
         parity_rows: offline rows per replayed request (candidates per request, 1 for one user).
         smoke_checks: ``(post) -> [check, ...]``: checks of the served Bento beyond parity; raise
             ``ValueError`` on a failure.
+        serving_states: ``(python model, feature snapshot, folder) -> meta``: what the service
+            precomputes per known user at packaging (``pipeline.serving.states``), or None.
+        user_parity: ``(post, python model, dataset, n) -> ParityOutcome``: replays requests by user
+            id against answers computed offline from the training features of ``n`` users, or None.
     """
 
     name: str
@@ -68,3 +72,5 @@ class ModelSpec:
     parity: Callable[[Post, Any], ParityOutcome]
     parity_rows: int = 1
     smoke_checks: Callable[[Post], list[str]] | None = None
+    serving_states: Callable[..., dict] | None = None
+    user_parity: Callable[..., ParityOutcome] | None = None

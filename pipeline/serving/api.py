@@ -87,3 +87,5 @@ class Metadata(BaseModel):
     features_as_of: str
     features_dataset_version: str
     adaptive_batching: bool
+    batching: dict[str, float] | None = Field(None, description="this worker's batches so far: count, rows, "
+                                                                  "mean and largest size, requests refused")

@@ -4,26 +4,57 @@ A Bento is built from one registry model version (``pipeline.serving.package``),
 model and snapshot tags and the version's lineage as Bento build arguments; they travel with the
 Bento, so ``bentoml serve <bento tag>`` needs nothing else.
 
-Variables read when a service starts:
-    SHOPML_ADAPTIVE_BATCHING: ``0`` turns adaptive batching off (each request its own forward pass);
-        the load benchmark compares both.
-    SHOPML_MAX_BATCH_SIZE, SHOPML_MAX_LATENCY_MS: BentoML's batching limits (default 64 rows, and
-        1000 ms, past which BentoML answers 503 rather than queue a request longer).
+Variables read when a service starts (defaults measured on the 2-core development machine with
+``make bench-serve``):
+    SHOPML_ADAPTIVE_BATCHING: ``0`` turns batching off (each request its own model call).
+    SHOPML_MAX_BATCH_SIZE: the most rows of one model call (default 64; a propensity candidate is a
+        row, so its batches are 16 times larger).
+    SHOPML_BATCH_WAIT_MS: how long a lone request waits to be joined by others (default 0: batches
+        form only from what queued while the model was busy, so an idle server adds no latency).
+    SHOPML_MAX_LATENCY_MS: a request that waited longer than this for the model gets a 503 (default 1000).
+    SHOPML_API_WORKERS: worker processes, each with its own copy of the model (default 1; more on
+        machines with cores to spare).
+    SHOPML_TORCH_THREADS: torch's threads per worker (default: ``OMP_NUM_THREADS``, else every core).
+    SHOPML_ACCESS_LOG: ``0`` turns BentoML's access log line per request off (default on).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 from pipeline.serving.api import Metadata
 
 ARG_NAMES = ("model_name", "model_tag", "snapshot_tag", "version", "run_id", "dataset_version", "git_commit",
              "bento_tag")
+OPTIONAL_ARGS = ("states_tag",)   # the packaged user states, for families that have them
 
-ADAPTIVE_BATCHING = os.environ.get("SHOPML_ADAPTIVE_BATCHING", "1") != "0"
-MAX_BATCH_SIZE = int(os.environ.get("SHOPML_MAX_BATCH_SIZE", "64"))
-MAX_LATENCY_MS = int(os.environ.get("SHOPML_MAX_LATENCY_MS", "1000"))
+
+@dataclass(frozen=True)
+class Batching:
+    """The batching settings of a service (``pipeline.serving.batching.MicroBatcher``)."""
+
+    enabled: bool
+    max_batch: int
+    wait_ms: float
+    max_latency_ms: float
+
+    @classmethod
+    def from_env(cls) -> Batching:
+        env = os.environ
+        return cls(enabled=env.get("SHOPML_ADAPTIVE_BATCHING", "1") != "0",
+                   max_batch=int(env.get("SHOPML_MAX_BATCH_SIZE", "64")),
+                   wait_ms=float(env.get("SHOPML_BATCH_WAIT_MS", "0")),
+                   max_latency_ms=float(env.get("SHOPML_MAX_LATENCY_MS", "1000")))
+
+    def batcher_args(self, rows_per_request: int = 1) -> dict:
+        return {"max_batch": self.max_batch * rows_per_request if self.enabled else rows_per_request,
+                "wait_ms": self.wait_ms if self.enabled else 0.0, "max_latency_ms": self.max_latency_ms}
+
+
+BATCHING = Batching.from_env()
 
 
 def bento_args(model_name: str | None) -> SimpleNamespace:
@@ -33,6 +64,9 @@ def bento_args(model_name: str | None) -> SimpleNamespace:
 
     args = bentoml.use_arguments()
     missing = [name for name in ARG_NAMES if not getattr(args, name, None)]
+    for name in OPTIONAL_ARGS:
+        if not hasattr(args, name):
+            setattr(args, name, None)
     if missing:
         raise RuntimeError(f"the {model_name} service needs the Bento arguments {missing}; build it with "
                            f"`python -m pipeline package {model_name} <version>`, then serve the Bento it prints")
@@ -41,54 +75,39 @@ def bento_args(model_name: str | None) -> SimpleNamespace:
     return args
 
 
-def metadata(args: SimpleNamespace, snapshot_meta: dict) -> Metadata:
+def metadata(args: SimpleNamespace, snapshot_meta: dict, stats=None) -> Metadata:
     """What the Bento serves: the model version and its lineage, and the feature snapshot's dataset
     version and cutoff (the version the model was trained on, unless packaged with another)."""
     return Metadata(model=args.model_name, version=str(args.version), bento_tag=args.bento_tag,
                     dataset_version=args.dataset_version, git_commit=args.git_commit, run_id=args.run_id,
                     features_as_of=snapshot_meta["cutoff"], features_dataset_version=snapshot_meta["dataset_version"],
-                    adaptive_batching=ADAPTIVE_BATCHING)
+                    adaptive_batching=BATCHING.enabled, batching=None if stats is None else stats.to_dict())
 
 
 def torch_threads() -> None:
     """One model worker uses every core it was given (BentoML sets the thread variables)."""
     import torch
 
-    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    threads = int(os.environ.get("SHOPML_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     torch.set_num_threads(max(threads, 1))
 
 
-# The internal model service: a connection from the public service that is never recycled (BentoML
-# 1.4.39 closes its client session every ``max_requests`` calls, cutting requests still in flight on
-# it, so that limit is set out of reach), and no access log line per internal call.
-MODEL_SERVICE_CONFIG = {
-    "workers": 1,
+PUBLIC_SERVICE_CONFIG = {
+    "workers": int(os.environ.get("SHOPML_API_WORKERS", "1")),
     "traffic": {"timeout": 30},
-    "runner_connection": {"max_requests": 2**31 - 1, "max_age": 365 * 86400.0},
-    "logging": {"access": {"enabled": False}},
+    # One log line per request costs about a tenth of a millisecond of the event loop's time.
+    "logging": {"access": {"enabled": os.environ.get("SHOPML_ACCESS_LOG", "1") != "0"}},
 }
-PUBLIC_SERVICE_CONFIG = {"workers": int(os.environ.get("SHOPML_API_WORKERS", "1")), "traffic": {"timeout": 30}}
 
 
-async def call_with_retry(call, *args, attempts: int = 3):
-    """Call a dependency's endpoint again when the connection dropped before an answer came (a
-    recycled client session, a restarted worker).
-
-    Only for pure endpoints (scoring), where a repeated call cannot do anything twice. When the
-    model service stays unreachable (it is shutting down: a restart under load showed BentoML stops
-    it before the public service), the answer is a 503, which clients and load balancers retry,
-    not a 500.
-    """
-    import asyncio
-
-    import aiohttp
+@contextmanager
+def overloaded_as_503():
+    """A request that waited past the batching deadline is answered 503 (retry), not 500."""
     from bentoml.exceptions import ServiceUnavailable
 
-    for attempt in range(attempts):
-        try:
-            return await call(*args)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if attempt == attempts - 1:
-                raise ServiceUnavailable(f"the model service is unreachable ({type(exc).__name__}); "
-                                         "the server is restarting or stopping: retry") from exc
-            await asyncio.sleep(0.05 * (attempt + 1))
+    from pipeline.serving.batching import Overloaded
+
+    try:
+        yield
+    except Overloaded as exc:
+        raise ServiceUnavailable(f"the server is overloaded: {exc}; retry") from exc

@@ -1,78 +1,57 @@
-"""The ``next_item`` service: recommendations from the packaged SASRec pyfunc.
+"""The ``next_item`` service: recommendations from the packaged SASRec pyfunc, in one service.
 
-Two BentoML services, served together by ``bentoml serve``:
+One ``@bentoml.service``, one HTTP hop: validation, the snapshot lookups, exclusions and the model
+all run in the process that received the request. Concurrent requests share one model call
+(``pipeline.serving.batching``). A user the packaging step saw is scored from the user state it
+computed (``pipeline.serving.states``): one matrix-vector product with the item embeddings and a
+top-k. A request that sends its own history (alone, or after a known user's) runs the transformer
+on the whole history, batched with the others.
 
-* ``NextItemModel`` holds the MLflow pyfunc and exposes one batchable ``rank`` endpoint, so that
-  concurrent requests share one forward pass (BentoML's adaptive batching);
-* ``NextItemService`` is the public API: validation, the user's history from the feature snapshot,
-  exclusions, and the metadata, readiness and liveness answers (``/readyz`` and ``/livez``).
-
-The model is only ever called through the pyfunc's ``predict``, the call the offline evaluation
-made, so the parity check compares like with like.
+Both paths call the pyfunc's own ``user_states`` and ``rank``, which its ``predict`` (what the
+offline evaluation called) is made of, so the parity check compares like with like: it replays the
+evaluation's histories, and requests by user id against answers computed offline from the
+training features (``pipeline.families.next_item.evaluation.user_parity``).
 """
 
 from __future__ import annotations
 
 import bentoml
-import pandas as pd
-from pydantic import BaseModel
 
-from pipeline.serving.api import MAX_EXCLUDE, MAX_HISTORY, MAX_K, Metadata, Recommendation, RecommendRequest
+from pipeline.serving.api import MAX_HISTORY, MAX_K, Metadata, Recommendation, RecommendRequest
 from pipeline.serving.common import (
-    ADAPTIVE_BATCHING,
-    MAX_BATCH_SIZE,
-    MAX_LATENCY_MS,
-    MODEL_SERVICE_CONFIG,
+    BATCHING,
     PUBLIC_SERVICE_CONFIG,
     bento_args,
-    call_with_retry,
     metadata,
+    overloaded_as_503,
     torch_threads,
 )
+from pipeline.serving.compute import Row
 from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("next_item")
 
 
-class RankRow(BaseModel):
-    history: list[str]
-    k: int
-
-
-class Ranked(BaseModel):
-    items: list[str]
-    scores: list[float]
-    source: str
-
-
-@bentoml.service(name="next_item_model", **MODEL_SERVICE_CONFIG)
-class NextItemModel:
-    bento_model = bentoml.models.BentoModel(ARGS.model_tag)
-
-    def __init__(self) -> None:
-        torch_threads()
-        self.pyfunc = bentoml.mlflow.load_model(self.bento_model)
-        # The pyfunc's own predict, without MLflow's per-call input schema check: the rows are built
-        # here, always valid, and the call is the one the offline evaluation made (the parity check
-        # proves it).
-        self.predict = self.pyfunc.unwrap_python_model().predict
-
-    @bentoml.api(batchable=ADAPTIVE_BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def rank(self, rows: list[RankRow]) -> list[Ranked]:
-        out = self.predict(None, pd.DataFrame({"history": [r.history for r in rows], "k": [r.k for r in rows]}))
-        return [Ranked(items=list(items), scores=[float(s) for s in scores], source=source)
-                for items, scores, source in zip(out["items"], out["scores"], out["source"], strict=True)]
-
-
 @bentoml.service(name="next_item", **PUBLIC_SERVICE_CONFIG)
 class NextItemService:
-    model = bentoml.depends(NextItemModel)
+    bento_model = bentoml.models.BentoModel(ARGS.model_tag)
     snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
+    states_model = bentoml.models.BentoModel(ARGS.states_tag)
 
     def __init__(self) -> None:
+        from pipeline.serving.batching import MicroBatcher
+        from pipeline.serving.compute import NextItemRanker
         from pipeline.serving.snapshot import FeatureSnapshot
+        from pipeline.serving.states import UserStateTable
 
+        torch_threads()
+        # The pyfunc's own methods, without MLflow's per-call input schema check: the rows are
+        # built here, always valid (the parity check proves the answers are the evaluated ones).
+        self.pyfunc = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(self.snapshot_model.path)
+        self.states = UserStateTable(self.states_model.path)
+        self.ranker = NextItemRanker(self.pyfunc, self.snapshot, self.states)
+        self.batcher = MicroBatcher(self.ranker.rank_rows, **BATCHING.batcher_args())
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None
@@ -80,29 +59,32 @@ class NextItemService:
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /) -> Recommendation:
         known = request.user_id is not None and self.snapshot.knows(request.user_id)
-        history = (self.snapshot.history(request.user_id) if known else []) + list(request.history)
-        excluded = set(request.exclude)
+        state_row = self.states.row(request.user_id) if known and not request.history else None
+        history = None
+        if state_row is None:
+            history = (self.snapshot.history(request.user_id) if known else []) + list(request.history)
+            history = history[-MAX_HISTORY:]
+        excluded = list(dict.fromkeys(request.exclude))
         if request.exclude_purchased and known:
-            excluded.update(self.snapshot.purchased(request.user_id))
-        # Ask for enough to fill k after the exclusions that could be among the top.
-        asked = request.k + min(len(excluded), MAX_EXCLUDE)
-        [ranked] = await call_with_retry(self.model.to_async.rank,
-                                         [RankRow(history=history[-MAX_HISTORY:], k=asked)])
-        pairs = [(i, s) for i, s in zip(ranked.items, ranked.scores, strict=True) if i not in excluded][:request.k]
+            seen = set(excluded)
+            excluded += [i for i in self.snapshot.purchased(request.user_id) if i not in seen]
+        with overloaded_as_503():
+            items, scores, source = await self.batcher(Row(state_row, history, request.k, excluded))
         reason = None
-        if ranked.source == "popularity":
+        if source == "popularity":
             reason = ("no user_id and no history were sent" if request.user_id is None and not request.history
-                      else "the user is unknown and none of the history's items is known"
-                      if history else "the user is unknown and no history was sent")
-        return Recommendation(items=[i for i, _ in pairs], scores=[s for _, s in pairs], source=ranked.source,
-                              user_known=known, model_version=str(ARGS.version), reason=reason)
+                      else "none of the user's items is known to the model" if known
+                      else "the user is unknown and none of the history's items is known" if request.history
+                      else "the user is unknown and no history was sent")
+        return Recommendation(items=items, scores=scores, source=source, user_known=known,
+                              model_version=str(ARGS.version), reason=reason)
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta)
+        return metadata(ARGS, self.snapshot.meta, self.batcher.stats)
 
 
 NextItemService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented
 
 
-__all__ = ["MAX_K", "NextItemModel", "NextItemService"]
+__all__ = ["MAX_K", "NextItemService"]

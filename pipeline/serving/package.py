@@ -6,7 +6,9 @@
    ``<model>:v<version>-<run>``, and the feature snapshot of the dataset version the model was
    trained on (its run's ``dataset_version``) as ``shopml-features:<dataset hash>`` (both once: a
    retried task reuses them), so a version packaged after newer days were published still serves
-   the features its model learned from;
+   the features its model learned from; and what the family's service precomputes per known user
+   (``ModelSpec.serving_states``: the recommender's user states) as
+   ``shopml-user-states:<model version>.<snapshot>``;
 2. builds the Bento ``shopml-<model>:v<version>-<run>`` with the service code (``pipeline/``,
    ``models/``) and a pinned Python environment: the serving packages and their dependencies at
    the versions installed here, which ``requirements.lock`` fixed;
@@ -14,7 +16,10 @@
    (must be a 4xx), the family's own checks (``ModelSpec.smoke_checks``), then the **parity check**
    (``ModelSpec.parity``): the offline evaluation's own
    requests (``evaluation/predictions.parquet`` of the version's run) replayed against the server,
-   whose answers must match what was evaluated (the same top-k, probabilities within a tolerance);
+   whose answers must match what was evaluated (the same top-k, probabilities within a tolerance),
+   and, for families served by user id (``ModelSpec.user_parity``), requests by user id (snapshot
+   lookups, packaged user states, the purchased-item filter) against the answers computed offline
+   from the training features of the same users: a skewed snapshot fails here;
 4. writes ``bento_tag`` and ``smoke_test`` (``passed`` or ``failed`` with the reason) to the model
    version. ``pipeline.lifecycle.registry.promote`` refuses a version whose smoke test did not pass (policy
    ``require_smoke_test``).
@@ -159,6 +164,32 @@ def _snapshot(paths: StatePaths, dataset_version: str) -> tuple[str, str]:
     return tag, dataset.version
 
 
+def user_states(spec, model_tag: str, snapshot_tag: str) -> str | None:
+    """The Bento model of what the family's service precomputes per known user of the snapshot
+    (``ModelSpec.serving_states``), made once per model and snapshot; None for a family without."""
+    if spec.serving_states is None:
+        return None
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from pipeline.serving.snapshot import FeatureSnapshot
+    from pipeline.serving.states import STATES_MODEL
+
+    tag = f"{STATES_MODEL}:{model_tag.split(':')[1]}.{snapshot_tag.split(':')[1]}"
+    try:
+        bentoml.models.get(tag)
+        return tag
+    except NotFound:
+        pass
+    python_model = bentoml.mlflow.load_model(bentoml.models.get(model_tag)).unwrap_python_model()
+    snapshot = FeatureSnapshot.load(bentoml.models.get(snapshot_tag).path)
+    with bentoml.models.create(tag, labels={"model": model_tag.replace(":", "_"),
+                                            "snapshot": snapshot_tag.replace(":", "_")}) as model:
+        meta = spec.serving_states(python_model, snapshot, Path(model.path))
+    log.info("user states %s: %d users in %.1f s", tag, meta["users"], meta["seconds"])
+    return tag
+
+
 def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
                 dataset_version: str | None = None) -> Packaged:
     """Import the version and the feature snapshot of the dataset version it was trained on (or of
@@ -179,14 +210,17 @@ def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
     model_tag, bento_tag = f"{model_name}:{suffix}", f"{bento_name(model_name)}:{suffix}"
     _import_model(model_name, mv, model_tag)
     snapshot_tag, dataset_version = _snapshot(paths, dataset_version or trained_on)
+    states_tag = user_states(spec, model_tag, snapshot_tag)
     try:
         existing = bentoml.bentos.get(bento_tag)
-        if existing.info.args.get("snapshot_tag") == snapshot_tag:
+        if (existing.info.args.get("snapshot_tag"), existing.info.args.get("states_tag")) == (snapshot_tag,
+                                                                                               states_tag):
             return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
-        bentoml.bentos.delete(bento_tag)   # built by an older release on another snapshot: rebuild
+        bentoml.bentos.delete(bento_tag)   # built by an older release or on another snapshot: rebuild
     except NotFound:
         pass
     args = {"model_name": model_name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
+            **({"states_tag": states_tag} if states_tag else {}),
             "version": str(mv.version), "run_id": mv.run_id,
             "dataset_version": run.data.tags.get("dataset_version", "unknown"),
             "git_commit": run.data.tags.get("git_commit", "unknown"), "bento_tag": bento_tag}
@@ -359,6 +393,8 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
     """
     import httpx
 
+    from pipeline.data.version import open_dataset
+
     spec = families.get(model_name)
     expected = _spread(offline_predictions(paths, model_name, version), requests * spec.parity_rows)
     checks = []
@@ -382,6 +418,10 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
             except ValueError as exc:
                 raise ServingError(f"{bento_tag}: {exc}") from None
         parity = spec.parity(post, expected)
+        by_user = None
+        if spec.user_parity is not None:
+            by_user = spec.user_parity(post, _python_model(bento_tag),
+                                       open_dataset(paths, meta["features_dataset_version"]), requests)
     mismatches, worst, times, examples = parity.mismatches, parity.max_abs_diff, parity.times_ms, parity.examples
     report = SmokeReport(bento_tag, str(version), len(expected), mismatches, worst,
                          float(np.percentile(times, 50)), float(np.percentile(times, 95)), checks)
@@ -391,7 +431,25 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
                           f"tolerance {SCORE_TOLERANCE:g}); " + "; ".join(examples))
     report.checks.append(f"parity: {len(expected)} offline requests replayed, answers identical, "
                          f"largest score difference {worst:.2e}")
+    if by_user is not None:
+        n = len(by_user.times_ms)
+        if by_user.mismatches or by_user.max_abs_diff > SCORE_TOLERANCE:
+            raise ParityError(f"{bento_tag}: {by_user.mismatches} answers to {n} requests by user id differ from "
+                              f"those of {model_name} version {version} on the offline features of dataset "
+                              f"{meta['features_dataset_version'][:12]} (largest score difference "
+                              f"{by_user.max_abs_diff:.2e}): the feature snapshot or the packaged user states "
+                              "disagree with training; " + "; ".join(by_user.examples))
+        report.checks.append(f"parity by user id: {n} requests answered as from the offline features of the "
+                             f"same users, largest score difference {by_user.max_abs_diff:.2e}")
     return report
+
+
+def _python_model(bento_tag: str):
+    """The Python model inside a built Bento (its MLflow pyfunc, unwrapped)."""
+    import bentoml
+
+    model_tag = bentoml.bentos.get(bento_tag).info.args["model_tag"]
+    return bentoml.mlflow.load_model(bentoml.models.get(model_tag)).unwrap_python_model()
 
 
 def package(paths: StatePaths, model_name: str, version: str | None = None,

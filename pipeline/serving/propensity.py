@@ -1,94 +1,60 @@
-"""The ``purchase_propensity`` service: probabilities from the packaged DCN-v2 pyfunc.
+"""The ``purchase_propensity`` service: probabilities from the packaged DCN-v2 pyfunc, in one service.
 
-``PropensityModel`` holds the pyfunc behind one batchable endpoint over feature rows, so the
-candidates of concurrent requests share one forward pass. ``PropensityService`` validates the
-request and builds each candidate's feature row: from the feature snapshot by user id (the same
-aggregates training used, as of the snapshot's cutoff), or from the features the caller sent.
+``PropensityService`` validates the request, builds every candidate's feature row in one vectorised
+step (polars joins against the feature snapshot for candidates looked up by user id: the same
+aggregates training used, as of the snapshot's cutoff; the caller's features otherwise) and scores
+them in one forward pass, shared with the candidates of concurrent requests
+(``pipeline.serving.batching``). One HTTP hop: no feature rows cross a second server as JSON.
 """
 
 from __future__ import annotations
 
 import bentoml
-import pandas as pd
-import polars as pl
 
-from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
 from pipeline.serving.api import Metadata, Probabilities, PropensityRequest
 from pipeline.serving.common import (
-    ADAPTIVE_BATCHING,
-    MAX_BATCH_SIZE,
-    MAX_LATENCY_MS,
-    MODEL_SERVICE_CONFIG,
+    BATCHING,
     PUBLIC_SERVICE_CONFIG,
     bento_args,
-    call_with_retry,
     metadata,
+    overloaded_as_503,
     torch_threads,
 )
 from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("purchase_propensity")
-INPUT_COLUMNS = ("item_id", "category", "brand", *PROPENSITY_DENSE)
-
-
-@bentoml.service(name="purchase_propensity_model", **MODEL_SERVICE_CONFIG)
-class PropensityModel:
-    bento_model = bentoml.models.BentoModel(ARGS.model_tag)
-
-    def __init__(self) -> None:
-        torch_threads()
-        self.pyfunc = bentoml.mlflow.load_model(self.bento_model)
-
-    # A batch is a list of feature rows; a request of many candidates is many rows.
-    @bentoml.api(batchable=ADAPTIVE_BATCHING, max_batch_size=MAX_BATCH_SIZE * 16, max_latency_ms=MAX_LATENCY_MS)
-    def score(self, rows: list[dict]) -> list[float]:
-        frame = pd.DataFrame.from_records(rows, columns=list(INPUT_COLUMNS))
-        return self.pyfunc.predict(frame)["probability"].astype(float).tolist()
+ROWS_PER_REQUEST = 16    # a batch holds SHOPML_MAX_BATCH_SIZE times this many candidates
 
 
 @bentoml.service(name="purchase_propensity", **PUBLIC_SERVICE_CONFIG)
 class PropensityService:
-    model = bentoml.depends(PropensityModel)
+    bento_model = bentoml.models.BentoModel(ARGS.model_tag)
     snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
 
     def __init__(self) -> None:
+        from pipeline.serving.batching import MicroBatcher
+        from pipeline.serving.compute import PropensityScorer
         from pipeline.serving.snapshot import FeatureSnapshot
 
+        torch_threads()
+        # The pyfunc's own predict, without MLflow's per-call schema check: the rows are built here.
+        self.pyfunc = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(self.snapshot_model.path)
-        self.catalog = self.snapshot.tables["catalog"]
+        self.scorer = PropensityScorer(self.pyfunc, self.snapshot)
+        self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(ROWS_PER_REQUEST))
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None
 
-    def feature_rows(self, request: PropensityRequest) -> list[dict]:
-        looked_up = [c for c in request.candidates if c.features is None]
-        rows_by_id = {}
-        if looked_up:
-            frame = self.snapshot.propensity_inputs([c.user_id for c in looked_up], [c.item_id for c in looked_up])
-            rows_by_id = dict(zip(map(id, looked_up), frame.iter_rows(named=True), strict=True))
-        sent = [c for c in request.candidates if c.features is not None]
-        catalog = {}
-        if sent:
-            known = self.catalog.filter(pl.col("item_id").is_in([c.item_id for c in sent]))
-            catalog = {r["item_id"]: r for r in known.iter_rows(named=True)}
-        rows = []
-        for c in request.candidates:
-            if c.features is None:
-                rows.append(rows_by_id[id(c)])
-                continue
-            item = catalog.get(c.item_id, {})
-            rows.append({"item_id": c.item_id, "category": c.category or item.get("category"),
-                         "brand": c.brand or item.get("brand"), **c.features})
-        return rows
-
     @bentoml.api
     async def purchase_probability(self, request: PropensityRequest, /) -> Probabilities:
-        probabilities = await call_with_retry(self.model.to_async.score, self.feature_rows(request))
+        with overloaded_as_503():
+            probabilities = await self.batcher(request.candidates)
         return Probabilities(probabilities=probabilities, model_version=str(ARGS.version))
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta)
+        return metadata(ARGS, self.snapshot.meta, self.batcher.stats)
 
 
 PropensityService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, latest_catalog, load_events, split_by_time
@@ -61,6 +62,48 @@ def write_snapshot_of(events: pl.DataFrame, catalog: pl.DataFrame, dataset_versi
     return meta
 
 
+class RowIndex:
+    """The rows of a table whose key columns equal given values, found by binary search in the
+    table sorted by its key (``search_sorted``): the cost of a lookup grows with the number of
+    values asked for, not with the table, and no per-row Python dict is built.
+
+    Written here because polars has no index on a DataFrame: a join or an ``is_in`` filter scans
+    the whole table on every request (10 ms of a 1,000-candidate request on the benchmark's
+    snapshot, against under 1 ms for this)."""
+
+    def __init__(self, table: pl.DataFrame, on: list[str]) -> None:
+        self.on = on
+        keyed = table.with_columns(self._key(on).alias("_key")).sort("_key")
+        self.keys = keyed["_key"]
+        self.table = keyed.drop("_key")
+
+    @staticmethod
+    def _key(on: list[str]) -> pl.Expr:
+        if len(on) == 1:
+            return pl.col(on[0]).cast(pl.String)
+        return pl.concat_str([pl.col(c).cast(pl.String).fill_null("\x00") for c in on], separator="\x1f")
+
+    def rows(self, values: pl.DataFrame) -> pl.DataFrame:
+        """Every row whose key is one of ``values``' rows (columns ``on``), each once."""
+        wanted = values.select(self._key(self.on).alias("_key"))["_key"].drop_nulls().unique().sort()
+        if wanted.is_empty() or self.keys.is_empty():
+            return self.table.clear()
+        start = self.keys.search_sorted(wanted, side="left").to_numpy().astype(np.int64)
+        end = self.keys.search_sorted(wanted, side="right").to_numpy().astype(np.int64)
+        found = end > start
+        if not found.any():
+            return self.table.clear()
+        start, end = start[found], end[found]
+        lengths = end - start
+        index = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        return self.table[index]
+
+
+# The key each snapshot table is looked up by, for one candidate batch.
+TABLE_KEYS = {"user_item": ["user_id", "item_id"], "recency": ["user_id", "item_id"], "user": ["user_id"],
+              "item": ["item_id"], "catalog": ["item_id"], "affinity": ["user_id"]}
+
+
 @dataclass
 class FeatureSnapshot:
     """The loaded snapshot; every lookup of an unknown user or item answers 'nothing known'."""
@@ -77,6 +120,7 @@ class FeatureSnapshot:
         tables = {name: pl.read_parquet(path / f"{name}.parquet") for name in TABLES}
         snapshot = cls(meta, histories, tables)
         snapshot._row = {u: i for i, u in enumerate(histories["user_id"].to_list())}
+        snapshot._index = {name: RowIndex(table, TABLE_KEYS[name]) for name, table in tables.items()}
         return snapshot
 
     @property
@@ -98,15 +142,6 @@ class FeatureSnapshot:
         """The propensity pyfunc's input rows for these (user, item) pairs, in order."""
         candidates = pl.DataFrame({"user_id": user_ids, "item_id": item_ids}, schema={"user_id": pl.String,
                                                                                        "item_id": pl.String})
-        users, items = candidates["user_id"].unique().implode(), candidates["item_id"].unique().implode()
         # Only the rows of these users and items take part in the joins, not whole tables.
-        tables = {
-            "user_item": self.tables["user_item"].filter(pl.col("user_id").is_in(users)
-                                                         & pl.col("item_id").is_in(items)),
-            "user": self.tables["user"].filter(pl.col("user_id").is_in(users)),
-            "item": self.tables["item"].filter(pl.col("item_id").is_in(items)),
-            "catalog": self.tables["catalog"].filter(pl.col("item_id").is_in(items)),
-            "affinity": self.tables["affinity"].filter(pl.col("user_id").is_in(users)),
-            "recency": self.tables["recency"].filter(pl.col("user_id").is_in(users) & pl.col("item_id").is_in(items)),
-        }
+        tables = {name: self._index[name].rows(candidates) for name in TABLES}
         return assemble_propensity(candidates, tables).select("item_id", "category", "brand", *PROPENSITY_DENSE)

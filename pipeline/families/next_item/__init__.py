@@ -26,4 +26,6 @@ SPEC = ModelSpec(
     parity=evaluation.parity,
     parity_rows=1,
     smoke_checks=evaluation.smoke_checks,
+    serving_states=evaluation.serving_states,
+    user_parity=evaluation.user_parity,
 )

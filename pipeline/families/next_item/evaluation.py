@@ -123,6 +123,75 @@ def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
     return ParityOutcome(mismatches, worst, [t for _, t in answers], examples)
 
 
+def serving_states(python_model, snapshot, out) -> dict:
+    """Every snapshot user's state, encoded once with the packaged model (``pipeline.serving.states``)."""
+    from pipeline.serving.states import write_user_states
+
+    histories = snapshot.histories
+    return write_user_states(python_model, histories["user_id"].to_list(), histories["items"].to_list(), out)
+
+
+def parity_users(users: list[str], n: int) -> list[str]:
+    """The ``n`` users whose requests by id the parity check replays: spread evenly over the sorted ids."""
+    users = sorted(users)
+    if len(users) <= n:
+        return users
+    return [users[i] for i in np.linspace(0, len(users) - 1, n).astype(int)]
+
+
+def offline_user_answers(python_model, dataset: Dataset, users: list[str], k: int = K) -> pd.DataFrame:
+    """What the model answers for these users from the training features of the whole dataset
+    version (``user_sequences``, the sequences training and evaluation build; purchases from the
+    events): by user id, and by user id leaving out what they bought. The serving side looks the
+    same users up in the feature snapshot and the packaged user states; any difference is skew."""
+    from pipeline.data.dataset import split_by_time
+
+    events = dataset.events()
+    cutoff = split_by_time(events, 0, 0).end
+    vocab = ItemVocab(tuple(python_model.item_ids))
+    sequences = user_sequences(events.filter(pl.col("user_id").is_in(users)), vocab, cutoff)
+    max_len = python_model.model.config.max_len
+    encoded = np.zeros((len(users), max_len), dtype=np.int64)
+    for row, user in enumerate(users):
+        seq = sequences.get(user, np.zeros(0, dtype=np.int64))[-max_len:]
+        if seq.size:
+            encoded[row, -seq.size:] = seq
+    bought = (events.filter((pl.col("event_type") == "purchase") & pl.col("user_id").is_in(users))
+              .group_by("user_id").agg(pl.col("item_id").unique()))
+    purchased = dict(zip(bought["user_id"].to_list(), bought["item_id"].to_list(), strict=True))
+    states = python_model.user_states(torch.from_numpy(encoded))
+    plain = python_model.rank(states, [k] * len(users))
+    filtered = python_model.rank(states, [k] * len(users), [purchased.get(u, []) for u in users])
+    return pd.DataFrame({"user_id": users, "items": plain["items"], "scores": plain["scores"],
+                         "items_no_purchased": filtered["items"], "scores_no_purchased": filtered["scores"]})
+
+
+def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOutcome:
+    """Requests by user id (with and without ``exclude_purchased``) against the answers computed
+    offline from the training features of the snapshot's dataset version."""
+    from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
+
+    events = dataset.events().filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+    users = parity_users(events["user_id"].unique().to_list(), n)
+    expected = offline_user_answers(python_model, dataset, users)
+    bodies = [{"user_id": u, "k": K, "exclude_purchased": flag} for u in users for flag in (False, True)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: post("recommend", b), bodies))
+    mismatches, worst, examples = 0, 0.0, []
+    for (answer, _), body in zip(answers, bodies, strict=True):
+        row = expected.iloc[users.index(body["user_id"])]
+        suffix = "_no_purchased" if body["exclude_purchased"] else ""
+        items, scores = list(row["items" + suffix]), np.asarray(row["scores" + suffix], dtype=float)
+        if answer["items"] != items or not answer["user_known"]:
+            mismatches += 1
+            if len(examples) < 3:
+                examples.append(f"user_id {body['user_id']}{' exclude_purchased' if suffix else ''}: served "
+                                f"{answer['items'][:5]}..., offline features give {items[:5]}...")
+            continue
+        worst = max(worst, float(np.max(np.abs(np.asarray(answer["scores"]) - scores), initial=0.0)))
+    return ParityOutcome(mismatches, worst, [t for _, t in answers], examples)
+
+
 def smoke_checks(post: Post) -> list[str]:
     """A user the snapshot does not know gets the popularity fallback."""
     cold, _ = post("recommend", {"user_id": "no-such-user", "k": 5})

@@ -10,6 +10,7 @@ Items unknown to the model in a history are kept as the "unknown item", never an
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -58,30 +59,76 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
             out[-len(seq):] = seq
         return out
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def encode_many(self, histories) -> torch.Tensor:
+        """[n, max_len] left-padded item indices of raw histories, on the model's device."""
         from models.train import model_device
 
-        histories = torch.from_numpy(np.stack([self.encode(h) for h in model_input["history"]]))
-        histories = histories.to(model_device(self.model))
-        ks = model_input["k"].fillna(DEFAULT_K).astype(int).tolist() if "k" in model_input else \
-            [DEFAULT_K] * len(model_input)
+        return torch.from_numpy(np.stack([self.encode(h) for h in histories])).to(model_device(self.model))
+
+    def user_states(self, encoded: torch.Tensor) -> UserStates:
+        """What ``rank`` needs of each encoded history: the model's user state, the most recent
+        items (a blend's co-occurrence reads them) and whether no item of it is known (cold)."""
         with torch.no_grad():
-            scores = self.model(histories)
+            states = self.model.user_state(encoded)
+        return UserStates(states, encoded[:, -self.model.tail_len:], (encoded < 2).all(dim=1))
+
+    def rank(self, users: UserStates, ks: list[int], exclude: list[list[str]] | None = None) -> pd.DataFrame:
+        """``rank_lists`` as ``predict``'s output table."""
+        items, values, sources = self.rank_lists(users, ks, exclude)
+        return pd.DataFrame({"items": items, "scores": values, "source": sources})
+
+    def rank_lists(self, users: UserStates, ks: list[int], exclude: list[list[str]] | None = None
+                   ) -> tuple[list[list[str]], list[list[float]], list[str]]:
+        """The top-k items of each user state (``predict``'s output), without the ``exclude`` items
+        of each row. Serving calls it on user states computed once at packaging (known users) or
+        per request (sent histories); ``predict`` on states of the histories it is given."""
+        with torch.no_grad():
+            scores = self.model.score_states(users.states, users.tails)
         scores[:, :2] = -torch.inf  # padding and the unknown item are never recommended
+        for row, items in enumerate(exclude or []):
+            excluded = [self.index[i] for i in items if i in self.index]
+            if excluded:
+                scores[row, excluded] = -torch.inf
         top_scores, top = scores.topk(min(max(ks), len(self.item_ids)), dim=1)
-        cold = (histories < 2).all(dim=1).tolist()
+        top_scores, top = top_scores.tolist(), top.tolist()
+        cold = users.cold.tolist()
         items, values, sources = [], [], []
         for row, k in enumerate(ks):
             if cold[row]:
                 # Popularity scores decrease with rank, so they sort like the model's scores do.
-                items.append(self.popular[:k])
+                banned = set(exclude[row]) if exclude else ()
+                items.append([i for i in self.popular if i not in banned][:k])
                 values.append([1.0 / (rank + 1) for rank in range(len(items[-1]))])
                 sources.append("popularity")
             else:
-                items.append([self.item_ids[i - 2] for i in top[row, :k].tolist()])
-                values.append([float(v) for v in top_scores[row, :k].tolist()])
+                kept = [(i, v) for i, v in zip(top[row][:k], top_scores[row][:k], strict=True) if v > -np.inf]
+                items.append([self.item_ids[i - 2] for i, _ in kept])
+                values.append([float(v) for _, v in kept])
                 sources.append("model")
-        return pd.DataFrame({"items": items, "scores": values, "source": sources})
+        return items, values, sources
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        ks = model_input["k"].fillna(DEFAULT_K).astype(int).tolist() if "k" in model_input else \
+            [DEFAULT_K] * len(model_input)
+        return self.rank(self.user_states(self.encode_many(model_input["history"])), ks)
+
+
+@dataclass
+class UserStates:
+    """A batch of users as the model scores them: states [n, dim], tails [n, tail_len] (the most
+    recent item indices), cold [n] (no known item: answered from popularity)."""
+
+    states: torch.Tensor
+    tails: torch.Tensor
+    cold: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @staticmethod
+    def cat(parts: list[UserStates]) -> UserStates:
+        return UserStates(torch.cat([p.states for p in parts]), torch.cat([p.tails for p in parts]),
+                          torch.cat([p.cold for p in parts]))
 
 
 def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint: Path, workdir: Path,

@@ -25,4 +25,5 @@ SPEC = ModelSpec(
     endpoint="purchase_probability",
     parity=evaluation.parity,
     parity_rows=4,   # a request carries many candidates: more rows for about as many requests
+    user_parity=evaluation.user_parity,
 )

@@ -113,3 +113,47 @@ def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
     examples = [f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
                 f"evaluated {evaluated[i]:.6f}" for i in bad[:3]]
     return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
+
+
+def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOutcome:
+    """Candidates by user id (the snapshot's lookups) against probabilities computed offline with
+    the training code path for the same pairs at the snapshot's cutoff (``propensity_tables`` for
+    these candidates, as ``propensity_rows`` builds training rows, then ``assemble_propensity``).
+
+    ``n // 5`` users (at least 10), each with up to 5 items they touched and 5 they did not, one
+    request per user."""
+    import polars as pl
+
+    from pipeline.data.dataset import split_by_time
+    from pipeline.families.next_item.evaluation import parity_users
+    from pipeline.families.purchase_propensity.features import assemble_propensity, propensity_tables
+
+    events, catalog = dataset.events(), dataset.catalog()
+    cutoff = split_by_time(events, 0, 0).end
+    users = parity_users(events["user_id"].unique().to_list(), max(n // 5, 10))
+    touched = (events.filter(pl.col("user_id").is_in(users)).group_by("user_id")
+               .agg(pl.col("item_id").unique().sort().head(5)))
+    touched = dict(zip(touched["user_id"].to_list(), touched["item_id"].to_list(), strict=True))
+    items = catalog["item_id"].sort().to_list()
+    rng = np.random.default_rng(0)
+    pairs = [(u, i) for u in users
+             for i in touched.get(u, []) + [items[int(j)] for j in rng.integers(0, len(items), 5)]]
+    candidates = pl.DataFrame(pairs, schema={"user_id": pl.String, "item_id": pl.String}, orient="row")
+    past = events.filter(pl.col("event_time") < cutoff)
+    rows = assemble_propensity(candidates, propensity_tables(past, catalog, cutoff, candidates))
+    expected = python_model.predict(None, rows.select("item_id", "category", "brand", *PROPENSITY_DENSE)
+                                    .to_pandas())["probability"].to_numpy(dtype=float)
+    bodies, starts = [], []
+    for user in users:
+        mine = [{"user_id": u, "item_id": i} for u, i in pairs if u == user]
+        if mine:
+            starts.append(sum(len(b["candidates"]) for b in bodies))
+            bodies.append({"candidates": mine})
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: post("purchase_probability", b), bodies))
+    served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
+    diff = np.abs(served - expected)
+    bad = np.flatnonzero(diff > SCORE_TOLERANCE)
+    examples = [f"user_id {pairs[i][0]} item {pairs[i][1]}: served {served[i]:.6f}, offline features give "
+                f"{expected[i]:.6f}" for i in bad[:3]]
+    return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
