@@ -105,6 +105,25 @@ def test_wait_ms_lets_a_lone_request_be_joined():
     assert _run(main()) == [1, 2] and calls == [2]
 
 
+@pytest.mark.parametrize("settle", [0, 8])
+def test_settle_lets_requests_already_on_their_way_join_the_batch(settle):
+    """Requests the event loop has read but not yet brought to their model call (a few awaits
+    away, as in the HTTP stack) join the batch when it settles first."""
+    calls: list[int] = []
+    batcher = MicroBatcher(lambda rs: calls.append(len(rs)) or rs, max_batch=64, settle=settle)
+
+    async def request(i: int, hops: int):
+        for _ in range(hops):
+            await asyncio.sleep(0)
+        return await batcher(i)
+
+    async def main():
+        return await asyncio.gather(*(request(i, i % 3) for i in range(12)))
+
+    assert _run(main()) == list(range(12))
+    assert calls == ([12] if settle else [4, 8])
+
+
 @pytest.fixture(scope="module")
 def recommender():
     """A small blended recommender pyfunc (random weights) over 300 items."""

@@ -289,7 +289,7 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
     bad = sorted(round(t - stopping, 2) for t, o, _ in log if (o.startswith("5") and o != "503") or o == "partial")
     assert outcomes["200"] > 0 and not bad, (outcomes, f"window {ready - stopping:.2f} s; bad at", bad[:10], bad[-5:])
     assert {v for _, o, v in log if o == "200"} == {old, new}
-    # Refused or cut connections, and 503s (the model service already stopped), only in the window.
+    # Refused or cut connections, and 503s (requests past the batching deadline), only in the window.
     failed = [t for t, o, _ in log if o != "200"]
     assert all(stopping <= t <= ready for t in failed), (stopping, ready, sorted(failed)[:3], sorted(failed)[-3:])
     assert all(v == new for t, o, v in log if o == "200" and t > ready)

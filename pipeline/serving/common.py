@@ -4,16 +4,19 @@ A Bento is built from one registry model version (``pipeline.serving.package``),
 model and snapshot tags and the version's lineage as Bento build arguments; they travel with the
 Bento, so ``bentoml serve <bento tag>`` needs nothing else.
 
-Variables read when a service starts (defaults measured on the 2-core development machine with
-``make bench-serve``):
+Variables read when a service starts (defaults chosen with ``make bench-serve`` on the 2-core
+development machine, README "Load"):
+    SHOPML_API_WORKERS: worker processes, each with its own copy of the model, snapshot and user
+        states (default 2, or 1 on a 1-core machine: at 64 clients 2 workers answered 438-466
+        known-user requests/s against 248-300 for 1, both cores parsing HTTP).
     SHOPML_ADAPTIVE_BATCHING: ``0`` turns batching off (each request its own model call).
     SHOPML_MAX_BATCH_SIZE: the most rows of one model call (default 64; a propensity candidate is a
-        row, so its batches are 16 times larger).
-    SHOPML_BATCH_WAIT_MS: how long a lone request waits to be joined by others (default 0: batches
-        form only from what queued while the model was busy, so an idle server adds no latency).
+        row, and its batches are 16 times larger).
+    SHOPML_BATCH_SETTLE: event-loop turns a batch gives requests already read to join it (default 8;
+        free when idle).
+    SHOPML_BATCH_WAIT_MS: how long a lone request waits to be joined by others (default 0: 2 ms
+        added 2 ms at 1 client for no gain at 64 once workers were 2).
     SHOPML_MAX_LATENCY_MS: a request that waited longer than this for the model gets a 503 (default 1000).
-    SHOPML_API_WORKERS: worker processes, each with its own copy of the model (default 1; more on
-        machines with cores to spare).
     SHOPML_TORCH_THREADS: torch's threads per worker (default: ``OMP_NUM_THREADS``, else every core).
     SHOPML_ACCESS_LOG: ``0`` turns BentoML's access log line per request off (default on).
 """
@@ -40,6 +43,7 @@ class Batching:
     max_batch: int
     wait_ms: float
     max_latency_ms: float
+    settle: int = 8
 
     @classmethod
     def from_env(cls) -> Batching:
@@ -47,11 +51,13 @@ class Batching:
         return cls(enabled=env.get("SHOPML_ADAPTIVE_BATCHING", "1") != "0",
                    max_batch=int(env.get("SHOPML_MAX_BATCH_SIZE", "64")),
                    wait_ms=float(env.get("SHOPML_BATCH_WAIT_MS", "0")),
-                   max_latency_ms=float(env.get("SHOPML_MAX_LATENCY_MS", "1000")))
+                   max_latency_ms=float(env.get("SHOPML_MAX_LATENCY_MS", "1000")),
+                   settle=int(env.get("SHOPML_BATCH_SETTLE", "8")))
 
     def batcher_args(self, rows_per_request: int = 1) -> dict:
         return {"max_batch": self.max_batch * rows_per_request if self.enabled else rows_per_request,
-                "wait_ms": self.wait_ms if self.enabled else 0.0, "max_latency_ms": self.max_latency_ms}
+                "wait_ms": self.wait_ms if self.enabled else 0.0, "max_latency_ms": self.max_latency_ms,
+                "settle": self.settle if self.enabled else 0}
 
 
 BATCHING = Batching.from_env()
@@ -93,7 +99,7 @@ def torch_threads() -> None:
 
 
 PUBLIC_SERVICE_CONFIG = {
-    "workers": int(os.environ.get("SHOPML_API_WORKERS", "1")),
+    "workers": int(os.environ.get("SHOPML_API_WORKERS") or min(2, os.cpu_count() or 1)),
     "traffic": {"timeout": 30},
     # One log line per request costs about a tenth of a millisecond of the event loop's time.
     "logging": {"access": {"enabled": os.environ.get("SHOPML_ACCESS_LOG", "1") != "0"}},
