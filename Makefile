@@ -43,7 +43,7 @@ demo: install
 	  echo "== airflow dags test $$dag: features -> train -> evaluate -> gate -> register -> package -> promote =="; \
 	  $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-$$dag.log; exit 1; }; \
-	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity: |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
+	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity( by user id)?: |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
 	    $(SHOPML_HOME)/demo-$$dag.log; \
 	done
 	@echo "== registry =="
