@@ -1,7 +1,7 @@
 """Which runtime should serve the recommender's transformer on CPU (``make bench-runtime``)?
 
 The transformer only runs for requests that send their own history (a known user's state is
-packaged once, ``pipeline.serving.states``), so it is measured alone: ``user_state`` of batches of
+packaged once, ``pipeline.families.next_item.states``), so it is measured alone: ``user_state`` of batches of
 histories (50 items, the default ``max_len``), batch 1 and 64, for
 
 * ``eager``: PyTorch as trained (what serves today);

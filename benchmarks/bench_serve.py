@@ -150,10 +150,10 @@ def ceilings(recommender_path: Path, propensity_path: Path, snapshot_path: Path,
     import mlflow.pyfunc
     import torch
 
+    from pipeline.families.next_item.states import UserStateTable
     from pipeline.serving.api import PropensityRequest
     from pipeline.serving.compute import NextItemRanker, PropensityScorer, Row
     from pipeline.serving.snapshot import FeatureSnapshot
-    from pipeline.serving.states import UserStateTable
 
     snapshot = FeatureSnapshot.load(snapshot_path)
     states = UserStateTable(states_path)

@@ -53,7 +53,7 @@ class ModelSpec:
         smoke_checks: ``(post) -> [check, ...]``: checks of the served Bento beyond parity; raise
             ``ValueError`` on a failure.
         serving_states: ``(python model, feature snapshot, folder) -> meta``: what the service
-            precomputes per known user at packaging (``pipeline.serving.states``), or None.
+            precomputes per known user at packaging (``pipeline.families.next_item.states``), or None.
         user_parity: ``(post, python model, dataset, n) -> ParityOutcome``: replays requests by user
             id against answers computed offline from the training features of ``n`` users, or None.
     """

@@ -3,7 +3,7 @@
 One ``@bentoml.service``, one HTTP hop: validation, the snapshot lookups, exclusions and the model
 all run in the process that received the request. Concurrent requests share one model call
 (``pipeline.serving.batching``). A user the packaging step saw is scored from the user state it
-computed (``pipeline.serving.states``): one matrix-vector product with the item embeddings and a
+computed (``pipeline.families.next_item.states``): one matrix-vector product with the item embeddings and a
 top-k. A request that sends its own history (alone, or after a known user's) runs the transformer
 on the whole history, batched with the others.
 
@@ -39,10 +39,10 @@ class NextItemService:
     states_model = bentoml.models.BentoModel(ARGS.states_tag)
 
     def __init__(self) -> None:
+        from pipeline.families.next_item.states import UserStateTable
         from pipeline.serving.batching import MicroBatcher
         from pipeline.serving.compute import NextItemRanker
         from pipeline.serving.snapshot import FeatureSnapshot
-        from pipeline.serving.states import UserStateTable
 
         torch_threads()
         # The pyfunc's own methods, without MLflow's per-call input schema check: the rows are

@@ -172,8 +172,8 @@ def user_states(spec, model_tag: str, snapshot_tag: str) -> str | None:
     import bentoml
     from bentoml.exceptions import NotFound
 
+    from pipeline.families.next_item.states import STATES_MODEL
     from pipeline.serving.snapshot import FeatureSnapshot
-    from pipeline.serving.states import STATES_MODEL
 
     tag = f"{STATES_MODEL}:{model_tag.split(':')[1]}.{snapshot_tag.split(':')[1]}"
     try:

@@ -124,8 +124,8 @@ def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
 
 
 def serving_states(python_model, snapshot, out) -> dict:
-    """Every snapshot user's state, encoded once with the packaged model (``pipeline.serving.states``)."""
-    from pipeline.serving.states import write_user_states
+    """Every snapshot user's state, encoded once with the packaged model (``pipeline.families.next_item.states``)."""
+    from pipeline.families.next_item.states import write_user_states
 
     histories = snapshot.histories
     return write_user_states(python_model, histories["user_id"].to_list(), histories["items"].to_list(), out)
