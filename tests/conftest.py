@@ -23,6 +23,9 @@ def bento_store(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("bentoml")
     os.environ["BENTOML_HOME"] = str(home)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    # One worker per test server: the worker count changes no answer, and on 2 cores every extra
+    # worker's start-up (torch, MLflow, the model) is paid by each of the suite's servers.
+    os.environ.setdefault("SHOPML_API_WORKERS", "1")
     return home
 
 
