@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -177,23 +178,25 @@ def main() -> None:
               f"{'' if report[name]['passes_parity'] else '  (fails parity)'}", flush=True)
 
     if pyfunc is not None and args.home:
-        from pipeline.core.settings import StatePaths
+        from pipeline.core.settings import get_state_paths
         from pipeline.core.tracking import mlflow_client
         from pipeline.families.next_item.evaluation import score
         from pipeline.lifecycle.evaluate import build_test_set
 
-        paths = StatePaths.from_env() if args.home == "env" else StatePaths(home=Path(args.home))
+        paths = get_state_paths({**os.environ, "SHOPML_HOME": args.home})
         run = mlflow_client(paths).get_run(pyfunc.metadata.run_id)
         test = build_test_set(paths, "next_item", run)
         inner = pyfunc.unwrap_python_model()
         for name in ("eager", "int8"):
             states_fn = found[name]
-            original = sasrec.user_state
-            sasrec.user_state = lambda seq, fn=states_fn: fn(seq)     # the runtime under test
+            # The runtime under test computes the user states (eager is the model itself: its
+            # StateModule calls sasrec.user_state, which must not be replaced by itself).
+            if name != "eager":
+                sasrec.user_state = lambda seq, fn=states_fn: fn(seq)
             try:
                 metrics = score(inner_wrapper(inner), test).metrics
             finally:
-                sasrec.user_state = original
+                sasrec.__dict__.pop("user_state", None)
             report[name]["ndcg_at_10"], report[name]["recall_at_10"] = metrics["ndcg_at_10"], metrics["recall_at_10"]
             print(f"offline test set, {name}: NDCG@10 {metrics['ndcg_at_10']:.4f}, Recall@10 "
                   f"{metrics['recall_at_10']:.4f}")

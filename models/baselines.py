@@ -13,35 +13,6 @@ class PopularityRecommender:
         counts = np.bincount(item_indices, minlength=n_items).astype(np.float32)
         self.scores = torch.from_numpy(counts)
 
-    def entries(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The non-zero part of ``score`` (without popularity) as (rows, items, values), each
-        (row, item) once: the transitions from each history's recent items, gathered from the
-        matrix's rows. Costs what the user's items have, not the catalog's size (``score`` builds
-        dense [batch, items] tensors: fine for evaluation, too slow per request)."""
-        h = histories.cpu()[:, -self.recent:]
-        batch, width = h.shape
-        weight = (2.0 ** (torch.arange(width) - width + 1)).repeat(batch)
-        items, rows = h.reshape(-1), torch.arange(batch).repeat_interleave(width)
-        keep = items > 0                               # padding has no weight, as in ``score``
-        items, rows, weight = items[keep], rows[keep], weight[keep]
-        crow, col, val = self.matrix.crow_indices(), self.matrix.col_indices(), self.matrix.values()
-        starts = crow[items]
-        lengths = crow[items + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
-            empty = torch.zeros(0, dtype=torch.int64)
-            return empty, empty, torch.zeros(0)
-        offsets = (torch.arange(total) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
-                   + starts.repeat_interleave(lengths))
-        rows, cols = rows.repeat_interleave(lengths), col[offsets]
-        values = val[offsets] * weight.repeat_interleave(lengths).to(val.dtype)
-        # Sum the transitions that reach the same item: a scratch [batch, items] accumulator and
-        # a scan for its non-zeros costs less than sorting the pairs (``torch.unique``) when a
-        # popular item's row is long.
-        summed = torch.zeros(batch, self.n_items, dtype=values.dtype).index_put_((rows, cols), values, accumulate=True)
-        rows, cols = summed.nonzero(as_tuple=True)
-        return rows, cols, summed[rows, cols]
-
     def score(self, histories: torch.Tensor) -> torch.Tensor:
         return self.scores.expand(histories.shape[0], -1)
 

@@ -139,14 +139,13 @@ def parity_users(users: list[str], n: int) -> list[str]:
     return [users[i] for i in np.linspace(0, len(users) - 1, n).astype(int)]
 
 
-def offline_user_answers(python_model, dataset: Dataset, users: list[str], k: int = K) -> pd.DataFrame:
+def offline_user_answers(python_model, events: pl.DataFrame, users: list[str], k: int = K) -> pd.DataFrame:
     """What the model answers for these users from the training features of the whole dataset
     version (``user_sequences``, the sequences training and evaluation build; purchases from the
     events): by user id, and by user id leaving out what they bought. The serving side looks the
     same users up in the feature snapshot and the packaged user states; any difference is skew."""
     from pipeline.data.dataset import split_by_time
 
-    events = dataset.events()
     cutoff = split_by_time(events, 0, 0).end
     vocab = ItemVocab(tuple(python_model.item_ids))
     sequences = user_sequences(events.filter(pl.col("user_id").is_in(users)), vocab, cutoff)
@@ -171,9 +170,10 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     offline from the training features of the snapshot's dataset version."""
     from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
 
-    events = dataset.events().filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-    users = parity_users(events["user_id"].unique().to_list(), n)
-    expected = offline_user_answers(python_model, dataset, users)
+    events = dataset.events()      # read once: the users to sample and their offline answers
+    stepped = events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+    users = parity_users(stepped["user_id"].unique().to_list(), n)
+    expected = offline_user_answers(python_model, events, users)
     bodies = [{"user_id": u, "k": K, "exclude_purchased": flag} for u in users for flag in (False, True)]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda b: post("recommend", b), bodies))
