@@ -13,7 +13,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-airflow lock lint clean
+.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-airflow gpu-check-data lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -109,6 +109,21 @@ bench-serve: install
 # quantization and (when installed) ONNX Runtime, with each one's parity against eager.
 bench-runtime: install
 	$(PY) -m benchmarks.bench_runtime
+
+# The GPU check's input (benchmarks/gpu_check.py): a generated shop's two feature sets, exported to
+# .gpu/<name>.npz for a GPU host whose Python has torch, numpy, scikit-learn and PyYAML only.
+# GPU_SHOP=big: 14 days of 70,000 events (1 million), 30,000 users, 8,000 items.
+GPU_SHOP ?= demo
+gpu-check-data: install
+	@set -e; home=$(CURDIR)/.gpu/$(GPU_SHOP)-home; rm -rf $$home; export SHOPML_HOME=$$home; \
+	if [ "$(GPU_SHOP)" = big ]; then shop="--days 14 --events-per-day 70000 --initial-users 30000 --initial-items 8000 --seed 12"; days=14; \
+	else shop="--days $(DEMO_DAYS) --events-per-day 5000 --initial-users 2000 --initial-items 1200 --seed 11"; days=$(DEMO_DAYS); fi; \
+	$(PY) -m pipeline generate --start-date $(DEMO_START) $$shop > $$home.log 2>&1; \
+	$(PY) -m pipeline run --start $(DEMO_START) --days $$days >> $$home.log 2>&1; \
+	$(PY) -m pipeline features --model next_item >> $$home.log 2>&1; \
+	$(PY) -m pipeline features --model purchase_propensity >> $$home.log 2>&1; \
+	$(PY) -m benchmarks.gpu_check export --next-item $$(ls -d $$home/features/next_item/*) \
+	  --propensity $$(ls -d $$home/features/purchase_propensity/*) --out .gpu/$(GPU_SHOP).npz
 
 # Airflow's overhead on an end-to-end retrain (DAG wall time minus the stages' own time) on one
 # million generated events, and the retrain's wall time.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from conftest import published_shop
 from pipeline.cli import main as cli
 from pipeline.core.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
-from pipeline.core.tracking import tracking_uri
+from pipeline.core.tracking import REPO_ROOT, tracking_uri
 from pipeline.families.next_item.train import train as train_recommender
 from pipeline.families.purchase_propensity.train import train as train_propensity
 from pipeline.families.training import finished_run
@@ -415,3 +416,26 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
     a, b = weights("straight"), weights("killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(checkpoints.glob("*/checkpoints/last.pt"))     # cleaned up once finished
+
+
+def test_the_gpu_check_runs_on_the_pipelines_feature_sets(trained, tmp_path):
+    """benchmarks/gpu_check.py is what a GPU host runs (see the README's GPU section); here on the CPU,
+    so that CI keeps its export and its checks working between GPU sessions."""
+    import mlflow
+
+    paths, outcome, propensity = trained
+    mlflow.set_tracking_uri(tracking_uri(paths))
+    data, out = tmp_path / "check.npz", tmp_path / "out"
+    features = [mlflow.get_run(r).data.tags["features_path"] for r in (outcome.run_id, propensity.run_id)]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=REPO_ROOT)
+    done = run([sys.executable, "-m", "benchmarks.gpu_check", "export", "--next-item", features[0],
+                "--propensity", features[1], "--out", str(data)])
+    assert done.returncode == 0, done.stderr
+    done = run([sys.executable, "-m", "benchmarks.gpu_check", "run", "--data", str(data), "--out-dir", str(out),
+                "--device", "cpu", "--max-epochs", "3"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4/4 checks passed" in done.stdout and "resumed from epoch 3 to 3" in done.stdout
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert set(report["checks"]) == {"sasrec quality", "resume", "gpu checkpoint on a cpu host", "dcn-v2 quality"}
+    done = run([sys.executable, "-m", "benchmarks.gpu_check", "verify", "--data", str(data), "--out-dir", str(out)])
+    assert done.returncode == 0 and "100.00% of items shared" in done.stdout, done.stdout + done.stderr
