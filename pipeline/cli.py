@@ -156,8 +156,33 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--bento-tag")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=3000)
+    sv.add_argument("--challenger-version", help="serve this packaged version beside the champion (default: the "
+                                                 "challenger alias, with --challenger-mode)")
+    sv.add_argument("--challenger-mode", choices=("shadow", "canary"),
+                    help="shadow: the challenger answers a copy of every request, logged and never returned; "
+                         "canary: it answers --canary-share of the users (sticky by user)")
+    sv.add_argument("--canary-share", type=float, default=0.1)
     ls = sub.add_parser("models", help="registered versions and aliases")
     ls.add_argument("--model", choices=models)
+
+    mo = sub.add_parser("monitor", help="online quality, drift and skew of the served model on one day; "
+                                        "requests a retrain when policy.yaml's monitoring thresholds are crossed")
+    mo.add_argument("--model", choices=models, required=True)
+    mo.add_argument("--date", required=True, help="the day (UTC) whose answers are judged, YYYY-MM-DD")
+    mo.add_argument("--dataset-version", help="read the events from this version (default: the current one)")
+    mo.add_argument("--no-trigger", action="store_true", help="report only; never record a retrain request")
+    og = sub.add_parser("online-gate", help="whether a challenger served in shadow or canary mode is not worse "
+                                            "online than the champion over monitored days")
+    og.add_argument("--model", choices=models, required=True)
+    og.add_argument("--version", help="default: the challenger")
+    og.add_argument("--dates", required=True, help="comma-separated monitored days, YYYY-MM-DD")
+    rp = sub.add_parser("replay", help="replay a day of raw sessions as requests against a served model")
+    rp.add_argument("--model", choices=models, required=True)
+    rp.add_argument("--date", required=True)
+    rp.add_argument("--url", default="http://127.0.0.1:3000")
+    rp.add_argument("--events", type=Path, help="the raw events file (default: the landing file of that day)")
+    rp.add_argument("--concurrency", type=int, default=16)
+    rp.add_argument("--limit", type=int, help="at most this many requests")
 
     a = sub.add_parser("run", help="ingest, validate and version each day in turn")
     _add_interval(a)
@@ -218,6 +243,40 @@ def _reuse_finished(paths, model: str, tags: dict[str, str]):
     return found[0]
 
 
+def _closed_loop(args: argparse.Namespace, paths) -> int:
+    if args.command == "replay":
+        from pipeline.serving.replay import read_day, replay
+
+        source = args.events or next(iter(sorted((paths.landing / "events").glob(f"events-{args.date}.*"))), None)
+        if source is None:
+            raise FileNotFoundError(f"no raw events file for {args.date} under {paths.landing / 'events'}; "
+                                    f"name one with --events")
+        result = replay(args.url, args.model, read_day(source), args.concurrency, args.limit)
+        print(result.line(args.model, args.date))
+        return 0 if result.failed == 0 else 1
+    from pipeline.lifecycle import monitor as monitoring
+
+    policy = monitoring.load_monitoring_policy(args.model)
+    if args.command == "online-gate":
+        from pipeline.core.tracking import CHALLENGER, mlflow_client, model_version
+
+        version = str(model_version(mlflow_client(paths), args.model, args.version, CHALLENGER).version)
+        gate = monitoring.online_gate(paths, args.model, version, [d.strip() for d in args.dates.split(",")], policy)
+        print(gate.line())
+        return 0 if gate.passed else 1
+    result = monitoring.monitor(paths, args.model, args.date, args.dataset_version, policy)
+    for line in result.lines(policy):
+        print(line)
+    reasons = monitoring.retrain_reasons(result, policy)
+    if args.no_trigger:
+        print(f"retrain {args.model} {args.date}: not recorded (--no-trigger); reasons: {'; '.join(reasons) or 'none'}")
+    else:
+        print(monitoring.retrain_decision(paths, args.model, args.date, reasons, policy,
+                                          result.dataset_version).line())
+    print(f"MLflow run {result.run_id} (experiment {monitoring.EXPERIMENT_PREFIX}{args.model})")
+    return 0
+
+
 def _lifecycle(args: argparse.Namespace, params, paths) -> int:
     from pipeline.lifecycle import registry, steps
     from pipeline.lifecycle.gate import load_policy
@@ -246,11 +305,17 @@ def _lifecycle(args: argparse.Namespace, params, paths) -> int:
     elif args.command == "serve":
         import os
 
+        from pipeline.core.tracking import CHALLENGER
         from pipeline.serving.package import resolve_bento, serve_command, use_bento_home
 
         tag = resolve_bento(paths, args.model, args.version, args.bento_tag)
         use_bento_home(paths)
         command = serve_command(tag, args.port, args.host)
+        if args.challenger_mode or args.challenger_version:
+            other = resolve_bento(paths, args.model, args.challenger_version, alias=CHALLENGER)
+            os.environ.update({"SHOPML_CHALLENGER_BENTO": other, "SHOPML_CHALLENGER_MODE": args.challenger_mode
+                               or "shadow", "SHOPML_CANARY_SHARE": str(args.canary_share)})
+            print(f"challenger {other} in {args.challenger_mode or 'shadow'} mode", flush=True)
         print(f"serving {tag} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
         os.execv(command[0], command)
     elif args.command == "lineage":
@@ -346,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("retrain", "evaluate", "gate", "register", "package", "serve", "promote", "rollback",
                             "lineage", "models"):
             return _lifecycle(args, params, paths)
+        if args.command in ("monitor", "online-gate", "replay"):
+            return _closed_loop(args, paths)
 
         ingest_kwargs = {}
         if args.command in ("ingest", "run"):

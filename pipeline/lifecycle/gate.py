@@ -261,3 +261,35 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
     log.debug("%s run %s\n%s", model_name, run_id, decision.summary())
     return decision
+
+
+def two_sample_bootstrap(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    statistic_of: Callable, samples: int, confidence: float, seed: int,
+) -> tuple[float, tuple[float, float]]:
+    """``cluster_bootstrap`` for two groups of different users (a canary's and the champion's):
+    each side's users resampled on their own. ``a`` and ``b`` are (groups, values, labels or None);
+    ``statistic_of(labels)`` gives the statistic of a side. Returns the observed difference a - b and
+    its percentile interval at ``confidence``."""
+    rng = np.random.default_rng(seed)
+
+    def resampler(groups, values, labels):
+        order = np.argsort(groups, kind="stable")
+        _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+        statistic = statistic_of(labels)
+
+        def draw() -> float:
+            picked = rng.integers(0, starts.size, size=starts.size)
+            lengths = counts[picked]
+            offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            rows = order[np.repeat(starts[picked], lengths) + offsets]
+            return statistic(values[rows], rows)
+
+        return draw, statistic(values, np.arange(values.size))
+
+    draw_a, observed_a = resampler(*a)
+    draw_b, observed_b = resampler(*b)
+    diffs = np.array([draw_a() - draw_b() for _ in range(samples)])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs[np.isfinite(diffs)], [alpha, 1 - alpha])
+    return float(observed_a - observed_b), (float(low), float(high))

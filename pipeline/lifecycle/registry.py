@@ -210,6 +210,16 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
                                 f"(or --force to override)")
         current = alias_version(client, model_name, CHAMPION)
         current_version = str(current.version) if current else NO_CHAMPION
+        if current is not None and str(current.version) != str(version) and not force \
+                and mv.tags.get("online_gate.decision") != "passed":
+            from pipeline.lifecycle.monitor import load_monitoring_policy
+
+            if load_monitoring_policy(model_name).require_online_evidence:
+                why = mv.tags.get("online_gate.reasons") or "it has not been served beside the champion"
+                raise RegistryError(f"{model_name} version {version} waits for online evidence (policy monitoring."
+                                    f"{model_name}.require_online_evidence): {why}; serve it in shadow or canary "
+                                    f"mode, then run `python -m pipeline online-gate` "
+                                    f"(or --force to override)")
         by, version = by or getpass.getuser(), str(version)
         if current_version == version:
             # Already champion. A retry of a promotion killed after it moved the alias finishes it

@@ -160,8 +160,15 @@ def package(paths: StatePaths, model: str, registered: dict, requests: int | Non
 def promote(paths: StatePaths, model: str, packaged: dict, by: str = "pipeline", policy=None) -> dict:
     """Make the packaged version champion, provided the champion is still the one it was evaluated
     against (else ``ChampionMoved``)."""
+    from pipeline.lifecycle.monitor import load_monitoring_policy
     from pipeline.lifecycle.registry import promote as promote_version
 
+    if packaged["champion_version"] and load_monitoring_policy(model).require_online_evidence:
+        # The challenger stays challenger until its online figures say it is not worse (monitor).
+        print(f"{model}: version {packaged['version']} is the challenger and waits for online evidence; serve "
+              f"it beside the champion (`python -m pipeline serve --model {model} --challenger-mode shadow`), "
+              f"then `python -m pipeline monitor` the days it served and `python -m pipeline promote`")
+        return {**packaged, "champion": str(packaged["champion_version"]), "waiting_for_online_evidence": True}
     mv = promote_version(paths, model, packaged["version"],
                          expected_champion=packaged["champion_version"] or NO_CHAMPION, by=by,
                          reason=f"passed the gate and packaging as {packaged['bento_tag']} "

@@ -6,7 +6,7 @@ too many candidates is a 400 with pydantic's message naming the field, never a 5
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
@@ -89,3 +89,7 @@ class Metadata(BaseModel):
     adaptive_batching: bool
     batching: dict[str, float] | None = Field(None, description="this worker's batches so far: count, rows, "
                                                                   "mean and largest size, requests refused")
+    challenger: dict[str, Any] | None = Field(None, description="the challenger served beside this model: "
+                                                                "version, Bento tag, mode (shadow or canary), share")
+    prediction_log: dict[str, Any] | None = Field(None, description="where this worker logs its answers, how "
+                                                                    "many it wrote, holds and dropped (by reason)")

@@ -81,13 +81,22 @@ def bento_args(model_name: str | None) -> SimpleNamespace:
     return args
 
 
-def metadata(args: SimpleNamespace, snapshot_meta: dict, stats=None) -> Metadata:
+def metadata(args: SimpleNamespace, snapshot_meta: dict, stats=None, routing=None, log=None,
+             challenger_version: str | None = None) -> Metadata:
     """What the Bento serves: the model version and its lineage, and the feature snapshot's dataset
-    version and cutoff (the version the model was trained on, unless packaged with another)."""
+    version and cutoff (the version the model was trained on, unless packaged with another); the
+    challenger beside it, if any, and this worker's prediction log counts."""
+    challenger = None
+    if routing is not None and routing.challenger_bento:
+        challenger = {"version": challenger_version, "bento_tag": routing.challenger_bento, "mode": routing.mode,
+                      "share": routing.share if routing.mode == "canary" else None}
+    logged = None if log is None else {"root": log.root, "written": log.written, "queued": log.queue.qsize(),
+                                       "dropped": dict(log.dropped)}
     return Metadata(model=args.model_name, version=str(args.version), bento_tag=args.bento_tag,
                     dataset_version=args.dataset_version, git_commit=args.git_commit, run_id=args.run_id,
                     features_as_of=snapshot_meta["cutoff"], features_dataset_version=snapshot_meta["dataset_version"],
-                    adaptive_batching=BATCHING.enabled, batching=None if stats is None else stats.to_dict())
+                    adaptive_batching=BATCHING.enabled, batching=None if stats is None else stats.to_dict(),
+                    challenger=challenger, prediction_log=logged)
 
 
 def torch_threads() -> None:
@@ -117,3 +126,131 @@ def overloaded_as_503():
         yield
     except Overloaded as exc:
         raise ServiceUnavailable(f"the server is overloaded: {exc}; retry") from exc
+
+
+# ---- The closed loop: prediction logging, shadow and canary (README "Closing the loop") ----------
+#   SHOPML_PREDICTION_LOG: where answers are logged (a folder or fsspec URI; ``off``: nowhere;
+#       default ``$SHOPML_HOME/predictions``), see ``pipeline.data.predictions``.
+#   SHOPML_PREDICTION_LOG_QUEUE: answers a worker holds before it drops new ones (default 10,000).
+#   SHOPML_PREDICTION_LOG_FLUSH_S: seconds between a worker's files (default 30; also every 5,000 answers).
+#   SHOPML_ACCEPT_EVENT_TIME: ``1`` logs an answer at the time its request's ``x-shopml-event-time``
+#       header gives (ISO 8601), for replays of past traffic; otherwise at the time it was served.
+#   SHOPML_CHALLENGER_BENTO: the Bento tag of a challenger served beside this champion, in
+#       SHOPML_CHALLENGER_MODE ``shadow`` (it answers a copy of every request; logged, never
+#       returned) or ``canary`` (it answers the share SHOPML_CANARY_SHARE of users, sticky by user).
+EVENT_TIME_HEADER = "x-shopml-event-time"
+REQUEST_ID_HEADER = "x-request-id"
+CHALLENGER_MODES = ("shadow", "canary")
+
+
+def prediction_log(model_name: str):
+    """The service's ``PredictionLog`` (None when logging is off), its drops counted in ``/metrics``."""
+    import bentoml
+
+    from pipeline.data.predictions import default_root
+    from pipeline.serving.predlog import PredictionLog
+
+    root = default_root()
+    if root is None:
+        return None
+    dropped = bentoml.metrics.Counter(name="shopml_prediction_log_dropped",
+                                      documentation="answers the prediction log dropped (full queue or sink error)",
+                                      labelnames=["model", "reason"])
+    written = bentoml.metrics.Counter(name="shopml_prediction_log_written",
+                                      documentation="answers the prediction log wrote", labelnames=["model"])
+    for reason in ("queue_full", "sink_error"):   # shown at 0 from the start, not from the first drop
+        dropped.labels(model=model_name, reason=reason)
+    written.labels(model=model_name)
+    return PredictionLog(root, model_name, capacity=int(os.environ.get("SHOPML_PREDICTION_LOG_QUEUE", "10000")),
+                         flush_seconds=float(os.environ.get("SHOPML_PREDICTION_LOG_FLUSH_S", "30")),
+                         on_drop=lambda n, reason: dropped.labels(model=model_name, reason=reason).inc(n),
+                         on_write=lambda n: written.labels(model=model_name).inc(n))
+
+
+def request_context(ctx) -> tuple[str, object]:
+    """The request's id (its ``x-request-id`` header, else a new one) and the time its answer is
+    logged at (see SHOPML_ACCEPT_EVENT_TIME)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    headers = ctx.request.headers if ctx is not None and getattr(ctx, "request", None) is not None else {}
+    request_id = (headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
+    when = datetime.now(timezone.utc)
+    sent = headers.get(EVENT_TIME_HEADER)
+    if sent and os.environ.get("SHOPML_ACCEPT_EVENT_TIME") == "1":
+        try:
+            parsed = datetime.fromisoformat(sent.replace("Z", "+00:00"))
+            when = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass   # a bad replay header logs at the serving time; the answer is unaffected
+    return request_id, when
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Who answers: the champion alone, or a challenger in shadow or canary mode."""
+
+    challenger_bento: str | None = None
+    mode: str | None = None
+    share: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> Routing:
+        env = os.environ
+        bento = env.get("SHOPML_CHALLENGER_BENTO") or None
+        if bento is None:
+            return cls()
+        mode = env.get("SHOPML_CHALLENGER_MODE", "shadow")
+        if mode not in CHALLENGER_MODES:
+            raise ValueError(f"SHOPML_CHALLENGER_MODE={mode!r}: expected one of {', '.join(CHALLENGER_MODES)}")
+        share = float(env.get("SHOPML_CANARY_SHARE", "0.1"))
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"SHOPML_CANARY_SHARE={share}: expected a share between 0 and 1")
+        return cls(bento, mode, share)
+
+    def to_challenger(self, key: str) -> bool:
+        """Canary mode: whether this user (or, without one, this request) goes to the challenger.
+        A hash of the key, so a user stays on the same side for as long as the share stays."""
+        return self.mode == "canary" and in_share(key, self.share)
+
+
+def in_share(key: str, share: float) -> bool:
+    import hashlib
+
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return bucket < share
+
+
+def challenger_args(bento_tag: str, model_name: str) -> SimpleNamespace:
+    """The build arguments of a challenger's Bento in the local store (its model, snapshot, states)."""
+    import bentoml
+
+    args = SimpleNamespace(**bentoml.get(bento_tag).info.args)
+    for name in OPTIONAL_ARGS:
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if getattr(args, "model_name", None) != model_name:
+        raise RuntimeError(f"challenger Bento {bento_tag} packages {getattr(args, 'model_name', None)}, "
+                           f"not {model_name}")
+    return args
+
+
+class Shadows:
+    """The shadow answers in flight: started after the champion's answer, never awaited by the
+    request; a reference is kept until each ends (the event loop holds only weak ones)."""
+
+    def __init__(self) -> None:
+        self.tasks: set = set()
+        self.failed = 0
+
+    def start(self, coroutine) -> None:
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed += 1   # a challenger's error never reaches the caller

@@ -247,11 +247,13 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
     return str(bento.tag)
 
 
-def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None, bento_tag: str | None = None) -> str:
-    """The Bento to serve: a given tag, or the one a version (default: the champion) was packaged as."""
+def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None, bento_tag: str | None = None,
+                  alias: str = CHAMPION) -> str:
+    """The Bento to serve: a given tag, or the one a version (default: the one ``alias`` names) was
+    packaged as."""
     if bento_tag:
         return bento_tag
-    mv = model_version(mlflow_client(paths), model_name, version, CHAMPION)
+    mv = model_version(mlflow_client(paths), model_name, version, alias)
     tag = mv.tags.get("bento_tag")
     if not tag:
         raise RegistryError(f"{model_name} version {mv.version} was never packaged; run "
@@ -399,7 +401,9 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
     expected = _spread(offline_predictions(paths, model_name, version), requests * spec.parity_rows)
     checks = []
     # One worker is enough to check answers, and starts in half the time on a small task machine.
-    with served(paths, bento_tag, env={"SHOPML_API_WORKERS": os.environ.get("SHOPML_SMOKE_WORKERS", "1")}) as url, \
+    # The smoke test's requests are not the shop's traffic: nothing of them goes to the prediction log.
+    with served(paths, bento_tag, env={"SHOPML_API_WORKERS": os.environ.get("SHOPML_SMOKE_WORKERS", "1"),
+                                       "SHOPML_PREDICTION_LOG": "off"}) as url, \
             httpx.Client(timeout=60) as client:
         def post(endpoint: str, body) -> tuple[dict, float]:
             return _post(client, f"{url}/{endpoint}", body)

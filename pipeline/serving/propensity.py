@@ -15,9 +15,14 @@ from pipeline.serving.api import Metadata, Probabilities, PropensityRequest
 from pipeline.serving.common import (
     BATCHING,
     PUBLIC_SERVICE_CONFIG,
+    Routing,
+    Shadows,
     bento_args,
+    challenger_args,
     metadata,
     overloaded_as_503,
+    prediction_log,
+    request_context,
     torch_threads,
 )
 from pipeline.serving.guard import RequestGuard
@@ -26,35 +31,86 @@ ARGS = bento_args("purchase_propensity")
 ROWS_PER_REQUEST = 16    # a batch holds SHOPML_MAX_BATCH_SIZE times this many candidates
 
 
+class _Engine:
+    """One model version's pyfunc, snapshot and batcher (the champion's, or a challenger's)."""
+
+    def __init__(self, model, snapshot, version: str) -> None:
+        from pipeline.serving.batching import MicroBatcher
+        from pipeline.serving.compute import PropensityScorer
+        from pipeline.serving.snapshot import FeatureSnapshot
+
+        # The pyfunc's own predict, without MLflow's per-call schema check: the rows are built here.
+        self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
+        self.snapshot = FeatureSnapshot.load(bentoml.models.get(snapshot).path if isinstance(snapshot, str)
+                                             else snapshot.path)
+        self.scorer = PropensityScorer(self.pyfunc, self.snapshot)
+        self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(ROWS_PER_REQUEST))
+        self.version = str(version)
+
+    async def answer(self, request: PropensityRequest) -> Probabilities:
+        with overloaded_as_503():
+            probabilities = await self.batcher(request.candidates)
+        return Probabilities(probabilities=probabilities, model_version=self.version)
+
+
+def _user_of(request: PropensityRequest) -> str | None:
+    """The request's user, when every candidate names the same one (what the log joins on)."""
+    users = {c.user_id for c in request.candidates}
+    return users.pop() if len(users) == 1 else None
+
+
 @bentoml.service(name="purchase_propensity", **PUBLIC_SERVICE_CONFIG)
 class PropensityService:
     bento_model = bentoml.models.BentoModel(ARGS.model_tag)
     snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
 
     def __init__(self) -> None:
-        from pipeline.serving.batching import MicroBatcher
-        from pipeline.serving.compute import PropensityScorer
-        from pipeline.serving.snapshot import FeatureSnapshot
-
         torch_threads()
-        # The pyfunc's own predict, without MLflow's per-call schema check: the rows are built here.
-        self.pyfunc = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model()
-        self.snapshot = FeatureSnapshot.load(self.snapshot_model.path)
-        self.scorer = PropensityScorer(self.pyfunc, self.snapshot)
-        self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(ROWS_PER_REQUEST))
+        self.champion = _Engine(self.bento_model, self.snapshot_model, ARGS.version)
+        self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
+        self.routing = Routing.from_env()
+        self.challenger = None
+        if self.routing.challenger_bento:
+            other = challenger_args(self.routing.challenger_bento, "purchase_propensity")
+            self.challenger = _Engine(other.model_tag, other.snapshot_tag, other.version)
+        self.log = prediction_log("purchase_propensity")
+        self.shadows = Shadows()
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None
 
     @bentoml.api
-    async def purchase_probability(self, request: PropensityRequest, /) -> Probabilities:
-        with overloaded_as_503():
-            probabilities = await self.batcher(request.candidates)
-        return Probabilities(probabilities=probabilities, model_version=str(ARGS.version))
+    async def purchase_probability(self, request: PropensityRequest, /, ctx: bentoml.Context) -> Probabilities:
+        request_id, when = request_context(ctx)
+        user = _user_of(request)
+        engine, role = self.champion, "champion"
+        if self.challenger is not None and self.routing.to_challenger(user or request_id):
+            engine, role = self.challenger, "challenger"
+        answer = await engine.answer(request)
+        self._log(request_id, when, role, user, request, answer)
+        if self.challenger is not None and self.routing.mode == "shadow":
+            self.shadows.start(self._shadow(request, request_id, when, user))
+        return answer
+
+    async def _shadow(self, request: PropensityRequest, request_id: str, when, user: str | None) -> None:
+        self._log(request_id, when, "shadow", user, request, await self.challenger.answer(request))
+
+    def _log(self, request_id: str, when, role: str, user: str | None, request: PropensityRequest,
+             answer: Probabilities) -> None:
+        if self.log is not None:
+            self.log.record(request_id=request_id, ts=when, model_version=answer.model_version, role=role,
+                            user_id=user, items=[c.item_id for c in request.candidates],
+                            scores=answer.probabilities, source="model")
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta, self.batcher.stats)
+        return metadata(ARGS, self.snapshot.meta, self.batcher.stats, self.routing, self.log,
+                        self.challenger.version if self.challenger else None)
+
+    @bentoml.on_shutdown
+    def _flush_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
 PropensityService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented

@@ -1,0 +1,79 @@
+"""The prediction log as a landing source: what the services answered, read back for monitoring.
+
+The services (``pipeline.serving.predlog``) append every answer to Parquet files under a root URI
+(``$SHOPML_HOME/predictions`` by default, or any fsspec URI such as ``s3://bucket/predictions``)::
+
+    <root>/<model>/date=YYYY-MM-DD/hour=HH/<host>-<pid>-<uuid>.parquet
+
+One file per flush and worker, never appended to or rewritten: object stores have no append, and
+several workers (or replicas) write beside each other without a lock. A file is complete once its
+name ends in ``.parquet``: local writes go to a hidden temporary name first and are renamed; an
+object store's PUT is atomic. Readers take only those names.
+
+A row (``SCHEMA``) is one answer: the request id, its time (UTC), the model, version and role
+(``champion``; ``challenger`` for a canary's answer; ``shadow`` for an answer computed and logged
+but not returned), the user (empty when the request sent none), the ranked item ids and their
+scores (for the propensity model: the candidates and their probabilities), and the source
+(``model`` or ``popularity``).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("model", pa.string()),
+    ("model_version", pa.string()),
+    ("role", pa.string()),
+    ("user_id", pa.string()),
+    ("items", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float64())),
+    ("source", pa.string()),
+])
+ROLES = ("champion", "challenger", "shadow")
+PREDICTIONS_ENV = "SHOPML_PREDICTION_LOG"
+
+
+def default_root() -> str | None:
+    """Where services log by default: ``$SHOPML_PREDICTION_LOG`` (``off`` turns logging off), else
+    ``$SHOPML_HOME/predictions``, else nothing (a service started without a state folder)."""
+    value = os.environ.get(PREDICTIONS_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "false") else value
+    home = os.environ.get("SHOPML_HOME")
+    return str(Path(home) / "predictions") if home else None
+
+
+def partition(root: str, model: str, when: datetime) -> str:
+    """The folder of one model's answers of one hour."""
+    when = when.astimezone(timezone.utc)
+    return f"{root.rstrip('/')}/{model}/date={when:%Y-%m-%d}/hour={when:%H}"
+
+
+def read_predictions(root: str, model: str, day: date | str, role: str | None = None) -> pl.DataFrame:
+    """Every logged answer of ``model`` on ``day`` (UTC), oldest first; an empty frame of the same
+    schema when nothing was logged. ``role`` keeps one role's answers."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    day = date.fromisoformat(day) if isinstance(day, str) else day
+    fs, base = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{model}/date={day.isoformat()}")
+    files = sorted(p for p in fs.glob(f"{base}/hour=*/*.parquet") if not Path(p).name.startswith("."))
+    tables = []
+    for path in files:
+        with fs.open(path, "rb") as fh:
+            try:
+                tables.append(pq.read_table(fh, schema=SCHEMA))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ValueError(f"prediction log file {fs.unstrip_protocol(path)} is not readable: {exc}") from exc
+    frame = pl.from_arrow(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
+    if role is not None:
+        frame = frame.filter(pl.col("role") == role)
+    return frame.sort("ts", "request_id")
