@@ -1,7 +1,8 @@
 # Entry points. Each target creates the virtual environment on first use.
-#   make demo   generate ten days of shop data, ingest them, then retrain each model (train, evaluate, gate,
+#   make demo   generate eleven days of shop data, ingest ten, then retrain each model (train, evaluate, gate,
 #               register, package a smoke-tested Bento, promote) and the recommender once more on the same
-#               data; it ends with the command that serves the champion
+#               data; then close the loop: serve the champion, replay the eleventh day's sessions against
+#               it, ingest that day and judge the served answers; it ends with the online next_item line
 #   make test   the default test suite (< 15 minutes on 2 cores); make test-fast: its fast layer (< 2 minutes)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -28,7 +29,7 @@ install: $(VENV)/.installed
 
 demo: install
 	@# A shop dense enough in users and items per event for the sequential model to learn from.
-	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $(DEMO_DAYS) --events-per-day 5000 \
+	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 1)) --events-per-day 5000 \
 	  --initial-users 2000 --initial-items 1200 --seed 11
 	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
 	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
@@ -57,6 +58,18 @@ demo: install
 	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
 	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
 	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"
+	@day=$$(date -u -d "$(DEMO_START) + $(DEMO_DAYS) day" +%F); \
+	echo "== the closed loop: the champion serves $$day's sessions, the day is ingested, the answers judged =="; \
+	$(PY) -m pipeline replay --model next_item --date $$day --serve > $(SHOPML_HOME)/demo-replay.log 2>&1 \
+	  || { tail -30 $(SHOPML_HOME)/demo-replay.log; exit 1; }; \
+	grep -E "^(serving|replayed)" $(SHOPML_HOME)/demo-replay.log; \
+	$(PY) -m pipeline run --date $$day > $(SHOPML_HOME)/demo-loop-ingest.log 2>&1 \
+	  || { tail -30 $(SHOPML_HOME)/demo-loop-ingest.log; exit 1; }; \
+	grep -E "^published" $(SHOPML_HOME)/demo-loop-ingest.log; \
+	$(PY) -m pipeline monitor --model next_item --date $$day > $(SHOPML_HOME)/demo-monitor.log 2>&1 \
+	  || { tail -30 $(SHOPML_HOME)/demo-monitor.log; exit 1; }; \
+	grep -E "^(drift|skew|retrain|MLflow run)" $(SHOPML_HOME)/demo-monitor.log; \
+	grep -E "^online next_item" $(SHOPML_HOME)/demo-monitor.log
 
 # Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
 MODEL ?= next_item

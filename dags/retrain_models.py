@@ -1,10 +1,13 @@
 """
 ### retrain_next_item / retrain_purchase_propensity
 
-One DAG per model. Each retrains its model when `ingest_events` publishes a new dataset version
-(the Asset `shopml://dataset/canonical`), and at the latest every Monday at 03:00 UTC (a weekly
-fallback, so a shop whose ingestion stalls still gets a fresh evaluation). One run at a time per
-model; the two models never wait for each other:
+One DAG per model. Each retrains its model when `monitor_models` finds evidence that it should
+(the Asset `shopml://retrain/<model>`: input drift or online quality past `policy.yaml`'s
+`monitoring` thresholds, at most once per cool-down; the reason is on the Asset event and becomes
+the training run's tag `shopml.retrain_reason`), and at the latest every Monday at 03:00 UTC (a
+weekly upper bound, so a model is re-evaluated on fresh data even when nothing crossed a
+threshold). Not on every dataset version: a day like the others retrains nothing. One run at a
+time per model; the two models never wait for each other:
 
 `features -> train -> evaluate -> gate -> register -> package -> promote`
 
@@ -60,7 +63,7 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
-from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry, timed
+from shopml_common import DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry, retrain_request, timed
 
 TRAIN_QUEUE = os.environ.get("SHOPML_TRAIN_QUEUE") or os.environ.get("SHOPML_QUEUE", "default")
 TRAIN_EXECUTOR = os.environ.get("SHOPML_TRAIN_EXECUTOR") or None
@@ -79,6 +82,16 @@ def _announced_version(context) -> str | None:
     events = context.get("triggering_asset_events") or {}
     found = [e for asset in events for e in events[asset] if (e.extra or {}).get("version")]
     return max(found, key=lambda e: e.timestamp).extra["version"] if found else None
+
+
+def _retrain_reason(context) -> str:
+    """Why this run retrains: the newest triggering request's reason, else the schedule or a person."""
+    events = context.get("triggering_asset_events") or {}
+    found = [e for asset in events for e in events[asset] if (e.extra or {}).get("reason")]
+    if found:
+        return max(found, key=lambda e: e.timestamp).extra["reason"]
+    return "weekly schedule" if context.get("dag_run") is not None and \
+        str(getattr(context["dag_run"], "run_type", "")).lower().endswith("scheduled") else "manual or weekly run"
 
 
 def _chain(model: str) -> None:
@@ -106,7 +119,8 @@ def _chain(model: str) -> None:
         from pipeline.lifecycle import steps
 
         # A cleared and rerun task returns the run this DAG run already made: never a second model.
-        tags = {"airflow.dag_run_id": context["run_id"], "airflow.dag_id": f"retrain_{model}"}
+        tags = {"airflow.dag_run_id": context["run_id"], "airflow.dag_id": f"retrain_{model}",
+                "shopml.retrain_reason": _retrain_reason(context)[:500]}
         return steps.train(get_state_paths(), load_params(), model, built, tags, nproc=TRAIN_NPROC)
 
     @task(task_id=f"evaluate_{model}")
@@ -172,7 +186,7 @@ def _chain(model: str) -> None:
 def _retrain_dag(model: str) -> None:
     @dag(
         dag_id=f"retrain_{model}",
-        schedule=AssetOrTimeSchedule(timetable=WEEKLY_FALLBACK, assets=[CANONICAL_DATASET]),
+        schedule=AssetOrTimeSchedule(timetable=WEEKLY_FALLBACK, assets=[retrain_request(model)]),
         start_date=datetime(2026, 11, 1, tzinfo=timezone.utc),
         catchup=False,
         max_active_runs=1,

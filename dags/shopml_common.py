@@ -13,6 +13,13 @@ from pipeline import families
 # Updated by ingest_events after each published day; training DAGs are scheduled on it.
 CANONICAL_DATASET = Asset("shopml://dataset/canonical")
 
+
+def retrain_request(model: str) -> Asset:
+    """Updated by ``monitor_models`` when evidence (drift, online quality) asks for a retrain of
+    ``model``; its retrain DAG is scheduled on it (and weekly at the latest)."""
+    return Asset(f"shopml://retrain/{model}")
+
+
 # The model families, one retrain DAG each (the table is standard library only: cheap at parse time).
 MODELS = families.names()
 

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--start-date")
     g.add_argument("--format", choices=("csv", "parquet"))
+    g.add_argument("--shift", choices=("none", "new_items", "prices"),
+                   help="change the shop's behaviour from --shift-day on (to exercise monitoring)")
+    g.add_argument("--shift-day", type=int, help="0-based day of the shift")
     g.add_argument("--out", type=Path, help="landing folder (default: $SHOPML_HOME/landing)")
 
     i = sub.add_parser("ingest", help="ingest days from the landing folder or a URI into staging")
@@ -183,6 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--events", type=Path, help="the raw events file (default: the landing file of that day)")
     rp.add_argument("--concurrency", type=int, default=16)
     rp.add_argument("--limit", type=int, help="at most this many requests")
+    rp.add_argument("--serve", action="store_true", help="serve the champion for the replay (logging its answers "
+                                                         "at the replayed times), instead of calling --url")
 
     a = sub.add_parser("run", help="ingest, validate and version each day in turn")
     _add_interval(a)
@@ -245,13 +250,28 @@ def _reuse_finished(paths, model: str, tags: dict[str, str]):
 
 def _closed_loop(args: argparse.Namespace, paths) -> int:
     if args.command == "replay":
+        from pipeline.data.predictions import default_root
         from pipeline.serving.replay import read_day, replay
 
         source = args.events or next(iter(sorted((paths.landing / "events").glob(f"events-{args.date}.*"))), None)
         if source is None:
             raise FileNotFoundError(f"no raw events file for {args.date} under {paths.landing / 'events'}; "
                                     f"name one with --events")
-        result = replay(args.url, args.model, read_day(source), args.concurrency, args.limit)
+        if args.serve:
+            import time
+
+            from pipeline.serving.package import resolve_bento, served
+
+            tag = resolve_bento(paths, args.model)
+            flush = 1
+            env = {"SHOPML_ACCEPT_EVENT_TIME": "1", "SHOPML_PREDICTION_LOG_FLUSH_S": str(flush)}
+            with served(paths, tag, env=env) as url:
+                print(f"serving the champion's Bento {tag} on {url}, answers logged to "
+                      f"{default_root() or paths.home / 'predictions'}", flush=True)
+                result = replay(url, args.model, read_day(source), args.concurrency, args.limit)
+                time.sleep(2 * flush + 1)   # the last answers reach the log before the server stops
+        else:
+            result = replay(args.url, args.model, read_day(source), args.concurrency, args.limit)
         print(result.line(args.model, args.date))
         return 0 if result.failed == 0 else 1
     from pipeline.lifecycle import monitor as monitoring
@@ -355,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.data.generate import generate_shop_data
 
             overrides = {k: getattr(args, k) for k in ("days", "events_per_day", "initial_users",
-                                                       "initial_items", "seed", "start_date", "format")
+                                                       "initial_items", "seed", "start_date", "format", "shift",
+                                                       "shift_day")
                          if getattr(args, k) is not None}
             gp = dataclasses.replace(params.generate, **overrides)
             days = generate_shop_data(gp, args.out or paths.landing)

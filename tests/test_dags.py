@@ -44,10 +44,12 @@ for dag_id, dag in bag.dags.items():
         "tasks": {t.task_id: {"retries": t.retries,
                               "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                               "downstream": sorted(t.downstream_task_ids), "pool": t.pool,
-                              "queue": t.queue, "operator": type(t).__name__} for t in dag.tasks},
+                              "queue": t.queue, "operator": type(t).__name__,
+                              "outlets": [getattr(o, "name", str(o)) for o in t.outlets]} for t in dag.tasks},
         "doc": bool(dag.doc_md),
         "schedule": type(dag.timetable).__name__,
         "max_active_runs": dag.max_active_runs,
+        "assets": sorted(a.name for a in getattr(getattr(dag.timetable, "asset_condition", None), "objects", ())),
     }
 errors = {k: str(v) for k, v in bag.import_errors.items()}
 print(json.dumps({"files": report, "heavy": heavy, "import_errors": errors, "dags": dags}))
@@ -77,7 +79,7 @@ def test_dag_integrity(tmp_path):
     for name, file in report["files"].items():
         assert file["seconds"] < 1.0, f"{name} took {file['seconds']:.2f}s to import"
     assert set(report["dags"]) == {"ingest_events", "retrain_next_item", "retrain_purchase_propensity",
-                                   "promote_model", "rollback_model"}
+                                   "promote_model", "rollback_model", "monitor_models"}
     ingest = report["dags"]["ingest_events"]["tasks"]
     assert set(ingest) == {"ingest_events", "validate_batch", "version_dataset"}
     assert ingest["ingest_events"]["downstream"] == ["validate_batch"]
@@ -89,8 +91,12 @@ def test_dag_integrity(tmp_path):
         assert set(retrain["tasks"]) == set(steps)
         for upstream, downstream in itertools.pairwise(steps):
             assert retrain["tasks"][upstream]["downstream"] == [downstream]
-        # On a new dataset version, or weekly at the latest; one run at a time; one training per GPU.
+        # On a retrain request from monitoring, or weekly at the latest; one run at a time; one training per GPU.
         assert retrain["schedule"] == "AssetOrTimeSchedule" and retrain["max_active_runs"] == 1
+        assert retrain["assets"] == [f"shopml://retrain/{model}"]
+        monitor = report["dags"]["monitor_models"]["tasks"]
+        assert monitor[f"monitor_{model}"]["downstream"] == [f"request_retrain_{model}"]
+        assert monitor[f"request_retrain_{model}"]["outlets"] == [f"shopml://retrain/{model}"]
         assert retrain["tasks"][f"train_{model}"]["pool"] == "shopml_training"
         assert retrain["tasks"][f"train_{model}"]["operator"] == "_PythonDecoratedOperator"
     for dag_id, dag in report["dags"].items():

@@ -32,6 +32,11 @@ class GenerateParams:
     new_users_per_day: float = 0.02
     new_items_per_day: float = 0.005
     format: str = "csv"
+    # A change in behaviour from day ``shift_day`` (0-based) on, to exercise monitoring: ``new_items``
+    # launches half as many items again as the shop started with, which take most of the traffic;
+    # ``prices`` raises every price by half. ``none``: the shop behaves the same every day.
+    shift: str = "none"
+    shift_day: int = 0
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ P_REPEAT_SESSION = 0.3    # a session of a returning buyer opens on the last ite
 P_CART = 0.09             # base chance that a view leads to add_to_cart
 P_REMOVE = 0.12           # chance that a cart add is undone
 P_CHECKOUT = 0.55         # chance that a session with a cart ends in a purchase
+SHIFT_BOOST = 40.0         # popularity multiplier of the items a "new_items" shift launches
+SHIFT_PRICE = 1.5          # price multiplier of a "prices" shift
+SHIFTS = ("none", "new_items", "prices")
 LAUNCH_BOOST = 3.0        # popularity multiplier of a new item on its launch day, fading
 LAUNCH_DECAY_DAYS = 7.0
 
@@ -92,7 +95,8 @@ def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
     n_cat = p.categories
     growth_items = math.ceil(p.initial_items * p.new_items_per_day)
     growth_users = math.ceil(p.initial_users * p.new_users_per_day)
-    n_items = p.initial_items + growth_items * p.days
+    n_shifted = p.initial_items // 2 if p.shift == "new_items" else 0
+    n_items = p.initial_items + growth_items * p.days + n_shifted
     n_users = p.initial_users + growth_users * p.days
 
     # Category sizes follow a mild power law, item popularity a heavy one (Pareto, alpha ~1.2).
@@ -110,6 +114,9 @@ def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
 
     # Sparse preferences: most users care about two or three categories.
     prefs = rng.dirichlet(np.full(n_cat, 0.15), size=n_users).astype(np.float32)
+    if n_shifted:   # the launched items: created on the shift day, far more popular than the others
+        item_created[-n_shifted:] = p.shift_day
+        item_popularity[-n_shifted:] *= SHIFT_BOOST
     user_pref_cum = np.cumsum(prefs, axis=1)
     user_pref_cum[:, -1] = 1.0
     user_sensitivity = rng.lognormal(0.0, 0.5, size=n_users)
@@ -324,14 +331,14 @@ def _events_frame(sim: dict[str, np.ndarray], world: _World, day_tag: str) -> pl
     )
 
 
-def _catalog_frame(world: _World, day_index: int) -> pl.DataFrame:
+def _catalog_frame(world: _World, day_index: int, price_factor: float = 1.0) -> pl.DataFrame:
     live = np.flatnonzero(world.item_created <= day_index)
     names = pl.Series(CATEGORY_NAMES[: world.n_categories])
     return pl.DataFrame({
         "item_id": pl.Series(live).cast(pl.String),
         "category": names.gather(pl.Series(world.item_category[live])),
         "brand": pl.Series(world.item_brand[live]).cast(pl.String),
-        "price": world.item_price[live],
+        "price": np.round(world.item_price[live] * price_factor, 2),
     }).select(
         pl.concat_str(pl.lit("i"), pl.col("item_id")).alias("item_id"),
         "category",
@@ -372,6 +379,8 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         raise ValueError(f"generate.format must be 'csv' or 'parquet', got {params.format!r}")
     if params.days < 1 or params.events_per_day < 1:
         raise ValueError("generate.days and generate.events_per_day must be positive")
+    if params.shift not in SHIFTS:
+        raise ValueError(f"generate.shift must be one of {', '.join(SHIFTS)}, got {params.shift!r}")
     rng = np.random.default_rng(params.seed)
     world = _build_world(params, rng)
     last_bought = np.full(world.user_pref_cum.shape[0], -1, dtype=np.int64)
@@ -395,7 +404,8 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         events = events.filter(pl.col("event_time") < next_start).sort(
             "event_time", "session_id", "event_type", "item_id"
         )
-        catalog = _catalog_frame(world, d)
+        catalog = _catalog_frame(world, d, SHIFT_PRICE if params.shift == "prices" and d >= params.shift_day
+                                 else 1.0)
         ext = params.format
         events_path = landing / "events" / f"events-{day.isoformat()}.{ext}"
         catalog_path = landing / "catalog" / f"catalog-{day.isoformat()}.{ext}"

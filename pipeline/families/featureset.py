@@ -29,7 +29,7 @@ from pipeline.data.version import open_dataset, resolve_dataset_version
 from pipeline.families import get as get_family
 
 # Bump when the files' layout or the feature code's output changes, so old sets are not reused.
-FORMAT = 4
+FORMAT = 5   # 5: events at the same instant ordered by item id (user_steps)
 
 
 class FeatureSetError(ValueError):

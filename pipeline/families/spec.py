@@ -29,6 +29,43 @@ class ParityOutcome:
 
 
 @dataclass(frozen=True)
+class Monitoring:
+    """How a family's served answers are judged and its inputs watched (``pipeline.lifecycle.monitor``).
+
+    Attributes:
+        outcomes: ``(answers, events, policy) -> frame``: the day's logged answers joined with what
+            the users did next (one row per answer or served candidate, with ``user_id``,
+            ``model_version``, ``role``, ``request_id`` and ``value_column``).
+        figures: ``(outcomes, policy) -> {name: value}``: the online metrics, ``users`` included.
+        headline: ``(policy) -> names``: the figures the first printed line shows, in order.
+        drift: ``(events, catalog, day_start, day_end, champion, policy) -> [FeatureDrift]``: the
+            input features of the day against the champion's training period; ``champion`` holds
+            its ``split`` and ``features_path``.
+        served_scores: ``(answers) -> array``: the scores whose distribution is watched.
+        skew: ``(snapshot, events, catalog, answers) -> [FeatureSkew]``: the snapshot's lookups for
+            the day's users against the same features recomputed offline.
+        requests: ``(events) -> [(event time, body)]``: a day of raw sessions as requests (replay).
+        value_column: the per-row value the online gate compares (``hit``, ``probability``).
+        pair_keys: the columns pairing a shadow's rows with the champion's.
+        statistic: ``(labels) -> (values, rows) -> float``: the online gate's statistic.
+        offline_names: the offline test metric standing for an online one (``hit_rate_at_10`` ->
+            ``recall_at_10``), for the triggers' comparison.
+    """
+
+    outcomes: Callable[..., Any]
+    figures: Callable[..., dict]
+    headline: Callable[[Any], tuple[str, ...]]
+    drift: Callable[..., list]
+    served_scores: Callable[[Any], Any]
+    skew: Callable[..., list]
+    requests: Callable[[Any], list]
+    value_column: str
+    pair_keys: tuple[str, ...]
+    statistic: Callable[[Any], Callable]
+    offline_names: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model family: its parameters, features, trainer, evaluation, serving and parity check.
 
@@ -56,6 +93,7 @@ class ModelSpec:
             precomputes per known user at packaging (``pipeline.families.next_item.states``), or None.
         user_parity: ``(post, python model, dataset, n) -> ParityOutcome``: replays requests by user
             id against answers computed offline from the training features of ``n`` users, or None.
+        monitoring: how its served answers are judged (``Monitoring``), or None: not monitored.
     """
 
     name: str
@@ -74,3 +112,4 @@ class ModelSpec:
     smoke_checks: Callable[[Post], list[str]] | None = None
     serving_states: Callable[..., dict] | None = None
     user_parity: Callable[..., ParityOutcome] | None = None
+    monitoring: Monitoring | None = None

@@ -45,6 +45,7 @@ import polars as pl
 import yaml
 
 from pipeline.core.settings import StatePaths
+from pipeline.data.drift import FeatureDrift, FeatureSkew, numeric_drift
 
 log = logging.getLogger(__name__)
 
@@ -98,238 +99,9 @@ def load_monitoring_policy(model: str, path: Path | None = None) -> MonitoringPo
 
 # ---- Online quality ---------------------------------------------------------------------------------
 
-def next_item_outcomes(answers: pl.DataFrame, events: pl.DataFrame, k: int, horizon: timedelta) -> pl.DataFrame:
-    """One row per answer to a known user: the item the user went to next (null when they did
-    nothing within ``horizon``), its rank in the served list (null when absent), hit and NDCG at k."""
-    from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
-    from pipeline.families.next_item.features import collapse_repeats
-
-    steps = collapse_repeats(events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-                             .select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
-    steps = steps.rename({"event_time": "next_time", "item_id": "next_item"}).sort("next_time")
-    asked = answers.filter(pl.col("user_id") != "").sort("ts")
-    joined = (asked.join_asof(steps, left_on="ts", right_on="next_time", by="user_id", strategy="forward",
-                              tolerance=horizon, allow_exact_matches=False, check_sortedness=False)
-              .filter(pl.col("next_item").is_not_null()).with_row_index("_r"))
-    # The target's 0-based position in the served top k (null when it is not there).
-    positions = (joined.select("_r", "next_item", pl.col("items").list.head(k)).explode("items")
-                 .with_columns(pl.int_range(pl.len()).over("_r").alias("rank"))
-                 .filter(pl.col("items") == pl.col("next_item")).group_by("_r").agg(pl.col("rank").min()))
-    return (joined.join(positions, on="_r", how="left")
-            .with_columns(pl.col("rank").is_not_null().cast(pl.Float64).alias("hit"),
-                          pl.when(pl.col("rank").is_not_null()).then(1.0 / (pl.col("rank") + 2).log(2))
-                          .otherwise(0.0).alias("ndcg"))
-            .select("request_id", "ts", "user_id", "model_version", "role", "next_item", "rank", "hit", "ndcg"))
-
-
-def propensity_outcomes(answers: pl.DataFrame, events: pl.DataFrame, horizon: timedelta) -> pl.DataFrame:
-    """One row per served candidate of a known user: its probability and whether the user bought
-    the item within ``horizon`` of the answer."""
-    served = (answers.filter(pl.col("user_id") != "")
-              .explode("items", "scores").rename({"items": "item_id", "scores": "probability"}))
-    bought = events.filter(pl.col("event_type") == "purchase").select("user_id", "item_id",
-                                                                      pl.col("event_time").alias("bought_at"))
-    labelled = (served.join(bought, on=["user_id", "item_id"], how="left")
-                .with_columns(((pl.col("bought_at") > pl.col("ts")) & (pl.col("bought_at") <= pl.col("ts") + horizon))
-                              .fill_null(False).alias("_in"))
-                .group_by("request_id", "item_id", maintain_order=True)
-                .agg(pl.col("ts", "user_id", "model_version", "role", "probability").first(),
-                     pl.col("_in").any().cast(pl.Float64).alias("label")))
-    return labelled.select("request_id", "ts", "user_id", "model_version", "role", "item_id", "probability", "label")
-
-
-def calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: the row-weighted gap between mean probability and purchase rate
-    over ten equal-width probability bins."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
-    return float(total / max(len(p), 1))
-
-
-def online_figures(model: str, outcomes: pl.DataFrame, k: int = 10) -> dict[str, float]:
-    """The online metrics of one version's outcomes (see the module docstring)."""
-    users = outcomes["user_id"].n_unique()
-    if model == "next_item":
-        per_user = outcomes.group_by("user_id").agg(pl.col("hit").mean(), pl.col("ndcg").mean())
-        return {f"hit_rate_at_{k}": float(per_user["hit"].mean() or 0.0),
-                f"ndcg_at_{k}": float(per_user["ndcg"].mean() or 0.0),
-                "users": float(users), "requests": float(outcomes.height)}
-    from pipeline.families.base import auc
-
-    p = outcomes["probability"].to_numpy().astype(float)
-    y = outcomes["label"].to_numpy().astype(float)
-    clipped = np.clip(p, 1e-7, 1 - 1e-7)
-    return {"auc": float(auc(y, p)) if 0 < y.sum() < len(y) else float("nan"),
-            "log_loss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))) if len(y) else math.nan,
-            "calibration_error": calibration_error(p, y), "mean_probability": float(p.mean()) if len(p) else math.nan,
-            "purchase_rate": float(y.mean()) if len(y) else math.nan, "users": float(users),
-            "candidates": float(len(y))}
-
-
 # ---- Drift -------------------------------------------------------------------------------------------
 
-def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference`` over the reference's
-    quantile bins (ties merged), with both shares floored at 1e-4."""
-    reference, current = np.asarray(reference, float), np.asarray(current, float)
-    reference, current = reference[np.isfinite(reference)], current[np.isfinite(current)]
-    if reference.size == 0 or current.size == 0:
-        return float("nan")
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=edges.size + 1) / reference.size
-    cur = np.bincount(np.searchsorted(edges, current, side="right"), minlength=edges.size + 1) / current.size
-    ref, cur = np.maximum(ref, 1e-4), np.maximum(cur, 1e-4)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
-
-
-def js_divergence(reference: pl.Series, current: pl.Series) -> float:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) of two categorical distributions."""
-    from scipy.spatial.distance import jensenshannon
-
-    ref = reference.value_counts().rename({"count": "ref"})
-    cur = current.value_counts().rename({"count": "cur"})
-    name = reference.name
-    both = ref.join(cur, on=name, how="full", coalesce=True).fill_null(0)
-    if both.height == 0 or both["ref"].sum() == 0 or both["cur"].sum() == 0:
-        return float("nan")
-    return float(jensenshannon(both["ref"].to_numpy().astype(float), both["cur"].to_numpy().astype(float),
-                               base=2) ** 2)
-
-
-@dataclass
-class FeatureDrift:
-    feature: str
-    kind: str               # numeric (PSI) or categorical (JS)
-    statistic: str
-    value: float
-    threshold: float
-    reference: str          # a short summary of each side, for the report
-    current: str
-
-    @property
-    def drifted(self) -> bool:
-        return bool(math.isfinite(self.value) and self.value > self.threshold)
-
-
-def _numeric(name: str, ref: np.ndarray, cur: np.ndarray, threshold: float) -> FeatureDrift:
-    def summary(x):
-        x = np.asarray(x, float)
-        return "empty" if x.size == 0 else "p10 {:.3g}, p50 {:.3g}, p90 {:.3g} (n {})".format(
-            *np.quantile(x, [0.1, 0.5, 0.9]), x.size)
-
-    return FeatureDrift(name, "numeric", "PSI", psi(ref, cur), threshold, summary(ref), summary(cur))
-
-
-def _categorical(name: str, ref: pl.Series, cur: pl.Series, threshold: float) -> FeatureDrift:
-    def summary(s: pl.Series) -> str:
-        top = s.value_counts(sort=True).head(3)
-        n = max(s.len(), 1)
-        return ", ".join(f"{v} {c / n:.0%}" for v, c in top.iter_rows()) + f" (n {s.len()}, {s.n_unique()} values)"
-
-    return FeatureDrift(name, "categorical", "JS", js_divergence(ref.rename(name), cur.rename(name)), threshold,
-                        summary(ref), summary(cur))
-
-
-def next_item_drift(reference: pl.DataFrame, current: pl.DataFrame, catalog: pl.DataFrame,
-                    policy: MonitoringPolicy) -> list[FeatureDrift]:
-    """The recommender's inputs: how popular (in the training period) the items users touch are,
-    their categories, event types and prices, and the length of sessions.
-
-    Items are compared by popularity band, not one by one: ten bands of equal training traffic
-    (the most popular items first) and one band of items the training period never saw. With
-    thousands of items, item-level divergence between a training period and one day is mostly
-    sampling noise; the bands keep what matters: new items taking the traffic, or the head of the
-    catalog losing it.
-    """
-    counts = reference.group_by("item_id").len().sort("len", "item_id", descending=[True, False])
-    share = counts["len"].cum_sum() / max(counts["len"].sum(), 1)
-    bands = counts.select("item_id", (share * 10).ceil().clip(1, 10).cast(pl.Int64).cast(pl.String)
-                          .str.zfill(2).alias("item_band"))
-
-    def enrich(events: pl.DataFrame) -> pl.DataFrame:
-        return (events.join(catalog.select("item_id", "category", "price"), on="item_id", how="left")
-                .join(bands, on="item_id", how="left").with_columns(pl.col("item_band").fill_null("new item")))
-    ref, cur = enrich(reference), enrich(current)
-    sessions = [e.group_by("session_id").len()["len"].to_numpy() for e in (ref, cur)]
-    return [
-        _categorical("item popularity band", ref["item_band"], cur["item_band"], policy.js_threshold),
-        _categorical("category", ref["category"].fill_null("(unknown)"), cur["category"].fill_null("(unknown)"),
-                     policy.js_threshold),
-        _categorical("event_type", ref["event_type"], cur["event_type"], policy.js_threshold),
-        _numeric("price", ref["price"].drop_nulls().to_numpy(), cur["price"].drop_nulls().to_numpy(),
-                 policy.psi_threshold),
-        _numeric("session_length", sessions[0], sessions[1], policy.psi_threshold),
-    ]
-
-
-def propensity_drift(reference: pl.DataFrame, current: pl.DataFrame, policy: MonitoringPolicy) -> list[FeatureDrift]:
-    from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
-
-    return [_numeric(f, reference[f].to_numpy(), current[f].to_numpy(), policy.psi_threshold)
-            for f in PROPENSITY_DENSE]
-
-
 # ---- Skew --------------------------------------------------------------------------------------------
-
-@dataclass
-class FeatureSkew:
-    feature: str
-    users: int
-    skewed_users: int
-    example: str = ""
-
-    @property
-    def share(self) -> float:
-        return self.skewed_users / self.users if self.users else 0.0
-
-
-def next_item_skew(snapshot, events: pl.DataFrame, users: list[str]) -> list[FeatureSkew]:
-    """The served history and purchases of each user (snapshot lookups) against the same recomputed
-    from the dataset's events before the snapshot's cutoff."""
-    from pipeline.serving.snapshot import user_histories
-
-    users = [u for u in users if snapshot.knows(u)]
-    offline = user_histories(events.filter((pl.col("event_time") < snapshot.cutoff)
-                                           & pl.col("user_id").is_in(users)))
-    offline_rows = {r["user_id"]: r for r in offline.iter_rows(named=True)}
-    out = []
-    for feature, served_of in (("history", snapshot.history), ("purchased", snapshot.purchased)):
-        skewed = [u for u in users if served_of(u) != list((offline_rows.get(u) or {}).get(
-            "items" if feature == "history" else "purchased") or [])]
-        out.append(FeatureSkew(feature, len(users), len(skewed), f"user_id {skewed[0]}" if skewed else ""))
-    return out
-
-
-def propensity_skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, pairs: pl.DataFrame) -> list[FeatureSkew]:
-    """Each dense feature the service looked up for (user, item) pairs against the same recomputed
-    from the dataset as of the snapshot's cutoff."""
-    from pipeline.families.purchase_propensity.features import (
-        PROPENSITY_DENSE,
-        assemble_propensity,
-        propensity_tables,
-    )
-
-    pairs = pairs.select("user_id", "item_id").unique(maintain_order=True)
-    served = snapshot.propensity_inputs(pairs["user_id"].to_list(), pairs["item_id"].to_list())
-    cutoff = snapshot.cutoff
-    offline = assemble_propensity(pairs, propensity_tables(events.filter(pl.col("event_time") < cutoff), catalog,
-                                                           cutoff, pairs))
-    users = pairs["user_id"]
-    out = []
-    for f in PROPENSITY_DENSE:
-        a, b = served[f].to_numpy().astype(float), offline[f].to_numpy().astype(float)
-        differs = ~np.isclose(a, b, rtol=1e-6, atol=1e-9)
-        skewed = users.filter(pl.Series(differs)).unique()
-        out.append(FeatureSkew(f, users.n_unique(), skewed.len(),
-                               f"user_id {skewed[0]}: served {a[differs][0]:.6g}, offline {b[differs][0]:.6g}"
-                               if skewed.len() else ""))
-    return out
-
 
 # ---- The day's monitoring ------------------------------------------------------------------------------
 
@@ -354,8 +126,7 @@ class MonitorResult:
 
     def lines(self, policy: MonitoringPolicy) -> list[str]:
         figures = self.champion_online
-        names = ([f"hit_rate_at_{policy.k}", f"ndcg_at_{policy.k}"] if self.model == "next_item"
-                 else ["auc", "log_loss", "calibration_error", "mean_probability", "purchase_rate"])
+        names = _spec(self.model).headline(policy)
         shown = ", ".join(f"{n} {figures.get(n, float('nan')):.4f}" for n in names)
         out = [f"online {self.model} {self.day}: {shown} over {int(figures.get('users', 0))} users"
                f" (champion v{self.champion_version}; offline test {policy.metric} "
@@ -425,58 +196,31 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
     start, end = _day_bounds(day)
     root = default_root() or str(paths.home / "predictions")
     answers = read_predictions(root, model, day)
-    horizon = timedelta(hours=policy.horizon_hours)
 
+    hooks = _spec(model)
     online: dict[str, dict[str, float]] = {}
     outcomes = pl.DataFrame()
     if answers.height:
-        outcomes = (next_item_outcomes(answers, events, policy.k, horizon) if model == "next_item"
-                    else propensity_outcomes(answers, events, horizon))
+        outcomes = hooks.outcomes(answers, events, policy)
         for (role, mv), part in sorted(outcomes.group_by("role", "model_version"), key=lambda g: g[0]):
-            online[f"{role} v{mv}"] = online_figures(model, part, policy.k)
+            online[f"{role} v{mv}"] = hooks.figures(part, policy)
     last = events["event_time"].max()
     coverage = max(0.0, (last - end).total_seconds() / 3600) if last is not None else 0.0
 
     run = champion["run"]
     offline = {k.removeprefix("test_"): v for k, v in run.data.metrics.items() if k.startswith("test_")}
-    if model == "next_item":
-        offline.setdefault(policy.metric, offline.get(policy.metric.replace("hit_rate", "recall"), math.nan))
+    for online_name, offline_name in (hooks.offline_names or {}).items():
+        if offline_name in offline:
+            offline.setdefault(online_name, offline[offline_name])
     result = MonitorResult(model, day, version.version, champion["version"], online, offline,
                            coverage_hours=coverage)
-
-    day_events = events.filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
-    catalog = dataset.catalog(as_of=end)
-    if model == "next_item":
-        split = champion["split"]
-        train_start = datetime.fromisoformat(split["start"])
-        train_end = datetime.fromisoformat(split["train_end"])
-        reference = events.filter((pl.col("event_time") >= train_start) & (pl.col("event_time") < train_end))
-        result.drift = next_item_drift(reference, day_events, catalog, policy)
-    else:
-        from pipeline.core.params import load_params
-        from pipeline.families.purchase_propensity.features import propensity_rows
-
-        params = load_params().train_propensity
-        reference = pl.read_parquet(Path(champion["features_path"]) / "train.parquet")
-        current = propensity_rows(events, catalog, start, timedelta(days=params.horizon_days),
-                                  timedelta(days=params.lookback_days))
-        result.drift = propensity_drift(reference, current, policy)
+    result.drift = hooks.drift(events, dataset.catalog(as_of=end), start, end, champion, policy)
     result.prediction_drift = _prediction_drift(root, model, day, answers, champion["version"], policy)
-
     if champion["snapshot"] is not None:
         from pipeline.serving.snapshot import FeatureSnapshot
 
         snapshot = FeatureSnapshot.load(champion["snapshot"])
-        served_users = answers.filter(pl.col("user_id") != "")["user_id"].unique().sort().to_list()
-        if model == "next_item":
-            users = served_users or snapshot.histories["user_id"].head(1000).to_list()
-            result.skew = next_item_skew(snapshot, events, users[:5000])
-        else:
-            pairs = (answers.filter(pl.col("user_id") != "").explode("items")
-                     .select("user_id", pl.col("items").alias("item_id")).head(20_000))
-            if pairs.height == 0:
-                pairs = snapshot.tables["user_item"].select("user_id", "item_id").head(2000)
-            result.skew = propensity_skew(snapshot, events, dataset.catalog(as_of=snapshot.cutoff), pairs)
+        result.skew = hooks.skew(snapshot, events, dataset.catalog(as_of=snapshot.cutoff), answers)
 
     out = paths.home / "reports" / "monitoring" / model / day
     out.mkdir(parents=True, exist_ok=True)
@@ -497,16 +241,15 @@ def _prediction_drift(root: str, model: str, day: str, answers: pl.DataFrame, ve
     from pipeline.data.predictions import read_predictions
 
     def scores(frame: pl.DataFrame) -> np.ndarray:
-        frame = frame.filter((pl.col("role") == "champion") & (pl.col("model_version") == version))
-        column = pl.col("scores").list.first() if model == "next_item" else pl.col("scores").explode()
-        return frame.select(column).to_series().drop_nulls().to_numpy()
+        return _spec(model).served_scores(frame.filter((pl.col("role") == "champion")
+                                                       & (pl.col("model_version") == version)))
 
     current = scores(answers)
     before = [scores(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d))) for d in range(1, 8)]
     reference = np.concatenate(before) if before else np.zeros(0)
     if current.size == 0 or reference.size == 0:
         return None
-    return _numeric("served score", reference, current, policy.psi_threshold)
+    return numeric_drift("served score", reference, current, policy.psi_threshold)
 
 
 def _summary(result: MonitorResult, policy: MonitoringPolicy) -> dict:
@@ -690,8 +433,8 @@ def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
     frames = [pl.read_parquet(p) for d in days
               if (p := paths.home / "reports" / "monitoring" / model / d / "outcomes.parquet").exists()]
     outcomes = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    column = "hit" if model == "next_item" else "probability"
-    statistic = _online_statistic(model)
+    hooks = _spec(model)
+    column, statistic = hooks.value_column, hooks.statistic
     gate = OnlineGate(model, str(version), "none", False, [])
     if outcomes.height == 0:
         gate.reasons.append(f"no monitored answers on {', '.join(days)}")
@@ -699,7 +442,7 @@ def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
     mine = outcomes.filter(pl.col("model_version") == str(version))
     champion = outcomes.filter(pl.col("role") == "champion")
     shadow = mine.filter(pl.col("role") == "shadow")
-    keys = ["request_id"] + (["item_id"] if model != "next_item" else [])
+    keys = list(hooks.pair_keys)
     if shadow.height:
         gate.mode = "shadow"
         paired = shadow.join(champion, on=keys, suffix="_champion")
@@ -729,23 +472,24 @@ def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
              canary["label"].to_numpy() if "label" in canary.columns else None),
             (champion["user_id"].to_numpy(), champion[column].to_numpy(),
              champion["label"].to_numpy() if "label" in champion.columns else None),
-            _online_statistic(model), policy.bootstrap_samples, policy.confidence, 0)
+            statistic, policy.bootstrap_samples, policy.confidence, 0)
     gate.difference, gate.interval = diff, interval
     gate.passed = interval[1] >= 0
-    name = "hit rate" if model == "next_item" else "AUC"
+    name = f"{column} {'mean' if column == 'hit' else 'AUC'}"
     gate.reasons.append(f"{name} difference {diff:+.4f} over {gate.users[0]} users, {policy.confidence:.0%} "
                         f"interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
                         + (": not worse than the champion" if gate.passed else ": significantly worse"))
     return _record_gate(mlflow_client(paths), gate)
 
 
-def _online_statistic(model: str):
-    """statistic(labels)(values, rows): the mean hit for the recommender, AUC for propensity."""
-    if model == "next_item":
-        return lambda labels: (lambda values, rows: float(values.mean()))
-    from pipeline.families.base import auc
+def _spec(model: str):
+    """The family's monitoring hooks (``ModelSpec.monitoring``)."""
+    from pipeline import families
 
-    return lambda labels: (lambda values, rows: auc(labels[rows], values))
+    hooks = families.get(model).monitoring
+    if hooks is None:
+        raise MonitoringError(f"model family {model!r} has no monitoring hooks (ModelSpec.monitoring)")
+    return hooks
 
 
 def _record_gate(client, gate: OnlineGate) -> OnlineGate:

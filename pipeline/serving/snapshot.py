@@ -20,28 +20,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, latest_catalog, load_events, split_by_time
+from pipeline.data.dataset import latest_catalog, load_events, split_by_time
 from pipeline.families.next_item.evaluation import HISTORY_LEN
-from pipeline.families.next_item.features import collapse_repeats
+from pipeline.families.next_item.features import user_histories as histories_of
 from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, assemble_propensity, propensity_tables
 
 SNAPSHOT_MODEL = "shopml-features"
 # Bump when the snapshot's tables change, so a Bento store never reuses a snapshot of the old layout.
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3   # 3: histories of same-instant events ordered by item id
 HISTORY_KEPT = HISTORY_LEN    # the most recent items kept per user: the longest history a model is sent
 TABLES = ("user_item", "user", "item", "catalog", "affinity", "recency")
 
 
 def user_histories(events: pl.DataFrame, kept: int = HISTORY_KEPT) -> pl.DataFrame:
-    """Per user: the recent item ids (oldest first, repeats in a row collapsed, as in training) and
-    every item bought."""
-    steps = collapse_repeats(events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-                             .select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
-    histories = steps.group_by("user_id", maintain_order=True).agg(pl.col("item_id").tail(kept).alias("items"))
-    bought = (events.filter(pl.col("event_type") == "purchase").group_by("user_id")
-              .agg(pl.col("item_id").unique().sort().alias("purchased")))
-    return histories.join(bought, on="user_id", how="full", coalesce=True).with_columns(
-        pl.col("items").fill_null([]), pl.col("purchased").fill_null([])).sort("user_id")
+    """Per user: the recent item ids and every item bought (``features.user_histories``)."""
+    return histories_of(events, kept)
 
 
 def write_snapshot(canonical: Path, dataset_version: str, out: Path) -> dict:

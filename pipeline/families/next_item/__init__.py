@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from pipeline.families.next_item import evaluation, features, train
+from pipeline.families.next_item import evaluation, features, monitoring, train
 from pipeline.families.spec import ModelSpec
 
 SPEC = ModelSpec(
@@ -28,4 +28,5 @@ SPEC = ModelSpec(
     smoke_checks=evaluation.smoke_checks,
     serving_states=evaluation.serving_states,
     user_parity=evaluation.user_parity,
+    monitoring=monitoring.MONITORING,
 )

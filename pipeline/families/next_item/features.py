@@ -68,14 +68,32 @@ def collapse_repeats(steps: pl.DataFrame) -> pl.DataFrame:
                         | previous_item.is_null())
 
 
+def user_steps(events: pl.DataFrame) -> pl.DataFrame:
+    """Each user's steps (views, carts, purchases) in time order, repeats in a row collapsed: the one
+    ordering of training, serving and monitoring. Events at the same instant (items bought together
+    at checkout) are ordered by item id: a sort on time alone leaves their order to the sort's
+    threads, and the snapshot's history of such a user then differed from the training sequence."""
+    return collapse_repeats(events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+                            .select("user_id", "event_time", "item_id").sort("user_id", "event_time", "item_id"))
+
+
 def user_sequences(events: pl.DataFrame, vocab: ItemVocab, before: datetime) -> dict[str, np.ndarray]:
     """Each user's item indices before ``before``, in time order, repeats in a row collapsed."""
-    frame = collapse_repeats(events.filter(
-        (pl.col("event_time") < before) & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)
-    ).select("user_id", "event_time", "item_id").sort("user_id", "event_time"))
+    frame = user_steps(events.filter(pl.col("event_time") < before))
     frame = frame.with_columns(pl.Series("idx", vocab.encode(frame["item_id"])))
     grouped = frame.group_by("user_id", maintain_order=True).agg(pl.col("idx"))
     return {u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped["user_id"], grouped["idx"], strict=True)}
+
+
+def user_histories(events: pl.DataFrame, kept: int) -> pl.DataFrame:
+    """Per user: the ``kept`` most recent item ids (oldest first, repeats in a row collapsed, as in
+    training) and every item bought: what the serving snapshot holds per user."""
+    steps = user_steps(events)
+    histories = steps.group_by("user_id", maintain_order=True).agg(pl.col("item_id").tail(kept).alias("items"))
+    bought = (events.filter(pl.col("event_type") == "purchase").group_by("user_id")
+              .agg(pl.col("item_id").unique().sort().alias("purchased")))
+    return histories.join(bought, on="user_id", how="full", coalesce=True).with_columns(
+        pl.col("items").fill_null([]), pl.col("purchased").fill_null([])).sort("user_id")
 
 
 def left_pad(seq: np.ndarray, max_len: int) -> np.ndarray:
@@ -106,7 +124,7 @@ def next_item_examples(
     window = events.filter(
         (pl.col("event_time") >= history_end) & (pl.col("event_time") < window_end)
         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)
-    ).sort("event_time")
+    ).sort("event_time", "item_id")   # ties (a checkout) in one order, as in user_steps
     window = window.with_columns(pl.Series("idx", vocab.encode(window["item_id"])))
     users, hist, targets, unknown = [], [], [], 0
     for user, items in window.group_by("user_id", maintain_order=True).agg(pl.col("idx")).iter_rows():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from pipeline.families.purchase_propensity import evaluation, features, train
+from pipeline.families.purchase_propensity import evaluation, features, monitoring, train
 from pipeline.families.spec import ModelSpec
 
 SPEC = ModelSpec(
@@ -26,4 +26,5 @@ SPEC = ModelSpec(
     parity=evaluation.parity,
     parity_rows=4,   # a request carries many candidates: more rows for about as many requests
     user_parity=evaluation.user_parity,
+    monitoring=monitoring.MONITORING,
 )

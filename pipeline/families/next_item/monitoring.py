@@ -1,0 +1,147 @@
+"""How the next-item recommender's served answers are judged and its inputs watched.
+
+``pipeline.lifecycle.monitor`` calls these through ``MONITORING`` (the family's ``ModelSpec``):
+the online hit rate and NDCG of the served lists against the users' next steps, the drift of what
+users touch against the training period, the skew of the snapshot's histories, and a day of raw
+sessions as requests for ``python -m pipeline replay``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
+from pipeline.data.drift import FeatureDrift, FeatureSkew, categorical_drift, numeric_drift
+from pipeline.families.next_item.evaluation import HISTORY_LEN
+from pipeline.families.next_item.features import user_histories, user_steps
+from pipeline.families.spec import Monitoring
+
+REPLAY_K = 10
+
+
+def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFrame:
+    """One row per answer to a known user whose next step came within the horizon: that item,
+    its 0-based rank in the served top k (null when absent), hit and NDCG at k."""
+    k, horizon = policy.k, timedelta(hours=policy.horizon_hours)
+    steps = user_steps(events).rename({"event_time": "next_time", "item_id": "next_item"}).sort("next_time")
+    asked = answers.filter(pl.col("user_id") != "").sort("ts")
+    joined = (asked.join_asof(steps, left_on="ts", right_on="next_time", by="user_id", strategy="forward",
+                              tolerance=horizon, allow_exact_matches=False, check_sortedness=False)
+              .filter(pl.col("next_item").is_not_null()).with_row_index("_r"))
+    # The target's 0-based position in the served top k (null when it is not there).
+    positions = (joined.select("_r", "next_item", pl.col("items").list.head(k)).explode("items")
+                 .with_columns(pl.int_range(pl.len()).over("_r").alias("rank"))
+                 .filter(pl.col("items") == pl.col("next_item")).group_by("_r").agg(pl.col("rank").min()))
+    return (joined.join(positions, on="_r", how="left")
+            .with_columns(pl.col("rank").is_not_null().cast(pl.Float64).alias("hit"),
+                          pl.when(pl.col("rank").is_not_null()).then(1.0 / (pl.col("rank") + 2).log(2))
+                          .otherwise(0.0).alias("ndcg"))
+            .select("request_id", "ts", "user_id", "model_version", "role", "next_item", "rank", "hit", "ndcg"))
+
+
+def figures(outcomes: pl.DataFrame, policy) -> dict[str, float]:
+    """Hit rate and NDCG at k per request, averaged per user, then over users."""
+    k = policy.k
+    per_user = outcomes.group_by("user_id").agg(pl.col("hit").mean(), pl.col("ndcg").mean())
+    return {f"hit_rate_at_{k}": float(per_user["hit"].mean() or 0.0), f"ndcg_at_{k}": float(per_user["ndcg"].mean()
+                                                                                          or 0.0),
+            "users": float(per_user.height), "requests": float(outcomes.height)}
+
+
+def input_drift(reference: pl.DataFrame, current: pl.DataFrame, catalog: pl.DataFrame, policy) -> list[FeatureDrift]:
+    """The recommender's inputs: how popular (in the training period) the items users touch are,
+    their categories, event types and prices, and the length of sessions.
+
+    Items are compared by popularity band, not one by one: ten bands of equal training traffic
+    (the most popular items first) and one band of items the training period never saw. With
+    thousands of items, item-level divergence between a training period and one day is mostly
+    sampling noise; the bands keep what matters: new items taking the traffic, or the head of the
+    catalog losing it.
+    """
+    counts = reference.group_by("item_id").len().sort("len", "item_id", descending=[True, False])
+    share = counts["len"].cum_sum() / max(counts["len"].sum(), 1)
+    bands = counts.select("item_id", (share * 10).ceil().clip(1, 10).cast(pl.Int64).cast(pl.String)
+                          .str.zfill(2).alias("item_band"))
+
+    def enrich(events: pl.DataFrame) -> pl.DataFrame:
+        return (events.join(catalog.select("item_id", "category", "price"), on="item_id", how="left")
+                .join(bands, on="item_id", how="left").with_columns(pl.col("item_band").fill_null("new item")))
+    ref, cur = enrich(reference), enrich(current)
+    sessions = [e.group_by("session_id").len()["len"].to_numpy() for e in (ref, cur)]
+    return [
+        categorical_drift("item popularity band", ref["item_band"], cur["item_band"], policy.js_threshold),
+        categorical_drift("category", ref["category"].fill_null("(unknown)"), cur["category"].fill_null("(unknown)"),
+                     policy.js_threshold),
+        categorical_drift("event_type", ref["event_type"], cur["event_type"], policy.js_threshold),
+        numeric_drift("price", ref["price"].drop_nulls().to_numpy(), cur["price"].drop_nulls().to_numpy(),
+                 policy.psi_threshold),
+        numeric_drift("session_length", sessions[0], sessions[1], policy.psi_threshold),
+    ]
+
+
+def drift(events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime, champion: dict,
+          policy) -> list[FeatureDrift]:
+    """The day's events against the champion's training period (its run's split)."""
+    split = champion["split"]
+    reference = events.filter((pl.col("event_time") >= datetime.fromisoformat(split["start"]))
+                              & (pl.col("event_time") < datetime.fromisoformat(split["train_end"])))
+    day = events.filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
+    return input_drift(reference, day, catalog, policy)
+
+
+def served_scores(answers: pl.DataFrame) -> np.ndarray:
+    """The top score of each served list."""
+    return answers.select(pl.col("scores").list.first()).to_series().drop_nulls().to_numpy()
+
+
+def user_skew(snapshot, events: pl.DataFrame, users: list[str]) -> list[FeatureSkew]:
+    """The served history and purchases of each user (snapshot lookups) against the same recomputed
+    from the dataset's events before the snapshot's cutoff."""
+    users = [u for u in users if snapshot.knows(u)]
+    offline = user_histories(events.filter((pl.col("event_time") < snapshot.cutoff)
+                                           & pl.col("user_id").is_in(users)), HISTORY_LEN)
+    offline_rows = {r["user_id"]: r for r in offline.iter_rows(named=True)}
+    out = []
+    for feature, served_of in (("history", snapshot.history), ("purchased", snapshot.purchased)):
+        skewed = [u for u in users if served_of(u) != list((offline_rows.get(u) or {}).get(
+            "items" if feature == "history" else "purchased") or [])]
+        out.append(FeatureSkew(feature, len(users), len(skewed), f"user_id {skewed[0]}" if skewed else ""))
+    return out
+
+
+def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame) -> list[FeatureSkew]:
+    """The day's served users (or, without a log, the snapshot's first thousand)."""
+    users = answers.filter(pl.col("user_id") != "")["user_id"].unique().sort().to_list() \
+        or snapshot.histories["user_id"].head(1000).to_list()
+    return user_skew(snapshot, events, users[:5000])
+
+
+def requests(events: pl.DataFrame, k: int = REPLAY_K) -> list[tuple[str, dict]]:
+    """(event time, body) per session step: the user's id and the session's steps so far (a cart
+    after a view of the same item is one step, as in training), newest last."""
+    steps = events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)).sort("session_id", "event_time",
+                                                                                  "item_id")
+    out, session, history = [], None, []
+    for row in steps.iter_rows(named=True):
+        if row["session_id"] != session:
+            session, history = row["session_id"], []
+        if history and history[-1] == row["item_id"]:
+            continue
+        history.append(row["item_id"])
+        out.append((row["event_time"].isoformat(), {"user_id": row["user_id"], "history": history[-50:], "k": k}))
+    return sorted(out, key=lambda r: r[0])
+
+
+def statistic(labels):
+    return lambda values, rows: float(values.mean())
+
+
+MONITORING = Monitoring(
+    outcomes=outcomes, figures=figures, headline=lambda policy: (f"hit_rate_at_{policy.k}", f"ndcg_at_{policy.k}"),
+    drift=drift, served_scores=served_scores, skew=skew, requests=requests, value_column="hit",
+    pair_keys=("request_id",), statistic=statistic,
+    offline_names={f"hit_rate_at_{k}": f"recall_at_{k}" for k in (10, 20)},
+)
