@@ -14,7 +14,7 @@ DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
 
-.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-airflow gpu-check-data lock lint clean
+.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -122,6 +122,10 @@ bench-serve: install
 # quantization and (when installed) ONNX Runtime, with each one's parity against eager.
 bench-runtime: install
 	$(PY) -m benchmarks.bench_runtime
+
+# What prediction logging costs a request (record() on the request path) and how fast it writes.
+bench-predlog: install
+	$(PY) -m benchmarks.bench_predlog
 
 # The GPU check's input (benchmarks/gpu_check.py): a generated shop's two feature sets, exported to
 # .gpu/<name>.npz for a GPU host whose Python has torch, numpy, scikit-learn and PyYAML only.

@@ -254,3 +254,48 @@ class Shadows:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.failed += 1   # a challenger's error never reaches the caller
+
+
+class Traffic:
+    """Who answers a service's requests and what is logged: the champion's engine, a challenger's
+    beside it (``Routing``), the prediction log. An engine has ``answer(request)`` (awaitable) and
+    ``version``; ``logged(request, answer)`` gives the (items, scores, source) to log."""
+
+    def __init__(self, model_name: str, champion, challenger_engine, logged) -> None:
+        self.champion, self.logged = champion, logged
+        self.routing = Routing.from_env()
+        self.challenger = None
+        if self.routing.challenger_bento:
+            self.challenger = challenger_engine(challenger_args(self.routing.challenger_bento, model_name))
+        self.log = prediction_log(model_name)
+        self.shadows = Shadows()
+
+    async def answer(self, request, ctx, user_id: str | None):
+        """The answer of the champion, or of the challenger for a canary's user; a shadow answer is
+        computed after and logged, never returned."""
+        request_id, when = request_context(ctx)
+        engine, role = self.champion, "champion"
+        if self.challenger is not None and self.routing.to_challenger(user_id or request_id):
+            engine, role = self.challenger, "challenger"
+        answer = await engine.answer(request)
+        self._log(request_id, when, role, user_id, request, answer)
+        if self.challenger is not None and self.routing.mode == "shadow":
+            self.shadows.start(self._shadow(request, request_id, when, user_id))
+        return answer
+
+    async def _shadow(self, request, request_id: str, when, user_id: str | None) -> None:
+        self._log(request_id, when, "shadow", user_id, request, await self.challenger.answer(request))
+
+    def _log(self, request_id: str, when, role: str, user_id: str | None, request, answer) -> None:
+        if self.log is not None:
+            items, scores, source = self.logged(request, answer)
+            self.log.record(request_id=request_id, ts=when, model_version=answer.model_version, role=role,
+                            user_id=user_id, items=items, scores=scores, source=source)
+
+    def metadata(self, args: SimpleNamespace, snapshot_meta: dict) -> Metadata:
+        return metadata(args, snapshot_meta, self.champion.batcher.stats, self.routing, self.log,
+                        self.challenger.version if self.challenger else None)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()

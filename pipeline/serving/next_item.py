@@ -21,14 +21,9 @@ from pipeline.serving.api import MAX_HISTORY, MAX_K, Metadata, Recommendation, R
 from pipeline.serving.common import (
     BATCHING,
     PUBLIC_SERVICE_CONFIG,
-    Routing,
-    Shadows,
+    Traffic,
     bento_args,
-    challenger_args,
-    metadata,
     overloaded_as_503,
-    prediction_log,
-    request_context,
     torch_threads,
 )
 from pipeline.serving.compute import Row
@@ -91,46 +86,25 @@ class NextItemService:
         torch_threads()
         self.champion = _Engine(self.bento_model, self.snapshot_model, self.states_model, ARGS.version)
         self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
-        self.routing = Routing.from_env()
-        self.challenger = None
-        if self.routing.challenger_bento:
-            other = challenger_args(self.routing.challenger_bento, "next_item")
-            self.challenger = _Engine(other.model_tag, other.snapshot_tag, other.states_tag, other.version)
-        self.log = prediction_log("next_item")
-        self.shadows = Shadows()
+        self.traffic = Traffic("next_item", self.champion,
+                               lambda other: _Engine(other.model_tag, other.snapshot_tag, other.states_tag,
+                                                     other.version),
+                               lambda request, answer: (answer.items, answer.scores, answer.source))
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None
 
     @bentoml.api
     async def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> Recommendation:
-        request_id, when = request_context(ctx)
-        engine, role = self.champion, "champion"
-        if self.challenger is not None and self.routing.to_challenger(request.user_id or request_id):
-            engine, role = self.challenger, "challenger"
-        answer = await engine.answer(request)
-        self._log(request_id, when, role, request.user_id, answer)
-        if self.challenger is not None and self.routing.mode == "shadow":
-            self.shadows.start(self._shadow(request, request_id, when))
-        return answer
-
-    async def _shadow(self, request: RecommendRequest, request_id: str, when) -> None:
-        self._log(request_id, when, "shadow", request.user_id, await self.challenger.answer(request))
-
-    def _log(self, request_id: str, when, role: str, user_id: str | None, answer: Recommendation) -> None:
-        if self.log is not None:
-            self.log.record(request_id=request_id, ts=when, model_version=answer.model_version, role=role,
-                            user_id=user_id, items=answer.items, scores=answer.scores, source=answer.source)
+        return await self.traffic.answer(request, ctx, request.user_id)
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta, self.batcher.stats, self.routing, self.log,
-                        self.challenger.version if self.challenger else None)
+        return self.traffic.metadata(ARGS, self.snapshot.meta)
 
     @bentoml.on_shutdown
     def _flush_log(self) -> None:
-        if self.log is not None:
-            self.log.close()
+        self.traffic.close()
 
 
 NextItemService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented

@@ -32,6 +32,7 @@ from pipeline.data.predictions import SCHEMA, partition
 log = logging.getLogger(__name__)
 
 FIELDS = tuple(SCHEMA.names)
+CHUNK_ROWS = 256   # answers converted to Arrow per hold of the GIL
 
 
 class PredictionLog:
@@ -97,7 +98,6 @@ class PredictionLog:
                 return
 
     def _write(self, rows: list[tuple]) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         by_hour: dict[str, list[tuple]] = {}
@@ -105,8 +105,7 @@ class PredictionLog:
             by_hour.setdefault(partition(self.root, self.model, row[1]), []).append(row)
         for folder, part in by_hour.items():
             try:
-                table = pa.Table.from_pydict({name: [r[i] for r in part] for i, name in enumerate(FIELDS)},
-                                             schema=SCHEMA)
+                table = self._table(part)
                 name = f"{self._name}-{uuid.uuid4().hex[:12]}.parquet"
                 self.fs.makedirs(folder, exist_ok=True)
                 target = f"{folder}/{name}"
@@ -127,6 +126,21 @@ class PredictionLog:
                     self._last_error = time.monotonic()
                     log.warning("prediction log: %d answers dropped, %s could not be written: %s", len(part),
                                 folder, exc)
+
+    @staticmethod
+    def _table(rows: list[tuple]):
+        """The rows as one Arrow table, converted ``CHUNK_ROWS`` at a time with a GIL release between
+        chunks: converting Python lists holds the GIL, and one conversion of thousands of answers
+        held it long enough to stall the service's event loop for tens of milliseconds."""
+        import pyarrow as pa
+
+        chunks = []
+        for start in range(0, len(rows), CHUNK_ROWS):
+            part = rows[start:start + CHUNK_ROWS]
+            chunks.append(pa.Table.from_pydict({name: [r[i] for r in part] for i, name in enumerate(FIELDS)},
+                                               schema=SCHEMA))
+            time.sleep(0)   # let the request threads run
+        return pa.concat_tables(chunks)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Write what is queued now (tests, and a worker that stops)."""

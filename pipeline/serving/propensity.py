@@ -15,14 +15,9 @@ from pipeline.serving.api import Metadata, Probabilities, PropensityRequest
 from pipeline.serving.common import (
     BATCHING,
     PUBLIC_SERVICE_CONFIG,
-    Routing,
-    Shadows,
+    Traffic,
     bento_args,
-    challenger_args,
-    metadata,
     overloaded_as_503,
-    prediction_log,
-    request_context,
     torch_threads,
 )
 from pipeline.serving.guard import RequestGuard
@@ -68,49 +63,25 @@ class PropensityService:
         torch_threads()
         self.champion = _Engine(self.bento_model, self.snapshot_model, ARGS.version)
         self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
-        self.routing = Routing.from_env()
-        self.challenger = None
-        if self.routing.challenger_bento:
-            other = challenger_args(self.routing.challenger_bento, "purchase_propensity")
-            self.challenger = _Engine(other.model_tag, other.snapshot_tag, other.version)
-        self.log = prediction_log("purchase_propensity")
-        self.shadows = Shadows()
+        self.traffic = Traffic("purchase_propensity", self.champion,
+                               lambda other: _Engine(other.model_tag, other.snapshot_tag, other.version),
+                               lambda request, answer: ([c.item_id for c in request.candidates],
+                                                        answer.probabilities, "model"))
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None
 
     @bentoml.api
     async def purchase_probability(self, request: PropensityRequest, /, ctx: bentoml.Context) -> Probabilities:
-        request_id, when = request_context(ctx)
-        user = _user_of(request)
-        engine, role = self.champion, "champion"
-        if self.challenger is not None and self.routing.to_challenger(user or request_id):
-            engine, role = self.challenger, "challenger"
-        answer = await engine.answer(request)
-        self._log(request_id, when, role, user, request, answer)
-        if self.challenger is not None and self.routing.mode == "shadow":
-            self.shadows.start(self._shadow(request, request_id, when, user))
-        return answer
-
-    async def _shadow(self, request: PropensityRequest, request_id: str, when, user: str | None) -> None:
-        self._log(request_id, when, "shadow", user, request, await self.challenger.answer(request))
-
-    def _log(self, request_id: str, when, role: str, user: str | None, request: PropensityRequest,
-             answer: Probabilities) -> None:
-        if self.log is not None:
-            self.log.record(request_id=request_id, ts=when, model_version=answer.model_version, role=role,
-                            user_id=user, items=[c.item_id for c in request.candidates],
-                            scores=answer.probabilities, source="model")
+        return await self.traffic.answer(request, ctx, _user_of(request))
 
     @bentoml.api
     def metadata(self) -> Metadata:
-        return metadata(ARGS, self.snapshot.meta, self.batcher.stats, self.routing, self.log,
-                        self.challenger.version if self.challenger else None)
+        return self.traffic.metadata(ARGS, self.snapshot.meta)
 
     @bentoml.on_shutdown
     def _flush_log(self) -> None:
-        if self.log is not None:
-            self.log.close()
+        self.traffic.close()
 
 
 PropensityService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented
