@@ -244,6 +244,28 @@ def test_validation_failure_stops_the_dag_without_retries(dag_home):
     assert summary["task_id"] == "validate_batch" and "share of unknown items" in summary["error"]
 
 
+def test_monitor_dag_requests_a_retrain_once_per_cooldown_through_the_retrain_asset(dag_home):
+    """No model has a champion yet: each model's request task updates its retrain Asset with the
+    reason (what schedules its retrain DAG); a second run inside the cool-down is skipped."""
+    import sqlite3
+
+    assert _airflow(dag_home, "dags", "test", "ingest_events", "2026-11-02").returncode == 0
+    events = []
+    for run in ("2026-11-03", "2026-11-04"):
+        out = _airflow(dag_home, "dags", "test", "monitor_models", run)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+        with sqlite3.connect(dag_home / "airflow" / "airflow.db") as db:
+            events.append(db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id "
+                                     "where a.name like 'shopml://retrain/%' order by a.name").fetchall())
+        log = out.stdout + out.stderr
+        assert "has no champion: nothing is served to monitor" in log
+    first, second = events
+    assert [name for name, _ in first] == ["shopml://retrain/next_item", "shopml://retrain/purchase_propensity"]
+    assert all(json.loads(extra)["reason"] == "no champion yet" for _, extra in first)
+    assert second == first                      # the second run's requests were held back by the cool-down
+    assert "held back by the cool-down" in log
+
+
 @pytest.mark.slow  # about 5 minutes: make test-slow, which CI runs too
 def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_on_the_same_data(tmp_path):
     home = tmp_path / "home"

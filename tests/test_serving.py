@@ -244,7 +244,7 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
     with served(paths, next_item_bento.bento_tag, env={**env, "SHOPML_CHALLENGER_MODE": "shadow"}) as url:
         meta = _post(f"{url}/metadata", {}).json()
         assert meta["challenger"] == {"version": versions["random"], "bento_tag": challenger.bento_tag,
-                                      "mode": "shadow", "share": None}
+                                      "mode": "shadow", "share": None, "shadow_failures": 0}
         for user, at in firsts.select("user_id", "event_time").iter_rows():
             answer = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=30,
                                 headers={"x-shopml-event-time": at.isoformat(), "x-request-id": f"shadow-{user}"})

@@ -82,14 +82,15 @@ def bento_args(model_name: str | None) -> SimpleNamespace:
 
 
 def metadata(args: SimpleNamespace, snapshot_meta: dict, stats=None, routing=None, log=None,
-             challenger_version: str | None = None) -> Metadata:
+             challenger_version: str | None = None, shadow_failures: int = 0) -> Metadata:
     """What the Bento serves: the model version and its lineage, and the feature snapshot's dataset
     version and cutoff (the version the model was trained on, unless packaged with another); the
     challenger beside it, if any, and this worker's prediction log counts."""
     challenger = None
     if routing is not None and routing.challenger_bento:
         challenger = {"version": challenger_version, "bento_tag": routing.challenger_bento, "mode": routing.mode,
-                      "share": routing.share if routing.mode == "canary" else None}
+                      "share": routing.share if routing.mode == "canary" else None,
+                      "shadow_failures": shadow_failures}
     logged = None if log is None else {"root": log.root, "written": log.written, "queued": log.queue.qsize(),
                                        "dropped": dict(log.dropped)}
     return Metadata(model=args.model_name, version=str(args.version), bento_tag=args.bento_tag,
@@ -294,7 +295,7 @@ class Traffic:
 
     def metadata(self, args: SimpleNamespace, snapshot_meta: dict) -> Metadata:
         return metadata(args, snapshot_meta, self.champion.batcher.stats, self.routing, self.log,
-                        self.challenger.version if self.challenger else None)
+                        self.challenger.version if self.challenger else None, self.shadows.failed)
 
     def close(self) -> None:
         if self.log is not None:

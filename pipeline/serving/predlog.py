@@ -142,14 +142,6 @@ class PredictionLog:
             time.sleep(0)   # let the request threads run
         return pa.concat_tables(chunks)
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Write what is queued now (tests, and a worker that stops)."""
-        self._stop.set()
-        self._thread.join(timeout)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"prediction-log-{self.model}", daemon=True)
-        self._thread.start()
-
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
