@@ -293,3 +293,25 @@ def test_a_behaviour_shift_is_flagged_and_requests_one_retrain_inside_the_cooldo
     assert not held.requested and held.suppressed_by["day"] == DAY_SERVED
     assert datetime.fromisoformat(held.suppressed_by["until"]) == datetime(2026, 11, 12, tzinfo=timezone.utc) \
         + timedelta(hours=policy.cooldown_hours)
+
+
+@pytest.mark.fast
+def test_the_prediction_log_writes_to_an_object_store_uri_without_renames(monkeypatch):
+    """The object-store path (s3://... in production): fsspec's in-memory filesystem stands in for
+    S3, as a store without rename; every flush is one object and reads back from the same URI."""
+    import fsspec
+
+    from pipeline.serving.predlog import PredictionLog
+
+    fs = fsspec.filesystem("memory")
+    moved = []
+    monkeypatch.setattr(type(fs), "mv", lambda self, *a, **k: moved.append(a))   # an object store has no rename
+    log = PredictionLog("memory://bucket/predictions", "next_item", flush_seconds=60)
+    assert not log.local
+    for user in ("u1", "u2"):
+        _answer(log, 9, user)
+    log.close()
+    keys = fs.glob("/bucket/predictions/next_item/date=2026-11-05/hour=09/*.parquet")
+    assert len(keys) == 1 and moved == [] and log.written == 2
+    back = read_predictions("memory://bucket/predictions", "next_item", "2026-11-05")
+    assert back["user_id"].to_list() == ["u1", "u2"]
