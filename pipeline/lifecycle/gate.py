@@ -121,6 +121,28 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks], "reasons": self.reasons}
 
 
+def _group_draws(groups: np.ndarray, rng: np.random.Generator) -> Callable[[], np.ndarray]:
+    """A function drawing one bootstrap resample of whole groups: the row indices of as many groups
+    as there are, picked with replacement (each picked group's rows together)."""
+    order = np.argsort(groups, kind="stable")
+    _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+
+    def draw() -> np.ndarray:
+        picked = rng.integers(0, starts.size, size=starts.size)
+        lengths = counts[picked]
+        # Row indices of every picked group, vectorised: each group's start plus 0..count-1.
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return order[np.repeat(starts[picked], lengths) + offsets]
+
+    return draw
+
+
+def _interval(diffs: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs[np.isfinite(diffs)], [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def cluster_bootstrap(
     groups: np.ndarray, candidate: np.ndarray, champion: np.ndarray,
     statistic: Callable[[np.ndarray, np.ndarray], float], samples: int, confidence: float, seed: int,
@@ -131,22 +153,14 @@ def cluster_bootstrap(
     statistic like AUC can look up the labels of the same rows). Returns the observed difference and
     the percentile interval at ``confidence``.
     """
-    order = np.argsort(groups, kind="stable")
-    _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
-    rng = np.random.default_rng(seed)
+    draw = _group_draws(groups, np.random.default_rng(seed))
     diffs = np.empty(samples)
     for b in range(samples):
-        picked = rng.integers(0, starts.size, size=starts.size)
-        lengths = counts[picked]
-        # Row indices of every picked group, vectorised: each group's start plus 0..count-1.
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        rows = order[np.repeat(starts[picked], lengths) + offsets]
+        rows = draw()
         diffs[b] = statistic(candidate[rows], rows) - statistic(champion[rows], rows)
     all_rows = np.arange(groups.size)
     observed = statistic(candidate, all_rows) - statistic(champion, all_rows)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(diffs[np.isfinite(diffs)], [alpha, 1 - alpha])
-    return float(observed), (float(low), float(high))
+    return float(observed), _interval(diffs, confidence)
 
 
 def decide(
@@ -272,24 +286,12 @@ def two_sample_bootstrap(
     ``statistic_of(labels)`` gives the statistic of a side. Returns the observed difference a - b and
     its percentile interval at ``confidence``."""
     rng = np.random.default_rng(seed)
-
-    def resampler(groups, values, labels):
-        order = np.argsort(groups, kind="stable")
-        _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
-        statistic = statistic_of(labels)
-
-        def draw() -> float:
-            picked = rng.integers(0, starts.size, size=starts.size)
-            lengths = counts[picked]
-            offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            rows = order[np.repeat(starts[picked], lengths) + offsets]
-            return statistic(values[rows], rows)
-
-        return draw, statistic(values, np.arange(values.size))
-
-    draw_a, observed_a = resampler(*a)
-    draw_b, observed_b = resampler(*b)
-    diffs = np.array([draw_a() - draw_b() for _ in range(samples)])
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(diffs[np.isfinite(diffs)], [alpha, 1 - alpha])
-    return float(observed_a - observed_b), (float(low), float(high))
+    (groups_a, values_a, labels_a), (groups_b, values_b, labels_b) = a, b
+    draw_a, draw_b = _group_draws(groups_a, rng), _group_draws(groups_b, rng)
+    statistic_a, statistic_b = statistic_of(labels_a), statistic_of(labels_b)
+    diffs = np.empty(samples)
+    for i in range(samples):
+        rows_a, rows_b = draw_a(), draw_b()
+        diffs[i] = statistic_a(values_a[rows_a], rows_a) - statistic_b(values_b[rows_b], rows_b)
+    observed = statistic_a(values_a, np.arange(values_a.size)) - statistic_b(values_b, np.arange(values_b.size))
+    return float(observed), _interval(diffs, confidence)
