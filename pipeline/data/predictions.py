@@ -37,7 +37,6 @@ SCHEMA = pa.schema([
     ("scores", pa.list_(pa.float64())),
     ("source", pa.string()),
 ])
-ROLES = ("champion", "challenger", "shadow")
 PREDICTIONS_ENV = "SHOPML_PREDICTION_LOG"
 
 
@@ -57,9 +56,9 @@ def partition(root: str, model: str, when: datetime) -> str:
     return f"{root.rstrip('/')}/{model}/date={when:%Y-%m-%d}/hour={when:%H}"
 
 
-def read_predictions(root: str, model: str, day: date | str, role: str | None = None) -> pl.DataFrame:
+def read_predictions(root: str, model: str, day: date | str) -> pl.DataFrame:
     """Every logged answer of ``model`` on ``day`` (UTC), oldest first; an empty frame of the same
-    schema when nothing was logged. ``role`` keeps one role's answers."""
+    schema when nothing was logged."""
     import fsspec
     import pyarrow.parquet as pq
 
@@ -74,6 +73,4 @@ def read_predictions(root: str, model: str, day: date | str, role: str | None = 
             except (pa.ArrowInvalid, OSError) as exc:
                 raise ValueError(f"prediction log file {fs.unstrip_protocol(path)} is not readable: {exc}") from exc
     frame = pl.from_arrow(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
-    if role is not None:
-        frame = frame.filter(pl.col("role") == role)
     return frame.sort("ts", "request_id")

@@ -59,16 +59,22 @@ class Policy:
         return asdict(self)
 
 
-def load_policy(model_name: str, path: Path | None = None) -> Policy:
-    """The rules for ``model_name`` from the policy file (``$SHOPML_POLICY``, else ``policy.yaml`` at
-    the repo root)."""
+def read_policy_file(path: Path | None = None) -> tuple[Path, dict]:
+    """The policy file (``path``, else ``$SHOPML_POLICY``, else ``policy.yaml`` at the repo root) and
+    its parsed sections: the gate's per model, and ``monitoring``."""
     path = Path(path or os.environ.get(POLICY_ENV) or POLICY_FILE)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return path, yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise PolicyError(f"{path}: policy file not found") from None
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_policy(model_name: str, path: Path | None = None) -> Policy:
+    """The rules for ``model_name`` from the policy file (``$SHOPML_POLICY``, else ``policy.yaml`` at
+    the repo root)."""
+    path, data = read_policy_file(path)
     if model_name not in data:
         raise PolicyError(f"{path}: no section for model {model_name!r} (sections: {', '.join(data) or 'none'})")
     section = dict(data[model_name] or {})

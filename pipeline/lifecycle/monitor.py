@@ -23,9 +23,7 @@ on each served model version (``online.<date>``), and the champion's run is the 
 printed line names. ``retrain_decision`` then applies ``policy.yaml``'s ``monitoring`` rules:
 retrain when drift or online quality crosses a threshold, at most once per cool-down.
 
-PSI and Jensen-Shannon are computed here (scipy's ``jensenshannon``, a few lines of numpy for PSI)
-rather than with Evidently: it would add a second, heavier dependency tree (its own pins of pandas,
-numpy and pydantic) for two formulas, and its HTML reports are not needed in the task log.
+The statistics are in ``pipeline.data.drift``; what each family observes, in its ``monitoring.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ import html
 import json
 import logging
 import math
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -42,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import yaml
 
 from pipeline.core.settings import StatePaths
 from pipeline.data.drift import FeatureDrift, FeatureSkew, numeric_drift
@@ -53,7 +49,7 @@ EXPERIMENT_PREFIX = "monitoring-"
 
 
 class MonitoringError(ValueError):
-    """Nothing to monitor (no champion, no log for the day), or a bad monitoring rule."""
+    """Nothing to monitor (no champion, a family without monitoring hooks), or a bad monitoring rule."""
 
 
 # ---- Rules ------------------------------------------------------------------------------------------
@@ -79,11 +75,10 @@ class MonitoringPolicy:
 
 
 def load_monitoring_policy(model: str, path: Path | None = None) -> MonitoringPolicy:
-    from pipeline.lifecycle.gate import POLICY_ENV, POLICY_FILE
+    from pipeline.lifecycle.gate import read_policy_file
 
-    path = Path(path or os.environ.get(POLICY_ENV) or POLICY_FILE)
-    data = (yaml.safe_load(path.read_text()) or {}).get("monitoring") or {}
-    section = dict(data.get(model) or {})
+    path, data = read_policy_file(path)
+    section = dict((data.get("monitoring") or {}).get(model) or {})
     known = set(MonitoringPolicy.__dataclass_fields__)
     unknown = sorted(set(section) - known)
     if unknown:
@@ -96,12 +91,6 @@ def load_monitoring_policy(model: str, path: Path | None = None) -> MonitoringPo
             raise MonitoringError(f"{path}: monitoring.{model}.{key} must be like {default!r}, got {value!r}")
     return MonitoringPolicy(**section)
 
-
-# ---- Online quality ---------------------------------------------------------------------------------
-
-# ---- Drift -------------------------------------------------------------------------------------------
-
-# ---- Skew --------------------------------------------------------------------------------------------
 
 # ---- The day's monitoring ------------------------------------------------------------------------------
 
@@ -182,7 +171,7 @@ def champion_context(paths: StatePaths, model: str) -> dict:
 
 
 def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None = None,
-            policy: MonitoringPolicy | None = None, log_to_mlflow: bool = True) -> MonitorResult:
+            policy: MonitoringPolicy | None = None) -> MonitorResult:
     """Online quality, drift and skew of ``model`` on ``day``; logged to MLflow (see the module
     docstring). The events come from ``dataset_version`` (default: the current one)."""
     from pipeline.data.predictions import default_root, read_predictions
@@ -229,8 +218,7 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
     result.report = str(out / "drift.html")
     if outcomes.height:
         outcomes.write_parquet(out / "outcomes.parquet")
-    if log_to_mlflow:
-        _log(paths, result, policy, champion["client"], out)
+    _log(paths, result, policy, champion["client"], out)
     return result
 
 
@@ -245,8 +233,8 @@ def _prediction_drift(root: str, model: str, day: str, answers: pl.DataFrame, ve
                                                        & (pl.col("model_version") == version)))
 
     current = scores(answers)
-    before = [scores(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d))) for d in range(1, 8)]
-    reference = np.concatenate(before) if before else np.zeros(0)
+    reference = np.concatenate([scores(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d)))
+                                for d in range(1, 8)])
     if current.size == 0 or reference.size == 0:
         return None
     return numeric_drift("served score", reference, current, policy.psi_threshold)

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 
 from pipeline.data.predictions import SCHEMA, partition
 
@@ -145,7 +145,3 @@ class PredictionLog:
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
