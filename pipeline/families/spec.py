@@ -40,7 +40,7 @@ class Monitoring:
         headline: ``(policy) -> names``: the figures the first printed line shows, in order.
         drift: ``(events, catalog, day_start, day_end, champion, policy) -> [FeatureDrift]``: the
             input features of the day against the champion's training period; ``champion`` holds
-            its ``split`` and ``features_path``.
+            its ``split``, ``features_path`` and run ``params``.
         served_scores: ``(answers) -> array``: the scores whose distribution is watched.
         skew: ``(snapshot, events, catalog, answers) -> [FeatureSkew]``: the snapshot's lookups for
             the day's users against the same features recomputed offline.

@@ -147,7 +147,7 @@ def _day_bounds(day: str) -> tuple[datetime, datetime]:
 
 
 def champion_context(paths: StatePaths, model: str) -> dict:
-    """The champion's version, run, training split, features and Bento snapshot."""
+    """The champion's version, run, training parameters and split, features and Bento snapshot."""
     import bentoml
 
     from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
@@ -166,7 +166,7 @@ def champion_context(paths: StatePaths, model: str) -> dict:
         except Exception as exc:   # a Bento store without it: the skew report says so
             log.warning("the champion's snapshot is not in this Bento store: %s", exc)
     return {"version": str(mv.version), "run": run, "client": client, "snapshot": snapshot_path,
-            "features_path": run.data.tags.get("features_path"),
+            "features_path": run.data.tags.get("features_path"), "params": dict(run.data.params),
             "split": {k.removeprefix("split."): v for k, v in run.data.params.items() if k.startswith("split.")}}
 
 

@@ -65,18 +65,16 @@ def input_drift(reference: pl.DataFrame, current: pl.DataFrame, policy) -> list[
 
 def drift(events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime, champion: dict,
           policy) -> list[FeatureDrift]:
-    """The feature rows at the day's start (the candidates of the lookback before it) against the
+    """The feature rows at the day's start (the candidates of the lookback before it), built with the
+    champion's own horizon and lookback (its run's parameters, not today's params.yaml), against the
     champion's training rows of its latest cutoff."""
-    from pipeline.core.params import load_params
-
-    params = load_params().train_propensity
+    horizon, lookback = (timedelta(days=float(champion["params"][f"data.{k}_days"])) for k in ("horizon", "lookback"))
     reference = pl.read_parquet(Path(champion["features_path"]) / "train.parquet")
     if "cutoff" in reference.columns:
         # The rows of the latest training cutoff: counts grow with the data's age, and the rows of
         # the first cutoffs made a normal day look drifted.
         reference = reference.filter(pl.col("cutoff") == pl.col("cutoff").max())
-    current = propensity_rows(events, catalog, start, timedelta(days=params.horizon_days),
-                              timedelta(days=params.lookback_days))
+    current = propensity_rows(events, catalog, start, horizon, lookback)
     return input_drift(reference, current, policy)
 
 
