@@ -25,7 +25,7 @@ import math
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import dag, task
-from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, retrain_request, timed
+from shopml_common import CANONICAL_DATASET, DEFAULT_ARGS, MODELS, newest_event_extra, retrain_request, timed
 
 
 def _monitored_day(paths, model: str, version: str | None) -> tuple[str, str]:
@@ -47,9 +47,7 @@ def _chain(model: str) -> None:
         from pipeline.lifecycle import monitor as monitoring
 
         paths = get_state_paths()
-        events = (context.get("triggering_asset_events") or {})
-        announced = [e.extra.get("version") for a in events for e in events[a] if (e.extra or {}).get("version")]
-        day, version = _monitored_day(paths, model, announced[-1] if announced else None)
+        day, version = _monitored_day(paths, model, newest_event_extra(context, "version"))
         policy = monitoring.load_monitoring_policy(model)
         try:
             result = monitoring.monitor(paths, model, day, version, policy)

@@ -63,7 +63,15 @@ import os
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
-from shopml_common import DEFAULT_ARGS, MODELS, TRAIN_POOL, fail_without_retry, retrain_request, timed
+from shopml_common import (
+    DEFAULT_ARGS,
+    MODELS,
+    TRAIN_POOL,
+    fail_without_retry,
+    newest_event_extra,
+    retrain_request,
+    timed,
+)
 
 TRAIN_QUEUE = os.environ.get("SHOPML_TRAIN_QUEUE") or os.environ.get("SHOPML_QUEUE", "default")
 TRAIN_EXECUTOR = os.environ.get("SHOPML_TRAIN_EXECUTOR") or None
@@ -77,19 +85,16 @@ WEEKLY_FALLBACK = CronTriggerTimetable("0 3 * * 1", timezone="UTC")
 
 
 def _announced_version(context) -> str | None:
-    """The dataset version the newest triggering Asset event carries (``ingest_events`` sets it),
-    or None for a run the weekly schedule or a person started."""
-    events = context.get("triggering_asset_events") or {}
-    found = [e for asset in events for e in events[asset] if (e.extra or {}).get("version")]
-    return max(found, key=lambda e: e.timestamp).extra["version"] if found else None
+    """The dataset version the newest triggering Asset event carries, or None for a run the weekly
+    schedule or a person started."""
+    return newest_event_extra(context, "version")
 
 
 def _retrain_reason(context) -> str:
     """Why this run retrains: the newest triggering request's reason, else the schedule or a person."""
-    events = context.get("triggering_asset_events") or {}
-    found = [e for asset in events for e in events[asset] if (e.extra or {}).get("reason")]
-    if found:
-        return max(found, key=lambda e: e.timestamp).extra["reason"]
+    reason = newest_event_extra(context, "reason")
+    if reason:
+        return reason
     return "weekly schedule" if context.get("dag_run") is not None and \
         str(getattr(context["dag_run"], "run_type", "")).lower().endswith("scheduled") else "manual or weekly run"
 

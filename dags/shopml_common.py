@@ -28,6 +28,15 @@ MODELS = families.names()
 TRAIN_POOL = os.environ.get("SHOPML_TRAIN_POOL", "shopml_training")
 
 
+def newest_event_extra(context, key: str):
+    """``key`` of the extra of the newest triggering Asset event that carries it, or None for a run
+    the schedule or a person started (``ingest_events`` sets ``version``; ``monitor_models``
+    ``version`` and ``reason``)."""
+    events = context.get("triggering_asset_events") or {}
+    found = [e for asset in events for e in events[asset] if (e.extra or {}).get(key)]
+    return max(found, key=lambda e: e.timestamp).extra[key] if found else None
+
+
 def fail_without_retry(func):
     """A task decorator: a missing run, model or policy rule, a refused registry change, or a served
     model that answers unlike its evaluation, will not change on a retry, so the task fails at once
