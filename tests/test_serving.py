@@ -387,6 +387,19 @@ def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_it
     assert build_bento(paths, "next_item", versions["good"]).bento_tag == next_item_bento.bento_tag
 
 
+def _random_events(rng, n: int, t0, hours_before: tuple[float, float], users: int, sessions: int,
+                   items: int) -> pl.DataFrame:
+    """``n`` canonical events drawn at random, ``hours_before`` t0 (a negative bound: after it)."""
+    return pl.DataFrame({
+        "event_time": [t0 - timedelta(hours=float(h)) for h in rng.uniform(*hours_before, n)],
+        "user_id": [f"u{k}" for k in rng.integers(0, users, n)],
+        "session_id": [f"s{k}" for k in rng.integers(0, sessions, n)],
+        "item_id": [f"i{k}" for k in rng.integers(0, items, n)],
+        "event_type": rng.choice(["view", "add_to_cart", "remove_from_cart", "purchase"], n).tolist(),
+        "price": rng.uniform(1, 50, n), "quantity": np.ones(n, dtype=np.int64),
+    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+
+
 @pytest.mark.fast
 def test_snapshot_features_are_the_training_features():
     """The serving snapshot assembles a candidate's row exactly as propensity_rows does at a cutoff."""
@@ -395,14 +408,7 @@ def test_snapshot_features_are_the_training_features():
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
     rng = np.random.default_rng(0)
     n = 2000
-    events = pl.DataFrame({
-        "event_time": [t0 - timedelta(hours=float(h)) for h in rng.uniform(-48, 24 * 6, n)],
-        "user_id": [f"u{k}" for k in rng.integers(0, 40, n)],
-        "session_id": [f"s{k}" for k in rng.integers(0, 300, n)],
-        "item_id": [f"i{k}" for k in rng.integers(0, 60, n)],
-        "event_type": rng.choice(["view", "add_to_cart", "remove_from_cart", "purchase"], n).tolist(),
-        "price": rng.uniform(1, 50, n), "quantity": np.ones(n, dtype=np.int64),
-    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+    events = _random_events(rng, n, t0, (-48, 24 * 6), users=40, sessions=300, items=60)
     catalog = pl.DataFrame({"item_id": [f"i{k}" for k in range(55)], "category": [f"c{k % 7}" for k in range(55)],
                             "brand": [f"b{k % 4}" for k in range(55)], "price": np.linspace(2, 40, 55)})
     rows = propensity_rows(events, catalog, t0, timedelta(days=2), timedelta(days=3))
@@ -424,14 +430,7 @@ def test_snapshot_lookups_by_sorted_key_equal_joins_on_whole_tables(tmp_path):
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
     rng = np.random.default_rng(1)
     n = 3000
-    events = pl.DataFrame({
-        "event_time": [t0 - timedelta(hours=float(h)) for h in rng.uniform(1, 24 * 6, n)],
-        "user_id": [f"u{k}" for k in rng.integers(0, 80, n)],
-        "session_id": [f"s{k}" for k in rng.integers(0, 400, n)],
-        "item_id": [f"i{k}" for k in rng.integers(0, 90, n)],
-        "event_type": rng.choice(["view", "add_to_cart", "remove_from_cart", "purchase"], n).tolist(),
-        "price": rng.uniform(1, 50, n), "quantity": np.ones(n, dtype=np.int64),
-    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+    events = _random_events(rng, n, t0, (1, 24 * 6), users=80, sessions=400, items=90)
     catalog = pl.DataFrame({"item_id": [f"i{k}" for k in range(85)],
                             "category": [None if k == 3 else f"c{k % 9}" for k in range(85)],
                             "brand": [f"b{k % 5}" for k in range(85)], "price": np.linspace(2, 40, 85)})
