@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.data.drift import calibration_error, js_divergence, psi
+from pipeline.data.drift import js_divergence, psi
 from pipeline.data.predictions import read_predictions
 
 
@@ -66,6 +66,8 @@ def test_a_full_queue_or_a_broken_sink_drops_answers_with_a_count_and_never_rais
 
 @pytest.mark.fast
 def test_psi_jensen_shannon_and_calibration_error_measure_what_they_should():
+    from pipeline.families.purchase_propensity.evaluation import expected_calibration_error
+
     rng = np.random.default_rng(0)
     reference = rng.normal(0, 1, 20_000)
     assert psi(reference, rng.normal(0, 1, 5_000)) < 0.02
@@ -74,8 +76,8 @@ def test_psi_jensen_shannon_and_calibration_error_measure_what_they_should():
     assert js_divergence(same, same) == pytest.approx(0.0, abs=1e-12)
     assert js_divergence(pl.Series("x", ["a"] * 50), pl.Series("x", ["b"] * 50)) == pytest.approx(1.0)
     p = rng.random(50_000)
-    assert calibration_error(p, (rng.random(50_000) < p).astype(float)) < 0.01
-    assert calibration_error(p, np.zeros_like(p)) == pytest.approx(p.mean(), rel=1e-6)
+    assert expected_calibration_error((rng.random(50_000) < p).astype(float), p) < 0.01
+    assert expected_calibration_error(np.zeros_like(p), p) == pytest.approx(p.mean(), rel=1e-6)
 
 
 @pytest.mark.fast

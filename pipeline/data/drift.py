@@ -1,4 +1,4 @@
-"""Distribution statistics for monitoring: drift (PSI, Jensen-Shannon), skew and calibration.
+"""Distribution statistics for monitoring: drift (PSI, Jensen-Shannon) and skew.
 
 PSI and Jensen-Shannon are computed here (scipy's ``jensenshannon``, a few lines of numpy for PSI)
 rather than with Evidently: it would add a second, heavier dependency tree (its own pins of pandas,
@@ -12,19 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-
-
-def calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: the row-weighted gap between mean probability and purchase rate
-    over ten equal-width probability bins."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
-    return float(total / max(len(p), 1))
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:

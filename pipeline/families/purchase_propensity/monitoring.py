@@ -8,15 +8,15 @@ sessions as requests for ``python -m pipeline replay``.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from pipeline.data.drift import FeatureDrift, FeatureSkew, calibration_error, numeric_drift
+from pipeline.data.drift import FeatureDrift, FeatureSkew, numeric_drift
 from pipeline.families.base import auc
+from pipeline.families.purchase_propensity.evaluation import propensity_metrics
 from pipeline.families.purchase_propensity.features import (
     PROPENSITY_DENSE,
     assemble_propensity,
@@ -46,16 +46,12 @@ def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFram
 
 
 def figures(outcomes: pl.DataFrame, policy) -> dict[str, float]:
-    """AUC, log loss, expected calibration error, mean probability and purchase rate over every
-    served candidate."""
+    """The offline evaluation's figures (AUC, log loss, expected calibration error) over every
+    served candidate, with its mean probability and purchase rate."""
     p = outcomes["probability"].to_numpy().astype(float)
     y = outcomes["label"].to_numpy().astype(float)
-    clipped = np.clip(p, 1e-7, 1 - 1e-7)
-    return {"auc": float(auc(y, p)) if 0 < y.sum() < len(y) else math.nan,
-            "log_loss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))) if len(y) else math.nan,
-            "calibration_error": calibration_error(p, y), "mean_probability": float(p.mean()) if len(p) else math.nan,
-            "purchase_rate": float(y.mean()) if len(y) else math.nan, "users": float(outcomes["user_id"].n_unique()),
-            "candidates": float(len(y))}
+    return {**propensity_metrics(y, p), "mean_probability": float(p.mean()), "purchase_rate": float(y.mean()),
+            "users": float(outcomes["user_id"].n_unique()), "candidates": float(len(y))}
 
 
 def input_drift(reference: pl.DataFrame, current: pl.DataFrame, policy) -> list[FeatureDrift]:
