@@ -38,7 +38,7 @@ import yaml
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.blend import BlendedRecommender, choose_beta
-from models.metrics import recall_ndcg, target_ranks
+from models.metrics import scorer_metrics
 from models.propensity import DCNConfig, DCNv2, packed_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, model_device, select_device, train
@@ -92,14 +92,8 @@ def _loop(section: str, device: str, **overrides) -> TrainConfig:
     return dataclasses.replace(config, **overrides)
 
 
-def ndcg(scorer, histories: np.ndarray, targets: np.ndarray, batch: int = 1024) -> float:
-    device = model_device(scorer)
-    ranks = []
-    with torch.no_grad():
-        for i in range(0, len(targets), batch):
-            scores = scorer(torch.from_numpy(histories[i:i + batch]).to(device))
-            ranks.append(target_ranks(scores, torch.from_numpy(targets[i:i + batch]).to(device)).cpu().numpy())
-    return recall_ndcg(np.concatenate(ranks))["ndcg_at_10"]
+def ndcg(scorer, histories: np.ndarray, targets: np.ndarray) -> float:
+    return scorer_metrics(scorer, histories, targets)["ndcg_at_10"]
 
 
 def sasrec_config(d: dict) -> SASRecConfig:

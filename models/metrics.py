@@ -46,3 +46,18 @@ def ranking_values(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[st
 def recall_ndcg(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
     """Mean Recall@K and NDCG@K over examples from 0-based ranks (0.0 for no examples)."""
     return {name: float(v.mean()) if v.size else 0.0 for name, v in ranking_values(ranks, ks).items()}
+
+
+def scorer_metrics(scorer, histories: np.ndarray, targets: np.ndarray, batch: int = 1024) -> dict[str, float]:
+    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog, in batches on the scorer's
+    device (a model's own; the CPU for a baseline)."""
+    from models.train import model_device
+
+    device = model_device(scorer)
+    histories, targets = torch.from_numpy(histories), torch.from_numpy(targets)
+    ranks = []
+    with torch.no_grad():
+        for i in range(0, targets.numel(), batch):
+            scores = scorer(histories[i:i + batch].to(device))
+            ranks.append(target_ranks(scores, targets[i:i + batch].to(device)).cpu().numpy())
+    return recall_ndcg(np.concatenate(ranks) if ranks else np.zeros(0))

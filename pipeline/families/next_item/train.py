@@ -11,9 +11,8 @@ import torch
 
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.blend import BlendedRecommender, choose_beta
-from models.metrics import recall_ndcg, target_ranks
+from models.metrics import scorer_metrics
 from models.sasrec import SASRec, SASRecConfig
-from models.train import model_device
 from models.train import train as train_loop
 from pipeline.core.params import TrainRecommenderParams
 from pipeline.core.settings import StatePaths
@@ -31,16 +30,8 @@ POPULAR_KEPT = 1000   # the cold-start fallback's list; k is at most this
 
 
 def evaluate_scorer(scorer, examples: NextItemExamples, batch: int = 1024) -> dict[str, float]:
-    """Recall@10/20 and NDCG@10/20 of a scorer over the full catalog, in batches on the scorer's
-    device (a model's own; the CPU for a baseline)."""
-    device = model_device(scorer)
-    histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
-    ranks = []
-    with torch.no_grad():
-        for i in range(0, targets.numel(), batch):
-            scores = scorer(histories[i:i + batch].to(device))
-            ranks.append(target_ranks(scores, targets[i:i + batch].to(device)).cpu().numpy())
-    return recall_ndcg(np.concatenate(ranks) if ranks else np.zeros(0))
+    """Recall@10/20 and NDCG@10/20 of a scorer on the examples (``models.metrics.scorer_metrics``)."""
+    return scorer_metrics(scorer, examples.histories, examples.targets, batch)
 
 
 def train(paths: StatePaths, params: TrainRecommenderParams, tags: dict[str, str] | None = None,
