@@ -36,7 +36,8 @@ class _Engine:
     """One model version's pyfunc, snapshot, user states and batcher (the champion's, or a
     challenger's beside it)."""
 
-    def __init__(self, model, snapshot_tag: str, states_tag: str | None, version: str) -> None:
+    def __init__(self, model, snapshot, states, version: str) -> None:
+        """``model`` a BentoML model or tag; ``snapshot`` and ``states`` stored BentoML models."""
         from pipeline.families.next_item.states import UserStateTable
         from pipeline.serving.batching import MicroBatcher
         from pipeline.serving.compute import NextItemRanker
@@ -45,10 +46,8 @@ class _Engine:
         # The pyfunc's own methods, without MLflow's per-call input schema check: the rows are
         # built here, always valid (the parity check proves the answers are the evaluated ones).
         self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
-        self.snapshot = FeatureSnapshot.load(bentoml.models.get(snapshot_tag).path
-                                             if isinstance(snapshot_tag, str) else snapshot_tag.path)
-        self.states = UserStateTable(bentoml.models.get(states_tag).path if isinstance(states_tag, str)
-                                     else states_tag.path)
+        self.snapshot = FeatureSnapshot.load(snapshot.path)
+        self.states = UserStateTable(states.path)
         self.ranker = NextItemRanker(self.pyfunc, self.snapshot, self.states)
         self.batcher = MicroBatcher(self.ranker.rank_rows, **BATCHING.batcher_args())
         self.version = str(version)
@@ -87,8 +86,8 @@ class NextItemService:
         self.champion = _Engine(self.bento_model, self.snapshot_model, self.states_model, ARGS.version)
         self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
         self.traffic = Traffic("next_item", self.champion,
-                               lambda other: _Engine(other.model_tag, other.snapshot_tag, other.states_tag,
-                                                     other.version),
+                               lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag),
+                                                     bentoml.models.get(other.states_tag), other.version),
                                lambda request, answer: (answer.items, answer.scores, answer.source))
 
     def __is_ready__(self) -> bool:

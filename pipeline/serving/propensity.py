@@ -30,14 +30,14 @@ class _Engine:
     """One model version's pyfunc, snapshot and batcher (the champion's, or a challenger's)."""
 
     def __init__(self, model, snapshot, version: str) -> None:
+        """``model`` a BentoML model or tag; ``snapshot`` a stored BentoML model."""
         from pipeline.serving.batching import MicroBatcher
         from pipeline.serving.compute import PropensityScorer
         from pipeline.serving.snapshot import FeatureSnapshot
 
         # The pyfunc's own predict, without MLflow's per-call schema check: the rows are built here.
         self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
-        self.snapshot = FeatureSnapshot.load(bentoml.models.get(snapshot).path if isinstance(snapshot, str)
-                                             else snapshot.path)
+        self.snapshot = FeatureSnapshot.load(snapshot.path)
         self.scorer = PropensityScorer(self.pyfunc, self.snapshot)
         self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(ROWS_PER_REQUEST))
         self.version = str(version)
@@ -64,7 +64,8 @@ class PropensityService:
         self.champion = _Engine(self.bento_model, self.snapshot_model, ARGS.version)
         self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
         self.traffic = Traffic("purchase_propensity", self.champion,
-                               lambda other: _Engine(other.model_tag, other.snapshot_tag, other.version),
+                               lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag),
+                                                     other.version),
                                lambda request, answer: ([c.item_id for c in request.candidates],
                                                         answer.probabilities, "model"))
 
