@@ -23,9 +23,12 @@ development machine, README "Load"):
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 from pipeline.serving.api import Metadata
@@ -171,9 +174,6 @@ def prediction_log(model_name: str):
 def request_context(ctx) -> tuple[str, object]:
     """The request's id (its ``x-request-id`` header, else a new one) and the time its answer is
     logged at (see SHOPML_ACCEPT_EVENT_TIME)."""
-    import uuid
-    from datetime import datetime, timezone
-
     headers = ctx.request.headers if ctx is not None and getattr(ctx, "request", None) is not None else {}
     request_id = (headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
     when = datetime.now(timezone.utc)
@@ -216,8 +216,6 @@ class Routing:
 
 
 def in_share(key: str, share: float) -> bool:
-    import hashlib
-
     bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return bucket < share
 
