@@ -1,8 +1,10 @@
 # Entry points. Each target creates the virtual environment on first use.
-#   make demo   generate eleven days of shop data, ingest ten, then retrain each model (train, evaluate, gate,
-#               register, package a smoke-tested Bento, promote) and the recommender once more on the same
-#               data; then close the loop: serve the champion, replay the eleventh day's sessions against
-#               it, ingest that day and judge the served answers; it ends with the online next_item line
+#   make demo   generate twelve days of shop data, ingest ten, then retrain each model (train, evaluate, gate,
+#               register, package a smoke-tested Bento, promote; the strongest floor serves when no learned
+#               candidate clears it) and the recommender once more on the same data; then close the loop:
+#               serve the champion, replay the eleventh day's sessions against it, ingest that day and the
+#               next (so every answer's outcome horizon has passed), and judge the served answers beside the
+#               floors on the same requests; it ends with the online next_item lines
 #   make test   the default test suite (< 15 minutes on 2 cores); make test-fast: its fast layer (< 2 minutes)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -29,7 +31,7 @@ install: $(VENV)/.installed
 
 demo: install
 	@# A shop dense enough in users and items per event for the sequential model to learn from.
-	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 1)) --events-per-day 5000 \
+	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 2)) --events-per-day 5000 \
 	  --initial-users 2000 --initial-items 1200 --seed 11
 	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
 	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
@@ -44,7 +46,7 @@ demo: install
 	  echo "== airflow dags test $$dag: features -> train -> evaluate -> gate -> register -> package -> promote =="; \
 	  $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-$$dag.log; exit 1; }; \
-	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity( by user id)?: |[a-z_]+: champion is now|run [0-9a-f]+ on dataset)" \
+	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity( by user id)?: |[a-z_]+: champion is now|[a-z_]+ floor serves|run [0-9a-f]+ on dataset)" \
 	    $(SHOPML_HOME)/demo-$$dag.log; \
 	done
 	@echo "== registry =="
@@ -59,17 +61,17 @@ demo: install
 	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
 	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"
 	@day=$$(date -u -d "$(DEMO_START) + $(DEMO_DAYS) day" +%F); \
-	echo "== the closed loop: the champion serves $$day's sessions, the day is ingested, the answers judged =="; \
+	echo "== the closed loop: the champion serves $$day's sessions; that day and the next are ingested, the answers judged =="; \
 	$(PY) -m pipeline replay --model next_item --date $$day --serve > $(SHOPML_HOME)/demo-replay.log 2>&1 \
 	  || { tail -30 $(SHOPML_HOME)/demo-replay.log; exit 1; }; \
 	grep -E "^(serving|replayed)" $(SHOPML_HOME)/demo-replay.log; \
-	$(PY) -m pipeline run --date $$day > $(SHOPML_HOME)/demo-loop-ingest.log 2>&1 \
+	$(PY) -m pipeline run --start $$day --days 2 > $(SHOPML_HOME)/demo-loop-ingest.log 2>&1 \
 	  || { tail -30 $(SHOPML_HOME)/demo-loop-ingest.log; exit 1; }; \
 	grep -E "^published" $(SHOPML_HOME)/demo-loop-ingest.log; \
 	$(PY) -m pipeline monitor --model next_item --date $$day > $(SHOPML_HOME)/demo-monitor.log 2>&1 \
 	  || { tail -30 $(SHOPML_HOME)/demo-monitor.log; exit 1; }; \
 	grep -E "^(drift|skew|retrain|MLflow run)" $(SHOPML_HOME)/demo-monitor.log; \
-	grep -E "^online next_item" $(SHOPML_HOME)/demo-monitor.log
+	grep -E "^(online|offline) next_item" $(SHOPML_HOME)/demo-monitor.log
 
 # Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
 MODEL ?= next_item

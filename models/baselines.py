@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from torch import nn
 
 
 class PopularityRecommender:
@@ -101,3 +104,44 @@ class CooccurrenceRecommender:
         scores = (self.matrix.t() @ weights.t()).t().to_dense() if self.matrix._nnz() else torch.zeros_like(weights)
         # Popularity breaks ties and serves users without history.
         return scores + 1e-3 * self.popularity
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """What the pyfunc and the packaged user states read of a model's config."""
+
+    max_len: int
+    dim: int = 1
+
+
+class CooccurrenceScorer(nn.Module):
+    """A ``CooccurrenceRecommender`` behind the sequential models' interface (``user_state``,
+    ``score_states``, ``config``, ``tail_len``), so the strongest floor is logged, packaged and served
+    by the recommender's own pyfunc and service when no learned model beats it.
+
+    Scores are ``log(1 + cooccurrence + 1e-3 * popularity)``: the order of ``CooccurrenceRecommender.score``,
+    computed sparsely as the blend does. With ``window=0`` (no transitions counted) it is popularity.
+    """
+
+    def __init__(self, cooccurrence: CooccurrenceRecommender, max_len: int) -> None:
+        super().__init__()
+        self.cooccurrence = cooccurrence
+        self.config = ScorerConfig(max_len=max_len)
+
+    @property
+    def tail_len(self) -> int:
+        return self.cooccurrence.recent
+
+    def user_state(self, seq: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(seq.shape[0], self.config.dim)   # the whole state is the tail
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.score_states(self.user_state(seq), seq)
+
+    def score_states(self, states: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        popularity = 1e-3 * self.cooccurrence.popularity
+        scores = torch.log1p(popularity).expand(states.shape[0], -1).clone()
+        rows, items, counts = self.cooccurrence.entries(seq)
+        if counts.numel():
+            scores[rows, items] = torch.log1p(counts + popularity[items])
+        return scores

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.lifecycle.gate import Policy, PolicyError, decide, load_policy
+from pipeline.lifecycle.gate import Policy, PolicyError, Rows, champion_ineligibility, decide, load_policy
 
 pytestmark = pytest.mark.fast
 
@@ -18,8 +18,10 @@ def _policy(**kw) -> Policy:
     return Policy(metric="ndcg_at_20", floors=("popularity",), bootstrap_samples=500, **kw)
 
 
-def _paired(candidate: np.ndarray, champion: np.ndarray):
-    return np.arange(candidate.size), candidate, champion, MEAN
+def _paired(candidate: np.ndarray, champion: np.ndarray | None = None, floor: np.ndarray | None = None) -> Rows:
+    """One row per user; the popularity floor a tenth of the candidate's users' values unless given."""
+    floor = np.where(np.arange(candidate.size) % 10 == 0, candidate, 0.0) if floor is None else floor
+    return Rows(np.arange(candidate.size), candidate, MEAN, champion, {"popularity": floor})
 
 
 def _users(seed: int, n: int = 2000, rate: float = 0.1) -> np.ndarray:
@@ -74,21 +76,90 @@ def test_a_noisy_equal_candidate_is_rejected_as_not_significant():
     assert any(r.startswith("FAIL significance") and "not significantly better" in r for r in d.reasons)
 
 
-def test_the_first_model_passes_only_if_it_beats_the_floors():
-    above = decide(_policy(), {"ndcg_at_20": 0.08}, {"popularity": 0.05})
-    below = decide(_policy(), {"ndcg_at_20": 0.04}, {"popularity": 0.05})
-    assert above.passed and not below.passed
-    assert "FAIL floor popularity: ndcg_at_20 0.0400 vs popularity 0.0500" in below.reasons
+def _floor_case(candidate: np.ndarray, floor: np.ndarray, **policy):
+    rows = _paired(candidate, floor=floor)
+    return decide(_policy(**policy), {"ndcg_at_20": candidate.mean()}, {"popularity": floor.mean()}, rows=rows)
+
+
+def test_the_first_model_passes_only_if_its_interval_over_the_floor_lies_above_zero():
+    floor = _users(0)
+    better = floor.copy()
+    better[np.flatnonzero(floor == 0)[:150]] = 1.0
+    above = _floor_case(better, floor)
+    assert above.passed, above.summary()
+    low, high = above.floor_intervals["popularity"]
+    assert 0 < low < better.mean() - floor.mean() < high
+    assert any(r.startswith("PASS floor popularity: ndcg_at_20") and "95% interval [+" in r for r in above.reasons)
+    below = _floor_case(floor, better)
+    assert not below.passed and below.strongest_floor == "popularity"
+    assert any(r.startswith("FAIL floor popularity: ndcg_at_20") for r in below.reasons)
+
+
+def test_a_first_model_within_noise_of_its_floor_is_refused_though_ahead_on_the_mean():
+    # The candidate and the floor are two draws of the same distribution, the candidate ahead by chance:
+    # the point comparison the gate used to make would promote it.
+    floor = _users(0)
+    candidate = next(c for c in (_users(s) for s in range(1, 50)) if c.mean() > floor.mean())
+    d = _floor_case(candidate, floor)
+    assert not d.passed, d.summary()
+    low, high = d.floor_intervals["popularity"]
+    assert low < 0 < high
+    assert any(r.startswith("FAIL floor popularity") and "not above the floor" in r for r in d.reasons)
+    assert d.strongest_floor == "popularity"   # it serves instead: a shop keeps a model
+
+
+def test_a_floor_margin_in_the_policy_raises_the_bar():
+    floor = _users(0)
+    better = floor.copy()
+    better[np.flatnonzero(floor == 0)[:150]] = 1.0    # about +0.075 over 2,000 users
+    assert _floor_case(better, floor, floor_margin=0.02).passed
+    assert not _floor_case(better, floor, floor_margin=0.2).passed
+
+
+def test_a_champion_that_saw_the_candidates_test_days_is_refused():
+    summary = {"champion": {"metrics": {}}, "champion_version": "4", "test_start": "2026-11-08T00:00:00+00:00",
+               "champion_data_end": "2026-11-09T00:00:00+00:00"}
+    why = champion_ineligibility(summary)
+    assert why and "v4 learned from data up to 2026-11-09" in why and "2026-11-08" in why
+    assert champion_ineligibility({**summary, "champion_data_end": "2026-11-08T00:00:00+00:00"}) is None
+    assert champion_ineligibility({**summary, "champion": None}) is None
+    champion = _users(0)
+    candidate = champion.copy()
+    candidate[np.flatnonzero(champion == 0)[:150]] = 1.0
+    d = decide(_policy(), {"ndcg_at_20": candidate.mean()}, {"popularity": 0.01}, {"ndcg_at_20": champion.mean()},
+               "4", _paired(candidate, champion), champion_ineligible=why)
+    assert not d.passed and "FAIL champion eligibility: " + why in d.reasons
+
+
+def test_the_interval_resamples_users_not_rows():
+    # 30 users of 20 rows each; a user's rows share one difference (a user-level effect). Resampling
+    # rows treats 600 rows as independent and finds the candidate better; resampling users does not.
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(30), 20)
+    per_user = rng.normal(0.03, 0.1, 30)
+    champion = rng.random(users.size)
+    candidate = champion + per_user[users]
+    policy = Policy(metric="m", bootstrap_samples=1000)
+
+    def gate(groups):
+        return decide(policy, {"m": candidate.mean()}, {}, {"m": champion.mean()}, "1",
+                      Rows(groups, candidate, MEAN, champion))
+    assert gate(np.arange(users.size)).passed          # rows as if independent: wrongly significant
+    by_user = gate(users)
+    assert not by_user.passed and by_user.interval[0] < 0 < by_user.interval[1]
 
 
 def test_guards_on_latency_and_size_reject_a_model_that_beats_everything():
-    d = decide(_policy(max_latency_ms=50, max_model_mb=10), {"ndcg_at_20": 0.08}, {"popularity": 0.05},
-               latency_ms=80.0, model_mb=4.0)
+    floor = _users(0)
+    better = floor.copy()
+    better[np.flatnonzero(floor == 0)[:150]] = 1.0
+    d = decide(_policy(max_latency_ms=50, max_model_mb=10), {"ndcg_at_20": better.mean()},
+               {"popularity": floor.mean()}, rows=_paired(better, floor=floor), latency_ms=80.0, model_mb=4.0)
     assert not d.passed
     assert "FAIL latency: p95 80.0 ms (limit 50 ms)" in d.reasons and "PASS size: 4.0 MB (limit 10 MB)" in d.reasons
 
 
-def test_auc_is_bootstrapped_over_users_not_rows():
+def test_auc_is_bootstrapped_per_user_cluster():
     from pipeline.lifecycle.gate import _statistic
 
     rng = np.random.default_rng(0)
@@ -99,7 +170,7 @@ def test_auc_is_bootstrapped_over_users_not_rows():
     policy = Policy(metric="auc", bootstrap_samples=300)
     stat = _statistic(policy, labels)
     good = decide(policy, {"auc": stat(informative, np.arange(users.size))}, {},
-                  {"auc": stat(noise, np.arange(users.size))}, "1", (users, informative, noise, stat))
+                  {"auc": stat(noise, np.arange(users.size))}, "1", Rows(users, informative, stat, noise))
     assert good.passed and good.interval[0] > 0
-    same = decide(policy, {"auc": 0.5}, {}, {"auc": 0.5}, "1", (users, noise, noise, stat))
+    same = decide(policy, {"auc": 0.5}, {}, {"auc": 0.5}, "1", Rows(users, noise, stat, noise))
     assert not same.passed

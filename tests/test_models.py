@@ -38,6 +38,7 @@ def shop(tmp_path_factory):
     days = generate_shop_data(GenerateParams(seed=11, start_date="2026-10-01", days=14, events_per_day=5000,
                                              initial_users=2000, initial_items=1200), out)
     events = pl.concat([pl.read_csv(d.events_path, try_parse_dates=True) for d in days])
+    catalog = pl.read_csv(days[-1].catalog_path, schema_overrides={"item_id": pl.String})
     split = split_by_time(events, valid_days=2, test_days=2)
     vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
     sequences = user_sequences(events, vocab, split.train_end)
@@ -45,8 +46,8 @@ def shop(tmp_path_factory):
     test, unknown = next_item_examples(events, vocab, user_sequences(events, vocab, split.valid_end),
                                        split.valid_end, split.end, MAX_LEN)
     windows = torch.from_numpy(training_windows(sequences, MAX_LEN))
-    return {"events": events, "split": split, "vocab": vocab, "sequences": sequences, "valid": valid,
-            "test": test, "unknown_targets": unknown, "windows": windows}
+    return {"events": events, "catalog": catalog, "split": split, "vocab": vocab, "sequences": sequences,
+            "valid": valid, "test": test, "unknown_targets": unknown, "windows": windows}
 
 
 def _loss(model, batch):
@@ -124,8 +125,34 @@ def test_unknown_items_are_a_value_not_a_crash(shop):
     # Padding and the unknown item are never ranked above a real item.
     ranks = target_ranks(torch.zeros(1, vocab.size), torch.tensor([5]))
     assert ranks.item() == vocab.size - 3
-    # Users whose next item is new to the model are counted, not dropped silently.
-    assert shop["unknown_targets"] >= 0 and len(shop["test"].targets) > 100
+    # Users whose next item is new to the model (the shop launches items every day) are counted, not
+    # dropped silently, and none of them stays among the examples.
+    assert shop["unknown_targets"] > 0 and len(shop["test"].targets) > 100
+    assert (shop["test"].targets >= 2).all()
+
+
+@pytest.mark.fast
+def test_the_gate_scores_the_training_runs_test_rows_with_one_vocabulary(shop):
+    from types import SimpleNamespace
+
+    from pipeline.families.next_item.evaluation import test_set
+
+    vocab, known = shop["vocab"], set(shop["vocab"].ids)
+    dataset = SimpleNamespace(events=lambda: shop["events"], catalog=lambda as_of=None: shop["catalog"])
+    test = test_set(dataset, shop["split"])
+    # The rows of the training run's own test metrics: the same users and targets, in order.
+    assert list(test.users) == shop["test"].users
+    assert list(test.targets) == vocab.decode(shop["test"].targets)
+    # One vocabulary for every side: no target, and nothing a baseline ranks, is outside the items of the
+    # training period, so a baseline cannot score on items the model never saw.
+    assert set(test.targets) <= known and set(test.item_popularity) <= known
+    assert all(set(row) <= known for row in test.context["cooccurrence_top"])
+    # Histories are sent as serving sends them: raw ids before the test period, items the model does not
+    # know included (the pyfunc reads them as the unknown item).
+    histories = test.inputs["history"].tolist()
+    assert any(i not in known for h in histories for i in h)
+    assert all(len(h) > 0 for h, u in zip(histories, test.users, strict=True)
+               if shop["sequences"].get(u) is not None and shop["sequences"][u].size)
 
 
 @pytest.mark.fast

@@ -12,6 +12,7 @@ import re
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -119,16 +120,126 @@ def test_the_unpaired_bootstrap_tells_worse_from_not_worse():
     from pipeline.lifecycle.gate import two_sample_bootstrap
 
     rng = np.random.default_rng(1)
+    mean = lambda values, rows: float(values.mean())   # noqa: E731
 
     def side(rate, users):
         groups = np.repeat(np.arange(users), 5)
-        return groups, (rng.random(groups.size) < rate).astype(float), None
+        return groups, (rng.random(groups.size) < rate).astype(float), mean
 
-    mean = lambda labels: (lambda values, rows: float(values.mean()))   # noqa: E731
-    _, (low, high) = two_sample_bootstrap(side(0.3, 400), side(0.3, 400), mean, 500, 0.95, 0)
+    _, (low, high) = two_sample_bootstrap(side(0.3, 400), side(0.3, 400), 500, 0.95, 0)
     assert low < 0 < high
-    _, (low, high) = two_sample_bootstrap(side(0.1, 400), side(0.3, 400), mean, 500, 0.95, 0)
+    _, (low, high) = two_sample_bootstrap(side(0.1, 400), side(0.3, 400), 500, 0.95, 0)
     assert high < 0
+
+
+def _at(hour: int, minute: int = 0, day: int = 11) -> datetime:
+    return datetime(2026, 11, day, hour, minute, tzinfo=timezone.utc)
+
+
+@pytest.mark.fast
+def test_the_next_step_outcome_join_on_a_hand_built_log():
+    """Each answer's target is the user's next step strictly after it (repeats in a row collapsed, as
+    in training), within the horizon; answers with none, or without a user, have no outcome."""
+    from pipeline.families.next_item.monitoring import figures, outcomes
+
+    events = pl.DataFrame({
+        "user_id": ["a", "a", "a", "a", "b"],
+        "event_time": [_at(10), _at(10, 5), _at(10, 10), _at(12, 0, day=12), _at(9)],
+        "item_id": ["i1", "i1", "i2", "i3", "j1"],
+        "event_type": ["view", "add_to_cart", "view", "view", "view"],
+        "session_id": ["s1", "s1", "s1", "s2", "s3"],
+    })
+    answers = pl.DataFrame({
+        "request_id": ["r1", "r2", "r3", "r4", "r5"],
+        "ts": [_at(10), _at(10, 10), _at(9, 30), _at(10), _at(10, 7)],
+        "user_id": ["a", "a", "b", "", "a"],
+        "model_version": "1", "role": "champion",
+        "items": [["i2", "i9"], ["i3"], ["j1"], ["i2"], ["i7", "i8", "i2"]],
+    })
+    policy = SimpleNamespace(k=2, horizon_hours=24)
+    out = outcomes(answers, events, policy).sort("request_id")
+    # r1 at 10:00: the 10:00 view is not after it and the 10:05 cart of the same item is a repeat: i2.
+    # r2 at 10:10: i3 comes 26 h later, past the horizon. r3: b has no later step. r4: no user.
+    # r5 at 10:07: i2 is third in the list, outside the top k = 2.
+    assert out["request_id"].to_list() == ["r1", "r5"]
+    assert out["next_item"].to_list() == ["i2", "i2"] and out["hit"].to_list() == [1.0, 0.0]
+    assert out["rank"].to_list() == [0, None] and out["ndcg"].to_list() == [1.0, 0.0]
+    assert outcomes(answers, events, SimpleNamespace(k=2, horizon_hours=27))["request_id"].sort().to_list() \
+        == ["r1", "r2", "r5"]                    # a longer horizon reaches i3: a miss for r2
+    assert outcomes(answers, events, SimpleNamespace(k=3, horizon_hours=24))["hit"].to_list() == [1.0, 1.0]
+    assert figures(out, policy)["hit_rate_at_2"] == 0.5 and figures(out, policy)["users"] == 1
+
+
+@pytest.mark.fast
+def test_the_online_statistic_is_the_figure_per_user_under_resampling():
+    from pipeline.families.next_item.monitoring import figures, statistic
+
+    # u1 has nine requests, all hits; u2 and u3 one miss each: per user 1/3, per request 0.82.
+    frame = pl.DataFrame({"user_id": ["u1"] * 9 + ["u2", "u3"], "hit": [1.0] * 9 + [0.0, 0.0],
+                          "ndcg": [1.0] * 9 + [0.0, 0.0]})
+    stat = statistic(frame)
+    values, rows = frame["hit"].to_numpy(), np.arange(frame.height)
+    assert stat(values, rows) == pytest.approx(figures(frame, SimpleNamespace(k=10))["hit_rate_at_10"]) \
+        == pytest.approx(1 / 3)
+    # A resample that draws u2 twice and u1 once: three users, one hit.
+    drawn = np.concatenate([np.arange(9), [9, 9]])
+    assert stat(values[drawn], drawn) == pytest.approx(1 / 3)
+
+
+def _online_outcomes(users: int, swapped: float, lost: float = 0.0, seed: int = 0) -> pl.DataFrame:
+    """A champion and a shadow on the same requests (three per user): the shadow's hit differs on a
+    ``swapped`` share of requests, as many won as lost (no difference on average), and it loses a
+    further ``lost`` share of the champion's hits."""
+    rng = np.random.default_rng(seed)
+    ids = [f"u{i}" for i in range(users) for _ in range(3)]
+    champion = (rng.random(len(ids)) < 0.4).astype(float)
+    shadow = champion.copy()
+    hits, misses = rng.permutation(np.flatnonzero(champion == 1)), rng.permutation(np.flatnonzero(champion == 0))
+    n = int(swapped * len(ids) / 2)
+    shadow[hits[:n]], shadow[misses[:n]] = 0.0, 1.0
+    shadow[hits[n:n + int(lost * len(ids))]] = 0.0
+    requests = [f"r{i}" for i in range(len(ids))]
+    return pl.concat([pl.DataFrame({"request_id": requests, "user_id": ids, "role": role, "model_version": version,
+                                    "hit": values})
+                      for role, version, values in (("champion", "1", champion), ("shadow", "2", shadow))])
+
+
+@pytest.mark.fast
+def test_the_online_gate_needs_a_sample_that_bounds_the_loss():
+    from pipeline.lifecycle.monitor import MonitoringPolicy, judge_online
+
+    policy = MonitoringPolicy(online_min_users=100, online_margin=0.03, bootstrap_samples=300)
+    few = judge_online(_online_outcomes(50, 0.3), "next_item", "2", ["2026-11-11"], policy)
+    assert not few.passed and "50 users answered by both, 100 needed" in few.reasons[0]
+    # Enough users to be counted, too few to bound the loss: equal models wait (the old rule passed them).
+    small = judge_online(_online_outcomes(150, 0.3), "next_item", "2", ["2026-11-11"], policy)
+    assert not small.passed and small.interval[0] < -0.03 < small.interval[1]
+    assert "more traffic narrows it" in small.reasons[0]
+    large = judge_online(_online_outcomes(6000, 0.3), "next_item", "2", ["2026-11-11"], policy)
+    assert large.passed and large.interval[0] > -0.03 and large.mode == "shadow"
+    worse = judge_online(_online_outcomes(6000, 0.3, lost=0.1), "next_item", "2", ["2026-11-11"], policy)
+    assert not worse.passed and "significantly worse" in worse.reasons[0]
+
+
+@pytest.mark.fast
+def test_retrain_triggers_compare_with_the_floors_and_earlier_days_and_ignore_provisional_days():
+    from pipeline.lifecycle.monitor import MonitoringPolicy, MonitorResult, retrain_reasons
+
+    policy = MonitoringPolicy(min_users=50, max_drop=0.2)
+
+    def day(judged: bool, value: float, floors: dict, earlier: float | None = None) -> MonitorResult:
+        return MonitorResult("next_item", "2026-11-11", "d" * 32, "3",
+                             {"champion v3": {"hit_rate_at_10": value, "users": 400.0}}, {}, judged=judged,
+                             floors=floors, earlier=earlier)
+    below = {"cooccurrence": (-0.09, (-0.12, -0.06)), "popularity": (0.3, (0.27, 0.33))}
+    within = {"cooccurrence": (-0.01, (-0.04, 0.02))}
+    [reason] = retrain_reasons(day(True, 0.42, below), policy)
+    assert reason.startswith("online hit_rate_at_10: the champion is below the floor cooccurrence")
+    assert retrain_reasons(day(True, 0.50, within), policy) == []
+    assert retrain_reasons(day(False, 0.42, below), policy) == []          # provisional: not evidence yet
+    [drop] = retrain_reasons(day(True, 0.30, within, earlier=0.45), policy)
+    assert drop.startswith("online hit_rate_at_10 0.3000 < 0.80 x 0.4500, the median of its own earlier days")
+    assert retrain_reasons(day(True, 0.40, within, earlier=0.45), policy) == []
 
 
 @pytest.mark.fast
@@ -214,7 +325,9 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
     from pipeline.serving.package import served
     from pipeline.serving.replay import read_day, replay
 
-    paths = _shop(tmp_path / "state", monkeypatch, days=11, publish=10)
+    # Thirteen days: ten to train on, the served day, and the two after it that its outcomes need (the
+    # recommender's horizon is a day, the propensity model's two).
+    paths = _shop(tmp_path / "state", monkeypatch, days=13, publish=10)
     champions = {m: _retrain(paths, m) for m in ("next_item", "purchase_propensity")}
     day_file = paths.landing / "events" / f"events-{DAY_SERVED}.csv"
     env = {"SHOPML_ACCEPT_EVENT_TIME": "1", "SHOPML_PREDICTION_LOG_FLUSH_S": "1"}
@@ -227,21 +340,42 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
         assert logged.height == result.requests and set(logged["model_version"]) == {state["version"]}
         assert logged["ts"].dt.date().unique().to_list() == [date.fromisoformat(DAY_SERVED)]  # replayed times
 
-    assert cli(["run", "--date", DAY_SERVED]) == 0      # the following events arrive
+    # The served day alone: its late answers cannot have their outcome yet, so the figures are provisional
+    # and no online figure triggers a retrain.
+    assert cli(["run", "--date", DAY_SERVED]) == 0
+    policy = monitoring.load_monitoring_policy("next_item")
+    early = monitoring.monitor(paths, "next_item", DAY_SERVED, policy=policy)
+    assert not early.judged and early.coverage_hours == 0
+    assert " (PROVISIONAL: next step within 24 h of each request, only 0 h of events after the day" in early.lines(
+        policy)[0]
+    assert not any(r.startswith("online") for r in monitoring.retrain_reasons(early, policy))
+
+    assert cli(["run", "--start", "2026-11-12", "--days", "2"]) == 0      # the following events arrive
     client = mlflow_client(paths)
     for model, state in champions.items():
         policy = monitoring.load_monitoring_policy(model)
         outcome = monitoring.monitor(paths, model, DAY_SERVED, policy=policy)
         lines = outcome.lines(policy)
         figures = outcome.champion_online
+        assert outcome.judged and outcome.coverage_hours == 48
         if model == "next_item":
-            assert re.fullmatch(rf"online next_item {DAY_SERVED}: hit_rate_at_10 0\.\d{{4}}, ndcg_at_10 0\.\d{{4}} "
-                                r"over \d+ users \(champion v\d+; offline test hit_rate_at_10 0\.\d{4}\)", lines[0])
-            # The session's next step is in the served top 10 far more often than chance (1,200 items).
-            assert figures["users"] >= 50 and figures["hit_rate_at_10"] > 0.05
+            assert re.fullmatch(rf"online next_item {DAY_SERVED} \(judged: next step within 24 h of each request, "
+                                r"every outcome horizon passed\): champion v\d+ hit_rate_at_10 0\.\d{4}, ndcg_at_10 "
+                                r"0\.\d{4} over \d+ users \(\d+ of \d+ answers had an outcome\)", lines[0]), lines[0]
+            # Both floors answered the very requests the champion answered; whatever serves (the learned
+            # model or the co-occurrence floor), it is far above popularity on them, with confidence.
+            assert {"floor popularity", "floor cooccurrence"} <= set(outcome.online)
+            assert outcome.online["floor popularity"]["requests"] == figures["requests"]
+            assert outcome.floors["popularity"][1][0] > 0, outcome.floors
+            assert any(line.startswith("offline next_item, same protocol (the same, on the held-out sessions of the "
+                                       "test period): hit_rate_at_10 champion 0.") for line in lines), lines
+            assert set(outcome.offline) == {"candidate", "popularity", "cooccurrence"}
         else:
-            assert lines[0].startswith(f"online purchase_propensity {DAY_SERVED}: auc 0.")
+            assert lines[0].startswith(f"online purchase_propensity {DAY_SERVED} (judged: served candidates bought "
+                                       f"within 48 h, every outcome horizon passed): champion v")
             assert figures["users"] >= 50 and figures["auc"] > 0.6 and 0 < figures["purchase_rate"] < 1
+            floor = outcome.online["floor logistic_regression"]
+            assert floor["candidates"] == figures["candidates"] and floor["auc"] > 0.6
         assert outcome.dataset_version == current_dataset_version(paths).version
         assert not any(d.drifted for d in outcome.drift if d.feature in ("item popularity band", "category"))
         assert outcome.skew and all(s.skewed_users == 0 for s in outcome.skew)

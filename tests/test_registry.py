@@ -53,58 +53,73 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
         mv = registry.alias_version(client, "next_item", registry.CHAMPION)
         return str(mv.version) if mv else None
 
-    # The first model, scoring at random, does not beat popularity: registered, rejected, no champion.
+    # The first model, scoring at random, clears no floor: registered, rejected; there is no champion, so
+    # the strongest floor (co-occurrence) is logged as the family's pyfunc, evaluated, packaged,
+    # smoke-tested and served instead: a shop never ends without a model.
     first = steps.after_training(paths, "next_item", {"run_id": runs["untrained"]}, policy)
-    assert "champion" not in first and first["version"] == "1"
     assert any(r.startswith("FAIL floor popularity") for r in first["reasons"])
-    assert any(r.startswith("FAIL floor cooccurrence") for r in first["reasons"])   # the strongest floor
-    assert champion() is None
-    assert registry.alias_version(client, "next_item", registry.CHALLENGER) is None
+    assert any(r.startswith("FAIL floor cooccurrence") for r in first["reasons"])
+    assert first["floor"] == "cooccurrence" and first["candidate_run_id"] == runs["untrained"]
+    assert first["champion"] == "2" and champion() == "2"
     v1 = client.get_model_version("next_item", "1")
     assert v1.tags["status"] == "rejected" and "FAIL floor popularity" in v1.tags["gate.reasons"]
+    floor = client.get_model_version("next_item", "2")
+    assert floor.tags["gate.decision"] == "passed" and floor.tags["smoke_test"] == "passed"
+    assert floor.tags["gate.reasons"].startswith("PASS floor serves: cooccurrence is the strongest floor")
+    assert "candidate FAIL floor cooccurrence" in floor.tags["gate.reasons"]
+    floor_run = client.get_run(floor.run_id)
+    assert floor_run.data.tags["shopml.floor"] == "cooccurrence"
+    assert floor_run.data.tags["dataset_version"] == client.get_run(runs["untrained"]).data.tags["dataset_version"]
+    # Served, the floor answers as the gate's co-occurrence baseline scored it on the same rows.
+    floor_eval = json.loads(mlflow.artifacts.load_text(f"runs:/{floor.run_id}/evaluation/summary.json"))
+    assert abs(floor_eval["candidate"]["metrics"]["ndcg_at_20"]
+               - floor_eval["baselines"]["cooccurrence"]["metrics"]["ndcg_at_20"]) < 0.01
     with pytest.raises(registry.RegistryError, match="rejected by the gate"):
         registry.promote(paths, "next_item", "1")
     registry.promote(paths, "next_item", "1", force=True, by="alice", reason="seed the registry")
     assert champion() == "1"
 
-    # A trained model against the random champion: significantly better, promoted.
-    better = steps.after_training(paths, "next_item", {"run_id": runs["good"]}, policy)
-    assert better.get("champion") == "2", better["reasons"]
+    # The champion comparison alone (floors: ``tests/test_gate.py``, on values with a known difference):
+    # a trained model against the random champion is significantly better and promoted.
+    champion_only = dataclasses.replace(policy, floors=())
+    better = steps.after_training(paths, "next_item", {"run_id": runs["good"]}, champion_only)
+    assert better.get("champion") == "3", better["reasons"]
     assert any(r.startswith("PASS significance") for r in better["reasons"])
-    assert any(r.startswith("PASS floor cooccurrence") for r in better["reasons"])
-    assert champion() == "2"
+    assert champion() == "3"
     artifacts = {a.path for a in client.list_artifacts(runs["good"], "evaluation")}
     assert {"evaluation/summary.json", "evaluation/rows.parquet", "evaluation/decision.json",
             "evaluation/ndcg_at_20_by_slice.png"} <= artifacts
     summary = json.loads(mlflow.artifacts.load_text(f"runs:/{runs['good']}/evaluation/summary.json"))
-    assert summary["champion_version"] == "1"
+    assert summary["champion_version"] == "1" and summary["test_start"] and summary["champion_data_end"]
     assert {"user_type=new", "user_type=returning", "price_band=low"} <= set(summary["candidate"]["slices"])
     assert 0 < summary["candidate"]["metrics"]["coverage_at_20"] <= 1
 
     # The same training again: equal, not significantly better; registered as rejected.
-    equal = steps.after_training(paths, "next_item", {"run_id": runs["good_again"]}, policy)
-    assert "champion" not in equal and champion() == "2"
+    equal = steps.after_training(paths, "next_item", {"run_id": runs["good_again"]}, champion_only)
+    assert "champion" not in equal and champion() == "3"
     assert any("not significantly better" in r for r in equal["reasons"])
     # Registering the same run again (a retried task) returns the same version.
     assert str(registry.register_candidate(paths, "next_item", runs["good_again"]).version) == equal["version"]
 
     # A worse model: rejected on the improvement rule.
-    worse = steps.after_training(paths, "next_item", {"run_id": runs["untrained_again"]}, policy)
-    assert "champion" not in worse and champion() == "2"
+    worse = steps.after_training(paths, "next_item", {"run_id": runs["untrained_again"]}, champion_only)
+    assert "champion" not in worse and champion() == "3" and "floor" not in worse   # a champion exists
     assert any(r.startswith("FAIL improvement") for r in worse["reasons"])
 
     # Rollback restores the previous champion and records who and why.
     registry.rollback(paths, "next_item", by="bob", reason="conversion dropped after the release")
     assert champion() == "1"
     history = registry.champion_history(client, "next_item")
-    assert history[-1] == {**history[-1], "action": "rollback", "version": "1", "previous": "2", "by": "bob",
+    assert history[-1] == {**history[-1], "action": "rollback", "version": "1", "previous": "3", "by": "bob",
                            "reason": "conversion dropped after the release"}
-    assert client.get_model_version("next_item", "2").tags["status"] == "rolled_back"
+    assert client.get_model_version("next_item", "3").tags["status"] == "rolled_back"
+    registry.rollback(paths, "next_item", reason="again")   # back to the floor, the first champion
+    assert champion() == "2"
     with pytest.raises(registry.RegistryError, match="no previous champion"):
-        registry.rollback(paths, "next_item", reason="again")
+        registry.rollback(paths, "next_item", reason="once more")
 
     # Lineage: from a version back to the DVC dataset hash and the commit.
-    trace = registry.lineage(paths, "next_item", version="2")
+    trace = registry.lineage(paths, "next_item", version="3")
     current = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())
     assert trace["dataset_version"] == current["version"]
     assert (paths.dataset_repo / "versions" / f"{trace['dataset_version']}.json").exists()

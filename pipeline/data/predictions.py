@@ -14,7 +14,9 @@ A row (``SCHEMA``) is one answer: the request id, its time (UTC), the model, ver
 (``champion``; ``challenger`` for a canary's answer; ``shadow`` for an answer computed and logged
 but not returned), the user (empty when the request sent none), the ranked item ids and their
 scores (for the propensity model: the candidates and their probabilities), and the source
-(``model`` or ``popularity``).
+(``model`` or ``popularity``), and the item ids the request itself sent (a recommender's sent
+history; empty otherwise), so that monitoring can score the floors on the very input the model had.
+Files written before that column existed read back with it empty.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SCHEMA = pa.schema([
     ("items", pa.list_(pa.string())),
     ("scores", pa.list_(pa.float64())),
     ("source", pa.string()),
+    ("history", pa.list_(pa.string())),
 ])
 PREDICTIONS_ENV = "SHOPML_PREDICTION_LOG"
 
@@ -69,8 +72,12 @@ def read_predictions(root: str, model: str, day: date | str) -> pl.DataFrame:
     for path in files:
         with fs.open(path, "rb") as fh:
             try:
-                tables.append(pq.read_table(fh, schema=SCHEMA))
-            except (pa.ArrowInvalid, OSError) as exc:
+                table = pq.read_table(fh)
+                for name in SCHEMA.names:   # a column added since the file was written: empty
+                    if name not in table.column_names:
+                        table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+                tables.append(table.select(SCHEMA.names).cast(SCHEMA))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
                 raise ValueError(f"prediction log file {fs.unstrip_protocol(path)} is not readable: {exc}") from exc
     frame = pl.from_arrow(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
     return frame.sort("ts", "request_id")

@@ -47,9 +47,17 @@ class Monitoring:
         requests: ``(events) -> [(event time, body)]``: a day of raw sessions as requests (replay).
         value_column: the per-row value the online gate compares (``hit``, ``probability``).
         pair_keys: the columns pairing a shadow's rows with the champion's.
-        statistic: ``(labels) -> (values, rows) -> float``: the online gate's statistic.
-        offline_names: the offline test metric standing for an online one (``hit_rate_at_10`` ->
-            ``recall_at_10``), for the triggers' comparison.
+        statistic: ``(outcomes) -> (values, rows) -> float``: the statistic of ``value_column`` at
+            the given rows of those outcomes, the same as ``figures``' (per user for a ranking), for
+            the online gate's and the floors' bootstrap.
+        references: ``(answers, events, champion, snapshot, policy) -> answers``: the floors'
+            answers to the very requests the champion answered (role ``floor``, the floor's name as
+            the version), scored online beside it; or None.
+        offline: ``(pyfunc, dataset, split, policy) -> {side: figures}``: the online protocol run
+            offline on the test period, for the candidate (``candidate``) and the floors; logged at
+            evaluation and printed beside the online figures; or None.
+        protocol: ``(policy) -> words``: what the online figures measure.
+        offline_protocol: what ``offline`` measures.
     """
 
     outcomes: Callable[..., Any]
@@ -62,7 +70,10 @@ class Monitoring:
     value_column: str
     pair_keys: tuple[str, ...]
     statistic: Callable[[Any], Callable]
-    offline_names: dict[str, str] | None = None
+    references: Callable[..., Any] | None = None
+    offline: Callable[..., dict] | None = None
+    protocol: Callable[[Any], str] | None = None
+    offline_protocol: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,10 @@ class ModelSpec:
         user_parity: ``(post, python model, dataset, n) -> ParityOutcome``: replays requests by user
             id against answers computed offline from the training features of ``n`` users, or None.
         monitoring: how its served answers are judged (``Monitoring``), or None: not monitored.
+        floor_model: ``(baseline name, dataset, split, run params, folder, client, run id) ->
+            log_model arguments``: a
+            baseline as the family's pyfunc, so that the strongest floor serves when no learned
+            candidate clears the floors and there is no champion (``pipeline.lifecycle.floors``), or None.
     """
 
     name: str
@@ -113,3 +128,4 @@ class ModelSpec:
     serving_states: Callable[..., dict] | None = None
     user_parity: Callable[..., ParityOutcome] | None = None
     monitoring: Monitoring | None = None
+    floor_model: Callable[..., dict] | None = None

@@ -41,6 +41,10 @@ class Evaluation:
     champion: ModelScores | None
     baselines: dict[str, ModelScores]
     model_mb: float
+    test_start: str = ""          # the candidate's test period starts here (its split's valid_end)
+    champion_data_end: str = ""   # the champion's data ends here (its split's valid_end); "" without one
+    # The online protocol run offline on the test period (``Monitoring.offline``): side -> figures.
+    session: dict[str, dict[str, float]] | None = None
 
 
 def _dir_mb(path: Path) -> float:
@@ -84,14 +88,25 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
     score = spec.score
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(logged_model_uri(client, run_id), dst_path=str(Path(tmp) / "model"))
-        candidate = score(mlflow.pyfunc.load_model(local), test)
+        loaded = mlflow.pyfunc.load_model(local)
+        candidate = score(loaded, test)
+        session = None
+        if spec.monitoring is not None and spec.monitoring.offline is not None:
+            from pipeline.lifecycle.monitor import load_monitoring_policy
+
+            version = dataset_version or run.data.tags["dataset_version"]
+            split = TimeSplit.from_dict({k: run.data.params[f"split.{k}"] for k in ("start", "train_end", "valid_end",
+                                                                                      "end")})
+            session = spec.monitoring.offline(loaded, open_dataset(paths, version), split,
+                                              load_monitoring_policy(model_name))
         model_mb = _dir_mb(Path(local))
-        champion = None
+        champion, champion_end = None, ""
         if champion_mv is not None:
             champion = score(mlflow.pyfunc.load_model(f"models:/{model_name}/{champion_mv.version}"), test)
+            champion_end = client.get_run(champion_mv.run_id).data.params.get("split.valid_end", "")
         baselines = spec.baselines(client, run_id, test, Path(tmp))
     evaluation = Evaluation(model_name, run_id, str(champion_mv.version) if champion_mv else None, candidate, champion,
-                            baselines, model_mb)
+                            baselines, model_mb, run.data.params["split.valid_end"], champion_end, session)
     _log_evaluation(client, evaluation, test)
     return evaluation
 
@@ -104,6 +119,10 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         metrics.update({f"eval_champion_{k}": v for k, v in ev.champion.metrics.items()})
     for name, scores in ev.baselines.items():
         metrics.update({f"eval_baseline_{name}_{k}": v for k, v in scores.metrics.items()})
+    from pipeline.lifecycle.monitor import SESSION_PREFIX
+
+    for side, figures in (ev.session or {}).items():
+        metrics.update({f"{SESSION_PREFIX}{side}.{k}": v for k, v in figures.items()})
     for key, value in metrics.items():
         if np.isfinite(value):
             client.log_metric(ev.run_id, key, float(value))
@@ -113,6 +132,7 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         "model": ev.model_name, "champion_version": ev.champion_version, "rows": len(test.users),
         "users": int(pd.unique(test.users).size), "model_mb": ev.model_mb,
         "latency_ms_p95": ev.candidate.latency_ms_p95,
+        "test_start": ev.test_start, "champion_data_end": ev.champion_data_end or None, "session": ev.session,
         "candidate": {"metrics": ev.candidate.metrics, "slices": ev.candidate.slices},
         "champion": None if ev.champion is None else {"metrics": ev.champion.metrics, "slices": ev.champion.slices},
         "baselines": {n: {"metrics": s.metrics, "slices": s.slices} for n, s in ev.baselines.items()},

@@ -2,13 +2,23 @@
 
 A candidate is promoted only if every check passes:
 
-1. floors: its metric beats each baseline named in the policy on the same test rows (this alone
-   decides for the first model, when there is no champion);
-2. improvement: its metric exceeds the champion's by at least ``min_improvement``;
-3. significance: the bootstrap confidence interval (at ``confidence``) of the candidate-minus-champion
-   difference, resampling users (all rows of a user together, since a user's rows are not
-   independent), lies entirely above zero;
-4. guards: p95 latency of a one-row prediction and the model's size stay under their limits.
+1. floors: the bootstrap confidence interval (at ``confidence``) of the candidate-minus-baseline
+   difference on the same test rows, resampling users (all rows of a user together, since a user's
+   rows are not independent), lies above ``floor_margin`` for each baseline the policy names (this
+   alone decides for the first model, when there is no champion); a point estimate above the
+   baseline is not enough;
+2. champion eligibility: the champion's own data (its split's ``valid_end``: its training and
+   validation periods) ends no later than the candidate's test period starts; a champion that saw
+   the candidate's test days would be compared on rows it learned from, so the gate refuses;
+3. improvement: its metric exceeds the champion's by at least ``min_improvement``;
+4. significance: the same bootstrap interval of the candidate-minus-champion difference lies
+   entirely above zero;
+5. guards: p95 latency of a one-row prediction and the model's size stay under their limits.
+
+Every side (candidate, champion, baselines) is resampled with the same draws of users, so each
+interval is paired on the same rows. When a candidate fails a floor and there is no champion,
+``Decision.strongest_floor`` names the baseline with the best metric: the floor is a model too, and
+the lifecycle serves it (``pipeline.lifecycle.steps.register``) so that a family never has none.
 
 ``decide`` is pure (no MLflow): it takes figures and per-row values and returns a
 ``Decision`` whose ``reasons`` say, in words, why it passed or failed. ``gate_candidate`` applies it
@@ -48,6 +58,7 @@ class Policy:
     higher_is_better: bool = True
     floors: tuple[str, ...] = ()       # baselines the candidate must beat
     min_improvement: float = 0.0       # over the champion, in the metric's units
+    floor_margin: float = 0.0          # the floors' intervals must lie above this, in the metric's units
     confidence: float = 0.95
     bootstrap_samples: int = 2000
     seed: int = 0
@@ -85,7 +96,7 @@ def load_policy(model_name: str, path: Path | None = None) -> Policy:
     if "metric" not in section:
         raise PolicyError(f"{path}: {model_name}.metric is required")
     section["floors"] = tuple(section.get("floors") or ())
-    for key in ("min_improvement", "confidence", "max_latency_ms", "max_model_mb"):
+    for key in ("min_improvement", "floor_margin", "confidence", "max_latency_ms", "max_model_mb"):
         if key in section and not isinstance(section[key], int | float):
             raise PolicyError(f"{path}: {model_name}.{key} must be a number, got {section[key]!r}")
     if not 0.5 <= float(section.get("confidence", 0.95)) < 1:
@@ -112,6 +123,8 @@ class Decision:
     champion_version: str | None = None
     difference: float | None = None
     interval: tuple[float, float] | None = None
+    floor_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    strongest_floor: str | None = None   # the best baseline, when the candidate failed a floor and no champion exists
 
     @property
     def reasons(self) -> list[str]:
@@ -124,6 +137,8 @@ class Decision:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "champion_version": self.champion_version, "difference": self.difference,
                 "interval": list(self.interval) if self.interval else None,
+                "floor_intervals": {k: list(v) for k, v in self.floor_intervals.items()},
+                "strongest_floor": self.strongest_floor,
                 "checks": [asdict(c) for c in self.checks], "reasons": self.reasons}
 
 
@@ -149,6 +164,21 @@ def _interval(diffs: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def bootstrap_sides(
+    groups: np.ndarray, sides: dict[str, np.ndarray], statistic: Callable[[np.ndarray, np.ndarray], float],
+    samples: int, seed: int,
+) -> dict[str, np.ndarray]:
+    """``statistic`` of every side on ``samples`` resamples of whole groups, the same resample for
+    every side (so differences between sides are paired on the same rows)."""
+    draw = _group_draws(groups, np.random.default_rng(seed))
+    out = {name: np.empty(samples) for name in sides}
+    for b in range(samples):
+        rows = draw()
+        for name, values in sides.items():
+            out[name][b] = statistic(values[rows], rows)
+    return out
+
+
 def cluster_bootstrap(
     groups: np.ndarray, candidate: np.ndarray, champion: np.ndarray,
     statistic: Callable[[np.ndarray, np.ndarray], float], samples: int, confidence: float, seed: int,
@@ -159,14 +189,23 @@ def cluster_bootstrap(
     statistic like AUC can look up the labels of the same rows). Returns the observed difference and
     the percentile interval at ``confidence``.
     """
-    draw = _group_draws(groups, np.random.default_rng(seed))
-    diffs = np.empty(samples)
-    for b in range(samples):
-        rows = draw()
-        diffs[b] = statistic(candidate[rows], rows) - statistic(champion[rows], rows)
+    stats = bootstrap_sides(groups, {"a": candidate, "b": champion}, statistic, samples, seed)
     all_rows = np.arange(groups.size)
     observed = statistic(candidate, all_rows) - statistic(champion, all_rows)
-    return float(observed), _interval(diffs, confidence)
+    return float(observed), _interval(stats["a"] - stats["b"], confidence)
+
+
+@dataclass
+class Rows:
+    """Per-row values of every side on the gate's one row set: ``groups`` (the user of each row,
+    the bootstrap's clusters), the candidate's values, the champion's (None without one), each
+    baseline's, and ``statistic(values, rows)``, the metric of the values at those rows."""
+
+    groups: np.ndarray
+    candidate: np.ndarray
+    statistic: Callable[[np.ndarray, np.ndarray], float]
+    champion: np.ndarray | None = None
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def decide(
@@ -175,9 +214,10 @@ def decide(
     baselines: dict[str, float],
     champion: dict[str, float] | None = None,
     champion_version: str | None = None,
-    paired: tuple[np.ndarray, np.ndarray, np.ndarray, Callable] | None = None,
+    rows: Rows | None = None,
     latency_ms: float = float("nan"),
     model_mb: float = float("nan"),
+    champion_ineligible: str | None = None,
 ) -> Decision:
     """Apply the policy.
 
@@ -187,40 +227,59 @@ def decide(
         baselines: each baseline's value of ``policy.metric`` on the same rows.
         champion: the champion's metrics on the same rows, or None when there is no champion.
         champion_version: the registry version of the champion, recorded in the decision.
-        paired: (groups, candidate per-row values, champion per-row values, statistic) for the bootstrap.
+        rows: the per-row values of every side, for the bootstrap intervals (floors and champion).
         latency_ms: p95 latency of a one-row prediction of the candidate.
         model_mb: the candidate's size on disk.
+        champion_ineligible: why the champion cannot be compared on these rows (it saw them), or None.
     """
     sign = 1.0 if policy.higher_is_better else -1.0
     metric = policy.metric
     value = candidate[metric]
     decision = Decision(passed=False, champion_version=champion_version)
     checks = decision.checks
+    stats, users = {}, 0
+    if rows is not None:
+        sides = {"candidate": rows.candidate, **{f"baseline.{n}": v for n, v in rows.baselines.items()
+                                                 if n in policy.floors}}
+        if champion is not None and rows.champion is not None:
+            sides["champion"] = rows.champion
+        stats = bootstrap_sides(rows.groups, sides, rows.statistic, policy.bootstrap_samples, policy.seed)
+        users = int(np.unique(rows.groups).size)
+    level = f"{policy.confidence:.0%}"
     for name in policy.floors:
         if name not in baselines:
             checks.append(Check(f"floor {name}", False, f"no {metric} for baseline {name!r} in the evaluation"))
             continue
-        ok = sign * (value - baselines[name]) > 0
-        checks.append(Check(f"floor {name}", ok, f"{metric} {value:.4f} vs {name} {baselines[name]:.4f}"))
+        point = f"{metric} {value:.4f} vs {name} {baselines[name]:.4f} (difference {value - baselines[name]:+.4f}"
+        if f"baseline.{name}" not in stats:
+            checks.append(Check(f"floor {name}", False, point + "); no per-row values to bootstrap"))
+            continue
+        low, high = _interval(stats["candidate"] - stats[f"baseline.{name}"], policy.confidence)
+        decision.floor_intervals[name] = (low, high)
+        lower = low if policy.higher_is_better else -high
+        ok = bool(lower > policy.floor_margin)
+        checks.append(Check(f"floor {name}", ok, point + f", {level} interval [{low:+.4f}, {high:+.4f}] over "
+                            f"{users} users)" + ("" if ok else f": not above the floor (margin "
+                                                                f"{policy.floor_margin:g}) with confidence")))
     if champion is None:
         checks.append(Check("champion", True, "no champion yet: the floors and guards decide"))
+    elif champion_ineligible:
+        checks.append(Check("champion eligibility", False, champion_ineligible))
     else:
         diff = sign * (value - champion[metric])
         decision.difference = value - champion[metric]
         checks.append(Check("improvement", diff >= policy.min_improvement and diff > 0,
                             f"{metric} {value:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
                             f"(difference {value - champion[metric]:+.4f}, required > {policy.min_improvement:g})"))
-        if paired is None:
+        if "champion" not in stats:
             checks.append(Check("significance", False, "no per-row values to bootstrap"))
         else:
-            groups, cand_values, champ_values, statistic = paired
-            _, (low, high) = cluster_bootstrap(groups, cand_values, champ_values, statistic,
-                                               policy.bootstrap_samples, policy.confidence, policy.seed)
+            low, high = _interval(stats["candidate"] - stats["champion"], policy.confidence)
             decision.interval = (low, high)
             lower = low if policy.higher_is_better else -high
             checks.append(Check("significance", lower > 0,
-                                f"{policy.confidence:.0%} bootstrap interval of the difference over "
-                                f"{np.unique(groups).size} users: [{low:+.4f}, {high:+.4f}]"
+                                f"{level} bootstrap interval of the difference over {users} users: "
+                                f"[{low:+.4f}, {high:+.4f}]"
                                 + ("" if lower > 0 else ", includes zero: not significantly better")))
     if math.isfinite(policy.max_latency_ms):
         checks.append(Check("latency", bool(latency_ms <= policy.max_latency_ms),
@@ -229,6 +288,9 @@ def decide(
         checks.append(Check("size", bool(model_mb <= policy.max_model_mb),
                             f"{model_mb:.1f} MB (limit {policy.max_model_mb:g} MB)"))
     decision.passed = all(c.passed for c in checks)
+    floors = [n for n in policy.floors if n in baselines]
+    if champion is None and floors and not all(c.passed for c in checks if c.name.startswith("floor ")):
+        decision.strongest_floor = max(floors, key=lambda n: sign * baselines[n])
     return decision
 
 
@@ -242,6 +304,20 @@ def _statistic(policy: Policy, labels: np.ndarray | None):
 
         return lambda values, rows: auc(labels[rows], values)
     return lambda values, rows: float(values.mean())
+
+
+def champion_ineligibility(summary: dict) -> str | None:
+    """Why the champion cannot be compared on the evaluation's rows, or None: its own data (training
+    and validation periods, up to its ``valid_end``) reaches into the candidate's test period."""
+    from datetime import datetime
+
+    seen, start = summary.get("champion_data_end"), summary.get("test_start")
+    if summary.get("champion") is None or not seen or not start \
+            or datetime.fromisoformat(seen) <= datetime.fromisoformat(start):
+        return None
+    return (f"champion v{summary['champion_version']} learned from data up to {seen}, after this candidate's "
+            f"test period starts ({start}): it would be judged on rows it saw; retrain the candidate on a dataset "
+            f"version whose test period starts after {seen}")
 
 
 def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Policy | None = None) -> Decision:
@@ -259,18 +335,19 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
     if metric not in summary["candidate"]["metrics"]:
         raise PolicyError(f"policy metric {metric!r} is not among the evaluation's metrics "
                             f"({', '.join(summary['candidate']['metrics'])})")
-    paired = None
-    if summary["champion"] is not None:
-        column = "probability" if metric == "auc" else metric
-        labels = rows["label"].to_numpy() if "label" in rows else None
-        paired = (rows["user_id"].to_numpy(), rows[f"candidate.{column}"].to_numpy(),
-                  rows[f"champion.{column}"].to_numpy(), _statistic(policy, labels))
+    column = "probability" if metric == "auc" else metric
+    labels = rows["label"].to_numpy() if "label" in rows else None
+    per_row = Rows(rows["user_id"].to_numpy(), rows[f"candidate.{column}"].to_numpy(), _statistic(policy, labels),
+                   champion=rows[f"champion.{column}"].to_numpy() if f"champion.{column}" in rows else None,
+                   baselines={n: rows[f"{n}.{column}"].to_numpy() for n in summary["baselines"]
+                              if f"{n}.{column}" in rows})
     decision = decide(
         policy, summary["candidate"]["metrics"],
         {n: b["metrics"][metric] for n, b in summary["baselines"].items()},
         champion=None if summary["champion"] is None else summary["champion"]["metrics"],
-        champion_version=summary["champion_version"], paired=paired,
+        champion_version=summary["champion_version"], rows=per_row,
         latency_ms=summary["latency_ms_p95"], model_mb=summary["model_mb"],
+        champion_ineligible=champion_ineligibility(summary),
     )
     client.log_metric(run_id, "gate_passed", float(decision.passed))
     client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")
@@ -284,17 +361,16 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
 
 
 def two_sample_bootstrap(
-    a: tuple[np.ndarray, np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-    statistic_of: Callable, samples: int, confidence: float, seed: int,
+    a: tuple[np.ndarray, np.ndarray, Callable], b: tuple[np.ndarray, np.ndarray, Callable],
+    samples: int, confidence: float, seed: int,
 ) -> tuple[float, tuple[float, float]]:
     """``cluster_bootstrap`` for two groups of different users (a canary's and the champion's):
-    each side's users resampled on their own. ``a`` and ``b`` are (groups, values, labels or None);
-    ``statistic_of(labels)`` gives the statistic of a side. Returns the observed difference a - b and
-    its percentile interval at ``confidence``."""
+    each side's users resampled on their own. ``a`` and ``b`` are (groups, values, statistic), the
+    statistic as in ``cluster_bootstrap``. Returns the observed difference a - b and its percentile
+    interval at ``confidence``."""
     rng = np.random.default_rng(seed)
-    (groups_a, values_a, labels_a), (groups_b, values_b, labels_b) = a, b
+    (groups_a, values_a, statistic_a), (groups_b, values_b, statistic_b) = a, b
     draw_a, draw_b = _group_draws(groups_a, rng), _group_draws(groups_b, rng)
-    statistic_a, statistic_b = statistic_of(labels_a), statistic_of(labels_b)
     diffs = np.empty(samples)
     for i in range(samples):
         rows_a, rows_b = draw_a(), draw_b()

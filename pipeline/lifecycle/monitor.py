@@ -60,7 +60,7 @@ class MonitoringPolicy:
     k: int = 10                        # ranking metrics at k (next item)
     metric: str = "hit_rate_at_10"     # the online metric of the first line and of the triggers
     min_users: int = 50                # fewer users: not evidence (no trigger, no online gate)
-    max_drop: float = 0.5              # retrain when the online metric falls below (1 - this) x the offline one
+    max_drop: float = 0.2              # retrain when the online metric falls below (1 - this) x its own earlier days
     psi_threshold: float = 0.25        # a numeric feature drifted
     js_threshold: float = 0.1          # a categorical feature drifted (Jensen-Shannon divergence, base 2)
     drifted_features: int = 1          # retrain when at least this many input features drifted
@@ -70,6 +70,8 @@ class MonitoringPolicy:
     # least online_min_users users is not significantly worse than the champion's over the same period.
     require_online_evidence: bool = False
     online_min_users: int = 200
+    online_margin: float = 0.02        # the challenger passes when its interval's lower end is above -this
+    earlier_days: int = 7              # the model's own earlier judged days its online metric is compared with
     confidence: float = 0.95
     bootstrap_samples: int = 1000
 
@@ -100,12 +102,17 @@ class MonitorResult:
     day: str
     dataset_version: str
     champion_version: str
-    online: dict[str, dict[str, float]]                 # "<role> v<version>" -> figures
-    offline: dict[str, float]                            # the champion's offline test figures
+    online: dict[str, dict[str, float]]                 # "<role> v<version>" or "floor <name>" -> figures
+    offline: dict[str, dict[str, float]]                 # the champion's offline figures of the online protocol,
+                                                         # per side ("candidate": the champion itself; floors)
+    judged: bool = False                                 # the outcome horizon has passed in the data
+    answered: int = 0                                    # the champion's logged answers to known users
+    floors: dict[str, tuple[float, tuple[float, float]]] = field(default_factory=dict)  # champion - floor
+    earlier: float | None = None                         # median of the version's own earlier judged days
     drift: list[FeatureDrift] = field(default_factory=list)
     prediction_drift: FeatureDrift | None = None
     skew: list[FeatureSkew] = field(default_factory=list)
-    coverage_hours: float = 0.0                          # hours of events after the day's end in the dataset
+    coverage_hours: float = 0.0                          # hours of published data after the day's end
     run_id: str = ""
     report: str = ""
 
@@ -114,17 +121,41 @@ class MonitorResult:
         return self.online.get(f"champion v{self.champion_version}", {})
 
     def lines(self, policy: MonitoringPolicy) -> list[str]:
+        hooks = _spec(self.model)
         figures = self.champion_online
-        names = _spec(self.model).headline(policy)
-        shown = ", ".join(f"{n} {figures.get(n, float('nan')):.4f}" for n in names)
-        out = [f"online {self.model} {self.day}: {shown} over {int(figures.get('users', 0))} users"
-               f" (champion v{self.champion_version}; offline test {policy.metric} "
-               f"{self.offline.get(policy.metric, float('nan')):.4f})"]
+        names = hooks.headline(policy)
+        metric = policy.metric
+
+        def shown(f: dict) -> str:
+            return ", ".join(f"{n} {f.get(n, float('nan')):.4f}" for n in names)
+        protocol = hooks.protocol(policy) if hooks.protocol else f"outcomes within {policy.horizon_hours:g} h"
+        outcome = figures.get("requests")   # answers with an outcome, where an answer can have none
+        state = (f"judged: {protocol}, every outcome horizon passed" if self.judged else
+                 f"PROVISIONAL: {protocol}, only {self.coverage_hours:.0f} h of events after the day, so late answers "
+                 f"cannot have their outcome yet; judge it again once the data reaches {policy.horizon_hours:g} h "
+                 f"past the day")
+        out = [f"online {self.model} {self.day} ({state}): champion v{self.champion_version} {shown(figures)} over "
+               f"{int(figures.get('users', 0))} users"
+               + (f" ({int(outcome)} of {self.answered} answers had an outcome)" if outcome is not None
+                  and self.answered else "")]
         for key, other in self.online.items():
-            if not key.startswith("champion"):
-                out.append(f"online {self.model} {self.day} {key}: "
-                           + ", ".join(f"{n} {other.get(n, float('nan')):.4f}" for n in names)
-                           + f" over {int(other.get('users', 0))} users")
+            if key.startswith("floor "):
+                diff, (low, high) = self.floors.get(key.removeprefix("floor "), (math.nan, (math.nan, math.nan)))
+                out.append(f"online {self.model} {self.day} {key} on the same requests: {metric} "
+                           f"{other.get(metric, float('nan')):.4f}; champion - {key.removeprefix('floor ')} "
+                           f"{diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over users")
+            elif not key.startswith("champion"):
+                out.append(f"online {self.model} {self.day} {key}: {shown(other)} over "
+                           f"{int(other.get('users', 0))} users")
+        if self.offline:
+            sides = ", ".join(f"{'champion' if side == 'candidate' else side} {f.get(metric, float('nan')):.4f}"
+                              for side, f in sorted(self.offline.items(), key=lambda kv: kv[0] != "candidate"))
+            users = int(self.offline.get("candidate", {}).get("users", 0))
+            out.append(f"offline {self.model}, same protocol ({hooks.offline_protocol or protocol}): {metric} "
+                       f"{sides} over {users} users")
+        else:
+            out.append(f"offline {self.model}: no offline figure of this protocol on the champion's run; its gate's "
+                       f"figures measure another task and are not comparable")
         drifted = [d for d in self.drift if d.drifted]
         worst = max(self.drift, key=lambda d: d.value / d.threshold if math.isfinite(d.value) else -1, default=None)
         out.append(f"drift {self.model} {self.day}: {len(drifted)} of {len(self.drift)} input features drifted"
@@ -187,28 +218,41 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
     answers = read_predictions(root, model, day)
 
     hooks = _spec(model)
-    online: dict[str, dict[str, float]] = {}
-    outcomes = pl.DataFrame()
-    if answers.height:
-        outcomes = hooks.outcomes(answers, events, policy)
-        for (role, mv), part in sorted(outcomes.group_by("role", "model_version"), key=lambda g: g[0]):
-            online[f"{role} v{mv}"] = hooks.figures(part, policy)
-    last = events["event_time"].max()
-    coverage = max(0.0, (last - end).total_seconds() / 3600) if last is not None else 0.0
-
-    run = champion["run"]
-    offline = {k.removeprefix("test_"): v for k, v in run.data.metrics.items() if k.startswith("test_")}
-    for online_name, offline_name in (hooks.offline_names or {}).items():
-        if offline_name in offline:
-            offline.setdefault(online_name, offline[offline_name])
-    result = MonitorResult(model, day, version.version, champion["version"], online, offline,
-                           coverage_hours=coverage)
-    result.drift = hooks.drift(events, dataset.catalog(as_of=end), start, end, champion, policy)
-    result.prediction_drift = _prediction_drift(root, model, day, answers, champion["version"], policy)
+    snapshot = None
     if champion["snapshot"] is not None:
         from pipeline.serving.snapshot import FeatureSnapshot
 
         snapshot = FeatureSnapshot.load(champion["snapshot"])
+    online: dict[str, dict[str, float]] = {}
+    outcomes = pl.DataFrame()
+    asked = answers.filter((pl.col("role") == "champion") & (pl.col("user_id") != ""))
+    if answers.height:
+        scored = answers
+        if hooks.references is not None:
+            scored = pl.concat([answers, hooks.references(answers, events, champion, snapshot, policy)],
+                               how="diagonal_relaxed")
+        outcomes = hooks.outcomes(scored, events, policy)
+        for (role, mv), part in sorted(outcomes.group_by("role", "model_version"), key=lambda g: g[0]):
+            online[f"floor {mv}" if role == "floor" else f"{role} v{mv}"] = hooks.figures(part, policy)
+    # The data reaches the end of its last published day (partitions are whole UTC days).
+    from pipeline.data.dataset import split_by_time
+
+    data_end = split_by_time(events, 0, 0).end if events.height else end
+    coverage = max(0.0, (data_end - end).total_seconds() / 3600)
+
+    run = champion["run"]
+    offline: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        if key.startswith(SESSION_PREFIX):
+            side, _, name = key.removeprefix(SESSION_PREFIX).partition(".")
+            offline.setdefault(side, {})[name] = value
+    result = MonitorResult(model, day, version.version, champion["version"], online, offline,
+                           judged=coverage >= policy.horizon_hours, answered=asked.height, coverage_hours=coverage)
+    result.floors = _floor_intervals(outcomes, champion["version"], hooks, policy)
+    result.earlier = _earlier_median(paths, model, day, champion["version"], policy)
+    result.drift = hooks.drift(events, dataset.catalog(as_of=end), start, end, champion, policy)
+    result.prediction_drift = _prediction_drift(root, model, day, answers, champion["version"], policy)
+    if snapshot is not None:
         result.skew = hooks.skew(snapshot, events, dataset.catalog(as_of=snapshot.cutoff), answers)
 
     out = paths.home / "reports" / "monitoring" / model / day
@@ -220,6 +264,46 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
         outcomes.write_parquet(out / "outcomes.parquet")
     _log(paths, result, policy, champion["client"], out)
     return result
+
+
+SESSION_PREFIX = "session_"   # the run's offline figures of the online protocol: session_<side>.<metric>
+
+
+def _floor_intervals(outcomes: pl.DataFrame, version: str, hooks, policy: MonitoringPolicy
+                     ) -> dict[str, tuple[float, tuple[float, float]]]:
+    """Champion minus each floor on the same requests: the observed difference of the online
+    statistic and its bootstrap interval, resampling users (``pipeline.lifecycle.gate``)."""
+    from pipeline.lifecycle.gate import cluster_bootstrap
+
+    if outcomes.height == 0:
+        return {}
+    keys, column = list(hooks.pair_keys), hooks.value_column
+    mine = outcomes.filter((pl.col("role") == "champion") & (pl.col("model_version") == version))
+    out = {}
+    for (name,), floor in outcomes.filter(pl.col("role") == "floor").group_by("model_version"):
+        paired = mine.join(floor.select(*keys, pl.col(column).alias("_floor")), on=keys)
+        if paired.height == 0:
+            continue
+        out[name] = cluster_bootstrap(paired["user_id"].to_numpy(), paired[column].to_numpy(),
+                                      paired["_floor"].to_numpy(), hooks.statistic(paired),
+                                      policy.bootstrap_samples, policy.confidence, 0)
+    return dict(sorted(out.items()))
+
+
+def _earlier_median(paths: StatePaths, model: str, day: str, version: str, policy: MonitoringPolicy) -> float | None:
+    """The median online metric of the same champion version over its judged days among the
+    ``earlier_days`` before ``day`` (their ``summary.json``), or None without any."""
+    values = []
+    for back in range(1, policy.earlier_days + 1):
+        other = (date.fromisoformat(day) - timedelta(days=back)).isoformat()
+        path = paths.home / "reports" / "monitoring" / model / other / "summary.json"
+        if not path.exists():
+            continue
+        summary = json.loads(path.read_text())
+        figures = summary.get("online", {}).get(f"champion v{version}", {})
+        if summary.get("judged") and policy.metric in figures and figures.get("users", 0) >= policy.min_users:
+            values.append(float(figures[policy.metric]))
+    return float(np.median(values)) if values else None
 
 
 def _prediction_drift(root: str, model: str, day: str, answers: pl.DataFrame, version: str,
@@ -243,7 +327,9 @@ def _prediction_drift(root: str, model: str, day: str, answers: pl.DataFrame, ve
 def _summary(result: MonitorResult, policy: MonitoringPolicy) -> dict:
     return {"model": result.model, "day": result.day, "dataset_version": result.dataset_version,
             "champion_version": result.champion_version, "online": result.online, "offline": result.offline,
-            "coverage_hours": result.coverage_hours,
+            "coverage_hours": result.coverage_hours, "judged": result.judged, "answered": result.answered,
+            "floors": {n: {"difference": d, "interval": list(i)} for n, (d, i) in result.floors.items()},
+            "earlier": result.earlier,
             "drift": [{**asdict(d), "drifted": d.drifted} for d in result.drift],
             "prediction_drift": None if result.prediction_drift is None else asdict(result.prediction_drift),
             "skew": [{**asdict(s), "share": s.share} for s in result.skew], "lines": result.lines(policy)}
@@ -294,7 +380,8 @@ def _log(paths: StatePaths, result: MonitorResult, policy: MonitoringPolicy, cli
         client.set_tag(run_id, key, value)
     metrics = []
     for key, figures in result.online.items():
-        prefix = "online" if key.startswith("champion") else "online_" + key.split()[0]
+        prefix = "online" if key.startswith("champion") else "online_" + (key.replace(" ", "_") if
+                                                                          key.startswith("floor ") else key.split()[0])
         metrics += [mlflow.entities.Metric(f"{prefix}_{n}", float(v), 0, 0) for n, v in figures.items()
                     if v is not None and math.isfinite(v)]
     metrics += [mlflow.entities.Metric(f"drift_{d.feature.replace(' ', '_')}", d.value, 0, 0) for d in result.drift
@@ -309,7 +396,11 @@ def _log(paths: StatePaths, result: MonitorResult, policy: MonitoringPolicy, cli
             client.log_artifact(run_id, str(target), artifact_path="reports")
     client.set_terminated(run_id)
     result.run_id = run_id
+    metrics += [mlflow.entities.Metric(f"online_vs_{name}_{policy.metric}", diff, 0, 0)
+                for name, (diff, _) in result.floors.items() if math.isfinite(diff)]
     for key, figures in result.online.items():
+        if key.startswith("floor "):
+            continue   # a floor scored online is no registered version
         version = key.split(" v", 1)[1]
         short = " ".join(f"{n}={v:.4f}" for n, v in figures.items() if v is not None and math.isfinite(v))
         client.set_model_version_tag(result.model, version, f"online.{result.day}", f"{key.split()[0]}: {short}"[:4900])
@@ -351,13 +442,20 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
     if drifted and len(drifted) >= policy.drifted_features:
         reasons.append("drift: " + ", ".join(f"{d.feature} {d.statistic} {d.value:.3f} > {d.threshold:g}"
                                              for d in drifted))
+    if not result.judged:
+        return reasons   # a provisional day's online figures are not evidence yet
     figures = result.champion_online
-    value, offline = figures.get(policy.metric), result.offline.get(policy.metric)
-    users = int(figures.get("users", 0))
-    if value is not None and offline is not None and math.isfinite(offline) and users >= policy.min_users \
-            and value < (1 - policy.max_drop) * offline:
-        reasons.append(f"online {policy.metric} {value:.4f} < {1 - policy.max_drop:.2f} x offline {offline:.4f} "
-                       f"over {users} users")
+    value, users = figures.get(policy.metric), int(figures.get("users", 0))
+    if value is None or users < policy.min_users:
+        return reasons
+    for name, (diff, (low, high)) in result.floors.items():
+        if high < 0:
+            reasons.append(f"online {policy.metric}: the champion is below the floor {name} on the same requests "
+                           f"({diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over "
+                           f"{users} users)")
+    if result.earlier is not None and value < (1 - policy.max_drop) * result.earlier:
+        reasons.append(f"online {policy.metric} {value:.4f} < {1 - policy.max_drop:.2f} x {result.earlier:.4f}, the "
+                       f"median of its own earlier days, over {users} users")
     return reasons
 
 
@@ -410,23 +508,38 @@ class OnlineGate:
 
 def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
                 policy: MonitoringPolicy | None = None) -> OnlineGate:
-    """Whether challenger ``version``'s online metric over ``days`` is not significantly worse than
-    the champion's over the same days (the offline gate's bootstrap, resampling users): shadow
+    """Whether challenger ``version``'s online metric over the judged ones of ``days`` is no worse
+    than the champion's by more than ``online_margin``, with confidence: the lower end of the
+    bootstrap interval of the difference (resampling users, the figure's own statistic: per user for
+    a ranking) lies above ``-online_margin``, over at least ``online_min_users`` users. Shadow
     answers are paired with the champion's answers to the same requests; a canary's users are
     compared with the champion's other users. Recorded on the version (``online_gate.*`` tags)."""
     from pipeline.core.tracking import mlflow_client
-    from pipeline.lifecycle.gate import cluster_bootstrap, two_sample_bootstrap
 
     policy = policy or load_monitoring_policy(model)
-    frames = [pl.read_parquet(p) for d in days
-              if (p := paths.home / "reports" / "monitoring" / model / d / "outcomes.parquet").exists()]
+    folder = paths.home / "reports" / "monitoring" / model
+    judged = [d for d in days if (folder / d / "summary.json").exists()
+              and json.loads((folder / d / "summary.json").read_text()).get("judged")]
+    frames = [pl.read_parquet(p) for d in judged if (p := folder / d / "outcomes.parquet").exists()]
     outcomes = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    if outcomes.height == 0:
+        gate = OnlineGate(model, str(version), "none", False, [])
+        provisional = sorted(set(days) - set(judged))
+        gate.reasons.append(f"no judged monitored answers on {', '.join(days)}"
+                            + (f" ({', '.join(provisional)}: not monitored, or provisional: its outcome horizon had "
+                               f"not passed; monitor it again)" if provisional else ""))
+        return _record_gate(mlflow_client(paths), gate)
+    return _record_gate(mlflow_client(paths), judge_online(outcomes, model, version, days, policy))
+
+
+def judge_online(outcomes: pl.DataFrame, model: str, version: str, days: list[str],
+                 policy: MonitoringPolicy) -> OnlineGate:
+    """``online_gate``'s decision on judged outcomes (no I/O)."""
+    from pipeline.lifecycle.gate import cluster_bootstrap, two_sample_bootstrap
+
     hooks = _spec(model)
     column, statistic = hooks.value_column, hooks.statistic
     gate = OnlineGate(model, str(version), "none", False, [])
-    if outcomes.height == 0:
-        gate.reasons.append(f"no monitored answers on {', '.join(days)}")
-        return _record_gate(mlflow_client(paths), gate)
     mine = outcomes.filter(pl.col("model_version") == str(version))
     champion = outcomes.filter(pl.col("role") == "champion")
     shadow = mine.filter(pl.col("role") == "shadow")
@@ -436,38 +549,39 @@ def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
         paired = shadow.join(champion, on=keys, suffix="_champion")
         users = paired["user_id"].n_unique()
         gate.users = (users, users)
-        labels = paired["label"].to_numpy() if "label" in paired.columns else None
         if users < policy.online_min_users:
             gate.reasons.append(f"{users} users answered by both, {policy.online_min_users} needed")
-            return _record_gate(mlflow_client(paths), gate)
+            return gate
         diff, interval = cluster_bootstrap(paired["user_id"].to_numpy(), paired[column].to_numpy(),
-                                           paired[f"{column}_champion"].to_numpy(), statistic(labels),
+                                           paired[f"{column}_champion"].to_numpy(), statistic(paired),
                                            policy.bootstrap_samples, policy.confidence, 0)
     else:
         canary = mine.filter(pl.col("role") == "challenger")
         if canary.height == 0:
             gate.reasons.append(f"v{version} answered no monitored request on {', '.join(days)}; serve it with "
                                 f"--challenger-mode shadow or canary")
-            return _record_gate(mlflow_client(paths), gate)
+            return gate
         gate.mode = "canary"
         gate.users = (canary["user_id"].n_unique(), champion["user_id"].n_unique())
         if min(gate.users) < policy.online_min_users:
             gate.reasons.append(f"{gate.users[0]} canary users and {gate.users[1]} champion users, "
                                 f"{policy.online_min_users} each needed")
-            return _record_gate(mlflow_client(paths), gate)
+            return gate
         diff, interval = two_sample_bootstrap(
-            (canary["user_id"].to_numpy(), canary[column].to_numpy(),
-             canary["label"].to_numpy() if "label" in canary.columns else None),
-            (champion["user_id"].to_numpy(), champion[column].to_numpy(),
-             champion["label"].to_numpy() if "label" in champion.columns else None),
-            statistic, policy.bootstrap_samples, policy.confidence, 0)
+            (canary["user_id"].to_numpy(), canary[column].to_numpy(), statistic(canary)),
+            (champion["user_id"].to_numpy(), champion[column].to_numpy(), statistic(champion)),
+            policy.bootstrap_samples, policy.confidence, 0)
     gate.difference, gate.interval = diff, interval
-    gate.passed = interval[1] >= 0
-    name = f"{column} {'mean' if column == 'hit' else 'AUC'}"
+    # Non-inferiority: the whole interval above -online_margin. A small sample has a wide interval and
+    # waits for more traffic instead of passing because it could not be shown worse.
+    gate.passed = interval[0] > -policy.online_margin
+    name = f"{policy.metric if column == 'hit' else column + ' AUC'}"
     gate.reasons.append(f"{name} difference {diff:+.4f} over {gate.users[0]} users, {policy.confidence:.0%} "
                         f"interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
-                        + (": not worse than the champion" if gate.passed else ": significantly worse"))
-    return _record_gate(mlflow_client(paths), gate)
+                        + (f": not worse than the champion by more than {policy.online_margin:g}" if gate.passed
+                           else f": could be worse than the champion by more than {policy.online_margin:g}"
+                                + (" (significantly worse)" if interval[1] < 0 else "; more traffic narrows it")))
+    return gate
 
 
 def _spec(model: str):

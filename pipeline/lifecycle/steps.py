@@ -105,6 +105,9 @@ def evaluate(paths: StatePaths, model: str, trained: dict, dataset_version: str 
     for side, scores in (("candidate", ev.candidate), ("champion", ev.champion), *ev.baselines.items()):
         if scores is not None:
             print(f"  {side}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.metrics.items())))
+    for side, figures in (ev.session or {}).items():
+        print(f"  {side}, online protocol on the test period's sessions: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items())))
     return {**trained, "champion_version": ev.champion_version}
 
 
@@ -114,13 +117,26 @@ def gate(paths: StatePaths, model: str, evaluated: dict, policy=None) -> dict:
 
     decision = gate_candidate(paths, model, evaluated["run_id"], policy)
     print(f"{model} {decision.summary()}")
-    return {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
+    state = {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
+    if decision.strongest_floor and families.get(model).floor_model is not None:
+        # No champion and a candidate that did not clear its floors: the strongest floor serves.
+        from pipeline.lifecycle.floors import floor_run
+
+        run_id = floor_run(paths, model, evaluated["run_id"], decision.strongest_floor, decision.reasons)
+        print(f"{model} floor serves: {decision.strongest_floor} (run {run_id}) becomes the candidate instead of "
+              f"run {evaluated['run_id']}, so the model has a champion; a learned candidate must beat it")
+        state.update(run_id=run_id, passed=True, candidate_run_id=evaluated["run_id"], floor=decision.strongest_floor)
+    return state
 
 
 def register(paths: StatePaths, model: str, gated: dict) -> dict:
-    """Register the run's model as a version (``challenger`` if it passed the gate)."""
+    """Register the run's model as a version (``challenger`` if it passed the gate); when the floor
+    serves instead of a rejected candidate, the candidate first (rejected), then the floor."""
     from pipeline.lifecycle.registry import register_candidate
 
+    if gated.get("candidate_run_id"):   # the floor serves: the rejected candidate is registered first, as such
+        rejected = register_candidate(paths, model, gated["candidate_run_id"])
+        print(f"{model} version {rejected.version}: {rejected.tags.get('status')}")
     mv = register_candidate(paths, model, gated["run_id"])
     print(f"{model} version {mv.version}: {mv.tags.get('status')}")
     return {**gated, "version": str(mv.version)}

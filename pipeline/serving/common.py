@@ -258,7 +258,7 @@ class Shadows:
 class Traffic:
     """Who answers a service's requests and what is logged: the champion's engine, a challenger's
     beside it (``Routing``), the prediction log. An engine has ``answer(request)`` (awaitable) and
-    ``version``; ``logged(request, answer)`` gives the (items, scores, source) to log."""
+    ``version``; ``logged(request, answer)`` gives the (items, scores, source, sent history) to log."""
 
     def __init__(self, model_name: str, champion, challenger_engine, logged) -> None:
         self.champion, self.logged = champion, logged
@@ -287,9 +287,9 @@ class Traffic:
 
     def _log(self, request_id: str, when, role: str, user_id: str | None, request, answer) -> None:
         if self.log is not None:
-            items, scores, source = self.logged(request, answer)
+            items, scores, source, history = self.logged(request, answer)
             self.log.record(request_id=request_id, ts=when, model_version=answer.model_version, role=role,
-                            user_id=user_id, items=items, scores=scores, source=source)
+                            user_id=user_id, items=items, scores=scores, source=source, history=history)
 
     def metadata(self, args: SimpleNamespace, snapshot_meta: dict) -> Metadata:
         return metadata(args, snapshot_meta, self.champion.batcher.stats, self.routing, self.log,

@@ -57,8 +57,7 @@ class _Engine:
         state_row = self.states.row(request.user_id) if known and not request.history else None
         history = None
         if state_row is None:
-            history = (self.snapshot.history(request.user_id) if known else []) + list(request.history)
-            history = history[-MAX_HISTORY:]
+            history = self.snapshot.served_history(request.user_id, request.history, MAX_HISTORY)
         excluded = list(dict.fromkeys(request.exclude))
         if request.exclude_purchased and known:
             seen = set(excluded)
@@ -88,7 +87,8 @@ class NextItemService:
         self.traffic = Traffic("next_item", self.champion,
                                lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag),
                                                      bentoml.models.get(other.states_tag), other.version),
-                               lambda request, answer: (answer.items, answer.scores, answer.source))
+                               lambda request, answer: (answer.items, answer.scores, answer.source,
+                                                        request.history))
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None

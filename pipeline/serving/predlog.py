@@ -56,10 +56,10 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, *, request_id: str, ts: datetime, model_version: str, role: str, user_id: str | None,
-               items: list[str], scores: list[float], source: str) -> bool:
+               items: list[str], scores: list[float], source: str, history: list[str] = ()) -> bool:
         """Queue one answer; False (and counted) when the queue is full. Never raises."""
         row = (request_id, ts, self.model, model_version, role, user_id or "", list(items),
-               [float(s) for s in scores], source)
+               [float(s) for s in scores], source, list(history))
         try:
             self.queue.put_nowait(row)
             return True

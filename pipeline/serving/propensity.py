@@ -67,7 +67,7 @@ class PropensityService:
                                lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag),
                                                      other.version),
                                lambda request, answer: ([c.item_id for c in request.candidates],
-                                                        answer.probabilities, "model"))
+                                                        answer.probabilities, "model", []))
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None

@@ -127,6 +127,13 @@ class FeatureSnapshot:
         row = self._row.get(user_id)
         return [] if row is None else self.histories["items"][row].to_list()
 
+    def served_history(self, user_id: str | None, sent: list[str], limit: int = HISTORY_KEPT) -> list[str]:
+        """The history a recommender is given for a request: the user's snapshot history (a known
+        user), then the items the request sent, the newest ``limit``. The service answers from it, and
+        monitoring scores the floors on the same input."""
+        known = user_id is not None and self.knows(user_id)
+        return ((self.history(user_id) if known else []) + list(sent))[-limit:]
+
     def purchased(self, user_id: str) -> list[str]:
         row = self._row.get(user_id)
         return [] if row is None else self.histories["purchased"][row].to_list()

@@ -29,4 +29,5 @@ SPEC = ModelSpec(
     serving_states=evaluation.serving_states,
     user_parity=evaluation.user_parity,
     monitoring=monitoring.MONITORING,
+    floor_model=evaluation.floor_model,
 )

@@ -18,7 +18,7 @@ from models.baselines import CooccurrenceRecommender
 from models.metrics import ranking_values
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import ModelScores, TestSet, latency_p95, per_slice, predict_batches, slices
-from pipeline.families.next_item.features import ItemVocab, next_item_examples, user_sequences
+from pipeline.families.next_item.features import ItemVocab, next_item_examples, user_histories, user_sequences
 from pipeline.families.spec import ParityOutcome, Post
 
 K = 20
@@ -26,25 +26,32 @@ HISTORY_LEN = 200        # the longest history sent to a model; each model keeps
 
 
 def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str] | None = None) -> TestSet:
-    """Each user active in the test period: their history before it (raw ids) and their next item.
+    """Each user active in the test period: their history before it (raw ids, as the serving
+    snapshot holds it) and their next item: the rows of the training run's own test metrics.
 
-    Items first seen in the test period cannot be recommended by any model and are left out.
+    One vocabulary rule for every side: the items of the training period (before
+    ``split.train_end``), the items the candidate could learn. A target outside it (an item first
+    seen in the validation or test period) is left out for every model and baseline alike; the
+    baselines rank the same vocabulary. Histories are sent as raw ids, items the model does not know
+    included, and a user with no known item gets what serving gives (the pyfunc's popularity
+    fallback), not the model's guess from an empty history.
     """
     events, catalog = dataset.events(), dataset.catalog()
     before = events.filter(pl.col("event_time") < split.valid_end)
-    vocab = ItemVocab.from_events(before)
+    vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
     histories = user_sequences(events, vocab, split.valid_end)
     examples, _ = next_item_examples(events, vocab, histories, split.valid_end, split.end, HISTORY_LEN)
-    history_ids = [[i for i in vocab.decode(h) if i is not None] for h in examples.histories]
+    raw = user_histories(before.filter(pl.col("user_id").is_in(examples.users)), HISTORY_LEN)
+    raw_of = dict(zip(raw["user_id"].to_list(), raw["items"].to_list(), strict=True))
     targets = np.array(vocab.decode(examples.targets), dtype=object)
-    counts = before.group_by("item_id").len()
+    counts = before.filter(pl.col("item_id").is_in(vocab.ids)).group_by("item_id").len()
     # The co-occurrence baseline, counted on every sequence before the test period: what the
     # candidate's own training and test histories could know, never more.
     cooccurrence = CooccurrenceRecommender(vocab.size, list(histories.values()))
     top = [] if not len(examples.targets) else \
         cooccurrence.score(torch.from_numpy(examples.histories))[:, 2:].topk(min(K, vocab.size - 2)).indices + 2
     return TestSet(
-        inputs=pd.DataFrame({"history": history_ids, "k": K}),
+        inputs=pd.DataFrame({"history": [list(raw_of.get(u) or []) for u in examples.users], "k": K}),
         users=np.array(examples.users, dtype=object),
         slices=slices(examples.users, pl.Series(targets.tolist(), dtype=pl.String), events, catalog,
                       split.train_end),
@@ -198,3 +205,34 @@ def smoke_checks(post: Post) -> list[str]:
     if cold["source"] != "popularity" or len(cold["items"]) != 5:
         raise ValueError(f"a cold-start user was not answered from popularity: {cold}")
     return ["cold start: popularity fallback"]
+
+
+FLOOR_WINDOWS = {"cooccurrence": 3, "popularity": 0}   # transitions counted: none is popularity alone
+
+
+def floor_pyfunc(name: str, events: pl.DataFrame, split: TimeSplit, max_len: int = HISTORY_LEN):
+    """The baseline ``name`` (``popularity`` or ``cooccurrence``) behind the family's pyfunc, counted
+    on what the gate's baseline counts: every sequence before the test period (``split.valid_end``),
+    the training-period vocabulary (``models.baselines.CooccurrenceScorer`` in ``SASRecPyfunc``)."""
+    from models.baselines import CooccurrenceScorer
+    from pipeline.families.next_item.pyfunc import SASRecPyfunc
+    from pipeline.families.next_item.train import POPULAR_KEPT
+
+    if name not in FLOOR_WINDOWS:
+        raise ValueError(f"next_item has no floor model {name!r}; floors: {', '.join(FLOOR_WINDOWS)}")
+    vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
+    sequences = list(user_sequences(events, vocab, split.valid_end).values())
+    scorer = CooccurrenceScorer(CooccurrenceRecommender(vocab.size, sequences, window=FLOOR_WINDOWS[name]), max_len)
+    counts = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, np.int64), minlength=vocab.size)[2:]
+    popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
+    return SASRecPyfunc.from_parts(scorer, list(vocab.ids), popular)
+
+
+def floor_model(name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir,
+                client=None, run_id: str = "") -> dict:
+    """``floor_pyfunc`` as the arguments of ``mlflow.pyfunc.log_model``: packaged and served like SASRec."""
+    from pipeline.families.next_item.pyfunc import pyfunc_model_args
+
+    floor = floor_pyfunc(name, dataset.events(), split, int(run_params.get("model.max_len", HISTORY_LEN)))
+    example = pd.DataFrame({"history": [floor.popular[:3], []], "k": [10, 10]})
+    return pyfunc_model_args(floor.model, floor.item_ids, floor.popular, None, workdir, example)

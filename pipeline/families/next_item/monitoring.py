@@ -9,13 +9,16 @@ sessions as requests for ``python -m pipeline replay``.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import polars as pl
 
-from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
+from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, TimeSplit
 from pipeline.data.drift import FeatureDrift, FeatureSkew, categorical_drift, numeric_drift
-from pipeline.families.next_item.evaluation import HISTORY_LEN
+from pipeline.families.base import predict_batches
+from pipeline.families.next_item.evaluation import FLOOR_WINDOWS, HISTORY_LEN, floor_pyfunc
 from pipeline.families.next_item.features import user_histories, user_steps
 from pipeline.families.spec import Monitoring
 
@@ -24,7 +27,12 @@ REPLAY_K = 10
 
 def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFrame:
     """One row per answer to a known user whose next step came within the horizon: that item,
-    its 0-based rank in the served top k (null when absent), hit and NDCG at k."""
+    its 0-based rank in the served top k (null when absent), hit and NDCG at k.
+
+    The next step is the user's first step (repeats in a row collapsed, as in training) strictly
+    after the answer's time and at most ``horizon_hours`` later; an answer with none has no outcome
+    (the user left). Whether the horizon has passed in the data is the caller's to check
+    (``pipeline.lifecycle.monitor``: a day is judged only then)."""
     k, horizon = policy.k, timedelta(hours=policy.horizon_hours)
     steps = user_steps(events).rename({"event_time": "next_time", "item_id": "next_item"}).sort("next_time")
     asked = answers.filter(pl.col("user_id") != "").sort("ts")
@@ -135,13 +143,81 @@ def requests(events: pl.DataFrame, k: int = REPLAY_K) -> list[tuple[str, dict]]:
     return sorted(out, key=lambda r: r[0])
 
 
-def statistic(labels):
-    return lambda values, rows: float(values.mean())
+def statistic(frame: pl.DataFrame):
+    """The online figure's statistic of per-request values: the mean per user, then over users
+    (``figures``' unit). Each row weighs 1 / its user's rows, so a bootstrap resample of whole users
+    (a user drawn twice counts twice) gives the same statistic as the figure."""
+    users = frame["user_id"].to_numpy()
+    _, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse]
+    return lambda values, rows: float(np.sum(values * weights[rows]) / np.sum(weights[rows]))
+
+
+def _floor_answers(asked: pl.DataFrame, histories: list[list[str]], events: pl.DataFrame, split: TimeSplit,
+                   k: int) -> pl.DataFrame:
+    """Each floor's answer to the requests of ``asked`` given ``histories`` (the input the model had):
+    rows like ``asked``'s with role ``floor`` and the floor's name as the version."""
+    inputs = pd.DataFrame({"history": histories, "k": k})
+    out = []
+    for name in FLOOR_WINDOWS:
+        floor = floor_pyfunc(name, events, split)   # a PythonModel: predict(context, frame)
+        predicted = predict_batches(SimpleNamespace(predict=lambda frame, f=floor: f.predict(None, frame)), inputs,
+                                    1024)
+        out.append(asked.with_columns(pl.lit("floor").alias("role"), pl.lit(name).alias("model_version"),
+                                      pl.Series("items", predicted["items"].tolist(), dtype=pl.List(pl.String)),
+                                      pl.Series("scores", predicted["scores"].tolist(), dtype=pl.List(pl.Float64)),
+                                      pl.Series("source", predicted["source"].tolist(), dtype=pl.String)))
+    return pl.concat(out, how="diagonal_relaxed") if out else asked.clear()
+
+
+def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snapshot, policy) -> pl.DataFrame:
+    """The floors (popularity, co-occurrence) answering the very requests the champion answered:
+    counted on the champion's own training data (its run's split: sequences before its test
+    period, its training vocabulary) and given the input the service gave the model (the snapshot's
+    history of the user, then what the request sent: ``FeatureSnapshot.served_history``)."""
+    asked = answers.filter((pl.col("role") == "champion") & (pl.col("model_version") == champion["version"])
+                           & (pl.col("user_id") != ""))
+    if asked.height == 0:
+        return asked
+    sent = asked["history"].fill_null([]).to_list() if "history" in asked.columns else [[]] * asked.height
+    users = asked["user_id"].to_list()
+    histories = [snapshot.served_history(u, h) if snapshot is not None else list(h)[-HISTORY_LEN:]
+                 for u, h in zip(users, sent, strict=True)]
+    return _floor_answers(asked, histories, events, TimeSplit.from_dict(champion["split"]), policy.k)
+
+
+def offline_session(model, dataset, split: TimeSplit, policy) -> dict[str, dict[str, float]]:
+    """The online protocol run offline on the held-out sessions of the test period: every step of
+    every session is a request (the user's history before the test period, as a snapshot would hold
+    it, then the session so far: ``requests``), its outcome the user's next step within the horizon,
+    only for requests whose horizon ends inside the test period (none censored). The model
+    (``model``, the candidate's pyfunc) and the floors answer the same requests; figures per side."""
+    events = dataset.events().filter(pl.col("event_time") < split.end)
+    test = events.filter(pl.col("event_time") >= split.valid_end)
+    horizon = timedelta(hours=policy.horizon_hours)
+    asked = [(datetime.fromisoformat(t), b) for t, b in requests(test, policy.k)]
+    asked = [(t, b) for t, b in asked if t + horizon <= split.end]
+    if not asked:
+        return {}
+    users = [b["user_id"] for _, b in asked]
+    before = user_histories(events.filter((pl.col("event_time") < split.valid_end)
+                                          & pl.col("user_id").is_in(list(set(users)))), HISTORY_LEN)
+    known = dict(zip(before["user_id"].to_list(), before["items"].to_list(), strict=True))
+    histories = [(list(known.get(b["user_id"]) or []) + b["history"])[-HISTORY_LEN:] for _, b in asked]
+    frame = pl.DataFrame({"request_id": [str(i) for i in range(len(asked))], "ts": [t for t, _ in asked],
+                          "user_id": users, "role": "candidate", "model_version": "candidate"})
+    predicted = predict_batches(model, pd.DataFrame({"history": histories, "k": policy.k}), 1024)
+    served = frame.with_columns(pl.Series("items", predicted["items"].tolist(), dtype=pl.List(pl.String)))
+    floors = _floor_answers(frame, histories, events, split, policy.k)
+    judged = outcomes(pl.concat([served, floors.select(served.columns)]), events, policy)
+    return {(version if role == "floor" else role): figures(part, policy)
+            for (role, version), part in judged.group_by("role", "model_version")}
 
 
 MONITORING = Monitoring(
     outcomes=outcomes, figures=figures, headline=lambda policy: (f"hit_rate_at_{policy.k}", f"ndcg_at_{policy.k}"),
     drift=drift, served_scores=served_scores, skew=skew, requests=requests, value_column="hit",
-    pair_keys=("request_id",), statistic=statistic,
-    offline_names={f"hit_rate_at_{k}": f"recall_at_{k}" for k in (10, 20)},
+    pair_keys=("request_id",), statistic=statistic, references=references, offline=offline_session,
+    protocol=lambda policy: f"next step within {policy.horizon_hours:g} h of each request",
+    offline_protocol="the same, on the held-out sessions of the test period",
 )

@@ -36,14 +36,19 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         self.popular = list(popular)
 
     def load_context(self, context) -> None:
-        from models.baselines import CooccurrenceRecommender
+        from models.baselines import CooccurrenceRecommender, CooccurrenceScorer
         from models.blend import BlendedRecommender
         from models.sasrec import SASRec, SASRecConfig
 
-        ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
-        model = SASRec(SASRecConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-        if "cooccurrence" in context.artifacts:    # SASRec blended with co-occurrence (models/blend.py)
+        if "checkpoint" not in context.artifacts:   # a floor serving as the model (CooccurrenceScorer)
+            saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=True)
+            model = CooccurrenceScorer(CooccurrenceRecommender.from_state(saved["state"]), int(saved["max_len"]))
+        else:
+            ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
+            model = SASRec(SASRecConfig(**ckpt["model_args"]))
+            model.load_state_dict(ckpt["model"])
+        if "checkpoint" in context.artifacts and "cooccurrence" in context.artifacts:
+            # SASRec blended with co-occurrence (models/blend.py)
             saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=False)
             model = BlendedRecommender(model, CooccurrenceRecommender.from_state(saved["state"]), saved["beta"])
         with open(context.artifacts["vocab"]) as fh:
@@ -131,15 +136,17 @@ class UserStates:
                           torch.cat([p.cold for p in parts]))
 
 
-def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint: Path, workdir: Path,
+def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint: Path | None, workdir: Path,
                       example: pd.DataFrame) -> dict:
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a trained SASRec (or a
-    ``BlendedRecommender`` around one): the artifacts ``load_context`` reads (``checkpoint``,
-    ``vocab``, ``popular``, and for a blend ``cooccurrence``), the project code, and a signature
-    inferred from ``example``. The vocabulary, popularity and co-occurrence files go to ``workdir``.
+    ``BlendedRecommender`` around one, or a ``CooccurrenceScorer`` floor, which has no
+    ``checkpoint``): the artifacts ``load_context`` reads (``checkpoint``, ``vocab``, ``popular``,
+    and for a blend or a floor ``cooccurrence``), the project code, and a signature inferred from
+    ``example``. The vocabulary, popularity and co-occurrence files go to ``workdir``.
     """
     from mlflow.models import infer_signature
 
+    from models.baselines import CooccurrenceScorer
     from models.blend import BlendedRecommender
     from pipeline.core.tracking import REPO_ROOT
 
@@ -147,7 +154,12 @@ def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint
     vocab_file.write_text(json.dumps(list(item_ids)))
     popular_file.write_text(json.dumps(list(popular)))
     wrapper = SASRecPyfunc.from_parts(model, item_ids, popular)
-    artifacts = {"checkpoint": str(checkpoint), "vocab": str(vocab_file), "popular": str(popular_file)}
+    artifacts = {"vocab": str(vocab_file), "popular": str(popular_file)}
+    if isinstance(model, CooccurrenceScorer):
+        artifacts["cooccurrence"] = str(Path(workdir) / "cooccurrence.pt")
+        torch.save({"state": model.cooccurrence.to_state(), "max_len": model.config.max_len}, artifacts["cooccurrence"])
+    else:
+        artifacts["checkpoint"] = str(checkpoint)
     if isinstance(model, BlendedRecommender):
         artifacts["cooccurrence"] = str(Path(workdir) / "cooccurrence.pt")
         torch.save({"state": model.cooccurrence.to_state(), "beta": model.beta}, artifacts["cooccurrence"])

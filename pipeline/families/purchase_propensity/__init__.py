@@ -27,4 +27,5 @@ SPEC = ModelSpec(
     parity_rows=4,   # a request carries many candidates: more rows for about as many requests
     user_parity=evaluation.user_parity,
     monitoring=monitoring.MONITORING,
+    floor_model=evaluation.floor_model,
 )

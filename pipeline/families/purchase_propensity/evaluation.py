@@ -69,20 +69,27 @@ def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
                    predictions)
 
 
+def logreg_probabilities(client, run_id: str, dense: np.ndarray, tmp) -> np.ndarray:
+    """The run's logistic-regression floor (``baseline/logreg.joblib``) on rows of dense features."""
+    import joblib
+
+    from pipeline.families.purchase_propensity.train import logreg_features
+
+    saved = joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp)))
+    return saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
+
+
 def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
     """The logistic regression and the LightGBM model the run trained on the same rows
     (``baseline/logreg.joblib``, ``baseline/lightgbm.json``), on the same test rows."""
-    import joblib
     import lightgbm as lgb
     from mlflow.exceptions import MlflowException
 
     from pipeline.families.purchase_propensity.pyfunc import encode_ids, id_index
-    from pipeline.families.purchase_propensity.train import lightgbm_features, logreg_features
+    from pipeline.families.purchase_propensity.train import lightgbm_features
 
     dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
-    saved = joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp)))
-    out = {"logistic_regression": _scores(
-        test, saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1])}
+    out = {"logistic_regression": _scores(test, logreg_probabilities(client, run_id, dense, tmp))}
     try:
         gbt = json.loads(Path(client.download_artifacts(run_id, "baseline/lightgbm.json", str(tmp))).read_text())
     except MlflowException:   # a run trained before the LightGBM baseline existed
@@ -157,3 +164,22 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     examples = [f"user_id {pairs[i][0]} item {pairs[i][1]}: served {served[i]:.6f}, offline features give "
                 f"{expected[i]:.6f}" for i in bad[:3]]
     return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
+
+
+FLOOR_FILES = {"logistic_regression": ("logreg", "baseline/logreg.joblib"),
+               "lightgbm": ("lightgbm", "baseline/lightgbm.json")}
+
+
+def floor_model(name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir,
+                client=None, run_id: str = "") -> dict:
+    """The run's baseline ``name`` (its ``baseline/`` file) as the family's pyfunc
+    (``FloorPyfunc``): the arguments of ``mlflow.pyfunc.log_model``."""
+    from pipeline.core.tracking import REPO_ROOT
+    from pipeline.families.purchase_propensity.pyfunc import FloorPyfunc
+
+    if name not in FLOOR_FILES:
+        raise ValueError(f"purchase_propensity has no floor model {name!r}; floors: {', '.join(FLOOR_FILES)}")
+    key, artifact = FLOOR_FILES[name]
+    local = client.download_artifacts(run_id, artifact, str(workdir))
+    return {"python_model": FloorPyfunc(), "artifacts": {key: local},
+            "code_paths": [str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")]}

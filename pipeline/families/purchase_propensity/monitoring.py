@@ -119,13 +119,40 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict]]:
             for r in sessions.iter_rows(named=True)]
 
 
-def statistic(labels):
+def statistic(frame: pl.DataFrame):
+    """AUC of the probabilities at the given rows against those rows' labels."""
+    labels = frame["label"].to_numpy()
     return lambda values, rows: auc(labels[rows], values)
+
+
+def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snapshot, policy) -> pl.DataFrame:
+    """The logistic-regression floor of the champion's run on the very candidates the champion
+    scored, with the features the service looked up for them (the champion's snapshot)."""
+    import tempfile
+
+    from pipeline.families.purchase_propensity.evaluation import logreg_probabilities
+
+    asked = answers.filter((pl.col("role") == "champion") & (pl.col("model_version") == champion["version"])
+                           & (pl.col("user_id") != ""))
+    if asked.height == 0 or snapshot is None:
+        return asked.clear()
+    pairs = asked.with_row_index("_a").explode("items").select("_a", "user_id", pl.col("items").alias("item_id"))
+    dense = snapshot.propensity_inputs(pairs["user_id"].to_list(), pairs["item_id"].to_list())
+    with tempfile.TemporaryDirectory() as tmp:
+        probs = logreg_probabilities(champion["client"], champion["run"].info.run_id,
+                                     dense.select(*PROPENSITY_DENSE).to_numpy().astype(np.float32), tmp)
+    scored = (pairs.with_columns(pl.Series("p", probs.astype(float))).group_by("_a", maintain_order=True)
+              .agg(pl.col("p")))
+    return (asked.with_row_index("_a").join(scored, on="_a", how="left").drop("_a", "scores")
+            .rename({"p": "scores"}).with_columns(pl.lit("floor").alias("role"),
+                                                  pl.lit("logistic_regression").alias("model_version"))
+            .select(asked.columns))
 
 
 MONITORING = Monitoring(
     outcomes=outcomes, figures=figures,
     headline=lambda policy: ("auc", "log_loss", "calibration_error", "mean_probability", "purchase_rate"),
     drift=drift, served_scores=served_scores, skew=skew, requests=requests, value_column="probability",
-    pair_keys=("request_id", "item_id"), statistic=statistic,
+    pair_keys=("request_id", "item_id"), statistic=statistic, references=references,
+    protocol=lambda policy: f"served candidates bought within {policy.horizon_hours:g} h",
 )

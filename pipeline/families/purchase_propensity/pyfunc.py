@@ -61,3 +61,34 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             probs = self.model.predict_proba(torch.from_numpy(ids).to(device), torch.from_numpy(dense).to(device))
         return pd.DataFrame({"probability": probs.cpu().numpy().astype(np.float64)})
+
+
+class FloorPyfunc(mlflow.pyfunc.PythonModel):
+    """A propensity floor (the logistic regression or LightGBM the run trained beside DCN-v2) as the
+    family's pyfunc, same input and output, so the strongest floor serves when no learned model
+    beats it (``pipeline.lifecycle.floors``). Its artifacts are the run's own baseline files."""
+
+    def load_context(self, context) -> None:
+        if "logreg" in context.artifacts:
+            import joblib
+
+            self.logreg = joblib.load(context.artifacts["logreg"])
+        else:
+            import lightgbm as lgb
+
+            with open(context.artifacts["lightgbm"]) as fh:
+                saved = json.load(fh)
+            self.logreg, self.booster, self.index = None, lgb.Booster(model_str=saved["booster"]), \
+                id_index(saved["vocabs"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
+        from pipeline.families.purchase_propensity.train import lightgbm_features, logreg_features
+
+        dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
+        if self.logreg is not None:
+            saved = self.logreg
+            probs = saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
+        else:
+            probs = np.clip(self.booster.predict(lightgbm_features(encode_ids(model_input, self.index), dense)), 0, 1)
+        return pd.DataFrame({"probability": np.asarray(probs, dtype=np.float64)})
