@@ -27,6 +27,9 @@ from pipeline.data.predictions import read_predictions
 from pipeline.serving.predlog import PredictionLog
 
 
+HISTORY = [f"h{j}" for j in range(10)]   # a sent session history, as a replayed request carries
+
+
 def _answers(log: PredictionLog, n: int, offset: int, times: list[float]) -> None:
     items = [f"i{j}" for j in range(10)]
     scores = [1.0 - j / 10 for j in range(10)]
@@ -34,7 +37,7 @@ def _answers(log: PredictionLog, n: int, offset: int, times: list[float]) -> Non
     for i in range(n):
         start = time.perf_counter()
         log.record(request_id=f"r{offset + i}", ts=ts, model_version="1", role="champion", user_id=f"u{i % 5000}",
-                   items=items, scores=scores, source="model")
+                   items=items, scores=scores, source="model", history=HISTORY)
         times.append(time.perf_counter() - start)
 
 
@@ -50,7 +53,7 @@ def paced(log: PredictionLog, rate: float, seconds: float) -> list[float]:
             time.sleep(due - now)
         t0 = time.perf_counter()
         log.record(request_id=f"p{i}", ts=ts, model_version="1", role="champion", user_id=f"u{i % 5000}",
-                   items=items, scores=scores, source="model")
+                   items=items, scores=scores, source="model", history=HISTORY)
         times.append(time.perf_counter() - t0)
         i += 1
     return times

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -174,3 +176,28 @@ def test_auc_is_bootstrapped_per_user_cluster():
     assert good.passed and good.interval[0] > 0
     same = decide(policy, {"auc": 0.5}, {}, {"auc": 0.5}, "1", Rows(users, noise, stat, noise))
     assert not same.passed
+
+
+def test_a_candidate_that_loses_to_a_floor_on_the_task_it_serves_is_refused():
+    # Ahead of the floor on the gate's own rows, behind it on the online protocol run offline (per
+    # session step: the next step), where the floor gets 30% more of the requests right.
+    floor = _users(0)
+    better = floor.copy()
+    better[np.flatnonzero(floor == 0)[:150]] = 1.0
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(500), 4)
+    floor_hits = (rng.random(users.size) < 0.5).astype(float)
+    model_hits = np.where(rng.random(users.size) < 0.3, 0.0, floor_hits)
+    policy = dataclasses.replace(_policy(), online_protocol=True)
+    online = ("hit_rate_at_10", Rows(users, model_hits, MEAN, baselines={"popularity": floor_hits}))
+    d = decide(policy, {"ndcg_at_20": better.mean()}, {"popularity": floor.mean()}, rows=_paired(better, floor=floor),
+               online=online)
+    assert not d.passed and d.strongest_floor == "popularity"
+    assert any(r.startswith("PASS floor popularity: ndcg_at_20") for r in d.reasons)
+    assert any(r.startswith("FAIL floor popularity (online protocol): hit_rate_at_10") for r in d.reasons)
+    assert d.floor_intervals["popularity (online protocol)"][1] < 0
+    missing = decide(policy, {"ndcg_at_20": better.mean()}, {"popularity": floor.mean()},
+                     rows=_paired(better, floor=floor))
+    assert not missing.passed and "FAIL floor popularity (online protocol): no per-request values of the online " \
+        "protocol in the evaluation" in missing.reasons
+    assert _floor_case(better, floor).passed    # the same candidate, the online protocol not required

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -282,6 +283,10 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
     folder.mkdir(parents=True, exist_ok=True)
     outcomes(logged, open_dataset(paths).events(), monitoring.load_monitoring_policy("next_item")).write_parquet(
         folder / "outcomes.parquet")
+    # The online gate reads judged days only (``monitor`` marks a day judged once the data reaches its
+    # horizon past it). The requests here are each user's first step of the day, whose next steps the
+    # same day's data holds; the summary records the day as judged, as ``monitor`` would the day after.
+    (folder / "summary.json").write_text(json.dumps({"judged": True}))
     gate = monitoring.online_gate(paths, "next_item", versions["random"], [day])
     assert gate.mode == "shadow" and not gate.passed and gate.interval[1] < 0, gate.line()
     with pytest.raises(registry.RegistryError, match="significantly worse"):

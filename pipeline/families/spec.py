@@ -53,9 +53,11 @@ class Monitoring:
         references: ``(answers, events, champion, snapshot, policy) -> answers``: the floors'
             answers to the very requests the champion answered (role ``floor``, the floor's name as
             the version), scored online beside it; or None.
-        offline: ``(pyfunc, dataset, split, policy) -> {side: figures}``: the online protocol run
-            offline on the test period, for the candidate (``candidate``) and the floors; logged at
-            evaluation and printed beside the online figures; or None.
+        offline: ``(pyfunc, dataset, split, policy) -> outcomes``: the online protocol run offline
+            on the test period, the candidate's pyfunc (role ``candidate``) and the floors (role
+            ``floor``) answering the same requests; the evaluation logs their figures, which the
+            monitor prints beside the online ones, and the gate bootstraps its floors on them
+            (policy ``online_protocol``); or None.
         protocol: ``(policy) -> words``: what the online figures measure.
         offline_protocol: what ``offline`` measures.
     """

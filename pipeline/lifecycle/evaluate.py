@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import (
@@ -31,6 +32,8 @@ from pipeline.data.version import open_dataset
 from pipeline.families import get as get_family
 from pipeline.families.base import ModelScores, TestSet
 
+SESSION_ROWS = "session_rows.parquet"   # the online protocol's outcomes per request, under evaluation/
+
 
 @dataclass
 class Evaluation:
@@ -43,8 +46,10 @@ class Evaluation:
     model_mb: float
     test_start: str = ""          # the candidate's test period starts here (its split's valid_end)
     champion_data_end: str = ""   # the champion's data ends here (its split's valid_end); "" without one
-    # The online protocol run offline on the test period (``Monitoring.offline``): side -> figures.
-    session: dict[str, dict[str, float]] | None = None
+    # The online protocol run offline on the test period (``Monitoring.offline``): its outcomes per
+    # request, for the candidate (role ``candidate``) and the floors (role ``floor``).
+    session: pl.DataFrame | None = None
+    session_figures: dict[str, dict[str, float]] | None = None
 
 
 def _dir_mb(path: Path) -> float:
@@ -97,8 +102,8 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
             version = dataset_version or run.data.tags["dataset_version"]
             split = TimeSplit.from_dict({k: run.data.params[f"split.{k}"] for k in ("start", "train_end", "valid_end",
                                                                                       "end")})
-            session = spec.monitoring.offline(loaded, open_dataset(paths, version), split,
-                                              load_monitoring_policy(model_name))
+            hooks, monitoring = spec.monitoring, load_monitoring_policy(model_name)
+            session = hooks.offline(loaded, open_dataset(paths, version), split, monitoring)
         model_mb = _dir_mb(Path(local))
         champion, champion_end = None, ""
         if champion_mv is not None:
@@ -106,9 +111,21 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
             champion_end = client.get_run(champion_mv.run_id).data.params.get("split.valid_end", "")
         baselines = spec.baselines(client, run_id, test, Path(tmp))
     evaluation = Evaluation(model_name, run_id, str(champion_mv.version) if champion_mv else None, candidate, champion,
-                            baselines, model_mb, run.data.params["split.valid_end"], champion_end, session)
+                            baselines, model_mb, run.data.params["split.valid_end"], champion_end, session,
+                            session_figures(model_name, session))
     _log_evaluation(client, evaluation, test)
     return evaluation
+
+
+def session_figures(model_name: str, session: pl.DataFrame | None) -> dict[str, dict[str, float]] | None:
+    """The figures of each side of the online protocol run offline (``candidate`` and the floors' names)."""
+    if session is None or session.height == 0:
+        return None
+    from pipeline.lifecycle.monitor import load_monitoring_policy
+
+    hooks, policy = get_family(model_name).monitoring, load_monitoring_policy(model_name)
+    return {(version if role == "floor" else role): hooks.figures(part, policy)
+            for (role, version), part in sorted(session.group_by("role", "model_version"), key=lambda g: g[0])}
 
 
 def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
@@ -121,7 +138,7 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         metrics.update({f"eval_baseline_{name}_{k}": v for k, v in scores.metrics.items()})
     from pipeline.lifecycle.monitor import SESSION_PREFIX
 
-    for side, figures in (ev.session or {}).items():
+    for side, figures in (ev.session_figures or {}).items():
         metrics.update({f"{SESSION_PREFIX}{side}.{k}": v for k, v in figures.items()})
     for key, value in metrics.items():
         if np.isfinite(value):
@@ -132,7 +149,8 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         "model": ev.model_name, "champion_version": ev.champion_version, "rows": len(test.users),
         "users": int(pd.unique(test.users).size), "model_mb": ev.model_mb,
         "latency_ms_p95": ev.candidate.latency_ms_p95,
-        "test_start": ev.test_start, "champion_data_end": ev.champion_data_end or None, "session": ev.session,
+        "test_start": ev.test_start, "champion_data_end": ev.champion_data_end or None,
+        "session": ev.session_figures,
         "candidate": {"metrics": ev.candidate.metrics, "slices": ev.candidate.slices},
         "champion": None if ev.champion is None else {"metrics": ev.champion.metrics, "slices": ev.champion.slices},
         "baselines": {n: {"metrics": s.metrics, "slices": s.slices} for n, s in ev.baselines.items()},
@@ -149,6 +167,8 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         out.mkdir()
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         rows.to_parquet(out / "rows.parquet", index=False)
+        if ev.session is not None and ev.session.height:
+            ev.session.write_parquet(out / SESSION_ROWS)
         # What the candidate was asked and answered, for the serving stage's parity check.
         answers = ev.candidate.predictions.reset_index(drop=True).add_prefix("predicted_")
         pd.concat([pd.DataFrame({"user_id": test.users.astype(str)}), test.inputs.reset_index(drop=True), answers],

@@ -7,6 +7,10 @@ A candidate is promoted only if every check passes:
    rows are not independent), lies above ``floor_margin`` for each baseline the policy names (this
    alone decides for the first model, when there is no champion); a point estimate above the
    baseline is not enough;
+   With ``online_protocol``, each floor must also be cleared on the family's online protocol run
+   offline on the test period (``Monitoring.offline``: for the recommender, the next step of each
+   session step, the task it serves), paired on the same requests and resampling users, since a
+   model can beat a floor on one task and lose to it on the one it is served for;
 2. champion eligibility: the champion's own data (its split's ``valid_end``: its training and
    validation periods) ends no later than the candidate's test period starts; a champion that saw
    the candidate's test days would be compared on rows it learned from, so the gate refuses;
@@ -59,6 +63,7 @@ class Policy:
     floors: tuple[str, ...] = ()       # baselines the candidate must beat
     min_improvement: float = 0.0       # over the champion, in the metric's units
     floor_margin: float = 0.0          # the floors' intervals must lie above this, in the metric's units
+    online_protocol: bool = False      # the floors must also be cleared on the online protocol run offline
     confidence: float = 0.95
     bootstrap_samples: int = 2000
     seed: int = 0
@@ -101,6 +106,9 @@ def load_policy(model_name: str, path: Path | None = None) -> Policy:
             raise PolicyError(f"{path}: {model_name}.{key} must be a number, got {section[key]!r}")
     if not 0.5 <= float(section.get("confidence", 0.95)) < 1:
         raise PolicyError(f"{path}: {model_name}.confidence must be in [0.5, 1), got {section['confidence']!r}")
+    for key in ("require_smoke_test", "online_protocol"):
+        if key in section and not isinstance(section[key], bool):
+            raise PolicyError(f"{path}: {model_name}.{key} must be true or false, got {section[key]!r}")
     if not isinstance(section.get("require_smoke_test", True), bool):
         raise PolicyError(f"{path}: {model_name}.require_smoke_test must be true or false, "
                           f"got {section['require_smoke_test']!r}")
@@ -208,6 +216,27 @@ class Rows:
     baselines: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _floor_checks(decision: Decision, policy: Policy, label: str, metric: str, value: float,
+                  baselines: dict[str, float], stats: dict[str, np.ndarray], users: int) -> None:
+    """One check per floor of the policy: the interval of candidate minus floor above ``floor_margin``."""
+    for name in policy.floors:
+        check = f"floor {name}{label}"
+        if name not in baselines:
+            decision.checks.append(Check(check, False, f"no {metric} for baseline {name!r} in the evaluation"))
+            continue
+        point = f"{metric} {value:.4f} vs {name} {baselines[name]:.4f} (difference {value - baselines[name]:+.4f}"
+        if f"baseline.{name}" not in stats:
+            decision.checks.append(Check(check, False, point + "); no per-row values to bootstrap"))
+            continue
+        low, high = _interval(stats["candidate"] - stats[f"baseline.{name}"], policy.confidence)
+        decision.floor_intervals[name + label] = (low, high)
+        lower = low if policy.higher_is_better else -high
+        ok = bool(lower > policy.floor_margin)
+        interval = f", {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over {users} users)"
+        decision.checks.append(Check(check, ok, point + interval + ("" if ok else f": not above the floor (margin "
+                                                                    f"{policy.floor_margin:g}) with confidence")))
+
+
 def decide(
     policy: Policy,
     candidate: dict[str, float],
@@ -218,6 +247,7 @@ def decide(
     latency_ms: float = float("nan"),
     model_mb: float = float("nan"),
     champion_ineligible: str | None = None,
+    online: tuple[str, Rows] | None = None,
 ) -> Decision:
     """Apply the policy.
 
@@ -231,6 +261,9 @@ def decide(
         latency_ms: p95 latency of a one-row prediction of the candidate.
         model_mb: the candidate's size on disk.
         champion_ineligible: why the champion cannot be compared on these rows (it saw them), or None.
+        online: (metric, per-request values) of the online protocol run offline on the test period,
+            the floors among its baselines: with ``policy.online_protocol``, each floor must be
+            cleared there too, with confidence.
     """
     sign = 1.0 if policy.higher_is_better else -1.0
     metric = policy.metric
@@ -246,21 +279,21 @@ def decide(
         stats = bootstrap_sides(rows.groups, sides, rows.statistic, policy.bootstrap_samples, policy.seed)
         users = int(np.unique(rows.groups).size)
     level = f"{policy.confidence:.0%}"
-    for name in policy.floors:
-        if name not in baselines:
-            checks.append(Check(f"floor {name}", False, f"no {metric} for baseline {name!r} in the evaluation"))
-            continue
-        point = f"{metric} {value:.4f} vs {name} {baselines[name]:.4f} (difference {value - baselines[name]:+.4f}"
-        if f"baseline.{name}" not in stats:
-            checks.append(Check(f"floor {name}", False, point + "); no per-row values to bootstrap"))
-            continue
-        low, high = _interval(stats["candidate"] - stats[f"baseline.{name}"], policy.confidence)
-        decision.floor_intervals[name] = (low, high)
-        lower = low if policy.higher_is_better else -high
-        ok = bool(lower > policy.floor_margin)
-        checks.append(Check(f"floor {name}", ok, point + f", {level} interval [{low:+.4f}, {high:+.4f}] over "
-                            f"{users} users)" + ("" if ok else f": not above the floor (margin "
-                                                                f"{policy.floor_margin:g}) with confidence")))
+    _floor_checks(decision, policy, "", metric, value, baselines, stats, users)
+    if online is not None:
+        online_metric, online_rows = online
+        everything = np.arange(online_rows.groups.size)
+        online_stats = bootstrap_sides(
+            online_rows.groups, {"candidate": online_rows.candidate,
+                                 **{f"baseline.{n}": v for n, v in online_rows.baselines.items()}},
+            online_rows.statistic, policy.bootstrap_samples, policy.seed)
+        _floor_checks(decision, policy, " (online protocol)", online_metric,
+                      online_rows.statistic(online_rows.candidate, everything),
+                      {n: online_rows.statistic(v, everything) for n, v in online_rows.baselines.items()},
+                      online_stats, int(np.unique(online_rows.groups).size))
+    elif policy.online_protocol:
+        checks.extend(Check(f"floor {n} (online protocol)", False, "no per-request values of the online protocol "
+                            "in the evaluation") for n in policy.floors)
     if champion is None:
         checks.append(Check("champion", True, "no champion yet: the floors and guards decide"))
     elif champion_ineligible:
@@ -306,6 +339,35 @@ def _statistic(policy: Policy, labels: np.ndarray | None):
     return lambda values, rows: float(values.mean())
 
 
+def _online_protocol_rows(client, model_name: str, run_id: str, tmp: str) -> tuple[str, Rows] | None:
+    """(metric, per-request values) of the online protocol run offline at evaluation
+    (``evaluation/session_rows.parquet``: the candidate's and the floors' outcomes on the test
+    period's requests), paired by request, with the online figure's own statistic; None without it."""
+    import polars as pl
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import families
+    from pipeline.lifecycle.evaluate import SESSION_ROWS
+    from pipeline.lifecycle.monitor import load_monitoring_policy
+
+    hooks = families.get(model_name).monitoring
+    if hooks is None:
+        return None
+    try:
+        outcomes = pl.read_parquet(client.download_artifacts(run_id, f"evaluation/{SESSION_ROWS}", tmp))
+    except MlflowException:   # evaluated without the hook, or before it existed
+        return None
+    keys, column = list(hooks.pair_keys), hooks.value_column
+    paired = outcomes.filter(pl.col("role") == "candidate").select(*keys, "user_id", column)
+    floors = outcomes.filter(pl.col("role") == "floor")["model_version"].unique().sort().to_list()
+    for name in floors:
+        side = outcomes.filter((pl.col("role") == "floor") & (pl.col("model_version") == name))
+        paired = paired.join(side.select(*keys, pl.col(column).alias(f"floor.{name}")), on=keys)
+    return load_monitoring_policy(model_name).metric, Rows(
+        paired["user_id"].to_numpy(), paired[column].to_numpy(), hooks.statistic(paired),
+        baselines={n: paired[f"floor.{n}"].to_numpy() for n in floors})
+
+
 def champion_ineligibility(summary: dict) -> str | None:
     """Why the champion cannot be compared on the evaluation's rows, or None: its own data (training
     and validation periods, up to its ``valid_end``) reaches into the candidate's test period."""
@@ -331,6 +393,7 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
     with tempfile.TemporaryDirectory() as tmp:
         summary = json.loads(Path(client.download_artifacts(run_id, "evaluation/summary.json", tmp)).read_text())
         rows = pd.read_parquet(client.download_artifacts(run_id, "evaluation/rows.parquet", tmp))
+        online = _online_protocol_rows(client, model_name, run_id, tmp) if policy.online_protocol else None
     metric = policy.metric
     if metric not in summary["candidate"]["metrics"]:
         raise PolicyError(f"policy metric {metric!r} is not among the evaluation's metrics "
@@ -347,7 +410,7 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         champion=None if summary["champion"] is None else summary["champion"]["metrics"],
         champion_version=summary["champion_version"], rows=per_row,
         latency_ms=summary["latency_ms_p95"], model_mb=summary["model_mb"],
-        champion_ineligible=champion_ineligibility(summary),
+        champion_ineligible=champion_ineligibility(summary), online=online,
     )
     client.log_metric(run_id, "gate_passed", float(decision.passed))
     client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")

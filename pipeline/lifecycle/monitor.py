@@ -4,12 +4,19 @@ For one model and one day (UTC), ``monitor`` runs three reports and logs them to
 
 1. **online quality**: the day's logged answers (``pipeline.data.predictions``) joined with the
    events that followed them in the ingested dataset. Next item: a request's target is the user's
-   next item after the request time (repeats collapsed, as in training), within ``horizon_hours``;
-   hit rate and NDCG at ``k`` of the served list, per request, averaged per user then over users
-   (the offline evaluation's unit). Propensity: a candidate's label is whether the user bought the
-   item within ``horizon_hours``; AUC, log loss and calibration (mean probability against the
-   purchase rate; expected calibration error over ten bins) over every served candidate.
-   Figures per model version and role (champion, challenger, shadow);
+   next step strictly after the request time (repeats collapsed, as in training), within
+   ``horizon_hours``; hit rate and NDCG at ``k`` of the served list, per request, averaged per user
+   then over users (the offline evaluation's unit). Propensity: a candidate's label is whether the
+   user bought the item within ``horizon_hours``; AUC, log loss and calibration (mean probability
+   against the purchase rate; expected calibration error over ten bins) over every served
+   candidate. Figures per model version and role (champion, challenger, shadow), and for the
+   family's floors (``Monitoring.references``) answering the very requests the champion answered,
+   with the bootstrap interval of champion minus floor over users. A day is **judged** only once
+   the published data reaches ``horizon_hours`` past its end; before, every answer late in the day
+   still lacks its outcome, the figures are marked provisional and are no evidence for a retrain or
+   the online gate. Beside them, the champion's own offline figures of the same protocol (the test
+   period's sessions, ``Monitoring.offline``, logged at its evaluation); the gate's offline figures
+   measure another task and are not printed beside the online ones;
 2. **drift**: the model's input features on that day against its training period (population
    stability index for numbers, Jensen-Shannon divergence for categories), and its served scores
    against the same version's earlier days; an HTML report;
@@ -21,7 +28,8 @@ Each day has one MLflow run in the experiment ``monitoring-<model>`` (a rerun of
 its figures, never adds a run), with the reports as artifacts; the figures are also set as tags
 on each served model version (``online.<date>``), and the champion's run is the one the first
 printed line names. ``retrain_decision`` then applies ``policy.yaml``'s ``monitoring`` rules:
-retrain when drift or online quality crosses a threshold, at most once per cool-down.
+retrain when drift crosses a threshold, or, on a judged day, when the champion is below a floor on
+the same requests or well below its own earlier judged days; at most once per cool-down.
 
 The statistics are in ``pipeline.data.drift``; what each family observes, in its ``monitoring.py``.
 """

@@ -105,7 +105,7 @@ def evaluate(paths: StatePaths, model: str, trained: dict, dataset_version: str 
     for side, scores in (("candidate", ev.candidate), ("champion", ev.champion), *ev.baselines.items()):
         if scores is not None:
             print(f"  {side}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.metrics.items())))
-    for side, figures in (ev.session or {}).items():
+    for side, figures in (ev.session_figures or {}).items():
         print(f"  {side}, online protocol on the test period's sessions: "
               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items())))
     return {**trained, "champion_version": ev.champion_version}

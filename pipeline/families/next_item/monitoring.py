@@ -186,19 +186,20 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
     return _floor_answers(asked, histories, events, TimeSplit.from_dict(champion["split"]), policy.k)
 
 
-def offline_session(model, dataset, split: TimeSplit, policy) -> dict[str, dict[str, float]]:
+def offline_session(model, dataset, split: TimeSplit, policy) -> pl.DataFrame:
     """The online protocol run offline on the held-out sessions of the test period: every step of
     every session is a request (the user's history before the test period, as a snapshot would hold
     it, then the session so far: ``requests``), its outcome the user's next step within the horizon,
     only for requests whose horizon ends inside the test period (none censored). The model
-    (``model``, the candidate's pyfunc) and the floors answer the same requests; figures per side."""
+    (``model``, the candidate's pyfunc; role ``candidate``) and the floors (role ``floor``, the
+    floor's name as the version) answer the same requests; their outcomes (``outcomes``' rows)."""
     events = dataset.events().filter(pl.col("event_time") < split.end)
     test = events.filter(pl.col("event_time") >= split.valid_end)
     horizon = timedelta(hours=policy.horizon_hours)
     asked = [(datetime.fromisoformat(t), b) for t, b in requests(test, policy.k)]
     asked = [(t, b) for t, b in asked if t + horizon <= split.end]
     if not asked:
-        return {}
+        return pl.DataFrame()
     users = [b["user_id"] for _, b in asked]
     before = user_histories(events.filter((pl.col("event_time") < split.valid_end)
                                           & pl.col("user_id").is_in(list(set(users)))), HISTORY_LEN)
@@ -209,9 +210,7 @@ def offline_session(model, dataset, split: TimeSplit, policy) -> dict[str, dict[
     predicted = predict_batches(model, pd.DataFrame({"history": histories, "k": policy.k}), 1024)
     served = frame.with_columns(pl.Series("items", predicted["items"].tolist(), dtype=pl.List(pl.String)))
     floors = _floor_answers(frame, histories, events, split, policy.k)
-    judged = outcomes(pl.concat([served, floors.select(served.columns)]), events, policy)
-    return {(version if role == "floor" else role): figures(part, policy)
-            for (role, version), part in judged.group_by("role", "model_version")}
+    return outcomes(pl.concat([served, floors.select(served.columns)]), events, policy)
 
 
 MONITORING = Monitoring(
