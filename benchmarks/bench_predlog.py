@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pipeline.data.predictions import read_predictions
 from pipeline.serving.predlog import PredictionLog
 
-
 HISTORY = [f"h{j}" for j in range(10)]   # a sent session history, as a replayed request carries
 
 

@@ -23,11 +23,15 @@ time per model; the two models never wait for each other:
 - **evaluate**: the candidate, the current `champion` and the baselines on the same frozen test
   rows (the run's own dataset version, cut at the run's own split points), with metrics per
   slice and plots, logged to the candidate's run under `evaluation/`;
-- **gate**: the rules of `policy.yaml` (floors, minimum improvement, a bootstrap confidence
-  interval over users that must exclude zero, latency and size guards); the task log lists every
-  check with PASS or FAIL;
+- **gate**: the rules of `policy.yaml` (floors cleared with a bootstrap confidence interval over
+  users, on the gate's rows and, for the recommender, on the task it is served for; a champion that
+  saw the test days refused; minimum improvement and an interval that must exclude zero; latency and
+  size guards); the task log lists every check with PASS or FAIL. With no champion and a candidate
+  that fails a floor, the strongest floor becomes the candidate (a run of its own, evaluated the
+  same way), so the model always has a champion;
 - **register**: every candidate becomes a registered model version tagged with its lineage and the
-  gate's decision; a passed one gets the alias `challenger`;
+  gate's decision (a rejected one before the floor that serves instead); a passed one gets the alias
+  `challenger`;
 - **package**: imports the challenger into the Bento store, builds its Bento, starts it with
   `bentoml serve` on a free loopback port and replays the offline evaluation's requests: the served
   answers must match the evaluated ones (parity check). The Bento tag is written to the version.

@@ -21,9 +21,9 @@ from pipeline import families
 from pipeline.core.settings import StatePaths
 
 FLOOR_TAG, FLOOR_OF_TAG = "shopml.floor", "shopml.floor_of_run"
-# The floor's run takes over the candidate's tags (its data, code and place in a DAG run) but those
-# of MLflow itself, of the candidate's own training, evaluation and gate, and of its DAG run (a rerun of
-# the DAG run's training task must find the candidate, not the floor).
+# The floor's run takes over the candidate's tags (its dataset, features and code) but those of MLflow
+# itself, of the candidate's own training, evaluation and gate, and of its DAG run (a rerun of the DAG
+# run's training task must find the candidate, not the floor).
 NOT_COPIED = ("mlflow.", "gate.", "eval.", "train.", "resume", "airflow.")
 
 
@@ -60,11 +60,9 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
                              FLOOR_TAG: floor, FLOOR_OF_TAG: candidate_run_id})
             mlflow.log_dict(split.to_dict(), "split.json")
             # The baselines the family's evaluation reads from a run (e.g. the propensity floors' files).
-            try:
+            if client.list_artifacts(candidate_run_id, "baseline"):   # none where baselines need no files
                 baseline = client.download_artifacts(candidate_run_id, "baseline", str(Path(tmp) / "copied"))
                 mlflow.log_artifacts(baseline, "baseline")
-            except Exception:   # a family whose baselines need no files
-                pass
             mlflow.pyfunc.log_model(name="model", **args)
             run_id = run.info.run_id
     evaluation = evaluate_candidate(paths, model_name, run_id)

@@ -362,7 +362,8 @@ def _html(result: MonitorResult, policy: MonitoringPolicy) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.bad{{background:#fdd}}</style></head><body>
 <h1>{e(result.model)} on {e(result.day)}</h1>
 <p>Champion v{e(result.champion_version)}; dataset version {e(result.dataset_version)};
-{result.coverage_hours:.0f} h of events after the day in the dataset (horizon {policy.horizon_hours:g} h).</p>
+{result.coverage_hours:.0f} h of published data after the day (horizon {policy.horizon_hours:g} h):
+{'judged' if result.judged else 'provisional, the outcomes of late answers are not in yet'}.</p>
 <ul>{lines}</ul>
 <h2>Online quality</h2><table><tr><th>role and version</th><th>figures</th></tr>{online}</table>
 <h2>Drift against the training period</h2><table><tr><th>feature</th><th>statistic</th><th>value</th>
