@@ -271,12 +271,17 @@ def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(s
     assert "retrain_next_item" in worker_log and "train_next_item" in worker_log
 
     # The registry lives on PostgreSQL: the champion alias points at the version the DAG promoted.
+    # (Version 1 when the learned candidate cleared its floors; else it is registered as rejected and the
+    # strongest floor, version 2, serves.)
     aliases = stack.query("mlflow", "select name, alias, version from registered_model_aliases")
-    assert ("next_item", "champion", 1) in aliases, aliases
+    champion = next((v for n, a, v in aliases if (n, a) == ("next_item", "champion")), None)
+    assert champion in (1, 2), aliases
     tags = dict(stack.query("mlflow", "select key, value from model_version_tags where name = 'next_item' "
-                                      "and version = 1"))
-    assert tags["smoke_test"] == "passed" and tags["bento_tag"].startswith("shopml-next-item:v1-")
-    run_id = stack.query("mlflow", "select run_id from model_versions where name = 'next_item' and version = 1")[0][0]
+                                      f"and version = {champion}"))
+    assert tags["smoke_test"] == "passed" and tags["bento_tag"].startswith(f"shopml-next-item:v{champion}-")
+    assert (champion == 2) == tags["gate.reasons"].startswith("PASS floor serves: ")
+    run_id = stack.query("mlflow", "select run_id from model_versions where name = 'next_item' and version = "
+                                   f"{champion}")[0][0]
     run_tags = dict(stack.query("mlflow", f"select key, value from tags where run_uuid = '{run_id}'"))
     current = json.loads((Path(stack.env["SHOPML_HOME"]) / "dataset" / "versions" / "current.json").read_text())
     assert run_tags["dataset_version"] == current["version"]

@@ -171,6 +171,28 @@ def test_the_next_step_outcome_join_on_a_hand_built_log():
 
 
 @pytest.mark.fast
+def test_the_propensity_outcome_join_keeps_each_answer_to_the_same_request_apart():
+    """A served candidate's label: bought strictly after the answer and within the horizon. The
+    champion's, a shadow's and a floor's answers to one request stay three sets of rows (they were
+    once merged by request and item, so the shadow's and the floor's probabilities were lost)."""
+    from pipeline.families.purchase_propensity.monitoring import outcomes
+
+    answers = pl.DataFrame({
+        "request_id": ["r1"] * 3, "ts": [_at(10)] * 3, "user_id": ["u"] * 3,
+        "model_version": ["3", "4", "logistic_regression"], "role": ["champion", "shadow", "floor"],
+        "items": [["a", "b", "c"]] * 3, "scores": [[0.9, 0.1, 0.5], [0.8, 0.2, 0.4], [0.3, 0.6, 0.1]]})
+    events = pl.DataFrame({"user_id": ["u", "u", "u"], "item_id": ["a", "b", "c"],
+                           "event_type": ["purchase"] * 3,
+                           "event_time": [_at(11), _at(10), _at(11, day=13)]})  # after; at the answer; past 48 h
+    out = outcomes(answers, events, SimpleNamespace(horizon_hours=48))
+    assert out.height == 9
+    by_role = {role: part.sort("item_id") for (role,), part in out.group_by("role")}
+    assert {r: p["probability"].to_list() for r, p in by_role.items()} == {
+        "champion": [0.9, 0.1, 0.5], "shadow": [0.8, 0.2, 0.4], "floor": [0.3, 0.6, 0.1]}
+    assert all(p["label"].to_list() == [1.0, 0.0, 0.0] for p in by_role.values())
+
+
+@pytest.mark.fast
 def test_the_online_statistic_is_the_figure_per_user_under_resampling():
     from pipeline.families.next_item.monitoring import figures, statistic
 

@@ -39,8 +39,10 @@ def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFram
     labelled = (served.join(bought, on=["user_id", "item_id"], how="left")
                 .with_columns(((pl.col("bought_at") > pl.col("ts")) & (pl.col("bought_at") <= pl.col("ts") + horizon))
                               .fill_null(False).alias("_in"))
-                .group_by("request_id", "item_id", maintain_order=True)
-                .agg(pl.col("ts", "user_id", "model_version", "role", "probability").first(),
+                # One row per answer and candidate: a shadow's or a floor's answer to the same request is
+                # another row, never merged into the champion's.
+                .group_by("request_id", "role", "model_version", "item_id", maintain_order=True)
+                .agg(pl.col("ts", "user_id", "probability").first(),
                      pl.col("_in").any().cast(pl.Float64).alias("label")))
     return labelled.select("request_id", "ts", "user_id", "model_version", "role", "item_id", "probability", "label")
 
