@@ -31,6 +31,7 @@ from pipeline.data.dataset import TimeSplit
 from pipeline.data.version import open_dataset
 from pipeline.families import get as get_family
 from pipeline.families.base import ModelScores, TestSet
+from pipeline.lifecycle.monitor import SESSION_PREFIX, load_monitoring_policy
 
 SESSION_ROWS = "session_rows.parquet"   # the online protocol's outcomes per request, under evaluation/
 
@@ -65,14 +66,22 @@ def build_test_set(paths: StatePaths, model_name: str, run, dataset_version: str
         RegistryError: the run records no dataset version or no split.
         UnknownDatasetVersion: that version cannot be restored.
     """
-    params, run_id = run.data.params, run.info.run_id
-    version = run.data.tags.get("dataset_version")
+    version, split = run_data(run)
+    return get_family(model_name).test_set(open_dataset(paths, dataset_version or version), split, run.data.params)
+
+
+def run_data(run) -> tuple[str, TimeSplit]:
+    """A training run's dataset version (its ``dataset_version`` tag) and split (its ``split.*`` params).
+
+    Raises:
+        RegistryError: the run records no dataset version or no split.
+    """
+    params, version = run.data.params, run.data.tags.get("dataset_version")
     cut = {k: params.get(f"split.{k}") for k in ("start", "train_end", "valid_end", "end")}
     if not version or None in cut.values():
-        raise RegistryError(f"run {run_id} records no dataset version or no split (tag dataset_version, params "
-                            f"split.*); it was not trained by this pipeline")
-    return get_family(model_name).test_set(open_dataset(paths, dataset_version or version), TimeSplit.from_dict(cut),
-                                           params)
+        raise RegistryError(f"run {run.info.run_id} records no dataset version or no split (tag dataset_version, "
+                            f"params split.*); it was not trained by this pipeline")
+    return version, TimeSplit.from_dict(cut)
 
 
 def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
@@ -95,15 +104,13 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
         local = mlflow.artifacts.download_artifacts(logged_model_uri(client, run_id), dst_path=str(Path(tmp) / "model"))
         loaded = mlflow.pyfunc.load_model(local)
         candidate = score(loaded, test)
-        session = None
+        session, figures = None, None
         if spec.monitoring is not None and spec.monitoring.offline is not None:
-            from pipeline.lifecycle.monitor import load_monitoring_policy
-
-            version = dataset_version or run.data.tags["dataset_version"]
-            split = TimeSplit.from_dict({k: run.data.params[f"split.{k}"] for k in ("start", "train_end", "valid_end",
-                                                                                      "end")})
-            hooks, monitoring = spec.monitoring, load_monitoring_policy(model_name)
-            session = hooks.offline(loaded, open_dataset(paths, version), split, monitoring)
+            version, split = run_data(run)
+            monitoring = load_monitoring_policy(model_name)
+            session = spec.monitoring.offline(loaded, open_dataset(paths, dataset_version or version), split,
+                                              monitoring)
+            figures = session_figures(spec.monitoring, session, monitoring)
         model_mb = _dir_mb(Path(local))
         champion, champion_end = None, ""
         if champion_mv is not None:
@@ -112,18 +119,15 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
         baselines = spec.baselines(client, run_id, test, Path(tmp))
     evaluation = Evaluation(model_name, run_id, str(champion_mv.version) if champion_mv else None, candidate, champion,
                             baselines, model_mb, run.data.params["split.valid_end"], champion_end, session,
-                            session_figures(model_name, session))
+                            figures)
     _log_evaluation(client, evaluation, test)
     return evaluation
 
 
-def session_figures(model_name: str, session: pl.DataFrame | None) -> dict[str, dict[str, float]] | None:
+def session_figures(hooks, session: pl.DataFrame, policy) -> dict[str, dict[str, float]] | None:
     """The figures of each side of the online protocol run offline (``candidate`` and the floors' names)."""
-    if session is None or session.height == 0:
+    if session.height == 0:
         return None
-    from pipeline.lifecycle.monitor import load_monitoring_policy
-
-    hooks, policy = get_family(model_name).monitoring, load_monitoring_policy(model_name)
     return {(version if role == "floor" else role): hooks.figures(part, policy)
             for (role, version), part in sorted(session.group_by("role", "model_version"), key=lambda g: g[0])}
 
@@ -136,8 +140,6 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         metrics.update({f"eval_champion_{k}": v for k, v in ev.champion.metrics.items()})
     for name, scores in ev.baselines.items():
         metrics.update({f"eval_baseline_{name}_{k}": v for k, v in scores.metrics.items()})
-    from pipeline.lifecycle.monitor import SESSION_PREFIX
-
     for side, figures in (ev.session_figures or {}).items():
         metrics.update({f"{SESSION_PREFIX}{side}.{k}": v for k, v in figures.items()})
     for key, value in metrics.items():

@@ -34,9 +34,8 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
     import mlflow
 
     from pipeline.core.tracking import mlflow_client
-    from pipeline.data.dataset import TimeSplit
     from pipeline.data.version import open_dataset
-    from pipeline.lifecycle.evaluate import evaluate_candidate
+    from pipeline.lifecycle.evaluate import evaluate_candidate, run_data
 
     spec = families.get(model_name)
     if spec.floor_model is None:
@@ -49,12 +48,12 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
     if done:
         return done[0].info.run_id
     params, tags = dict(candidate.data.params), candidate.data.tags
-    split = TimeSplit.from_dict({k: params[f"split.{k}"] for k in ("start", "train_end", "valid_end", "end")})
-    dataset = open_dataset(paths, tags["dataset_version"])
+    version, split = run_data(candidate)
+    dataset = open_dataset(paths, version)
     with tempfile.TemporaryDirectory() as tmp:
         args = spec.floor_model(floor, dataset, split, params, Path(tmp), client, candidate_run_id)
         with mlflow.start_run(experiment_id=candidate.info.experiment_id,
-                              run_name=f"floor-{floor}-{tags['dataset_version'][:8]}") as run:
+                              run_name=f"floor-{floor}-{version[:8]}") as run:
             mlflow.log_params({k: v for k, v in params.items() if k.startswith(("split.", "data."))})
             mlflow.set_tags({**{k: v for k, v in tags.items() if not k.startswith(NOT_COPIED)},
                              FLOOR_TAG: floor, FLOOR_OF_TAG: candidate_run_id})
