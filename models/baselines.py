@@ -93,6 +93,22 @@ class CooccurrenceRecommender:
         rows, cols = summed.nonzero(as_tuple=True)
         return rows, cols, summed[rows, cols]
 
+    def add_log_scores(self, scores: torch.Tensor, seq: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """Add ``weight * log(1 + cooccurrence + 1e-3 * popularity)`` of every item to ``scores``
+        [batch, items], in place: the popularity part for all items (one vector, the same for every
+        user) plus a correction where the co-occurrence of ``seq``'s recent items is not zero (a
+        handful of items per user, from ``entries``, instead of [batch, catalog] dense tensors)."""
+        popularity = 1e-3 * self.popularity.to(scores.device, scores.dtype)
+        floor = torch.log1p(popularity)
+        scores.add_(floor, alpha=weight)
+        rows, items, counts = self.entries(seq)
+        if counts.numel():
+            rows, items, counts = rows.to(scores.device), items.to(scores.device), counts.to(scores.device,
+                                                                                                scores.dtype)
+            delta = torch.log1p(counts + popularity[items]) - floor[items]
+            scores.index_put_((rows, items), weight * delta, accumulate=True)
+        return scores
+
     def score(self, histories: torch.Tensor) -> torch.Tensor:
         histories = histories.cpu()   # a sparse CPU matrix: a model on an accelerator sends its histories here
         recent = histories[:, -self.recent:]
@@ -119,8 +135,9 @@ class CooccurrenceScorer(nn.Module):
     ``score_states``, ``config``, ``tail_len``), so the strongest floor is logged, packaged and served
     by the recommender's own pyfunc and service when no learned model beats it.
 
-    Scores are ``log(1 + cooccurrence + 1e-3 * popularity)``: the order of ``CooccurrenceRecommender.score``,
-    computed sparsely as the blend does. With ``window=0`` (no transitions counted) it is popularity.
+    Scores are ``log(1 + cooccurrence + 1e-3 * popularity)`` (``add_log_scores``, the blend's
+    co-occurrence part): the order of ``CooccurrenceRecommender.score``. With ``window=0`` (no
+    transitions counted) it is popularity.
     """
 
     def __init__(self, cooccurrence: CooccurrenceRecommender, max_len: int) -> None:
@@ -139,9 +156,4 @@ class CooccurrenceScorer(nn.Module):
         return self.score_states(self.user_state(seq), seq)
 
     def score_states(self, states: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-        popularity = 1e-3 * self.cooccurrence.popularity
-        scores = torch.log1p(popularity).expand(states.shape[0], -1).clone()
-        rows, items, counts = self.cooccurrence.entries(seq)
-        if counts.numel():
-            scores[rows, items] = torch.log1p(counts + popularity[items])
-        return scores
+        return self.cooccurrence.add_log_scores(torch.zeros(states.shape[0], self.cooccurrence.n_items), seq)

@@ -48,19 +48,7 @@ class BlendedRecommender(nn.Module):
         scores = self.sasrec.score_states(states)
         if self.beta == 0.0:
             return scores
-        # log(1 + c + 1e-3 * popularity) for every item, computed as the popularity part for all
-        # items (one vector, the same for every user) plus a correction where the co-occurrence c
-        # is not zero: a handful of items per user instead of [batch, catalog] dense tensors.
-        popularity = 1e-3 * self.cooccurrence.popularity.to(scores.device, scores.dtype)
-        floor = torch.log1p(popularity)
-        scores.add_(floor, alpha=self.beta)
-        rows, items, counts = self.cooccurrence.entries(seq)
-        if counts.numel():
-            rows, items, counts = rows.to(scores.device), items.to(scores.device), counts.to(scores.device,
-                                                                                                scores.dtype)
-            delta = torch.log1p(counts + popularity[items]) - floor[items]
-            scores.index_put_((rows, items), self.beta * delta, accumulate=True)
-        return scores
+        return self.cooccurrence.add_log_scores(scores, seq, self.beta)
 
 
 def choose_beta(sasrec: SASRec, cooccurrence: CooccurrenceRecommender, validate: Callable[[nn.Module], float],

@@ -73,7 +73,7 @@ class Monitoring:
     pair_keys: tuple[str, ...]
     statistic: Callable[[Any], Callable]
     references: Callable[..., Any] | None = None
-    offline: Callable[..., dict] | None = None
+    offline: Callable[..., Any] | None = None
     protocol: Callable[[Any], str] | None = None
     offline_protocol: str = ""
 
@@ -108,9 +108,9 @@ class ModelSpec:
             id against answers computed offline from the training features of ``n`` users, or None.
         monitoring: how its served answers are judged (``Monitoring``), or None: not monitored.
         floor_model: ``(baseline name, dataset, split, run params, folder, client, run id) ->
-            log_model arguments``: a
-            baseline as the family's pyfunc, so that the strongest floor serves when no learned
-            candidate clears the floors and there is no champion (``pipeline.lifecycle.floors``), or None.
+            log_model arguments``: a baseline as the family's pyfunc, so that the strongest floor
+            serves when no learned candidate clears the floors and there is no champion
+            (``pipeline.lifecycle.floors``), or None.
     """
 
     name: str

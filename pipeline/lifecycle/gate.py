@@ -344,19 +344,16 @@ def _online_protocol_rows(client, model_name: str, run_id: str, tmp: str) -> tup
     (``evaluation/session_rows.parquet``: the candidate's and the floors' outcomes on the test
     period's requests), paired by request, with the online figure's own statistic; None without it."""
     import polars as pl
-    from mlflow.exceptions import MlflowException
 
     from pipeline import families
     from pipeline.lifecycle.evaluate import SESSION_ROWS
     from pipeline.lifecycle.monitor import load_monitoring_policy
 
     hooks = families.get(model_name).monitoring
-    if hooks is None:
-        return None
-    try:
-        outcomes = pl.read_parquet(client.download_artifacts(run_id, f"evaluation/{SESSION_ROWS}", tmp))
-    except MlflowException:   # evaluated without the hook, or before it existed
-        return None
+    path = f"evaluation/{SESSION_ROWS}"
+    if hooks is None or path not in {a.path for a in client.list_artifacts(run_id, "evaluation")}:
+        return None   # evaluated without the hook, or before it existed
+    outcomes = pl.read_parquet(client.download_artifacts(run_id, path, tmp))
     keys, column = list(hooks.pair_keys), hooks.value_column
     paired = outcomes.filter(pl.col("role") == "candidate").select(*keys, "user_id", column)
     floors = outcomes.filter(pl.col("role") == "floor")["model_version"].unique().sort().to_list()

@@ -74,8 +74,9 @@ class MonitoringPolicy:
     drifted_features: int = 1          # retrain when at least this many input features drifted
     cooldown_hours: float = 72.0       # at most one evidence-triggered retrain per this period
     skew_tolerance: float = 0.01       # a share of users with skewed features above this is reported as FAIL
-    # The online gate: a challenger (shadow or canary) is promotable only when its online metric over at
-    # least online_min_users users is not significantly worse than the champion's over the same period.
+    # The online gate: a challenger (shadow or canary) is promotable only when, over at least
+    # online_min_users users on judged days, its online metric is no worse than the champion's by more
+    # than online_margin, with confidence (non-inferiority).
     require_online_evidence: bool = False
     online_min_users: int = 200
     online_margin: float = 0.02        # the challenger passes when its interval's lower end is above -this

@@ -210,29 +210,33 @@ def smoke_checks(post: Post) -> list[str]:
 FLOOR_WINDOWS = {"cooccurrence": 3, "popularity": 0}   # transitions counted: none is popularity alone
 
 
-def floor_pyfunc(name: str, events: pl.DataFrame, split: TimeSplit, max_len: int = HISTORY_LEN):
-    """The baseline ``name`` (``popularity`` or ``cooccurrence``) behind the family's pyfunc, counted
+def floor_pyfuncs(names, events: pl.DataFrame, split: TimeSplit, max_len: int = HISTORY_LEN) -> dict:
+    """The baselines ``names`` (``popularity``, ``cooccurrence``) behind the family's pyfunc, counted
     on what the gate's baseline counts: every sequence before the test period (``split.valid_end``),
-    the training-period vocabulary (``models.baselines.CooccurrenceScorer`` in ``SASRecPyfunc``)."""
+    the training-period vocabulary (``models.baselines.CooccurrenceScorer`` in ``SASRecPyfunc``);
+    the vocabulary and sequences are built once for all of them."""
     from models.baselines import CooccurrenceScorer
     from pipeline.families.next_item.pyfunc import SASRecPyfunc
     from pipeline.families.next_item.train import POPULAR_KEPT
 
-    if name not in FLOOR_WINDOWS:
-        raise ValueError(f"next_item has no floor model {name!r}; floors: {', '.join(FLOOR_WINDOWS)}")
+    unknown = [n for n in names if n not in FLOOR_WINDOWS]
+    if unknown:
+        raise ValueError(f"next_item has no floor model {unknown[0]!r}; floors: {', '.join(FLOOR_WINDOWS)}")
     vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
     sequences = list(user_sequences(events, vocab, split.valid_end).values())
-    scorer = CooccurrenceScorer(CooccurrenceRecommender(vocab.size, sequences, window=FLOOR_WINDOWS[name]), max_len)
     counts = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, np.int64), minlength=vocab.size)[2:]
     popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
-    return SASRecPyfunc.from_parts(scorer, list(vocab.ids), popular)
+    return {name: SASRecPyfunc.from_parts(CooccurrenceScorer(
+        CooccurrenceRecommender(vocab.size, sequences, window=FLOOR_WINDOWS[name]), max_len), list(vocab.ids), popular)
+        for name in names}
 
 
 def floor_model(name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir,
                 client=None, run_id: str = "") -> dict:
-    """``floor_pyfunc`` as the arguments of ``mlflow.pyfunc.log_model``: packaged and served like SASRec."""
+    """``floor_pyfuncs``' ``name`` as the arguments of ``mlflow.pyfunc.log_model``: packaged and served
+    like SASRec."""
     from pipeline.families.next_item.pyfunc import pyfunc_model_args
 
-    floor = floor_pyfunc(name, dataset.events(), split, int(run_params.get("model.max_len", HISTORY_LEN)))
+    floor = floor_pyfuncs([name], dataset.events(), split, int(run_params.get("model.max_len", HISTORY_LEN)))[name]
     example = pd.DataFrame({"history": [floor.popular[:3], []], "k": [10, 10]})
     return pyfunc_model_args(floor.model, floor.item_ids, floor.popular, None, workdir, example)

@@ -18,7 +18,7 @@ import polars as pl
 from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, TimeSplit
 from pipeline.data.drift import FeatureDrift, FeatureSkew, categorical_drift, numeric_drift
 from pipeline.families.base import predict_batches
-from pipeline.families.next_item.evaluation import FLOOR_WINDOWS, HISTORY_LEN, floor_pyfunc
+from pipeline.families.next_item.evaluation import FLOOR_WINDOWS, HISTORY_LEN, floor_pyfuncs
 from pipeline.families.next_item.features import user_histories, user_steps
 from pipeline.families.spec import Monitoring
 
@@ -159,8 +159,8 @@ def _floor_answers(asked: pl.DataFrame, histories: list[list[str]], events: pl.D
     rows like ``asked``'s with role ``floor`` and the floor's name as the version."""
     inputs = pd.DataFrame({"history": histories, "k": k})
     out = []
-    for name in FLOOR_WINDOWS:
-        floor = floor_pyfunc(name, events, split)   # a PythonModel: predict(context, frame)
+    for name, floor in floor_pyfuncs(FLOOR_WINDOWS, events, split).items():
+        # a PythonModel: predict(context, frame)
         predicted = predict_batches(SimpleNamespace(predict=lambda frame, f=floor: f.predict(None, frame)), inputs,
                                     1024)
         out.append(asked.with_columns(pl.lit("floor").alias("role"), pl.lit(name).alias("model_version"),

@@ -73,10 +73,9 @@ def logreg_probabilities(client, run_id: str, dense: np.ndarray, tmp) -> np.ndar
     """The run's logistic-regression floor (``baseline/logreg.joblib``) on rows of dense features."""
     import joblib
 
-    from pipeline.families.purchase_propensity.train import logreg_features
+    from pipeline.families.purchase_propensity.pyfunc import logreg_predict
 
-    saved = joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp)))
-    return saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
+    return logreg_predict(joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp))), dense)
 
 
 def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
@@ -85,8 +84,7 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
     import lightgbm as lgb
     from mlflow.exceptions import MlflowException
 
-    from pipeline.families.purchase_propensity.pyfunc import encode_ids, id_index
-    from pipeline.families.purchase_propensity.train import lightgbm_features
+    from pipeline.families.purchase_propensity.pyfunc import id_index, lightgbm_predict
 
     dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
     out = {"logistic_regression": _scores(test, logreg_probabilities(client, run_id, dense, tmp))}
@@ -95,8 +93,7 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
     except MlflowException:   # a run trained before the LightGBM baseline existed
         return out
     booster = lgb.Booster(model_str=gbt["booster"])
-    ids = encode_ids(test.inputs, id_index(gbt["vocabs"]))
-    out["lightgbm"] = _scores(test, np.clip(booster.predict(lightgbm_features(ids, dense)), 0.0, 1.0))
+    out["lightgbm"] = _scores(test, lightgbm_predict(booster, id_index(gbt["vocabs"]), test.inputs, dense))
     return out
 
 

@@ -63,6 +63,20 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": probs.cpu().numpy().astype(np.float64)})
 
 
+def logreg_predict(saved: dict, dense: np.ndarray) -> np.ndarray:
+    """The run's logistic-regression floor (``baseline/logreg.joblib``'s dict) on dense feature rows."""
+    from pipeline.families.purchase_propensity.train import logreg_features
+
+    return saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
+
+
+def lightgbm_predict(booster, index: dict[str, pd.Index], frame: pd.DataFrame, dense: np.ndarray) -> np.ndarray:
+    """The run's LightGBM floor on raw feature rows (ids encoded with its vocabularies)."""
+    from pipeline.families.purchase_propensity.train import lightgbm_features
+
+    return np.clip(booster.predict(lightgbm_features(encode_ids(frame, index), dense)), 0.0, 1.0)
+
+
 class FloorPyfunc(mlflow.pyfunc.PythonModel):
     """A propensity floor (the logistic regression or LightGBM the run trained beside DCN-v2) as the
     family's pyfunc, same input and output, so the strongest floor serves when no learned model
@@ -83,12 +97,8 @@ class FloorPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
-        from pipeline.families.purchase_propensity.train import lightgbm_features, logreg_features
 
         dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
-        if self.logreg is not None:
-            saved = self.logreg
-            probs = saved["model"].predict_proba(logreg_features(dense, saved["mean"], saved["std"]))[:, 1]
-        else:
-            probs = np.clip(self.booster.predict(lightgbm_features(encode_ids(model_input, self.index), dense)), 0, 1)
+        probs = logreg_predict(self.logreg, dense) if self.logreg is not None else \
+            lightgbm_predict(self.booster, self.index, model_input, dense)
         return pd.DataFrame({"probability": np.asarray(probs, dtype=np.float64)})
