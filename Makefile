@@ -158,7 +158,7 @@ lint: install
 # Re-resolve every dependency from pyproject.toml and pin the result.
 lock:
 	rm -rf /tmp/shopml-lock && $(PYTHON) -m venv /tmp/shopml-lock
-	/tmp/shopml-lock/bin/pip install --quiet "pip==$(PIP_VERSION)" && /tmp/shopml-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/shopml-lock/bin/pip install --quiet "pip==$(PIP_VERSION)" && /tmp/shopml-lock/bin/pip install --quiet -e '.[prod,docs,dev]'
 	{ sed -n '1,2p' requirements.lock; /tmp/shopml-lock/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 

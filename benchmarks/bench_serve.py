@@ -16,7 +16,7 @@ Then, for each path:
 * **propensity 100 / 1000**: ``POST /purchase_probability`` with 100 or 1,000 candidates looked up
   by user id (feature rows from the snapshot, one forward pass);
 
-it measures the raw ceiling (the service's own batch computation, ``pipeline.serving.compute``,
+it measures the raw ceiling (the service's own batch computation, ``pipeline.families.<family>.serving``,
 on batches as the server forms them, no HTTP, nothing else running) and the served figures: a load
 generator in its own process (``benchmarks.load_client``), closed-loop clients at each
 ``--concurrency`` level, requests per second and p50/p95/p99. It ends with one line per path:
@@ -142,23 +142,24 @@ def rate(fn, batches: list, seconds: float, rows_per_batch) -> float:
     return done / (time.perf_counter() - start)
 
 
-def ceilings(recommender_path: Path, propensity_path: Path, snapshot_path: Path, states_path: Path,
+def ceilings(recommender_path: Path, propensity_path: Path, snapshot_paths: dict[str, Path], states_path: Path,
              bodies: dict[str, list[dict]], batch: int, seconds: float) -> dict[str, float]:
-    """Requests per second of each path's batch computation, without HTTP: ``pipeline.serving.compute``
+    """Requests per second of each path's batch computation, without HTTP: ``pipeline.families.<family>.serving``
     on batches of ``batch`` requests (recommendations) or of the candidates the server puts in one
     batch (propensity: ``batch`` x 16 candidates, at least one request)."""
     import mlflow.pyfunc
     import torch
 
+    from pipeline.families.next_item.serving import NextItemRanker, Row
     from pipeline.families.next_item.states import UserStateTable
-    from pipeline.serving.api import PropensityRequest
-    from pipeline.serving.compute import NextItemRanker, PropensityScorer, Row
+    from pipeline.families.purchase_propensity.serving import PropensityRequest, PropensityScorer
     from pipeline.serving.snapshot import FeatureSnapshot
 
-    snapshot = FeatureSnapshot.load(snapshot_path)
     states = UserStateTable(states_path)
-    ranker = NextItemRanker(mlflow.pyfunc.load_model(str(recommender_path)).unwrap_python_model(), snapshot, states)
-    scorer = PropensityScorer(mlflow.pyfunc.load_model(str(propensity_path)).unwrap_python_model(), snapshot)
+    ranker = NextItemRanker(mlflow.pyfunc.load_model(str(recommender_path)).unwrap_python_model(),
+                            FeatureSnapshot.load(snapshot_paths["next_item"]), states)
+    scorer = PropensityScorer(mlflow.pyfunc.load_model(str(propensity_path)).unwrap_python_model(),
+                              FeatureSnapshot.load(snapshot_paths["purchase_propensity"]))
 
     def chunks(rows: list, size: int) -> list[list]:
         return [rows[i:i + size] for i in range(0, max(len(rows) - size, 1), size)]
@@ -221,7 +222,7 @@ def main() -> None:
         from pipeline import families
         from pipeline.core.settings import StatePaths
         from pipeline.serving.package import build, served, user_states
-        from pipeline.serving.snapshot import SNAPSHOT_MODEL, write_snapshot_of
+        from pipeline.serving.snapshot import snapshot_model, write_snapshot_of
 
         paths = StatePaths(home=home, dvc_remote_url=str(home / "dvc-remote"))
         t0 = time.perf_counter()
@@ -230,14 +231,15 @@ def main() -> None:
         sequences = events.group_by("user_id", maintain_order=True).agg("item_id")["item_id"].to_list()
         recommender = save_recommender(home, args.items, sequences)
         propensity = save_propensity(home, catalog)
-        snapshot_tag = f"{SNAPSHOT_MODEL}:bench-{args.items}"
-        with bentoml.models.create(snapshot_tag) as snapshot:
-            write_snapshot_of(events, catalog, "synthetic", Path(snapshot.path))
-        bentos = {}
+        bentos, snapshots = {}, {}
         for name, saved in (("next_item", recommender), ("purchase_propensity", propensity)):
             model_tag = f"{name}:bench-{args.items}"
             bentoml.mlflow.import_model(model_tag, str(saved))
             spec = families.get(name)
+            snapshot_tag = f"{snapshot_model(name)}:bench-{args.items}"
+            with bentoml.models.create(snapshot_tag) as snapshot:
+                write_snapshot_of(spec.snapshot_tables, events, catalog, "synthetic", Path(snapshot.path))
+            snapshots[name] = Path(bentoml.models.get(snapshot_tag).path)
             states_tag = user_states(spec, model_tag, snapshot_tag)
             bento_args = {"model_name": name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
                           "version": "bench", "run_id": "none", "dataset_version": "synthetic", "git_commit": "bench",
@@ -249,7 +251,7 @@ def main() -> None:
               f"{states_meta['users']:,} users packaged in {states_meta['seconds']:.1f} s "
               f"({time.perf_counter() - t0:.0f} s in all)", flush=True)
 
-        roof = ceilings(recommender, propensity, Path(bentoml.models.get(snapshot_tag).path),
+        roof = ceilings(recommender, propensity, snapshots,
                         Path(bentoml.models.get(bentos["next_item"][1]).path), bodies, args.batch, 4.0)
         print(f"raw ceilings (no HTTP, {roof['torch_threads']} torch threads, batches of {args.batch} requests, "
               "propensity: of 1,024 candidates):", flush=True)

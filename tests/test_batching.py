@@ -145,8 +145,8 @@ def recommender():
 def test_packaged_user_states_rank_like_predict(recommender, tmp_path):
     """What the service serves a known user from its packaged state is what predict answers for the
     user's history (the evaluated call); cold histories get popularity either way."""
+    from pipeline.families.next_item.serving import NextItemRanker, Row
     from pipeline.families.next_item.states import UserStateTable, write_user_states
-    from pipeline.serving.compute import NextItemRanker, Row
 
     pyfunc, histories = recommender
     histories = [*histories, ["no-such-item"], []]
@@ -168,7 +168,7 @@ def test_packaged_user_states_rank_like_predict(recommender, tmp_path):
 
 def test_exclusions_are_the_top_k_of_what_is_left(recommender):
     """Masking excluded items before the top-k answers the unfiltered ranking minus those items."""
-    from pipeline.serving.compute import NextItemRanker, Row
+    from pipeline.families.next_item.serving import NextItemRanker, Row
 
     pyfunc, histories = recommender
     ranker = NextItemRanker(pyfunc, None, None)

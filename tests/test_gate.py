@@ -38,10 +38,14 @@ def test_the_repository_policy_loads_and_a_bad_rule_is_named(tmp_path):
     assert set(load_policy("next_item").floors) == {"popularity", "cooccurrence"}
     bad = tmp_path / "policy.yaml"
     bad.write_text("next_item:\n  metric: ndcg_at_20\n  min_improvment: 0.01\n")
-    with pytest.raises(PolicyError, match=r"policy.yaml: next_item.min_improvment is not a policy rule"):
+    with pytest.raises(PolicyError, match=r"policy.yaml: next_item.min_improvment: not a known key \(keys: metric, "):
         load_policy("next_item", bad)
     bad.write_text("next_item:\n  metric: ndcg_at_20\n  confidence: 1.5\n")
-    with pytest.raises(PolicyError, match=r"next_item.confidence must be in \[0.5, 1\), got 1.5"):
+    with pytest.raises(PolicyError, match=r"next_item.confidence: must be less than 1, got 1.5"):
+        load_policy("next_item", bad)
+    bad.write_text("next_item:\n  floors: [popularity]\n  require_smoke_test: maybe\n")
+    with pytest.raises(PolicyError, match=r"next_item.metric: required\n.*next_item.require_smoke_test: "
+                                          r"must be true or false, got 'maybe'"):
         load_policy("next_item", bad)
     with pytest.raises(PolicyError, match="no section for model 'purchase_propensity'"):
         load_policy("purchase_propensity", bad)

@@ -88,7 +88,7 @@ def test_the_features_stage_builds_on_the_version_it_is_given(shop, capsys):
     assert report["dataset_version"] == manifest["dataset_version"] == versions[4]
     assert manifest["split"]["end"].startswith("2026-11-06")
 
-    assert cli(["features", "--model", "next_item", "--dataset-version", "0123456789abcdef"]) == 2
+    assert cli(["features", "--model", "next_item", "--dataset-version", "0123456789abcdef"]) == 3   # not found
     err = capsys.readouterr().err
     assert "dataset version '0123456789abcdef' is not published" in err and "dvc pull" in err
 

@@ -271,18 +271,24 @@ def test_the_skew_report_names_the_feature_and_the_share_of_users_affected(tmp_p
 
     from pipeline.core.params import GenerateParams
     from pipeline.data.generate import generate_shop_data
+    from pipeline.families.next_item import serving as next_item
     from pipeline.families.next_item.monitoring import user_skew
+    from pipeline.families.purchase_propensity import serving as propensity
     from pipeline.families.purchase_propensity.monitoring import pair_skew
     from pipeline.serving.replay import read_day
     from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot_of
+
+    def both_families(events, catalog, cutoff):   # one folder for both families' tables
+        return {**next_item.snapshot_tables(events, catalog, cutoff),
+                **propensity.snapshot_tables(events, catalog, cutoff)}
 
     days = generate_shop_data(GenerateParams(seed=3, days=4, events_per_day=1500, initial_users=400,
                                              initial_items=300), tmp_path / "landing")
     events = pl.concat([read_day(d.events_path) for d in days])
     catalog = pl.read_csv(days[-1].catalog_path)
-    write_snapshot_of(events, catalog, "v1", tmp_path / "real")
+    write_snapshot_of(both_families, events, catalog, "v1", tmp_path / "real")
     snapshot = FeatureSnapshot.load(tmp_path / "real")
-    users = snapshot.histories.filter(pl.col("items").list.n_unique() >= 3)["user_id"].head(100).to_list()
+    users = snapshot.tables["histories"].filter(pl.col("items").list.n_unique() >= 3)["user_id"].head(100).to_list()
     assert [s.skewed_users for s in user_skew(snapshot, events, users)] == [0, 0]   # the real one: no skew
 
     victims = users[:4]

@@ -24,17 +24,27 @@ def test_project_params_file_parses():
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("generate:\n  sead: 3\n")
-    with pytest.raises(ParamsError, match=r"section 'generate' has unknown keys \['sead'\]"):
+    with pytest.raises(ParamsError, match=rf"{path}: generate.sead: not a known key \(keys: seed, start_date"):
+        load_params(path)
+    path.write_text("generat:\n  seed: 3\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: generat: not a section \(sections: generate, ingest"):
         load_params(path)
 
 
 def test_wrong_type_is_named(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("validate:\n  history_days: seven\n")
-    with pytest.raises(ParamsError, match=r"validate.history_days must be a number, got 'seven'"):
+    with pytest.raises(ParamsError, match=rf"{path}: validate.history_days: must be an integer, got 'seven'"):
         load_params(path)
     path.write_text("validate:\n  volume_band: 0.5\n")
-    with pytest.raises(ParamsError, match=r"validate.volume_band must be a list of 2"):
+    with pytest.raises(ParamsError, match=r"validate.volume_band: must be a list, got 0.5"):
+        load_params(path)
+    path.write_text("validate:\n  volume_band: [0.5]\n")
+    with pytest.raises(ParamsError, match=r"validate.volume_band: too few values \(item 1 is missing\)"):
+        load_params(path)
+    path.write_text("train_recommender:\n  blend: 'yes'\n  epochs: 2.5\n")
+    with pytest.raises(ParamsError, match=r"train_recommender.blend: must be true or false, got 'yes'\n"
+                                          r".*train_recommender.epochs: must be an integer, got 2.5"):
         load_params(path)
 
 

@@ -183,9 +183,9 @@ def test_training_rows_see_the_catalog_as_it_was_at_their_cutoff():
 
 @pytest.mark.fast
 def test_a_label_horizon_longer_than_a_period_is_refused():
-    from pipeline.core.params import ParamsError, TrainPropensityParams
+    from pipeline.core.params import TrainPropensityParams
 
-    with pytest.raises(ParamsError, match=r"horizon_days \(3\) is longer than valid_days \(2\)"):
+    with pytest.raises(ValueError, match=r"horizon_days \(3\) is longer than valid_days \(2\)"):
         TrainPropensityParams(valid_days=2, test_days=4, horizon_days=3)
-    with pytest.raises(ParamsError, match=r"horizon_days \(3\) is longer than test_days \(2\)"):
+    with pytest.raises(ValueError, match=r"horizon_days \(3\) is longer than test_days \(2\)"):
         TrainPropensityParams(valid_days=4, test_days=2, horizon_days=3)

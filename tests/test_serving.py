@@ -67,9 +67,10 @@ def test_a_skewed_snapshot_fails_the_parity_check_by_user_id_and_promotion(shop,
 
     import bentoml
 
+    from pipeline import families
     from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
     from pipeline.data.version import open_dataset
-    from pipeline.families.next_item.evaluation import parity_users
+    from pipeline.families.base import parity_users
     from pipeline.lifecycle import registry
     from pipeline.serving import package as packaging
     from pipeline.serving.package import ParityError
@@ -79,20 +80,20 @@ def test_a_skewed_snapshot_fails_the_parity_check_by_user_id_and_promotion(shop,
     assert alias_version(client, "next_item", "champion") is None
     dataset_version = client.get_run(runs["good"]).data.tags["dataset_version"]
     packaging.use_bento_home(paths)
-    real_tag, full_version = packaging._snapshot(paths, dataset_version)
+    real_tag, full_version = packaging._snapshot(paths, families.get("next_item"), dataset_version)
     events = open_dataset(paths, full_version).events().filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
     requests = 40
     real = Path(bentoml.models.get(real_tag).path)
     histories = pl.read_parquet(real / "histories.parquet")
     sampled = set(parity_users(events["user_id"].unique().to_list(), requests))
     victim = histories.filter(pl.col("user_id").is_in(sampled) & (pl.col("items").list.n_unique() >= 3))["user_id"][0]
-    skewed_tag = "shopml-features:skewed-one-user"
+    skewed_tag = "shopml-features-next-item:skewed-one-user"
     with bentoml.models.create(skewed_tag) as model:
         shutil.copytree(real, model.path, dirs_exist_ok=True)
         histories.with_columns(pl.when(pl.col("user_id") == victim).then(pl.col("items").list.reverse())
                                .otherwise(pl.col("items")).alias("items")).write_parquet(Path(model.path)
                                                                                         / "histories.parquet")
-    monkeypatch.setattr(packaging, "_snapshot", lambda paths, version: (skewed_tag, full_version))
+    monkeypatch.setattr(packaging, "_snapshot", lambda paths, spec, version: (skewed_tag, full_version))
 
     with pytest.raises(ParityError, match=rf"answers to 80 requests by user id differ .*user_id {victim}"):
         packaging.package(paths, "next_item", versions["good"], requests=requests)
@@ -163,11 +164,11 @@ def _post(url: str, body) -> httpx.Response:
 def _snapshot_user(paths) -> tuple[str, list[str], list[str]]:
     """A user with a history and at least one purchase, from the published data."""
     from pipeline.data.dataset import latest_catalog, load_events
-    from pipeline.serving.snapshot import user_histories
+    from pipeline.families.next_item.features import user_histories
 
     events = load_events(paths.canonical)
     assert latest_catalog(paths.canonical).height > 0
-    histories = user_histories(events).filter(pl.col("purchased").list.len() > 0)
+    histories = user_histories(events, 50).filter(pl.col("purchased").list.len() > 0)
     row = histories.row(0, named=True)
     return row["user_id"], row["items"], row["purchased"]
 
@@ -299,12 +300,12 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
 def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
     import mlflow
 
-    from pipeline.serving.snapshot import user_histories
+    from pipeline.families.next_item.features import user_histories
 
     paths, _, versions = shop
     from pipeline.data.dataset import load_events
 
-    pairs = user_histories(load_events(paths.canonical)).head(20).select(
+    pairs = user_histories(load_events(paths.canonical), 50).head(20).select(
         "user_id", pl.col("items").list.last().alias("item_id")).filter(pl.col("item_id").is_not_null())
     candidates = [{"user_id": u, "item_id": i} for u, i in pairs.iter_rows()] + \
         [{"user_id": "someone-new", "item_id": "no-such-item"}]
@@ -315,12 +316,13 @@ def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
     assert answer.json()["model_version"] == versions["propensity"]
 
     # By user id, the service computes the features training computes; the registry model agrees.
+    from pipeline.families.purchase_propensity.serving import propensity_inputs, snapshot_tables
     from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot
 
     snapshot_dir = paths.home / "snapshot-check"
-    write_snapshot(paths.canonical, "check", snapshot_dir)
-    inputs = FeatureSnapshot.load(snapshot_dir).propensity_inputs([c["user_id"] for c in candidates],
-                                                                  [c["item_id"] for c in candidates])
+    write_snapshot(snapshot_tables, paths.canonical, "check", snapshot_dir)
+    inputs = propensity_inputs(FeatureSnapshot.load(snapshot_dir), [c["user_id"] for c in candidates],
+                               [c["item_id"] for c in candidates])
     model = mlflow.pyfunc.load_model(f"models:/purchase_propensity/{versions['propensity']}")
     expected = model.predict(inputs.to_pandas())["probability"].to_numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-6)
@@ -431,6 +433,7 @@ def test_snapshot_lookups_by_sorted_key_equal_joins_on_whole_tables(tmp_path):
     the whole tables give: known and unknown users and items, an item with no category, repeats."""
     from datetime import datetime, timezone
 
+    from pipeline.families.purchase_propensity.serving import propensity_inputs, snapshot_tables
     from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot_of
 
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
@@ -440,11 +443,11 @@ def test_snapshot_lookups_by_sorted_key_equal_joins_on_whole_tables(tmp_path):
     catalog = pl.DataFrame({"item_id": [f"i{k}" for k in range(85)],
                             "category": [None if k == 3 else f"c{k % 9}" for k in range(85)],
                             "brand": [f"b{k % 5}" for k in range(85)], "price": np.linspace(2, 40, 85)})
-    write_snapshot_of(events, catalog, "v", tmp_path)
+    write_snapshot_of(snapshot_tables, events, catalog, "v", tmp_path)
     snapshot = FeatureSnapshot.load(tmp_path)
     users = [f"u{k}" for k in rng.integers(0, 90, 600)] + ["nobody", "u1", "u1"]
     items = [f"i{k}" for k in rng.integers(0, 95, 600)] + ["i1", "nothing", "i3"]
-    served = snapshot.propensity_inputs(users, items)
+    served = propensity_inputs(snapshot, users, items)
     whole = assemble_propensity(pl.DataFrame({"user_id": users, "item_id": items}), snapshot.tables)
     assert served.height == len(users)
     assert served.equals(whole.select("item_id", "category", "brand", *PROPENSITY_DENSE))
@@ -457,8 +460,7 @@ def test_training_and_serving_collapse_repeats_into_the_same_sequence():
     merged them, serving compared ids and did not: a training/serving skew)."""
     from datetime import datetime, timezone
 
-    from pipeline.families.next_item.features import UNKNOWN, ItemVocab, user_sequences
-    from pipeline.serving.snapshot import user_histories
+    from pipeline.families.next_item.features import UNKNOWN, ItemVocab, user_histories, user_sequences
 
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
     steps = [("A", "view"), ("B", "view"), ("B", "add_to_cart"), ("new-1", "view"), ("new-2", "view"),
@@ -471,7 +473,7 @@ def test_training_and_serving_collapse_repeats_into_the_same_sequence():
     }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
     vocab = ItemVocab.from_events(events.filter(pl.col("item_id").is_in(["A", "B"])))
     trained = user_sequences(events, vocab, t0 + timedelta(days=1))["u1"].tolist()
-    served = user_histories(events).filter(pl.col("user_id") == "u1")["items"][0].to_list()
+    served = user_histories(events, 50).filter(pl.col("user_id") == "u1")["items"][0].to_list()
     a, b = vocab.encode(pl.Series(["A", "B"])).tolist()
     assert trained == [a, b, UNKNOWN, UNKNOWN, a]
     assert served == ["A", "B", "new-1", "new-2", "A"]
@@ -485,8 +487,7 @@ def test_items_bought_at_the_same_instant_are_in_one_order_in_training_and_servi
     the training sequence, and the packaging's parity check by user id failed on it."""
     from datetime import datetime, timezone
 
-    from pipeline.families.next_item.features import ItemVocab, user_sequences
-    from pipeline.serving.snapshot import user_histories
+    from pipeline.families.next_item.features import ItemVocab, user_histories, user_sequences
 
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
     rows = [(t0, "view", "X"), (t0 + timedelta(minutes=1), "purchase", "Z"), (t0 + timedelta(minutes=1), "purchase",
@@ -499,7 +500,7 @@ def test_items_bought_at_the_same_instant_are_in_one_order_in_training_and_servi
     seen = set()
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [0, 3, 1, 2], [2, 0, 3, 1]):
         events = base[order]
-        served = tuple(user_histories(events)["items"][0].to_list())
+        served = tuple(user_histories(events, 50)["items"][0].to_list())
         trained = user_sequences(events, vocab, t0 + timedelta(days=1))["u1"].tolist()
         assert vocab.encode(pl.Series(served)).tolist() == trained
         seen.add(served)

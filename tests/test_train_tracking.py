@@ -80,7 +80,7 @@ def test_training_needs_a_published_dataset(state):
 
 @pytest.mark.fast
 def test_cli_train_without_data_is_a_clear_error(state, capsys):
-    assert cli(["train", "--model", "next_item"]) == 2
+    assert cli(["train", "--model", "next_item"]) == 3   # not found: no dataset version
     assert "no dataset version" in capsys.readouterr().err
 
 
@@ -293,7 +293,7 @@ def test_precision_and_compile_follow_the_device_and_params_name_a_bad_value(tmp
     assert load_params().train_recommender.precision == "auto"
     params["train_propensity"]["precision"] = "fp16"
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match=r"train_propensity\.precision must be auto, bf16 or fp32, got 'fp16'"):
+    with pytest.raises(ParamsError, match=r"train_propensity\.precision: must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
         load_params(tmp_path / "p.yaml")
 
 

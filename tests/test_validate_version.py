@@ -82,7 +82,7 @@ def test_critical_failure_names_the_expectations_and_publishes_nothing(shop, cap
     frame = pl.read_csv(landing)
     frame.with_columns(pl.concat_str(pl.lit("ghost-"), pl.col("item_id")).alias("item_id")).write_csv(landing)
     capsys.readouterr()
-    assert cli(["run", "--date", "2026-11-02"]) == 3
+    assert cli(["run", "--date", "2026-11-02"]) == 4
     err = capsys.readouterr().err
     assert "validation of 2026-11-02 FAILED" in err
     assert "expect_column_mean_to_be_between(_item_in_catalog) [share of unknown items]" in err

@@ -22,6 +22,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 
+from pipeline.core.errors import BadInput
 from pipeline.core.settings import StatePaths
 
 LOCK_TIMEOUT_S = 120
@@ -105,4 +106,4 @@ def shared_lock(paths: StatePaths, name: str, timeout: float = LOCK_TIMEOUT_S):
         return _postgres_lock(url, name, timeout)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return _redis_lock(url, name, timeout)
-    raise ValueError(f"SHOPML_LOCK_URL={url!r}: expected a postgresql:// or redis:// URL")
+    raise BadInput(f"SHOPML_LOCK_URL={url!r}: expected a postgresql:// or redis:// URL")

@@ -71,4 +71,7 @@ def partition_files(table: Path) -> list[Path]:
 
 def partition_day(data_file: Path) -> str:
     """``YYYY-MM-DD`` of a file that ``partition_files`` returned."""
-    return _PARTITION_DIR.fullmatch(data_file.parent.name).group(1)
+    found = _PARTITION_DIR.fullmatch(data_file.parent.name)
+    if found is None:
+        raise ValueError(f"{data_file}: not in a partition folder (date=YYYY-MM-DD)")
+    return found.group(1)

@@ -13,6 +13,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from pipeline.core.errors import NotFound, Refused
 from pipeline.core.settings import StatePaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,8 +81,12 @@ NO_CHAMPION = "none"
 PREDICTIONS = "predictions.parquet"   # under a run's evaluation/ artifacts: what the candidate answered
 
 
-class RegistryError(RuntimeError):
+class RegistryError(Refused):
     """A registry operation that cannot be done as asked (the message says why)."""
+
+
+class NotRegistered(RegistryError, NotFound):
+    """No such model version, alias, run model or Bento in the registry."""
 
 
 def mlflow_client(paths: StatePaths):
@@ -120,12 +125,12 @@ def model_version(client, model_name: str, version: str | None, default_alias: s
     if version is None:
         mv = alias_version(client, model_name, default_alias)
         if mv is None:
-            raise RegistryError(f"{model_name} has no {default_alias}; name a version")
+            raise NotRegistered(f"{model_name} has no {default_alias}; name a version")
         return mv
     try:
         return client.get_model_version(model_name, str(version))
     except MlflowException as exc:
-        raise RegistryError(f"{model_name} has no version {version}: {exc.message}") from None
+        raise NotRegistered(f"{model_name} has no version {version}: {exc.message}") from None
 
 
 def logged_model_uri(client, run_id: str) -> str:
@@ -137,5 +142,5 @@ def logged_model_uri(client, run_id: str) -> str:
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
                                          filter_string=f"source_run_id = '{run_id}'", output_format="list")
     if not models:
-        raise RegistryError(f"run {run_id} logged no model")
+        raise NotRegistered(f"run {run_id} logged no model")
     return models[0].model_uri

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from pipeline.core.errors import BadInput
+
 # A session without activity for this long is closed (sources that have no session key).
 SESSION_GAP_SECONDS = 30 * 60
 
@@ -286,4 +288,4 @@ def get_adapter(name: str) -> Adapter:
     try:
         return ADAPTERS[name]
     except KeyError:
-        raise ValueError(f"unknown adapter {name!r}; known adapters: {', '.join(ADAPTERS)}") from None
+        raise BadInput(f"unknown adapter {name!r}; known adapters: {', '.join(ADAPTERS)}") from None

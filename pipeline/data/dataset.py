@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.core.errors import BadInput
 from pipeline.core.schema import partition_day, partition_files
 
 # Interactions that say something about what a user wants next; removals say the opposite.
@@ -58,7 +59,7 @@ def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> Time
     train_end = valid_end - timedelta(days=valid_days)
     if train_end <= start:
         days = (end - start).days
-        raise ValueError(f"the data spans {days} day(s): too few for {valid_days} validation and "
+        raise BadInput(f"the data spans {days} day(s): too few for {valid_days} validation and "
                          f"{test_days} test day(s) plus at least one training day")
     return TimeSplit(start, train_end, valid_end, end)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline.core.errors import BadInput
 from pipeline.core.params import GenerateParams
 from pipeline.core.schema import CATALOG_COLUMNS, EVENT_COLUMNS
 
@@ -91,7 +92,7 @@ class _World:
 
 def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
     if p.categories > len(CATEGORY_NAMES):
-        raise ValueError(f"generate.categories must be at most {len(CATEGORY_NAMES)}, got {p.categories}")
+        raise BadInput(f"generate.categories must be at most {len(CATEGORY_NAMES)}, got {p.categories}")
     n_cat = p.categories
     growth_items = math.ceil(p.initial_items * p.new_items_per_day)
     growth_users = math.ceil(p.initial_users * p.new_users_per_day)
@@ -376,11 +377,11 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         One entry per day written, with paths and counts.
     """
     if params.format not in ("csv", "parquet"):
-        raise ValueError(f"generate.format must be 'csv' or 'parquet', got {params.format!r}")
+        raise BadInput(f"generate.format must be 'csv' or 'parquet', got {params.format!r}")
     if params.days < 1 or params.events_per_day < 1:
-        raise ValueError("generate.days and generate.events_per_day must be positive")
+        raise BadInput("generate.days and generate.events_per_day must be positive")
     if params.shift not in SHIFTS:
-        raise ValueError(f"generate.shift must be one of {', '.join(SHIFTS)}, got {params.shift!r}")
+        raise BadInput(f"generate.shift must be one of {', '.join(SHIFTS)}, got {params.shift!r}")
     rng = np.random.default_rng(params.seed)
     world = _build_world(params, rng)
     last_bought = np.full(world.user_pref_cum.shape[0], -1, dtype=np.int64)

@@ -24,6 +24,7 @@ from pathlib import Path
 import fsspec
 import polars as pl
 
+from pipeline.core.errors import BadInput
 from pipeline.core.schema import (
     CATALOG_COLUMNS,
     CATALOG_SCHEMA,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = ("_source_file", "_source_row", "_column", "_value", "_reason")
 
 
-class IngestError(ValueError):
+class IngestError(BadInput):
     """The source cannot be ingested at all (no files, missing columns, unreadable file)."""
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from pipeline.core.errors import BadInput
+
 SCHEMA = pa.schema([
     ("request_id", pa.string()),
     ("ts", pa.timestamp("us", tz="UTC")),
@@ -78,6 +80,6 @@ def read_predictions(root: str, model: str, day: date | str) -> pl.DataFrame:
                         table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
                 tables.append(table.select(SCHEMA.names).cast(SCHEMA))
             except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-                raise ValueError(f"prediction log file {fs.unstrip_protocol(path)} is not readable: {exc}") from exc
+                raise BadInput(f"prediction log file {fs.unstrip_protocol(path)} is not readable: {exc}") from exc
     frame = pl.from_arrow(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
     return frame.sort("ts", "request_id")

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import BadInput, Refused
 from pipeline.core.params import ValidateParams
 from pipeline.core.schema import PARTITION_FILE, partition_day, partition_dir_name, partition_files
 from pipeline.core.settings import StatePaths
@@ -35,7 +36,7 @@ SUITES_DIR = Path(__file__).resolve().parents[2] / "expectations"
 DATASOURCE = "shopml"
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(Refused):
     """A critical expectation failed; the batch must not be published."""
 
     def __init__(self, outcome: ValidationOutcome) -> None:
@@ -104,7 +105,7 @@ def load_suite_json(name: str, suites_dir: Path = SUITES_DIR) -> dict:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"expectation suite not found: {path}") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        raise BadInput(f"{path}: not valid JSON: {exc}") from exc
 
 
 def recent_daily_volumes(paths: StatePaths, day: str, history_days: int) -> list[int]:

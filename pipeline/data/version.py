@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from pipeline.core.errors import NotFound, Refused
 from pipeline.core.faults import kill_point
 from pipeline.core.schema import partition_dir_name
 from pipeline.core.settings import StatePaths
@@ -91,7 +92,7 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(item, target / item.name)
 
 
-class NotValidated(RuntimeError):
+class NotValidated(Refused):
     """A staged day has no passing validation newer than its staged data."""
 
 
@@ -205,7 +206,7 @@ def version_dataset(interval: Interval, paths: StatePaths, push: bool = True) ->
     return result
 
 
-class UnknownDatasetVersion(ValueError):
+class UnknownDatasetVersion(NotFound, ValueError):
     """A dataset version that was never published here, or whose files cannot be restored."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from pipeline.core.errors import BadInput
 from pipeline.families.spec import ModelSpec, ParityOutcome, Post
 
 __all__ = ["FAMILIES", "ModelSpec", "ParityOutcome", "Post", "UnknownFamily", "get", "names", "register"]
@@ -20,7 +21,7 @@ FAMILIES: dict[str, str] = {
 _loaded: dict[str, ModelSpec] = {}
 
 
-class UnknownFamily(ValueError):
+class UnknownFamily(BadInput):
     """A model name that is not a registered family."""
 
 

@@ -64,7 +64,7 @@ def slices(users: list[str], items: pl.Series, events: pl.DataFrame, catalog: pl
            .group_by("category").agg(pl.col("len").sum()).sort("len", "category", descending=[True, False])
            .head(TOP_CATEGORIES)["category"].to_list())
     prices = catalog["price"].drop_nulls()
-    cuts = (float(prices.quantile(1 / 3)), float(prices.quantile(2 / 3))) if prices.len() else (0.0, 0.0)
+    cuts = (float(prices.quantile(1 / 3) or 0.0), float(prices.quantile(2 / 3) or 0.0)) if prices.len() else (0.0, 0.0)
     return pd.DataFrame({
         "user_type": ["returning" if u in returning else "new" for u in users],
         "category": [c if c in top else "other" for c in meta["category"].to_list()],
@@ -102,3 +102,9 @@ def per_slice(test: TestSet, metric_fn) -> dict[str, dict[str, float]]:
     return out
 
 
+def parity_users(users: list[str], n: int) -> list[str]:
+    """The ``n`` users whose requests by id the parity check replays: spread evenly over the sorted ids."""
+    users = sorted(users)
+    if len(users) <= n:
+        return users
+    return [users[i] for i in np.linspace(0, len(users) - 1, n).astype(int)]

@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.core.errors import BadInput
 from pipeline.core.settings import StatePaths
 from pipeline.data.version import open_dataset, resolve_dataset_version
 from pipeline.families import get as get_family
@@ -32,7 +33,7 @@ from pipeline.families import get as get_family
 FORMAT = 5   # 5: events at the same instant ordered by item id (user_steps)
 
 
-class FeatureSetError(ValueError):
+class FeatureSetError(BadInput):
     """A feature set folder is missing, incomplete, or was built for another model."""
 
 

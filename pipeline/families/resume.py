@@ -37,9 +37,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
+from pipeline.core.errors import Refused
 from pipeline.core.settings import StatePaths
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ RESUME_TAG = "shopml.resume_key"
 RUNTIME_PARAMS = ("device", "precision", "compile")
 
 
-class TrainingInProgress(RuntimeError):
+class TrainingInProgress(Refused):
     """Another live process is training the run with this key."""
 
 
@@ -61,7 +63,7 @@ class TrainingRun:
 
 
 def resume_key(model_name: str, tags: dict[str, str] | None, features: Path, dataset_version: str,
-               params: object) -> str:
+               params: Any) -> str:
     """The identity of a training run: model, caller's tags, feature set and training parameters."""
     wanted = {k: v for k, v in dataclasses.asdict(params).items() if k not in RUNTIME_PARAMS}
     blob = json.dumps({"model": model_name, "tags": dict(sorted((tags or {}).items())),

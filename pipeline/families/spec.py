@@ -2,17 +2,36 @@
 
 A family is a kind of model the pipeline trains, evaluates, gates, packages and serves (next-item
 recommendation, purchase propensity). Every stage asks the family's ``ModelSpec`` for the part it
-needs and never switches on the family's name, so a new family is one module that builds a spec
-plus one row in ``pipeline.families.FAMILIES`` (or a ``register`` call).
+needs and never imports a family's modules nor switches on its name, so a new family is one folder
+that builds a spec plus one row in ``pipeline.families.FAMILIES`` (or a ``register`` call);
+``tests/test_layout.py`` checks both.
 
-Standard library only: DAG files import the family table when Airflow parses them.
+Each field that is a function is typed by a Protocol below: the call the pipeline makes, with its
+arguments in order (positional, so a family may name its parameters as it likes). A type checker
+(``make typecheck``) then catches a family whose function takes or returns the wrong thing.
+
+Standard library only at run time: DAG files import the family table when Airflow parses them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:   # for the checker only: none of these is imported when a DAG file is parsed
+    import numpy as np
+    import pandas as pd
+    import polars as pl
+
+    from pipeline.core.params import Params
+    from pipeline.core.settings import StatePaths
+    from pipeline.data.dataset import Dataset, TimeSplit
+    from pipeline.data.drift import FeatureDrift, FeatureSkew
+    from pipeline.families.base import ModelScores, TestSet
+    from pipeline.families.training import TrainOutcome
 
 # post(endpoint, json body) -> (answer as JSON, milliseconds): a smoke test's HTTP call.
 Post = Callable[[str, Any], tuple[Any, float]]
@@ -26,6 +45,102 @@ class ParityOutcome:
     max_abs_diff: float
     times_ms: list[float]
     examples: list[str]
+
+
+class Snapshot(Protocol):
+    """A loaded feature snapshot (``pipeline.serving.snapshot.FeatureSnapshot``), as families read it."""
+
+    meta: dict
+    tables: dict[str, pl.DataFrame]
+
+    @property
+    def cutoff(self) -> datetime: ...
+
+    def rows(self, name: str, values: pl.DataFrame, /) -> pl.DataFrame: ...
+
+    def view(self, kind: Any, /) -> Any: ...
+
+
+class WriteFeatures(Protocol):
+    def __call__(self, folder: Path, dataset: Dataset, params: Any, /) -> tuple[dict[str, Any], TimeSplit]: ...
+
+
+class Train(Protocol):
+    def __call__(self, paths: StatePaths, params: Any, tags: dict[str, str] | None = None, /, *,
+                 features: Path | None = None, dataset_version: str | None = None) -> TrainOutcome: ...
+
+
+class MakeTestSet(Protocol):
+    def __call__(self, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], /) -> TestSet: ...
+
+
+class Score(Protocol):
+    def __call__(self, model: Any, test: TestSet, /) -> ModelScores: ...
+
+
+class Baselines(Protocol):
+    def __call__(self, client: Any, run_id: str, test: TestSet, workdir: Path, /) -> dict[str, ModelScores]: ...
+
+
+class Parity(Protocol):
+    def __call__(self, post: Post, expected: pd.DataFrame, /) -> ParityOutcome: ...
+
+
+class SmokeChecks(Protocol):
+    def __call__(self, post: Post, /) -> list[str]: ...
+
+
+class ServingStates(Protocol):
+    def __call__(self, python_model: Any, snapshot: Snapshot, out: Path, /) -> dict[str, Any]: ...
+
+
+class UserParity(Protocol):
+    def __call__(self, post: Post, python_model: Any, dataset: Dataset, n: int, /) -> ParityOutcome: ...
+
+
+class FloorModel(Protocol):
+    def __call__(self, name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir: Path,
+                 client: Any, run_id: str, /) -> dict[str, Any]: ...
+
+
+class SnapshotTables(Protocol):
+    def __call__(self, events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, /
+                 ) -> dict[str, tuple[pl.DataFrame, list[str]]]: ...
+
+
+class Outcomes(Protocol):
+    def __call__(self, answers: pl.DataFrame, events: pl.DataFrame, policy: Any, /) -> pl.DataFrame: ...
+
+
+class Figures(Protocol):
+    def __call__(self, outcomes: pl.DataFrame, policy: Any, /) -> dict[str, float]: ...
+
+
+class Drift(Protocol):
+    def __call__(self, events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime,
+                 champion: dict[str, Any], policy: Any, /) -> list[FeatureDrift]: ...
+
+
+class Skew(Protocol):
+    def __call__(self, snapshot: Snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame, /
+                 ) -> list[FeatureSkew]: ...
+
+
+class Requests(Protocol):
+    def __call__(self, events: pl.DataFrame, /) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+class Statistic(Protocol):
+    def __call__(self, outcomes: pl.DataFrame, /) -> Callable[[np.ndarray, np.ndarray], float]: ...
+
+
+class References(Protocol):
+    def __call__(self, answers: pl.DataFrame, events: pl.DataFrame, champion: dict[str, Any],
+                 snapshot: Snapshot | None, policy: Any, /) -> pl.DataFrame: ...
+
+
+class OfflineProtocol(Protocol):
+    def __call__(self, pyfunc: Any, dataset: Dataset, split: TimeSplit, policy: Any, /) -> pl.DataFrame: ...
 
 
 @dataclass(frozen=True)
@@ -62,18 +177,18 @@ class Monitoring:
         offline_protocol: what ``offline`` measures.
     """
 
-    outcomes: Callable[..., Any]
-    figures: Callable[..., dict]
+    outcomes: Outcomes
+    figures: Figures
     headline: Callable[[Any], tuple[str, ...]]
-    drift: Callable[..., list]
-    served_scores: Callable[[Any], Any]
-    skew: Callable[..., list]
-    requests: Callable[[Any], list]
+    drift: Drift
+    served_scores: Callable[[pl.DataFrame], np.ndarray]
+    skew: Skew
+    requests: Requests
     value_column: str
     pair_keys: tuple[str, ...]
-    statistic: Callable[[Any], Callable]
-    references: Callable[..., Any] | None = None
-    offline: Callable[..., Any] | None = None
+    statistic: Statistic
+    references: References | None = None
+    offline: OfflineProtocol | None = None
     protocol: Callable[[Any], str] | None = None
     offline_protocol: str = ""
 
@@ -102,6 +217,9 @@ class ModelSpec:
         parity_rows: offline rows per replayed request (candidates per request, 1 for one user).
         smoke_checks: ``(post) -> [check, ...]``: checks of the served Bento beyond parity; raise
             ``ValueError`` on a failure.
+        snapshot_tables: ``(events, catalog, cutoff) -> {name: (table, key columns)}``: what the
+            family's service looks up per request, cut from the dataset version a Bento is built on
+            (``pipeline.serving.snapshot``), or None: nothing.
         serving_states: ``(python model, feature snapshot, folder) -> meta``: what the service
             precomputes per known user at packaging (``pipeline.families.next_item.states``), or None.
         user_parity: ``(post, python model, dataset, n) -> ParityOutcome``: replays requests by user
@@ -114,20 +232,21 @@ class ModelSpec:
     """
 
     name: str
-    params: Callable[[Any], Any]
+    params: Callable[[Params], Any]
     feature_params: tuple[str, ...]
-    write_features: Callable[..., tuple[dict, Any]]
-    train: Callable[..., Any]
-    test_set: Callable[..., Any]
-    score: Callable[..., Any]
-    baselines: Callable[..., dict]
+    write_features: WriteFeatures
+    train: Train
+    test_set: MakeTestSet
+    score: Score
+    baselines: Baselines
     plot_metric: str
     service: str
     endpoint: str
-    parity: Callable[[Post, Any], ParityOutcome]
+    parity: Parity
     parity_rows: int = 1
-    smoke_checks: Callable[[Post], list[str]] | None = None
-    serving_states: Callable[..., dict] | None = None
-    user_parity: Callable[..., ParityOutcome] | None = None
+    smoke_checks: SmokeChecks | None = None
+    snapshot_tables: SnapshotTables | None = None
+    serving_states: ServingStates | None = None
+    user_parity: UserParity | None = None
     monitoring: Monitoring | None = None
-    floor_model: Callable[..., dict] | None = None
+    floor_model: FloorModel | None = None

@@ -160,9 +160,11 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
     rows = pd.DataFrame({"user_id": test.users.astype(str)})
     if test.labels is not None:
         rows["label"] = test.labels
-    for side, scores in (("candidate", ev.candidate), ("champion", ev.champion), *ev.baselines.items()):
-        if scores is not None:
-            for name, values in scores.values.items():
+    sides: list[tuple[str, ModelScores | None]] = [("candidate", ev.candidate), ("champion", ev.champion),
+                                                   *ev.baselines.items()]
+    for side, side_scores in sides:
+        if side_scores is not None:
+            for name, values in side_scores.values.items():
                 rows[f"{side}.{name}"] = values
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "evaluation"
@@ -172,6 +174,7 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         if ev.session is not None and ev.session.height:
             ev.session.write_parquet(out / SESSION_ROWS)
         # What the candidate was asked and answered, for the serving stage's parity check.
+        assert ev.candidate.predictions is not None   # the candidate is always scored with its answers
         answers = ev.candidate.predictions.reset_index(drop=True).add_prefix("predicted_")
         pd.concat([pd.DataFrame({"user_id": test.users.astype(str)}), test.inputs.reset_index(drop=True), answers],
                   axis=1).to_parquet(out / PREDICTIONS, index=False)

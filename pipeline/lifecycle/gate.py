@@ -41,8 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
+from pydantic import Field, StrictBool
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from pipeline.core.config import STRICT, read_yaml, section
+from pipeline.core.errors import BadInput
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import REPO_ROOT
 
@@ -52,24 +55,24 @@ POLICY_FILE = REPO_ROOT / "policy.yaml"
 POLICY_ENV = "SHOPML_POLICY"   # another policy file, e.g. a shop's own, without editing the repository's
 
 
-class PolicyError(ValueError):
+class PolicyError(BadInput):
     """The policy file is missing a model, or a rule has a wrong value."""
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=STRICT)
 class Policy:
     metric: str                        # e.g. ndcg_at_20 or auc
-    higher_is_better: bool = True
+    higher_is_better: StrictBool = True
     floors: tuple[str, ...] = ()       # baselines the candidate must beat
     min_improvement: float = 0.0       # over the champion, in the metric's units
     floor_margin: float = 0.0          # the floors' intervals must lie above this, in the metric's units
-    online_protocol: bool = False      # the floors must also be cleared on the online protocol run offline
-    confidence: float = 0.95
-    bootstrap_samples: int = 2000
+    online_protocol: StrictBool = False  # the floors must also be cleared on the online protocol run offline
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    bootstrap_samples: int = Field(default=2000, ge=100)
     seed: int = 0
-    max_latency_ms: float = math.inf   # p95 of a one-row prediction
-    max_model_mb: float = math.inf
-    require_smoke_test: bool = True    # promote only a version whose Bento passed the smoke test
+    max_latency_ms: float = Field(default=math.inf, gt=0)   # p95 of a one-row prediction
+    max_model_mb: float = Field(default=math.inf, gt=0)
+    require_smoke_test: StrictBool = True  # promote only a version whose Bento passed the smoke test
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,42 +82,20 @@ def read_policy_file(path: Path | None = None) -> tuple[Path, dict]:
     """The policy file (``path``, else ``$SHOPML_POLICY``, else ``policy.yaml`` at the repo root) and
     its parsed sections: the gate's per model, and ``monitoring``."""
     path = Path(path or os.environ.get(POLICY_ENV) or POLICY_FILE)
-    try:
-        return path, yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: policy file not found") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    return path, read_yaml(path, PolicyError)
 
 
 def load_policy(model_name: str, path: Path | None = None) -> Policy:
     """The rules for ``model_name`` from the policy file (``$SHOPML_POLICY``, else ``policy.yaml`` at
-    the repo root)."""
+    the repo root).
+
+    Raises:
+        PolicyError: no section for the model, an unknown rule, a value of the wrong type or out of
+            bounds; the message names the file, the rule and the value."""
     path, data = read_policy_file(path)
     if model_name not in data:
         raise PolicyError(f"{path}: no section for model {model_name!r} (sections: {', '.join(data) or 'none'})")
-    section = dict(data[model_name] or {})
-    known = set(Policy.__dataclass_fields__)
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise PolicyError(f"{path}: {model_name}.{unknown[0]} is not a policy rule (rules: {', '.join(sorted(known))})")
-    if "metric" not in section:
-        raise PolicyError(f"{path}: {model_name}.metric is required")
-    section["floors"] = tuple(section.get("floors") or ())
-    for key in ("min_improvement", "floor_margin", "confidence", "max_latency_ms", "max_model_mb"):
-        if key in section and not isinstance(section[key], int | float):
-            raise PolicyError(f"{path}: {model_name}.{key} must be a number, got {section[key]!r}")
-    if not 0.5 <= float(section.get("confidence", 0.95)) < 1:
-        raise PolicyError(f"{path}: {model_name}.confidence must be in [0.5, 1), got {section['confidence']!r}")
-    for key in ("require_smoke_test", "online_protocol"):
-        if key in section and not isinstance(section[key], bool):
-            raise PolicyError(f"{path}: {model_name}.{key} must be true or false, got {section[key]!r}")
-    if not isinstance(section.get("require_smoke_test", True), bool):
-        raise PolicyError(f"{path}: {model_name}.require_smoke_test must be true or false, "
-                          f"got {section['require_smoke_test']!r}")
-    if int(section.get("bootstrap_samples", 2000)) < 100:
-        raise PolicyError(f"{path}: {model_name}.bootstrap_samples must be at least 100")
-    return Policy(**section)
+    return section(Policy, data[model_name], f"{path}: {model_name}", PolicyError)
 
 
 @dataclass

@@ -47,7 +47,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from pydantic import Field, StrictBool
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from pipeline.core.config import STRICT, section
+from pipeline.core.errors import BadInput
 from pipeline.core.settings import StatePaths
 from pipeline.data.drift import FeatureDrift, FeatureSkew, numeric_drift
 
@@ -56,13 +60,13 @@ log = logging.getLogger(__name__)
 EXPERIMENT_PREFIX = "monitoring-"
 
 
-class MonitoringError(ValueError):
+class MonitoringError(BadInput):
     """Nothing to monitor (no champion, a family without monitoring hooks), or a bad monitoring rule."""
 
 
 # ---- Rules ------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=STRICT)
 class MonitoringPolicy:
     horizon_hours: float = 24.0        # how long after an answer the user's events count
     k: int = 10                        # ranking metrics at k (next item)
@@ -77,30 +81,25 @@ class MonitoringPolicy:
     # The online gate: a challenger (shadow or canary) is promotable only when, over at least
     # online_min_users users on judged days, its online metric is no worse than the champion's by more
     # than online_margin, with confidence (non-inferiority).
-    require_online_evidence: bool = False
+    require_online_evidence: StrictBool = False
     online_min_users: int = 200
     online_margin: float = 0.02        # the challenger passes when its interval's lower end is above -this
     earlier_days: int = 7              # the model's own earlier judged days its online metric is compared with
-    confidence: float = 0.95
-    bootstrap_samples: int = 1000
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    bootstrap_samples: int = Field(default=1000, ge=100)
 
 
 def load_monitoring_policy(model: str, path: Path | None = None) -> MonitoringPolicy:
+    """The ``monitoring.<model>`` rules of the policy file (defaults where it has none).
+
+    Raises:
+        MonitoringError: an unknown rule, or a value of the wrong type; the message names the file,
+            the rule and the value."""
     from pipeline.lifecycle.gate import read_policy_file
 
     path, data = read_policy_file(path)
-    section = dict((data.get("monitoring") or {}).get(model) or {})
-    known = set(MonitoringPolicy.__dataclass_fields__)
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise MonitoringError(f"{path}: monitoring.{model}.{unknown[0]} is not a monitoring rule "
-                              f"(rules: {', '.join(sorted(known))})")
-    for key, value in section.items():
-        default = MonitoringPolicy.__dataclass_fields__[key].default
-        if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, int | float) and not isinstance(value, int | float)):
-            raise MonitoringError(f"{path}: monitoring.{model}.{key} must be like {default!r}, got {value!r}")
-    return MonitoringPolicy(**section)
+    return section(MonitoringPolicy, (data.get("monitoring") or {}).get(model), f"{path}: monitoring.{model}",
+                   MonitoringError)
 
 
 # ---- The day's monitoring ------------------------------------------------------------------------------
@@ -447,6 +446,8 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
     """Which of ``policy``'s thresholds the day's reports cross, in words."""
     if no_champion:
         return ["no champion yet"]
+    if result is None:
+        raise ValueError("retrain_reasons needs the day's MonitorResult unless there is no champion")
     reasons = []
     drifted = [d for d in result.drift if d.drifted]
     if drifted and len(drifted) >= policy.drifted_features:

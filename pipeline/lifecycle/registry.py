@@ -26,12 +26,14 @@ from datetime import datetime, timezone
 
 from pipeline import families
 from pipeline.core.faults import kill_point
+from pipeline.core.hints import command
 from pipeline.core.locks import shared_lock
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import (
     CHALLENGER,
     CHAMPION,
     NO_CHAMPION,
+    NotRegistered,
     RegistryError,
     alias_version,
     logged_model_uri,
@@ -191,12 +193,12 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
         if version is None:
             challenger = alias_version(client, model_name, CHALLENGER)
             if challenger is None:
-                raise RegistryError(f"{model_name} has no challenger to promote; name a version")
+                raise NotRegistered(f"{model_name} has no challenger to promote; name a version")
             version = str(challenger.version)
         mv = client.get_model_version(model_name, str(version))
         if "gate.decision" not in mv.tags:
             raise RegistryError(f"{model_name} version {version} has no gate decision: its registration did not "
-                                f"finish; rerun `python -m pipeline register` for its run {mv.run_id}")
+                                f"finish; rerun `{command('register', '--model', model_name, '--run-id', mv.run_id)}`")
         if mv.tags.get("gate.decision") != "passed" and not force:
             raise RegistryError(f"{model_name} version {version} was rejected by the gate "
                                 f"({mv.tags.get('gate.reasons', 'no reasons recorded')}); use --force to override")
@@ -206,7 +208,7 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
             why = f"its smoke test failed: {mv.tags.get('smoke_test.reason', '')[:300]}" if state == "failed" else \
                 "it was never packaged and smoke-tested"
             raise RegistryError(f"{model_name} version {version} cannot be champion: {why}; run "
-                                f"`python -m pipeline package --model {model_name} --version {version}` "
+                                f"`{command('package', '--model', model_name, '--version', version)}` "
                                 f"(or --force to override)")
         current = alias_version(client, model_name, CHAMPION)
         current_version = str(current.version) if current else NO_CHAMPION
@@ -216,10 +218,10 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
 
             if load_monitoring_policy(model_name).require_online_evidence:
                 why = mv.tags.get("online_gate.reasons") or "it has not been served beside the champion"
+                hint = command("online-gate", "--model", model_name, "--dates", "YYYY-MM-DD")
                 raise RegistryError(f"{model_name} version {version} waits for online evidence (policy monitoring."
                                     f"{model_name}.require_online_evidence): {why}; serve it in shadow or canary "
-                                    f"mode, then run `python -m pipeline online-gate` "
-                                    f"(or --force to override)")
+                                    f"mode, then run `{hint}` (or --force to override)")
         by, version = by or getpass.getuser(), str(version)
         if current_version == version:
             # Already champion. A retry of a promotion killed after it moved the alias finishes it
@@ -253,7 +255,7 @@ def rollback(paths: StatePaths, model_name: str, by: str | None = None, reason: 
         current = alias_version(client, model_name, CHAMPION)
         stack = _stack(champion_history(client, model_name))
         if current is None or len(stack) < 2 or stack[-1] != str(current.version):
-            raise RegistryError(f"{model_name}: no previous champion to roll back to "
+            raise NotRegistered(f"{model_name}: no previous champion to roll back to "
                                 f"(champion {current.version if current else 'none'}, history {stack})")
         target = stack[-2]
         client.set_registered_model_alias(model_name, CHAMPION, target)
@@ -276,12 +278,12 @@ def lineage(paths: StatePaths, model_name: str, version: str | None = None, bent
     if bento_tag is not None:
         found = client.search_model_versions(f"name = '{model_name}' and tags.bento_tag = '{bento_tag}'")
         if not found:
-            raise RegistryError(f"no {model_name} version was packaged as Bento {bento_tag}")
+            raise NotRegistered(f"no {model_name} version was packaged as Bento {bento_tag}")
         mv = found[0]
     elif version is None:
         mv = alias_version(client, model_name, CHAMPION)
         if mv is None:
-            raise RegistryError(f"{model_name} has no champion; name a version")
+            raise NotRegistered(f"{model_name} has no champion; name a version")
     else:
         mv = client.get_model_version(model_name, str(version))
     run = client.get_run(mv.run_id)

@@ -4,8 +4,9 @@
 
 The Airflow tasks (``dags/retrain_models.py``) and the command line (``python -m pipeline
 retrain``, or one step at a time) call these same functions, so the two can never diverge. Each
-step takes what the step before returned (a small JSON-able dict: an XCom) and returns it with
-what it adds; each prints the lines a person reads in the task log or the terminal.
+step takes what the step before returned (a small JSON-able dict: an XCom, typed below as
+that step's ``TypedDict``) and returns it with what it adds; each prints the lines a person
+reads in the task log or the terminal.
 
 Each step works on the references it is handed: the dataset version (resolved once, by the first
 step or by the caller), the run, the model version. Nothing reads "the current" anything after
@@ -18,14 +19,53 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from pipeline import families
+from pipeline.core.hints import command
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import NO_CHAMPION
 
 
 class CandidateRejected(Exception):
     """The gate rejected the candidate: packaging and promotion do not apply."""
+
+
+# What each step hands the next (an Airflow XCom): each adds its keys to the one before's.
+
+class Built(TypedDict):
+    model: str
+    features: str              # the feature set's folder
+    features_rel: str          # the same, relative to SHOPML_HOME (for a worker with another home)
+    dataset_version: str
+
+
+class Trained(Built):
+    run_id: str
+
+
+class Evaluated(Trained):
+    champion_version: str | None
+
+
+class Gated(Evaluated):
+    passed: bool
+    reasons: list[str]
+    candidate_run_id: NotRequired[str]   # the strongest floor serves: the rejected candidate's run
+    floor: NotRequired[str]              # ... and the floor's name (run_id is then the floor's run)
+
+
+class Registered(Gated):
+    version: str
+
+
+class Packaged(Registered):
+    bento_tag: str
+
+
+class Promoted(Packaged):
+    champion: str
+    waiting_for_online_evidence: NotRequired[bool]
 
 
 # Dataset version of a scheduled run ------------------------------------------------------------------
@@ -62,19 +102,19 @@ def pinned_dataset_version(paths: StatePaths, dag_id: str, run_id: str, announce
 
 # The steps -----------------------------------------------------------------------------------------
 
-def features(paths: StatePaths, params, model: str, dataset_version: str | None = None) -> dict:
+def features(paths: StatePaths, params, model: str, dataset_version: str | None = None) -> Built:
     """Build (or reuse) the model's feature set of ``dataset_version`` (default: the current one)."""
     from pipeline.families.featureset import build_features
 
     spec = families.get(model)
     fs = build_features(paths, model, spec.params(params), dataset_version)
     print(f"{'reused' if fs.reused else 'built'} the {model} feature set of dataset {fs.dataset_version}: {fs.path}")
-    return {"model": model, "features": str(fs.path), "features_rel": str(fs.path.relative_to(paths.home)),
-            "dataset_version": fs.dataset_version}
+    return Built(model=model, features=str(fs.path), features_rel=str(fs.path.relative_to(paths.home)),
+                 dataset_version=fs.dataset_version)
 
 
-def train(paths: StatePaths, params, model: str, built: dict, tags: dict[str, str] | None = None,
-          nproc: int = 1) -> dict:
+def train(paths: StatePaths, params, model: str, built: Built, tags: dict[str, str] | None = None,
+          nproc: int = 1) -> Trained:
     """Train on the feature set ``built`` names. With ``tags`` (the DAG run's), a finished run that
     carries them is returned instead of training a second model for the same DAG run; a killed one
     resumes from its checkpoint. ``nproc`` > 1 trains with torchrun (DDP)."""
@@ -86,16 +126,16 @@ def train(paths: StatePaths, params, model: str, built: dict, tags: dict[str, st
         print(f"this DAG run already trained run {outcome.run_id}; reusing it")
     elif nproc > 1:
         print(f"training with torchrun on {nproc} processes")
-        outcome = train_distributed(paths, model, nproc, built["features"], tags)
+        outcome = train_distributed(paths, model, nproc, Path(built["features"]), tags)
     else:
         outcome = spec.train(paths, spec.params(params), tags, features=Path(built["features"]))
     print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
     for name, value in sorted(outcome.metrics.items()):
         print(f"  {name} = {value:.4f}")
-    return {**built, "run_id": outcome.run_id, "dataset_version": outcome.dataset_version}
+    return Trained(**{**built, "run_id": outcome.run_id, "dataset_version": outcome.dataset_version})
 
 
-def evaluate(paths: StatePaths, model: str, trained: dict, dataset_version: str | None = None) -> dict:
+def evaluate(paths: StatePaths, model: str, trained: Trained, dataset_version: str | None = None) -> Evaluated:
     """Score the run's model, the champion and the baselines on the run's own test rows (cut from
     ``dataset_version`` instead, at the run's split points, when given)."""
     from pipeline.lifecycle.evaluate import evaluate_candidate
@@ -108,16 +148,16 @@ def evaluate(paths: StatePaths, model: str, trained: dict, dataset_version: str 
     for side, figures in (ev.session_figures or {}).items():
         print(f"  {side}, online protocol on the test period's sessions: "
               + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items())))
-    return {**trained, "champion_version": ev.champion_version}
+    return Evaluated(**{**trained, "champion_version": ev.champion_version})
 
 
-def gate(paths: StatePaths, model: str, evaluated: dict, policy=None) -> dict:
+def gate(paths: StatePaths, model: str, evaluated: Evaluated, policy=None) -> Gated:
     """Apply the policy (default: ``policy.yaml``'s section of the model) to the evaluation."""
     from pipeline.lifecycle.gate import gate_candidate
 
     decision = gate_candidate(paths, model, evaluated["run_id"], policy)
     print(f"{model} {decision.summary()}")
-    state = {**evaluated, "passed": decision.passed, "reasons": decision.reasons}
+    state = Gated(**{**evaluated, "passed": decision.passed, "reasons": decision.reasons})
     if decision.strongest_floor and families.get(model).floor_model is not None:
         # No champion and a candidate that did not clear its floors: the strongest floor serves.
         from pipeline.lifecycle.floors import floor_run
@@ -125,11 +165,12 @@ def gate(paths: StatePaths, model: str, evaluated: dict, policy=None) -> dict:
         run_id = floor_run(paths, model, evaluated["run_id"], decision.strongest_floor, decision.reasons)
         print(f"{model} floor serves: {decision.strongest_floor} (run {run_id}) becomes the candidate instead of "
               f"run {evaluated['run_id']}, so the model has a champion; a learned candidate must beat it")
-        state.update(run_id=run_id, passed=True, candidate_run_id=evaluated["run_id"], floor=decision.strongest_floor)
+        state.update({"run_id": run_id, "passed": True, "candidate_run_id": evaluated["run_id"],
+                      "floor": decision.strongest_floor})
     return state
 
 
-def register(paths: StatePaths, model: str, gated: dict) -> dict:
+def register(paths: StatePaths, model: str, gated: Gated) -> Registered:
     """Register the run's model as a version (``challenger`` if it passed the gate); when the floor
     serves instead of a rejected candidate, the candidate first (rejected), then the floor."""
     from pipeline.lifecycle.registry import register_candidate
@@ -139,11 +180,11 @@ def register(paths: StatePaths, model: str, gated: dict) -> dict:
         print(f"{model} version {rejected.version}: {rejected.tags.get('status')}")
     mv = register_candidate(paths, model, gated["run_id"])
     print(f"{model} version {mv.version}: {mv.tags.get('status')}")
-    return {**gated, "version": str(mv.version)}
+    return Registered(**{**gated, "version": str(mv.version)})
 
 
-def package(paths: StatePaths, model: str, registered: dict, requests: int | None = None,
-            dataset_version: str | None = None, policy=None) -> dict:
+def package(paths: StatePaths, model: str, registered: Registered, requests: int | None = None,
+            dataset_version: str | None = None, policy=None) -> Packaged:
     """Package the registered version (``registered["version"]``; None: the ``challenger``) as a
     Bento with the feature snapshot of the dataset version it was trained on (or
     ``dataset_version``), then serve it and check parity with its evaluation, unless the policy
@@ -163,17 +204,17 @@ def package(paths: StatePaths, model: str, registered: dict, requests: int | Non
     smoke = (policy or load_policy(model)).require_smoke_test
     packaged = package_version(paths, model, None if version is None else str(version),
                                requests=requests or PARITY_REQUESTS, dataset_version=dataset_version, smoke=smoke)
-    if smoke:
+    if smoke and packaged.smoke is not None:
         for check in packaged.smoke.checks:
             print(f"  {check}")
         print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
     else:
         print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} built; smoke test skipped "
               f"(policy require_smoke_test: false)")
-    return {**registered, "version": packaged.version, "bento_tag": packaged.bento_tag}
+    return Packaged(**{**registered, "version": packaged.version, "bento_tag": packaged.bento_tag})
 
 
-def promote(paths: StatePaths, model: str, packaged: dict, by: str = "pipeline", policy=None) -> dict:
+def promote(paths: StatePaths, model: str, packaged: Packaged, by: str = "pipeline", policy=None) -> Promoted:
     """Make the packaged version champion, provided the champion is still the one it was evaluated
     against (else ``ChampionMoved``)."""
     from pipeline.lifecycle.monitor import load_monitoring_policy
@@ -182,18 +223,22 @@ def promote(paths: StatePaths, model: str, packaged: dict, by: str = "pipeline",
     if packaged["champion_version"] and load_monitoring_policy(model).require_online_evidence:
         # The challenger stays challenger until its online figures say it is not worse (monitor).
         print(f"{model}: version {packaged['version']} is the challenger and waits for online evidence; serve "
-              f"it beside the champion (`python -m pipeline serve --model {model} --challenger-mode shadow`), "
-              f"then `python -m pipeline monitor` the days it served and `python -m pipeline promote`")
-        return {**packaged, "champion": str(packaged["champion_version"]), "waiting_for_online_evidence": True}
+              f"it beside the champion (`{command('serve', '--model', model, '--challenger-mode', 'shadow')}`), "
+              f"then `{command('monitor', '--model', model, '--date', 'YYYY-MM-DD')}` each day it served, "
+              f"`{command('online-gate', '--model', model, '--dates', 'YYYY-MM-DD,YYYY-MM-DD')}` and "
+              f"`{command('promote', '--model', model)}`")
+        return Promoted(**{**packaged, "champion": str(packaged["champion_version"]),
+                           "waiting_for_online_evidence": True})
     mv = promote_version(paths, model, packaged["version"],
                          expected_champion=packaged["champion_version"] or NO_CHAMPION, by=by,
                          reason=f"passed the gate and packaging as {packaged['bento_tag']} "
                                 f"(run {packaged['run_id']})", policy=policy)
     print(f"{model}: champion is now version {mv.version}, served by Bento {packaged['bento_tag']}")
-    return {**packaged, "champion": str(mv.version)}
+    return Promoted(**{**packaged, "champion": str(mv.version)})
 
 
-def after_training(paths: StatePaths, model: str, trained: dict, policy=None, by: str = "pipeline") -> dict:
+def after_training(paths: StatePaths, model: str, trained: Trained, policy=None,
+                   by: str = "pipeline") -> Registered | Promoted:
     """Evaluate, gate, register, package and promote a trained run (``trained["run_id"]``), in that
     order; a candidate the gate rejects stops after register, with the reasons printed."""
     state = register(paths, model, gate(paths, model, evaluate(paths, model, trained), policy))
@@ -207,7 +252,7 @@ def after_training(paths: StatePaths, model: str, trained: dict, policy=None, by
 
 
 def retrain(paths: StatePaths, params, model: str, dataset_version: str | None = None, policy=None,
-            tags: dict[str, str] | None = None, by: str = "pipeline") -> dict:
+            tags: dict[str, str] | None = None, by: str = "pipeline") -> Registered | Promoted:
     """Every step in order, as the retrain DAG runs them, on ``dataset_version`` (default: the
     current one, resolved once by the features step)."""
     trained = train(paths, params, model, features(paths, params, model, dataset_version), tags)

@@ -73,7 +73,7 @@ class MicroBatcher:
         self.fn, self.max_batch, self.wait_s, self.max_latency_s = fn, max_batch, wait_ms / 1000, max_latency_ms / 1000
         self.size, self.settle = size, settle
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()   # a new one with each batch loop
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
         self._task: asyncio.Task | None = None
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
+from pipeline.core.errors import BadInput
+from pipeline.core.hints import command
 from pipeline.serving.api import Metadata
 
 ARG_NAMES = ("model_name", "model_tag", "snapshot_tag", "version", "run_id", "dataset_version", "git_commit",
@@ -77,8 +79,9 @@ def bento_args(model_name: str | None) -> SimpleNamespace:
         if not hasattr(args, name):
             setattr(args, name, None)
     if missing:
+        hint = command("package", "--model", model_name or "MODEL", "--version", "VERSION")
         raise RuntimeError(f"the {model_name} service needs the Bento arguments {missing}; build it with "
-                           f"`python -m pipeline package {model_name} <version>`, then serve the Bento it prints")
+                           f"`{hint}`, then serve the Bento it prints")
     if model_name is not None and args.model_name != model_name:
         raise RuntimeError(f"this Bento packages {args.model_name}, not {model_name}")
     return args
@@ -203,10 +206,10 @@ class Routing:
             return cls()
         mode = env.get("SHOPML_CHALLENGER_MODE", "shadow")
         if mode not in CHALLENGER_MODES:
-            raise ValueError(f"SHOPML_CHALLENGER_MODE={mode!r}: expected one of {', '.join(CHALLENGER_MODES)}")
+            raise BadInput(f"SHOPML_CHALLENGER_MODE={mode!r}: expected one of {', '.join(CHALLENGER_MODES)}")
         share = float(env.get("SHOPML_CANARY_SHARE", "0.1"))
         if not 0.0 <= share <= 1.0:
-            raise ValueError(f"SHOPML_CANARY_SHARE={share}: expected a share between 0 and 1")
+            raise BadInput(f"SHOPML_CANARY_SHARE={share}: expected a share between 0 and 1")
         return cls(bento, mode, share)
 
     def to_challenger(self, key: str) -> bool:
@@ -283,6 +286,7 @@ class Traffic:
         return answer
 
     async def _shadow(self, request, request_id: str, when, user_id: str | None) -> None:
+        assert self.challenger is not None   # only started when there is one
         self._log(request_id, when, "shadow", user_id, request, await self.challenger.answer(request))
 
     def _log(self, request_id: str, when, role: str, user_id: str | None, request, answer) -> None:

@@ -44,4 +44,4 @@ class PyfuncService:
         return metadata(ARGS, self.snapshot.meta)
 
 
-PyfuncService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented
+PyfuncService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # added by @bentoml.service   # JSON only, bounded, errors as documented

@@ -49,13 +49,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline import families
+from pipeline.core.errors import Refused
 from pipeline.core.faults import kill_point
+from pipeline.core.hints import command
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import (
     CHALLENGER,
     CHAMPION,
     PREDICTIONS,
     REPO_ROOT,
+    NotRegistered,
     RegistryError,
     mlflow_client,
     model_version,
@@ -66,11 +69,12 @@ logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per smoke-test
 
 # What the served process imports; their dependencies are pinned with them.
 SERVING_PACKAGES = ("bentoml", "mlflow", "torch", "polars", "pandas", "numpy", "pyarrow", "pydantic", "pyyaml")
+STATES_MODEL = "shopml-user-states"   # what a family's service precomputes per known user (ModelSpec.serving_states)
 SCORE_TOLERANCE = 1e-4          # |served - evaluated| for scores and probabilities (float32 models)
 PARITY_REQUESTS = 300           # offline requests replayed (all of them when fewer)
 
 
-class ServingError(RuntimeError):
+class ServingError(Refused):
     """Packaging, starting or checking a Bento failed; the message says what and where."""
 
 
@@ -141,7 +145,7 @@ def _import_model(model_name: str, mv, tag: str) -> None:
                                 metadata={"run_id": mv.run_id, "dataset_version": mv.tags.get("dataset_version", "")})
 
 
-def _snapshot(paths: StatePaths, dataset_version: str) -> tuple[str, str]:
+def _snapshot(paths: StatePaths, spec, dataset_version: str) -> tuple[str, str]:
     """The feature snapshot of ``dataset_version``: (Bento model tag, full dataset version).
 
     Raises:
@@ -151,15 +155,15 @@ def _snapshot(paths: StatePaths, dataset_version: str) -> tuple[str, str]:
     from bentoml.exceptions import NotFound
 
     from pipeline.data.version import open_dataset
-    from pipeline.serving.snapshot import SNAPSHOT_FORMAT, SNAPSHOT_MODEL, write_snapshot
+    from pipeline.serving.snapshot import SNAPSHOT_FORMAT, snapshot_model, write_snapshot
 
     dataset = open_dataset(paths, dataset_version)
-    tag = f"{SNAPSHOT_MODEL}:{re.sub(r'[^a-z0-9_.-]', '', dataset.version.lower())[:32]}.f{SNAPSHOT_FORMAT}"
+    tag = f"{snapshot_model(spec.name)}:{re.sub(r'[^a-z0-9_.-]', '', dataset.version.lower())[:32]}.f{SNAPSHOT_FORMAT}"
     try:
         bentoml.models.get(tag)
     except NotFound:
         with bentoml.models.create(tag, labels={"dataset_version": dataset.version}) as model:
-            meta = write_snapshot(dataset.path, dataset.version, Path(model.path))
+            meta = write_snapshot(spec.snapshot_tables, dataset.path, dataset.version, Path(model.path))
             log.info("feature snapshot %s: %d users, cutoff %s", tag, meta["users"], meta["cutoff"])
     return tag, dataset.version
 
@@ -172,7 +176,6 @@ def user_states(spec, model_tag: str, snapshot_tag: str) -> str | None:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from pipeline.families.next_item.states import STATES_MODEL
     from pipeline.serving.snapshot import FeatureSnapshot
 
     tag = f"{STATES_MODEL}:{model_tag.split(':')[1]}.{snapshot_tag.split(':')[1]}"
@@ -209,7 +212,7 @@ def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
     suffix = f"v{mv.version}-{mv.run_id[:8]}"
     model_tag, bento_tag = f"{model_name}:{suffix}", f"{bento_name(model_name)}:{suffix}"
     _import_model(model_name, mv, model_tag)
-    snapshot_tag, dataset_version = _snapshot(paths, dataset_version or trained_on)
+    snapshot_tag, dataset_version = _snapshot(paths, spec, dataset_version or trained_on)
     states_tag = user_states(spec, model_tag, snapshot_tag)
     try:
         existing = bentoml.bentos.get(bento_tag)
@@ -256,8 +259,8 @@ def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None
     mv = model_version(mlflow_client(paths), model_name, version, alias)
     tag = mv.tags.get("bento_tag")
     if not tag:
-        raise RegistryError(f"{model_name} version {mv.version} was never packaged; run "
-                            f"`python -m pipeline package {model_name} {mv.version}`")
+        raise NotRegistered(f"{model_name} version {mv.version} was never packaged; run "
+                            f"`{command('package', '--model', model_name, '--version', mv.version)}`")
     return tag
 
 
@@ -271,7 +274,7 @@ def free_port() -> int:
 
 def serve_hint(model_name: str, bento_tag: str) -> str:
     """The command a person runs to serve this Bento (``make serve`` wraps the same)."""
-    return f"python -m pipeline serve --model {model_name} --bento-tag {bento_tag} --port 3000"
+    return command("serve", "--model", model_name, "--bento-tag", bento_tag, "--port", 3000)
 
 
 def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[str]:

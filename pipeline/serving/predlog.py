@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from pipeline.data.predictions import SCHEMA, partition
@@ -56,7 +56,7 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, *, request_id: str, ts: datetime, model_version: str, role: str, user_id: str | None,
-               items: list[str], scores: list[float], source: str, history: list[str] = ()) -> bool:
+               items: list[str], scores: list[float], source: str, history: Sequence[str] = ()) -> bool:
         """Queue one answer; False (and counted) when the queue is full. Never raises."""
         row = (request_id, ts, self.model, model_version, role, user_id or "", list(items),
                [float(s) for s in scores], source, list(history))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.core.errors import BadInput
+
 
 @dataclass
 class ReplayResult:
@@ -38,7 +40,7 @@ def read_day(path: Path) -> pl.DataFrame:
     frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema_length=0)
     missing = {"event_time", "user_id", "session_id", "event_type", "item_id"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{path}: not a canonical events file, columns {sorted(missing)} are missing")
+        raise BadInput(f"{path}: not a canonical events file, columns {sorted(missing)} are missing")
     if frame.schema["event_time"] == pl.String:
         frame = frame.with_columns(pl.col("event_time").str.to_datetime(time_zone="UTC"))
     return frame.with_columns(pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items() if c in frame.columns
@@ -55,7 +57,7 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
 
     spec = families.get(model)
     if spec.monitoring is None:
-        raise ValueError(f"model family {model!r} cannot replay sessions (no ModelSpec.monitoring)")
+        raise BadInput(f"model family {model!r} cannot replay sessions (no ModelSpec.monitoring)")
     requests = spec.monitoring.requests(events)
     requests = requests[:limit] if limit else requests
     endpoint = f"{url.rstrip('/')}/{spec.endpoint}"

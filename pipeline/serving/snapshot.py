@@ -1,56 +1,65 @@
-"""What a service knows about users, cut from one dataset version: a Bento model of parquet files.
+"""What a service knows about users and items, cut from one dataset version: a Bento model of parquet files.
 
 A recommendation for a user id needs that user's recent items; a purchase probability for a
-(user, item) needs the aggregates the propensity features are computed from. Both are built here
-from the canonical dataset, as of the end of its last day, with the same functions training uses
-(``pipeline.families.<family>.features``), so a served feature is the feature the model learned from.
+(user, item) needs the aggregates the propensity features are computed from. Each family says which
+tables it needs (``ModelSpec.snapshot_tables``: built with the same functions its training uses, as
+of the end of the dataset's last day), so a served feature is the feature the model learned from.
+This module stores and loads them and finds rows by key; what the rows mean is the family's
+(``FeatureSnapshot.view``).
 
-The snapshot is tagged by dataset version and shared by every Bento built on that version. A newer
-dataset gets a newer snapshot with the next packaging; callers that keep their own, fresher feature
-store send features (or histories) in the request instead.
+A snapshot is tagged by dataset version and family and shared by every Bento of that family built on
+that version. A newer dataset gets a newer snapshot with the next packaging; callers that keep their
+own, fresher feature store send features (or histories) in the request instead.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 
 from pipeline.data.dataset import latest_catalog, load_events, split_by_time
-from pipeline.families.next_item.evaluation import HISTORY_LEN
-from pipeline.families.next_item.features import user_histories as histories_of
-from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, assemble_propensity, propensity_tables
+from pipeline.families.spec import SnapshotTables
 
 SNAPSHOT_MODEL = "shopml-features"
-# Bump when the snapshot's tables change, so a Bento store never reuses a snapshot of the old layout.
-SNAPSHOT_FORMAT = 3   # 3: histories of same-instant events ordered by item id
-HISTORY_KEPT = HISTORY_LEN    # the most recent items kept per user: the longest history a model is sent
-TABLES = ("user_item", "user", "item", "catalog", "affinity", "recency")
+# Bump when the snapshot's layout changes, so a Bento store never reuses a snapshot of the old layout.
+SNAPSHOT_FORMAT = 4   # 4: one snapshot per family, its tables and their keys named in meta.json
+
+View = TypeVar("View")
 
 
-def user_histories(events: pl.DataFrame, kept: int = HISTORY_KEPT) -> pl.DataFrame:
-    """Per user: the recent item ids and every item bought (``features.user_histories``)."""
-    return histories_of(events, kept)
+def snapshot_model(family: str) -> str:
+    """The Bento model name of a family's snapshots (a tag name allows no underscore at its ends)."""
+    return f"{SNAPSHOT_MODEL}-{family.replace('_', '-')}"
 
 
-def write_snapshot(canonical: Path, dataset_version: str, out: Path) -> dict:
-    """Write the snapshot files of the canonical dataset into ``out``; returns its metadata."""
-    return write_snapshot_of(load_events(canonical), latest_catalog(canonical), dataset_version, out)
+def write_snapshot(tables: SnapshotTables | None, canonical: Path, dataset_version: str, out: Path) -> dict:
+    """Write a family's snapshot of the canonical dataset into ``out``; returns its metadata."""
+    return write_snapshot_of(tables, load_events(canonical), latest_catalog(canonical), dataset_version, out)
 
 
-def write_snapshot_of(events: pl.DataFrame, catalog: pl.DataFrame, dataset_version: str, out: Path) -> dict:
-    """Write the snapshot of these events (canonical schema) as of the end of their last day."""
+def write_snapshot_of(tables: SnapshotTables | None, events: pl.DataFrame, catalog: pl.DataFrame,
+                      dataset_version: str, out: Path) -> dict:
+    """Write the tables ``tables`` builds from these events (canonical schema) as of the end of
+    their last day (none for a family without: ``ModelSpec.snapshot_tables`` None), and ``meta.json``
+    naming each table's key columns."""
     cutoff = split_by_time(events, 0, 0).end
     out.mkdir(parents=True, exist_ok=True)
-    user_histories(events).write_parquet(out / "histories.parquet")
-    for name, table in propensity_tables(events, catalog, cutoff).items():
+    keys = {}
+    for name, (table, on) in (tables(events, catalog, cutoff) if tables is not None else {}).items():
+        missing = [c for c in on if c not in table.columns]
+        if missing:
+            raise ValueError(f"snapshot table {name!r} has no key column {missing}; columns: {table.columns}")
         table.write_parquet(out / f"{name}.parquet")
+        keys[name] = list(on)
     meta = {"dataset_version": dataset_version, "cutoff": cutoff.isoformat(), "events": events.height,
-            "users": events["user_id"].n_unique(), "items": catalog.height}
+            "users": events["user_id"].n_unique(), "items": catalog.height, "keys": keys}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -92,56 +101,36 @@ class RowIndex:
         return self.table[index]
 
 
-# The key each snapshot table is looked up by, for one candidate batch.
-TABLE_KEYS = {"user_item": ["user_id", "item_id"], "recency": ["user_id", "item_id"], "user": ["user_id"],
-              "item": ["item_id"], "catalog": ["item_id"], "affinity": ["user_id"]}
-
-
 @dataclass
 class FeatureSnapshot:
-    """The loaded snapshot; every lookup of an unknown user or item answers 'nothing known'."""
+    """A loaded snapshot: its metadata, its tables, each table's rows by key."""
 
     meta: dict
-    histories: pl.DataFrame
     tables: dict[str, pl.DataFrame]
+    _indexes: dict[str, RowIndex] = field(default_factory=dict, repr=False)
+    _views: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, path: Path) -> FeatureSnapshot:
+    def load(cls, path: Path | str) -> FeatureSnapshot:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
-        histories = pl.read_parquet(path / "histories.parquet")
-        tables = {name: pl.read_parquet(path / f"{name}.parquet") for name in TABLES}
-        snapshot = cls(meta, histories, tables)
-        snapshot._row = {u: i for i, u in enumerate(histories["user_id"].to_list())}
-        snapshot._index = {name: RowIndex(table, TABLE_KEYS[name]) for name, table in tables.items()}
+        if "keys" not in meta:
+            raise ValueError(f"{path}: a feature snapshot of an older layout (no 'keys' in meta.json); "
+                             "package the model again to rebuild it")
+        snapshot = cls(meta, {name: pl.read_parquet(path / f"{name}.parquet") for name in meta["keys"]})
+        snapshot._indexes = {name: RowIndex(table, meta["keys"][name]) for name, table in snapshot.tables.items()}
         return snapshot
 
     @property
     def cutoff(self) -> datetime:
         return datetime.fromisoformat(self.meta["cutoff"])
 
-    def knows(self, user_id: str) -> bool:
-        return user_id in self._row
+    def rows(self, name: str, values: pl.DataFrame) -> pl.DataFrame:
+        """The rows of table ``name`` whose key is one of ``values``' rows."""
+        return self._indexes[name].rows(values)
 
-    def history(self, user_id: str) -> list[str]:
-        row = self._row.get(user_id)
-        return [] if row is None else self.histories["items"][row].to_list()
-
-    def served_history(self, user_id: str | None, sent: list[str], limit: int = HISTORY_KEPT) -> list[str]:
-        """The history a recommender is given for a request: the user's snapshot history (a known
-        user), then the items the request sent, the newest ``limit``. The service answers from it, and
-        monitoring scores the floors on the same input."""
-        known = user_id is not None and self.knows(user_id)
-        return ((self.history(user_id) if known else []) + list(sent))[-limit:]
-
-    def purchased(self, user_id: str) -> list[str]:
-        row = self._row.get(user_id)
-        return [] if row is None else self.histories["purchased"][row].to_list()
-
-    def propensity_inputs(self, user_ids: list[str], item_ids: list[str]) -> pl.DataFrame:
-        """The propensity pyfunc's input rows for these (user, item) pairs, in order."""
-        candidates = pl.DataFrame({"user_id": user_ids, "item_id": item_ids}, schema={"user_id": pl.String,
-                                                                                       "item_id": pl.String})
-        # Only the rows of these users and items take part in the joins, not whole tables.
-        tables = {name: self._index[name].rows(candidates) for name in TABLES}
-        return assemble_propensity(candidates, tables).select("item_id", "category", "brand", *PROPENSITY_DENSE)
+    def view(self, kind: Callable[[FeatureSnapshot], View]) -> View:
+        """``kind(self)``, made once per snapshot: a family's reading of its tables."""
+        if kind not in self._views:
+            self._views[kind] = kind(self)
+        return self._views[kind]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from pipeline.families.next_item import evaluation, features, monitoring, train
+from pipeline.families.next_item import evaluation, features, monitoring, serving, train
 from pipeline.families.spec import ModelSpec
 
 SPEC = ModelSpec(
@@ -21,7 +21,8 @@ SPEC = ModelSpec(
     score=evaluation.score,
     baselines=evaluation.baselines,
     plot_metric="ndcg_at_20",
-    service="pipeline.serving.next_item:NextItemService",
+    service="pipeline.families.next_item.service:NextItemService",
+    snapshot_tables=serving.snapshot_tables,
     endpoint="recommend",
     parity=evaluation.parity,
     parity_rows=1,

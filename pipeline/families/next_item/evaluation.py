@@ -17,7 +17,7 @@ import torch
 from models.baselines import CooccurrenceRecommender
 from models.metrics import ranking_values
 from pipeline.data.dataset import Dataset, TimeSplit
-from pipeline.families.base import ModelScores, TestSet, latency_p95, per_slice, predict_batches, slices
+from pipeline.families.base import ModelScores, TestSet, latency_p95, parity_users, per_slice, predict_batches, slices
 from pipeline.families.next_item.features import ItemVocab, next_item_examples, user_histories, user_sequences
 from pipeline.families.spec import ParityOutcome, Post
 
@@ -134,16 +134,8 @@ def serving_states(python_model, snapshot, out) -> dict:
     """Every snapshot user's state, encoded once with the packaged model (``pipeline.families.next_item.states``)."""
     from pipeline.families.next_item.states import write_user_states
 
-    histories = snapshot.histories
+    histories = snapshot.tables["histories"]
     return write_user_states(python_model, histories["user_id"].to_list(), histories["items"].to_list(), out)
-
-
-def parity_users(users: list[str], n: int) -> list[str]:
-    """The ``n`` users whose requests by id the parity check replays: spread evenly over the sorted ids."""
-    users = sorted(users)
-    if len(users) <= n:
-        return users
-    return [users[i] for i in np.linspace(0, len(users) - 1, n).astype(int)]
 
 
 def offline_user_answers(python_model, events: pl.DataFrame, users: list[str], k: int = K) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline.core.errors import BadInput
 from pipeline.core.params import TrainRecommenderParams
 from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, Dataset, TimeSplit, split_by_time
 from pipeline.families.featureset import read_manifest
@@ -195,7 +196,7 @@ def write_features(out: Path, dataset: Dataset, params: TrainRecommenderParams):
     test, test_unknown = next_item_examples(events, vocab, test_sequences, split.valid_end, split.end,
                                             params.max_len)
     if windows.shape[0] == 0 or len(valid.targets) == 0:
-        raise ValueError("no training sequences or no validation examples in the split")
+        raise BadInput("no training sequences or no validation examples in the split")
     recent = events.filter((pl.col("event_time") >= split.train_end - timedelta(days=params.recent_days))
                            & (pl.col("event_time") < split.train_end))
     test_seqs, train_seqs = list(test_sequences.values()), list(sequences.values())

@@ -108,12 +108,15 @@ def served_scores(answers: pl.DataFrame) -> np.ndarray:
 def user_skew(snapshot, events: pl.DataFrame, users: list[str]) -> list[FeatureSkew]:
     """The served history and purchases of each user (snapshot lookups) against the same recomputed
     from the dataset's events before the snapshot's cutoff."""
-    users = [u for u in users if snapshot.knows(u)]
+    from pipeline.families.next_item.serving import Histories
+
+    served = snapshot.view(Histories)
+    users = [u for u in users if served.knows(u)]
     offline = user_histories(events.filter((pl.col("event_time") < snapshot.cutoff)
                                            & pl.col("user_id").is_in(users)), HISTORY_LEN)
     offline_rows = {r["user_id"]: r for r in offline.iter_rows(named=True)}
     out = []
-    for feature, served_of in (("history", snapshot.history), ("purchased", snapshot.purchased)):
+    for feature, served_of in (("history", served.history), ("purchased", served.purchased)):
         skewed = [u for u in users if served_of(u) != list((offline_rows.get(u) or {}).get(
             "items" if feature == "history" else "purchased") or [])]
         out.append(FeatureSkew(feature, len(users), len(skewed), f"user_id {skewed[0]}" if skewed else ""))
@@ -123,7 +126,7 @@ def user_skew(snapshot, events: pl.DataFrame, users: list[str]) -> list[FeatureS
 def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame) -> list[FeatureSkew]:
     """The day's served users (or, without a log, the snapshot's first thousand)."""
     users = answers.filter(pl.col("user_id") != "")["user_id"].unique().sort().to_list() \
-        or snapshot.histories["user_id"].head(1000).to_list()
+        or snapshot.tables["histories"]["user_id"].head(1000).to_list()
     return user_skew(snapshot, events, users[:5000])
 
 
@@ -174,14 +177,17 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
     """The floors (popularity, co-occurrence) answering the very requests the champion answered:
     counted on the champion's own training data (its run's split: sequences before its test
     period, its training vocabulary) and given the input the service gave the model (the snapshot's
-    history of the user, then what the request sent: ``FeatureSnapshot.served_history``)."""
+    history of the user, then what the request sent: ``Histories.served_history``)."""
+    from pipeline.families.next_item.serving import Histories
+
     asked = answers.filter((pl.col("role") == "champion") & (pl.col("model_version") == champion["version"])
                            & (pl.col("user_id") != ""))
     if asked.height == 0:
         return asked
     sent = asked["history"].fill_null([]).to_list() if "history" in asked.columns else [[]] * asked.height
     users = asked["user_id"].to_list()
-    histories = [snapshot.served_history(u, h) if snapshot is not None else list(h)[-HISTORY_LEN:]
+    served = snapshot.view(Histories) if snapshot is not None else None
+    histories = [served.served_history(u, h) if served is not None else list(h)[-HISTORY_LEN:]
                  for u, h in zip(users, sent, strict=True)]
     return _floor_answers(asked, histories, events, TimeSplit.from_dict(champion["split"]), policy.k)
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STATES_MODEL = "shopml-user-states"
 BATCH = 1024
 
 

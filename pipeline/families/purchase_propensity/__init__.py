@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from pipeline.families.purchase_propensity import evaluation, features, monitoring, train
+from pipeline.families.purchase_propensity import evaluation, features, monitoring, serving, train
 from pipeline.families.spec import ModelSpec
 
 SPEC = ModelSpec(
@@ -21,7 +21,8 @@ SPEC = ModelSpec(
     score=evaluation.score,
     baselines=evaluation.baselines,
     plot_metric="auc",
-    service="pipeline.serving.propensity:PropensityService",
+    service="pipeline.families.purchase_propensity.service:PropensityService",
+    snapshot_tables=serving.snapshot_tables,
     endpoint="purchase_probability",
     parity=evaluation.parity,
     parity_rows=4,   # a request carries many candidates: more rows for about as many requests

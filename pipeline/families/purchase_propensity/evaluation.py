@@ -11,8 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import BadInput
 from pipeline.data.dataset import Dataset, TimeSplit
-from pipeline.families.base import ModelScores, TestSet, auc, latency_p95, per_slice, predict_batches, slices
+from pipeline.families.base import (
+    ModelScores,
+    TestSet,
+    auc,
+    latency_p95,
+    parity_users,
+    per_slice,
+    predict_batches,
+    slices,
+)
 from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, propensity_rows
 from pipeline.families.spec import ParityOutcome, Post
 
@@ -28,7 +38,7 @@ def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str]) -> 
     rows = propensity_rows(events, catalog, split.valid_end, timedelta(days=int(run_params["data.horizon_days"])),
                            timedelta(days=int(run_params["data.lookback_days"])))
     if rows.height == 0 or rows["label"].n_unique() < 2:
-        raise ValueError(f"the test rows at {split.valid_end:%Y-%m-%d} have a single label; AUC is undefined")
+        raise BadInput(f"the test rows at {split.valid_end:%Y-%m-%d} have a single label; AUC is undefined")
     return TestSet(
         inputs=rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).to_pandas(),
         users=rows["user_id"].to_numpy().astype(object),
@@ -129,7 +139,6 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     import polars as pl
 
     from pipeline.data.dataset import split_by_time
-    from pipeline.families.next_item.evaluation import parity_users
     from pipeline.families.purchase_propensity.features import assemble_propensity, propensity_tables
 
     events, catalog = dataset.events(), dataset.catalog()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.core.errors import BadInput
 from pipeline.core.params import TrainPropensityParams
 from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, Dataset, TimeSplit, catalog_as_of, split_by_time
 from pipeline.families.featureset import read_manifest
@@ -171,7 +172,7 @@ def propensity_cutoffs(split: TimeSplit, params: TrainPropensityParams) -> list:
         cutoff += timedelta(days=params.cutoff_stride_days)
     if not cutoffs:
         days = (split.train_end - split.start).days
-        raise ValueError(f"the training period ({days} day(s)) is shorter than the {params.lookback_days}-day "
+        raise BadInput(f"the training period ({days} day(s)) is shorter than the {params.lookback_days}-day "
                          f"lookback plus the {params.horizon_days}-day label horizon")
     return cutoffs
 
@@ -197,7 +198,7 @@ def propensity_features(events: pl.DataFrame, catalog: pl.DataFrame,
     valid_rows, test_rows = rows_at(split.train_end), rows_at(split.valid_end)
     for name, rows in (("training", train_rows), ("validation", valid_rows), ("test", test_rows)):
         if rows.height == 0 or rows["label"].n_unique() < 2:
-            raise ValueError(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
+            raise BadInput(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
     past = events.filter(pl.col("event_time") < split.train_end)
     known = catalog_as_of(catalog, split.train_end)
     vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(known["category"]),

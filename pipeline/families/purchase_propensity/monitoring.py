@@ -23,6 +23,7 @@ from pipeline.families.purchase_propensity.features import (
     propensity_rows,
     propensity_tables,
 )
+from pipeline.families.purchase_propensity.serving import propensity_inputs
 from pipeline.families.spec import Monitoring
 
 MAX_CANDIDATES = 20   # candidates per replayed session
@@ -84,7 +85,7 @@ def pair_skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, pairs: pl.D
     """Each dense feature the service looked up for (user, item) pairs against the same recomputed
     from the dataset as of the snapshot's cutoff."""
     pairs = pairs.select("user_id", "item_id").unique(maintain_order=True)
-    served = snapshot.propensity_inputs(pairs["user_id"].to_list(), pairs["item_id"].to_list())
+    served = propensity_inputs(snapshot, pairs["user_id"].to_list(), pairs["item_id"].to_list())
     cutoff = snapshot.cutoff
     offline = assemble_propensity(pairs, propensity_tables(events.filter(pl.col("event_time") < cutoff), catalog,
                                                            cutoff, pairs))
@@ -139,7 +140,7 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
     if asked.height == 0 or snapshot is None:
         return asked.clear()
     pairs = asked.with_row_index("_a").explode("items").select("_a", "user_id", pl.col("items").alias("item_id"))
-    dense = snapshot.propensity_inputs(pairs["user_id"].to_list(), pairs["item_id"].to_list())
+    dense = propensity_inputs(snapshot, pairs["user_id"].to_list(), pairs["item_id"].to_list())
     with tempfile.TemporaryDirectory() as tmp:
         probs = logreg_probabilities(champion["client"], champion["run"].info.run_id,
                                      dense.select(*PROPENSITY_DENSE).to_numpy().astype(np.float32), tmp)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import bentoml
 
-from pipeline.serving.api import Metadata, Probabilities, PropensityRequest
+from pipeline.families.purchase_propensity.serving import Probabilities, PropensityRequest
+from pipeline.serving.api import Metadata
 from pipeline.serving.common import (
     BATCHING,
     PUBLIC_SERVICE_CONFIG,
@@ -31,8 +32,8 @@ class _Engine:
 
     def __init__(self, model, snapshot, version: str) -> None:
         """``model`` a BentoML model or tag; ``snapshot`` a stored BentoML model."""
+        from pipeline.families.purchase_propensity.serving import PropensityScorer
         from pipeline.serving.batching import MicroBatcher
-        from pipeline.serving.compute import PropensityScorer
         from pipeline.serving.snapshot import FeatureSnapshot
 
         # The pyfunc's own predict, without MLflow's per-call schema check: the rows are built here.
@@ -85,4 +86,4 @@ class PropensityService:
         self.traffic.close()
 
 
-PropensityService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented
+PropensityService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # added by @bentoml.service   # JSON only, bounded, errors as documented

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import bentoml
 
-from pipeline.serving.api import MAX_HISTORY, MAX_K, Metadata, Recommendation, RecommendRequest
+from pipeline.families.next_item.serving import MAX_HISTORY, MAX_K, Recommendation, RecommendRequest, Row
+from pipeline.serving.api import Metadata
 from pipeline.serving.common import (
     BATCHING,
     PUBLIC_SERVICE_CONFIG,
@@ -26,7 +27,6 @@ from pipeline.serving.common import (
     overloaded_as_503,
     torch_threads,
 )
-from pipeline.serving.compute import Row
 from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("next_item")
@@ -38,30 +38,31 @@ class _Engine:
 
     def __init__(self, model, snapshot, states, version: str) -> None:
         """``model`` a BentoML model or tag; ``snapshot`` and ``states`` stored BentoML models."""
+        from pipeline.families.next_item.serving import Histories, NextItemRanker
         from pipeline.families.next_item.states import UserStateTable
         from pipeline.serving.batching import MicroBatcher
-        from pipeline.serving.compute import NextItemRanker
         from pipeline.serving.snapshot import FeatureSnapshot
 
         # The pyfunc's own methods, without MLflow's per-call input schema check: the rows are
         # built here, always valid (the parity check proves the answers are the evaluated ones).
         self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(snapshot.path)
+        self.histories = self.snapshot.view(Histories)
         self.states = UserStateTable(states.path)
         self.ranker = NextItemRanker(self.pyfunc, self.snapshot, self.states)
         self.batcher = MicroBatcher(self.ranker.rank_rows, **BATCHING.batcher_args())
         self.version = str(version)
 
     async def answer(self, request: RecommendRequest) -> Recommendation:
-        known = request.user_id is not None and self.snapshot.knows(request.user_id)
+        known = request.user_id is not None and self.histories.knows(request.user_id)
         state_row = self.states.row(request.user_id) if known and not request.history else None
         history = None
         if state_row is None:
-            history = self.snapshot.served_history(request.user_id, request.history, MAX_HISTORY)
+            history = self.histories.served_history(request.user_id, request.history, MAX_HISTORY)
         excluded = list(dict.fromkeys(request.exclude))
         if request.exclude_purchased and known:
             seen = set(excluded)
-            excluded += [i for i in self.snapshot.purchased(request.user_id) if i not in seen]
+            excluded += [i for i in self.histories.purchased(request.user_id) if i not in seen]
         with overloaded_as_503():
             items, scores, source = await self.batcher(Row(state_row, history, request.k, excluded))
         reason = None
@@ -106,7 +107,7 @@ class NextItemService:
         self.traffic.close()
 
 
-NextItemService.add_asgi_middleware(RequestGuard)   # JSON only, bounded, errors as documented
+NextItemService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # added by @bentoml.service   # JSON only, bounded, errors as documented
 
 
 __all__ = ["MAX_K", "NextItemService"]
