@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 def _run(args: list[str], env: dict[str, str], log: Path) -> float:
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, stdout=out,
-                              stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        ).returncode
     if code != 0:
         sys.exit(f"`python -m pipeline {' '.join(args)}` failed ({code}); see {log}")
     return time.perf_counter() - start
@@ -54,18 +55,32 @@ def main() -> None:
     env["SHOPML_HOME"] = str(home)
     env.pop("BENTOML_HOME", None)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section in ("train_recommender", "train_propensity"):   # whichever --model trains
+    for section in ("train_recommender", "train_propensity"):  # whichever --model trains
         params[section]["epochs"] = args.epochs
     (home / "params.yaml").write_text(yaml.safe_dump(params))
     env["SHOPML_PARAMS"] = str(home / "params.yaml")
     try:
-        t = _run(["generate", "--start-date", "2026-11-01", "--days", str(args.days), "--events-per-day",
-                  str(args.events // args.days), "--initial-users", str(args.users), "--initial-items",
-                  str(args.items)], env, home / "generate.log")
+        t = _run(
+            [
+                "generate",
+                "--start-date",
+                "2026-11-01",
+                "--days",
+                str(args.days),
+                "--events-per-day",
+                str(args.events // args.days),
+                "--initial-users",
+                str(args.users),
+                "--initial-items",
+                str(args.items),
+            ],
+            env,
+            home / "generate.log",
+        )
         print(f"generate: {args.events:,} events over {args.days} days in {t:.0f} s")
         t = _run(["run", "--start", "2026-11-01", "--days", str(args.days)], env, home / "run.log")
         print(f"ingest + validate + version: {t:.0f} s")
-        _run(["airflow", "db", "migrate"], env, home / "migrate.log")   # not part of a retrain
+        _run(["airflow", "db", "migrate"], env, home / "migrate.log")  # not part of a retrain
 
         log = home / "retrain.log"
         wall = _run(["airflow", "dags", "test", f"retrain_{args.model}"], env, log)
@@ -80,8 +95,10 @@ def main() -> None:
             print(f"  (skipped by the gate: {', '.join(skipped)})")
         decision = re.search(r"gate decision: (\w+)", text)
         print(f"  gate decision: {decision.group(1) if decision else 'unknown'}")
-        print(f"Airflow overhead: {wall - work:.1f} s of {wall:.1f} s ({(wall - work) / wall:.0%}); "
-              f"{(wall - work) / max(len(stages), 1):.1f} s per task")
+        print(
+            f"Airflow overhead: {wall - work:.1f} s of {wall:.1f} s ({(wall - work) / wall:.0%}); "
+            f"{(wall - work) / max(len(stages), 1):.1f} s per task"
+        )
     finally:
         if args.keep:
             print(f"kept {home}")

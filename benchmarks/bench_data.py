@@ -31,13 +31,23 @@ def _child(stage: str, home: Path, events: int) -> dict:
     if stage == "generate":
         from pipeline.data.generate import generate_shop_data
 
-        params = GenerateParams(seed=1, start_date=DAY, days=1, events_per_day=events,
-                                initial_users=max(4000, events // 25),
-                                initial_items=min(50_000, max(3000, events // 200)), format="parquet")
+        params = GenerateParams(
+            seed=1,
+            start_date=DAY,
+            days=1,
+            events_per_day=events,
+            initial_users=max(4000, events // 25),
+            initial_items=min(50_000, max(3000, events // 200)),
+            format="parquet",
+        )
         rows = generate_shop_data(params, paths.landing)[0].events
     elif stage == "ingest":
-        rows = ingest_events(Interval.for_day(DAY), "landing/events/events-{date}.parquet", paths,
-                             catalog_source="landing/catalog/catalog-{date}.parquet").rows_accepted
+        rows = ingest_events(
+            Interval.for_day(DAY),
+            "landing/events/events-{date}.parquet",
+            paths,
+            catalog_source="landing/catalog/catalog-{date}.parquet",
+        ).rows_accepted
     else:
         from pipeline.data.validate import validate_batch
 
@@ -62,16 +72,22 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="shopml-bench-") as home:
             totals = 0.0
             for stage in ("generate", "ingest", "validate"):
-                out = subprocess.run([sys.executable, "-m", "benchmarks.bench_data", "--child", stage, home, str(size)],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.bench_data", "--child", stage, home, str(size)],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     print(out.stderr[-3000:], file=sys.stderr)
                     return 1
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 if stage != "generate":
                     totals += r["seconds"]
-                print(f"{size:>11,} {stage:>9} {r['rows']:>11,} {r['seconds']:>8.1f} "
-                      f"{r['rows'] / r['seconds']:>11,.0f} {r['peak_bytes'] / 2**30:>7.2f}GiB", flush=True)
+                print(
+                    f"{size:>11,} {stage:>9} {r['rows']:>11,} {r['seconds']:>8.1f} "
+                    f"{r['rows'] / r['seconds']:>11,.0f} {r['peak_bytes'] / 2**30:>7.2f}GiB",
+                    flush=True,
+                )
             print(f"{size:>11,} {'ingest+validate':>21} {totals:>8.1f}s")
     return 0
 

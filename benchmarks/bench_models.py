@@ -45,8 +45,7 @@ BEAUTY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "am
 # Published on this very file (full-catalog ranking, leave-last-out).
 PUBLISHED = {
     "SASRec, sampled softmax 256 negatives (eSASRec paper, 2025)": {"recall_at_10": 0.0921, "ndcg_at_10": 0.0531},
-    "BSARec (AAAI 2024)": {"recall_at_10": 0.1008, "ndcg_at_10": 0.0611, "recall_at_20": 0.1373,
-                           "ndcg_at_20": 0.0703},
+    "BSARec (AAAI 2024)": {"recall_at_10": 0.1008, "ndcg_at_10": 0.0611, "recall_at_20": 0.1373, "ndcg_at_20": 0.0703},
 }
 METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_20", "ndcg_at_20")
 # Published on the full Diginetica split of SR-GNN's preprocessing (``benchmarks/sessions.py``),
@@ -68,7 +67,7 @@ def read_sequences(path: Path) -> list[np.ndarray]:
             items = [int(x) + 1 for x in fields[1:]]
         except ValueError as exc:
             raise SystemExit(f"{path}:{number}: not 'user item item ...' with integer item ids ({exc})") from None
-        if len(items) >= 3:          # a training, a validation and a test item at least
+        if len(items) >= 3:  # a training, a validation and a test item at least
             seqs.append(np.asarray(items, dtype=np.int64))
     if not seqs:
         raise SystemExit(f"{path}: no user with three or more items")
@@ -76,8 +75,11 @@ def read_sequences(path: Path) -> list[np.ndarray]:
 
 
 def _examples(histories: list[np.ndarray], targets, max_len: int) -> NextItemExamples:
-    return NextItemExamples([str(u) for u in range(len(histories))],
-                            np.stack([left_pad(h, max_len) for h in histories]), np.asarray(targets, dtype=np.int64))
+    return NextItemExamples(
+        [str(u) for u in range(len(histories))],
+        np.stack([left_pad(h, max_len) for h in histories]),
+        np.asarray(targets, dtype=np.int64),
+    )
 
 
 def session_metrics(scorer, examples: NextItemExamples, batch: int = 1024) -> dict[str, float]:
@@ -90,8 +92,11 @@ def session_metrics(scorer, examples: NextItemExamples, batch: int = 1024) -> di
     histories, targets = torch.from_numpy(examples.histories), torch.from_numpy(examples.targets)
     with torch.no_grad():
         for i in range(0, targets.numel(), batch):
-            ranks.append(target_ranks(scorer(histories[i:i + batch].to(device)),
-                                      targets[i:i + batch].to(device)).cpu().numpy())
+            ranks.append(
+                target_ranks(scorer(histories[i : i + batch].to(device)), targets[i : i + batch].to(device))
+                .cpu()
+                .numpy()
+            )
     r = np.concatenate(ranks)
     return {"p_at_20": float((r < 20).mean()), "mrr_at_20": float(np.where(r < 20, 1.0 / (r + 1), 0.0).mean())}
 
@@ -111,20 +116,25 @@ def session_data(folder: Path, max_len: int, valid_share: float = 0.1):
         raise SystemExit(f"{folder}: too few training sessions to hold out validation sessions")
     valid_h = [s[:i] for s in held for i in range(1, s.size)]
     valid_t = [s[i] for s in held for i in range(1, s.size)]
-    train_seqs = {str(u): s + 1 for u, s in enumerate(learn)}     # 0 pads, 1 is the unknown item
+    train_seqs = {str(u): s + 1 for u, s in enumerate(learn)}  # 0 pads, 1 is the unknown item
     valid = _examples([h + 1 for h in valid_h], np.asarray(valid_t) + 1, max_len)
     test = _examples([p + 1 for p in data.test_prefixes], data.test_labels + 1, max_len)
-    print(f"{folder}: {len(data.train)} training sessions ({len(learn)} to learn from, {len(held)} held out "
-          f"for validation: {len(valid_t)} examples), {len(data.test_labels)} test examples, "
-          f"{data.n_items - 1} items")
+    print(
+        f"{folder}: {len(data.train)} training sessions ({len(learn)} to learn from, {len(held)} held out "
+        f"for validation: {len(valid_t)} examples), {len(data.test_labels)} test examples, "
+        f"{data.n_items - 1} items"
+    )
     return train_seqs, valid, test, data.n_items + 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=BEAUTY)
-    parser.add_argument("--sessions", type=Path, help="an SR-GNN session folder (all_train_seq.txt, test.txt) "
-                        "instead of --data; reports P@20 and MRR@20")
+    parser.add_argument(
+        "--sessions",
+        type=Path,
+        help="an SR-GNN session folder (all_train_seq.txt, test.txt) instead of --data; reports P@20 and MRR@20",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, default=200, help="at most; early stopping on validation NDCG@10")
@@ -136,8 +146,12 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--loss", choices=("full", "sampled"), default="full")
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="torch.compile the model (auto: on CUDA, where it pays off)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the model (auto: on CUDA, where it pays off)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="write {model: {metric: mean}} here")
     args = parser.parse_args()
@@ -163,31 +177,54 @@ def main() -> int:
     started = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         torch.manual_seed(seed)
-        model = SASRec(SASRecConfig(n_items=n_items, max_len=args.max_len, dim=args.dim, layers=args.layers,
-                                    dropout=args.dropout, loss=args.loss))
+        model = SASRec(
+            SASRecConfig(
+                n_items=n_items,
+                max_len=args.max_len,
+                dim=args.dim,
+                layers=args.layers,
+                dropout=args.dropout,
+                loss=args.loss,
+            )
+        )
         if args.loss == "sampled":
             model.set_item_counts(torch.bincount(windows[:, 1:].reshape(-1), minlength=n_items))
         start = time.perf_counter()
         result = train(
-            model, windows, lambda m, b: m(b[:, :-1], b[:, 1:]),
+            model,
+            windows,
+            lambda m, b: m(b[:, :-1], b[:, 1:]),
             lambda m: evaluate_scorer(m, valid)["ndcg_at_10"],
-            TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                        seed=seed, device=args.device, compile={"auto": "auto", "on": True, "off": False}[args.compile],
-                        progress=False),
+            TrainConfig(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                patience=args.patience,
+                seed=seed,
+                device=args.device,
+                compile={"auto": "auto", "on": True, "off": False}[args.compile],
+                progress=False,
+            ),
         )
         seconds = time.perf_counter() - start
         model.eval()
         beta, curve = choose_beta(model, cooc, lambda m: evaluate_scorer(m, valid)["ndcg_at_10"])
         runs.setdefault("sasrec", []).append(score(model, test))
         runs.setdefault("sasrec_cooc_blend", []).append(score(BlendedRecommender(model, cooc, beta), test))
-        print(f"seed {seed}: {result.epochs_run} epochs in {seconds:.0f} s on {result.device} "
-              f"({seconds / max(result.epochs_run, 1):.1f} s/epoch, {result.samples_per_second:,.0f} sequences/s), "
-              f"best epoch {result.best_epoch + 1} (validation NDCG@10 {result.best_metric:.4f}); blend weight "
-              f"{beta:g} (validation NDCG@10 {curve[beta]:.4f}; by weight: "
-              + ", ".join(f"{b:g}: {v:.4f}" for b, v in curve.items()) + ")", flush=True)
+        print(
+            f"seed {seed}: {result.epochs_run} epochs in {seconds:.0f} s on {result.device} "
+            f"({seconds / max(result.epochs_run, 1):.1f} s/epoch, {result.samples_per_second:,.0f} sequences/s), "
+            f"best epoch {result.best_epoch + 1} (validation NDCG@10 {result.best_metric:.4f}); blend weight "
+            f"{beta:g} (validation NDCG@10 {curve[beta]:.4f}; by weight: "
+            + ", ".join(f"{b:g}: {v:.4f}" for b, v in curve.items())
+            + ")",
+            flush=True,
+        )
     if args.seeds:
-        print(f"time to converge (early stopping included), mean over seeds: "
-              f"{(time.perf_counter() - started) / args.seeds:.0f} s per seed")
+        print(
+            f"time to converge (early stopping included), mean over seeds: "
+            f"{(time.perf_counter() - started) / args.seeds:.0f} s per seed"
+        )
 
     print(f"\n{'model':>20} " + " ".join(f"{m:>17}" for m in metrics) + "   (test, mean ± std over seeds)")
     summary = {}
@@ -195,11 +232,12 @@ def main() -> int:
         values = {m: np.array([r[m] for r in results]) for m in metrics}
         summary[name] = {m: float(v.mean()) for m, v in values.items()}
         print(f"{name:>20} " + " ".join(f"{v.mean():>9.4f} ± {v.std():.4f}" for v in values.values()))
-    published = (PUBLISHED_SESSIONS if args.sessions else
-                 PUBLISHED if args.data.resolve() == BEAUTY.resolve() else {})
+    published = PUBLISHED_SESSIONS if args.sessions else PUBLISHED if args.data.resolve() == BEAUTY.resolve() else {}
     if published:
-        print("\npublished" + (" on the full Diginetica split (SR-GNN preprocessing):" if args.sessions
-                                else " on this file:"))
+        print(
+            "\npublished"
+            + (" on the full Diginetica split (SR-GNN preprocessing):" if args.sessions else " on this file:")
+        )
         for name, figures in published.items():
             print(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
     if args.json:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pipeline.data.predictions import read_predictions
 from pipeline.serving.predlog import PredictionLog
 
-HISTORY = [f"h{j}" for j in range(10)]   # a sent session history, as a replayed request carries
+HISTORY = [f"h{j}" for j in range(10)]  # a sent session history, as a replayed request carries
 
 
 def _answers(log: PredictionLog, n: int, offset: int, times: list[float]) -> None:
@@ -35,8 +35,17 @@ def _answers(log: PredictionLog, n: int, offset: int, times: list[float]) -> Non
     ts = datetime(2026, 11, 5, 12, tzinfo=timezone.utc)
     for i in range(n):
         start = time.perf_counter()
-        log.record(request_id=f"r{offset + i}", ts=ts, model_version="1", role="champion", user_id=f"u{i % 5000}",
-                   items=items, scores=scores, source="model", history=HISTORY)
+        log.record(
+            request_id=f"r{offset + i}",
+            ts=ts,
+            model_version="1",
+            role="champion",
+            user_id=f"u{i % 5000}",
+            items=items,
+            scores=scores,
+            source="model",
+            history=HISTORY,
+        )
         times.append(time.perf_counter() - start)
 
 
@@ -51,8 +60,17 @@ def paced(log: PredictionLog, rate: float, seconds: float) -> list[float]:
         if now < due:
             time.sleep(due - now)
         t0 = time.perf_counter()
-        log.record(request_id=f"p{i}", ts=ts, model_version="1", role="champion", user_id=f"u{i % 5000}",
-                   items=items, scores=scores, source="model", history=HISTORY)
+        log.record(
+            request_id=f"p{i}",
+            ts=ts,
+            model_version="1",
+            role="champion",
+            user_id=f"u{i % 5000}",
+            items=items,
+            scores=scores,
+            source="model",
+            history=HISTORY,
+        )
         times.append(time.perf_counter() - t0)
         i += 1
     return times
@@ -70,8 +88,10 @@ def main() -> int:
         per_thread = args.answers // args.threads
         times: list[list[float]] = [[] for _ in range(args.threads)]
         started = time.perf_counter()
-        workers = [threading.Thread(target=_answers, args=(log, per_thread, t * per_thread, times[t]))
-                   for t in range(args.threads)]
+        workers = [
+            threading.Thread(target=_answers, args=(log, per_thread, t * per_thread, times[t]))
+            for t in range(args.threads)
+        ]
         for w in workers:
             w.start()
         for w in workers:
@@ -81,29 +101,37 @@ def main() -> int:
         written = time.perf_counter() - started
         back = read_predictions(tmp, "next_item", "2026-11-05").height
         flat = sorted(t for part in times for t in part)
-        p = lambda q, values=flat: values[min(len(values) - 1, int(q * len(values)))] * 1e6   # noqa: E731
-        print(f"record() in a tight loop, {len(flat):,} answers from {args.threads} threads at once (worst case): "
-              f"p50 {p(0.5):.1f} us, "
-              f"p99 {p(0.99):.1f} us, max {flat[-1] * 1e6:.0f} us, mean {statistics.fmean(flat) * 1e6:.1f} us")
-        print(f"written: {log.written:,} answers ({back:,} read back) in {written:.2f} s from the first record "
-              f"({log.written / written:,.0f} answers/s; recording alone took {recorded:.2f} s); dropped "
-              f"{dict(log.dropped) or 0}")
+        p = lambda q, values=flat: values[min(len(values) - 1, int(q * len(values)))] * 1e6  # noqa: E731
+        print(
+            f"record() in a tight loop, {len(flat):,} answers from {args.threads} threads at once (worst case): "
+            f"p50 {p(0.5):.1f} us, "
+            f"p99 {p(0.99):.1f} us, max {flat[-1] * 1e6:.0f} us, mean {statistics.fmean(flat) * 1e6:.1f} us"
+        )
+        print(
+            f"written: {log.written:,} answers ({back:,} read back) in {written:.2f} s from the first record "
+            f"({log.written / written:,.0f} answers/s; recording alone took {recorded:.2f} s); dropped "
+            f"{dict(log.dropped) or 0}"
+        )
 
         steady = PredictionLog(tmp + "/paced", "next_item", flush_seconds=1.0)
         flat = sorted(paced(steady, args.rate, args.seconds))
         steady.close()
-        print(f"paced: {args.rate:,.0f} answers/s from one thread for {args.seconds:g} s, files every second: "
-              f"record() p50 {p(0.5, flat):.1f} us, p99 {p(0.99, flat):.1f} us, p99.9 {p(0.999, flat):.1f} us, "
-              f"max {flat[-1] * 1e6:.0f} us; {steady.written:,} written")
+        print(
+            f"paced: {args.rate:,.0f} answers/s from one thread for {args.seconds:g} s, files every second: "
+            f"record() p50 {p(0.5, flat):.1f} us, p99 {p(0.99, flat):.1f} us, p99.9 {p(0.999, flat):.1f} us, "
+            f"max {flat[-1] * 1e6:.0f} us; {steady.written:,} written"
+        )
 
         burst = PredictionLog(tmp + "/burst", "next_item", capacity=1_000, flush_seconds=60.0)
-        burst.close()            # a sink that never drains: the queue fills, then every answer is dropped
+        burst.close()  # a sink that never drains: the queue fills, then every answer is dropped
         times = [[]]
         _answers(burst, 10_000, 0, times[0])
         flat = sorted(times[0])
-        print(f"a full queue (1,000) under a burst of 10,000: {burst.queue.qsize():,} held, dropped "
-              f"{dict(burst.dropped)}; record() p99 {flat[int(0.99 * len(flat))] * 1e6:.1f} us, max "
-              f"{flat[-1] * 1e6:.0f} us")
+        print(
+            f"a full queue (1,000) under a burst of 10,000: {burst.queue.qsize():,} held, dropped "
+            f"{dict(burst.dropped)}; record() p99 {flat[int(0.99 * len(flat))] * 1e6:.1f} us, max "
+            f"{flat[-1] * 1e6:.0f} us"
+        )
     return 0
 
 

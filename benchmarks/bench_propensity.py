@@ -17,8 +17,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-UCI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "uci_online_retail" / \
-    "online_retail_by_day_concat.csv"
+UCI = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "data"
+    / "uci_online_retail"
+    / "online_retail_by_day_concat.csv"
+)
 
 
 def main() -> int:
@@ -35,25 +40,39 @@ def main() -> int:
         start = time.perf_counter()
         interval = Interval(datetime(2010, 12, 1, tzinfo=timezone.utc), datetime(2011, 12, 10, tzinfo=timezone.utc))
         ingested = ingest_events(interval, str(UCI), paths, adapter_name="uci_online_retail")
-        print(f"ingested {ingested.rows_accepted:,} purchases of {ingested.rows_read:,} rows in "
-              f"{time.perf_counter() - start:.1f}s")
-        events, catalog = load_events(paths.staging), catalog_history(paths.staging)   # point in time
-        params = TrainPropensityParams(valid_days=14, test_days=14, horizon_days=14, lookback_days=28,
-                                       cutoff_stride_days=7, epochs=20, batch_size=512, patience=4)
+        print(
+            f"ingested {ingested.rows_accepted:,} purchases of {ingested.rows_read:,} rows in "
+            f"{time.perf_counter() - start:.1f}s"
+        )
+        events, catalog = load_events(paths.staging), catalog_history(paths.staging)  # point in time
+        params = TrainPropensityParams(
+            valid_days=14,
+            test_days=14,
+            horizon_days=14,
+            lookback_days=28,
+            cutoff_stride_days=7,
+            epochs=20,
+            batch_size=512,
+            patience=4,
+        )
         start = time.perf_counter()
         fit = fit_propensity(propensity_features(events, catalog, params), params)
-        print(f"rows: {fit.data['data.train_rows']:,} train ({fit.data['data.cutoffs']} cutoffs, "
-              f"{fit.data['data.train_positive_rate']:.3f} positive), {fit.data['data.valid_rows']:,} valid, "
-              f"{fit.data['data.test_rows']:,} test; fit in {time.perf_counter() - start:.0f}s, "
-              f"DCN-v2 {fit.result.samples_per_second:,.0f} rows/s on {fit.result.device}, "
-              f"best epoch {fit.result.best_epoch + 1}")
+        print(
+            f"rows: {fit.data['data.train_rows']:,} train ({fit.data['data.cutoffs']} cutoffs, "
+            f"{fit.data['data.train_positive_rate']:.3f} positive), {fit.data['data.valid_rows']:,} valid, "
+            f"{fit.data['data.test_rows']:,} test; fit in {time.perf_counter() - start:.0f}s, "
+            f"DCN-v2 {fit.result.samples_per_second:,.0f} rows/s on {fit.result.device}, "
+            f"best epoch {fit.result.best_epoch + 1}"
+        )
         m = fit.metrics
         print(f"{'model':>20} {'AUC':>7} {'log loss':>9}")
         print(f"{'DCN-v2 (calibrated)':>20} {m['test_auc']:>7.4f} {m['test_log_loss']:>9.4f}")
         print(f"{'logistic regression':>20} {m['baseline_logreg_auc']:>7.4f} {m['baseline_logreg_log_loss']:>9.4f}")
         ids = "with" if m["baseline_lightgbm_reads_ids"] else "without"
-        print(f"{'LightGBM':>20} {m['baseline_lightgbm_auc']:>7.4f} {m['baseline_lightgbm_log_loss']:>9.4f}"
-              f"   (ids as categorical features or not, chosen on validation: {ids})")
+        print(
+            f"{'LightGBM':>20} {m['baseline_lightgbm_auc']:>7.4f} {m['baseline_lightgbm_log_loss']:>9.4f}"
+            f"   (ids as categorical features or not, chosen on validation: {ids})"
+        )
     return 0
 
 

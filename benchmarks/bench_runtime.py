@@ -54,8 +54,9 @@ def random_sasrec(items: int):
 
     p = TrainRecommenderParams()
     torch.manual_seed(0)
-    return SASRec(SASRecConfig(n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers,
-                               dropout=p.dropout)).eval()
+    return SASRec(
+        SASRecConfig(n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers, dropout=p.dropout)
+    ).eval()
 
 
 def histories(n: int, items: int, max_len: int, seed: int = 0) -> torch.Tensor:
@@ -83,8 +84,9 @@ def runtimes(sasrec, example: torch.Tensor) -> dict[str, object]:
             out["torchscript"] = torch.jit.trace(StateModule(sasrec).eval(), example, check_trace=False)
     except Exception as exc:
         out["torchscript"] = f"unavailable: {type(exc).__name__}: {str(exc)[:120]}"
-    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(StateModule(sasrec)).eval(), {nn.Linear},
-                                                       dtype=torch.qint8)
+    quantized = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(StateModule(sasrec)).eval(), {nn.Linear}, dtype=torch.qint8
+    )
 
     def int8(seq: torch.Tensor) -> torch.Tensor:
         # The transformer layers' fused fast path reads the linear layers' weights as tensors,
@@ -101,8 +103,14 @@ def runtimes(sasrec, example: torch.Tensor) -> dict[str, object]:
         import onnxruntime as ort
 
         path = Path(tempfile.mkdtemp()) / "state.onnx"
-        torch.onnx.export(StateModule(sasrec).eval(), (example,), str(path), input_names=["seq"],
-                          output_names=["state"], dynamic_shapes={"seq": {0: torch.export.Dim("batch")}})
+        torch.onnx.export(
+            StateModule(sasrec).eval(),
+            (example,),
+            str(path),
+            input_names=["seq"],
+            output_names=["state"],
+            dynamic_shapes={"seq": {0: torch.export.Dim("batch")}},
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -156,8 +164,10 @@ def main() -> None:
     with torch.no_grad():
         reference_states = sasrec.user_state(probe)
     ref_scores, ref_top = top10(model, reference_states, probe)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SASRec over {n_items:,} items, "
-          f"dim {sasrec.config.dim}, {sasrec.config.layers} layers, histories of {max_len}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; SASRec over {n_items:,} items, "
+        f"dim {sasrec.config.dim}, {sasrec.config.layers} layers, histories of {max_len}"
+    )
     print(f"{'runtime':<12} {'batch 1 rows/s':>15} {'batch 64 rows/s':>16} {'same top-10':>12} {'max |diff|':>11}")
     report = {}
     for name, fn in found.items():
@@ -168,14 +178,23 @@ def main() -> None:
         one = rows_per_second(fn, probe[:1], args.seconds)
         many = rows_per_second(fn, probe[:64], args.seconds)
         with torch.no_grad():
-            states = torch.cat([fn(probe[i:i + 64]) for i in range(0, len(probe), 64)])
+            states = torch.cat([fn(probe[i : i + 64]) for i in range(0, len(probe), 64)])
         scores, top = top10(model, states, probe)
         same = float((top == ref_top).all(dim=1).float().mean())
         worst = float((scores - ref_scores).abs().max())
-        report[name] = {"available": True, "batch1_rows_per_s": one, "batch64_rows_per_s": many,
-                        "same_top10": same, "max_abs_diff": worst, "passes_parity": same == 1.0 and worst <= TOLERANCE}
-        print(f"{name:<12} {one:>15,.0f} {many:>16,.0f} {same:>12.1%} {worst:>11.2e}"
-              f"{'' if report[name]['passes_parity'] else '  (fails parity)'}", flush=True)
+        report[name] = {
+            "available": True,
+            "batch1_rows_per_s": one,
+            "batch64_rows_per_s": many,
+            "same_top10": same,
+            "max_abs_diff": worst,
+            "passes_parity": same == 1.0 and worst <= TOLERANCE,
+        }
+        print(
+            f"{name:<12} {one:>15,.0f} {many:>16,.0f} {same:>12.1%} {worst:>11.2e}"
+            f"{'' if report[name]['passes_parity'] else '  (fails parity)'}",
+            flush=True,
+        )
 
     if pyfunc is not None and args.home:
         from pipeline.core.settings import get_state_paths
@@ -198,12 +217,17 @@ def main() -> None:
             finally:
                 sasrec.__dict__.pop("user_state", None)
             report[name]["ndcg_at_10"], report[name]["recall_at_10"] = metrics["ndcg_at_10"], metrics["recall_at_10"]
-            print(f"offline test set, {name}: NDCG@10 {metrics['ndcg_at_10']:.4f}, Recall@10 "
-                  f"{metrics['recall_at_10']:.4f}")
-    fastest = max((n for n, r in report.items() if r.get("passes_parity")),
-                  key=lambda n: report[n]["batch64_rows_per_s"])
-    print(f"fastest runtime that passes parity: {fastest} "
-          f"({report[fastest]['batch64_rows_per_s'] / report['eager']['batch64_rows_per_s']:.2f}x eager at batch 64)")
+            print(
+                f"offline test set, {name}: NDCG@10 {metrics['ndcg_at_10']:.4f}, Recall@10 "
+                f"{metrics['recall_at_10']:.4f}"
+            )
+    fastest = max(
+        (n for n, r in report.items() if r.get("passes_parity")), key=lambda n: report[n]["batch64_rows_per_s"]
+    )
+    print(
+        f"fastest runtime that passes parity: {fastest} "
+        f"({report[fastest]['batch64_rows_per_s'] / report['eager']['batch64_rows_per_s']:.2f}x eager at batch 64)"
+    )
     print(json.dumps(report))
 
 

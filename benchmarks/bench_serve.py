@@ -55,18 +55,25 @@ def synthetic_shop(items: int, users: int, seed: int = 0):
     n = int(lengths.sum())
     ranks = np.minimum(rng.zipf(1.2, n), items) - 1
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    events = pl.DataFrame({
-        "event_time": [start + timedelta(seconds=float(s)) for s in np.sort(rng.uniform(0, 7 * 86400, n))],
-        "user_id": np.repeat([f"u{u}" for u in range(users)], lengths),
-        "session_id": np.repeat([f"s{u}" for u in range(users)], lengths),
-        "item_id": [f"i{r}" for r in ranks],
-        "event_type": rng.choice(["view", "add_to_cart", "purchase"], n, p=[0.85, 0.1, 0.05]),
-        "price": rng.uniform(1, 100, n), "quantity": np.ones(n, dtype=np.int64),
-    })
-    catalog = pl.DataFrame({"item_id": [f"i{i}" for i in range(items)],
-                            "category": [f"c{i % 50}" for i in range(items)],
-                            "brand": [f"b{i % 300}" for i in range(items)],
-                            "price": rng.uniform(1, 100, items)})
+    events = pl.DataFrame(
+        {
+            "event_time": [start + timedelta(seconds=float(s)) for s in np.sort(rng.uniform(0, 7 * 86400, n))],
+            "user_id": np.repeat([f"u{u}" for u in range(users)], lengths),
+            "session_id": np.repeat([f"s{u}" for u in range(users)], lengths),
+            "item_id": [f"i{r}" for r in ranks],
+            "event_type": rng.choice(["view", "add_to_cart", "purchase"], n, p=[0.85, 0.1, 0.05]),
+            "price": rng.uniform(1, 100, n),
+            "quantity": np.ones(n, dtype=np.int64),
+        }
+    )
+    catalog = pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(items)],
+            "category": [f"c{i % 50}" for i in range(items)],
+            "brand": [f"b{i % 300}" for i in range(items)],
+            "price": rng.uniform(1, 100, items),
+        }
+    )
     return events, catalog
 
 
@@ -84,8 +91,9 @@ def save_recommender(directory: Path, items: int, sequences: list[list[str]]) ->
     from pipeline.families.next_item.pyfunc import pyfunc_model_args
 
     p = TrainRecommenderParams()
-    config = SASRecConfig(n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers,
-                          dropout=p.dropout)
+    config = SASRecConfig(
+        n_items=items + 2, max_len=p.max_len, dim=p.dim, heads=p.heads, layers=p.layers, dropout=p.dropout
+    )
     torch.manual_seed(0)
     sasrec = SASRec(config).eval()
     item_ids = [f"i{i}" for i in range(items)]
@@ -97,8 +105,9 @@ def save_recommender(directory: Path, items: int, sequences: list[list[str]]) ->
     torch.save({"model": sasrec.state_dict(), "model_args": config.to_dict()}, parts / "best.pt")
     example = pd.DataFrame({"history": [item_ids[:5], item_ids[5:7]], "k": [10, 10]})
     out = directory / "recommender"
-    mlflow.pyfunc.save_model(str(out), **pyfunc_model_args(model, item_ids, item_ids[:100], parts / "best.pt",
-                                                           parts, example))
+    mlflow.pyfunc.save_model(
+        str(out), **pyfunc_model_args(model, item_ids, item_ids[:100], parts / "best.pt", parts, example)
+    )
     return out
 
 
@@ -113,21 +122,34 @@ def save_propensity(directory: Path, catalog) -> Path:
     from pipeline.families.purchase_propensity.pyfunc import PropensityPyfunc
 
     p = TrainPropensityParams()
-    config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=(), embedding_dim=p.embedding_dim,
-                       cross_layers=p.cross_layers, hidden=p.hidden, dropout=p.dropout, wide=p.wide,
-                       constant_inputs=p.constant_inputs)
+    config = DCNConfig(
+        n_dense=len(PROPENSITY_DENSE),
+        id_cardinalities=(),
+        embedding_dim=p.embedding_dim,
+        cross_layers=p.cross_layers,
+        hidden=p.hidden,
+        dropout=p.dropout,
+        wide=p.wide,
+        constant_inputs=p.constant_inputs,
+    )
     torch.manual_seed(0)
     model = DCNv2(config).eval()
     parts = directory / "propensity-parts"
     parts.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "model_args": config.to_dict()}, parts / "propensity.pt")
-    vocabs = {"item_idx": catalog["item_id"].to_list(), "category_idx": catalog["category"].unique().to_list(),
-              "brand_idx": catalog["brand"].unique().to_list()}
+    vocabs = {
+        "item_idx": catalog["item_id"].to_list(),
+        "category_idx": catalog["category"].unique().to_list(),
+        "brand_idx": catalog["brand"].unique().to_list(),
+    }
     (parts / "vocabs.json").write_text(json.dumps(vocabs))
     out = directory / "propensity"
-    mlflow.pyfunc.save_model(str(out), python_model=PropensityPyfunc(),
-                             artifacts={"weights": str(parts / "propensity.pt"), "vocabs": str(parts / "vocabs.json")},
-                             code_paths=[str(REPO / "models"), str(REPO / "pipeline")])
+    mlflow.pyfunc.save_model(
+        str(out),
+        python_model=PropensityPyfunc(),
+        artifacts={"weights": str(parts / "propensity.pt"), "vocabs": str(parts / "vocabs.json")},
+        code_paths=[str(REPO / "models"), str(REPO / "pipeline")],
+    )
     return out
 
 
@@ -142,8 +164,15 @@ def rate(fn, batches: list, seconds: float, rows_per_batch) -> float:
     return done / (time.perf_counter() - start)
 
 
-def ceilings(recommender_path: Path, propensity_path: Path, snapshot_paths: dict[str, Path], states_path: Path,
-             bodies: dict[str, list[dict]], batch: int, seconds: float) -> dict[str, float]:
+def ceilings(
+    recommender_path: Path,
+    propensity_path: Path,
+    snapshot_paths: dict[str, Path],
+    states_path: Path,
+    bodies: dict[str, list[dict]],
+    batch: int,
+    seconds: float,
+) -> dict[str, float]:
     """Requests per second of each path's batch computation, without HTTP: ``pipeline.families.<family>.serving``
     on batches of ``batch`` requests (recommendations) or of the candidates the server puts in one
     batch (propensity: ``batch`` x 16 candidates, at least one request)."""
@@ -156,18 +185,25 @@ def ceilings(recommender_path: Path, propensity_path: Path, snapshot_paths: dict
     from pipeline.serving.snapshot import FeatureSnapshot
 
     states = UserStateTable(states_path)
-    ranker = NextItemRanker(mlflow.pyfunc.load_model(str(recommender_path)).unwrap_python_model(),
-                            FeatureSnapshot.load(snapshot_paths["next_item"]), states)
-    scorer = PropensityScorer(mlflow.pyfunc.load_model(str(propensity_path)).unwrap_python_model(),
-                              FeatureSnapshot.load(snapshot_paths["purchase_propensity"]))
+    ranker = NextItemRanker(
+        mlflow.pyfunc.load_model(str(recommender_path)).unwrap_python_model(),
+        FeatureSnapshot.load(snapshot_paths["next_item"]),
+        states,
+    )
+    scorer = PropensityScorer(
+        mlflow.pyfunc.load_model(str(propensity_path)).unwrap_python_model(),
+        FeatureSnapshot.load(snapshot_paths["purchase_propensity"]),
+    )
 
     def chunks(rows: list, size: int) -> list[list]:
-        return [rows[i:i + size] for i in range(0, max(len(rows) - size, 1), size)]
+        return [rows[i : i + size] for i in range(0, max(len(rows) - size, 1), size)]
 
     known = [Row(states.row(b["user_id"]), None, b["k"], []) for b in bodies["known users"]]
     sent = [Row(None, b["history"], b["k"], []) for b in bodies["sent histories"]]
-    out = {"known users": rate(ranker.rank_rows, chunks(known, batch), seconds, len),
-           "sent histories": rate(ranker.rank_rows, chunks(sent, batch), seconds, len)}
+    out = {
+        "known users": rate(ranker.rank_rows, chunks(known, batch), seconds, len),
+        "sent histories": rate(ranker.rank_rows, chunks(sent, batch), seconds, len),
+    }
     for path in ("propensity 100", "propensity 1000"):
         requests = [PropensityRequest(**b).candidates for b in bodies[path]]
         per_batch = max(1, batch * 16 // len(requests[0]))
@@ -189,14 +225,16 @@ def request_bodies(events, catalog, users: int, n: int = 2000) -> dict[str, list
 
     def candidates(user: str, size: int) -> list[dict]:
         # What a ranking stage sends: the user's own items first, the rest from the catalog.
-        own = touched[user][:size // 4]
+        own = touched[user][: size // 4]
         rest = [items[int(i)] for i in rng.integers(0, len(items), size - len(own))]
         return [{"user_id": user, "item_id": i} for i in own + rest]
 
-    return {"known users": [{"user_id": u, "k": K} for u in who],
-            "sent histories": [{"history": histories[u], "k": K} for u in who],
-            "propensity 100": [{"candidates": candidates(u, 100)} for u in who[:300]],
-            "propensity 1000": [{"candidates": candidates(u, 1000)} for u in who[:60]]}
+    return {
+        "known users": [{"user_id": u, "k": K} for u in who],
+        "sent histories": [{"history": histories[u], "k": K} for u in who],
+        "propensity 100": [{"candidates": candidates(u, 100)} for u in who[:300]],
+        "propensity 1000": [{"candidates": candidates(u, 1000)} for u in who[:60]],
+    }
 
 
 def main() -> None:
@@ -214,7 +252,7 @@ def main() -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
 
     home = Path(tempfile.mkdtemp(prefix="shopml-bench-serve-"))
-    os.environ["BENTOML_HOME"] = str(home / "bentoml")   # before BentoML is imported
+    os.environ["BENTOML_HOME"] = str(home / "bentoml")  # before BentoML is imported
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     try:
         import bentoml
@@ -241,28 +279,49 @@ def main() -> None:
                 write_snapshot_of(spec.snapshot_tables, events, catalog, "synthetic", Path(snapshot.path))
             snapshots[name] = Path(bentoml.models.get(snapshot_tag).path)
             states_tag = user_states(spec, model_tag, snapshot_tag)
-            bento_args = {"model_name": name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
-                          "version": "bench", "run_id": "none", "dataset_version": "synthetic", "git_commit": "bench",
-                          "bento_tag": f"shopml-{name.replace('_', '-')}:bench-{args.items}",
-                          **({"states_tag": states_tag} if states_tag else {})}
+            bento_args = {
+                "model_name": name,
+                "model_tag": model_tag,
+                "snapshot_tag": snapshot_tag,
+                "version": "bench",
+                "run_id": "none",
+                "dataset_version": "synthetic",
+                "git_commit": "bench",
+                "bento_tag": f"shopml-{name.replace('_', '-')}:bench-{args.items}",
+                **({"states_tag": states_tag} if states_tag else {}),
+            }
             bentos[name] = (build(bento_args, spec.service), states_tag)
         states_meta = json.loads((Path(bentoml.models.get(bentos["next_item"][1]).path) / "meta.json").read_text())
-        print(f"setup: {args.items:,} items, {args.users:,} users, {events.height:,} events; user states of "
-              f"{states_meta['users']:,} users packaged in {states_meta['seconds']:.1f} s "
-              f"({time.perf_counter() - t0:.0f} s in all)", flush=True)
+        print(
+            f"setup: {args.items:,} items, {args.users:,} users, {events.height:,} events; user states of "
+            f"{states_meta['users']:,} users packaged in {states_meta['seconds']:.1f} s "
+            f"({time.perf_counter() - t0:.0f} s in all)",
+            flush=True,
+        )
 
-        roof = ceilings(recommender, propensity, snapshots,
-                        Path(bentoml.models.get(bentos["next_item"][1]).path), bodies, args.batch, 4.0)
-        print(f"raw ceilings (no HTTP, {roof['torch_threads']} torch threads, batches of {args.batch} requests, "
-              "propensity: of 1,024 candidates):", flush=True)
+        roof = ceilings(
+            recommender,
+            propensity,
+            snapshots,
+            Path(bentoml.models.get(bentos["next_item"][1]).path),
+            bodies,
+            args.batch,
+            4.0,
+        )
+        print(
+            f"raw ceilings (no HTTP, {roof['torch_threads']} torch threads, batches of {args.batch} requests, "
+            "propensity: of 1,024 candidates):",
+            flush=True,
+        )
         for path in paths_wanted:
             print(f"  {path:<16} {roof[path]:10,.0f} req/s", flush=True)
 
         env = dict(e.split("=", 1) for e in args.env)
         results = []
-        for bento, endpoint, group in (("next_item", "recommend", ("known users", "sent histories")),
-                                       ("purchase_propensity", "purchase_probability",
-                                        ("propensity 100", "propensity 1000"))):
+        for bento, endpoint, group in (
+            ("next_item", "recommend", ("known users", "sent histories")),
+            ("purchase_propensity", "purchase_probability", ("propensity 100", "propensity 1000")),
+        ):
             group = [p for p in group if p in paths_wanted]
             if not group:
                 continue
@@ -271,28 +330,51 @@ def main() -> None:
                     body_file = home / f"{path.replace(' ', '-')}.json"
                     body_file.write_text(json.dumps(bodies[path]))
                     for c in levels:
-                        out = subprocess.run([sys.executable, "-m", "benchmarks.load_client", "--url",
-                                              f"{url}/{endpoint}", "--bodies", str(body_file), "--concurrency",
-                                              str(c), "--seconds", str(args.seconds)],
-                                             cwd=REPO, capture_output=True, text=True, check=True)
+                        out = subprocess.run(
+                            [
+                                sys.executable,
+                                "-m",
+                                "benchmarks.load_client",
+                                "--url",
+                                f"{url}/{endpoint}",
+                                "--bodies",
+                                str(body_file),
+                                "--concurrency",
+                                str(c),
+                                "--seconds",
+                                str(args.seconds),
+                            ],
+                            cwd=REPO,
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                        )
                         row = {"path": path, **json.loads(out.stdout.strip().splitlines()[-1])}
                         row["of_ceiling"] = row["rps"] / roof[path]
                         results.append(row)
-                        print(f"{path:<16} {c:>4} clients: {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
-                              f"p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                              f"{row['of_ceiling']:6.1%} of ceiling  errors {row['errors']}", flush=True)
+                        print(
+                            f"{path:<16} {c:>4} clients: {row['rps']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+                            f"p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                            f"{row['of_ceiling']:6.1%} of ceiling  errors {row['errors']}",
+                            flush=True,
+                        )
                 import httpx
 
                 stats = httpx.post(f"{url}/metadata", json={}, timeout=30).json()["batching"]
                 per_batch = 1000 * stats["model_seconds"] / max(stats["batches"], 1)
-                print(f"  {bento} server batches: {stats['batches']:,.0f} of {stats['mean_batch']:.1f} rows on "
-                      f"average, largest {stats['largest']:.0f}, {per_batch:.1f} ms each, refused "
-                      f"{stats['overloaded']:.0f} (one worker's figures)", flush=True)
+                print(
+                    f"  {bento} server batches: {stats['batches']:,.0f} of {stats['mean_batch']:.1f} rows on "
+                    f"average, largest {stats['largest']:.0f}, {per_batch:.1f} ms each, refused "
+                    f"{stats['overloaded']:.0f} (one worker's figures)",
+                    flush=True,
+                )
         at = 64 if 64 in levels else max(levels)
         for r in results:
             if r["concurrency"] == at:
-                print(f"{r['path']} at {at} clients: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.0f} ms, "
-                      f"{r['of_ceiling']:.0%} of the raw ceiling")
+                print(
+                    f"{r['path']} at {at} clients: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.0f} ms, "
+                    f"{r['of_ceiling']:.0%} of the raw ceiling"
+                )
         print(json.dumps({"ceilings": roof, "results": results}))
     finally:
         if args.keep:

@@ -25,7 +25,7 @@ from models.propensity import DCNConfig, DCNv2, packed_loss
 from models.sasrec import SASRec, SASRecConfig
 from models.train import TrainConfig, select_device, train
 
-PROPENSITY_IDS = (60_000, 40, 500)   # items, categories, brands
+PROPENSITY_IDS = (60_000, 40, 500)  # items, categories, brands
 N_DENSE = 16
 
 
@@ -54,8 +54,14 @@ def dcn_case(args, rng):
 def measure(case, args, batch_size: int, compile_: bool) -> tuple[float, float, str]:
     torch.manual_seed(0)
     model, data, loss = case(args, np.random.default_rng(0))
-    config = TrainConfig(epochs=args.epochs, batch_size=batch_size, patience=args.epochs, device=args.device,
-                         compile=compile_, progress=False)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=batch_size,
+        patience=args.epochs,
+        device=args.device,
+        compile=compile_,
+        progress=False,
+    )
     start = time.perf_counter()
     result = train(model, data, loss, lambda m: 0.0, config)
     steady = [h["samples_per_second"] for h in result.history[1:]]
@@ -91,8 +97,10 @@ def main() -> int:
             for compile_ in compiles:
                 rate, wall, _ = measure(case, args, batch_size, compile_)
                 print(f"{label:>8} {batch_size:>6} {compile_!s:>8} {rate:>12,.0f} {wall:>7.1f}", flush=True)
-    print(f"SASRec: {args.items:,} items, sequences of {args.max_len}, dim {args.dim}, {args.negatives} shared "
-          f"negatives; DCN-v2: ids {PROPENSITY_IDS}, {N_DENSE} dense features; median of epochs 2..{args.epochs}")
+    print(
+        f"SASRec: {args.items:,} items, sequences of {args.max_len}, dim {args.dim}, {args.negatives} shared "
+        f"negatives; DCN-v2: ids {PROPENSITY_IDS}, {N_DENSE} dense features; median of epochs 2..{args.epochs}"
+    )
     return 0
 
 

@@ -30,6 +30,7 @@ async def _run(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
     measure_from, stop = start + warmup, start + warmup + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
         async def client() -> None:
             nonlocal errors
             while (now := time.perf_counter()) < stop:
@@ -51,9 +52,16 @@ async def _run(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     ms = np.array(latencies) if latencies else np.array([np.nan])
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "error_statuses": statuses,
-            "rps": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "error_statuses": statuses,
+        "rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def main() -> None:

@@ -54,10 +54,10 @@ def _load(path: Path):
 
 
 def _sequence(value, path: Path, where: str) -> np.ndarray:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                       for i in value):
-        raise SessionFormatError(f"{path}: {where} is {type(value).__name__} {str(value)[:60]}, "
-                                 "not a list of integer item ids")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise SessionFormatError(
+            f"{path}: {where} is {type(value).__name__} {str(value)[:60]}, not a list of integer item ids"
+        )
     seq = np.asarray(value, dtype=np.int64)
     if seq.size and seq.min() < 1:
         raise SessionFormatError(f"{path}: {where} holds item id {int(seq.min())}; ids start at 1")
@@ -76,8 +76,14 @@ class Sessions:
     def n_items(self) -> int:
         """Largest item id + 1 (id 0 is free for padding)."""
         top = max((int(s.max()) for s in self.train if s.size), default=0)
-        return max(top, int(self.test_labels.max(initial=0)),
-                   max((int(p.max()) for p in self.test_prefixes if p.size), default=0)) + 1
+        return (
+            max(
+                top,
+                int(self.test_labels.max(initial=0)),
+                max((int(p.max()) for p in self.test_prefixes if p.size), default=0),
+            )
+            + 1
+        )
 
 
 def read_sessions(folder: Path) -> Sessions:
@@ -89,10 +95,17 @@ def read_sessions(folder: Path) -> Sessions:
         raise SessionFormatError(f"{train_path}: expected a non-empty list of sessions, got {type(train).__name__}")
     train_seqs = [_sequence(s, train_path, f"session {n}") for n, s in enumerate(train)]
     test = _load(test_path)
-    if not (isinstance(test, (tuple, list)) and len(test) == 2 and isinstance(test[0], list)
-            and isinstance(test[1], list) and len(test[0]) == len(test[1]) and test[0]):
-        raise SessionFormatError(f"{test_path}: expected a tuple (prefixes, labels) of two lists of the same, "
-                                 "non-zero length")
+    if not (
+        isinstance(test, (tuple, list))
+        and len(test) == 2
+        and isinstance(test[0], list)
+        and isinstance(test[1], list)
+        and len(test[0]) == len(test[1])
+        and test[0]
+    ):
+        raise SessionFormatError(
+            f"{test_path}: expected a tuple (prefixes, labels) of two lists of the same, non-zero length"
+        )
     prefixes = [_sequence(p, test_path, f"prefix {n}") for n, p in enumerate(test[0])]
     labels = _sequence(test[1], test_path, "the labels")
     empty = next((n for n, p in enumerate(prefixes) if p.size == 0), None)
@@ -114,8 +127,11 @@ def _examples(sessions: list[list[int]]) -> tuple[list[list[int]], list[int]]:
 def preprocess_diginetica(csv: Path, out: Path, min_item_count: int = 5, test_days: int = 7) -> dict[str, int]:
     """Write ``all_train_seq.txt``, ``train.txt`` and ``test.txt`` for a raw Diginetica
     ``train-item-views.csv`` (``session_id;user_id;item_id;timeframe;eventdate``); returns counts."""
-    raw = pl.read_csv(csv, separator=";", schema_overrides={"session_id": pl.Int64, "item_id": pl.Int64,
-                                                            "timeframe": pl.Int64, "eventdate": pl.String})
+    raw = pl.read_csv(
+        csv,
+        separator=";",
+        schema_overrides={"session_id": pl.Int64, "item_id": pl.Int64, "timeframe": pl.Int64, "eventdate": pl.String},
+    )
     missing = {"session_id", "item_id", "timeframe", "eventdate"} - set(raw.columns)
     if missing:
         raise SessionFormatError(f"{csv}: no column(s) {', '.join(sorted(missing))}")
@@ -131,8 +147,9 @@ def preprocess_diginetica(csv: Path, out: Path, min_item_count: int = 5, test_da
     sessions = sessions.filter(pl.col("item_id").list.len() > 1)
     counts = sessions.explode("item_id").group_by("item_id").len()
     frequent = set(counts.filter(pl.col("len") >= min_item_count)["item_id"].to_list())
-    sessions = sessions.with_columns(pl.col("item_id").list.eval(pl.element().filter(
-        pl.element().is_in(list(frequent)))))
+    sessions = sessions.with_columns(
+        pl.col("item_id").list.eval(pl.element().filter(pl.element().is_in(list(frequent))))
+    )
     sessions = sessions.filter(pl.col("item_id").list.len() >= 2).join(dates, on="session_id")
     split = sessions["date"].max() - timedelta(days=test_days)
     # Sessions in date order; a stable sort keeps the file's order within a day, as SR-GNN's does.
@@ -148,8 +165,12 @@ def preprocess_diginetica(csv: Path, out: Path, min_item_count: int = 5, test_da
     (out / TRAIN_FILE).write_bytes(pickle.dumps(train))
     (out / "train.txt").write_bytes(pickle.dumps(_examples(train)))
     (out / TEST_FILE).write_bytes(pickle.dumps(tuple(_examples(test))))
-    return {"train_sessions": len(train), "test_sessions": len(test), "items": len(ids),
-            "test_examples": sum(len(s) - 1 for s in test)}
+    return {
+        "train_sessions": len(train),
+        "test_sessions": len(test),
+        "items": len(ids),
+        "test_examples": sum(len(s) - 1 for s in test),
+    }
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ def ingest_events_dag():
             catalog_source=params.get("catalog_source") or defaults.catalog_source,
         )
         print(result.summary())
-        return {"staged_days": result.staged_days, "rows_accepted": result.rows_accepted,
-                "rows_quarantined": result.rows_quarantined}
+        return {
+            "staged_days": result.staged_days,
+            "rows_accepted": result.rows_accepted,
+            "rows_quarantined": result.rows_quarantined,
+        }
 
     @task
     def validate_batch(staged: dict, **context) -> dict:

@@ -23,9 +23,15 @@ from datetime import datetime, timezone
 from airflow.sdk import Param, dag, task
 from shopml_common import DEFAULT_ARGS, MODELS, fail_without_retry
 
-COMMON = {"tags": ["shopml", "registry"], "schedule": None, "catchup": False,
-          "start_date": datetime(2026, 11, 1, tzinfo=timezone.utc), "max_active_runs": 1,
-          "default_args": DEFAULT_ARGS, "doc_md": __doc__}
+COMMON = {
+    "tags": ["shopml", "registry"],
+    "schedule": None,
+    "catchup": False,
+    "start_date": datetime(2026, 11, 1, tzinfo=timezone.utc),
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
+    "doc_md": __doc__,
+}
 
 
 def _who(context) -> str:
@@ -34,12 +40,16 @@ def _who(context) -> str:
     return getattr(run, "triggering_user_name", None) or "airflow"
 
 
-@dag(dag_id="promote_model", params={
-    "model": Param("next_item", enum=list(MODELS)),
-    "version": Param(None, type=["null", "string", "integer"], description="empty: the current challenger"),
-    "reason": Param("", type="string", minLength=1, description="why, recorded in the registry"),
-    "force": Param(False, type="boolean", description="promote a version the gate rejected"),
-}, **COMMON)
+@dag(
+    dag_id="promote_model",
+    params={
+        "model": Param("next_item", enum=list(MODELS)),
+        "version": Param(None, type=["null", "string", "integer"], description="empty: the current challenger"),
+        "reason": Param("", type="string", minLength=1, description="why, recorded in the registry"),
+        "force": Param(False, type="boolean", description="promote a version the gate rejected"),
+    },
+    **COMMON,
+)
 def promote_model_dag():
     @task
     @fail_without_retry
@@ -48,18 +58,28 @@ def promote_model_dag():
         from pipeline.lifecycle.registry import promote
 
         version = None if params["version"] in (None, "") else str(params["version"])
-        mv = promote(get_state_paths(), params["model"], version, by=_who(context), reason=params["reason"],
-                     force=bool(params["force"]))
+        mv = promote(
+            get_state_paths(),
+            params["model"],
+            version,
+            by=_who(context),
+            reason=params["reason"],
+            force=bool(params["force"]),
+        )
         print(f"{params['model']}: champion is now version {mv.version} ({params['reason']})")
         return str(mv.version)
 
     promote()
 
 
-@dag(dag_id="rollback_model", params={
-    "model": Param("next_item", enum=list(MODELS)),
-    "reason": Param("", type="string", minLength=1, description="why, recorded in the registry"),
-}, **COMMON)
+@dag(
+    dag_id="rollback_model",
+    params={
+        "model": Param("next_item", enum=list(MODELS)),
+        "reason": Param("", type="string", minLength=1, description="why, recorded in the registry"),
+    },
+    **COMMON,
+)
 def rollback_model_dag():
     @task
     @fail_without_retry

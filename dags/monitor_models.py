@@ -51,14 +51,21 @@ def _chain(model: str) -> None:
         policy = monitoring.load_monitoring_policy(model)
         try:
             result = monitoring.monitor(paths, model, day, version, policy)
-        except monitoring.MonitoringError as exc:   # no champion yet: training is what is needed
+        except monitoring.MonitoringError as exc:  # no champion yet: training is what is needed
             print(f"monitor {model} {day}: {exc}")
-            return {"day": day, "dataset_version": version, "reasons": monitoring.retrain_reasons(
-                None, policy, no_champion=True)}
+            return {
+                "day": day,
+                "dataset_version": version,
+                "reasons": monitoring.retrain_reasons(None, policy, no_champion=True),
+            }
         for line in result.lines(policy):
             print(line)
-        return {"day": day, "dataset_version": version, "run_id": result.run_id,
-                "reasons": monitoring.retrain_reasons(result, policy)}
+        return {
+            "day": day,
+            "dataset_version": version,
+            "run_id": result.run_id,
+            "reasons": monitoring.retrain_reasons(result, policy),
+        }
 
     @task(task_id=f"request_retrain_{model}", outlets=[retrain_request(model)])
     @timed
@@ -68,14 +75,22 @@ def _chain(model: str) -> None:
         from pipeline.core.settings import get_state_paths
         from pipeline.lifecycle import monitor as monitoring
 
-        decision = monitoring.retrain_decision(get_state_paths(), model, monitored["day"], monitored["reasons"],
-                                               monitoring.load_monitoring_policy(model),
-                                               monitored["dataset_version"])
+        decision = monitoring.retrain_decision(
+            get_state_paths(),
+            model,
+            monitored["day"],
+            monitored["reasons"],
+            monitoring.load_monitoring_policy(model),
+            monitored["dataset_version"],
+        )
         print(decision.line())
-        if not decision.requested:   # a skipped task updates no Asset: retrain_<model> is not started
+        if not decision.requested:  # a skipped task updates no Asset: retrain_<model> is not started
             raise AirflowSkipException(decision.line())
         context["outlet_events"][retrain_request(model)].extra = {
-            "reason": "; ".join(decision.reasons), "day": monitored["day"], "version": monitored["dataset_version"]}
+            "reason": "; ".join(decision.reasons),
+            "day": monitored["day"],
+            "version": monitored["dataset_version"],
+        }
         return {"requested": True, "reason": "; ".join(decision.reasons)}
 
     request_retrain(monitor())

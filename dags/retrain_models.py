@@ -99,8 +99,12 @@ def _retrain_reason(context) -> str:
     reason = newest_event_extra(context, "reason")
     if reason:
         return reason
-    return "weekly schedule" if context.get("dag_run") is not None and \
-        str(getattr(context["dag_run"], "run_type", "")).lower().endswith("scheduled") else "manual or weekly run"
+    return (
+        "weekly schedule"
+        if context.get("dag_run") is not None
+        and str(getattr(context["dag_run"], "run_type", "")).lower().endswith("scheduled")
+        else "manual or weekly run"
+    )
 
 
 def _chain(model: str) -> None:
@@ -114,13 +118,19 @@ def _chain(model: str) -> None:
 
         paths = get_state_paths()
         # Fixed once per DAG run: a retry or a cleared rerun after newer days works on the same data.
-        version = steps.pinned_dataset_version(paths, context["dag"].dag_id, context["run_id"],
-                                               _announced_version(context))
+        version = steps.pinned_dataset_version(
+            paths, context["dag"].dag_id, context["run_id"], _announced_version(context)
+        )
         print(f"DAG run {context['run_id']} works on dataset version {version}")
         return steps.features(paths, load_params(), model, version)
 
-    @task(task_id=f"train_{model}", execution_timeout=TRAIN_TIMEOUT, pool=TRAIN_POOL, queue=TRAIN_QUEUE,
-          executor=TRAIN_EXECUTOR)
+    @task(
+        task_id=f"train_{model}",
+        execution_timeout=TRAIN_TIMEOUT,
+        pool=TRAIN_POOL,
+        queue=TRAIN_QUEUE,
+        executor=TRAIN_EXECUTOR,
+    )
     @timed
     def train_model(built: dict, **context) -> dict:
         from pipeline.core.params import load_params
@@ -128,8 +138,11 @@ def _chain(model: str) -> None:
         from pipeline.lifecycle import steps
 
         # A cleared and rerun task returns the run this DAG run already made: never a second model.
-        tags = {"airflow.dag_run_id": context["run_id"], "airflow.dag_id": f"retrain_{model}",
-                "shopml.retrain_reason": _retrain_reason(context)[:500]}
+        tags = {
+            "airflow.dag_run_id": context["run_id"],
+            "airflow.dag_id": f"retrain_{model}",
+            "shopml.retrain_reason": _retrain_reason(context)[:500],
+        }
         return steps.train(get_state_paths(), load_params(), model, built, tags, nproc=TRAIN_NPROC)
 
     @task(task_id=f"evaluate_{model}")

@@ -57,6 +57,7 @@ def fail_without_retry(func):
 
     return wrapper
 
+
 def timed(func):
     """A task decorator: the task log ends with the stage's own time (``stage <name> took <s> s``),
     so Airflow's overhead is the DAG's wall time minus these (``benchmarks/bench_airflow.py``)."""
@@ -90,7 +91,10 @@ def report_failure(context) -> None:
     exc = context.get("exception")
     run_id = context.get("run_id") or getattr(ti, "run_id", "unknown")
     summary = {
-        "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": run_id, "try_number": getattr(ti, "try_number", None),
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": run_id,
+        "try_number": getattr(ti, "try_number", None),
         "error": f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error",
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -98,8 +102,10 @@ def report_failure(context) -> None:
     out = home / "reports" / "failures" / ti.dag_id / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id) / f"{ti.task_id}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
-    print(f"FAILED {ti.dag_id}.{ti.task_id} (run {run_id}, try {summary['try_number']}): "
-          f"{summary['error'].splitlines()[0]} -- summary in {out}")
+    print(
+        f"FAILED {ti.dag_id}.{ti.task_id} (run {run_id}, try {summary['try_number']}): "
+        f"{summary['error'].splitlines()[0]} -- summary in {out}"
+    )
 
 
 DEFAULT_ARGS = {

@@ -52,8 +52,11 @@ def training_pod(model: str, features, *, pool: str, execution_timeout, env=os.e
 
     s = pod_settings(env)
     gpu = {"nvidia.com/gpu": str(s["gpus"])} if s["gpus"] > 0 else {}
-    pass_through = [k8s.V1EnvVar(name=name, value=env[name]) for name in
-                    ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "SHOPML_PARAMS") if env.get(name)]
+    pass_through = [
+        k8s.V1EnvVar(name=name, value=env[name])
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "SHOPML_PARAMS")
+        if env.get(name)
+    ]
     task_id = f"train_{model}"
     op = KubernetesPodOperator(
         task_id=task_id,
@@ -62,20 +65,32 @@ def training_pod(model: str, features, *, pool: str, execution_timeout, env=os.e
         kubernetes_conn_id=s["conn_id"],
         image=s["image"],
         # One process per GPU under torchrun (DDP); rank 0 alone tracks the run and writes the XCom.
-        cmds=["torchrun", "--standalone", f"--nproc-per-node={s['gpus']}", "-m", "pipeline"] if s["gpus"] > 1
+        cmds=["torchrun", "--standalone", f"--nproc-per-node={s['gpus']}", "-m", "pipeline"]
+        if s["gpus"] > 1
         else ["python", "-m", "pipeline"],
         arguments=[
-            "train", "--model", model,
-            "--features", s["pod_home"] + "/{{ ti.xcom_pull(task_ids='features_" + model + "')['features_rel'] }}",
-            "--tag", "airflow.dag_run_id={{ run_id }}", "--tag", f"airflow.dag_id=retrain_{model}",
-            "--reuse-finished", "--output", "/airflow/xcom/return.json",
+            "train",
+            "--model",
+            model,
+            "--features",
+            s["pod_home"] + "/{{ ti.xcom_pull(task_ids='features_" + model + "')['features_rel'] }}",
+            "--tag",
+            "airflow.dag_run_id={{ run_id }}",
+            "--tag",
+            f"airflow.dag_id=retrain_{model}",
+            "--reuse-finished",
+            "--output",
+            "/airflow/xcom/return.json",
         ],
         env_vars=[k8s.V1EnvVar(name="SHOPML_HOME", value=s["pod_home"]), *pass_through],
         container_resources=k8s.V1ResourceRequirements(requests=gpu or None, limits=gpu or None),
         node_selector=s["node_selector"] if gpu else None,
         tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else None,
-        volumes=[k8s.V1Volume(name="state", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=s["pvc"]))],
+        volumes=[
+            k8s.V1Volume(
+                name="state", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=s["pvc"])
+            )
+        ],
         volume_mounts=[k8s.V1VolumeMount(name="state", mount_path=s["pod_home"])],
         do_xcom_push=True,
         get_logs=True,

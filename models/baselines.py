@@ -38,23 +38,34 @@ class CooccurrenceRecommender:
                     vals.append(np.full(seq.size - d, 1.0 / d, dtype=np.float32))
         if rows:
             index = torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)]))
-            matrix = torch.sparse_coo_tensor(index, torch.from_numpy(np.concatenate(vals)), (n_items, n_items),
-                                             check_invariants=True)
+            matrix = torch.sparse_coo_tensor(
+                index, torch.from_numpy(np.concatenate(vals)), (n_items, n_items), check_invariants=True
+            )
             self.matrix = matrix.coalesce().to_sparse_csr()
         else:
-            self.matrix = torch.sparse_csr_tensor(torch.zeros(n_items + 1, dtype=torch.int64),
-                                                  torch.zeros(0, dtype=torch.int64), torch.zeros(0),
-                                                  (n_items, n_items))
-        pop = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64),
-                          minlength=n_items).astype(np.float32)
+            self.matrix = torch.sparse_csr_tensor(
+                torch.zeros(n_items + 1, dtype=torch.int64),
+                torch.zeros(0, dtype=torch.int64),
+                torch.zeros(0),
+                (n_items, n_items),
+            )
+        pop = np.bincount(
+            np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64), minlength=n_items
+        ).astype(np.float32)
         self.popularity = torch.from_numpy(pop / max(pop.max(), 1.0))
         self.n_items, self.recent = n_items, recent
 
     def to_state(self) -> dict:
         """What ``from_state`` rebuilds it from (plain tensors: ``torch.save`` writes them)."""
         m = self.matrix
-        return {"crow": m.crow_indices(), "col": m.col_indices(), "values": m.values(), "n_items": self.n_items,
-                "recent": self.recent, "popularity": self.popularity}
+        return {
+            "crow": m.crow_indices(),
+            "col": m.col_indices(),
+            "values": m.values(),
+            "n_items": self.n_items,
+            "recent": self.recent,
+            "popularity": self.popularity,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> CooccurrenceRecommender:
@@ -69,11 +80,11 @@ class CooccurrenceRecommender:
         (row, item) once: the transitions from each history's recent items, gathered from the
         matrix's rows. Costs what the user's items have, not the catalog's size (``score`` builds
         dense [batch, items] tensors: fine for evaluation, too slow per request)."""
-        h = histories.cpu()[:, -self.recent:]
+        h = histories.cpu()[:, -self.recent :]
         batch, width = h.shape
         weight = (2.0 ** (torch.arange(width) - width + 1)).repeat(batch)
         items, rows = h.reshape(-1), torch.arange(batch).repeat_interleave(width)
-        keep = items > 0                               # padding has no weight, as in ``score``
+        keep = items > 0  # padding has no weight, as in ``score``
         items, rows, weight = items[keep], rows[keep], weight[keep]
         crow, col, val = self.matrix.crow_indices(), self.matrix.col_indices(), self.matrix.values()
         starts = crow[items]
@@ -82,8 +93,11 @@ class CooccurrenceRecommender:
         if total == 0:
             empty = torch.zeros(0, dtype=torch.int64)
             return empty, empty, torch.zeros(0)
-        offsets = (torch.arange(total) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
-                   + starts.repeat_interleave(lengths))
+        offsets = (
+            torch.arange(total)
+            - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+            + starts.repeat_interleave(lengths)
+        )
         rows, cols = rows.repeat_interleave(lengths), col[offsets]
         values = val[offsets] * weight.repeat_interleave(lengths).to(val.dtype)
         # Sum the transitions that reach the same item: a scratch [batch, items] accumulator and
@@ -103,15 +117,18 @@ class CooccurrenceRecommender:
         scores.add_(floor, alpha=weight)
         rows, items, counts = self.entries(seq)
         if counts.numel():
-            rows, items, counts = rows.to(scores.device), items.to(scores.device), counts.to(scores.device,
-                                                                                                scores.dtype)
+            rows, items, counts = (
+                rows.to(scores.device),
+                items.to(scores.device),
+                counts.to(scores.device, scores.dtype),
+            )
             delta = torch.log1p(counts + popularity[items]) - floor[items]
             scores.index_put_((rows, items), weight * delta, accumulate=True)
         return scores
 
     def score(self, histories: torch.Tensor) -> torch.Tensor:
-        histories = histories.cpu()   # a sparse CPU matrix: a model on an accelerator sends its histories here
-        recent = histories[:, -self.recent:]
+        histories = histories.cpu()  # a sparse CPU matrix: a model on an accelerator sends its histories here
+        recent = histories[:, -self.recent :]
         weights = torch.zeros(histories.shape[0], self.n_items)
         for j in range(recent.shape[1]):
             col = recent[:, j]
@@ -150,7 +167,7 @@ class CooccurrenceScorer(nn.Module):
         return self.cooccurrence.recent
 
     def user_state(self, seq: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(seq.shape[0], self.config.dim)   # the whole state is the tail
+        return torch.zeros(seq.shape[0], self.config.dim)  # the whole state is the tail
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         return self.score_states(self.user_state(seq), seq)

@@ -51,8 +51,12 @@ class BlendedRecommender(nn.Module):
         return self.cooccurrence.add_log_scores(scores, seq, self.beta)
 
 
-def choose_beta(sasrec: SASRec, cooccurrence: CooccurrenceRecommender, validate: Callable[[nn.Module], float],
-                betas: Sequence[float] = BETAS) -> tuple[float, dict[float, float]]:
+def choose_beta(
+    sasrec: SASRec,
+    cooccurrence: CooccurrenceRecommender,
+    validate: Callable[[nn.Module], float],
+    betas: Sequence[float] = BETAS,
+) -> tuple[float, dict[float, float]]:
     """The weight with the best validation metric (the smallest on ties), and the metric of each."""
     curve = {b: validate(BlendedRecommender(sasrec, cooccurrence, b)) for b in betas}
     best = max(curve.values())

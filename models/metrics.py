@@ -58,6 +58,6 @@ def scorer_metrics(scorer, histories: np.ndarray, targets: np.ndarray, batch: in
     ranks = []
     with torch.no_grad():
         for i in range(0, targets.numel(), batch):
-            scores = scorer(histories[i:i + batch].to(device))
-            ranks.append(target_ranks(scores, targets[i:i + batch].to(device)).cpu().numpy())
+            scores = scorer(histories[i : i + batch].to(device))
+            ranks.append(target_ranks(scores, targets[i : i + batch].to(device)).cpu().numpy())
     return recall_ndcg(np.concatenate(ranks) if ranks else np.zeros(0))

@@ -83,8 +83,14 @@ class DCNv2(nn.Module):
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits, [batch]."""
         x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std
-        x0 = torch.cat([x_dense, *(emb(ids[:, j]) for j, emb in enumerate(self.embeddings)),
-                        self.constant.expand(x_dense.shape[0], -1)], dim=1)
+        x0 = torch.cat(
+            [
+                x_dense,
+                *(emb(ids[:, j]) for j, emb in enumerate(self.embeddings)),
+                self.constant.expand(x_dense.shape[0], -1),
+            ],
+            dim=1,
+        )
         x = x0
         for layer in self.cross:
             x = layer(x0, x)

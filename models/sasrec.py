@@ -29,8 +29,8 @@ class SASRecConfig:
     heads: int = 2
     layers: int = 2
     dropout: float = 0.2
-    loss: str = "full"          # "full" softmax over the catalog, or "sampled" (with logQ correction)
-    n_negatives: int = 256      # negatives per batch of the sampled softmax
+    loss: str = "full"  # "full" softmax over the catalog, or "sampled" (with logQ correction)
+    n_negatives: int = 256  # negatives per batch of the sampled softmax
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -47,8 +47,14 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(config.n_items, config.dim, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.dropout = nn.Dropout(config.dropout)
-        layer = nn.TransformerEncoderLayer(config.dim, config.heads, dim_feedforward=config.dim * 2,
-                                           dropout=config.dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            config.dim,
+            config.heads,
+            dim_feedforward=config.dim * 2,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
         causal = torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), diagonal=1)
@@ -90,7 +96,7 @@ class SASRec(nn.Module):
         x = self.blocks(x, mask=self._attention_mask(real))
         return self.norm(x)
 
-    tail_len = 1   # how many of a history's most recent items ``score_states`` reads (none; a blend more)
+    tail_len = 1  # how many of a history's most recent items ``score_states`` reads (none; a blend more)
 
     def user_state(self, seq: torch.Tensor) -> torch.Tensor:
         """[batch, len] histories -> [batch, dim]: what the model knows about each user, the hidden
@@ -117,8 +123,9 @@ class SASRec(nn.Module):
             self._scoring_key = key
         return self._scoring_t
 
-    def forward(self, seq: torch.Tensor, labels: torch.Tensor | None = None,
-                n_negatives: int | None = None) -> torch.Tensor:
+    def forward(
+        self, seq: torch.Tensor, labels: torch.Tensor | None = None, n_negatives: int | None = None
+    ) -> torch.Tensor:
         """Without labels: scores of every item as the next one after each history, [batch, n_items].
 
         With next-item ``labels`` ([batch, len], 0 = none): the training loss (``config.loss``; a
@@ -127,10 +134,10 @@ class SASRec(nn.Module):
         """
         if labels is None:
             return self.score_states(self.user_state(seq), seq)
-        h = self.hidden(seq)                                     # [B, L, D]
+        h = self.hidden(seq)  # [B, L, D]
         # A target whose input is padding (the first item of a short sequence) has no history.
         mask = (labels > 0) & (seq > 0)
-        h, labels = h[mask], labels[mask]                        # [N, D], [N]
+        h, labels = h[mask], labels[mask]  # [N, D], [N]
         if n_negatives is None and self.config.loss == "full":
             return self.full_loss(h, labels)
         return self.sampled_loss(h, labels, n_negatives or self.config.n_negatives)
@@ -149,8 +156,8 @@ class SASRec(nn.Module):
         are not over-penalised. A negative that is the label is masked."""
         negatives = torch.multinomial(self.log_q.exp(), n_negatives, replacement=True)
         log_expected = self.log_q + torch.log(torch.tensor(float(n_negatives), device=h.device))
-        pos = (h * self.item_emb(labels)).sum(-1, keepdim=True) - log_expected[labels][:, None]   # [N, 1]
-        neg = h @ self.item_emb(negatives).t() - log_expected[negatives][None]                  # [N, K]
+        pos = (h * self.item_emb(labels)).sum(-1, keepdim=True) - log_expected[labels][:, None]  # [N, 1]
+        neg = h @ self.item_emb(negatives).t() - log_expected[negatives][None]  # [N, K]
         neg = neg.masked_fill(negatives[None] == labels[:, None], -torch.inf)
         logits = torch.cat([pos, neg], dim=1)
         return nn.functional.cross_entropy(logits.float(), torch.zeros_like(labels))

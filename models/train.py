@@ -36,16 +36,17 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 3            # epochs without improvement before stopping
+    patience: int = 3  # epochs without improvement before stopping
     seed: int = 0
-    device: str = "auto"         # auto, cpu, cuda, cuda:N, mps
-    precision: str = "auto"      # auto (bf16 on CUDA, else fp32), bf16, fp32
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # auto (bf16 on CUDA, else fp32), bf16, fp32
     compile: bool | str = "auto"  # auto (on CUDA only), True, False
     grad_clip: float = 1.0
     progress: bool = True
@@ -77,7 +78,7 @@ class TrainResult:
     precision: str = "fp32"
     compiled: bool = False
     stopped_early: bool = False
-    resumed_from_epoch: int = 0    # the first epoch this call trained (0: a fresh start)
+    resumed_from_epoch: int = 0  # the first epoch this call trained (0: a fresh start)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -179,8 +180,10 @@ def _load_checkpoint(checkpoint_dir: Path | None, rank: int, world: int) -> dict
         flag = [found if rank == 0 else None]
         torch.distributed.broadcast_object_list(flag, src=0)
         if flag[0] and not found:
-            raise FileNotFoundError(f"rank {rank}: rank 0 resumes from {last}, which this rank cannot read; "
-                                    "the checkpoint folder must be shared by every rank")
+            raise FileNotFoundError(
+                f"rank {rank}: rank 0 resumes from {last}, which this rank cannot read; "
+                "the checkpoint folder must be shared by every rank"
+            )
         found = bool(flag[0])
     if not found:
         return None
@@ -228,8 +231,15 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     amp_dtype = resolve_precision(config.precision, device)
     compiled = resolve_compile(config.compile, device)
-    result = TrainResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, device=str(device),
-                         precision="bf16" if amp_dtype == torch.bfloat16 else "fp32", compiled=compiled)
+    result = TrainResult(
+        best_metric=-math.inf,
+        best_epoch=-1,
+        epochs_run=0,
+        steps=0,
+        device=str(device),
+        precision="bf16" if amp_dtype == torch.bfloat16 else "fp32",
+        compiled=compiled,
+    )
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch, bad_epochs = 0, 0
 
@@ -252,8 +262,9 @@ def train(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if compiled:
         net = torch.compile(net)
-    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None \
-        else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
     # Small enough: move the rows to the device once, and index them there (no copy per batch).
     if device.type != "cpu" and train_data.element_size() * train_data.nelement() <= RESIDENT_DATA_BYTES:
         train_data = train_data.to(device)
@@ -278,7 +289,7 @@ def train(
         started = time.perf_counter()
         total = 0.0
         for i in bar if bar is not None else batches:
-            batch = train_data[order[i:i + config.batch_size].to(train_data.device)].to(device, non_blocking=True)
+            batch = train_data[order[i : i + config.batch_size].to(train_data.device)].to(device, non_blocking=True)
             with autocast:
                 loss = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -290,8 +301,10 @@ def train(
             samples += batch.shape[0]
             result.steps += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.4f}",
-                                samples_s=f"{samples / max(busy + time.perf_counter() - started, 1e-9):.0f}")
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    samples_s=f"{samples / max(busy + time.perf_counter() - started, 1e-9):.0f}",
+                )
         elapsed = time.perf_counter() - started
         busy += elapsed
         if bar is not None:
@@ -306,12 +319,24 @@ def train(
             torch.distributed.broadcast(shared, src=0)
             metric = float(shared.item())
         train_loss = total / max(order.numel(), 1)
-        result.history.append({"epoch": epoch, "train_loss": train_loss, "valid_metric": metric,
-                               "samples_per_second": order.numel() * world / elapsed if elapsed else 0.0})
+        result.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "valid_metric": metric,
+                "samples_per_second": order.numel() * world / elapsed if elapsed else 0.0,
+            }
+        )
         result.epochs_run = epoch + 1
         if rank == 0:
-            log.info("epoch %d/%d: train loss %.4f, validation %.4f, %.0f samples/s", epoch + 1, config.epochs,
-                     train_loss, metric, samples / busy if busy else 0.0)
+            log.info(
+                "epoch %d/%d: train loss %.4f, validation %.4f, %.0f samples/s",
+                epoch + 1,
+                config.epochs,
+                train_loss,
+                metric,
+                samples / busy if busy else 0.0,
+            )
             if on_epoch is not None:
                 on_epoch(result.history[-1])
         if metric > result.best_metric:
@@ -323,11 +348,20 @@ def train(
         if checkpoint_dir is not None and rank == 0:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             ckpt = {
-                "model": to_cpu(model.state_dict()), "optimizer": to_cpu(optimizer.state_dict()),
-                "best_model": best_state, "model_args": model_args or {}, "config": config.to_dict(),
-                "epoch": epoch, "step": result.steps, "best_metric": result.best_metric,
-                "best_epoch": result.best_epoch, "bad_epochs": bad_epochs, "history": result.history,
-                "rng": _rng_state(), "world_size": world, "stopped_early": result.stopped_early,
+                "model": to_cpu(model.state_dict()),
+                "optimizer": to_cpu(optimizer.state_dict()),
+                "best_model": best_state,
+                "model_args": model_args or {},
+                "config": config.to_dict(),
+                "epoch": epoch,
+                "step": result.steps,
+                "best_metric": result.best_metric,
+                "best_epoch": result.best_epoch,
+                "bad_epochs": bad_epochs,
+                "history": result.history,
+                "rng": _rng_state(),
+                "world_size": world,
+                "stopped_early": result.stopped_early,
             }
             tmp = checkpoint_dir / "last.pt.tmp"
             torch.save(ckpt, tmp)
@@ -339,8 +373,15 @@ def train(
         model.load_state_dict(best_state)
     if checkpoint_dir is not None and rank == 0 and best_state is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": best_state, "model_args": model_args or {}, "config": config.to_dict(),
-                    "best_metric": result.best_metric, "best_epoch": result.best_epoch},
-                   checkpoint_dir / "best.pt")
+        torch.save(
+            {
+                "model": best_state,
+                "model_args": model_args or {},
+                "config": config.to_dict(),
+                "best_metric": result.best_metric,
+                "best_epoch": result.best_epoch,
+            },
+            checkpoint_dir / "best.pt",
+        )
     result.samples_per_second = samples / busy if busy else 0.0
     return result

@@ -38,6 +38,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # ---- Option types: a bad value is a usage error (exit 2) that names the option --------------------------
 
+
 def _day(text: str) -> str:
     try:
         return date.fromisoformat(text).isoformat()
@@ -91,12 +92,19 @@ def _interval(p: argparse.ArgumentParser) -> None:
 def _sources(p: argparse.ArgumentParser) -> None:
     from pipeline.data.adapters import ADAPTERS
 
-    p.add_argument("--adapter", choices=sorted(ADAPTERS),
-                   help="the layout of the raw files (default: params.yaml ingest.adapter)")
-    p.add_argument("--events-source", metavar="URI",
-                   help="where the day's raw events are, {date} filled in (default: params.yaml ingest.events_source)")
-    p.add_argument("--catalog-source", metavar="URI",
-                   help="where the day's catalog is, {date} filled in; '' for none (default: params.yaml)")
+    p.add_argument(
+        "--adapter", choices=sorted(ADAPTERS), help="the layout of the raw files (default: params.yaml ingest.adapter)"
+    )
+    p.add_argument(
+        "--events-source",
+        metavar="URI",
+        help="where the day's raw events are, {date} filled in (default: params.yaml ingest.events_source)",
+    )
+    p.add_argument(
+        "--catalog-source",
+        metavar="URI",
+        help="where the day's catalog is, {date} filled in; '' for none (default: params.yaml)",
+    )
 
 
 def _model(p: argparse.ArgumentParser, models: tuple[str, ...], required: bool = True) -> None:
@@ -109,10 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = families.names()
     epilog = "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
-    parser = argparse.ArgumentParser(prog="shopml", description=__doc__, epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=None, metavar="FILE",
-                        help="the params.yaml to read (default: $SHOPML_PARAMS, else the project's)")
+    parser = argparse.ArgumentParser(
+        prog="shopml", description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the params.yaml to read (default: $SHOPML_PARAMS, else the project's)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -129,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="random seed: the same seed gives the same files (default: params.yaml)")
     g.add_argument("--start-date", type=_day, help="the first day, YYYY-MM-DD (default: params.yaml)")
     g.add_argument("--format", choices=("csv", "parquet"), help="the raw files' format (default: params.yaml)")
-    g.add_argument("--shift", choices=("none", "new_items", "prices"),
-                   help="change the shop's behaviour from --shift-day on, to exercise monitoring")
+    g.add_argument(
+        "--shift",
+        choices=("none", "new_items", "prices"),
+        help="change the shop's behaviour from --shift-day on, to exercise monitoring",
+    )
     g.add_argument("--shift-day", type=int, help="the 0-based day the shift starts")
     g.add_argument("--out", type=Path, help="the landing folder (default: $SHOPML_HOME/landing)")
 
@@ -152,22 +169,38 @@ def build_parser() -> argparse.ArgumentParser:
     t = subcommand("train", _train, "train a model on a dataset version, tracked in MLflow (resumes a killed run)")
     _model(t, models)
     which_data = t.add_mutually_exclusive_group()
-    which_data.add_argument("--features", type=Path, metavar="DIR",
-                            help="a feature set folder (default: the dataset version's, built if missing)")
+    which_data.add_argument(
+        "--features",
+        type=Path,
+        metavar="DIR",
+        help="a feature set folder (default: the dataset version's, built if missing)",
+    )
     which_data.add_argument("--dataset-version", help=VERSION_HELP)
-    t.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
-                   help="a tag for the MLflow run (repeatable), e.g. airflow.dag_run_id=...")
-    t.add_argument("--reuse-finished", action="store_true",
-                   help="if a finished run of this model carries all the --tag tags, return it instead of training "
-                        "again (what a retried Airflow task or pod does)")
-    t.add_argument("--output", type=Path, metavar="FILE",
-                   help="also write the outcome (run id, model URI, metrics) as JSON here")
-    rt = subcommand("retrain", _retrain, "features, train, evaluate against the champion, gate, register, package, "
-                                      "promote")
+    t.add_argument(
+        "--tag",
+        type=_tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag for the MLflow run (repeatable), e.g. airflow.dag_run_id=...",
+    )
+    t.add_argument(
+        "--reuse-finished",
+        action="store_true",
+        help="if a finished run of this model carries all the --tag tags, return it instead of training "
+        "again (what a retried Airflow task or pod does)",
+    )
+    t.add_argument(
+        "--output", type=Path, metavar="FILE", help="also write the outcome (run id, model URI, metrics) as JSON here"
+    )
+    rt = subcommand(
+        "retrain", _retrain, "features, train, evaluate against the champion, gate, register, package, promote"
+    )
     _model(rt, models)
     rt.add_argument("--dataset-version", help=VERSION_HELP)
-    rt.add_argument("--policy", type=Path, metavar="FILE", help="the policy file (default: $SHOPML_POLICY, else "
-                                                                  "policy.yaml)")
+    rt.add_argument(
+        "--policy", type=Path, metavar="FILE", help="the policy file (default: $SHOPML_POLICY, else policy.yaml)"
+    )
     ev = subcommand("evaluate", _evaluate, "score a run's model, the champion and the floors on the run's test rows")
     _model(ev, models)
     ev.add_argument("--run-id", required=True, help="the MLflow run of the candidate")
@@ -182,10 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     pk = subcommand("package", _package, "build a version's Bento (default: the challenger), serve it, check parity")
     _model(pk, models)
     pk.add_argument("--version", help="the registered version (default: the challenger)")
-    pk.add_argument("--requests", type=_positive, default=300, help="offline requests replayed in the parity check "
-                                                                    "(default: 300)")
-    pk.add_argument("--dataset-version", help="ship this version's feature snapshot (default: the version the model "
-                                              "was trained on)")
+    pk.add_argument(
+        "--requests", type=_positive, default=300, help="offline requests replayed in the parity check (default: 300)"
+    )
+    pk.add_argument(
+        "--dataset-version", help="ship this version's feature snapshot (default: the version the model was trained on)"
+    )
     pr = subcommand("promote", _promote, "make a version (default: the challenger) the champion")
     _model(pr, models)
     pr.add_argument("--version", help="the registered version (default: the challenger)")
@@ -204,11 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--bento-tag", help="a Bento tag, e.g. shopml-next-item:v3-...")
     sv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     sv.add_argument("--port", type=_positive, default=3000, help="the port (default: 3000)")
-    sv.add_argument("--challenger-version", help="serve this packaged version beside the champion (default: the "
-                                                 "challenger alias, with --challenger-mode)")
-    sv.add_argument("--challenger-mode", choices=("shadow", "canary"),
-                    help="shadow: the challenger answers a copy of every request, logged and never returned; "
-                         "canary: it answers --canary-share of the users (sticky by user)")
+    sv.add_argument(
+        "--challenger-version",
+        help="serve this packaged version beside the champion (default: the challenger alias, with --challenger-mode)",
+    )
+    sv.add_argument(
+        "--challenger-mode",
+        choices=("shadow", "canary"),
+        help="shadow: the challenger answers a copy of every request, logged and never returned; "
+        "canary: it answers --canary-share of the users (sticky by user)",
+    )
     sv.add_argument("--canary-share", type=_share, default=0.1, help="the users a canary answers (default: 0.1)")
     ln = subcommand("lineage", _lineage, "a version's run, dataset version, commit, metrics and gate decision (JSON)")
     _model(ln, models)
@@ -222,26 +262,42 @@ def build_parser() -> argparse.ArgumentParser:
     _model(rp, models)
     rp.add_argument("--date", type=_day, required=True, help="the day whose sessions are replayed, YYYY-MM-DD")
     rp.add_argument("--url", default="http://127.0.0.1:3000", help="the served model (default: http://127.0.0.1:3000)")
-    rp.add_argument("--events", type=Path, metavar="FILE",
-                    help="the raw events file (default: the landing file of that day)")
+    rp.add_argument(
+        "--events", type=Path, metavar="FILE", help="the raw events file (default: the landing file of that day)"
+    )
     rp.add_argument("--concurrency", type=_positive, default=16, help="requests in flight (default: 16)")
     rp.add_argument("--limit", type=_positive, help="at most this many requests")
-    rp.add_argument("--serve", action="store_true", help="serve the champion for the replay (logging its answers "
-                                                         "at the replayed times), instead of calling --url")
-    mo = subcommand("monitor", _monitor, "online quality, drift and skew of the served model on one day; requests a "
-                                      "retrain when policy.yaml's monitoring rules are crossed")
+    rp.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the champion for the replay (logging its answers at the replayed times), instead of calling --url",
+    )
+    mo = subcommand(
+        "monitor",
+        _monitor,
+        "online quality, drift and skew of the served model on one day; requests a "
+        "retrain when policy.yaml's monitoring rules are crossed",
+    )
     _model(mo, models)
     mo.add_argument("--date", type=_day, required=True, help="the day (UTC) whose answers are judged, YYYY-MM-DD")
     mo.add_argument("--dataset-version", help="read the events from this version (default: the current one)")
     mo.add_argument("--no-trigger", action="store_true", help="report only; never record a retrain request")
-    og = subcommand("online-gate", _online_gate, "whether a challenger served in shadow or canary mode is no worse "
-                                              "online than the champion over monitored days (exit 8 if not)")
+    og = subcommand(
+        "online-gate",
+        _online_gate,
+        "whether a challenger served in shadow or canary mode is no worse "
+        "online than the champion over monitored days (exit 8 if not)",
+    )
     _model(og, models)
     og.add_argument("--version", help="the challenger's version (default: the challenger alias)")
-    og.add_argument("--dates", type=_days_list, required=True, metavar="YYYY-MM-DD,...",
-                    help="the monitored days, comma-separated")
-    subcommand("airflow", _airflow_help, "airflow with this project's DAGs and state: shopml airflow ARGS... "
-                                      "(e.g. dags test retrain_next_item)")
+    og.add_argument(
+        "--dates", type=_days_list, required=True, metavar="YYYY-MM-DD,...", help="the monitored days, comma-separated"
+    )
+    subcommand(
+        "airflow",
+        _airflow_help,
+        "airflow with this project's DAGs and state: shopml airflow ARGS... (e.g. dags test retrain_next_item)",
+    )
     return parser
 
 
@@ -267,8 +323,12 @@ def run_airflow(airflow_args: list[str]) -> int:
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
         # Training tasks take a slot of this pool (dags/shopml_common.py): one, for one GPU or none.
         pool = env.get("SHOPML_TRAIN_POOL", "shopml_training")
-        subprocess.run([airflow, "pools", "set", pool, "1", "one training at a time per GPU"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [airflow, "pools", "set", pool, "1", "one training at a time per GPU"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     os.execve(airflow, [airflow, *airflow_args], env)
     return 0  # not reached
 
@@ -292,9 +352,8 @@ def _reuse_finished(paths, model: str, tags: dict[str, str]):
     return found[0]
 
 
-
-
 # ---- Handlers: one per subcommand ---------------------------------------------------------------------------
+
 
 def _params(args: argparse.Namespace):
     from pipeline.core.params import load_params
@@ -315,9 +374,21 @@ def _print(obj: Any) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from pipeline.data.generate import generate_shop_data
 
-    overrides = {k: getattr(args, k) for k in ("days", "events_per_day", "initial_users", "initial_items", "seed",
-                                               "start_date", "format", "shift", "shift_day")
-                 if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "days",
+            "events_per_day",
+            "initial_users",
+            "initial_items",
+            "seed",
+            "start_date",
+            "format",
+            "shift",
+            "shift_day",
+        )
+        if getattr(args, k) is not None
+    }
     params = dataclasses.replace(_params(args).generate, **overrides)
     for d in generate_shop_data(params, args.out or _paths().landing):
         print(f"generated {d.day}: {d.events} events -> {d.events_path}; {d.catalog_items} items -> {d.catalog_path}")
@@ -351,10 +422,13 @@ def _data_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     for day in [(start + timedelta(days=i)).isoformat() for i in range(1 if args.date else args.days)]:
         interval = Interval.for_day(day)
         if "ingest" in stages:
-            ingest_events(interval, args.events_source or params.ingest.events_source, paths=paths,
-                          adapter_name=args.adapter or params.ingest.adapter,
-                          catalog_source=args.catalog_source if args.catalog_source is not None
-                          else params.ingest.catalog_source)
+            ingest_events(
+                interval,
+                args.events_source or params.ingest.events_source,
+                paths=paths,
+                adapter_name=args.adapter or params.ingest.adapter,
+                catalog_source=args.catalog_source if args.catalog_source is not None else params.ingest.catalog_source,
+            )
         if "validate" in stages:
             validate_batch(interval, paths, params.validate)
         if "version" in stages:
@@ -362,8 +436,10 @@ def _data_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
             report = paths.reports / "version" / f"{day}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps(version.to_dict(), indent=2))
-            print(f"published {day}: dataset version {version.version} ({version.files} files) pushed to "
-                  f"{version.remote or '(not pushed)'}")
+            print(
+                f"published {day}: dataset version {version.version} ({version.files} files) pushed to "
+                f"{version.remote or '(not pushed)'}"
+            )
     return 0
 
 
@@ -374,8 +450,11 @@ def _features(args: argparse.Namespace) -> int:
     built = steps.features(paths, _params(args), args.model, args.dataset_version)
     report = paths.reports / "features" / f"{args.model}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({"model": args.model, "path": built["features"],
-                                  "dataset_version": built["dataset_version"]}, indent=2))
+    report.write_text(
+        json.dumps(
+            {"model": args.model, "path": built["features"], "dataset_version": built["dataset_version"]}, indent=2
+        )
+    )
     return 0
 
 
@@ -386,7 +465,7 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline import families
     from pipeline.families.training import exit_with_parent
 
-    if os.environ.get("TORCHELASTIC_RUN_ID"):   # a rank under torchrun: never outlive the agent
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a rank under torchrun: never outlive the agent
         exit_with_parent(signal.SIGKILL)
     params, paths = _params(args), _paths()
     tags = dict(args.tag)
@@ -395,15 +474,18 @@ def _train(args: argparse.Namespace) -> int:
     if outcome is not None:
         print(f"run {outcome.run_id} already carries {tags}; reusing it")
     else:
-        outcome = spec.train(paths, spec.params(params), tags or None, features=args.features,
-                             dataset_version=args.dataset_version)
-    if not outcome.run_id:   # another rank than 0 under torchrun: rank 0 reports
+        outcome = spec.train(
+            paths, spec.params(params), tags or None, features=args.features, dataset_version=args.dataset_version
+        )
+    if not outcome.run_id:  # another rank than 0 under torchrun: rank 0 reports
         return 0
     for report in [paths.reports / "train" / f"{args.model}.json", *([args.output] if args.output else [])]:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(dataclasses.asdict(outcome), indent=2))
-    print(f"trained {args.model} on dataset {outcome.dataset_version[:12]}: run {outcome.run_id}, "
-          f"model {outcome.model_uri}")
+    print(
+        f"trained {args.model} on dataset {outcome.dataset_version[:12]}: run {outcome.run_id}, "
+        f"model {outcome.model_uri}"
+    )
     print(json.dumps({k: round(v, 4) for k, v in sorted(outcome.metrics.items())}, indent=2))
     return 0
 
@@ -418,6 +500,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 # A step run on its own is handed only the keys it reads (the run, or the version), not a whole XCom.
 
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.lifecycle import steps
 
@@ -429,8 +512,9 @@ def _gate(args: argparse.Namespace) -> int:
     from pipeline.lifecycle import steps
     from pipeline.lifecycle.gate import load_policy
 
-    gated = steps.gate(_paths(), args.model, cast(steps.Evaluated, {"run_id": args.run_id}),
-                       load_policy(args.model, args.policy))
+    gated = steps.gate(
+        _paths(), args.model, cast(steps.Evaluated, {"run_id": args.run_id}), load_policy(args.model, args.policy)
+    )
     return 0 if gated["passed"] else 8
 
 
@@ -445,8 +529,13 @@ def _package(args: argparse.Namespace) -> int:
     from pipeline.lifecycle import steps
     from pipeline.serving.package import serve_hint
 
-    packaged = steps.package(_paths(), args.model, cast(steps.Registered, {"version": args.version}),
-                             requests=args.requests, dataset_version=args.dataset_version)
+    packaged = steps.package(
+        _paths(),
+        args.model,
+        cast(steps.Registered, {"version": args.version}),
+        requests=args.requests,
+        dataset_version=args.dataset_version,
+    )
     print(f"serve it: {serve_hint(args.model, packaged['bento_tag'])}")
     return 0
 
@@ -479,8 +568,13 @@ def _serve(args: argparse.Namespace) -> int:
     command = serve_command(tag, args.port, args.host)
     if args.challenger_mode or args.challenger_version:
         other = resolve_bento(paths, args.model, args.challenger_version, alias=CHALLENGER)
-        os.environ.update({"SHOPML_CHALLENGER_BENTO": other, "SHOPML_CHALLENGER_MODE": args.challenger_mode
-                           or "shadow", "SHOPML_CANARY_SHARE": str(args.canary_share)})
+        os.environ.update(
+            {
+                "SHOPML_CHALLENGER_BENTO": other,
+                "SHOPML_CHALLENGER_MODE": args.challenger_mode or "shadow",
+                "SHOPML_CANARY_SHARE": str(args.canary_share),
+            }
+        )
         print(f"challenger {other} in {args.challenger_mode or 'shadow'} mode", flush=True)
     print(f"serving {tag} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     os.execv(command[0], command)
@@ -499,8 +593,10 @@ def _models(args: argparse.Namespace) -> int:
 
     print(f"{'model':<20} {'ver':>4} {'aliases':<22} {'status':<12} {'gate':<9} {'dataset':<13} created")
     for r in registry.list_versions(_paths(), args.model):
-        print(f"{r['model']:<20} {r['version']:>4} {','.join(r['aliases']) or '-':<22} {r['status'] or '-':<12} "
-              f"{r['gate'] or '-':<9} {r['dataset_version']:<13} {r['created']}")
+        print(
+            f"{r['model']:<20} {r['version']:>4} {','.join(r['aliases']) or '-':<22} {r['status'] or '-':<12} "
+            f"{r['gate'] or '-':<9} {r['dataset_version']:<13} {r['created']}"
+        )
     return 0
 
 
@@ -511,8 +607,9 @@ def _replay(args: argparse.Namespace) -> int:
     paths = _paths()
     source = args.events or next(iter(sorted((paths.landing / "events").glob(f"events-{args.date}.*"))), None)
     if source is None:
-        raise FileNotFoundError(f"no raw events file for {args.date} under {paths.landing / 'events'}; "
-                                f"name one with --events")
+        raise FileNotFoundError(
+            f"no raw events file for {args.date} under {paths.landing / 'events'}; name one with --events"
+        )
     if args.serve:
         import time
 
@@ -522,10 +619,13 @@ def _replay(args: argparse.Namespace) -> int:
         flush = 1
         env = {"SHOPML_ACCEPT_EVENT_TIME": "1", "SHOPML_PREDICTION_LOG_FLUSH_S": str(flush)}
         with served(paths, tag, env=env) as url:
-            print(f"serving the champion's Bento {tag} on {url}, answers logged to "
-                  f"{default_root() or paths.home / 'predictions'}", flush=True)
+            print(
+                f"serving the champion's Bento {tag} on {url}, answers logged to "
+                f"{default_root() or paths.home / 'predictions'}",
+                flush=True,
+            )
             result = replay(url, args.model, read_day(source), args.concurrency, args.limit)
-            time.sleep(2 * flush + 1)   # the last answers reach the log before the server stops
+            time.sleep(2 * flush + 1)  # the last answers reach the log before the server stops
     else:
         result = replay(args.url, args.model, read_day(source), args.concurrency, args.limit)
     print(result.line(args.model, args.date))
@@ -544,8 +644,7 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.no_trigger:
         print(f"retrain {args.model} {args.date}: not recorded (--no-trigger); reasons: {'; '.join(reasons) or 'none'}")
     else:
-        print(monitoring.retrain_decision(paths, args.model, args.date, reasons, policy,
-                                          result.dataset_version).line())
+        print(monitoring.retrain_decision(paths, args.model, args.date, reasons, policy, result.dataset_version).line())
     print(f"MLflow run {result.run_id} (experiment {monitoring.EXPERIMENT_PREFIX}{args.model})")
     return 0
 
@@ -561,11 +660,12 @@ def _online_gate(args: argparse.Namespace) -> int:
     return 0 if gate.passed else 8
 
 
-def _airflow_help(args: argparse.Namespace) -> int:   # `shopml airflow ...` is handled before parsing
+def _airflow_help(args: argparse.Namespace) -> int:  # `shopml airflow ...` is handled before parsing
     return run_airflow([])
 
 
 # ---- Entry point ----------------------------------------------------------------------------------------------
+
 
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of an error that is not a bug (``EXIT_CODES``); None for a bug."""
@@ -577,8 +677,13 @@ def exit_code(exc: BaseException) -> int | None:
     from pipeline.serving.package import ServingError
 
     ordered: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
-        ((ValidationFailed, NotValidated), 4), (ChampionMoved, 5), (ServingError, 6), (TrainingInProgress, 7),
-        ((NotFound, NotRegistered, FileNotFoundError), 3), (BadInput, 2), (Refused, 8),
+        ((ValidationFailed, NotValidated), 4),
+        (ChampionMoved, 5),
+        (ServingError, 6),
+        (TrainingInProgress, 7),
+        ((NotFound, NotRegistered, FileNotFoundError), 3),
+        (BadInput, 2),
+        (Refused, 8),
     ]
     return next((code for kinds, code in ordered if isinstance(exc, kinds)), None)
 
@@ -589,10 +694,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_airflow(argv[1:])
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as done:   # --help (0), or a usage error (2) already printed with the usage
+    except SystemExit as done:  # --help (0), or a usage error (2) already printed with the usage
         return done.code if isinstance(done.code, int) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("great_expectations", "dvc", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -600,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         code = exit_code(exc)
         if code is None:
-            raise   # a bug: the traceback, exit 1
+            raise  # a bug: the traceback, exit 1
         print(f"error: {exc}", file=sys.stderr)
         return code
 

@@ -25,11 +25,23 @@ def loss_fn(m, batch):
     return m(batch[:, :-1], batch[:, 1:], n_negatives=32)
 
 
-result = train(model, sequences, loss_fn, lambda m: -float(m.item_emb.weight.abs().sum()),
-               TrainConfig(epochs=3, batch_size=32, patience=1, seed=0, progress=False))
+result = train(
+    model,
+    sequences,
+    loss_fn,
+    lambda m: -float(m.item_emb.weight.abs().sum()),
+    TrainConfig(epochs=3, batch_size=32, patience=1, seed=0, progress=False),
+)
 rank = int(os.environ["RANK"])
 checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-(out / f"rank{rank}.json").write_text(json.dumps({
-    "world": int(os.environ["WORLD_SIZE"]), "rows_seen": sum(seen), "epochs_run": result.epochs_run,
-    "stopped_early": result.stopped_early, "checksum": checksum,
-}))
+(out / f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "world": int(os.environ["WORLD_SIZE"]),
+            "rows_seen": sum(seen),
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "checksum": checksum,
+        }
+    )
+)

@@ -39,8 +39,14 @@ class OnAccelerator(torch.Tensor):
     @staticmethod
     def __new__(cls, inner: torch.Tensor):
         return torch.Tensor._make_wrapper_subclass(
-            cls, inner.shape, strides=inner.stride(), storage_offset=inner.storage_offset(), dtype=inner.dtype,
-            device=DEVICE, requires_grad=inner.requires_grad)
+            cls,
+            inner.shape,
+            strides=inner.stride(),
+            storage_offset=inner.storage_offset(),
+            dtype=inner.dtype,
+            device=DEVICE,
+            requires_grad=inner.requires_grad,
+        )
 
     def __init__(self, inner: torch.Tensor) -> None:
         self.inner = inner
@@ -49,7 +55,7 @@ class OnAccelerator(torch.Tensor):
         return f"OnAccelerator({self.inner!r})"
 
     def tolist(self):
-        return self.inner.tolist()     # as on CUDA: a copy to the host
+        return self.inner.tolist()  # as on CUDA: a copy to the host
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
@@ -71,8 +77,10 @@ def _dispatch(func, args, kwargs):
     on_cpu = [t for t in flat if isinstance(t, torch.Tensor) and not isinstance(t, OnAccelerator) and t.dim() > 0]
     name = func.overloadpacket.__name__
     if on_device and on_cpu and name not in _TRANSFERS:
-        raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices, "
-                           f"{DEVICE} and cpu! (in {func}: the simulated accelerator of tests/fake_accelerator.py)")
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, "
+            f"{DEVICE} and cpu! (in {func}: the simulated accelerator of tests/fake_accelerator.py)"
+        )
     target = kwargs.get("device")
     target = torch.device(target) if target is not None else None
     if target is not None and target.type == DEVICE.type:

@@ -24,6 +24,12 @@ def loss_fn(m, batch):
     return m(batch[:, :-1], batch[:, 1:], n_negatives=32)
 
 
-train(model, data, loss_fn, lambda m: -float(m.item_emb.weight.abs().sum()),
-      TrainConfig(epochs=4, batch_size=32, patience=10, seed=0, progress=False), checkpoint_dir=checkpoints)
+train(
+    model,
+    data,
+    loss_fn,
+    lambda m: -float(m.item_emb.weight.abs().sum()),
+    TrainConfig(epochs=4, batch_size=32, patience=10, seed=0, progress=False),
+    checkpoint_dir=checkpoints,
+)
 torch.save(model.state_dict(), output)

@@ -19,5 +19,6 @@ def run_worker(home: Path, *args: str, kill_at: str | None = None, timeout: floa
     env.pop("SHOPML_KILL_AT", None)
     if kill_at:
         env["SHOPML_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, str(WORKER), *args], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )

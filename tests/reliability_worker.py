@@ -12,7 +12,7 @@ import time
 from pipeline.core.settings import get_state_paths
 
 op, args = sys.argv[1], sys.argv[2:]
-if os.environ.get("SHOPML_TEST_START_AT"):     # several workers racing: all start at this moment
+if os.environ.get("SHOPML_TEST_START_AT"):  # several workers racing: all start at this moment
     time.sleep(max(0.0, float(os.environ["SHOPML_TEST_START_AT"]) - time.time()))
 paths = get_state_paths()
 if op == "publish":

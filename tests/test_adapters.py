@@ -59,14 +59,24 @@ def test_uci_online_retail_real_file(state, uci_rows, day):
         elif not row["CustomerID"]:
             anonymous += 1
         elif int(row["Quantity"]) > 0 and float(row["UnitPrice"]) >= 0:
-            expected.add((utc, row["CustomerID"].removesuffix(".0"), row["InvoiceNo"],
-                          row["StockCode"], float(row["UnitPrice"]), int(row["Quantity"])))
+            expected.add(
+                (
+                    utc,
+                    row["CustomerID"].removesuffix(".0"),
+                    row["InvoiceNo"],
+                    row["StockCode"],
+                    float(row["UnitPrice"]),
+                    int(row["Quantity"]),
+                )
+            )
     assert expected, f"no rows on {day} in the sample"
 
     result = ingest_events(Interval.for_day(day), str(source), state, adapter_name="uci_online_retail")
     frame = _events(state, day)
-    got = {(r["event_time"], r["user_id"], r["session_id"], r["item_id"], r["price"], r["quantity"])
-           for r in frame.iter_rows(named=True)}
+    got = {
+        (r["event_time"], r["user_id"], r["session_id"], r["item_id"], r["price"], r["quantity"])
+        for r in frame.iter_rows(named=True)
+    }
     assert got == expected
     assert result.rows_accepted == len(expected)
     assert result.quarantine_reasons.get("cancelled invoice (not a purchase)", 0) == cancelled
@@ -87,18 +97,22 @@ def test_uci_online_retail_summer_times_are_converted_from_london_time(state, uc
 
 
 def test_uci_online_retail_ii_column_names_are_accepted(state):
-    path = write_csv(state.landing / "uci2.csv", """
+    path = write_csv(
+        state.landing / "uci2.csv",
+        """
 Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country
 489434,85048,15CM CHRISTMAS GLASS BALL 20 LIGHTS,12,2009-12-01 07:45:00,6.95,13085.0,United Kingdom
 C489449,22087,PAPER BUNTING WHITE LACE,-12,2009-12-01 10:33:00,2.95,16321.0,Australia
-""")
+""",
+    )
     result = ingest_events(Interval.for_day("2009-12-01"), str(path), state, adapter_name="uci_online_retail")
     assert result.rows_accepted == 1
     assert result.quarantine_reasons == {"cancelled invoice (not a purchase)": 1}
     assert _events(state, "2009-12-01")["user_id"].to_list() == ["13085"]
     quarantined = pl.read_csv(result.quarantine_files[0], infer_schema=False)
     assert quarantined.select("_source_row", "_column", "_value", "_reason").rows() == [
-        ("2", "Invoice", "C489449", "cancelled invoice (not a purchase)")]
+        ("2", "Invoice", "C489449", "cancelled invoice (not a purchase)")
+    ]
 
 
 def test_yoochoose_real_clicks(state, shared_data):
@@ -125,14 +139,17 @@ def test_diginetica_real_views(state, shared_data):
     expected = set()
     with open(source, newline="") as fh:
         for row in csv.DictReader(fh, delimiter=";"):
-            t = datetime.fromisoformat(row["eventdate"]).replace(tzinfo=timezone.utc) + \
-                timedelta(milliseconds=int(row["timeframe"]))
+            t = datetime.fromisoformat(row["eventdate"]).replace(tzinfo=timezone.utc) + timedelta(
+                milliseconds=int(row["timeframe"])
+            )
             if t.date().isoformat() == day:
                 user = row["user_id"] if row["user_id"] not in ("NA", "") else f"anon-{row['session_id']}"
                 expected.add((t, user, row["session_id"], row["item_id"]))
     result = ingest_events(Interval.for_day(day), str(source), state, adapter_name="diginetica")
-    got = {(r["event_time"], r["user_id"], r["session_id"], r["item_id"])
-           for r in _events(state, day).iter_rows(named=True)}
+    got = {
+        (r["event_time"], r["user_id"], r["session_id"], r["item_id"])
+        for r in _events(state, day).iter_rows(named=True)
+    }
     assert len(expected) > 100 and got == expected
     assert result.rows_quarantined == 0
 

@@ -25,7 +25,7 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers():
 
     def double(requests):
         calls.append(list(requests))
-        time.sleep(0.01)                      # the model is busy: the next requests queue meanwhile
+        time.sleep(0.01)  # the model is busy: the next requests queue meanwhile
         return [2 * r for r in requests]
 
     batcher = MicroBatcher(double, max_batch=8)
@@ -53,7 +53,7 @@ def test_batches_count_rows_and_never_split_a_request():
         return await asyncio.gather(*(batcher([1] * n) for n in (60, 60, 30, 150, 10)))
 
     assert _run(main()) == [60, 60, 30, 150, 10]
-    assert 150 in sizes                       # larger than a batch: alone
+    assert 150 in sizes  # larger than a batch: alone
     assert all(s <= 100 for s in sizes if s != 150)
 
 
@@ -88,7 +88,7 @@ def test_requests_waiting_past_the_deadline_are_refused_not_queued_forever():
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = _run(main())
-    assert results[0] == 0                    # the first ran at once
+    assert results[0] == 0  # the first ran at once
     assert all(isinstance(r, Overloaded) and "deadline" in str(r) for r in results[1:])
     assert batcher.stats.overloaded == 3
 
@@ -196,10 +196,10 @@ def test_the_blend_scores_like_its_dense_definition():
     cooccurrence = CooccurrenceRecommender(502, [rng.integers(2, 502, rng.integers(2, 40)) for _ in range(300)])
     blend = BlendedRecommender(sasrec, cooccurrence, beta=3.0)
     seq = torch.from_numpy(rng.integers(2, 502, (64, 12)))
-    seq[:5, :8] = 0                          # short histories
-    seq[5, -2:] = seq[5, -3]                 # an item repeated among the recent ones
-    seq[6, -1] = 1                           # an unknown item
-    seq[7] = 0                               # nothing at all
+    seq[:5, :8] = 0  # short histories
+    seq[5, -2:] = seq[5, -3]  # an item repeated among the recent ones
+    seq[6, -1] = 1  # an unknown item
+    seq[7] = 0  # nothing at all
     with torch.no_grad():
         dense = sasrec(seq) + 3.0 * torch.log1p(cooccurrence.score(seq).clamp(min=0))
         sparse = blend(seq)

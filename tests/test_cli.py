@@ -34,8 +34,10 @@ def test_every_option_of_every_subcommand_has_help_and_closed_sets_are_choices()
                 continue
             if not action.help:
                 missing.append(f"{name} {'/'.join(action.option_strings)}")
-            if set(action.option_strings) & {"--model", "--adapter", "--format", "--shift", "--challenger-mode"} \
-                    and not action.choices:
+            if (
+                set(action.option_strings) & {"--model", "--adapter", "--format", "--shift", "--challenger-mode"}
+                and not action.choices
+            ):
                 open_sets.append(f"{name} {action.option_strings[0]}")
     assert missing == [] and open_sets == []
     assert set(_subcommands(parser)["train"]._option_string_actions["--model"].choices) == set(families.names())
@@ -45,8 +47,9 @@ def test_each_subcommand_has_its_own_handler():
     handlers = {name: sub.get_default("handler") for name, sub in _subcommands(build_parser()).items()}
     assert None not in handlers.values()
     assert len(set(handlers.values())) == len(handlers)
-    assert {"generate", "ingest", "run", "train", "retrain", "serve", "monitor", "online-gate", "replay"} \
-        <= set(handlers)
+    assert {"generate", "ingest", "run", "train", "retrain", "serve", "monitor", "online-gate", "replay"} <= set(
+        handlers
+    )
 
 
 def test_the_installed_command_and_the_module_are_the_same_program():
@@ -112,8 +115,12 @@ def _hints() -> list[tuple[str, list[str]]]:
     found = []
     for path in sorted((REPO / "pipeline").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
-                    == "command" and node.args and isinstance(node.args[0], ast.Constant)):
+            if not (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "command"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 continue
             argv: list[str] = []
             for arg in node.args:
@@ -122,7 +129,7 @@ def _hints() -> list[tuple[str, list[str]]]:
                     for placeholder, value in PLACEHOLDERS.items():
                         text = text.replace(placeholder, value)
                     argv.append(text)
-                elif isinstance(arg, ast.BoolOp):   # model_name or "MODEL"
+                elif isinstance(arg, ast.BoolOp):  # model_name or "MODEL"
                     argv.append(COMPUTED.get(argv[-1], "x"))
                 else:
                     argv.append(COMPUTED.get(argv[-1], "x") if argv else "x")
@@ -132,7 +139,7 @@ def _hints() -> list[tuple[str, list[str]]]:
 
 def test_every_hint_the_code_prints_is_a_valid_command():
     hints = _hints()
-    assert len(hints) >= 8, hints   # the hints of serving, packaging, the registry and the steps
+    assert len(hints) >= 8, hints  # the hints of serving, packaging, the registry and the steps
     parser = build_parser()
     parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(ValueError(message))  # type: ignore[method-assign]
     for sub in _subcommands(parser).values():
@@ -151,11 +158,20 @@ def test_no_message_spells_a_command_by_hand():
     by_hand = []
     for path in sorted((REPO / "pipeline").rglob("*.py")):
         tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)
-                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
-                    and ("`python -m pipeline " in node.value or "`shopml " in node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and ("`python -m pipeline " in node.value or "`shopml " in node.value)
+            ):
                 by_hand.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value[:60]}")
     assert by_hand == []

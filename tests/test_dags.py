@@ -64,30 +64,48 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _airflow(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", "airflow", *args], env=_env(home), cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "airflow", *args],
+        env=_env(home),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.fast
 def test_dag_integrity(tmp_path):
-    out = subprocess.run([sys.executable, "-c", INTEGRITY, str(DAGS), ",".join(HEAVY)], env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", INTEGRITY, str(DAGS), ",".join(HEAVY)],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["import_errors"] == {}
     assert report["heavy"] == [], f"DAG files import heavy modules at parse time: {report['heavy']}"
     for name, file in report["files"].items():
         assert file["seconds"] < 1.0, f"{name} took {file['seconds']:.2f}s to import"
-    assert set(report["dags"]) == {"ingest_events", "retrain_next_item", "retrain_purchase_propensity",
-                                   "promote_model", "rollback_model", "monitor_models"}
+    assert set(report["dags"]) == {
+        "ingest_events",
+        "retrain_next_item",
+        "retrain_purchase_propensity",
+        "promote_model",
+        "rollback_model",
+        "monitor_models",
+    }
     ingest = report["dags"]["ingest_events"]["tasks"]
     assert set(ingest) == {"ingest_events", "validate_batch", "version_dataset"}
     assert ingest["ingest_events"]["downstream"] == ["validate_batch"]
     assert ingest["validate_batch"]["downstream"] == ["version_dataset"]
     for model in ("next_item", "purchase_propensity"):
         retrain = report["dags"][f"retrain_{model}"]
-        steps = [f"{step}_{model}" for step in ("features", "train", "evaluate", "gate", "register", "package",
-                                                "promote")]
+        steps = [
+            f"{step}_{model}" for step in ("features", "train", "evaluate", "gate", "register", "package", "promote")
+        ]
         assert set(retrain["tasks"]) == set(steps)
         for upstream, downstream in itertools.pairwise(steps):
             assert retrain["tasks"][upstream]["downstream"] == [downstream]
@@ -123,8 +141,9 @@ print(json.dumps([retrain_models._announced_version({"triggering_asset_events": 
 
 @pytest.mark.fast
 def test_a_retrain_triggered_by_new_data_takes_the_version_of_the_newest_event(tmp_path):
-    out = subprocess.run([sys.executable, "-c", ANNOUNCED, str(DAGS)], env=_env(tmp_path), capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", ANNOUNCED, str(DAGS)], env=_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["newest", None, None]
 
@@ -160,15 +179,28 @@ print(json.dumps({
 
 @pytest.mark.fast
 def test_training_is_routed_to_a_gpu_pod_by_configuration_alone(tmp_path):
-    env = {**_env(tmp_path), "SHOPML_TRAIN_RUNNER": "kubernetes_pod", "SHOPML_TRAIN_GPUS": "2",
-           "SHOPML_TRAIN_IMAGE": "registry.shop.example/shopml-train:1.2", "SHOPML_STATE_PVC": "shopml-state",
-           "MLFLOW_TRACKING_URI": "http://mlflow.shopml:5000", "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    env = {
+        **_env(tmp_path),
+        "SHOPML_TRAIN_RUNNER": "kubernetes_pod",
+        "SHOPML_TRAIN_GPUS": "2",
+        "SHOPML_TRAIN_IMAGE": "registry.shop.example/shopml-train:1.2",
+        "SHOPML_STATE_PVC": "shopml-state",
+        "MLFLOW_TRACKING_URI": "http://mlflow.shopml:5000",
+        "KUBECONFIG": str(tmp_path / "kubeconfig"),
+    }
     # Building the pod's spec reads a cluster's configuration; nothing connects to it.
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "gpu",
-        "clusters": [{"name": "gpu", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "contexts": [{"name": "gpu", "context": {"cluster": "gpu", "user": "u"}}],
-        "users": [{"name": "u", "user": {}}]}))
+    (tmp_path / "kubeconfig").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "gpu",
+                "clusters": [{"name": "gpu", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "contexts": [{"name": "gpu", "context": {"cluster": "gpu", "user": "u"}}],
+                "users": [{"name": "u", "user": {}}],
+            }
+        )
+    )
     out = subprocess.run([sys.executable, "-c", POD, str(DAGS)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     pod = json.loads(out.stdout.strip().splitlines()[-1])
@@ -202,8 +234,24 @@ def test_training_is_routed_to_a_gpu_pod_by_configuration_alone(tmp_path):
 def dag_home(tmp_path_factory):
     """A state folder with two generated days; the Airflow DB is created on first use."""
     home = tmp_path_factory.mktemp("airflow-e2e")
-    subprocess.run([sys.executable, "-m", "pipeline", "generate", "--days", "2", "--events-per-day", "4000",
-                    "--start-date", "2026-11-01"], env=_env(home), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "generate",
+            "--days",
+            "2",
+            "--events-per-day",
+            "4000",
+            "--start-date",
+            "2026-11-01",
+        ],
+        env=_env(home),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return home
 
 
@@ -255,14 +303,18 @@ def test_monitor_dag_requests_a_retrain_once_per_cooldown_through_the_retrain_as
         out = _airflow(dag_home, "dags", "test", "monitor_models", run)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
         with sqlite3.connect(dag_home / "airflow" / "airflow.db") as db:
-            events.append(db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id "
-                                     "where a.name like 'shopml://retrain/%' order by a.name").fetchall())
+            events.append(
+                db.execute(
+                    "select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id "
+                    "where a.name like 'shopml://retrain/%' order by a.name"
+                ).fetchall()
+            )
         log = out.stdout + out.stderr
         assert "has no champion: nothing is served to monitor" in log
     first, second = events
     assert [name for name, _ in first] == ["shopml://retrain/next_item", "shopml://retrain/purchase_propensity"]
     assert all(json.loads(extra)["reason"] == "no champion yet" for _, extra in first)
-    assert second == first                      # the second run's requests were held back by the cool-down
+    assert second == first  # the second run's requests were held back by the cool-down
     assert "held back by the cool-down" in log
 
 
@@ -271,20 +323,41 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
     home = tmp_path / "home"
     env = _env(home)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train_recommender"].update(epochs=10, patience=3)   # params.yaml's model, fewer epochs
+    params["train_recommender"].update(epochs=10, patience=3)  # params.yaml's model, fewer epochs
     params["train_propensity"].update(epochs=3)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
     # A shop dense enough (users and items per event) for the sequential model to beat popularity.
-    for args in (["generate", "--days", "10", "--events-per-day", "5000", "--start-date", "2026-11-01",
-                  "--initial-users", "2000", "--initial-items", "1200", "--seed", "11"],
-                 ["run", "--start", "2026-11-01", "--days", "7"]):
+    for args in (
+        [
+            "generate",
+            "--days",
+            "10",
+            "--events-per-day",
+            "5000",
+            "--start-date",
+            "2026-11-01",
+            "--initial-users",
+            "2000",
+            "--initial-items",
+            "1200",
+            "--seed",
+            "11",
+        ],
+        ["run", "--start", "2026-11-01", "--days", "7"],
+    ):
         subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, check=True, capture_output=True)
     paths = get_state_paths({"SHOPML_HOME": str(home)})
 
     def ingest(run_date: str) -> None:
-        out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", "ingest_events", run_date],
-                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline", "airflow", "dags", "test", "ingest_events", run_date],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
 
     # The last three days through the ingest DAG, one data interval per run (after the DAG's start date).
@@ -302,15 +375,22 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
     def run_dag(*models: str) -> str:
         logs = []
         for model in models:
-            out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", f"retrain_{model}"],
-                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                [sys.executable, "-m", "pipeline", "airflow", "dags", "test", f"retrain_{model}"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             logs.append(out.stdout + out.stderr)
             assert out.returncode == 0, logs[-1][-4000:]
         return "\n".join(logs)
 
     def models() -> str:
-        return subprocess.run([sys.executable, "-m", "pipeline", "models"], env=env, cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "models"], env=env, cwd=REPO, check=True, capture_output=True, text=True
+        ).stdout
 
     first = {model: run_dag(model) for model in ("next_item", "purchase_propensity")}
     assert all(f"on dataset {current['version']}" in log for log in first.values())
@@ -329,18 +409,25 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
         else:
             assert f"{model} floor serves: " in log and f"{model}: champion is now version 2, served by Bento" in log
         champion = "1" if promoted else "2"
-        assert any(line.split()[:4] == [model, champion, "champion", "champion"] for line in listing.splitlines()), \
+        assert any(line.split()[:4] == [model, champion, "champion", "champion"] for line in listing.splitlines()), (
             listing
+        )
 
     # Same data, same seed: the candidate equals the first one; the champion changes only on a PROMOTE
     # whose every interval lies above zero, and a rejected one skips package and promote, not fails.
-    before = next(line.split()[1] for line in models().splitlines() if line.split()[:1] == ["next_item"]
-                  and line.split()[2] == "champion")
+    before = next(
+        line.split()[1]
+        for line in models().splitlines()
+        if line.split()[:1] == ["next_item"] and line.split()[2] == "champion"
+    )
     second = run_dag("next_item")
     if not _gate_verdicts(second):
         assert "rejected by the gate" in second
-        after = next(line.split()[1] for line in models().splitlines() if line.split()[:1] == ["next_item"]
-                     and line.split()[2] == "champion")
+        after = next(
+            line.split()[1]
+            for line in models().splitlines()
+            if line.split()[:1] == ["next_item"] and line.split()[2] == "champion"
+        )
         assert after == before
 
 
@@ -348,8 +435,9 @@ def _gate_verdicts(log: str) -> bool:
     """Whether the log's gate promoted; asserts each floor and significance verdict follows its interval."""
     import re
 
-    checks = re.findall(r"^  (PASS|FAIL) (floor \w+|significance): .*?interval[^\[]*\[([-+][\d.]+), ([-+][\d.]+)\]",
-                        log, flags=re.M)
+    checks = re.findall(
+        r"^  (PASS|FAIL) (floor \w+|significance): .*?interval[^\[]*\[([-+][\d.]+), ([-+][\d.]+)\]", log, flags=re.M
+    )
     assert checks, log[-3000:]
     for verdict, name, low, _ in checks:
         assert (verdict == "PASS") == (float(low) > 0), f"{name}: {verdict} with lower bound {low}"
@@ -359,7 +447,7 @@ def _gate_verdicts(log: str) -> bool:
 def _json_tail(text: str):
     """The JSON list at the end of a command's output (Airflow prints warnings before it); no list
     of objects (Airflow's "No data found") is an empty one."""
-    return json.loads(text[text.index("[{"):].strip()) if "[{" in text else []
+    return json.loads(text[text.index("[{") :].strip()) if "[{" in text else []
 
 
 @pytest.mark.slow
@@ -375,15 +463,41 @@ def test_a_week_backfills_through_the_scheduler(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env.update({"AIRFLOW__API__PORT": str(port),
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/"})
-    subprocess.run([sys.executable, "-m", "pipeline", "generate", "--days", "7", "--events-per-day", "3000",
-                    "--start-date", "2026-11-01"], env=env, cwd=REPO, check=True, capture_output=True)
+    env.update(
+        {
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        }
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "generate",
+            "--days",
+            "7",
+            "--events-per-day",
+            "3000",
+            "--start-date",
+            "2026-11-01",
+        ],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
 
     def airflow(*args: str) -> str:
-        for _ in range(10):   # SQLite allows one writer; the scheduler holds it for moments
-            out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", *args], env=env, cwd=REPO,
-                                 capture_output=True, text=True, timeout=300)
+        for _ in range(10):  # SQLite allows one writer; the scheduler holds it for moments
+            out = subprocess.run(
+                [sys.executable, "-m", "pipeline", "airflow", *args],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if out.returncode == 0:
                 return out.stdout
             if "database is locked" not in out.stdout + out.stderr:
@@ -391,24 +505,44 @@ def test_a_week_backfills_through_the_scheduler(tmp_path):
             time.sleep(2)
         raise AssertionError(f"airflow {' '.join(args)}: {(out.stdout + out.stderr)[-3000:]}")
 
-    airflow("db", "check")   # creates the metadata database and the training pool first
+    airflow("db", "check")  # creates the metadata database and the training pool first
     with open(tmp_path / "standalone.log", "wb") as log:
-        standalone = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], env=env,
-                                      cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        standalone = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "airflow", "standalone"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while "ingest_events" not in airflow("dags", "list"):
-            assert standalone.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "standalone.log").read_text()[-3000:]
+            assert standalone.poll() is None and time.monotonic() < deadline, (tmp_path / "standalone.log").read_text()[
+                -3000:
+            ]
             time.sleep(3)
         # Logical dates are data-interval starts: 2026-11-01 .. 2026-11-07, the generated week.
-        airflow("backfill", "create", "--dag-id", "ingest_events", "--from-date", "2026-11-01", "--to-date",
-                "2026-11-07", "--max-active-runs", "1")
-        airflow("dags", "unpause", "ingest_events")   # the scheduler runs no run of a paused DAG
+        airflow(
+            "backfill",
+            "create",
+            "--dag-id",
+            "ingest_events",
+            "--from-date",
+            "2026-11-01",
+            "--to-date",
+            "2026-11-07",
+            "--max-active-runs",
+            "1",
+        )
+        airflow("dags", "unpause", "ingest_events")  # the scheduler runs no run of a paused DAG
         deadline = time.monotonic() + 600
         while True:
-            runs = [r for r in _json_tail(airflow("dags", "list-runs", "ingest_events", "-o", "json"))
-                    if r["run_id"].startswith("backfill__")]
+            runs = [
+                r
+                for r in _json_tail(airflow("dags", "list-runs", "ingest_events", "-o", "json"))
+                if r["run_id"].startswith("backfill__")
+            ]
             states = sorted(r["state"] for r in runs)
             assert "failed" not in states, runs
             if len(runs) == 7 and set(states) == {"success"}:
@@ -453,22 +587,37 @@ def test_a_cleared_retrain_reruns_on_its_own_dataset_version_and_packages_its_sn
     env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
 
     def cli(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
         return out.stdout + out.stderr
 
     def run_a() -> str:
-        out = subprocess.run([sys.executable, "-c", RUN_A, str(DAGS)], env=env, cwd=REPO, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", RUN_A, str(DAGS)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
         log = out.stdout + out.stderr
         assert out.returncode == 0 and "ended success" in log, log[-4000:]
         return log
 
-    cli("generate", "--days", "6", "--events-per-day", "3000", "--start-date", "2026-11-01", "--initial-users",
-        "1000", "--initial-items", "600", "--seed", "11")
+    cli(
+        "generate",
+        "--days",
+        "6",
+        "--events-per-day",
+        "3000",
+        "--start-date",
+        "2026-11-01",
+        "--initial-users",
+        "1000",
+        "--initial-items",
+        "600",
+        "--seed",
+        "11",
+    )
     cli("run", "--start", "2026-11-01", "--days", "5")
-    cli("airflow", "db", "check")      # creates the metadata database
+    cli("airflow", "db", "check")  # creates the metadata database
     paths = get_state_paths({"SHOPML_HOME": str(home)})
     day5 = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())["version"]
 
@@ -483,11 +632,11 @@ def test_a_cleared_retrain_reruns_on_its_own_dataset_version_and_packages_its_sn
     assert "this DAG run already trained run" in again
     lineage = json.loads(cli("lineage", "--model", "next_item", "--version", "1"))
     assert lineage["dataset_version"] == day5
-    assert "next_item    2" not in cli("models")         # the rerun registered no second version
+    assert "next_item    2" not in cli("models")  # the rerun registered no second version
 
     packaged = cli("package", "--model", "next_item", "--version", "1")
     tag = next(line.split("Bento ")[1].split()[0] for line in packaged.splitlines() if "passed its smoke test" in line)
     with served(paths, tag) as url:
         meta = httpx.post(f"{url}/metadata", json={}).json()
     assert meta["version"] == "1" and meta["dataset_version"] == day5 and meta["features_dataset_version"] == day5
-    assert meta["features_as_of"].startswith("2026-11-06")     # the end of day 5, not of day 6
+    assert meta["features_as_of"].startswith("2026-11-06")  # the end of day 5, not of day 6

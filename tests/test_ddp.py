@@ -18,9 +18,19 @@ from conftest import REPO
 def test_torchrun_two_processes_share_the_data_and_stay_in_sync(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "tests" / "ddp_worker.py"),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -57,7 +67,7 @@ def test_pipeline_train_under_torchrun_resumes_a_killed_run_on_every_rank_and_tr
     from pipeline.core.tracking import tracking_uri
     from pipeline.families.training import train_distributed
 
-    epochs = 4   # with 2 ranks on 2 cores, about a second each: time to kill it mid-training
+    epochs = 4  # with 2 ranks on 2 cores, about a second each: time to kill it mid-training
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train_recommender"].update(epochs=epochs, patience=epochs, max_len=30, dim=64, layers=2, batch_size=16)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -65,12 +75,27 @@ def test_pipeline_train_under_torchrun_resumes_a_killed_run_on_every_rank_and_tr
     mp.setenv("SHOPML_PARAMS", str(tmp_path / "params.yaml"))
     mp.setenv("OMP_NUM_THREADS", "1")
     try:
-        with published_shop(tmp_path / "home", GenerateParams(
-                seed=5, start_date="2026-10-01", days=8, events_per_day=2000, initial_users=800,
-                initial_items=500)) as paths:
+        with published_shop(
+            tmp_path / "home",
+            GenerateParams(
+                seed=5, start_date="2026-10-01", days=8, events_per_day=2000, initial_users=800, initial_items=500
+            ),
+        ) as paths:
             tags = {"airflow.dag_run_id": "ddp__1"}
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                       "-m", "pipeline", "train", "--model", "next_item", "--tag", "airflow.dag_run_id=ddp__1"]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                "-m",
+                "pipeline",
+                "train",
+                "--model",
+                "next_item",
+                "--tag",
+                "airflow.dag_run_id=ddp__1",
+            ]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             with (tmp_path / "killed.log").open("w") as log:
                 victim = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -90,7 +115,7 @@ def test_pipeline_train_under_torchrun_resumes_a_killed_run_on_every_rank_and_tr
                 assert time.monotonic() < deadline, f"ranks {ranks} outlived their agent"
                 time.sleep(0.1)
             [last] = list(checkpoints.glob("*/checkpoints/last.pt"))
-            assert torch.load(last, weights_only=False)["epoch"] < epochs - 1   # stopped before the end
+            assert torch.load(last, weights_only=False)["epoch"] < epochs - 1  # stopped before the end
             mlflow.set_tracking_uri(tracking_uri(paths))
             [left] = mlflow.search_runs(search_all_experiments=True, output_format="list")
             assert left.info.status == "RUNNING"
@@ -103,7 +128,7 @@ def test_pipeline_train_under_torchrun_resumes_a_killed_run_on_every_rank_and_tr
             assert set(starts) == {0, 1} and len(set(starts.values())) == 1, output[-4000:]
 
             runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-            assert [r.info.run_id for r in runs] == [left.info.run_id]     # rank 1 logged nothing
+            assert [r.info.run_id for r in runs] == [left.info.run_id]  # rank 1 logged nothing
             run = runs[0]
             assert run.info.status == "FINISHED"
             assert run.data.tags["train.world_size"] == "2" and run.data.tags["airflow.dag_run_id"] == "ddp__1"

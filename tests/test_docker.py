@@ -23,8 +23,13 @@ DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 COMPOSE = DOCKER / "docker-compose.yaml"
-AIRFLOW_COMPONENTS = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                      "airflow-worker")
+AIRFLOW_COMPONENTS = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 
 
 def _lock() -> dict[str, str]:
@@ -43,8 +48,12 @@ def test_the_four_images_exist():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_passes_hadolint(dockerfile):
-    done = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "style", str(dockerfile)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "style", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -69,24 +78,33 @@ def test_images_are_multi_stage_non_root_and_pinned_by_the_lock(dockerfile):
     if "requirements.lock" not in text:
         for name, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\\]*)", text):
             if name != "pip":
-                assert lock[name.lower()] == version, f"{dockerfile.name} pins {name}=={version}, the lock has " \
-                                                      f"{lock[name.lower()]}"
+                assert lock[name.lower()] == version, (
+                    f"{dockerfile.name} pins {name}=={version}, the lock has {lock[name.lower()]}"
+                )
 
 
 def test_compose_file_is_valid_against_the_compose_specification():
-    done = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_schema_check_catches_an_invalid_compose_file(tmp_path):
     stack = yaml.safe_load(COMPOSE.read_text())
-    stack["services"]["mlflow"]["depends_on"]["postgres"]["condition"] = "service_ready"   # not a condition
-    stack["services"]["postgres"]["restart_policy"] = "always"         # not a service key
+    stack["services"]["mlflow"]["depends_on"]["postgres"]["condition"] = "service_ready"  # not a condition
+    stack["services"]["postgres"]["restart_policy"] = "always"  # not a service key
     broken = tmp_path / "compose.yaml"
     broken.write_text(yaml.safe_dump(stack))
-    done = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "restart_policy" in done.stdout and "service_ready" in done.stdout
 
@@ -129,8 +147,11 @@ def test_no_secret_is_committed_and_env_example_lists_every_required_one():
             if secret.search(key):
                 assert str(value).startswith("${"), f"{name}.{key} is a literal, not a ${{VARIABLE}}"
     required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
-    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert required <= set(example), f".env.example lacks {sorted(required - set(example))}"
     assert all("CHANGE-ME" in example[k] for k in example if secret.search(k))
     ignored = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO)
@@ -155,5 +176,5 @@ def test_images_with_the_locked_packages_carry_the_system_libraries_they_link():
         text = dockerfile.read_text()
         if "-r /tmp/requirements.lock" not in text:
             continue
-        runtime = text[text.index("AS runtime"):]
+        runtime = text[text.index("AS runtime") :]
         assert "libgomp1=" in runtime, f"{dockerfile.name}: the runtime stage does not install libgomp1"

@@ -15,8 +15,13 @@ from conftest import REPO
 
 
 def _copy_repo(target: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in files:
         if (REPO / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -30,8 +35,11 @@ def test_dvc_repro_builds_and_versions_the_dataset(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["generate"].update(days=2, events_per_day=3000, initial_users=800, initial_items=600)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "SHOPML_HOME": str(repo / ".state"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "SHOPML_HOME": str(repo / ".state"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("SHOPML_DVC_REMOTE", None)
     dvc = [sys.executable, "-m", "dvc"]
 
@@ -40,7 +48,9 @@ def test_dvc_repro_builds_and_versions_the_dataset(tmp_path):
     current = json.loads((repo / ".state" / "dataset" / "versions" / "current.json").read_text())
     assert current["published_days"] == ["2026-11-02"]
     assert sorted(p.name for p in (repo / ".state" / "dataset" / "canonical" / "events").iterdir()) == [
-        "event_date=2026-11-01", "event_date=2026-11-02"]
+        "event_date=2026-11-01",
+        "event_date=2026-11-02",
+    ]
 
     again = subprocess.run([*dvc, "repro", "version"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Data and pipelines are up to date" in again.stdout

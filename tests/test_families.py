@@ -31,9 +31,14 @@ class ToyParams:
 
 
 def _user_rates(events: pl.DataFrame) -> pl.DataFrame:
-    return events.group_by("user_id").agg(pl.len().cast(pl.Float64).alias("events"),
-                                          (pl.col("event_type") == "purchase").sum().cast(pl.Float64)
-                                          .alias("purchases")).sort("user_id")
+    return (
+        events.group_by("user_id")
+        .agg(
+            pl.len().cast(pl.Float64).alias("events"),
+            (pl.col("event_type") == "purchase").sum().cast(pl.Float64).alias("purchases"),
+        )
+        .sort("user_id")
+    )
 
 
 def write_features(out: Path, dataset, params: ToyParams):
@@ -81,17 +86,29 @@ def toy_test_set(dataset, split, run_params) -> base.TestSet:
     later = events.filter((pl.col("event_time") >= split.valid_end) & (pl.col("event_type") == "purchase"))
     bought = set(later["user_id"].to_list())
     users = rates["user_id"].to_list()
-    last_item = events.filter(pl.col("event_time") < split.valid_end).group_by("user_id").agg(
-        pl.col("item_id").last()).sort("user_id")["item_id"]
-    return base.TestSet(inputs=rates.select("events", "purchases").to_pandas(), users=np.array(users, dtype=object),
-                   slices=slices(users, last_item, events, catalog, split.train_end),
-                   labels=np.array([float(u in bought) for u in users]))
+    last_item = (
+        events.filter(pl.col("event_time") < split.valid_end)
+        .group_by("user_id")
+        .agg(pl.col("item_id").last())
+        .sort("user_id")["item_id"]
+    )
+    return base.TestSet(
+        inputs=rates.select("events", "purchases").to_pandas(),
+        users=np.array(users, dtype=object),
+        slices=slices(users, last_item, events, catalog, split.train_end),
+        labels=np.array([float(u in bought) for u in users]),
+    )
 
 
 def _scores(probs: np.ndarray, test: base.TestSet, predictions=None) -> ModelScores:
     labels = test.labels
-    return ModelScores({"auc": auc(labels, probs)}, {"probability": probs},
-                       per_slice(test, lambda m: {"auc": auc(labels[m], probs[m])}), 1.0, predictions)
+    return ModelScores(
+        {"auc": auc(labels, probs)},
+        {"probability": probs},
+        per_slice(test, lambda m: {"auc": auc(labels[m], probs[m])}),
+        1.0,
+        predictions,
+    )
 
 
 def score(model, test: base.TestSet) -> ModelScores:
@@ -110,10 +127,21 @@ def parity(post, expected: pd.DataFrame) -> ParityOutcome:
     return ParityOutcome(int((diff > 1e-9).sum()), float(diff.max()), [ms], [])
 
 
-SPEC = ModelSpec(name=NAME, params=lambda _: ToyParams(), feature_params=("valid_days", "test_days"),
-                 write_features=write_features, train=train, test_set=toy_test_set, score=score, baselines=baselines,
-                 plot_metric="auc", service="pipeline.serving.generic:PyfuncService", endpoint="predict",
-                 parity=parity, parity_rows=1000)
+SPEC = ModelSpec(
+    name=NAME,
+    params=lambda _: ToyParams(),
+    feature_params=("valid_days", "test_days"),
+    write_features=write_features,
+    train=train,
+    test_set=toy_test_set,
+    score=score,
+    baselines=baselines,
+    plot_metric="auc",
+    service="pipeline.serving.generic:PyfuncService",
+    endpoint="predict",
+    parity=parity,
+    parity_rows=1000,
+)
 
 
 @pytest.fixture
@@ -138,8 +166,10 @@ def test_a_toy_family_goes_through_every_step_from_one_spec(toy_family, tmp_path
     from pipeline.serving.package import served
 
     policy = Policy(metric="auc", floors=("constant",), bootstrap_samples=200, require_smoke_test=True)
-    with published_shop(tmp_path / "home", GenerateParams(seed=3, start_date="2026-11-01", days=6,
-                                                          events_per_day=2000, initial_users=300)) as paths:
+    with published_shop(
+        tmp_path / "home",
+        GenerateParams(seed=3, start_date="2026-11-01", days=6, events_per_day=2000, initial_users=300),
+    ) as paths:
         assert NAME in families.names()
         built = steps.features(paths, load_params(), NAME)
         assert json.loads((Path(built["features"]) / "manifest.json").read_text())["model"] == NAME

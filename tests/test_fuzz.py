@@ -21,7 +21,7 @@ from conftest import published_shop, write_csv
 
 pytestmark = pytest.mark.reliability
 
-CASES_PER_ENDPOINT = 100           # per generation mode: valid requests, then invalid ones
+CASES_PER_ENDPOINT = 100  # per generation mode: valid requests, then invalid ones
 FIGURES: dict[str, dict] = {}
 
 
@@ -36,20 +36,27 @@ def shop(tmp_path_factory):
     from pipeline.lifecycle.evaluate import evaluate_candidate
     from pipeline.lifecycle.gate import gate_candidate, load_policy
 
-    with published_shop(tmp_path_factory.mktemp("fuzz"), GenerateParams(
-            seed=3, start_date="2026-10-01", days=6, events_per_day=1500, initial_users=300,
-            initial_items=200)) as paths:
+    with published_shop(
+        tmp_path_factory.mktemp("fuzz"),
+        GenerateParams(
+            seed=3, start_date="2026-10-01", days=6, events_per_day=1500, initial_users=300, initial_items=200
+        ),
+    ) as paths:
         runs = {
-            "next_item": train_recommender(paths, TrainRecommenderParams(
-                valid_days=1, test_days=1, max_len=20, dim=16, layers=1, epochs=1, blend=False)).run_id,
-            "purchase_propensity": train_propensity(paths, TrainPropensityParams(
-                valid_days=1, test_days=1, horizon_days=1, lookback_days=1, epochs=1)).run_id,
+            "next_item": train_recommender(
+                paths,
+                TrainRecommenderParams(valid_days=1, test_days=1, max_len=20, dim=16, layers=1, epochs=1, blend=False),
+            ).run_id,
+            "purchase_propensity": train_propensity(
+                paths, TrainPropensityParams(valid_days=1, test_days=1, horizon_days=1, lookback_days=1, epochs=1)
+            ).run_id,
         }
         versions = {}
         for model, run_id in runs.items():
             evaluate_candidate(paths, model, run_id)
-            gate_candidate(paths, model, run_id, dataclasses.replace(load_policy(model), floors=(),
-                                                                    bootstrap_samples=50))
+            gate_candidate(
+                paths, model, run_id, dataclasses.replace(load_policy(model), floors=(), bootstrap_samples=50)
+            )
             versions[model] = str(registry.register_candidate(paths, model, run_id).version)
         yield paths, versions
 
@@ -66,7 +73,7 @@ def _fuzz_operation(url: str, operation, mode, counts: collections.Counter, fail
         counts["cases"] += 1
         try:
             case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
-        except AssertionError as exc:       # collected, so every endpoint is fuzzed before failing
+        except AssertionError as exc:  # collected, so every endpoint is fuzzed before failing
             failures.append(f"{operation.path}: {str(exc)[:500]}")
 
     return run
@@ -83,7 +90,7 @@ def _fuzz(url: str, name: str) -> dict[str, collections.Counter]:
         if operation.method.upper() != "POST":
             continue
         counts = by_endpoint.setdefault(operation.path, collections.Counter())
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):   # valid requests, then invalid ones
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):  # valid requests, then invalid ones
             _fuzz_operation(url, operation, mode, counts, failures)()
     FIGURES[name] = by_endpoint
     assert not failures, "\n".join(failures[:5])
@@ -96,15 +103,20 @@ def test_schemathesis_on_the_next_item_bento(shop):
     paths, versions = shop
     bento = build_bento(paths, "next_item", versions["next_item"])
     with served(paths, bento.bento_tag) as url:
-        user = pl.read_parquet(sorted((paths.canonical / "events").glob("event_date=*/part-0.parquet"))[0])[
-            "user_id"][0]
+        user = pl.read_parquet(sorted((paths.canonical / "events").glob("event_date=*/part-0.parquet"))[0])["user_id"][
+            0
+        ]
         before = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 5}, timeout=30).json()
         counts = _fuzz(url, "next_item")
         assert set(counts) == {"/recommend", "/metadata"}, counts
         assert counts["/recommend"]["4xx"] > 0 and counts["/recommend"]["5xx"] == 0
         # The fuzzing findings, one by one.
-        multipart = httpx.post(f"{url}/recommend", content=b'{"user_id":"u1009"}', timeout=30,
-                               headers={"content-type": "multipart/form-data"})
+        multipart = httpx.post(
+            f"{url}/recommend",
+            content=b'{"user_id":"u1009"}',
+            timeout=30,
+            headers={"content-type": "multipart/form-data"},
+        )
         assert multipart.status_code == 415, multipart.text
         cold = httpx.post(f"{url}/recommend", json={}, timeout=30).json()
         assert cold["source"] == "popularity" and cold["reason"] == "no user_id and no history were sent"
@@ -151,7 +163,7 @@ def test_packaging_killed_anywhere_is_finished_by_the_rerun(shop):
         killed = run_worker(paths.home, "package", "next_item", version, kill_at=point)
         assert killed.returncode == -9, (point, killed.returncode, killed.stderr[-2000:])
         tags = client.get_model_version("next_item", version).tags
-        assert tags.get("smoke_test") != "passed"          # nothing claims what was not recorded
+        assert tags.get("smoke_test") != "passed"  # nothing claims what was not recorded
         deadline = time.monotonic() + 60
         while (left := _bentoml_servers("shopml-next-item")) and time.monotonic() < deadline:
             time.sleep(1)
@@ -180,11 +192,19 @@ def test_schemathesis_on_the_propensity_bento(shop):
 HEADER = "event_time,user_id,session_id,item_id,event_type,price,quantity\n"
 GOOD = "2026-11-02T10:00:00Z,u1,s1,i1,view,1.5,1\n"
 FIELD = st.one_of(
-    st.text(max_size=12),                                            # any unicode, NUL and newlines included
+    st.text(max_size=12),  # any unicode, NUL and newlines included
     st.sampled_from(['"', '""', '"unterminated', 'a"b', ",", "\r", "\x00", "é", "\ufeff"]),
-    st.text(min_size=5000, max_size=20000, alphabet="xyz"),        # huge fields
-    st.sampled_from(["2026-11-02T10:00:00+05:30", "2026-11-02 10:00:00", "2026-11-02T10:00:00-11:00",
-                     "2026-11-02T10:00:00", "1793613600", "2026-13-40T99:99:99Z"]),   # mixed time zones
+    st.text(min_size=5000, max_size=20000, alphabet="xyz"),  # huge fields
+    st.sampled_from(
+        [
+            "2026-11-02T10:00:00+05:30",
+            "2026-11-02 10:00:00",
+            "2026-11-02T10:00:00-11:00",
+            "2026-11-02T10:00:00",
+            "1793613600",
+            "2026-13-40T99:99:99Z",
+        ]
+    ),  # mixed time zones
 )
 LINE = st.lists(FIELD, min_size=1, max_size=9).map(lambda fields: ",".join(fields) + "\n")
 ENCODING = st.sampled_from(["utf-8", "latin-1", "utf-16", "cp1252"])
@@ -213,15 +233,20 @@ def test_landing_parser_never_crashes_and_never_touches_accepted_days(state, lin
     write_csv(state.landing / "catalog" / "catalog-2026-11-02.csv", "item_id,category,brand,price\ni1,c,b,1.0\n")
     PARSER_CASES["cases"] += 1
     try:
-        result = ingest_events(Interval.for_day("2026-11-02"), "landing/events/events-{date}.csv", state,
-                               catalog_source="landing/catalog/catalog-{date}.csv")
+        result = ingest_events(
+            Interval.for_day("2026-11-02"),
+            "landing/events/events-{date}.csv",
+            state,
+            catalog_source="landing/catalog/catalog-{date}.csv",
+        )
     except IngestError as exc:
         PARSER_CASES["refused with IngestError"] += 1
-        assert "events-2026-11-02.csv" in str(exc)          # the error names the file
+        assert "events-2026-11-02.csv" in str(exc)  # the error names the file
     else:
         PARSER_CASES["ingested"] += 1
-        assert (result.rows_accepted + result.rows_duplicate + result.rows_outside_interval
-                + result.rows_quarantined) == result.rows_read
+        assert (
+            result.rows_accepted + result.rows_duplicate + result.rows_outside_interval + result.rows_quarantined
+        ) == result.rows_read
     assert hashlib.sha256(other.read_bytes()).hexdigest() == before
 
 
@@ -246,15 +271,17 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
 
     paths, versions = shop
     old = versions["next_item"]
-    run_id = train_recommender(paths, TrainRecommenderParams(valid_days=1, test_days=1, max_len=20, dim=16,
-                                                             layers=1, epochs=1, blend=False, seed=7)).run_id
+    run_id = train_recommender(
+        paths,
+        TrainRecommenderParams(valid_days=1, test_days=1, max_len=20, dim=16, layers=1, epochs=1, blend=False, seed=7),
+    ).run_id
     client = mlflow_client(paths)
     client.set_tag(run_id, "gate.decision", "passed")
     new = str(registry.register_candidate(paths, "next_item", run_id).version)
     bentos = {v: build_bento(paths, "next_item", v).bento_tag for v in (old, new)}
     user = pl.read_parquet(sorted((paths.canonical / "events").glob("event_date=*/part-0.parquet"))[0])["user_id"][0]
     port = free_port()
-    log: list[tuple[float, str, str]] = []           # (time, outcome, model version)
+    log: list[tuple[float, str, str]] = []  # (time, outcome, model version)
     stop = threading.Event()
 
     def client_loop():
@@ -268,8 +295,13 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
                     continue
                 body = r.json() if r.status_code == 200 else {}
                 full = r.status_code == 200 and len(body.get("items", [])) == 5
-                log.append((time.monotonic(), str(r.status_code) if full or r.status_code != 200 else "partial",
-                            body.get("model_version", "")))
+                log.append(
+                    (
+                        time.monotonic(),
+                        str(r.status_code) if full or r.status_code != 200 else "partial",
+                        body.get("model_version", ""),
+                    )
+                )
 
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(64)]
     with served(paths, bentos[old], port=port):
@@ -277,7 +309,7 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
             t.start()
         time.sleep(20)
         registry.promote(paths, "next_item", new, force=True, by="load-test", reason="restart under load")
-        stopping = time.monotonic()         # leaving the block stops the old server
+        stopping = time.monotonic()  # leaving the block stops the old server
     with served(paths, bentos[new], port=port):
         ready = time.monotonic()
         time.sleep(20)
@@ -294,8 +326,9 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
     assert all(stopping <= t <= ready for t in failed), (stopping, ready, sorted(failed)[:3], sorted(failed)[-3:])
     assert all(v == new for t, o, v in log if o == "200" and t > ready)
     assert all(v == old for t, o, v in log if o == "200" and t < stopping)
-    RESTART.update(window_s=ready - stopping, answered=outcomes["200"], refused=len(failed),
-                   unavailable=outcomes["503"])
+    RESTART.update(
+        window_s=ready - stopping, answered=outcomes["200"], refused=len(failed), unavailable=outcomes["503"]
+    )
 
 
 def test_summary():
@@ -305,11 +338,15 @@ def test_summary():
             classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "cases")
             print(f"schemathesis {name} POST {path}: {counts['cases']} cases ({classes})")
     if RESTART:
-        print(f"restart under 64 clients: {RESTART['answered']} answers, all full, from the old or the new version, "
-              f"no 500; {RESTART['refused']} failed requests ({RESTART['unavailable']} of them 503, the rest "
-              f"refused or cut connections), all inside the {RESTART['window_s']:.1f} s restart window (old "
-              f"server stopping -> new one ready)")
+        print(
+            f"restart under 64 clients: {RESTART['answered']} answers, all full, from the old or the new version, "
+            f"no 500; {RESTART['refused']} failed requests ({RESTART['unavailable']} of them 503, the rest "
+            f"refused or cut connections), all inside the {RESTART['window_s']:.1f} s restart window (old "
+            f"server stopping -> new one ready)"
+        )
     print(f"kill points of packaging tried, invariants held after the rerun: {', '.join(PACKAGE_POINTS)}")
-    print(f"landing-file parser: {PARSER_CASES['cases']} generated files; {PARSER_CASES['ingested']} ingested "
-          f"with counts adding up, {PARSER_CASES['refused with IngestError']} refused naming the file, 0 crashes")
+    print(
+        f"landing-file parser: {PARSER_CASES['cases']} generated files; {PARSER_CASES['ingested']} ingested "
+        f"with counts adding up, {PARSER_CASES['refused with IngestError']} refused naming the file, 0 crashes"
+    )
     assert PARSER_CASES["cases"] > 0

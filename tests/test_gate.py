@@ -44,8 +44,11 @@ def test_the_repository_policy_loads_and_a_bad_rule_is_named(tmp_path):
     with pytest.raises(PolicyError, match=r"next_item.confidence: must be less than 1, got 1.5"):
         load_policy("next_item", bad)
     bad.write_text("next_item:\n  floors: [popularity]\n  require_smoke_test: maybe\n")
-    with pytest.raises(PolicyError, match=r"next_item.metric: required\n.*next_item.require_smoke_test: "
-                                          r"must be true or false, got 'maybe'"):
+    with pytest.raises(
+        PolicyError,
+        match=r"next_item.metric: required\n.*next_item.require_smoke_test: "
+        r"must be true or false, got 'maybe'",
+    ):
         load_policy("next_item", bad)
     with pytest.raises(PolicyError, match="no section for model 'purchase_propensity'"):
         load_policy("purchase_propensity", bad)
@@ -54,9 +57,15 @@ def test_the_repository_policy_loads_and_a_bad_rule_is_named(tmp_path):
 def test_a_clearly_better_candidate_is_promoted():
     champion = _users(0)
     candidate = champion.copy()
-    candidate[np.flatnonzero(champion == 0)[:150]] = 1.0   # 150 more users get their item first
-    d = decide(_policy(), {"ndcg_at_20": candidate.mean()}, {"popularity": 0.01},
-               {"ndcg_at_20": champion.mean()}, "3", _paired(candidate, champion))
+    candidate[np.flatnonzero(champion == 0)[:150]] = 1.0  # 150 more users get their item first
+    d = decide(
+        _policy(),
+        {"ndcg_at_20": candidate.mean()},
+        {"popularity": 0.01},
+        {"ndcg_at_20": champion.mean()},
+        "3",
+        _paired(candidate, champion),
+    )
     assert d.passed, d.summary()
     assert d.interval[0] > 0 and d.champion_version == "3"
 
@@ -65,8 +74,14 @@ def test_a_worse_candidate_is_rejected():
     champion = _users(0)
     candidate = champion.copy()
     candidate[np.flatnonzero(champion > 0)[:60]] = 0.0
-    d = decide(_policy(), {"ndcg_at_20": candidate.mean()}, {"popularity": 0.01},
-               {"ndcg_at_20": champion.mean()}, "3", _paired(candidate, champion))
+    d = decide(
+        _policy(),
+        {"ndcg_at_20": candidate.mean()},
+        {"popularity": 0.01},
+        {"ndcg_at_20": champion.mean()},
+        "3",
+        _paired(candidate, champion),
+    )
     assert not d.passed
     assert any(r.startswith("FAIL improvement") for r in d.reasons)
 
@@ -75,8 +90,14 @@ def test_a_noisy_equal_candidate_is_rejected_as_not_significant():
     # Two draws of the same distribution; pick a pair where the candidate happens to be ahead.
     champion = _users(0)
     candidate = next(c for c in (_users(s) for s in range(1, 50)) if c.mean() > champion.mean())
-    d = decide(_policy(), {"ndcg_at_20": candidate.mean()}, {"popularity": 0.01},
-               {"ndcg_at_20": champion.mean()}, "3", _paired(candidate, champion))
+    d = decide(
+        _policy(),
+        {"ndcg_at_20": candidate.mean()},
+        {"popularity": 0.01},
+        {"ndcg_at_20": champion.mean()},
+        "3",
+        _paired(candidate, champion),
+    )
     assert not d.passed
     assert any(r.startswith("PASS improvement") for r in d.reasons)  # ahead on the point estimate...
     assert any(r.startswith("FAIL significance") and "not significantly better" in r for r in d.reasons)
@@ -111,20 +132,24 @@ def test_a_first_model_within_noise_of_its_floor_is_refused_though_ahead_on_the_
     low, high = d.floor_intervals["popularity"]
     assert low < 0 < high
     assert any(r.startswith("FAIL floor popularity") and "not above the floor" in r for r in d.reasons)
-    assert d.strongest_floor == "popularity"   # it serves instead: a shop keeps a model
+    assert d.strongest_floor == "popularity"  # it serves instead: a shop keeps a model
 
 
 def test_a_floor_margin_in_the_policy_raises_the_bar():
     floor = _users(0)
     better = floor.copy()
-    better[np.flatnonzero(floor == 0)[:150]] = 1.0    # about +0.075 over 2,000 users
+    better[np.flatnonzero(floor == 0)[:150]] = 1.0  # about +0.075 over 2,000 users
     assert _floor_case(better, floor, floor_margin=0.02).passed
     assert not _floor_case(better, floor, floor_margin=0.2).passed
 
 
 def test_a_champion_that_saw_the_candidates_test_days_is_refused():
-    summary = {"champion": {"metrics": {}}, "champion_version": "4", "test_start": "2026-11-08T00:00:00+00:00",
-               "champion_data_end": "2026-11-09T00:00:00+00:00"}
+    summary = {
+        "champion": {"metrics": {}},
+        "champion_version": "4",
+        "test_start": "2026-11-08T00:00:00+00:00",
+        "champion_data_end": "2026-11-09T00:00:00+00:00",
+    }
     why = champion_ineligibility(summary)
     assert why and "v4 learned from data up to 2026-11-09" in why and "2026-11-08" in why
     assert champion_ineligibility({**summary, "champion_data_end": "2026-11-08T00:00:00+00:00"}) is None
@@ -132,8 +157,15 @@ def test_a_champion_that_saw_the_candidates_test_days_is_refused():
     champion = _users(0)
     candidate = champion.copy()
     candidate[np.flatnonzero(champion == 0)[:150]] = 1.0
-    d = decide(_policy(), {"ndcg_at_20": candidate.mean()}, {"popularity": 0.01}, {"ndcg_at_20": champion.mean()},
-               "4", _paired(candidate, champion), champion_ineligible=why)
+    d = decide(
+        _policy(),
+        {"ndcg_at_20": candidate.mean()},
+        {"popularity": 0.01},
+        {"ndcg_at_20": champion.mean()},
+        "4",
+        _paired(candidate, champion),
+        champion_ineligible=why,
+    )
     assert not d.passed and "FAIL champion eligibility: " + why in d.reasons
 
 
@@ -148,9 +180,11 @@ def test_the_interval_resamples_users_not_rows():
     policy = Policy(metric="m", bootstrap_samples=1000)
 
     def gate(groups):
-        return decide(policy, {"m": candidate.mean()}, {}, {"m": champion.mean()}, "1",
-                      Rows(groups, candidate, MEAN, champion))
-    assert gate(np.arange(users.size)).passed          # rows as if independent: wrongly significant
+        return decide(
+            policy, {"m": candidate.mean()}, {}, {"m": champion.mean()}, "1", Rows(groups, candidate, MEAN, champion)
+        )
+
+    assert gate(np.arange(users.size)).passed  # rows as if independent: wrongly significant
     by_user = gate(users)
     assert not by_user.passed and by_user.interval[0] < 0 < by_user.interval[1]
 
@@ -159,8 +193,14 @@ def test_guards_on_latency_and_size_reject_a_model_that_beats_everything():
     floor = _users(0)
     better = floor.copy()
     better[np.flatnonzero(floor == 0)[:150]] = 1.0
-    d = decide(_policy(max_latency_ms=50, max_model_mb=10), {"ndcg_at_20": better.mean()},
-               {"popularity": floor.mean()}, rows=_paired(better, floor=floor), latency_ms=80.0, model_mb=4.0)
+    d = decide(
+        _policy(max_latency_ms=50, max_model_mb=10),
+        {"ndcg_at_20": better.mean()},
+        {"popularity": floor.mean()},
+        rows=_paired(better, floor=floor),
+        latency_ms=80.0,
+        model_mb=4.0,
+    )
     assert not d.passed
     assert "FAIL latency: p95 80.0 ms (limit 50 ms)" in d.reasons and "PASS size: 4.0 MB (limit 10 MB)" in d.reasons
 
@@ -169,14 +209,20 @@ def test_auc_is_bootstrapped_per_user_cluster():
     from pipeline.lifecycle.gate import _statistic
 
     rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(400), 5)                        # five candidate rows per user
+    users = np.repeat(np.arange(400), 5)  # five candidate rows per user
     labels = (rng.random(users.size) < 0.2).astype(float)
     informative = labels + rng.normal(0, 0.8, users.size)
     noise = rng.normal(0, 1, users.size)
     policy = Policy(metric="auc", bootstrap_samples=300)
     stat = _statistic(policy, labels)
-    good = decide(policy, {"auc": stat(informative, np.arange(users.size))}, {},
-                  {"auc": stat(noise, np.arange(users.size))}, "1", Rows(users, informative, stat, noise))
+    good = decide(
+        policy,
+        {"auc": stat(informative, np.arange(users.size))},
+        {},
+        {"auc": stat(noise, np.arange(users.size))},
+        "1",
+        Rows(users, informative, stat, noise),
+    )
     assert good.passed and good.interval[0] > 0
     same = decide(policy, {"auc": 0.5}, {}, {"auc": 0.5}, "1", Rows(users, noise, stat, noise))
     assert not same.passed
@@ -194,14 +240,23 @@ def test_a_candidate_that_loses_to_a_floor_on_the_task_it_serves_is_refused():
     model_hits = np.where(rng.random(users.size) < 0.3, 0.0, floor_hits)
     policy = dataclasses.replace(_policy(), online_protocol=True)
     online = ("hit_rate_at_10", Rows(users, model_hits, MEAN, baselines={"popularity": floor_hits}))
-    d = decide(policy, {"ndcg_at_20": better.mean()}, {"popularity": floor.mean()}, rows=_paired(better, floor=floor),
-               online=online)
+    d = decide(
+        policy,
+        {"ndcg_at_20": better.mean()},
+        {"popularity": floor.mean()},
+        rows=_paired(better, floor=floor),
+        online=online,
+    )
     assert not d.passed and d.strongest_floor == "popularity"
     assert any(r.startswith("PASS floor popularity: ndcg_at_20") for r in d.reasons)
     assert any(r.startswith("FAIL floor popularity (online protocol): hit_rate_at_10") for r in d.reasons)
     assert d.floor_intervals["popularity (online protocol)"][1] < 0
-    missing = decide(policy, {"ndcg_at_20": better.mean()}, {"popularity": floor.mean()},
-                     rows=_paired(better, floor=floor))
-    assert not missing.passed and "FAIL floor popularity (online protocol): no per-request values of the online " \
-        "protocol in the evaluation" in missing.reasons
-    assert _floor_case(better, floor).passed    # the same candidate, the online protocol not required
+    missing = decide(
+        policy, {"ndcg_at_20": better.mean()}, {"popularity": floor.mean()}, rows=_paired(better, floor=floor)
+    )
+    assert (
+        not missing.passed
+        and "FAIL floor popularity (online protocol): no per-request values of the online protocol in the evaluation"
+        in missing.reasons
+    )
+    assert _floor_case(better, floor).passed  # the same candidate, the online protocol not required

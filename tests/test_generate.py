@@ -15,9 +15,16 @@ from pipeline.data.generate import generate_shop_data
 # The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
 pytestmark = pytest.mark.fast
 
-SMALL = GenerateParams(seed=7, start_date="2026-11-02", days=7, events_per_day=6000,
-                       initial_users=1500, initial_items=1200, new_users_per_day=0.03,
-                       new_items_per_day=0.02)
+SMALL = GenerateParams(
+    seed=7,
+    start_date="2026-11-02",
+    days=7,
+    events_per_day=6000,
+    initial_users=1500,
+    initial_items=1200,
+    new_users_per_day=0.03,
+    new_items_per_day=0.02,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +61,11 @@ def test_every_event_lies_in_its_days_file(week):
 
 def test_funnel_order_view_then_cart_then_purchase(week):
     _, events = week
-    first = (events.group_by("session_id", "item_id", "event_type")
-             .agg(pl.col("event_time").min().alias("t"))
-             .pivot(on="event_type", index=["session_id", "item_id"], values="t"))
+    first = (
+        events.group_by("session_id", "item_id", "event_type")
+        .agg(pl.col("event_time").min().alias("t"))
+        .pivot(on="event_type", index=["session_id", "item_id"], values="t")
+    )
     carts = first.filter(pl.col("add_to_cart").is_not_null())
     assert carts.height > 100
     assert carts.filter(pl.col("view").is_null() | (pl.col("view") > pl.col("add_to_cart"))).height == 0
@@ -87,10 +96,14 @@ def test_users_have_personal_category_preferences(week, tmp_path):
     catalog = pl.read_csv(days[-1].catalog_path).select("item_id", "category")
     views = events.filter(pl.col("event_type") == "view").join(catalog, on="item_id")
     active = views.group_by("user_id").len().filter(pl.col("len") >= 15)["user_id"]
-    per_user = (views.filter(pl.col("user_id").is_in(active.implode()))
-                .group_by("user_id", "category").len()
-                .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("share"))
-                .group_by("user_id").agg(pl.col("share").max()))
+    per_user = (
+        views.filter(pl.col("user_id").is_in(active.implode()))
+        .group_by("user_id", "category")
+        .len()
+        .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("share"))
+        .group_by("user_id")
+        .agg(pl.col("share").max())
+    )
     global_top = views["category"].value_counts()["count"].max() / views.height
     # The favourite category of a user takes far more of their views than the shop's top category does.
     assert per_user["share"].mean() > 2 * global_top
@@ -127,6 +140,7 @@ def test_customers_buy_again(week):
 def test_volume_scales_with_events_per_day(tmp_path):
     base = dataclasses.replace(SMALL, days=1, start_date="2026-11-03")
     small = generate_shop_data(dataclasses.replace(base, events_per_day=5000), tmp_path / "s")[0].events
-    large = generate_shop_data(dataclasses.replace(base, events_per_day=50000, initial_users=15000),
-                               tmp_path / "l")[0].events
+    large = generate_shop_data(dataclasses.replace(base, events_per_day=50000, initial_users=15000), tmp_path / "l")[
+        0
+    ].events
     assert 8 < large / small < 12

@@ -22,15 +22,23 @@ async def echo(request: Request):
 
 
 async def docs(request: Request):
-    return JSONResponse({"paths": {"/recommend": {"post": {"responses": {"200": {}}}}},
-                         "components": {"schemas": {"InvalidArgument": {"properties": {
-                             "detail": {"type": "string"}}}}}})
+    return JSONResponse(
+        {
+            "paths": {"/recommend": {"post": {"responses": {"200": {}}}}},
+            "components": {"schemas": {"InvalidArgument": {"properties": {"detail": {"type": "string"}}}}},
+        }
+    )
 
 
 @pytest.fixture
 def client():
-    app = Starlette(routes=[Route("/recommend", echo, methods=["POST"]), Route("/metadata", echo, methods=["POST"]),
-                            Route("/docs.json", docs)])
+    app = Starlette(
+        routes=[
+            Route("/recommend", echo, methods=["POST"]),
+            Route("/metadata", echo, methods=["POST"]),
+            Route("/docs.json", docs),
+        ]
+    )
     return TestClient(RequestGuard(app))
 
 
@@ -43,7 +51,7 @@ def _detail(response):
 def test_json_passes_through_unchanged(client):
     r = client.post("/recommend", json={"user_id": "u1"})
     assert r.status_code == 200 and r.json() == {"got": {"user_id": "u1"}}
-    assert client.post("/recommend", content=b'{"k": 3}').json() == {"got": {"k": 3}}   # no content-type
+    assert client.post("/recommend", content=b'{"k": 3}').json() == {"got": {"k": 3}}  # no content-type
 
 
 def test_multipart_and_other_media_types_are_415(client):

@@ -36,8 +36,10 @@ yesterday,u1,s1,i1,view,10.5,1
 
 def _landing(state, body: str, day: str = DAY):
     path = write_csv(state.landing / "events" / f"events-{day}.csv", HEADER + body.lstrip("\n"))
-    write_csv(state.landing / "catalog" / f"catalog-{day}.csv",
-              "item_id,category,brand,price\ni1,home.decor,acme,10.5\ni2,home.decor,acme,3.0\n")
+    write_csv(
+        state.landing / "catalog" / f"catalog-{day}.csv",
+        "item_id,category,brand,price\ni1,home.decor,acme,10.5\ni2,home.decor,acme,3.0\n",
+    )
     return path
 
 
@@ -73,8 +75,12 @@ def test_malformed_rows_go_to_quarantine_with_file_row_column_value_and_reason(s
     result = _ingest(state)
     assert result.rows_accepted == 4
     assert result.quarantine_reasons == {
-        "unparseable event_time": 1, "unknown event_type": 1, "negative price": 1,
-        "missing user_id": 1, "unparseable price": 1, "non-positive quantity": 1,
+        "unparseable event_time": 1,
+        "unknown event_type": 1,
+        "negative price": 1,
+        "missing user_id": 1,
+        "unparseable price": 1,
+        "non-positive quantity": 1,
     }
     rows = _read_csv(result.quarantine_files[0])
     found = {(r["_source_row"], r["_column"], r["_value"], r["_reason"]) for r in rows}
@@ -120,15 +126,22 @@ def test_space_separated_time_with_offset_as_databases_export_it(state):
     _landing(state, "2026-11-02 12:00:00.5+01:00,u2,s2,i2,view,3,1\n")
     assert _ingest(state).rows_accepted == 1
     assert pl.read_parquet(_staged(state))["event_time"].to_list() == [
-        datetime(2026, 11, 2, 11, 0, 0, 500000, tzinfo=timezone.utc)]
+        datetime(2026, 11, 2, 11, 0, 0, 500000, tzinfo=timezone.utc)
+    ]
 
 
 def test_parquet_landing_files_with_typed_columns(state):
-    frame = pl.DataFrame({
-        "event_time": [datetime(2026, 11, 2, 9, tzinfo=timezone.utc), datetime(2026, 11, 2, 23, 59)],
-        "user_id": ["u1", "u2"], "session_id": ["s1", "s2"], "item_id": ["i1", "i2"],
-        "event_type": ["view", "purchase"], "price": [1.5, -2.0], "quantity": [1, 1],
-    })
+    frame = pl.DataFrame(
+        {
+            "event_time": [datetime(2026, 11, 2, 9, tzinfo=timezone.utc), datetime(2026, 11, 2, 23, 59)],
+            "user_id": ["u1", "u2"],
+            "session_id": ["s1", "s2"],
+            "item_id": ["i1", "i2"],
+            "event_type": ["view", "purchase"],
+            "price": [1.5, -2.0],
+            "quantity": [1, 1],
+        }
+    )
     path = state.landing / "events" / f"events-{DAY}.parquet"
     path.parent.mkdir(parents=True)
     frame.write_parquet(path)
@@ -138,8 +151,10 @@ def test_parquet_landing_files_with_typed_columns(state):
 
 
 def test_missing_columns_name_the_file_and_the_columns(state):
-    path = write_csv(state.landing / "events" / f"events-{DAY}.csv",
-                     "event_time,user_id,item_id,event_type\n2026-11-02T10:00:00Z,u1,i1,view\n")
+    path = write_csv(
+        state.landing / "events" / f"events-{DAY}.csv",
+        "event_time,user_id,item_id,event_type\n2026-11-02T10:00:00Z,u1,i1,view\n",
+    )
     with pytest.raises(IngestError) as err:
         _ingest(state)
     message = str(err.value)
@@ -159,8 +174,10 @@ def test_intervals_must_be_whole_utc_days():
 
 def test_catalog_rows_are_checked_too(state):
     _landing(state, GOOD)
-    write_csv(state.landing / "catalog" / f"catalog-{DAY}.csv",
-              "item_id,category,brand,price\ni1,home,acme,10.5\n,home,acme,2\ni2,home,acme,-1\ni1,home,acme,11\n")
+    write_csv(
+        state.landing / "catalog" / f"catalog-{DAY}.csv",
+        "item_id,category,brand,price\ni1,home,acme,10.5\n,home,acme,2\ni2,home,acme,-1\ni1,home,acme,11\n",
+    )
     result = _ingest(state)
     assert (result.catalog_items, result.catalog_rows_quarantined) == (1, 2)
     staged = pl.read_parquet(state.staging / "catalog" / f"event_date={DAY}" / PARTITION_FILE)
@@ -175,8 +192,12 @@ def test_any_fsspec_uri_is_a_source(state):
     fs.pipe(f"/shop-exports/events-{DAY}.csv", (HEADER + GOOD.lstrip("\n")).encode())
     fs.pipe(f"/shop-exports/catalog-{DAY}.csv", b"item_id,category,brand,price\ni1,home,acme,10.5\n")
     try:
-        result = ingest_events(Interval.for_day(DAY), "memory://shop-exports/events-{date}.csv", state,
-                               catalog_source="memory://shop-exports/catalog-{date}.csv")
+        result = ingest_events(
+            Interval.for_day(DAY),
+            "memory://shop-exports/events-{date}.csv",
+            state,
+            catalog_source="memory://shop-exports/catalog-{date}.csv",
+        )
     finally:
         fs.rm("/shop-exports", recursive=True)
     assert result.sources == [f"memory:///shop-exports/events-{DAY}.csv"]

@@ -54,13 +54,16 @@ def check_services(postgres_url: str = POSTGRES_URL, redis_url: str = REDIS_URL)
     try:
         psycopg2.connect(postgres_url, connect_timeout=5).close()
     except psycopg2.Error as exc:
-        raise ServiceMissing(f"PostgreSQL is not reachable at {_redact(postgres_url)} "
-                             f"(set SHOPML_TEST_POSTGRES_URL): {str(exc).strip().splitlines()[0]}") from exc
+        raise ServiceMissing(
+            f"PostgreSQL is not reachable at {_redact(postgres_url)} "
+            f"(set SHOPML_TEST_POSTGRES_URL): {str(exc).strip().splitlines()[0]}"
+        ) from exc
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
     except redis.RedisError as exc:
-        raise ServiceMissing(f"Redis is not reachable at {_redact(redis_url)} (set SHOPML_TEST_REDIS_URL): "
-                             f"{exc}") from exc
+        raise ServiceMissing(
+            f"Redis is not reachable at {_redact(redis_url)} (set SHOPML_TEST_REDIS_URL): {exc}"
+        ) from exc
 
 
 def _redact(url: str) -> str:
@@ -135,7 +138,7 @@ class Stack:
         import psycopg2
 
         conn = psycopg2.connect(POSTGRES_URL)
-        conn.autocommit = True   # CREATE and DROP DATABASE refuse to run in a transaction
+        conn.autocommit = True  # CREATE and DROP DATABASE refuse to run in a transaction
         try:
             with conn.cursor() as cur:
                 for name in self.databases.values():
@@ -163,8 +166,9 @@ class Stack:
     # -- processes -------------------------------------------------------------------------------
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = self.root / f"{name}.log"
-        proc = subprocess.Popen(list(args), env=self.env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(args), env=self.env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         proc.log = log
         self.procs.append(proc)
         return proc
@@ -209,19 +213,51 @@ def stack(tmp_path_factory):
     redis_before = set(redis.Redis.from_url(REDIS_URL).keys("*"))
     s.create_databases()
     try:
-        mlflow = s.start("mlflow", str(BIN / "mlflow"), "server",
-                         "--backend-store-uri", _with_db(POSTGRES_URL, s.databases["mlflow"], "postgresql+psycopg2"),
-                         "--artifacts-destination", (root / "mlflow-artifacts").as_uri(), "--serve-artifacts",
-                         "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1")
+        mlflow = s.start(
+            "mlflow",
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            _with_db(POSTGRES_URL, s.databases["mlflow"], "postgresql+psycopg2"),
+            "--artifacts-destination",
+            (root / "mlflow-artifacts").as_uri(),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.mlflow_port),
+            "--workers",
+            "1",
+        )
         migrated = s.run(str(BIN / "airflow"), "db", "migrate", timeout=600)
         assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
         pool = s.run(str(BIN / "airflow"), "pools", "set", "shopml_training", "1", "one training per GPU")
         assert pool.returncode == 0, pool.stderr[-2000:]
-        api = s.start("api-server", str(BIN / "airflow"), "api-server", "--host", "127.0.0.1",
-                      "--port", str(s.api_port), "--workers", "1")
-        worker = s.start("celery-worker", str(BIN / "airflow"), "celery", "worker", "--queues", s.queue,
-                         "--concurrency", "1", "--without-gossip", "--without-mingle",
-                         "--celery-hostname", f"{s.tag}@%h")
+        api = s.start(
+            "api-server",
+            str(BIN / "airflow"),
+            "api-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.api_port),
+            "--workers",
+            "1",
+        )
+        worker = s.start(
+            "celery-worker",
+            str(BIN / "airflow"),
+            "celery",
+            "worker",
+            "--queues",
+            s.queue,
+            "--concurrency",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--celery-hostname",
+            f"{s.tag}@%h",
+        )
         _wait_http(f"http://127.0.0.1:{s.mlflow_port}/health", mlflow, mlflow.log)
         _wait_http(f"http://127.0.0.1:{s.api_port}/api/v2/monitor/health", api, api.log)
         s.worker = worker
@@ -234,7 +270,9 @@ def stack(tmp_path_factory):
 
 def test_a_missing_service_is_named_with_its_url():
     dead = _free_port()
-    with pytest.raises(ServiceMissing, match=rf"PostgreSQL is not reachable at postgresql://u:\*\*\*@127.0.0.1:{dead}/x"):
+    with pytest.raises(
+        ServiceMissing, match=rf"PostgreSQL is not reachable at postgresql://u:\*\*\*@127.0.0.1:{dead}/x"
+    ):
         check_services(f"postgresql://u:secret@127.0.0.1:{dead}/x", REDIS_URL)
     with pytest.raises(ServiceMissing, match=rf"Redis is not reachable at redis://127.0.0.1:{dead}/0 \(set SHOPML_"):
         check_services(POSTGRES_URL, f"redis://127.0.0.1:{dead}/0")
@@ -242,14 +280,29 @@ def test_a_missing_service_is_named_with_its_url():
 
 def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(stack, tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train_recommender"].update(epochs=10, patience=3)   # params.yaml's model, fewer epochs
+    params["train_recommender"].update(epochs=10, patience=3)  # params.yaml's model, fewer epochs
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stack.env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
     py = sys.executable
     # Seven days published from the command line (faster), the eighth through the DAG.
-    for args in (["generate", "--days", "10", "--events-per-day", "5000", "--start-date", "2026-11-01",
-                  "--initial-users", "2000", "--initial-items", "1200", "--seed", "11"],
-                 ["run", "--start", "2026-11-01", "--days", "9"]):
+    for args in (
+        [
+            "generate",
+            "--days",
+            "10",
+            "--events-per-day",
+            "5000",
+            "--start-date",
+            "2026-11-01",
+            "--initial-users",
+            "2000",
+            "--initial-items",
+            "1200",
+            "--seed",
+            "11",
+        ],
+        ["run", "--start", "2026-11-01", "--days", "9"],
+    ):
         done = stack.run(py, "-m", "pipeline", *args)
         assert done.returncode == 0, done.stderr[-3000:]
 
@@ -259,12 +312,17 @@ def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(s
     assert retrain.returncode == 0, (retrain.stdout + retrain.stderr)[-5000:]
 
     # Every task ran on the Celery worker, recorded in Airflow's metadata on PostgreSQL.
-    rows = stack.query("airflow", "select dag_id, task_id, state, queue, hostname from task_instance "
-                                  "where dag_id in ('ingest_events', 'retrain_next_item')")
+    rows = stack.query(
+        "airflow",
+        "select dag_id, task_id, state, queue, hostname from task_instance "
+        "where dag_id in ('ingest_events', 'retrain_next_item')",
+    )
     assert {(r[0], r[1]) for r in rows} == {
-        ("ingest_events", t) for t in ("ingest_events", "validate_batch", "version_dataset")} | {
-        ("retrain_next_item", f"{t}_next_item") for t in ("features", "train", "evaluate", "gate", "register",
-                                                           "package", "promote")}
+        ("ingest_events", t) for t in ("ingest_events", "validate_batch", "version_dataset")
+    } | {
+        ("retrain_next_item", f"{t}_next_item")
+        for t in ("features", "train", "evaluate", "gate", "register", "package", "promote")
+    }
     assert {r[2] for r in rows} == {"success"}, rows
     assert {r[3] for r in rows} == {stack.queue}
     worker_log = stack.worker.log.read_text()
@@ -276,12 +334,16 @@ def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(s
     aliases = stack.query("mlflow", "select name, alias, version from registered_model_aliases")
     champion = next((v for n, a, v in aliases if (n, a) == ("next_item", "champion")), None)
     assert champion in (1, 2), aliases
-    tags = dict(stack.query("mlflow", "select key, value from model_version_tags where name = 'next_item' "
-                                      f"and version = {champion}"))
+    tags = dict(
+        stack.query(
+            "mlflow", f"select key, value from model_version_tags where name = 'next_item' and version = {champion}"
+        )
+    )
     assert tags["smoke_test"] == "passed" and tags["bento_tag"].startswith(f"shopml-next-item:v{champion}-")
     assert (champion == 2) == tags["gate.reasons"].startswith("PASS floor serves: ")
-    run_id = stack.query("mlflow", "select run_id from model_versions where name = 'next_item' and version = "
-                                   f"{champion}")[0][0]
+    run_id = stack.query(
+        "mlflow", f"select run_id from model_versions where name = 'next_item' and version = {champion}"
+    )[0][0]
     run_tags = dict(stack.query("mlflow", f"select key, value from tags where run_uuid = '{run_id}'"))
     current = json.loads((Path(stack.env["SHOPML_HOME"]) / "dataset" / "versions" / "current.json").read_text())
     assert run_tags["dataset_version"] == current["version"]
@@ -299,12 +361,18 @@ def _fake_passed_version(client, run_name: str) -> str:
             return model_input
 
     experiment = client.get_experiment_by_name("it-registry") or client.get_experiment(
-        client.create_experiment("it-registry"))
+        client.create_experiment("it-registry")
+    )
     with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name) as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
     mv = mlflow.register_model(info.model_uri, "next_item")
-    for key, value in {"gate.decision": "passed", "smoke_test": "passed", "status": "challenger",
-                       "run_id": run.info.run_id, "dataset_version": "0" * 32}.items():
+    for key, value in {
+        "gate.decision": "passed",
+        "smoke_test": "passed",
+        "status": "challenger",
+        "run_id": run.info.run_id,
+        "dataset_version": "0" * 32,
+    }.items():
         client.set_model_version_tag("next_item", mv.version, key, value)
     return str(mv.version)
 
@@ -329,7 +397,7 @@ def test_champion_history_fits_postgresql_after_many_promotions(stack, registry_
     from pipeline.lifecycle import registry
 
     paths, client = registry_env
-    reason = "scheduled retrain from Airflow after the nightly ingest; " * 8      # about 450 characters
+    reason = "scheduled retrain from Airflow after the nightly ingest; " * 8  # about 450 characters
     versions = [_fake_passed_version(client, f"history-{i}") for i in range(25)]
     for v in versions:
         registry.promote(paths, "next_item", v, by="airflow", reason=reason)
@@ -353,17 +421,29 @@ def test_two_workers_promoting_on_postgresql_exactly_one_wins(stack, registry_en
     from pipeline.lifecycle import registry
 
     _, client = registry_env
-    with contextlib.suppress(MlflowException):     # a clean registry: no champion, no history
+    with contextlib.suppress(MlflowException):  # a clean registry: no champion, no history
         client.delete_registered_model("next_item")
     a, b = _fake_passed_version(client, "race-a"), _fake_passed_version(client, "race-b")
-    start_at = time.time() + 8      # both imported and waiting by then
+    start_at = time.time() + 8  # both imported and waiting by then
     procs = []
     for name, version in (("a", a), ("b", b)):
-        env = {**stack.env, "SHOPML_HOME": str(tmp_path / f"worker-{name}"), "SHOPML_LOCK_URL": POSTGRES_URL,
-               "SHOPML_TEST_START_AT": str(start_at), "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "reliability_worker.py"), "promote",
-                                       version, "none"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = {
+            **stack.env,
+            "SHOPML_HOME": str(tmp_path / f"worker-{name}"),
+            "SHOPML_LOCK_URL": POSTGRES_URL,
+            "SHOPML_TEST_START_AT": str(start_at),
+            "PYTHONPATH": str(REPO),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "reliability_worker.py"), "promote", version, "none"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(r[0] for r in results)
     assert codes == [0, 3], results

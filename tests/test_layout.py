@@ -22,8 +22,17 @@ from conftest import REPO
 # The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
 pytestmark = pytest.mark.fast
 
-LAYERS = {"core": 0, "data": 1, "families": 2, "serving": 3, "family": 3.5, "lifecycle": 4, "cli": 5,
-          "__main__": 5, "dags": 5}
+LAYERS = {
+    "core": 0,
+    "data": 1,
+    "families": 2,
+    "serving": 3,
+    "family": 3.5,
+    "lifecycle": 4,
+    "cli": 5,
+    "__main__": 5,
+    "dags": 5,
+}
 
 
 def _imports(path: Path, repo: Path = REPO):
@@ -38,7 +47,7 @@ def _imports(path: Path, repo: Path = REPO):
                 module = ".".join([*base, module] if module else base)
             names = [a.name for a in node.names]
             yield node.lineno, module, names
-            for name in names:   # from pipeline.families import next_item: a module import
+            for name in names:  # from pipeline.families import next_item: a module import
                 yield node.lineno, f"{module}.{name}", []
         elif isinstance(node, ast.Import):
             for alias in node.names:
@@ -62,14 +71,13 @@ def layout_problems(repo: Path = REPO) -> list[str]:
     sources = [*sorted((repo / "pipeline").rglob("*.py")), *sorted((repo / "dags").rglob("*.py"))]
     for path in sources:
         rel = path.relative_to(repo)
-        own = _where(".".join(rel.with_suffix("").parts), families) if rel.parts[0] == "pipeline" \
-            else ("dags", None)
+        own = _where(".".join(rel.with_suffix("").parts), families) if rel.parts[0] == "pipeline" else ("dags", None)
         if own is None or (rel.name == "__init__.py" and rel.parts[:2] == ("pipeline", "__init__.py")):
             continue
         own_layer, own_family = own
         if own_layer is None:
             continue
-        reported = set()   # one problem per import line (``from a.b import c`` is also a.b.c)
+        reported = set()  # one problem per import line (``from a.b import c`` is also a.b.c)
         for line, module, names in _imports(path, repo):
             if line in reported:
                 continue
@@ -80,8 +88,10 @@ def layout_problems(repo: Path = REPO) -> list[str]:
             layer, family = target
             if family is not None and family != own_family:
                 who = f"family {own_family}" if own_family else own_layer
-                problems.append(f"{rel}:{line} ({who}) imports {module}: reach a family through its "
-                                "ModelSpec (pipeline.families.get)")
+                problems.append(
+                    f"{rel}:{line} ({who}) imports {module}: reach a family through its "
+                    "ModelSpec (pipeline.families.get)"
+                )
             elif LAYERS[layer] > LAYERS[own_layer]:
                 problems.append(f"{rel}:{line} ({own_layer}) imports {module} ({layer})")
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
@@ -90,8 +100,11 @@ def layout_problems(repo: Path = REPO) -> list[str]:
             if len(problems) > before:
                 reported.add(line)
     for path in sorted((repo / "models").rglob("*.py")):
-        problems += [f"models/{path.name}:{line} imports {module}" for line, module, _ in _imports(path, repo)
-                     if module.split(".")[0] == "pipeline"]
+        problems += [
+            f"models/{path.name}:{line} imports {module}"
+            for line, module, _ in _imports(path, repo)
+            if module.split(".")[0] == "pipeline"
+        ]
     return sorted(set(problems))
 
 
@@ -107,15 +120,16 @@ def test_the_layout_check_sees_lazy_relative_and_from_imports(tmp_path):
         (tmp_path / folder / "__init__.py").write_text("")
     (tmp_path / "pipeline/serving/x.py").write_text("def f():\n    from pipeline.families.a import spec\n")
     (tmp_path / "pipeline/serving/y.py").write_text("from ..families import b\n")
-    (tmp_path / "pipeline/families/a/m.py").write_text("from pipeline.families.b.m import thing\n"
-                                                       "from pipeline.serving.x import f\n")
+    (tmp_path / "pipeline/families/a/m.py").write_text(
+        "from pipeline.families.b.m import thing\nfrom pipeline.serving.x import f\n"
+    )
     (tmp_path / "pipeline/families/b/m.py").write_text("import pipeline.lifecycle.gate\n")
     found = layout_problems(tmp_path)
     assert any(p.startswith("pipeline/serving/x.py:2 (serving) imports pipeline.families.a") for p in found)
     assert any(p.startswith("pipeline/serving/y.py:1 (serving) imports pipeline.families.b") for p in found)
     assert any(p.startswith("pipeline/families/a/m.py:1 (family a) imports pipeline.families.b.m") for p in found)
     assert any(p.startswith("pipeline/families/b/m.py:1 (family) imports pipeline.lifecycle.gate") for p in found)
-    assert not any("families/a/m.py:2" in p for p in found)   # a family may use generic serving code
+    assert not any("families/a/m.py:2" in p for p in found)  # a family may use generic serving code
 
 
 def test_every_family_in_the_table_has_a_complete_spec():

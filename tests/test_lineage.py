@@ -33,8 +33,12 @@ def shop(tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
         paths = get_state_paths()
-        generate_shop_data(GenerateParams(seed=5, start_date=DAYS[0], days=6, events_per_day=1500, initial_users=400,
-                                          initial_items=200), paths.landing)
+        generate_shop_data(
+            GenerateParams(
+                seed=5, start_date=DAYS[0], days=6, events_per_day=1500, initial_users=400, initial_items=200
+            ),
+            paths.landing,
+        )
         versions = []
         for day in DAYS[:5]:
             assert cli(["run", "--date", day]) == 0
@@ -52,13 +56,12 @@ def test_each_published_version_is_restored_as_it_was(shop):
     paths, versions = shop
     assert len(set(versions)) == 5
     for i, version in enumerate(versions):
-        folder = restore_dataset(paths, version[:8])           # a unique prefix names a version too
-        assert _days(folder) == DAYS[:i + 1]
+        folder = restore_dataset(paths, version[:8])  # a unique prefix names a version too
+        assert _days(folder) == DAYS[: i + 1]
     # The files are those that were published: the newest version is today's canonical folder.
     newest = restore_dataset(paths, versions[-1])
     for part in (paths.canonical / "events").iterdir():
-        assert (newest / "events" / part.name / "part-0.parquet").read_bytes() == \
-            (part / "part-0.parquet").read_bytes()
+        assert (newest / "events" / part.name / "part-0.parquet").read_bytes() == (part / "part-0.parquet").read_bytes()
     with pytest.raises(UnknownDatasetVersion, match=r"'deadbeef00' is not published .*newest: " + versions[-1][:12]):
         restore_dataset(paths, "deadbeef00")
 
@@ -69,7 +72,7 @@ def test_a_version_missing_from_the_cache_is_pulled_and_a_lost_one_is_a_clear_er
     shutil.copytree(paths.home, copy.home, symlinks=True)
     shutil.rmtree(copy.dataset_repo / ".dvc" / "cache")
     shutil.rmtree(copy.dataset_repo / "snapshots", ignore_errors=True)
-    assert _days(restore_dataset(copy, versions[1])) == DAYS[:2]          # from the DVC remote
+    assert _days(restore_dataset(copy, versions[1])) == DAYS[:2]  # from the DVC remote
     shutil.rmtree(copy.dataset_repo / ".dvc" / "cache")
     shutil.rmtree(copy.dataset_repo / "snapshots")
     shutil.rmtree(copy.home / "dvc-remote")
@@ -79,16 +82,16 @@ def test_a_version_missing_from_the_cache_is_pulled_and_a_lost_one_is_a_clear_er
 
 def test_the_features_stage_builds_on_the_version_it_is_given(shop, capsys):
     paths, versions = shop
-    older = versions[3]                      # four days: too few for 2 validation + 2 test + training days
+    older = versions[3]  # four days: too few for 2 validation + 2 test + training days
     assert cli(["features", "--model", "next_item", "--dataset-version", older]) == 2
-    assert "too few" in capsys.readouterr().err          # four days cannot hold 2 + 2 days and training
+    assert "too few" in capsys.readouterr().err  # four days cannot hold 2 + 2 days and training
     assert cli(["features", "--model", "next_item", "--dataset-version", versions[4][:10]]) == 0
     report = json.loads((paths.reports / "features" / "next_item.json").read_text())
     manifest = json.loads((paths.home / report["path"] / "manifest.json").read_text())
     assert report["dataset_version"] == manifest["dataset_version"] == versions[4]
     assert manifest["split"]["end"].startswith("2026-11-06")
 
-    assert cli(["features", "--model", "next_item", "--dataset-version", "0123456789abcdef"]) == 3   # not found
+    assert cli(["features", "--model", "next_item", "--dataset-version", "0123456789abcdef"]) == 3  # not found
     err = capsys.readouterr().err
     assert "dataset version '0123456789abcdef' is not published" in err and "dvc pull" in err
 
@@ -104,13 +107,23 @@ def test_a_dag_run_keeps_the_version_it_started_with_and_evaluation_keeps_the_ru
     assert pinned_dataset_version(paths, "retrain_next_item", "manual__A") == versions[4]
     assert pinned_dataset_version(paths, "retrain_next_item", "asset_B", announced=versions[2][:8]) == versions[2]
     # A run trained on the day-5 version, with its split as the run recorded it.
-    split = TimeSplit.from_dict({"start": "2026-11-01T00:00:00+00:00", "train_end": "2026-11-02T00:00:00+00:00",
-                                 "valid_end": "2026-11-04T00:00:00+00:00", "end": "2026-11-06T00:00:00+00:00"})
-    run = SimpleNamespace(info=SimpleNamespace(run_id="r1"), data=SimpleNamespace(
-        tags={"dataset_version": versions[4]}, params={f"split.{k}": v for k, v in split.to_dict().items()}))
+    split = TimeSplit.from_dict(
+        {
+            "start": "2026-11-01T00:00:00+00:00",
+            "train_end": "2026-11-02T00:00:00+00:00",
+            "valid_end": "2026-11-04T00:00:00+00:00",
+            "end": "2026-11-06T00:00:00+00:00",
+        }
+    )
+    run = SimpleNamespace(
+        info=SimpleNamespace(run_id="r1"),
+        data=SimpleNamespace(
+            tags={"dataset_version": versions[4]}, params={f"split.{k}": v for k, v in split.to_dict().items()}
+        ),
+    )
     before = build_test_set(paths, "next_item", run)
 
-    assert cli(["run", "--date", DAYS[5]]) == 0          # day 6 is published meanwhile
+    assert cli(["run", "--date", DAYS[5]]) == 0  # day 6 is published meanwhile
     newest = current_dataset_version(paths).version
     assert newest not in versions
     # The run keeps its version; a new run gets the new one.

@@ -35,19 +35,33 @@ MAX_LEN = 20
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     out = tmp_path_factory.mktemp("shop")
-    days = generate_shop_data(GenerateParams(seed=11, start_date="2026-10-01", days=14, events_per_day=5000,
-                                             initial_users=2000, initial_items=1200), out)
+    days = generate_shop_data(
+        GenerateParams(
+            seed=11, start_date="2026-10-01", days=14, events_per_day=5000, initial_users=2000, initial_items=1200
+        ),
+        out,
+    )
     events = pl.concat([pl.read_csv(d.events_path, try_parse_dates=True) for d in days])
     catalog = pl.read_csv(days[-1].catalog_path, schema_overrides={"item_id": pl.String})
     split = split_by_time(events, valid_days=2, test_days=2)
     vocab = ItemVocab.from_events(events.filter(pl.col("event_time") < split.train_end))
     sequences = user_sequences(events, vocab, split.train_end)
     valid, _ = next_item_examples(events, vocab, sequences, split.train_end, split.valid_end, MAX_LEN)
-    test, unknown = next_item_examples(events, vocab, user_sequences(events, vocab, split.valid_end),
-                                       split.valid_end, split.end, MAX_LEN)
+    test, unknown = next_item_examples(
+        events, vocab, user_sequences(events, vocab, split.valid_end), split.valid_end, split.end, MAX_LEN
+    )
     windows = torch.from_numpy(training_windows(sequences, MAX_LEN))
-    return {"events": events, "catalog": catalog, "split": split, "vocab": vocab, "sequences": sequences,
-            "valid": valid, "test": test, "unknown_targets": unknown, "windows": windows}
+    return {
+        "events": events,
+        "catalog": catalog,
+        "split": split,
+        "vocab": vocab,
+        "sequences": sequences,
+        "valid": valid,
+        "test": test,
+        "unknown_targets": unknown,
+        "windows": windows,
+    }
 
 
 def _loss(model, batch):
@@ -65,8 +79,13 @@ def test_split_is_by_time_and_recorded(shop):
 def test_sequential_model_learns_and_beats_popularity(shop):
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=shop["vocab"].size, max_len=MAX_LEN, dim=48, dropout=0.3))
-    result = train(model, shop["windows"], _loss, lambda m: evaluate_scorer(m, shop["valid"])["recall_at_20"],
-                   TrainConfig(epochs=6, batch_size=128, lr=2e-3, patience=2, seed=0, progress=False))
+    result = train(
+        model,
+        shop["windows"],
+        _loss,
+        lambda m: evaluate_scorer(m, shop["valid"])["recall_at_20"],
+        TrainConfig(epochs=6, batch_size=128, lr=2e-3, patience=2, seed=0, progress=False),
+    )
     losses = [h["train_loss"] for h in result.history]
     assert losses[1] < losses[0]
     model.eval()
@@ -151,8 +170,11 @@ def test_the_gate_scores_the_training_runs_test_rows_with_one_vocabulary(shop):
     # know included (the pyfunc reads them as the unknown item).
     histories = test.inputs["history"].tolist()
     assert any(i not in known for h in histories for i in h)
-    assert all(len(h) > 0 for h, u in zip(histories, test.users, strict=True)
-               if shop["sequences"].get(u) is not None and shop["sequences"][u].size)
+    assert all(
+        len(h) > 0
+        for h, u in zip(histories, test.users, strict=True)
+        if shop["sequences"].get(u) is not None and shop["sequences"][u].size
+    )
 
 
 @pytest.mark.fast
@@ -198,7 +220,7 @@ def test_a_run_resumed_after_its_early_stop_trains_no_further(shop, tmp_path):
     config = TrainConfig(epochs=10, batch_size=64, patience=1, seed=3, progress=False)
     torch.manual_seed(1)
     first = train(SASRec(args), windows, _loss, lambda m: 0.0, config, checkpoint_dir=tmp_path)
-    assert first.stopped_early and first.epochs_run == 2    # no improvement after epoch 1
+    assert first.stopped_early and first.epochs_run == 2  # no improvement after epoch 1
     torch.manual_seed(1)
     again = train(SASRec(args), windows, _loss, lambda m: 0.0, config, checkpoint_dir=tmp_path)
     assert again.stopped_early and again.epochs_run == 2 and again.history == first.history
@@ -215,7 +237,7 @@ def test_a_historys_scores_do_not_depend_on_its_left_padding():
         scores = [model(seq) for seq in padded]
     for other in scores[1:]:
         torch.testing.assert_close(other, scores[0], rtol=1e-5, atol=1e-5)
-    with torch.no_grad():   # while the history itself matters: without its oldest item, other scores
+    with torch.no_grad():  # while the history itself matters: without its oldest item, other scores
         assert not torch.allclose(model(padded[0][:, 1:]), scores[0], atol=1e-3)
 
 
@@ -224,7 +246,7 @@ def test_no_loss_on_a_target_whose_input_is_padding():
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=30, max_len=5, dim=8, layers=1, dropout=0.0))
     inputs = torch.tensor([[0, 0, 4, 6, 8], [3, 5, 7, 9, 11]])
-    labels = torch.tensor([[0, 4, 6, 8, 10], [5, 7, 9, 11, 13]])   # 4 follows padding: nothing predicts it
+    labels = torch.tensor([[0, 4, 6, 8, 10], [5, 7, 9, 11, 13]])  # 4 follows padding: nothing predicts it
     without = labels.clone()
     without[0, 1] = 0
     torch.testing.assert_close(model(inputs, labels), model(inputs, without))
@@ -245,21 +267,22 @@ def test_the_sampled_softmax_draws_by_frequency_and_corrects_by_log_expected_cou
     n = 40
     model = SASRec(SASRecConfig(n_items=n, max_len=4, dim=8, layers=1, dropout=0.0, loss="sampled"))
     counts = torch.zeros(n)
-    counts[2:] = torch.arange(1, n - 1).float() ** 2          # skewed popularity
-    counts[17] = 0                                            # never a target: never a negative
+    counts[2:] = torch.arange(1, n - 1).float() ** 2  # skewed popularity
+    counts[17] = 0  # never a target: never a negative
     model.set_item_counts(counts)
     inputs, labels = torch.tensor([[0, 3, 8, 21]]), torch.tensor([[3, 8, 21, 30]])
     k = 400_000
     with torch.no_grad():
         sampled = model(inputs, labels, n_negatives=k)
-        h = model.hidden(inputs)[0, 1:]                       # the three positions with an item as input
-        s = h @ model.item_emb.weight.t()                     # [3, n]
+        h = model.hidden(inputs)[0, 1:]  # the three positions with an item as input
+        s = h @ model.item_emb.weight.t()  # [3, n]
         q = counts / counts.sum()
         target = labels[0, 1:]
         # What the estimator converges to: the positive and every other item weighted by exp(s) / (K q) * K q.
         log_kq = torch.log(k * q[target])
-        others = torch.logsumexp(torch.where((q > 0)[None] & (torch.arange(n)[None] != target[:, None]), s,
-                                             torch.tensor(-torch.inf)), dim=1)
+        others = torch.logsumexp(
+            torch.where((q > 0)[None] & (torch.arange(n)[None] != target[:, None]), s, torch.tensor(-torch.inf)), dim=1
+        )
         pos = s.gather(1, target[:, None])[:, 0] - log_kq
         expected = (-pos + torch.logaddexp(pos, others)).mean()
     torch.testing.assert_close(sampled, expected, rtol=0.02, atol=0.02)

@@ -23,10 +23,16 @@ from pipeline.data.predictions import read_predictions
 
 
 def _answer(log, hour: int, user: str, items=("a", "b"), minute: int = 0) -> bool:
-    return log.record(request_id=f"r-{user}-{hour}-{minute}", ts=datetime(2026, 11, 5, hour, minute,
-                                                                             tzinfo=timezone.utc),
-                      model_version="3", role="champion", user_id=user, items=list(items), scores=[0.9, 0.1],
-                      source="model")
+    return log.record(
+        request_id=f"r-{user}-{hour}-{minute}",
+        ts=datetime(2026, 11, 5, hour, minute, tzinfo=timezone.utc),
+        model_version="3",
+        role="champion",
+        user_id=user,
+        items=list(items),
+        scores=[0.9, 0.1],
+        source="model",
+    )
 
 
 @pytest.mark.fast
@@ -37,9 +43,11 @@ def test_the_prediction_log_writes_hourly_parquet_files_that_read_back(tmp_path)
     assert all(_answer(log, hour, user) for hour, user in ((9, "u1"), (9, "u2"), (10, "u1")))
     log.close()
     files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "predictions").rglob("*") if p.is_file())
-    assert [str(p.parent) for p in files] == ["predictions/next_item/date=2026-11-05/hour=09",
-                                              "predictions/next_item/date=2026-11-05/hour=10"]
-    assert all(p.suffix == ".parquet" and not p.name.startswith(".") for p in files)   # no temporary left
+    assert [str(p.parent) for p in files] == [
+        "predictions/next_item/date=2026-11-05/hour=09",
+        "predictions/next_item/date=2026-11-05/hour=10",
+    ]
+    assert all(p.suffix == ".parquet" and not p.name.startswith(".") for p in files)  # no temporary left
     back = read_predictions(str(tmp_path / "predictions"), "next_item", "2026-11-05")
     assert back["user_id"].to_list() == ["u1", "u2", "u1"] and back["items"][0].to_list() == ["a", "b"]
     assert back["ts"].dtype == pl.Datetime("us", "UTC") and set(back["role"]) == {"champion"}
@@ -53,7 +61,7 @@ def test_a_full_queue_or_a_broken_sink_drops_answers_with_a_count_and_never_rais
 
     drops = []
     log = PredictionLog(str(tmp_path / "p"), "next_item", capacity=2, on_drop=lambda n, why: drops.append((n, why)))
-    log.close()                 # the writer stopped: nothing drains the queue
+    log.close()  # the writer stopped: nothing drains the queue
     assert [_answer(log, 9, u) for u in ("u1", "u2", "u3")] == [True, True, False]
     assert log.dropped == {"queue_full": 1} and drops == [(1, "queue_full")]
 
@@ -61,7 +69,7 @@ def test_a_full_queue_or_a_broken_sink_drops_answers_with_a_count_and_never_rais
     blocked.write_text("not a folder")
     broken = PredictionLog(str(blocked / "predictions"), "next_item", flush_seconds=60)
     assert _answer(broken, 9, "u1") and _answer(broken, 9, "u2")
-    broken.close()              # the write fails: counted, logged, not raised
+    broken.close()  # the write fails: counted, logged, not raised
     assert broken.dropped == {"sink_error": 2} and broken.written == 0
 
 
@@ -89,9 +97,9 @@ def test_a_canary_serves_the_configured_share_of_users_sticky_by_user():
     users = [f"user-{i}" for i in range(5000)]
     first = [canary.to_challenger(u) for u in users]
     assert 0.27 < np.mean(first) < 0.33
-    assert first == [canary.to_challenger(u) for u in users]           # sticky
+    assert first == [canary.to_challenger(u) for u in users]  # sticky
     wider = Routing("shopml-next-item:v2", "canary", 0.5)
-    assert all(wider.to_challenger(u) for u, c in zip(users, first, strict=True) if c)   # a larger share keeps them
+    assert all(wider.to_challenger(u) for u, c in zip(users, first, strict=True) if c)  # a larger share keeps them
     assert not any(Routing("shopml-next-item:v2", "shadow", 0.3).to_challenger(u) for u in users)
 
 
@@ -108,11 +116,10 @@ def test_retrain_requests_are_recorded_once_per_cooldown(state):
     assert first.requested and "REQUESTED (drift: item JS 0.5)" in first.line()
     assert not again.requested and again.suppressed_by["day"] == "2026-11-10"
     assert "held back by the cool-down until 2026-11-13T00:00:00+00:00" in again.line()
-    assert later.requested    # the end of 2026-11-12 is 48 h after the end of 2026-11-10
+    assert later.requested  # the end of 2026-11-12 is 48 h after the end of 2026-11-10
     import json
 
-    assert [r["day"] for r in json.loads(requests_file(state, "next_item").read_text())] == ["2026-11-10",
-                                                                                              "2026-11-12"]
+    assert [r["day"] for r in json.loads(requests_file(state, "next_item").read_text())] == ["2026-11-10", "2026-11-12"]
 
 
 @pytest.mark.fast
@@ -120,7 +127,7 @@ def test_the_unpaired_bootstrap_tells_worse_from_not_worse():
     from pipeline.lifecycle.gate import two_sample_bootstrap
 
     rng = np.random.default_rng(1)
-    mean = lambda values, rows: float(values.mean())   # noqa: E731
+    mean = lambda values, rows: float(values.mean())  # noqa: E731
 
     def side(rate, users):
         groups = np.repeat(np.arange(users), 5)
@@ -142,20 +149,25 @@ def test_the_next_step_outcome_join_on_a_hand_built_log():
     in training), within the horizon; answers with none, or without a user, have no outcome."""
     from pipeline.families.next_item.monitoring import figures, outcomes
 
-    events = pl.DataFrame({
-        "user_id": ["a", "a", "a", "a", "b"],
-        "event_time": [_at(10), _at(10, 5), _at(10, 10), _at(12, 0, day=12), _at(9)],
-        "item_id": ["i1", "i1", "i2", "i3", "j1"],
-        "event_type": ["view", "add_to_cart", "view", "view", "view"],
-        "session_id": ["s1", "s1", "s1", "s2", "s3"],
-    })
-    answers = pl.DataFrame({
-        "request_id": ["r1", "r2", "r3", "r4", "r5"],
-        "ts": [_at(10), _at(10, 10), _at(9, 30), _at(10), _at(10, 7)],
-        "user_id": ["a", "a", "b", "", "a"],
-        "model_version": "1", "role": "champion",
-        "items": [["i2", "i9"], ["i3"], ["j1"], ["i2"], ["i7", "i8", "i2"]],
-    })
+    events = pl.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "a", "b"],
+            "event_time": [_at(10), _at(10, 5), _at(10, 10), _at(12, 0, day=12), _at(9)],
+            "item_id": ["i1", "i1", "i2", "i3", "j1"],
+            "event_type": ["view", "add_to_cart", "view", "view", "view"],
+            "session_id": ["s1", "s1", "s1", "s2", "s3"],
+        }
+    )
+    answers = pl.DataFrame(
+        {
+            "request_id": ["r1", "r2", "r3", "r4", "r5"],
+            "ts": [_at(10), _at(10, 10), _at(9, 30), _at(10), _at(10, 7)],
+            "user_id": ["a", "a", "b", "", "a"],
+            "model_version": "1",
+            "role": "champion",
+            "items": [["i2", "i9"], ["i3"], ["j1"], ["i2"], ["i7", "i8", "i2"]],
+        }
+    )
     policy = SimpleNamespace(k=2, horizon_hours=24)
     out = outcomes(answers, events, policy).sort("request_id")
     # r1 at 10:00: the 10:00 view is not after it and the 10:05 cart of the same item is a repeat: i2.
@@ -164,8 +176,11 @@ def test_the_next_step_outcome_join_on_a_hand_built_log():
     assert out["request_id"].to_list() == ["r1", "r5"]
     assert out["next_item"].to_list() == ["i2", "i2"] and out["hit"].to_list() == [1.0, 0.0]
     assert out["rank"].to_list() == [0, None] and out["ndcg"].to_list() == [1.0, 0.0]
-    assert outcomes(answers, events, SimpleNamespace(k=2, horizon_hours=27))["request_id"].sort().to_list() \
-        == ["r1", "r2", "r5"]                    # a longer horizon reaches i3: a miss for r2
+    assert outcomes(answers, events, SimpleNamespace(k=2, horizon_hours=27))["request_id"].sort().to_list() == [
+        "r1",
+        "r2",
+        "r5",
+    ]  # a longer horizon reaches i3: a miss for r2
     assert outcomes(answers, events, SimpleNamespace(k=3, horizon_hours=24))["hit"].to_list() == [1.0, 1.0]
     assert figures(out, policy)["hit_rate_at_2"] == 0.5 and figures(out, policy)["users"] == 1
 
@@ -177,18 +192,33 @@ def test_the_propensity_outcome_join_keeps_each_answer_to_the_same_request_apart
     once merged by request and item, so the shadow's and the floor's probabilities were lost)."""
     from pipeline.families.purchase_propensity.monitoring import outcomes
 
-    answers = pl.DataFrame({
-        "request_id": ["r1"] * 3, "ts": [_at(10)] * 3, "user_id": ["u"] * 3,
-        "model_version": ["3", "4", "logistic_regression"], "role": ["champion", "shadow", "floor"],
-        "items": [["a", "b", "c"]] * 3, "scores": [[0.9, 0.1, 0.5], [0.8, 0.2, 0.4], [0.3, 0.6, 0.1]]})
-    events = pl.DataFrame({"user_id": ["u", "u", "u"], "item_id": ["a", "b", "c"],
-                           "event_type": ["purchase"] * 3,
-                           "event_time": [_at(11), _at(10), _at(11, day=13)]})  # after; at the answer; past 48 h
+    answers = pl.DataFrame(
+        {
+            "request_id": ["r1"] * 3,
+            "ts": [_at(10)] * 3,
+            "user_id": ["u"] * 3,
+            "model_version": ["3", "4", "logistic_regression"],
+            "role": ["champion", "shadow", "floor"],
+            "items": [["a", "b", "c"]] * 3,
+            "scores": [[0.9, 0.1, 0.5], [0.8, 0.2, 0.4], [0.3, 0.6, 0.1]],
+        }
+    )
+    events = pl.DataFrame(
+        {
+            "user_id": ["u", "u", "u"],
+            "item_id": ["a", "b", "c"],
+            "event_type": ["purchase"] * 3,
+            "event_time": [_at(11), _at(10), _at(11, day=13)],
+        }
+    )  # after; at the answer; past 48 h
     out = outcomes(answers, events, SimpleNamespace(horizon_hours=48))
     assert out.height == 9
     by_role = {role: part.sort("item_id") for (role,), part in out.group_by("role")}
     assert {r: p["probability"].to_list() for r, p in by_role.items()} == {
-        "champion": [0.9, 0.1, 0.5], "shadow": [0.8, 0.2, 0.4], "floor": [0.3, 0.6, 0.1]}
+        "champion": [0.9, 0.1, 0.5],
+        "shadow": [0.8, 0.2, 0.4],
+        "floor": [0.3, 0.6, 0.1],
+    }
     assert all(p["label"].to_list() == [1.0, 0.0, 0.0] for p in by_role.values())
 
 
@@ -197,12 +227,16 @@ def test_the_online_statistic_is_the_figure_per_user_under_resampling():
     from pipeline.families.next_item.monitoring import figures, statistic
 
     # u1 has nine requests, all hits; u2 and u3 one miss each: per user 1/3, per request 0.82.
-    frame = pl.DataFrame({"user_id": ["u1"] * 9 + ["u2", "u3"], "hit": [1.0] * 9 + [0.0, 0.0],
-                          "ndcg": [1.0] * 9 + [0.0, 0.0]})
+    frame = pl.DataFrame(
+        {"user_id": ["u1"] * 9 + ["u2", "u3"], "hit": [1.0] * 9 + [0.0, 0.0], "ndcg": [1.0] * 9 + [0.0, 0.0]}
+    )
     stat = statistic(frame)
     values, rows = frame["hit"].to_numpy(), np.arange(frame.height)
-    assert stat(values, rows) == pytest.approx(figures(frame, SimpleNamespace(k=10))["hit_rate_at_10"]) \
+    assert (
+        stat(values, rows)
+        == pytest.approx(figures(frame, SimpleNamespace(k=10))["hit_rate_at_10"])
         == pytest.approx(1 / 3)
+    )
     # A resample that draws u2 twice and u1 once: three users, one hit.
     drawn = np.concatenate([np.arange(9), [9, 9]])
     assert stat(values[drawn], drawn) == pytest.approx(1 / 3)
@@ -219,11 +253,16 @@ def _online_outcomes(users: int, swapped: float, lost: float = 0.0, seed: int = 
     hits, misses = rng.permutation(np.flatnonzero(champion == 1)), rng.permutation(np.flatnonzero(champion == 0))
     n = int(swapped * len(ids) / 2)
     shadow[hits[:n]], shadow[misses[:n]] = 0.0, 1.0
-    shadow[hits[n:n + int(lost * len(ids))]] = 0.0
+    shadow[hits[n : n + int(lost * len(ids))]] = 0.0
     requests = [f"r{i}" for i in range(len(ids))]
-    return pl.concat([pl.DataFrame({"request_id": requests, "user_id": ids, "role": role, "model_version": version,
-                                    "hit": values})
-                      for role, version, values in (("champion", "1", champion), ("shadow", "2", shadow))])
+    return pl.concat(
+        [
+            pl.DataFrame(
+                {"request_id": requests, "user_id": ids, "role": role, "model_version": version, "hit": values}
+            )
+            for role, version, values in (("champion", "1", champion), ("shadow", "2", shadow))
+        ]
+    )
 
 
 @pytest.mark.fast
@@ -250,15 +289,24 @@ def test_retrain_triggers_compare_with_the_floors_and_earlier_days_and_ignore_pr
     policy = MonitoringPolicy(min_users=50, max_drop=0.2)
 
     def day(judged: bool, value: float, floors: dict, earlier: float | None = None) -> MonitorResult:
-        return MonitorResult("next_item", "2026-11-11", "d" * 32, "3",
-                             {"champion v3": {"hit_rate_at_10": value, "users": 400.0}}, {}, judged=judged,
-                             floors=floors, earlier=earlier)
+        return MonitorResult(
+            "next_item",
+            "2026-11-11",
+            "d" * 32,
+            "3",
+            {"champion v3": {"hit_rate_at_10": value, "users": 400.0}},
+            {},
+            judged=judged,
+            floors=floors,
+            earlier=earlier,
+        )
+
     below = {"cooccurrence": (-0.09, (-0.12, -0.06)), "popularity": (0.3, (0.27, 0.33))}
     within = {"cooccurrence": (-0.01, (-0.04, 0.02))}
     [reason] = retrain_reasons(day(True, 0.42, below), policy)
     assert reason.startswith("online hit_rate_at_10: the champion is below the floor cooccurrence")
     assert retrain_reasons(day(True, 0.50, within), policy) == []
-    assert retrain_reasons(day(False, 0.42, below), policy) == []          # provisional: not evidence yet
+    assert retrain_reasons(day(False, 0.42, below), policy) == []  # provisional: not evidence yet
     [drop] = retrain_reasons(day(True, 0.30, within, earlier=0.45), policy)
     assert drop.startswith("online hit_rate_at_10 0.3000 < 0.80 x 0.4500, the median of its own earlier days")
     assert retrain_reasons(day(True, 0.40, within, earlier=0.45), policy) == []
@@ -278,29 +326,38 @@ def test_the_skew_report_names_the_feature_and_the_share_of_users_affected(tmp_p
     from pipeline.serving.replay import read_day
     from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot_of
 
-    def both_families(events, catalog, cutoff):   # one folder for both families' tables
-        return {**next_item.snapshot_tables(events, catalog, cutoff),
-                **propensity.snapshot_tables(events, catalog, cutoff)}
+    def both_families(events, catalog, cutoff):  # one folder for both families' tables
+        return {
+            **next_item.snapshot_tables(events, catalog, cutoff),
+            **propensity.snapshot_tables(events, catalog, cutoff),
+        }
 
-    days = generate_shop_data(GenerateParams(seed=3, days=4, events_per_day=1500, initial_users=400,
-                                             initial_items=300), tmp_path / "landing")
+    days = generate_shop_data(
+        GenerateParams(seed=3, days=4, events_per_day=1500, initial_users=400, initial_items=300), tmp_path / "landing"
+    )
     events = pl.concat([read_day(d.events_path) for d in days])
     catalog = pl.read_csv(days[-1].catalog_path)
     write_snapshot_of(both_families, events, catalog, "v1", tmp_path / "real")
     snapshot = FeatureSnapshot.load(tmp_path / "real")
     users = snapshot.tables["histories"].filter(pl.col("items").list.n_unique() >= 3)["user_id"].head(100).to_list()
-    assert [s.skewed_users for s in user_skew(snapshot, events, users)] == [0, 0]   # the real one: no skew
+    assert [s.skewed_users for s in user_skew(snapshot, events, users)] == [0, 0]  # the real one: no skew
 
     victims = users[:4]
     shutil.copytree(tmp_path / "real", tmp_path / "skewed")
     histories = pl.read_parquet(tmp_path / "real" / "histories.parquet")
-    histories.with_columns(pl.when(pl.col("user_id").is_in(victims)).then(pl.col("items").list.reverse())
-                           .otherwise(pl.col("items")).alias("items")).write_parquet(tmp_path / "skewed"
-                                                                                      / "histories.parquet")
+    histories.with_columns(
+        pl.when(pl.col("user_id").is_in(victims))
+        .then(pl.col("items").list.reverse())
+        .otherwise(pl.col("items"))
+        .alias("items")
+    ).write_parquet(tmp_path / "skewed" / "histories.parquet")
     user = pl.read_parquet(tmp_path / "real" / "user.parquet")
-    user.with_columns(pl.when(pl.col("user_id").is_in(victims[:2])).then(pl.col("u_sessions") + 5)
-                      .otherwise(pl.col("u_sessions")).alias("u_sessions")).write_parquet(tmp_path / "skewed"
-                                                                                          / "user.parquet")
+    user.with_columns(
+        pl.when(pl.col("user_id").is_in(victims[:2]))
+        .then(pl.col("u_sessions") + 5)
+        .otherwise(pl.col("u_sessions"))
+        .alias("u_sessions")
+    ).write_parquet(tmp_path / "skewed" / "user.parquet")
     skewed = FeatureSnapshot.load(tmp_path / "skewed")
     report = {s.feature: s for s in user_skew(skewed, events, users)}
     assert report["history"].skewed_users == 4 and report["history"].share == pytest.approx(0.04)
@@ -327,8 +384,18 @@ def _shop(home: Path, monkeypatch, days: int, publish: int, **shift):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("SHOPML_PREDICTION_LOG", raising=False)
     paths = get_state_paths()
-    generate_shop_data(GenerateParams(seed=11, start_date="2026-11-01", days=days, events_per_day=3000,
-                                      initial_users=1200, initial_items=800, **shift), paths.landing)
+    generate_shop_data(
+        GenerateParams(
+            seed=11,
+            start_date="2026-11-01",
+            days=days,
+            events_per_day=3000,
+            initial_users=1200,
+            initial_items=800,
+            **shift,
+        ),
+        paths.landing,
+    )
     assert cli(["run", "--start", "2026-11-01", "--days", str(publish)]) == 0
     return paths
 
@@ -338,8 +405,11 @@ def _retrain(paths, model: str):
     from pipeline.lifecycle import steps
     from pipeline.lifecycle.gate import load_policy
 
-    params = dataclasses.replace(load_params(), train_recommender=TrainRecommenderParams(
-        max_len=20, dim=32, layers=1, epochs=5, patience=2), train_propensity=TrainPropensityParams(epochs=4))
+    params = dataclasses.replace(
+        load_params(),
+        train_recommender=TrainRecommenderParams(max_len=20, dim=32, layers=1, epochs=5, patience=2),
+        train_propensity=TrainPropensityParams(epochs=4),
+    )
     policy = dataclasses.replace(load_policy(model), bootstrap_samples=200)
     return steps.retrain(paths, params, model, policy=policy)
 
@@ -363,7 +433,7 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
         with served(paths, state["bento_tag"], env=env) as url:
             result = replay(url, model, read_day(day_file), concurrency=8)
             assert result.requests > 100 and result.failed == 0, result.statuses
-            time.sleep(3)   # a flush a second
+            time.sleep(3)  # a flush a second
         logged = read_predictions(str(paths.home / "predictions"), model, DAY_SERVED)
         assert logged.height == result.requests and set(logged["model_version"]) == {state["version"]}
         assert logged["ts"].dt.date().unique().to_list() == [date.fromisoformat(DAY_SERVED)]  # replayed times
@@ -374,11 +444,13 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
     policy = monitoring.load_monitoring_policy("next_item")
     early = monitoring.monitor(paths, "next_item", DAY_SERVED, policy=policy)
     assert not early.judged and early.coverage_hours == 0
-    assert " (PROVISIONAL: next step within 24 h of each request, only 0 h of events after the day" in early.lines(
-        policy)[0]
+    assert (
+        " (PROVISIONAL: next step within 24 h of each request, only 0 h of events after the day"
+        in early.lines(policy)[0]
+    )
     assert not any(r.startswith("online") for r in monitoring.retrain_reasons(early, policy))
 
-    assert cli(["run", "--start", "2026-11-12", "--days", "2"]) == 0      # the following events arrive
+    assert cli(["run", "--start", "2026-11-12", "--days", "2"]) == 0  # the following events arrive
     client = mlflow_client(paths)
     for model, state in champions.items():
         policy = monitoring.load_monitoring_policy(model)
@@ -387,20 +459,30 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
         figures = outcome.champion_online
         assert outcome.judged and outcome.coverage_hours == 48
         if model == "next_item":
-            assert re.fullmatch(rf"online next_item {DAY_SERVED} \(judged: next step within 24 h of each request, "
-                                r"every outcome horizon passed\): champion v\d+ hit_rate_at_10 0\.\d{4}, ndcg_at_10 "
-                                r"0\.\d{4} over \d+ users \(\d+ of \d+ answers had an outcome\)", lines[0]), lines[0]
+            assert re.fullmatch(
+                rf"online next_item {DAY_SERVED} \(judged: next step within 24 h of each request, "
+                r"every outcome horizon passed\): champion v\d+ hit_rate_at_10 0\.\d{4}, ndcg_at_10 "
+                r"0\.\d{4} over \d+ users \(\d+ of \d+ answers had an outcome\)",
+                lines[0],
+            ), lines[0]
             # Both floors answered the very requests the champion answered; whatever serves (the learned
             # model or the co-occurrence floor), it is far above popularity on them, with confidence.
             assert {"floor popularity", "floor cooccurrence"} <= set(outcome.online)
             assert outcome.online["floor popularity"]["requests"] == figures["requests"]
             assert outcome.floors["popularity"][1][0] > 0, outcome.floors
-            assert any(line.startswith("offline next_item, same protocol (the same, on the held-out sessions of the "
-                                       "test period): hit_rate_at_10 champion 0.") for line in lines), lines
+            assert any(
+                line.startswith(
+                    "offline next_item, same protocol (the same, on the held-out sessions of the "
+                    "test period): hit_rate_at_10 champion 0."
+                )
+                for line in lines
+            ), lines
             assert set(outcome.offline) == {"candidate", "popularity", "cooccurrence"}
         else:
-            assert lines[0].startswith(f"online purchase_propensity {DAY_SERVED} (judged: served candidates bought "
-                                       f"within 48 h, every outcome horizon passed): champion v")
+            assert lines[0].startswith(
+                f"online purchase_propensity {DAY_SERVED} (judged: served candidates bought "
+                f"within 48 h, every outcome horizon passed): champion v"
+            )
             assert figures["users"] >= 50 and figures["auc"] > 0.6 and 0 < figures["purchase_rate"] < 1
             floor = outcome.online["floor logistic_regression"]
             assert floor["candidates"] == figures["candidates"] and floor["auc"] > 0.6
@@ -411,7 +493,7 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
         assert mv.tags["online.last_day"] == DAY_SERVED and mv.tags[f"online.{DAY_SERVED}"].startswith("champion: ")
         assert client.list_artifacts(outcome.run_id, "reports")
         again = monitoring.monitor(paths, model, DAY_SERVED, policy=policy)
-        assert again.run_id == outcome.run_id      # a rerun of the day replaces its figures
+        assert again.run_id == outcome.run_id  # a rerun of the day replaces its figures
 
 
 @pytest.mark.slow
@@ -443,8 +525,11 @@ def test_a_behaviour_shift_is_flagged_and_requests_one_retrain_inside_the_cooldo
         result = monitoring.monitor(paths, "next_item", day, policy=policy)
         band = next(d for d in result.drift if d.feature == "item popularity band")
         assert band.drifted == (day != DAY_TRAINED), (day, band)
-        monitored = {"day": day, "dataset_version": result.dataset_version,
-                     "reasons": monitoring.retrain_reasons(result, policy)}
+        monitored = {
+            "day": day,
+            "dataset_version": result.dataset_version,
+            "reasons": monitoring.retrain_reasons(result, policy),
+        }
         outlet = {asset: SimpleNamespace(extra=None)}
         try:
             request(monitored, outlet_events=outlet)
@@ -455,8 +540,9 @@ def test_a_behaviour_shift_is_flagged_and_requests_one_retrain_inside_the_cooldo
     assert updates[0][1]["reason"].startswith("drift: item popularity band JS")
     held = monitoring.retrain_decision(paths, "next_item", "2026-11-12", ["drift"], policy)
     assert not held.requested and held.suppressed_by["day"] == DAY_SERVED
-    assert datetime.fromisoformat(held.suppressed_by["until"]) == datetime(2026, 11, 12, tzinfo=timezone.utc) \
-        + timedelta(hours=policy.cooldown_hours)
+    assert datetime.fromisoformat(held.suppressed_by["until"]) == datetime(
+        2026, 11, 12, tzinfo=timezone.utc
+    ) + timedelta(hours=policy.cooldown_hours)
 
 
 @pytest.mark.fast
@@ -469,7 +555,7 @@ def test_the_prediction_log_writes_to_an_object_store_uri_without_renames(monkey
 
     fs = fsspec.filesystem("memory")
     moved = []
-    monkeypatch.setattr(type(fs), "mv", lambda self, *a, **k: moved.append(a))   # an object store has no rename
+    monkeypatch.setattr(type(fs), "mv", lambda self, *a, **k: moved.append(a))  # an object store has no rename
     log = PredictionLog("memory://bucket/predictions", "next_item", flush_seconds=60)
     assert not log.local
     for user in ("u1", "u2"):

@@ -43,16 +43,26 @@ def test_wrong_type_is_named(tmp_path):
     with pytest.raises(ParamsError, match=r"validate.volume_band: too few values \(item 1 is missing\)"):
         load_params(path)
     path.write_text("train_recommender:\n  blend: 'yes'\n  epochs: 2.5\n")
-    with pytest.raises(ParamsError, match=r"train_recommender.blend: must be true or false, got 'yes'\n"
-                                          r".*train_recommender.epochs: must be an integer, got 2.5"):
+    with pytest.raises(
+        ParamsError,
+        match=r"train_recommender.blend: must be true or false, got 'yes'\n"
+        r".*train_recommender.epochs: must be an integer, got 2.5",
+    ):
         load_params(path)
 
 
 def test_state_folder_moves_with_one_variable(tmp_path):
     paths = get_state_paths({"SHOPML_HOME": str(tmp_path / "elsewhere")})
     assert paths.home == tmp_path / "elsewhere"
-    for location in (paths.landing, paths.staging, paths.canonical, paths.quarantine, paths.gx_root,
-                     paths.airflow_home, paths.dataset_repo):
+    for location in (
+        paths.landing,
+        paths.staging,
+        paths.canonical,
+        paths.quarantine,
+        paths.gx_root,
+        paths.airflow_home,
+        paths.dataset_repo,
+    ):
         assert location.is_relative_to(paths.home)
     assert paths.dvc_remote_url == str(tmp_path / "elsewhere" / "dvc-remote")
     assert not (tmp_path / "elsewhere").exists()  # resolving paths creates nothing

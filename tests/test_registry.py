@@ -18,6 +18,7 @@ from pipeline.lifecycle.gate import load_policy
 
 # The registry, on real models ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """A published shop and four trained recommender runs: untrained (random), good, good again
@@ -25,15 +26,18 @@ def shop(tmp_path_factory):
     from pipeline.core.params import GenerateParams, TrainRecommenderParams
     from pipeline.families.next_item.train import train as train_recommender
 
-    with published_shop(tmp_path_factory.mktemp("registry"), GenerateParams(
-            seed=11, start_date="2026-11-01", days=10, events_per_day=5000, initial_users=2000,
-            initial_items=1200)) as paths:
-        good = TrainRecommenderParams(epochs=10, patience=3)   # params.yaml's model, fewer epochs
-        untrained = dataclasses.replace(good, lr=0.0, epochs=1, blend=False)   # scores at random
+    with published_shop(
+        tmp_path_factory.mktemp("registry"),
+        GenerateParams(
+            seed=11, start_date="2026-11-01", days=10, events_per_day=5000, initial_users=2000, initial_items=1200
+        ),
+    ) as paths:
+        good = TrainRecommenderParams(epochs=10, patience=3)  # params.yaml's model, fewer epochs
+        untrained = dataclasses.replace(good, lr=0.0, epochs=1, blend=False)  # scores at random
         runs = {
             "untrained": train_recommender(paths, untrained).run_id,
             "good": train_recommender(paths, good).run_id,
-            "good_again": train_recommender(paths, good).run_id,   # same data, same seed
+            "good_again": train_recommender(paths, good).run_id,  # same data, same seed
             "untrained_again": train_recommender(paths, dataclasses.replace(untrained, seed=1)).run_id,
         }
         yield paths, runs
@@ -72,8 +76,13 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     assert floor_run.data.tags["dataset_version"] == client.get_run(runs["untrained"]).data.tags["dataset_version"]
     # Served, the floor answers as the gate's co-occurrence baseline scored it on the same rows.
     floor_eval = json.loads(mlflow.artifacts.load_text(f"runs:/{floor.run_id}/evaluation/summary.json"))
-    assert abs(floor_eval["candidate"]["metrics"]["ndcg_at_20"]
-               - floor_eval["baselines"]["cooccurrence"]["metrics"]["ndcg_at_20"]) < 0.01
+    assert (
+        abs(
+            floor_eval["candidate"]["metrics"]["ndcg_at_20"]
+            - floor_eval["baselines"]["cooccurrence"]["metrics"]["ndcg_at_20"]
+        )
+        < 0.01
+    )
     with pytest.raises(registry.RegistryError, match="rejected by the gate"):
         registry.promote(paths, "next_item", "1")
     registry.promote(paths, "next_item", "1", force=True, by="alice", reason="seed the registry")
@@ -87,8 +96,12 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     assert any(r.startswith("PASS significance") for r in better["reasons"])
     assert champion() == "3"
     artifacts = {a.path for a in client.list_artifacts(runs["good"], "evaluation")}
-    assert {"evaluation/summary.json", "evaluation/rows.parquet", "evaluation/decision.json",
-            "evaluation/ndcg_at_20_by_slice.png"} <= artifacts
+    assert {
+        "evaluation/summary.json",
+        "evaluation/rows.parquet",
+        "evaluation/decision.json",
+        "evaluation/ndcg_at_20_by_slice.png",
+    } <= artifacts
     summary = json.loads(mlflow.artifacts.load_text(f"runs:/{runs['good']}/evaluation/summary.json"))
     assert summary["champion_version"] == "1" and summary["test_start"] and summary["champion_data_end"]
     assert {"user_type=new", "user_type=returning", "price_band=low"} <= set(summary["candidate"]["slices"])
@@ -103,17 +116,23 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
 
     # A worse model: rejected on the improvement rule.
     worse = steps.after_training(paths, "next_item", {"run_id": runs["untrained_again"]}, champion_only)
-    assert "champion" not in worse and champion() == "3" and "floor" not in worse   # a champion exists
+    assert "champion" not in worse and champion() == "3" and "floor" not in worse  # a champion exists
     assert any(r.startswith("FAIL improvement") for r in worse["reasons"])
 
     # Rollback restores the previous champion and records who and why.
     registry.rollback(paths, "next_item", by="bob", reason="conversion dropped after the release")
     assert champion() == "1"
     history = registry.champion_history(client, "next_item")
-    assert history[-1] == {**history[-1], "action": "rollback", "version": "1", "previous": "3", "by": "bob",
-                           "reason": "conversion dropped after the release"}
+    assert history[-1] == {
+        **history[-1],
+        "action": "rollback",
+        "version": "1",
+        "previous": "3",
+        "by": "bob",
+        "reason": "conversion dropped after the release",
+    }
     assert client.get_model_version("next_item", "3").tags["status"] == "rolled_back"
-    registry.rollback(paths, "next_item", reason="again")   # back to the floor, the first champion
+    registry.rollback(paths, "next_item", reason="again")  # back to the floor, the first champion
     assert champion() == "2"
     with pytest.raises(registry.RegistryError, match="no previous champion"):
         registry.rollback(paths, "next_item", reason="once more")
@@ -173,8 +192,17 @@ def test_two_racing_promotions_leave_exactly_one_champion(shop, tmp_path):
     assert current not in contenders
     go = tmp_path / "go"
     env = {**os.environ, "SHOPML_HOME": str(paths.home)}
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, v, str(go), current], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in contenders]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, v, str(go), current],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in contenders
+    ]
     time.sleep(3)  # both are importing and waiting
     go.touch()
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -197,8 +225,14 @@ def test_promote_and_rollback_through_their_dags(shop):
     env = {**os.environ, "SHOPML_HOME": str(paths.home)}
 
     def dag(dag_id: str, conf: dict) -> str:
-        out = subprocess.run([sys.executable, "-m", "pipeline", "airflow", "dags", "test", dag_id, "--conf",
-                              json.dumps(conf)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
         return out.stdout + out.stderr
 

@@ -29,7 +29,8 @@ def _run(home: Path, *args: str, kill_at: str | None = None) -> subprocess.Compl
 
 def _killed(result: subprocess.CompletedProcess, point: str) -> None:
     assert result.returncode == -signal.SIGKILL, (
-        f"the worker was not killed at {point} (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        f"the worker was not killed at {point} (exit {result.returncode}):\n{result.stderr[-3000:]}"
+    )
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:
@@ -50,8 +51,12 @@ def shop(tmp_path_factory):
         from pipeline.core.settings import get_state_paths
 
         paths = get_state_paths()
-        generate_shop_data(GenerateParams(seed=5, start_date="2026-11-01", days=3, events_per_day=800,
-                                          initial_users=200, initial_items=100), paths.landing)
+        generate_shop_data(
+            GenerateParams(
+                seed=5, start_date="2026-11-01", days=3, events_per_day=800, initial_users=200, initial_items=100
+            ),
+            paths.landing,
+        )
         for day in ("2026-11-01", "2026-11-02"):
             _ok(_run(home, "publish", day))
         yield home, paths
@@ -72,12 +77,16 @@ def _dataset_invariants(paths, expected_rows: dict[str, int]) -> None:
 def _dataset_clean(paths) -> None:
     from pipeline.data.version import _repo
 
-    leftovers = [p.name for t in ("events", "catalog") for p in (paths.canonical / t).iterdir()
-                 if not p.name.startswith("event_date=") or "." in p.name.removeprefix("event_date=")[10:]]
+    leftovers = [
+        p.name
+        for t in ("events", "catalog")
+        for p in (paths.canonical / t).iterdir()
+        if not p.name.startswith("event_date=") or "." in p.name.removeprefix("event_date=")[10:]
+    ]
     assert not leftovers, leftovers
     current = json.loads((paths.dataset_repo / "versions" / "current.json").read_text())
     status = _repo(paths).status()
-    assert status == {}, status                    # the files are exactly the recorded version
+    assert status == {}, status  # the files are exactly the recorded version
     out = (paths.dataset_repo / "canonical.dvc").read_text()
     assert current["version"] in out
 
@@ -88,16 +97,17 @@ PUBLISH_POINTS = [p for p in KILL_POINTS if p.startswith(("publish.", "version."
 def test_a_publish_killed_anywhere_is_finished_by_the_rerun(shop):
     home, paths = shop
     day = "2026-11-03"
-    _ok(_run(home, "publish", day))            # published once: later kills replace it
+    _ok(_run(home, "publish", day))  # published once: later kills replace it
     from pipeline.data.dataset import load_events
 
-    expected = dict(load_events(paths.canonical).group_by(
-        pl.col("event_time").dt.date().cast(pl.String)).len().iter_rows())
+    expected = dict(
+        load_events(paths.canonical).group_by(pl.col("event_time").dt.date().cast(pl.String)).len().iter_rows()
+    )
     assert len(expected) == 3
     for point in PUBLISH_POINTS:
         SUMMARY["tried"].append(point)
         _killed(_run(home, "publish", day, kill_at=point), point)
-        _dataset_invariants(paths, expected)    # what readers see right after the kill
+        _dataset_invariants(paths, expected)  # what readers see right after the kill
         _ok(_run(home, "publish", day))
         _dataset_invariants(paths, expected)
         _dataset_clean(paths)
@@ -118,8 +128,14 @@ def _fake_run(paths, decision: str = "passed") -> str:
     experiment = use_experiment(paths, "next_item")
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.pyfunc.log_model(name="model", python_model=Constant())
-        mlflow.set_tags({"gate.decision": decision, "gate.reasons": "PASS floor popularity",
-                         "dataset_version": "0" * 32, "eval.champion_version": "none"})
+        mlflow.set_tags(
+            {
+                "gate.decision": decision,
+                "gate.reasons": "PASS floor popularity",
+                "dataset_version": "0" * 32,
+                "eval.champion_version": "none",
+            }
+        )
         mlflow.log_metric("eval_ndcg_at_20", 0.1)
     return run.info.run_id
 
@@ -177,7 +193,9 @@ def test_register_and_promote_killed_anywhere_are_finished_by_the_rerun(shop):
 
 def test_summary():
     """Printed by `make test-reliability` (with -s)."""
-    own = [p for p in KILL_POINTS if not p.startswith("package.")]     # package.*: tests/test_fuzz.py
-    print(f"\nkill points tried: {len(SUMMARY['tried'])} of the {len(own)} of publish, dvc, register and "
-          f"promote; invariants held after the rerun: {len(SUMMARY['held'])}: {', '.join(SUMMARY['held'])}")
+    own = [p for p in KILL_POINTS if not p.startswith("package.")]  # package.*: tests/test_fuzz.py
+    print(
+        f"\nkill points tried: {len(SUMMARY['tried'])} of the {len(own)} of publish, dvc, register and "
+        f"promote; invariants held after the rerun: {len(SUMMARY['held'])}: {', '.join(SUMMARY['held'])}"
+    )
     assert SUMMARY["tried"] == SUMMARY["held"] == own

@@ -38,20 +38,29 @@ def shop(tmp_path_factory):
     from pipeline.lifecycle.evaluate import evaluate_candidate
     from pipeline.lifecycle.gate import gate_candidate, load_policy
 
-    with published_shop(tmp_path_factory.mktemp("serving"), GenerateParams(
-            seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000,
-            initial_items=1200)) as paths:
+    with published_shop(
+        tmp_path_factory.mktemp("serving"),
+        GenerateParams(
+            seed=11, start_date="2026-10-01", days=10, events_per_day=5000, initial_users=2000, initial_items=1200
+        ),
+    ) as paths:
         good = TrainRecommenderParams(max_len=20, dim=32, layers=1, epochs=6, patience=2)
-        runs = {"good": train_recommender(paths, good).run_id,
-                "random": train_recommender(paths, dataclasses.replace(good, lr=0.0, epochs=1, blend=False)).run_id,
-                "propensity": train_propensity(paths, TrainPropensityParams(epochs=3)).run_id}
+        runs = {
+            "good": train_recommender(paths, good).run_id,
+            "random": train_recommender(paths, dataclasses.replace(good, lr=0.0, epochs=1, blend=False)).run_id,
+            "propensity": train_propensity(paths, TrainPropensityParams(epochs=3)).run_id,
+        }
         versions = {}
         for key, model in (("good", "next_item"), ("random", "next_item"), ("propensity", "purchase_propensity")):
             # These tests are about serving: the small trained models pass a gate without floors (the
             # floors' intervals are tested in tests/test_gate.py and the registry flow in
             # tests/test_registry.py); the random recommender still faces the popularity floor and is rejected.
-            policy = dataclasses.replace(load_policy(model), bootstrap_samples=200, online_protocol=False,
-                                         floors=("popularity",) if key == "random" else ())
+            policy = dataclasses.replace(
+                load_policy(model),
+                bootstrap_samples=200,
+                online_protocol=False,
+                floors=("popularity",) if key == "random" else (),
+            )
             evaluate_candidate(paths, model, runs[key])
             gate_candidate(paths, model, runs[key], policy)
             versions[key] = str(registry.register_candidate(paths, model, runs[key]).version)
@@ -90,9 +99,12 @@ def test_a_skewed_snapshot_fails_the_parity_check_by_user_id_and_promotion(shop,
     skewed_tag = "shopml-features-next-item:skewed-one-user"
     with bentoml.models.create(skewed_tag) as model:
         shutil.copytree(real, model.path, dirs_exist_ok=True)
-        histories.with_columns(pl.when(pl.col("user_id") == victim).then(pl.col("items").list.reverse())
-                               .otherwise(pl.col("items")).alias("items")).write_parquet(Path(model.path)
-                                                                                        / "histories.parquet")
+        histories.with_columns(
+            pl.when(pl.col("user_id") == victim)
+            .then(pl.col("items").list.reverse())
+            .otherwise(pl.col("items"))
+            .alias("items")
+        ).write_parquet(Path(model.path) / "histories.parquet")
     monkeypatch.setattr(packaging, "_snapshot", lambda paths, spec, version: (skewed_tag, full_version))
 
     with pytest.raises(ParityError, match=rf"answers to 80 requests by user id differ .*user_id {victim}"):
@@ -126,9 +138,14 @@ def next_item_url(shop, next_item_bento):
     paths = shop[0]
     port = free_port()
     env = {**os.environ, "SHOPML_HOME": str(paths.home)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", "next_item", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model", "next_item", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -185,12 +202,14 @@ def test_recommend_serves_known_users_histories_and_cold_starts(shop, next_item_
 
     # Exclusions: what they bought, and items out of stock.
     excluded = known["items"][:3]
-    filtered = _post(f"{next_item_url}/recommend", {"user_id": user, "k": 10, "exclude": excluded,
-                                                    "exclude_purchased": True}).json()
+    filtered = _post(
+        f"{next_item_url}/recommend", {"user_id": user, "k": 10, "exclude": excluded, "exclude_purchased": True}
+    ).json()
     assert len(filtered["items"]) == 10
     assert not set(filtered["items"]) & (set(excluded) | set(purchased))
-    assert [i for i in known["items"] if i not in excluded and i not in purchased] == \
-        filtered["items"][:len([i for i in known["items"] if i not in excluded and i not in purchased])]
+    assert [i for i in known["items"] if i not in excluded and i not in purchased] == filtered["items"][
+        : len([i for i in known["items"] if i not in excluded and i not in purchased])
+    ]
 
     cold = _post(f"{next_item_url}/recommend", {"user_id": "someone-new", "k": 5}).json()
     assert cold["source"] == "popularity" and not cold["user_known"] and len(cold["items"]) == 5
@@ -207,20 +226,28 @@ def test_metadata_health_and_bad_requests(shop, next_item_bento, next_item_url):
     assert httpx.get(f"{next_item_url}/readyz").status_code == 200
     assert httpx.get(f"{next_item_url}/livez").status_code == 200
 
-    for body, field in (({"k": 5, "colour": "red"}, "colour"), ({"k": 0}, "k"), ({"k": 101}, "k"),
-                        ({"k": "5"}, "k"), ({"history": "i1"}, "history"), ({"history": [1, 2]}, "history"),
-                        ({"exclude_purchased": "yes"}, "exclude_purchased"),
-                        ({"history": ["i1"] * 201}, "history")):
+    for body, field in (
+        ({"k": 5, "colour": "red"}, "colour"),
+        ({"k": 0}, "k"),
+        ({"k": 101}, "k"),
+        ({"k": "5"}, "k"),
+        ({"history": "i1"}, "history"),
+        ({"history": [1, 2]}, "history"),
+        ({"exclude_purchased": "yes"}, "exclude_purchased"),
+        ({"history": ["i1"] * 201}, "history"),
+    ):
         r = _post(f"{next_item_url}/recommend", body)
         assert r.status_code == 400, (body, r.status_code, r.text)
         assert field in {str(loc) for d in r.json()["detail"] for loc in d["loc"]}, (body, r.text)
-    broken = httpx.post(f"{next_item_url}/recommend", content=b"{not json", timeout=30,
-                        headers={"content-type": "application/json"})
+    broken = httpx.post(
+        f"{next_item_url}/recommend", content=b"{not json", timeout=30, headers={"content-type": "application/json"}
+    )
     assert broken.status_code == 400 and "Invalid JSON" in broken.text
 
 
 def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_waits_for_online_evidence(
-        shop, next_item_bento, tmp_path, monkeypatch):
+    shop, next_item_bento, tmp_path, monkeypatch
+):
     """Shadow: the champion's answers are returned, the challenger's logged beside them. Canary: a
     configured share of users, always the same ones, get the challenger. A challenger that passed
     the offline gate is not promoted before the online gate, and the online gate finds the random
@@ -240,17 +267,35 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
     events = open_dataset(paths).events().filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
     last_day = events["event_time"].max().date()
     # Each user's first step of the last day: the request time, so that what they did next is known.
-    firsts = (events.filter(pl.col("event_time").dt.date() == last_day).sort("event_time")
-              .group_by("user_id", maintain_order=True).first().head(240))
-    env = {"SHOPML_PREDICTION_LOG": str(root), "SHOPML_PREDICTION_LOG_FLUSH_S": "1", "SHOPML_ACCEPT_EVENT_TIME": "1",
-           "SHOPML_CHALLENGER_BENTO": challenger.bento_tag}
+    firsts = (
+        events.filter(pl.col("event_time").dt.date() == last_day)
+        .sort("event_time")
+        .group_by("user_id", maintain_order=True)
+        .first()
+        .head(240)
+    )
+    env = {
+        "SHOPML_PREDICTION_LOG": str(root),
+        "SHOPML_PREDICTION_LOG_FLUSH_S": "1",
+        "SHOPML_ACCEPT_EVENT_TIME": "1",
+        "SHOPML_CHALLENGER_BENTO": challenger.bento_tag,
+    }
     with served(paths, next_item_bento.bento_tag, env={**env, "SHOPML_CHALLENGER_MODE": "shadow"}) as url:
         meta = _post(f"{url}/metadata", {}).json()
-        assert meta["challenger"] == {"version": versions["random"], "bento_tag": challenger.bento_tag,
-                                      "mode": "shadow", "share": None, "shadow_failures": 0}
+        assert meta["challenger"] == {
+            "version": versions["random"],
+            "bento_tag": challenger.bento_tag,
+            "mode": "shadow",
+            "share": None,
+            "shadow_failures": 0,
+        }
         for user, at in firsts.select("user_id", "event_time").iter_rows():
-            answer = httpx.post(f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=30,
-                                headers={"x-shopml-event-time": at.isoformat(), "x-request-id": f"shadow-{user}"})
+            answer = httpx.post(
+                f"{url}/recommend",
+                json={"user_id": user, "k": 10},
+                timeout=30,
+                headers={"x-shopml-event-time": at.isoformat(), "x-request-id": f"shadow-{user}"},
+            )
             assert answer.status_code == 200 and answer.json()["model_version"] == versions["good"]
         time.sleep(3)
         assert "shopml_prediction_log_dropped_total" in httpx.get(f"{url}/metrics").text
@@ -260,14 +305,17 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
     assert set(by_role["shadow"]["model_version"]) == {versions["random"]}
     assert set(by_role["shadow"]["request_id"]) == set(by_role["champion"]["request_id"])
 
-    with served(paths, next_item_bento.bento_tag, env={**env, "SHOPML_CHALLENGER_MODE": "canary",
-                                                       "SHOPML_CANARY_SHARE": "0.5"}) as url:
+    with served(
+        paths, next_item_bento.bento_tag, env={**env, "SHOPML_CHALLENGER_MODE": "canary", "SHOPML_CANARY_SHARE": "0.5"}
+    ) as url:
         users = firsts["user_id"].to_list()
         served_by = {u: _post(f"{url}/recommend", {"user_id": u, "k": 5}).json()["model_version"] for u in users}
         share = np.mean([v == versions["random"] for v in served_by.values()])
         assert 0.35 < share < 0.65, share
-        assert all(_post(f"{url}/recommend", {"user_id": u, "k": 5}).json()["model_version"] == served_by[u]
-                   for u in users[:40])                                   # sticky by user
+        assert all(
+            _post(f"{url}/recommend", {"user_id": u, "k": 5}).json()["model_version"] == served_by[u]
+            for u in users[:40]
+        )  # sticky by user
 
     # Suppose the random version had passed the offline gate and its smoke test: promotion still waits.
     client = mlflow_client(paths)
@@ -284,7 +332,8 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
     folder = paths.home / "reports" / "monitoring" / "next_item" / day
     folder.mkdir(parents=True, exist_ok=True)
     outcomes(logged, open_dataset(paths).events(), monitoring.load_monitoring_policy("next_item")).write_parquet(
-        folder / "outcomes.parquet")
+        folder / "outcomes.parquet"
+    )
     # The online gate reads judged days only (``monitor`` marks a day judged once the data reaches its
     # horizon past it). The requests here are each user's first step of the day, whose next steps the
     # same day's data holds; the summary records the day as judged, as ``monitor`` would the day after.
@@ -305,10 +354,15 @@ def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
     paths, _, versions = shop
     from pipeline.data.dataset import load_events
 
-    pairs = user_histories(load_events(paths.canonical), 50).head(20).select(
-        "user_id", pl.col("items").list.last().alias("item_id")).filter(pl.col("item_id").is_not_null())
-    candidates = [{"user_id": u, "item_id": i} for u, i in pairs.iter_rows()] + \
-        [{"user_id": "someone-new", "item_id": "no-such-item"}]
+    pairs = (
+        user_histories(load_events(paths.canonical), 50)
+        .head(20)
+        .select("user_id", pl.col("items").list.last().alias("item_id"))
+        .filter(pl.col("item_id").is_not_null())
+    )
+    candidates = [{"user_id": u, "item_id": i} for u, i in pairs.iter_rows()] + [
+        {"user_id": "someone-new", "item_id": "no-such-item"}
+    ]
     answer = _post(f"{propensity_url}/purchase_probability", {"candidates": candidates})
     assert answer.status_code == 200, answer.text
     probs = answer.json()["probabilities"]
@@ -321,28 +375,39 @@ def test_purchase_probability_by_user_id_and_by_features(shop, propensity_url):
 
     snapshot_dir = paths.home / "snapshot-check"
     write_snapshot(snapshot_tables, paths.canonical, "check", snapshot_dir)
-    inputs = propensity_inputs(FeatureSnapshot.load(snapshot_dir), [c["user_id"] for c in candidates],
-                               [c["item_id"] for c in candidates])
+    inputs = propensity_inputs(
+        FeatureSnapshot.load(snapshot_dir), [c["user_id"] for c in candidates], [c["item_id"] for c in candidates]
+    )
     model = mlflow.pyfunc.load_model(f"models:/purchase_propensity/{versions['propensity']}")
     expected = model.predict(inputs.to_pandas())["probability"].to_numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 
     # A caller with its own feature store sends the features.
     row = inputs.row(0, named=True)
-    sent = _post(f"{propensity_url}/purchase_probability", {"candidates": [
-        {"item_id": row["item_id"], "features": {f: row[f] for f in PROPENSITY_DENSE}}]}).json()
+    sent = _post(
+        f"{propensity_url}/purchase_probability",
+        {"candidates": [{"item_id": row["item_id"], "features": {f: row[f] for f in PROPENSITY_DENSE}}]},
+    ).json()
     assert sent["probabilities"][0] == pytest.approx(probs[0], abs=1e-6)
 
-    too_many = _post(f"{propensity_url}/purchase_probability",
-                     {"candidates": [{"user_id": "u1", "item_id": "i1"}] * 1001})
+    too_many = _post(
+        f"{propensity_url}/purchase_probability", {"candidates": [{"user_id": "u1", "item_id": "i1"}] * 1001}
+    )
     assert too_many.status_code == 400 and "candidates" in too_many.text
-    for bad in ({"candidates": []}, {"candidates": [{"item_id": "i1"}]},
-                {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]},
-                {"candidates": [{"user_id": "u1", "item_id": "i1", "score": 3}]}):
+    for bad in (
+        {"candidates": []},
+        {"candidates": [{"item_id": "i1"}]},
+        {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]},
+        {"candidates": [{"user_id": "u1", "item_id": "i1", "score": 3}]},
+    ):
         r = _post(f"{propensity_url}/purchase_probability", bad)
         assert r.status_code == 400, (bad, r.text)
-    assert "missing" in _post(f"{propensity_url}/purchase_probability",
-                              {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]}).text
+    assert (
+        "missing"
+        in _post(
+            f"{propensity_url}/purchase_probability", {"candidates": [{"item_id": "i1", "features": {"price": 1.0}}]}
+        ).text
+    )
 
 
 def test_propensity_packaging_replays_requests_by_user_id(shop):
@@ -389,23 +454,27 @@ def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_it
     report = json.loads(mv.tags["smoke_test.report"])
     assert report["mismatches"] == 0 and report["requests"] == 100
     assert any(c.startswith("parity by user id: 200 requests") for c in report["checks"]), report["checks"]
-    assert resolve_bento(paths, "next_item") == next_item_bento.bento_tag   # the champion's
+    assert resolve_bento(paths, "next_item") == next_item_bento.bento_tag  # the champion's
     assert registry.lineage(paths, "next_item", bento_tag=next_item_bento.bento_tag)["run_id"] == runs["good"]
     # Packaging again (a retried task) reuses the Bento.
     assert build_bento(paths, "next_item", versions["good"]).bento_tag == next_item_bento.bento_tag
 
 
-def _random_events(rng, n: int, t0, hours_before: tuple[float, float], users: int, sessions: int,
-                   items: int) -> pl.DataFrame:
+def _random_events(
+    rng, n: int, t0, hours_before: tuple[float, float], users: int, sessions: int, items: int
+) -> pl.DataFrame:
     """``n`` canonical events drawn at random, ``hours_before`` t0 (a negative bound: after it)."""
-    return pl.DataFrame({
-        "event_time": [t0 - timedelta(hours=float(h)) for h in rng.uniform(*hours_before, n)],
-        "user_id": [f"u{k}" for k in rng.integers(0, users, n)],
-        "session_id": [f"s{k}" for k in rng.integers(0, sessions, n)],
-        "item_id": [f"i{k}" for k in rng.integers(0, items, n)],
-        "event_type": rng.choice(["view", "add_to_cart", "remove_from_cart", "purchase"], n).tolist(),
-        "price": rng.uniform(1, 50, n), "quantity": np.ones(n, dtype=np.int64),
-    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+    return pl.DataFrame(
+        {
+            "event_time": [t0 - timedelta(hours=float(h)) for h in rng.uniform(*hours_before, n)],
+            "user_id": [f"u{k}" for k in rng.integers(0, users, n)],
+            "session_id": [f"s{k}" for k in rng.integers(0, sessions, n)],
+            "item_id": [f"i{k}" for k in rng.integers(0, items, n)],
+            "event_type": rng.choice(["view", "add_to_cart", "remove_from_cart", "purchase"], n).tolist(),
+            "price": rng.uniform(1, 50, n),
+            "quantity": np.ones(n, dtype=np.int64),
+        }
+    ).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
 
 
 @pytest.mark.fast
@@ -417,10 +486,16 @@ def test_snapshot_features_are_the_training_features():
     rng = np.random.default_rng(0)
     n = 2000
     events = _random_events(rng, n, t0, (-48, 24 * 6), users=40, sessions=300, items=60)
-    catalog = pl.DataFrame({"item_id": [f"i{k}" for k in range(55)], "category": [f"c{k % 7}" for k in range(55)],
-                            "brand": [f"b{k % 4}" for k in range(55)], "price": np.linspace(2, 40, 55)})
+    catalog = pl.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(55)],
+            "category": [f"c{k % 7}" for k in range(55)],
+            "brand": [f"b{k % 4}" for k in range(55)],
+            "price": np.linspace(2, 40, 55),
+        }
+    )
     rows = propensity_rows(events, catalog, t0, timedelta(days=2), timedelta(days=3))
-    tables = propensity_tables(events.filter(pl.col("event_time") < t0), catalog, t0)   # everyone, as served
+    tables = propensity_tables(events.filter(pl.col("event_time") < t0), catalog, t0)  # everyone, as served
     served = assemble_propensity(rows.select("user_id", "item_id"), tables)
     columns = ["user_id", "item_id", "category", "brand", *PROPENSITY_DENSE]
     assert rows.height > 100
@@ -440,9 +515,14 @@ def test_snapshot_lookups_by_sorted_key_equal_joins_on_whole_tables(tmp_path):
     rng = np.random.default_rng(1)
     n = 3000
     events = _random_events(rng, n, t0, (1, 24 * 6), users=80, sessions=400, items=90)
-    catalog = pl.DataFrame({"item_id": [f"i{k}" for k in range(85)],
-                            "category": [None if k == 3 else f"c{k % 9}" for k in range(85)],
-                            "brand": [f"b{k % 5}" for k in range(85)], "price": np.linspace(2, 40, 85)})
+    catalog = pl.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(85)],
+            "category": [None if k == 3 else f"c{k % 9}" for k in range(85)],
+            "brand": [f"b{k % 5}" for k in range(85)],
+            "price": np.linspace(2, 40, 85),
+        }
+    )
     write_snapshot_of(snapshot_tables, events, catalog, "v", tmp_path)
     snapshot = FeatureSnapshot.load(tmp_path)
     users = [f"u{k}" for k in rng.integers(0, 90, 600)] + ["nobody", "u1", "u1"]
@@ -463,14 +543,26 @@ def test_training_and_serving_collapse_repeats_into_the_same_sequence():
     from pipeline.families.next_item.features import UNKNOWN, ItemVocab, user_histories, user_sequences
 
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
-    steps = [("A", "view"), ("B", "view"), ("B", "add_to_cart"), ("new-1", "view"), ("new-2", "view"),
-             ("new-2", "add_to_cart"), ("A", "purchase")]
-    events = pl.DataFrame({
-        "event_time": [t0 + timedelta(minutes=i) for i in range(len(steps))],
-        "user_id": ["u1"] * len(steps), "session_id": ["s1"] * len(steps),
-        "item_id": [item for item, _ in steps], "event_type": [kind for _, kind in steps],
-        "price": [1.0] * len(steps), "quantity": [1] * len(steps),
-    }).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
+    steps = [
+        ("A", "view"),
+        ("B", "view"),
+        ("B", "add_to_cart"),
+        ("new-1", "view"),
+        ("new-2", "view"),
+        ("new-2", "add_to_cart"),
+        ("A", "purchase"),
+    ]
+    events = pl.DataFrame(
+        {
+            "event_time": [t0 + timedelta(minutes=i) for i in range(len(steps))],
+            "user_id": ["u1"] * len(steps),
+            "session_id": ["s1"] * len(steps),
+            "item_id": [item for item, _ in steps],
+            "event_type": [kind for _, kind in steps],
+            "price": [1.0] * len(steps),
+            "quantity": [1] * len(steps),
+        }
+    ).with_columns(pl.col("event_time").dt.replace_time_zone("UTC"))
     vocab = ItemVocab.from_events(events.filter(pl.col("item_id").is_in(["A", "B"])))
     trained = user_sequences(events, vocab, t0 + timedelta(days=1))["u1"].tolist()
     served = user_histories(events, 50).filter(pl.col("user_id") == "u1")["items"][0].to_list()
@@ -490,12 +582,23 @@ def test_items_bought_at_the_same_instant_are_in_one_order_in_training_and_servi
     from pipeline.families.next_item.features import ItemVocab, user_histories, user_sequences
 
     t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
-    rows = [(t0, "view", "X"), (t0 + timedelta(minutes=1), "purchase", "Z"), (t0 + timedelta(minutes=1), "purchase",
-                                                                              "X"),
-            (t0 + timedelta(minutes=1), "purchase", "Y")]
-    base = pl.DataFrame({"event_time": [r[0] for r in rows], "user_id": ["u1"] * 4, "session_id": ["s1"] * 4,
-                         "item_id": [r[2] for r in rows], "event_type": [r[1] for r in rows], "price": [1.0] * 4,
-                         "quantity": [1] * 4})
+    rows = [
+        (t0, "view", "X"),
+        (t0 + timedelta(minutes=1), "purchase", "Z"),
+        (t0 + timedelta(minutes=1), "purchase", "X"),
+        (t0 + timedelta(minutes=1), "purchase", "Y"),
+    ]
+    base = pl.DataFrame(
+        {
+            "event_time": [r[0] for r in rows],
+            "user_id": ["u1"] * 4,
+            "session_id": ["s1"] * 4,
+            "item_id": [r[2] for r in rows],
+            "event_type": [r[1] for r in rows],
+            "price": [1.0] * 4,
+            "quantity": [1] * 4,
+        }
+    )
     vocab = ItemVocab.from_events(base)
     seen = set()
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [0, 3, 1, 2], [2, 0, 3, 1]):
@@ -504,4 +607,4 @@ def test_items_bought_at_the_same_instant_are_in_one_order_in_training_and_servi
         trained = user_sequences(events, vocab, t0 + timedelta(days=1))["u1"].tolist()
         assert vocab.encode(pl.Series(served)).tolist() == trained
         seen.add(served)
-    assert seen == {("X", "Y", "Z")}    # by item id within the instant, the view of X collapsed into its purchase
+    assert seen == {("X", "Y", "Z")}  # by item id within the instant, the view of X collapsed into its purchase

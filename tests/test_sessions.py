@@ -14,8 +14,14 @@ import pytest
 
 from benchmarks.sessions import SessionFormatError, preprocess_diginetica, read_sessions
 
-DIGINETICA = Path(__file__).resolve().parents[2] / "shared" / "data" / "raw_samples" / "diginetica_sample" / \
-    "sample_train-item-views.csv"
+DIGINETICA = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "raw_samples"
+    / "diginetica_sample"
+    / "sample_train-item-views.csv"
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +88,25 @@ def test_bench_models_reads_sessions_and_reports_p_and_mrr_at_20(fixture_dir, tm
 
     out, _ = fixture_dir
     result = tmp_path / "figures.json"
-    monkeypatch.setattr(sys, "argv", ["bench_models", "--sessions", str(out), "--seeds", "1", "--epochs", "3",
-                                      "--patience", "2", "--max-len", "20", "--json", str(result)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_models",
+            "--sessions",
+            str(out),
+            "--seeds",
+            "1",
+            "--epochs",
+            "3",
+            "--patience",
+            "2",
+            "--max-len",
+            "20",
+            "--json",
+            str(result),
+        ],
+    )
     assert bench_models.main() == 0
     figures = json.loads(result.read_text())
     assert set(figures) == {"popularity", "cooccurrence", "sasrec", "sasrec_cooc_blend"}

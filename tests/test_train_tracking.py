@@ -19,15 +19,19 @@ from pipeline.families.next_item.train import train as train_recommender
 from pipeline.families.purchase_propensity.train import train as train_propensity
 from pipeline.families.training import finished_run
 
-SMALL = TrainRecommenderParams(valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4,
-                               batch_size=128, patience=2)
+SMALL = TrainRecommenderParams(
+    valid_days=2, test_days=2, max_len=20, dim=32, layers=1, epochs=4, batch_size=128, patience=2
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    with published_shop(tmp_path_factory.mktemp("train"), GenerateParams(
-            seed=21, start_date="2026-10-01", days=10, events_per_day=3000, initial_users=1200,
-            initial_items=800)) as paths:
+    with published_shop(
+        tmp_path_factory.mktemp("train"),
+        GenerateParams(
+            seed=21, start_date="2026-10-01", days=10, events_per_day=3000, initial_users=1200, initial_items=800
+        ),
+    ) as paths:
         outcome = train_recommender(paths, SMALL, tags={"airflow.dag_run_id": "manual__1"})
         propensity = train_propensity(paths, TrainPropensityParams(epochs=4, patience=2))
         yield paths, outcome, propensity
@@ -46,8 +50,13 @@ def test_run_records_data_code_split_and_baselines(trained):
     assert mlflow.get_experiment(run.info.experiment_id).name == "shopml-next_item"
     assert run.info.artifact_uri.startswith(paths.home.as_uri())  # inside the state folder, never ./mlruns
     assert run.data.params["split.train_end"] < run.data.params["split.valid_end"] < run.data.params["split.end"]
-    for name in ("test_recall_at_20", "test_ndcg_at_10", "baseline_popularity_recall_at_20",
-                 "baseline_recent_popularity_recall_at_20", "baseline_cooccurrence_ndcg_at_20"):
+    for name in (
+        "test_recall_at_20",
+        "test_ndcg_at_10",
+        "baseline_popularity_recall_at_20",
+        "baseline_recent_popularity_recall_at_20",
+        "baseline_cooccurrence_ndcg_at_20",
+    ):
         assert name in run.data.metrics
     history = mlflow.tracking.MlflowClient().get_metric_history(outcome.run_id, "train_loss")
     assert len(history) >= 2 and history[1].value < history[0].value
@@ -63,8 +72,14 @@ out = model.predict(pd.DataFrame({{"history": [["i1", "i2", "no-such-item"], []]
 print(json.dumps({{"items": out["items"].tolist(), "scores": out["scores"].tolist(),
                   "inputs": [c.name for c in model.metadata.get_input_schema().inputs]}}))
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(paths.home)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(paths.home)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert [len(x) for x in result["items"]] == [5, 3]
@@ -80,7 +95,7 @@ def test_training_needs_a_published_dataset(state):
 
 @pytest.mark.fast
 def test_cli_train_without_data_is_a_clear_error(state, capsys):
-    assert cli(["train", "--model", "next_item"]) == 3   # not found: no dataset version
+    assert cli(["train", "--model", "next_item"]) == 3  # not found: no dataset version
     assert "no dataset version" in capsys.readouterr().err
 
 
@@ -106,8 +121,10 @@ def test_logged_propensity_model_scores_feature_rows_with_unknown_ids(trained):
     paths, _, outcome = trained
     mlflow.set_tracking_uri(tracking_uri(paths))
     model = mlflow.pyfunc.load_model(outcome.model_uri)
-    rows = pd.DataFrame([{"item_id": "no-such-item", "category": None, "brand": "new-brand",
-                          **dict.fromkeys(PROPENSITY_DENSE, 1.0)}] * 2)
+    rows = pd.DataFrame(
+        [{"item_id": "no-such-item", "category": None, "brand": "new-brand", **dict.fromkeys(PROPENSITY_DENSE, 1.0)}]
+        * 2
+    )
     rows.loc[1, "ui_purchases"] = 3.0
     probs = model.predict(rows)["probability"]
     assert ((probs > 0) & (probs < 1)).all()
@@ -140,7 +157,7 @@ def test_training_reads_a_feature_set_built_once_per_dataset_version(trained):
     assert manifest["counts"]["train_windows"] == int(run.data.params["data.train_windows"])
     loaded = load_recommender_features(again.path)
     assert loaded.windows.shape[1] == SMALL.max_len + 1 and len(loaded.test.targets) == len(loaded.test.users) > 0
-    assert (loaded.test.targets >= 2).all()            # unknown targets are left out, not ranked
+    assert (loaded.test.targets >= 2).all()  # unknown targets are left out, not ranked
     # Only the parameters that shape the features change the set.
     assert build_features(paths, "next_item", dataclasses.replace(SMALL, epochs=9)).path == again.path
     other = build_features(paths, "next_item", dataclasses.replace(SMALL, max_len=12))
@@ -155,7 +172,8 @@ def test_training_reads_a_feature_set_built_once_per_dataset_version(trained):
         features_for(paths, "next_item", SMALL, paths.home)
     prop = mlflow.get_run(propensity.run_id)
     assert read_manifest(prop.data.tags["features_path"], "purchase_propensity")["counts"]["test_rows"] == int(
-        prop.data.params["data.test_rows"])
+        prop.data.params["data.test_rows"]
+    )
 
 
 def test_cli_features_then_a_retried_train_returns_the_run_it_made(trained, tmp_path, capsys):
@@ -168,8 +186,23 @@ def test_cli_features_then_a_retried_train_returns_the_run_it_made(trained, tmp_
         assert report["dataset_version"] == outcome.dataset_version
         # What the Kubernetes pod runs: a retried pod finds the finished run of its DAG run.
         out = tmp_path / "xcom" / "return.json"
-        assert cli(["train", "--model", "next_item", "--features", report["path"], "--tag",
-                    "airflow.dag_run_id=manual__1", "--reuse-finished", "--output", str(out)]) == 0
+        assert (
+            cli(
+                [
+                    "train",
+                    "--model",
+                    "next_item",
+                    "--features",
+                    report["path"],
+                    "--tag",
+                    "airflow.dag_run_id=manual__1",
+                    "--reuse-finished",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert json.loads(out.read_text())["run_id"] == outcome.run_id
         assert "already carries" in capsys.readouterr().out
         assert cli(["train", "--model", "next_item", "--tag", "no-equals-sign", "--reuse-finished"]) == 2
@@ -179,6 +212,7 @@ def test_cli_features_then_a_retried_train_returns_the_run_it_made(trained, tmp_
 
 
 # --- The GPU path, checked on a CPU: a simulated accelerator (tests/fake_accelerator.py) ---------
+
 
 @pytest.mark.fast
 def test_the_simulated_accelerator_catches_a_batch_left_on_the_cpu(monkeypatch):
@@ -195,7 +229,7 @@ def test_the_simulated_accelerator_catches_a_batch_left_on_the_cpu(monkeypatch):
     batch = torch.randint(2, 50, (3, 6))
     expected = model(batch)
     with accelerator(monkeypatch) as device:
-        assert models.train.select_device("auto") == device     # what the training loop picks
+        assert models.train.select_device("auto") == device  # what the training loop picks
         model.to(device)
         assert model_device(model) == device and device.type != "cpu"
         with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
@@ -246,8 +280,9 @@ def test_both_models_train_validate_test_and_evaluate_on_an_accelerator(trained,
     [checkpoint] = list(local.rglob("best.pt"))
     weights = torch.load(checkpoint, weights_only=False)["model"]
     assert weights and {v.device.type for v in weights.values()} == {"cpu"}
-    answer = mlflow.pyfunc.load_model(recommender.model_uri).predict(pd.DataFrame({"history": [["i1", "i2"]],
-                                                                                   "k": [5]}))
+    answer = mlflow.pyfunc.load_model(recommender.model_uri).predict(
+        pd.DataFrame({"history": [["i1", "i2"]], "k": [5]})
+    )
     assert len(answer["items"][0]) == 5
     rows = pd.DataFrame([{"item_id": "i1", "category": None, "brand": None, **dict.fromkeys(PROPENSITY_DENSE, 1.0)}])
     probability = mlflow.pyfunc.load_model(propensity.model_uri).predict(rows)["probability"][0]
@@ -307,16 +342,22 @@ def test_bf16_autocast_trains_with_float32_weights():
 
     torch.manual_seed(0)
     data = torch.randint(2, 40, (256, 9))
-    data[:, 1::2] = data[:, 0::2][:, :4] + 1        # a learnable next-item rule
+    data[:, 1::2] = data[:, 0::2][:, :4] + 1  # a learnable next-item rule
     model = SASRec(SASRecConfig(n_items=42, max_len=8, dim=16, layers=1, dropout=0.0))
-    result = train(model, data, lambda m, b: m(b[:, :-1], b[:, 1:], n_negatives=16), lambda m: 0.0,
-                   TrainConfig(epochs=3, batch_size=32, lr=5e-3, patience=10, precision="bf16", progress=False))
+    result = train(
+        model,
+        data,
+        lambda m, b: m(b[:, :-1], b[:, 1:], n_negatives=16),
+        lambda m: 0.0,
+        TrainConfig(epochs=3, batch_size=32, lr=5e-3, patience=10, precision="bf16", progress=False),
+    )
     assert result.precision == "bf16"
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 # --- Resumable training runs ------------------------------------------------------------------
+
 
 def test_a_second_process_on_the_same_run_is_refused_and_a_dead_attempts_run_is_failed(trained):
     import mlflow
@@ -337,13 +378,14 @@ def test_a_second_process_on_the_same_run_is_refused_and_a_dead_attempts_run_is_
     # An attempt of the same DAG run with other parameters died (SIGKILL) and left its run RUNNING.
     experiment_id = use_experiment(paths, "next_item")
     dead = mlflow.tracking.MlflowClient().create_run(
-        experiment_id, tags={"model": "next_item", "test.case": "locked", RESUME_TAG: "an-older-key"})
+        experiment_id, tags={"model": "next_item", "test.case": "locked", RESUME_TAG: "an-older-key"}
+    )
     outcome = train_recommender(paths, params, tags=tags)
     client = mlflow.tracking.MlflowClient()
     assert client.get_run(dead.info.run_id).info.status == "FAILED"
     assert "superseded" in client.get_run(dead.info.run_id).data.tags["shopml.abandoned"]
     assert client.get_run(outcome.run_id).info.status == "FINISHED"
-    assert not (folder / "checkpoints").exists()     # a finished run keeps its model in MLflow, not here
+    assert not (folder / "checkpoints").exists()  # a finished run keeps its model in MLflow, not here
 
 
 def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterrupted_one(trained, tmp_path):
@@ -362,13 +404,28 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
     params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
     params["train_recommender"].update(epochs=epochs, patience=epochs, max_len=30, dim=48, layers=2, batch_size=64)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "SHOPML_HOME": str(paths.home), "SHOPML_PARAMS": str(tmp_path / "params.yaml"),
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "SHOPML_HOME": str(paths.home),
+        "SHOPML_PARAMS": str(tmp_path / "params.yaml"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
 
     def command(case: str) -> list[str]:
-        return [sys.executable, "-m", "pipeline", "train", "--model", "next_item", "--tag", f"test.case={case}",
-                "--output", str(tmp_path / f"{case}.json")]
+        return [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--model",
+            "next_item",
+            "--tag",
+            f"test.case={case}",
+            "--output",
+            str(tmp_path / f"{case}.json"),
+        ]
 
     straight = subprocess.run(command("straight"), env=env, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -380,23 +437,24 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
     while not list(checkpoints.glob("*/checkpoints/last.pt")) and time.monotonic() < deadline:
         assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
         time.sleep(0.05)
-    time.sleep(0.5)   # into the next epoch
+    time.sleep(0.5)  # into the next epoch
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     [last] = list(checkpoints.glob("*/checkpoints/last.pt"))
     killed_after = torch.load(last, weights_only=False)["epoch"]
-    assert killed_after < epochs - 1     # it really stopped before the end
+    assert killed_after < epochs - 1  # it really stopped before the end
 
     mlflow.set_tracking_uri(tracking_uri(paths))
     client = mlflow.tracking.MlflowClient()
 
     def runs(case: str) -> list:
-        return mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string=f"tags.`test.case` = '{case}'")
+        return mlflow.search_runs(
+            search_all_experiments=True, output_format="list", filter_string=f"tags.`test.case` = '{case}'"
+        )
 
     [left] = runs("killed")
-    assert left.info.status == "RUNNING"      # what a SIGKILL leaves; the retry must pick it up
+    assert left.info.status == "RUNNING"  # what a SIGKILL leaves; the retry must pick it up
     resumed = subprocess.run(command("killed"), env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     [run] = runs("killed")
@@ -415,7 +473,7 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
 
     a, b = weights("straight"), weights("killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not list(checkpoints.glob("*/checkpoints/last.pt"))     # cleaned up once finished
+    assert not list(checkpoints.glob("*/checkpoints/last.pt"))  # cleaned up once finished
 
 
 def test_the_gpu_check_runs_on_the_pipelines_feature_sets(trained, tmp_path):
@@ -428,11 +486,37 @@ def test_the_gpu_check_runs_on_the_pipelines_feature_sets(trained, tmp_path):
     data, out = tmp_path / "check.npz", tmp_path / "out"
     features = [mlflow.get_run(r).data.tags["features_path"] for r in (outcome.run_id, propensity.run_id)]
     run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=REPO_ROOT)
-    done = run([sys.executable, "-m", "benchmarks.gpu_check", "export", "--next-item", features[0],
-                "--propensity", features[1], "--out", str(data)])
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_check",
+            "export",
+            "--next-item",
+            features[0],
+            "--propensity",
+            features[1],
+            "--out",
+            str(data),
+        ]
+    )
     assert done.returncode == 0, done.stderr
-    done = run([sys.executable, "-m", "benchmarks.gpu_check", "run", "--data", str(data), "--out-dir", str(out),
-                "--device", "cpu", "--max-epochs", "3"])
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_check",
+            "run",
+            "--data",
+            str(data),
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--max-epochs",
+            "3",
+        ]
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4/4 checks passed" in done.stdout and "resumed from epoch 3 to 3" in done.stdout
     report = json.loads((out / "gpu_check.json").read_text())

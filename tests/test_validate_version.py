@@ -20,8 +20,9 @@ from pipeline.data.version import NotValidated, current_dataset_version, version
 # The fast layer (`make test-fast`): no training, no servers, no Airflow runs.
 pytestmark = pytest.mark.fast
 
-PARAMS = GenerateParams(seed=3, start_date="2026-11-02", days=3, events_per_day=3000,
-                        initial_users=800, initial_items=600)
+PARAMS = GenerateParams(
+    seed=3, start_date="2026-11-02", days=3, events_per_day=3000, initial_users=800, initial_items=600
+)
 SOURCE = "landing/events/events-{date}.csv"
 CATALOG = "landing/catalog/catalog-{date}.csv"
 

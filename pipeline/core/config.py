@@ -17,14 +17,20 @@ import yaml
 from pydantic import ConfigDict, ValidationError
 
 # Unknown keys are errors; values are coerced only where no information is lost (3.0 -> 3, a list -> a tuple).
-STRICT = ConfigDict(extra="forbid")   # frozen: set by each dataclass decorator
+STRICT = ConfigDict(extra="forbid")  # frozen: set by each dataclass decorator
 
 T = TypeVar("T")
 
 _SHORT = {
-    "int_parsing": "must be an integer", "int_from_float": "must be an integer", "int_type": "must be an integer",
-    "float_parsing": "must be a number", "float_type": "must be a number", "bool_parsing": "must be true or false",
-    "bool_type": "must be true or false", "string_type": "must be a string", "tuple_type": "must be a list",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "int_type": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "tuple_type": "must be a list",
     "list_type": "must be a list",
 }
 
@@ -54,7 +60,7 @@ def section(cls: type[T], raw: Any, where: str, error: type[ValueError]) -> T:
         return cls(**raw)
     except ValidationError as exc:
         raise error(describe(exc, where, cls)) from None
-    except TypeError as exc:   # a required key missing before validation starts
+    except TypeError as exc:  # a required key missing before validation starts
         raise error(f"{where}: {exc}") from None
 
 
@@ -74,7 +80,7 @@ def describe(exc: ValidationError, where: str, cls: type | None = None) -> str:
         elif kind == "missing_keyword_argument" or kind == "missing":
             lines.append(f"{where}.{key}: required")
         elif kind == "value_error":
-            message = str(err.get("ctx", {}).get("error", err["msg"]))   # our own check's words
+            message = str(err.get("ctx", {}).get("error", err["msg"]))  # our own check's words
             lines.append(f"{where}.{key}: {message}" if key else f"{where}: {message}")
         else:
             what = _SHORT.get(kind, err["msg"].replace("Input should be", "must be"))

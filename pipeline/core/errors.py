@@ -33,5 +33,5 @@ EXIT_CODES: dict[int, str] = {
     6: "the Bento failed its smoke test or parity check",
     7: "another live process is training the same run; rerun once it is gone to resume it",
     8: "refused by the rules: the gate, the online gate, a promotion the registry does not allow, "
-       "replayed requests that failed",
+    "replayed requests that failed",
 }

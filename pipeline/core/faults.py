@@ -14,22 +14,22 @@ import signal
 
 KILL_POINTS: tuple[str, ...] = (
     # data.version.publish_partition: a staged day replacing its published partition
-    "publish.linked",          # the new partition hard-linked as event_date=D.incoming
-    "publish.moved_aside",     # the published one renamed to event_date=D.replaced
-    "publish.swapped",         # the new one in place, the old one not yet removed
+    "publish.linked",  # the new partition hard-linked as event_date=D.incoming
+    "publish.moved_aside",  # the published one renamed to event_date=D.replaced
+    "publish.swapped",  # the new one in place, the old one not yet removed
     # data.version.version_dataset
-    "version.published",       # partitions published, `dvc add` not run
-    "version.added",           # `dvc add` done, not pushed
-    "version.pushed",          # pushed, the version's manifest not yet written
+    "version.published",  # partitions published, `dvc add` not run
+    "version.added",  # `dvc add` done, not pushed
+    "version.pushed",  # pushed, the version's manifest not yet written
     # lifecycle.registry.register_candidate
-    "register.created",        # the model version exists, its lineage and gate tags not yet written
-    "register.tagged",         # tagged, the challenger alias not yet set
+    "register.created",  # the model version exists, its lineage and gate tags not yet written
+    "register.tagged",  # tagged, the challenger alias not yet set
     # serving.package.package
-    "package.built",           # the Bento built, the model version not yet tagged with it
-    "package.tested",          # the smoke test passed, the version not yet tagged "passed"
+    "package.built",  # the Bento built, the model version not yet tagged with it
+    "package.tested",  # the smoke test passed, the version not yet tagged "passed"
     # lifecycle.registry.promote
-    "promote.locked",          # the promotion lock held, the alias not yet moved
-    "promote.alias_set",       # the champion alias moved, the history entry not yet written
+    "promote.locked",  # the promotion lock held, the alias not yet moved
+    "promote.alias_set",  # the champion alias moved, the history entry not yet written
 )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 
-PROGRAM = "shopml"   # installed with the package; ``python -m pipeline`` is the same command
+PROGRAM = "shopml"  # installed with the package; ``python -m pipeline`` is the same command
 
 
 def command(*args: object) -> str:

@@ -59,8 +59,9 @@ def _postgres_lock(url: str, name: str, timeout: float) -> Iterator[None]:
             try:
                 cur.execute("SELECT pg_advisory_lock(%s)", (_key(name),))
             except psycopg2.errors.LockNotAvailable:
-                raise LockTimeout(f"lock {name!r} in PostgreSQL held by another worker for over {timeout:.0f}s") \
-                    from None
+                raise LockTimeout(
+                    f"lock {name!r} in PostgreSQL held by another worker for over {timeout:.0f}s"
+                ) from None
         yield
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_unlock(%s)", (_key(name),))

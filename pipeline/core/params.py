@@ -74,9 +74,9 @@ class TrainRecommenderParams:
     heads: int = 2
     layers: int = 2
     dropout: float = 0.3
-    loss: Literal["full", "sampled"] = "full"   # full: softmax over the catalog; sampled: sampled softmax with logQ
-    n_negatives: int = 256         # negatives per batch of the sampled softmax
-    blend: StrictBool = True             # add co-occurrence with a weight chosen on validation (0: SASRec alone)
+    loss: Literal["full", "sampled"] = "full"  # full: softmax over the catalog; sampled: sampled softmax with logQ
+    n_negatives: int = 256  # negatives per batch of the sampled softmax
+    blend: StrictBool = True  # add co-occurrence with a weight chosen on validation (0: SASRec alone)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.002
@@ -84,9 +84,9 @@ class TrainRecommenderParams:
     seed: int = 0
     recent_days: int = 3
     # How to train, not what: they do not change the model's identity (a killed run resumes on other hardware).
-    device: str = "auto"           # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
     precision: Precision = "auto"  # auto (bf16 autocast on CUDA, float32 elsewhere), bf16, fp32
-    compile: Compile = "auto"      # torch.compile: auto (on CUDA only), true, false
+    compile: Compile = "auto"  # torch.compile: auto (on CUDA only), true, false
 
     @model_validator(mode="after")
     def _runtime(self) -> TrainRecommenderParams:
@@ -115,9 +115,9 @@ class TrainPropensityParams:
     patience: int = 5
     seed: int = 0
     # How to train, not what: they do not change the model's identity (a killed run resumes on other hardware).
-    device: str = "auto"           # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
     precision: Precision = "auto"  # auto (bf16 autocast on CUDA, float32 elsewhere), bf16, fp32
-    compile: Compile = "auto"      # torch.compile: auto (on CUDA only), true, false
+    compile: Compile = "auto"  # torch.compile: auto (on CUDA only), true, false
 
     @model_validator(mode="after")
     def _labels_inside_their_period(self) -> TrainPropensityParams:
@@ -126,8 +126,10 @@ class TrainPropensityParams:
         # test rows' inside the test period; a longer horizon reads labels from the next period.
         for period in ("valid_days", "test_days"):
             if self.horizon_days > getattr(self, period):
-                raise ValueError(f"horizon_days ({self.horizon_days}) is longer than {period} "
-                                 f"({getattr(self, period)}): labels would be read from the next period")
+                raise ValueError(
+                    f"horizon_days ({self.horizon_days}) is longer than {period} "
+                    f"({getattr(self, period)}): labels would be read from the next period"
+                )
         return self
 
 
@@ -154,9 +156,15 @@ def load_params(path: Path | str | None = None) -> Params:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"{path}: {unknown[0]}: not a section (sections: {', '.join(SECTIONS)})")
-    return Params(**{name: section(cls, raw.get(name), f"{path}: {name}", ParamsError)
-                     for name, cls in SECTIONS.items()})
+    return Params(
+        **{name: section(cls, raw.get(name), f"{path}: {name}", ParamsError) for name, cls in SECTIONS.items()}
+    )
 
 
-SECTIONS = {"generate": GenerateParams, "ingest": IngestParams, "validate": ValidateParams,
-            "train_recommender": TrainRecommenderParams, "train_propensity": TrainPropensityParams}
+SECTIONS = {
+    "generate": GenerateParams,
+    "ingest": IngestParams,
+    "validate": ValidateParams,
+    "train_recommender": TrainRecommenderParams,
+    "train_propensity": TrainPropensityParams,
+}

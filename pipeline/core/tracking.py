@@ -53,10 +53,16 @@ def git_commit() -> str:
     """The commit of this checkout, with '-dirty' for uncommitted changes; outside git (a container
     image) the ``SHOPML_GIT_COMMIT`` its build recorded, else 'unknown'."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("SHOPML_GIT_COMMIT") or "unknown"
@@ -78,7 +84,7 @@ def environment_tags() -> dict[str, str]:
 # reads them).
 CHALLENGER, CHAMPION = "challenger", "champion"
 NO_CHAMPION = "none"
-PREDICTIONS = "predictions.parquet"   # under a run's evaluation/ artifacts: what the candidate answered
+PREDICTIONS = "predictions.parquet"  # under a run's evaluation/ artifacts: what the candidate answered
 
 
 class RegistryError(Refused):
@@ -139,8 +145,9 @@ def logged_model_uri(client, run_id: str) -> str:
 
     run = client.get_run(run_id)
     # Without experiment ids MLflow searches only the active experiment, which a fresh worker lacks.
-    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
     if not models:
         raise NotRegistered(f"run {run_id} logged no model")
     return models[0].model_uri

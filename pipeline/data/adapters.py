@@ -78,9 +78,9 @@ def _sessionize(frame: pl.LazyFrame, user: str = "user_id") -> pl.LazyFrame:
     gap = pl.col("event_time").diff().over(user).dt.total_seconds()
     new_session = gap.is_null() | (gap > SESSION_GAP_SECONDS)
     return ordered.with_columns(
-        pl.concat_str(
-            pl.col(user), pl.lit("-"), new_session.cast(pl.Int32).cum_sum().over(user).cast(pl.String)
-        ).alias("session_id")
+        pl.concat_str(pl.col(user), pl.lit("-"), new_session.cast(pl.Int32).cum_sum().over(user).cast(pl.String)).alias(
+            "session_id"
+        )
     )
 
 
@@ -141,8 +141,10 @@ def _rees46_catalog() -> list[pl.Expr]:
 def _retailrocket_events(f: pl.LazyFrame) -> pl.LazyFrame:
     kind = _text("event").str.to_lowercase()
     mapped = (
-        pl.when(kind == "addtocart").then(pl.lit("add_to_cart"))
-        .when(kind == "transaction").then(pl.lit("purchase"))
+        pl.when(kind == "addtocart")
+        .then(pl.lit("add_to_cart"))
+        .when(kind == "transaction")
+        .then(pl.lit("purchase"))
         .otherwise(kind)
     )
     framed = f.with_columns(
@@ -163,9 +165,16 @@ def _uci_events(f: pl.LazyFrame) -> pl.LazyFrame:
     cancelled = invoice.str.starts_with("C")
     return f.with_columns(
         # UCI times are the shop's local time in the UK.
-        parse_timestamp(pl.col("InvoiceDate"), formats=(
-            "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M",
-        ), tz="Europe/London").alias("event_time"),
+        parse_timestamp(
+            pl.col("InvoiceDate"),
+            formats=(
+                "%Y-%m-%d %H:%M:%S",
+                "%Y-%m-%d %H:%M",
+                "%m/%d/%Y %H:%M",
+                "%d/%m/%Y %H:%M",
+            ),
+            tz="Europe/London",
+        ).alias("event_time"),
         _text("InvoiceDate").alias("_raw_event_time"),
         customer.alias("user_id"),
         invoice.alias("session_id"),
@@ -245,8 +254,17 @@ ADAPTERS: dict[str, Adapter] = {
     ),
     "rees46": Adapter(
         "rees46",
-        ("event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price",
-         "user_id", "user_session"),
+        (
+            "event_time",
+            "event_type",
+            "product_id",
+            "category_id",
+            "category_code",
+            "brand",
+            "price",
+            "user_id",
+            "user_session",
+        ),
         _rees46_events,
         _rees46_catalog,
     ),
@@ -258,15 +276,17 @@ ADAPTERS: dict[str, Adapter] = {
     ),
     "uci_online_retail": Adapter(
         "uci_online_retail",
-        ("Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID",
-         "Country"),
+        ("Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country"),
         _uci_events,
         _uci_catalog,
         aliases={"Invoice": ("InvoiceNo",), "Price": ("UnitPrice",), "Customer ID": ("CustomerID",)},
         exclusion_column="Invoice",
     ),
     "yoochoose": Adapter(
-        "yoochoose", ("SessionId", "ItemId", "Time"), _yoochoose_events, _ids_only_catalog("ItemId"),
+        "yoochoose",
+        ("SessionId", "ItemId", "Time"),
+        _yoochoose_events,
+        _ids_only_catalog("ItemId"),
         separator="\t",
     ),
     "diginetica": Adapter(

@@ -20,6 +20,7 @@ from pipeline.core.schema import partition_day, partition_files
 # Interactions that say something about what a user wants next; removals say the opposite.
 SEQUENCE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
 
+
 @dataclass(frozen=True)
 class TimeSplit:
     """Cut points of a time-based split; each period is [start, end)."""
@@ -59,8 +60,10 @@ def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> Time
     train_end = valid_end - timedelta(days=valid_days)
     if train_end <= start:
         days = (end - start).days
-        raise BadInput(f"the data spans {days} day(s): too few for {valid_days} validation and "
-                         f"{test_days} test day(s) plus at least one training day")
+        raise BadInput(
+            f"the data spans {days} day(s): too few for {valid_days} validation and "
+            f"{test_days} test day(s) plus at least one training day"
+        )
     return TimeSplit(start, train_end, valid_end, end)
 
 
@@ -69,13 +72,23 @@ def catalog_history(canonical: Path) -> pl.DataFrame:
     when that day's catalog was complete. ``catalog_as_of`` picks the rows known at a time."""
     files = partition_files(canonical / "catalog")
     if not files:
-        return pl.DataFrame(schema={"item_id": pl.String, "category": pl.String, "brand": pl.String,
-                                    "price": pl.Float64, "known_from": pl.Datetime("us", "UTC")})
+        return pl.DataFrame(
+            schema={
+                "item_id": pl.String,
+                "category": pl.String,
+                "brand": pl.String,
+                "price": pl.Float64,
+                "known_from": pl.Datetime("us", "UTC"),
+            }
+        )
     frames = []
     for f in files:
         day = datetime.fromisoformat(partition_day(f)).replace(tzinfo=timezone.utc)
-        frames.append(pl.read_parquet(f).with_columns(
-            pl.lit(day + timedelta(days=1)).cast(pl.Datetime("us", "UTC")).alias("known_from")))
+        frames.append(
+            pl.read_parquet(f).with_columns(
+                pl.lit(day + timedelta(days=1)).cast(pl.Datetime("us", "UTC")).alias("known_from")
+            )
+        )
     return pl.concat(frames, how="diagonal_relaxed")
 
 
@@ -87,8 +100,11 @@ def catalog_as_of(history: pl.DataFrame, when: datetime | None = None) -> pl.Dat
         return history
     if when is not None:
         history = history.filter(pl.col("known_from") <= when)
-    return (history.sort("known_from", maintain_order=True)
-            .unique(subset="item_id", keep="last", maintain_order=True).drop("known_from"))
+    return (
+        history.sort("known_from", maintain_order=True)
+        .unique(subset="item_id", keep="last", maintain_order=True)
+        .drop("known_from")
+    )
 
 
 def latest_catalog(canonical: Path) -> pl.DataFrame:
@@ -101,7 +117,7 @@ class Dataset:
     """One dataset version, restored to a folder (``pipeline.data.version.open_dataset``)."""
 
     version: str
-    path: Path          # the folder holding this version's events/ and catalog/
+    path: Path  # the folder holding this version's events/ and catalog/
 
     def events(self) -> pl.DataFrame:
         return load_events(self.path)

@@ -38,18 +38,17 @@ def js_divergence(reference: pl.Series, current: pl.Series) -> float:
     both = ref.join(cur, on=name, how="full", coalesce=True).fill_null(0)
     if both.height == 0 or both["ref"].sum() == 0 or both["cur"].sum() == 0:
         return float("nan")
-    return float(jensenshannon(both["ref"].to_numpy().astype(float), both["cur"].to_numpy().astype(float),
-                               base=2) ** 2)
+    return float(jensenshannon(both["ref"].to_numpy().astype(float), both["cur"].to_numpy().astype(float), base=2) ** 2)
 
 
 @dataclass
 class FeatureDrift:
     feature: str
-    kind: str               # numeric (PSI) or categorical (JS)
+    kind: str  # numeric (PSI) or categorical (JS)
     statistic: str
     value: float
     threshold: float
-    reference: str          # a short summary of each side, for the report
+    reference: str  # a short summary of each side, for the report
     current: str
 
     @property
@@ -60,8 +59,11 @@ class FeatureDrift:
 def numeric_drift(name: str, ref: np.ndarray, cur: np.ndarray, threshold: float) -> FeatureDrift:
     def summary(x):
         x = np.asarray(x, float)
-        return "empty" if x.size == 0 else "p10 {:.3g}, p50 {:.3g}, p90 {:.3g} (n {})".format(
-            *np.quantile(x, [0.1, 0.5, 0.9]), x.size)
+        return (
+            "empty"
+            if x.size == 0
+            else "p10 {:.3g}, p50 {:.3g}, p90 {:.3g} (n {})".format(*np.quantile(x, [0.1, 0.5, 0.9]), x.size)
+        )
 
     return FeatureDrift(name, "numeric", "PSI", psi(ref, cur), threshold, summary(ref), summary(cur))
 
@@ -72,8 +74,15 @@ def categorical_drift(name: str, ref: pl.Series, cur: pl.Series, threshold: floa
         n = max(s.len(), 1)
         return ", ".join(f"{v} {c / n:.0%}" for v, c in top.iter_rows()) + f" (n {s.len()}, {s.n_unique()} values)"
 
-    return FeatureDrift(name, "categorical", "JS", js_divergence(ref.rename(name), cur.rename(name)), threshold,
-                        summary(ref), summary(cur))
+    return FeatureDrift(
+        name,
+        "categorical",
+        "JS",
+        js_divergence(ref.rename(name), cur.rename(name)),
+        threshold,
+        summary(ref),
+        summary(cur),
+    )
 
 
 @dataclass

@@ -30,34 +30,81 @@ from pipeline.core.params import GenerateParams
 from pipeline.core.schema import CATALOG_COLUMNS, EVENT_COLUMNS
 
 CATEGORY_NAMES = (
-    "electronics.smartphone", "electronics.audio", "electronics.camera", "computers.laptop",
-    "computers.peripherals", "appliances.kitchen", "appliances.cleaning", "home.furniture",
-    "home.decor", "home.textiles", "garden.tools", "sport.fitness", "sport.outdoor", "kids.toys",
-    "kids.clothing", "apparel.women", "apparel.men", "apparel.shoes", "beauty.skincare",
-    "beauty.makeup", "health.supplements", "grocery.snacks", "grocery.drinks", "books.fiction",
-    "books.nonfiction", "pets.food", "pets.accessories", "auto.accessories", "stationery.office",
+    "electronics.smartphone",
+    "electronics.audio",
+    "electronics.camera",
+    "computers.laptop",
+    "computers.peripherals",
+    "appliances.kitchen",
+    "appliances.cleaning",
+    "home.furniture",
+    "home.decor",
+    "home.textiles",
+    "garden.tools",
+    "sport.fitness",
+    "sport.outdoor",
+    "kids.toys",
+    "kids.clothing",
+    "apparel.women",
+    "apparel.men",
+    "apparel.shoes",
+    "beauty.skincare",
+    "beauty.makeup",
+    "health.supplements",
+    "grocery.snacks",
+    "grocery.drinks",
+    "books.fiction",
+    "books.nonfiction",
+    "pets.food",
+    "pets.accessories",
+    "auto.accessories",
+    "stationery.office",
     "jewelry.watches",
 )
 
 # Relative traffic by hour of day (UTC) and by weekday (Monday first).
 HOURLY_TRAFFIC = np.array(
-    [0.25, 0.15, 0.1, 0.08, 0.08, 0.12, 0.3, 0.55, 0.8, 0.9, 0.95, 1.0,
-     1.05, 1.0, 0.95, 0.95, 1.0, 1.1, 1.3, 1.5, 1.6, 1.4, 0.95, 0.5]
+    [
+        0.25,
+        0.15,
+        0.1,
+        0.08,
+        0.08,
+        0.12,
+        0.3,
+        0.55,
+        0.8,
+        0.9,
+        0.95,
+        1.0,
+        1.05,
+        1.0,
+        0.95,
+        0.95,
+        1.0,
+        1.1,
+        1.3,
+        1.5,
+        1.6,
+        1.4,
+        0.95,
+        0.5,
+    ]
 )
 WEEKDAY_TRAFFIC = np.array([1.0, 0.95, 0.95, 1.0, 1.08, 1.22, 1.15])
 
 MEAN_SESSION_VIEWS = 5.0
 MAX_SESSION_VIEWS = 60
-P_NEIGHBOUR = 0.55        # next view is a neighbour of the previous item
+P_NEIGHBOUR = 0.55  # next view is a neighbour of the previous item
 P_SWITCH_CATEGORY = 0.12  # next view starts afresh in a (re)drawn category
-P_REPEAT_SESSION = 0.3    # a session of a returning buyer opens on the last item bought
-P_CART = 0.09             # base chance that a view leads to add_to_cart
-P_REMOVE = 0.12           # chance that a cart add is undone
-P_CHECKOUT = 0.55         # chance that a session with a cart ends in a purchase
-SHIFT_BOOST = 40.0         # popularity multiplier of the items a "new_items" shift launches
-SHIFT_PRICE = 1.5          # price multiplier of a "prices" shift
+P_REPEAT_SESSION = 0.3  # a session of a returning buyer opens on the last item bought
+P_CART = 0.09  # base chance that a view leads to add_to_cart
+P_REMOVE = 0.12  # chance that a cart add is undone
+P_CHECKOUT = 0.55  # chance that a session with a cart ends in a purchase
+SHIFT_BOOST = 40.0  # popularity multiplier of the items a "new_items" shift launches
+SHIFT_PRICE = 1.5  # price multiplier of a "prices" shift
 SHIFTS = ("none", "new_items", "prices")
-LAUNCH_BOOST = 3.0        # popularity multiplier of a new item on its launch day, fading
+LAUNCH_BOOST = 3.0  # popularity multiplier of a new item on its launch day, fading
 LAUNCH_DECAY_DAYS = 7.0
 
 
@@ -115,7 +162,7 @@ def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
 
     # Sparse preferences: most users care about two or three categories.
     prefs = rng.dirichlet(np.full(n_cat, 0.15), size=n_users).astype(np.float32)
-    if n_shifted:   # the launched items: created on the shift day, far more popular than the others
+    if n_shifted:  # the launched items: created on the shift day, far more popular than the others
         item_created[-n_shifted:] = p.shift_day
         item_popularity[-n_shifted:] *= SHIFT_BOOST
     user_pref_cum = np.cumsum(prefs, axis=1)
@@ -155,8 +202,7 @@ class _DayCatalog:
         self.items = live[order]
         self.category = world.item_category[self.items]
         age = day_index - world.item_created[self.items]
-        boost = 1.0 + np.where(world.item_created[self.items] > 0,
-                               LAUNCH_BOOST * np.exp(-age / LAUNCH_DECAY_DAYS), 0.0)
+        boost = 1.0 + np.where(world.item_created[self.items] > 0, LAUNCH_BOOST * np.exp(-age / LAUNCH_DECAY_DAYS), 0.0)
         weight = world.item_popularity[self.items] * boost
         self.cum = np.cumsum(weight)
         n_cat = world.n_categories
@@ -291,11 +337,19 @@ def _simulate_day(
     order = np.argsort(p_t, kind="stable")
     last_bought[users[c_s[bought]][order]] = p_items[order]
 
-    def block(sess: np.ndarray, ranks_or_items: np.ndarray, times: np.ndarray, etype: int,
-              qty: np.ndarray | None = None, are_items: bool = False) -> dict[str, np.ndarray]:
+    def block(
+        sess: np.ndarray,
+        ranks_or_items: np.ndarray,
+        times: np.ndarray,
+        etype: int,
+        qty: np.ndarray | None = None,
+        are_items: bool = False,
+    ) -> dict[str, np.ndarray]:
         items = ranks_or_items if are_items else catalog.items[ranks_or_items]
         return {
-            "session": sess, "item": items, "t": times,
+            "session": sess,
+            "item": items,
+            "t": times,
             "type": np.full(sess.size, etype, dtype=np.int8),
             "qty": qty if qty is not None else np.ones(sess.size, dtype=np.int64),
         }
@@ -314,33 +368,38 @@ def _simulate_day(
 
 def _events_frame(sim: dict[str, np.ndarray], world: _World, day_tag: str) -> pl.DataFrame:
     types = pl.Series(["view", "add_to_cart", "remove_from_cart", "purchase"])
-    return (
-        pl.DataFrame({
+    return pl.DataFrame(
+        {
             "event_time": pl.Series(sim["epoch_us"].astype(np.int64)).cast(pl.Datetime("us", "UTC")),
-            "user": sim["user"], "session": sim["session"], "item": sim["item"],
-            "type": sim["type"], "price": world.item_price[sim["item"]], "quantity": sim["qty"],
-        })
-        .select(
-            "event_time",
-            pl.concat_str(pl.lit("u"), pl.col("user").cast(pl.String)).alias("user_id"),
-            pl.concat_str(pl.lit(f"s{day_tag}-"), pl.col("session").cast(pl.String)).alias("session_id"),
-            pl.concat_str(pl.lit("i"), pl.col("item").cast(pl.String)).alias("item_id"),
-            types.gather(pl.Series(sim["type"])).alias("event_type"),
-            pl.col("price"),
-            pl.col("quantity").cast(pl.Int32),
-        )
+            "user": sim["user"],
+            "session": sim["session"],
+            "item": sim["item"],
+            "type": sim["type"],
+            "price": world.item_price[sim["item"]],
+            "quantity": sim["qty"],
+        }
+    ).select(
+        "event_time",
+        pl.concat_str(pl.lit("u"), pl.col("user").cast(pl.String)).alias("user_id"),
+        pl.concat_str(pl.lit(f"s{day_tag}-"), pl.col("session").cast(pl.String)).alias("session_id"),
+        pl.concat_str(pl.lit("i"), pl.col("item").cast(pl.String)).alias("item_id"),
+        types.gather(pl.Series(sim["type"])).alias("event_type"),
+        pl.col("price"),
+        pl.col("quantity").cast(pl.Int32),
     )
 
 
 def _catalog_frame(world: _World, day_index: int, price_factor: float = 1.0) -> pl.DataFrame:
     live = np.flatnonzero(world.item_created <= day_index)
     names = pl.Series(CATEGORY_NAMES[: world.n_categories])
-    return pl.DataFrame({
-        "item_id": pl.Series(live).cast(pl.String),
-        "category": names.gather(pl.Series(world.item_category[live])),
-        "brand": pl.Series(world.item_brand[live]).cast(pl.String),
-        "price": np.round(world.item_price[live] * price_factor, 2),
-    }).select(
+    return pl.DataFrame(
+        {
+            "item_id": pl.Series(live).cast(pl.String),
+            "category": names.gather(pl.Series(world.item_category[live])),
+            "brand": pl.Series(world.item_brand[live]).cast(pl.String),
+            "price": np.round(world.item_price[live] * price_factor, 2),
+        }
+    ).select(
         pl.concat_str(pl.lit("i"), pl.col("item_id")).alias("item_id"),
         "category",
         pl.concat_str(pl.lit("brand"), pl.col("brand")).alias("brand"),
@@ -354,9 +413,7 @@ def _write(frame: pl.DataFrame, path: Path, fmt: str) -> None:
     if fmt == "csv":
         out = frame
         if "event_time" in frame.columns:
-            out = frame.with_columns(
-                pl.col("event_time").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").alias("event_time")
-            )
+            out = frame.with_columns(pl.col("event_time").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").alias("event_time"))
         out.write_csv(tmp)
     else:
         frame.write_parquet(tmp)
@@ -405,8 +462,7 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         events = events.filter(pl.col("event_time") < next_start).sort(
             "event_time", "session_id", "event_type", "item_id"
         )
-        catalog = _catalog_frame(world, d, SHIFT_PRICE if params.shift == "prices" and d >= params.shift_day
-                                 else 1.0)
+        catalog = _catalog_frame(world, d, SHIFT_PRICE if params.shift == "prices" and d >= params.shift_day else 1.0)
         ext = params.format
         events_path = landing / "events" / f"events-{day.isoformat()}.{ext}"
         catalog_path = landing / "catalog" / f"catalog-{day.isoformat()}.{ext}"

@@ -61,8 +61,7 @@ class Interval:
             utc = value.astimezone(timezone.utc)
             if (utc.hour, utc.minute, utc.second, utc.microsecond) != (0, 0, 0, 0):
                 raise ValueError(
-                    f"interval {name} {value.isoformat()} is not at midnight UTC; "
-                    "partitions are whole UTC days"
+                    f"interval {name} {value.isoformat()} is not at midnight UTC; partitions are whole UTC days"
                 )
         if self.end <= self.start:
             raise ValueError(f"interval end {self.end.isoformat()} is not after start {self.start.isoformat()}")
@@ -96,7 +95,7 @@ class IngestResult:
     rows_outside_interval: int
     rows_quarantined: int
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
-    rows_outside_with_defects: int = 0      # of rows_outside_interval: they would be quarantined there
+    rows_outside_with_defects: int = 0  # of rows_outside_interval: they would be quarantined there
     quarantine_files: list[str] = field(default_factory=list)
     catalog_items: int = 0
     catalog_rows_quarantined: int = 0
@@ -145,8 +144,11 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
         else:
             with fsspec.open(path, "rb", compression="infer") as fh:
                 data = fh.read()
-            frame = (pl.read_parquet(data) if is_parquet else
-                     pl.read_csv(data, separator=adapter.separator, infer_schema=False)).lazy()
+            frame = (
+                pl.read_parquet(data)
+                if is_parquet
+                else pl.read_csv(data, separator=adapter.separator, infer_schema=False)
+            ).lazy()
         columns = frame.collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise IngestError(f"{path}: cannot be read as {'Parquet' if is_parquet else 'CSV'}: {exc}") from exc
@@ -160,8 +162,7 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
     missing = [c for c in adapter.required_columns if c not in present]
     if missing:
         raise IngestError(
-            f"{path}: missing required column(s) {missing} for adapter '{adapter.name}'; "
-            f"the file has {columns}"
+            f"{path}: missing required column(s) {missing} for adapter '{adapter.name}'; the file has {columns}"
         )
     # Row numbers count every data row, blank lines included, so they match the file; blank lines
     # themselves carry no event and are skipped.
@@ -169,8 +170,7 @@ def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
         frame.rename(renames)
         .with_row_index("_source_row", offset=1)
         .filter(~pl.all_horizontal(pl.exclude("_source_row").is_null()))
-        .with_columns(pl.col("_source_row").cast(pl.Int64),
-                      pl.lit(path, dtype=pl.Categorical).alias("_source_file"))
+        .with_columns(pl.col("_source_row").cast(pl.Int64), pl.lit(path, dtype=pl.Categorical).alias("_source_file"))
     )
 
 
@@ -185,8 +185,10 @@ def _unreadable(files: list[str], adapter: Adapter, exc: Exception) -> IngestErr
             return bad
         except pl.exceptions.PolarsError as bad:
             detail = [line for line in str(bad).splitlines() if "escaped" in line or "offset" in line]
-            return IngestError(f"{f}: cannot be read as CSV: {str(bad).strip().splitlines()[0]}"
-                               + (f" ({'; '.join(d.strip() for d in detail)})" if detail else ""))
+            return IngestError(
+                f"{f}: cannot be read as CSV: {str(bad).strip().splitlines()[0]}"
+                + (f" ({'; '.join(d.strip() for d in detail)})" if detail else "")
+            )
     return IngestError(f"{', '.join(files)}: cannot be read: {reason}")
 
 
@@ -226,26 +228,43 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         qty_text.alias("_raw_quantity"),
         price_text.cast(pl.Float64, strict=False).alias("price"),
         qty_text.cast(pl.Float64, strict=False).alias("_quantity_number"),
-        *(pl.col(c).cast(pl.String).str.strip_chars().alias(c)
-          for c in ("user_id", "session_id", "item_id", "event_type")),
+        *(
+            pl.col(c).cast(pl.String).str.strip_chars().alias(c)
+            for c in ("user_id", "session_id", "item_id", "event_type")
+        ),
     )
     qty = pl.col("_quantity_number")
     # The first failing check names the row's problem; an adapter's exclusion explains a row best
     # (a cancelled invoice also has a negative quantity).
     checks = [
-        _check(adapter.exclusion_column or "_excluded", pl.col("_excluded").is_not_null(),
-               pl.col(adapter.exclusion_column) if adapter.exclusion_column else pl.col("_excluded"),
-               pl.col("_excluded")),
-        _check("event_time", pl.col("_raw_event_time").is_null() | (pl.col("_raw_event_time") == ""),
-               pl.lit(""), "missing event_time"),
+        _check(
+            adapter.exclusion_column or "_excluded",
+            pl.col("_excluded").is_not_null(),
+            pl.col(adapter.exclusion_column) if adapter.exclusion_column else pl.col("_excluded"),
+            pl.col("_excluded"),
+        ),
+        _check(
+            "event_time",
+            pl.col("_raw_event_time").is_null() | (pl.col("_raw_event_time") == ""),
+            pl.lit(""),
+            "missing event_time",
+        ),
         _check("event_time", pl.col("event_time").is_null(), pl.col("_raw_event_time"), "unparseable event_time"),
         _check("user_id", _blank("user_id"), pl.col("user_id"), "missing user_id"),
         _check("session_id", _blank("session_id"), pl.col("session_id"), "missing session_id"),
         _check("item_id", _blank("item_id"), pl.col("item_id"), "missing item_id"),
-        _check("event_type", ~pl.col("event_type").is_in(EVENT_TYPES) | pl.col("event_type").is_null(),
-               pl.col("event_type"), "unknown event_type"),
-        _check("price", pl.col("_raw_price").is_not_null() & (pl.col("_raw_price") != "") & pl.col("price").is_null(),
-               pl.col("_raw_price"), "unparseable price"),
+        _check(
+            "event_type",
+            ~pl.col("event_type").is_in(EVENT_TYPES) | pl.col("event_type").is_null(),
+            pl.col("event_type"),
+            "unknown event_type",
+        ),
+        _check(
+            "price",
+            pl.col("_raw_price").is_not_null() & (pl.col("_raw_price") != "") & pl.col("price").is_null(),
+            pl.col("_raw_price"),
+            "unparseable price",
+        ),
         _check("price", pl.col("price") < 0, pl.col("_raw_price"), "negative price"),
         _check("quantity", qty.is_null() | (qty != qty.floor()), pl.col("_raw_quantity"), "unparseable quantity"),
         _check("quantity", qty <= 0, pl.col("_raw_quantity"), "non-positive quantity"),
@@ -263,9 +282,9 @@ def _sorted_unique(events: pl.DataFrame) -> pl.DataFrame:
     rows. The full sort also gives a stable order, so the same input always writes the same bytes.
     """
     ordered = events.sort([*EVENTS_SORT_KEY, "price", "quantity"], nulls_last=True).cast(EVENTS_SCHEMA)
-    same_as_previous = pl.all_horizontal(
-        pl.col(c).eq_missing(pl.col(c).shift(1)) for c in EVENTS_SCHEMA
-    ).fill_null(False)
+    same_as_previous = pl.all_horizontal(pl.col(c).eq_missing(pl.col(c).shift(1)) for c in EVENTS_SCHEMA).fill_null(
+        False
+    )
     return ordered.filter(~same_as_previous)
 
 
@@ -292,22 +311,29 @@ def _read_catalog(files: list[str], adapter: Adapter) -> pl.LazyFrame:
     """The landing catalog files of the canonical layout."""
     catalog_adapter = Adapter("catalog", CATALOG_COLUMNS, lambda f: f, separator=adapter.separator)
     frames = [_scan(f, catalog_adapter) for f in files]
-    return pl.concat([f.select(*CATALOG_COLUMNS, "_source_file", "_source_row") for f in frames],
-                     how="vertical_relaxed")
+    return pl.concat(
+        [f.select(*CATALOG_COLUMNS, "_source_file", "_source_row") for f in frames], how="vertical_relaxed"
+    )
 
 
 def _typed_catalog(frame: pl.LazyFrame) -> pl.LazyFrame:
     price_text = pl.col("price").cast(pl.String).str.strip_chars()
     typed = frame.with_columns(
-        *(pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c)
-          for c in ("item_id", "category", "brand")),
+        *(
+            pl.col(c).cast(pl.String).str.strip_chars().replace("", None).alias(c)
+            for c in ("item_id", "category", "brand")
+        ),
         price_text.alias("_raw_price"),
         price_text.cast(pl.Float64, strict=False).alias("price"),
     )
     checks = [
         _check("item_id", _blank("item_id"), pl.col("item_id"), "missing item_id"),
-        _check("price", pl.col("_raw_price").is_not_null() & (pl.col("_raw_price") != "") & pl.col("price").is_null(),
-               pl.col("_raw_price"), "unparseable price"),
+        _check(
+            "price",
+            pl.col("_raw_price").is_not_null() & (pl.col("_raw_price") != "") & pl.col("price").is_null(),
+            pl.col("_raw_price"),
+            "unparseable price",
+        ),
         _check("price", pl.col("price") < 0, pl.col("_raw_price"), "negative price"),
     ]
     return typed.with_columns(*_first_problem(checks))
@@ -351,7 +377,13 @@ def ingest_events(
     ours = in_interval | pl.col("event_time").is_null()
     try:
         frame = typed.select(
-            *EVENT_COLUMNS, "_day", "_source_file", "_source_row", "_column", "_value", "_reason",
+            *EVENT_COLUMNS,
+            "_day",
+            "_source_file",
+            "_source_row",
+            "_column",
+            "_value",
+            "_reason",
             ours.alias("_ours"),
         ).collect(engine="streaming")
     except pl.exceptions.PolarsError as exc:
@@ -360,7 +392,8 @@ def ingest_events(
     rows_read = frame.height
     outside, outside_defective = frame.select(
         (~pl.col("_ours")).sum().alias("outside"),
-        (~pl.col("_ours") & pl.col("_reason").is_not_null()).sum().alias("defective")).row(0)
+        (~pl.col("_ours") & pl.col("_reason").is_not_null()).sum().alias("defective"),
+    ).row(0)
     # Each step drops its input, so ten million rows stay within a few GiB.
     frame = frame.filter(pl.col("_ours"))
     bad = frame.filter(pl.col("_reason").is_not_null())
@@ -373,10 +406,7 @@ def ingest_events(
 
     staged_days, quarantine_files = [], []
     accepted = duplicates = 0
-    reasons = {
-        row["_reason"]: row["count"]
-        for row in bad.group_by("_reason").len(name="count").iter_rows(named=True)
-    }
+    reasons = {row["_reason"]: row["count"] for row in bad.group_by("_reason").len(name="count").iter_rows(named=True)}
     single_day = len(interval.days) == 1
     for day in interval.days:
         the_day = date.fromisoformat(day)
@@ -389,11 +419,15 @@ def ingest_events(
         del unique
         staged_days.append(day)
         # A row with no usable time is quarantined once, with the interval's first day.
-        day_bad = bad if single_day else bad.filter(
-            (pl.col("_day") == the_day) | (pl.col("_day").is_null() & pl.lit(day == first_day)))
+        day_bad = (
+            bad
+            if single_day
+            else bad.filter((pl.col("_day") == the_day) | (pl.col("_day").is_null() & pl.lit(day == first_day)))
+        )
         qfile = _write_quarantine(
-            day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS)
-            .with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")),
+            day_bad.select(*QUARANTINE_COLUMNS, *EVENT_COLUMNS).with_columns(
+                pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")
+            ),
             paths.quarantine / "events" / partition_dir_name(day) / "quarantine.csv",
         )
         if qfile:
@@ -403,8 +437,10 @@ def ingest_events(
     catalog_items, catalog_bad = _ingest_catalog(interval, adapter, source, source_keys, catalog_source, paths)
 
     if accepted + duplicates + outside + bad.height != rows_read:
-        raise AssertionError(f"ingest accounting of {uri}: {rows_read} rows read but {accepted} accepted + "
-                             f"{duplicates} duplicates + {outside} outside + {bad.height} quarantined")
+        raise AssertionError(
+            f"ingest accounting of {uri}: {rows_read} rows read but {accepted} accepted + "
+            f"{duplicates} duplicates + {outside} outside + {bad.height} quarantined"
+        )
     result = IngestResult(
         interval_start=interval.start.isoformat(),
         interval_end=interval.end.isoformat(),
@@ -427,8 +463,14 @@ def ingest_events(
     report.write_text(json.dumps(result.to_dict(), indent=2))
     log.info(result.summary())
     for row in bad.head(5).iter_rows(named=True):
-        log.warning("quarantined %s row %s: %s %s=%r", row["_source_file"], row["_source_row"],
-                    row["_reason"], row["_column"], row["_value"])
+        log.warning(
+            "quarantined %s row %s: %s %s=%r",
+            row["_source_file"],
+            row["_source_row"],
+            row["_reason"],
+            row["_column"],
+            row["_value"],
+        )
     return result
 
 
@@ -458,8 +500,12 @@ def _ingest_catalog(
         raw = _read_catalog(files, adapter)
     else:
         raw = source.select(
-            pl.col("item_id").cast(pl.String), pl.lit(None, dtype=pl.String).alias("category"),
-            pl.lit(None, dtype=pl.String).alias("brand"), pl.col("price"), "_source_file", "_source_row",
+            pl.col("item_id").cast(pl.String),
+            pl.lit(None, dtype=pl.String).alias("category"),
+            pl.lit(None, dtype=pl.String).alias("brand"),
+            pl.col("price"),
+            "_source_file",
+            "_source_row",
         ).join(accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi")
     typed = _typed_catalog(raw).collect(engine="streaming")
     bad = typed.filter(pl.col("_reason").is_not_null())

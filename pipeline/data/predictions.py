@@ -30,18 +30,20 @@ import pyarrow as pa
 
 from pipeline.core.errors import BadInput
 
-SCHEMA = pa.schema([
-    ("request_id", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")),
-    ("model", pa.string()),
-    ("model_version", pa.string()),
-    ("role", pa.string()),
-    ("user_id", pa.string()),
-    ("items", pa.list_(pa.string())),
-    ("scores", pa.list_(pa.float64())),
-    ("source", pa.string()),
-    ("history", pa.list_(pa.string())),
-])
+SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("role", pa.string()),
+        ("user_id", pa.string()),
+        ("items", pa.list_(pa.string())),
+        ("scores", pa.list_(pa.float64())),
+        ("source", pa.string()),
+        ("history", pa.list_(pa.string())),
+    ]
+)
 PREDICTIONS_ENV = "SHOPML_PREDICTION_LOG"
 
 
@@ -75,7 +77,7 @@ def read_predictions(root: str, model: str, day: date | str) -> pl.DataFrame:
         with fs.open(path, "rb") as fh:
             try:
                 table = pq.read_table(fh)
-                for name in SCHEMA.names:   # a column added since the file was written: empty
+                for name in SCHEMA.names:  # a column added since the file was written: empty
                     if name not in table.column_names:
                         table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
                 tables.append(table.select(SCHEMA.names).cast(SCHEMA))

@@ -182,16 +182,20 @@ def _run_suite(context, suite_json: dict, frame, parameters: dict[str, Any], run
         batch = asset.get_batch_definition("partition")
     except (KeyError, ValueError):
         batch = asset.add_batch_definition_whole_dataframe("partition")
-    suite = context.suites.add_or_update(gx.ExpectationSuite(
-        name=name, expectations=suite_json["expectations"], meta=suite_json.get("meta", {})))
+    suite = context.suites.add_or_update(
+        gx.ExpectationSuite(name=name, expectations=suite_json["expectations"], meta=suite_json.get("meta", {}))
+    )
     definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=f"{name}_partition", data=batch, suite=suite))
-    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
-        name=f"{name}_checkpoint",
-        validation_definitions=[definition],
-        actions=[UpdateDataDocsAction(name="update_data_docs")],
-        result_format={"result_format": "SUMMARY"},
-    ))
+        gx.ValidationDefinition(name=f"{name}_partition", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=f"{name}_checkpoint",
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "SUMMARY"},
+        )
+    )
     result = checkpoint.run(
         batch_parameters={"dataframe": frame},
         expectation_parameters=parameters,
@@ -208,13 +212,16 @@ def _findings(suite: str, result) -> tuple[list[Finding], list[Finding]]:
         cfg = r.expectation_config
         observed = r.result.get("observed_value")
         if observed is None and "unexpected_count" in r.result:
-            observed = (f"{r.result['unexpected_count']} unexpected of {r.result.get('element_count')}, "
-                        f"e.g. {r.result.get('partial_unexpected_list', [])[:5]}")
+            observed = (
+                f"{r.result['unexpected_count']} unexpected of {r.result.get('element_count')}, "
+                f"e.g. {r.result.get('partial_unexpected_list', [])[:5]}"
+            )
         if r.exception_info and r.exception_info.get("raised_exception"):
             observed = f"error: {r.exception_info.get('exception_message')}"
         severity = getattr(cfg.severity, "value", str(cfg.severity)).lower()
-        finding = Finding(suite, cfg.type, cfg.kwargs.get("column"), severity,
-                          (cfg.meta or {}).get("rule", ""), observed)
+        finding = Finding(
+            suite, cfg.type, cfg.kwargs.get("column"), severity, (cfg.meta or {}).get("rule", ""), observed
+        )
         (warnings if severity == "warning" else failures).append(finding)
     return failures, warnings
 

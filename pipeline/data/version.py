@@ -234,12 +234,16 @@ def _manifest_file(paths: StatePaths, version: str) -> Path:
         found = [f for f in versions.glob(f"{version}*.json") if f.name != "current.json"]
         exact = found[0] if len(found) == 1 else exact
     if not exact.exists() or exact.name == "current.json":
-        known = sorted((f for f in versions.glob("*.json") if f.name != "current.json"),
-                       key=lambda f: f.stat().st_mtime, reverse=True)
+        known = sorted(
+            (f for f in versions.glob("*.json") if f.name != "current.json"),
+            key=lambda f: f.stat().st_mtime,
+            reverse=True,
+        )
         raise UnknownDatasetVersion(
             f"dataset version {version!r} is not published under {versions} (newest: "
             f"{', '.join(f.stem[:12] for f in known[:5]) or 'none'}); a version from another state folder is "
-            f"restored by copying its versions/<hash>.json there and running `dvc pull` in {paths.dataset_repo}")
+            f"restored by copying its versions/<hash>.json there and running `dvc pull` in {paths.dataset_repo}"
+        )
     return exact
 
 
@@ -288,18 +292,24 @@ def restore_dataset(paths: StatePaths, version: str) -> Path:
         try:
             repo.checkout(targets=[str(dvc_file)], force=True)
         except Exception as checkout_error:
-            log.info("dataset version %s is not complete in the DVC cache (%s); pulling it from %s",
-                     ref.version, checkout_error, paths.dvc_remote_url)
+            log.info(
+                "dataset version %s is not complete in the DVC cache (%s); pulling it from %s",
+                ref.version,
+                checkout_error,
+                paths.dvc_remote_url,
+            )
             try:
                 repo.pull(targets=[str(dvc_file)], force=True)
             except Exception as exc:
                 raise UnknownDatasetVersion(
                     f"dataset version {ref.version} cannot be restored: its files are not in the DVC cache of "
                     f"{paths.dataset_repo} and `dvc pull` from {paths.dvc_remote_url} failed ({exc}); restore the "
-                    f"remote (or the cache) and run again") from None
+                    f"remote (or the cache) and run again"
+                ) from None
         if not (folder / "canonical" / "events").is_dir():
-            raise UnknownDatasetVersion(f"dataset version {ref.version} restored to {folder / 'canonical'} "
-                                        f"holds no events/ folder")
+            raise UnknownDatasetVersion(
+                f"dataset version {ref.version} restored to {folder / 'canonical'} holds no events/ folder"
+            )
         done.write_text(ref.created_at)
     return folder / "canonical"
 

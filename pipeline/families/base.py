@@ -25,11 +25,11 @@ TOP_CATEGORIES = 5
 class TestSet:
     """The frozen test cases of one model family, with the slice of every row."""
 
-    inputs: pd.DataFrame                  # what the pyfunc receives
-    users: np.ndarray                     # user id of every row (the bootstrap's clusters)
-    slices: pd.DataFrame                  # user_type, category, price_band per row
-    targets: np.ndarray | None = None     # next item (ranking)
-    labels: np.ndarray | None = None      # bought within the horizon (propensity)
+    inputs: pd.DataFrame  # what the pyfunc receives
+    users: np.ndarray  # user id of every row (the bootstrap's clusters)
+    slices: pd.DataFrame  # user_type, category, price_band per row
+    targets: np.ndarray | None = None  # next item (ranking)
+    labels: np.ndarray | None = None  # bought within the horizon (propensity)
     catalog_items: int = 0
     item_popularity: dict[str, int] = field(default_factory=dict)
     # What a family's baselines need beyond the rows (e.g. the co-occurrence baseline's answers).
@@ -41,39 +41,51 @@ class ModelScores:
     """One model's figures on a test set and its per-row values for the bootstrap."""
 
     metrics: dict[str, float]
-    values: dict[str, np.ndarray]          # per-row arrays: ndcg_at_20, recall_at_20 ... or probability
-    slices: dict[str, dict[str, float]]    # slice name -> metrics
+    values: dict[str, np.ndarray]  # per-row arrays: ndcg_at_20, recall_at_20 ... or probability
+    slices: dict[str, dict[str, float]]  # slice name -> metrics
     latency_ms_p95: float = float("nan")
     # The model's raw answers, row for row (the pyfunc's output); the serving parity check replays them.
     predictions: pd.DataFrame | None = None
 
 
 def price_band(prices: pl.Series, cuts: tuple[float, float]) -> list[str]:
-    return ["unknown" if p is None else "low" if p < cuts[0] else "mid" if p < cuts[1] else "high"
-            for p in prices.to_list()]
+    return [
+        "unknown" if p is None else "low" if p < cuts[0] else "mid" if p < cuts[1] else "high" for p in prices.to_list()
+    ]
 
 
-def slices(users: list[str], items: pl.Series, events: pl.DataFrame, catalog: pl.DataFrame,
-            first_seen_before: datetime) -> pd.DataFrame:
+def slices(
+    users: list[str], items: pl.Series, events: pl.DataFrame, catalog: pl.DataFrame, first_seen_before: datetime
+) -> pd.DataFrame:
     """new vs returning (any event before ``first_seen_before``), item category (top ones), price band."""
     returning = set(events.filter(pl.col("event_time") < first_seen_before)["user_id"].unique().to_list())
     meta = pl.DataFrame({"item_id": items.cast(pl.String)}).join(
-        catalog.select("item_id", "category", "price"), on="item_id", how="left", maintain_order="left")
+        catalog.select("item_id", "category", "price"), on="item_id", how="left", maintain_order="left"
+    )
     # Categories by event volume: count per item first, so the join is catalog-sized, not event-sized.
-    top = (events.group_by("item_id").len().join(catalog.select("item_id", "category"), on="item_id")
-           .group_by("category").agg(pl.col("len").sum()).sort("len", "category", descending=[True, False])
-           .head(TOP_CATEGORIES)["category"].to_list())
+    top = (
+        events.group_by("item_id")
+        .len()
+        .join(catalog.select("item_id", "category"), on="item_id")
+        .group_by("category")
+        .agg(pl.col("len").sum())
+        .sort("len", "category", descending=[True, False])
+        .head(TOP_CATEGORIES)["category"]
+        .to_list()
+    )
     prices = catalog["price"].drop_nulls()
     cuts = (float(prices.quantile(1 / 3) or 0.0), float(prices.quantile(2 / 3) or 0.0)) if prices.len() else (0.0, 0.0)
-    return pd.DataFrame({
-        "user_type": ["returning" if u in returning else "new" for u in users],
-        "category": [c if c in top else "other" for c in meta["category"].to_list()],
-        "price_band": price_band(meta["price"], cuts),
-    })
+    return pd.DataFrame(
+        {
+            "user_type": ["returning" if u in returning else "new" for u in users],
+            "category": [c if c in top else "other" for c in meta["category"].to_list()],
+            "price_band": price_band(meta["price"], cuts),
+        }
+    )
 
 
 def predict_batches(model, inputs: pd.DataFrame, batch: int) -> pd.DataFrame:
-    parts = [model.predict(inputs.iloc[i:i + batch]) for i in range(0, len(inputs), batch)]
+    parts = [model.predict(inputs.iloc[i : i + batch]) for i in range(0, len(inputs), batch)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -82,7 +94,7 @@ def latency_p95(model, inputs: pd.DataFrame, requests: int = 50) -> float:
     times = []
     for i in range(min(requests, len(inputs))):
         start = time.perf_counter()
-        model.predict(inputs.iloc[i:i + 1])
+        model.predict(inputs.iloc[i : i + 1])
         times.append((time.perf_counter() - start) * 1000)
     return float(np.percentile(times, 95)) if times else float("nan")
 

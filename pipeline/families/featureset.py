@@ -30,7 +30,7 @@ from pipeline.data.version import open_dataset, resolve_dataset_version
 from pipeline.families import get as get_family
 
 # Bump when the files' layout or the feature code's output changes, so old sets are not reused.
-FORMAT = 5   # 5: events at the same instant ordered by item id (user_steps)
+FORMAT = 5  # 5: events at the same instant ordered by item id (user_steps)
 
 
 class FeatureSetError(BadInput):
@@ -57,8 +57,10 @@ def feature_params(model: str, params) -> dict:
 
 
 def feature_key(model: str, dataset_version: str, params) -> str:
-    blob = json.dumps({"model": model, "dataset": dataset_version, "params": feature_params(model, params),
-                       "format": FORMAT}, sort_keys=True)
+    blob = json.dumps(
+        {"model": model, "dataset": dataset_version, "params": feature_params(model, params), "format": FORMAT},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -82,14 +84,20 @@ def build_features(paths: StatePaths, model: str, params, dataset_version: str |
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         counts, split = spec.write_features(tmp, dataset, params)
-        manifest = {"model": model, "format": FORMAT, "dataset_version": ref.version,
-                    "dataset_path": ref.path, "split": split.to_dict(),
-                    "params": feature_params(model, params), "counts": counts}
+        manifest = {
+            "model": model,
+            "format": FORMAT,
+            "dataset_version": ref.version,
+            "dataset_path": ref.path,
+            "split": split.to_dict(),
+            "params": feature_params(model, params),
+            "counts": counts,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         try:
             os.rename(tmp, folder)
         except OSError:
-            if not (folder / "manifest.json").exists():   # not a concurrent builder that won
+            if not (folder / "manifest.json").exists():  # not a concurrent builder that won
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
@@ -106,13 +114,15 @@ def read_manifest(folder: Path, model: str) -> dict:
     if manifest.get("model") != model:
         raise FeatureSetError(f"{folder} holds features of {manifest.get('model')!r}, not {model!r}")
     if manifest.get("format") != FORMAT:
-        raise FeatureSetError(f"{folder} has feature format {manifest.get('format')}, this code reads {FORMAT}; "
-                              "build the features again")
+        raise FeatureSetError(
+            f"{folder} has feature format {manifest.get('format')}, this code reads {FORMAT}; build the features again"
+        )
     return manifest
 
 
-def features_for(paths: StatePaths, model: str, params, folder: Path | None = None,
-                 dataset_version: str | None = None) -> FeatureSet:
+def features_for(
+    paths: StatePaths, model: str, params, folder: Path | None = None, dataset_version: str | None = None
+) -> FeatureSet:
     """The feature set to train on: ``folder`` (built by the features stage, e.g. an earlier Airflow
     task) after checking it matches ``params``, or else the feature set of ``dataset_version``
     (default: the current one), built now if no earlier stage built it.
@@ -128,9 +138,12 @@ def features_for(paths: StatePaths, model: str, params, folder: Path | None = No
     if manifest["params"] != wanted:
         built = manifest["params"]
         differ = sorted(k for k in wanted if built.get(k) != wanted[k])
-        raise FeatureSetError(f"{folder} was built with {', '.join(f'{k}={built.get(k)}' for k in differ)}"
-                              f"; training asks for {', '.join(f'{k}={wanted[k]}' for k in differ)}")
+        raise FeatureSetError(
+            f"{folder} was built with {', '.join(f'{k}={built.get(k)}' for k in differ)}"
+            f"; training asks for {', '.join(f'{k}={wanted[k]}' for k in differ)}"
+        )
     if dataset_version and not manifest["dataset_version"].startswith(dataset_version):
-        raise FeatureSetError(f"{folder} was built from dataset version {manifest['dataset_version']}, "
-                              f"not {dataset_version}")
+        raise FeatureSetError(
+            f"{folder} was built from dataset version {manifest['dataset_version']}, not {dataset_version}"
+        )
     return FeatureSet(model, Path(folder), manifest["dataset_version"], manifest["dataset_path"], reused=True)

@@ -58,17 +58,24 @@ class TrainingInProgress(Refused):
 @dataclass(frozen=True)
 class TrainingRun:
     run_id: str
-    checkpoints: Path        # the training loop's checkpoint_dir
-    resumed: bool            # an unfinished run was picked up again
+    checkpoints: Path  # the training loop's checkpoint_dir
+    resumed: bool  # an unfinished run was picked up again
 
 
-def resume_key(model_name: str, tags: dict[str, str] | None, features: Path, dataset_version: str,
-               params: Any) -> str:
+def resume_key(model_name: str, tags: dict[str, str] | None, features: Path, dataset_version: str, params: Any) -> str:
     """The identity of a training run: model, caller's tags, feature set and training parameters."""
     wanted = {k: v for k, v in dataclasses.asdict(params).items() if k not in RUNTIME_PARAMS}
-    blob = json.dumps({"model": model_name, "tags": dict(sorted((tags or {}).items())),
-                       "features": Path(features).name, "dataset_version": dataset_version, "params": wanted},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "model": model_name,
+            "tags": dict(sorted((tags or {}).items())),
+            "features": Path(features).name,
+            "dataset_version": dataset_version,
+            "params": wanted,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -89,9 +96,13 @@ def _lock(folder: Path) -> FileLock:
 def _unfinished(client, experiment_id: str, conditions: list[str]) -> list:
     from mlflow.entities import ViewType
 
-    runs = client.search_runs([experiment_id], filter_string=" and ".join(conditions),
-                              run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time DESC"],
-                              max_results=100)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=" and ".join(conditions),
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
     return [r for r in runs if r.info.status != "FINISHED"]
 
 
@@ -101,13 +112,16 @@ def _mark_failed(client, run_id: str, why: str) -> None:
     client.set_terminated(run_id, "FAILED")
 
 
-def _fail_abandoned(client, paths: StatePaths, experiment_id: str, model_name: str, key: str,
-                    tags: dict[str, str]) -> None:
+def _fail_abandoned(
+    client, paths: StatePaths, experiment_id: str, model_name: str, key: str, tags: dict[str, str]
+) -> None:
     """Mark FAILED the RUNNING runs with the caller's tags under another key whose trainer is gone."""
     if not tags:
         return
-    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [f"tags.model = '{model_name}'",
-                                                                       "attributes.status = 'RUNNING'"]
+    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [
+        f"tags.model = '{model_name}'",
+        "attributes.status = 'RUNNING'",
+    ]
     for run in _unfinished(client, experiment_id, conditions):
         other = run.data.tags.get(RESUME_TAG)
         if other == key or other is None:
@@ -116,15 +130,18 @@ def _fail_abandoned(client, paths: StatePaths, experiment_id: str, model_name: s
         try:
             with lock:
                 _mark_failed(client, run.info.run_id, f"superseded by a run with key {key}")
-                log.warning("marked run %s FAILED: its trainer is gone and this DAG run now trains with "
-                            "other parameters", run.info.run_id)
+                log.warning(
+                    "marked run %s FAILED: its trainer is gone and this DAG run now trains with other parameters",
+                    run.info.run_id,
+                )
         except Timeout:
             continue
 
 
 @contextmanager
-def tracked_training(paths: StatePaths, model_name: str, experiment_id: str, key: str, run_name: str,
-                     tags: dict[str, str] | None = None) -> Iterator[TrainingRun]:
+def tracked_training(
+    paths: StatePaths, model_name: str, experiment_id: str, key: str, run_name: str, tags: dict[str, str] | None = None
+) -> Iterator[TrainingRun]:
     """Start or resume the MLflow run of ``key`` and hold its checkpoint folder while training.
 
     Inside, the run is MLflow's active run. On a clean exit the run ends FINISHED and its
@@ -143,7 +160,8 @@ def tracked_training(paths: StatePaths, model_name: str, experiment_id: str, key
     except Timeout as exc:
         raise TrainingInProgress(
             f"another process is training {model_name} run {key} (lock {folder / '.lock'}); "
-            "wait for it to finish, or stop it and run this again to resume") from exc
+            "wait for it to finish, or stop it and run this again to resume"
+        ) from exc
     try:
         client = MlflowClient()
         _fail_abandoned(client, paths, experiment_id, model_name, key, tags or {})
@@ -159,8 +177,12 @@ def tracked_training(paths: StatePaths, model_name: str, experiment_id: str, key
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         if resume_id is not None:
             run = mlflow.start_run(run_id=resume_id)
-            log.info("resuming %s run %s (%s)", model_name, resume_id,
-                     "from its last checkpoint" if owner == resume_id else "no checkpoint yet")
+            log.info(
+                "resuming %s run %s (%s)",
+                model_name,
+                resume_id,
+                "from its last checkpoint" if owner == resume_id else "no checkpoint yet",
+            )
         else:
             run = mlflow.start_run(run_name=run_name, tags={RESUME_TAG: key})
         with run:

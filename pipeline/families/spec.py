@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:   # for the checker only: none of these is imported when a DAG file is parsed
+if TYPE_CHECKING:  # for the checker only: none of these is imported when a DAG file is parsed
     import numpy as np
     import pandas as pd
     import polars as pl
@@ -66,8 +66,16 @@ class WriteFeatures(Protocol):
 
 
 class Train(Protocol):
-    def __call__(self, paths: StatePaths, params: Any, tags: dict[str, str] | None = None, /, *,
-                 features: Path | None = None, dataset_version: str | None = None) -> TrainOutcome: ...
+    def __call__(
+        self,
+        paths: StatePaths,
+        params: Any,
+        tags: dict[str, str] | None = None,
+        /,
+        *,
+        features: Path | None = None,
+        dataset_version: str | None = None,
+    ) -> TrainOutcome: ...
 
 
 class MakeTestSet(Protocol):
@@ -99,13 +107,23 @@ class UserParity(Protocol):
 
 
 class FloorModel(Protocol):
-    def __call__(self, name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir: Path,
-                 client: Any, run_id: str, /) -> dict[str, Any]: ...
+    def __call__(
+        self,
+        name: str,
+        dataset: Dataset,
+        split: TimeSplit,
+        run_params: dict[str, str],
+        workdir: Path,
+        client: Any,
+        run_id: str,
+        /,
+    ) -> dict[str, Any]: ...
 
 
 class SnapshotTables(Protocol):
-    def __call__(self, events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, /
-                 ) -> dict[str, tuple[pl.DataFrame, list[str]]]: ...
+    def __call__(
+        self, events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, /
+    ) -> dict[str, tuple[pl.DataFrame, list[str]]]: ...
 
 
 class Outcomes(Protocol):
@@ -117,13 +135,22 @@ class Figures(Protocol):
 
 
 class Drift(Protocol):
-    def __call__(self, events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime,
-                 champion: dict[str, Any], policy: Any, /) -> list[FeatureDrift]: ...
+    def __call__(
+        self,
+        events: pl.DataFrame,
+        catalog: pl.DataFrame,
+        start: datetime,
+        end: datetime,
+        champion: dict[str, Any],
+        policy: Any,
+        /,
+    ) -> list[FeatureDrift]: ...
 
 
 class Skew(Protocol):
-    def __call__(self, snapshot: Snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame, /
-                 ) -> list[FeatureSkew]: ...
+    def __call__(
+        self, snapshot: Snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame, /
+    ) -> list[FeatureSkew]: ...
 
 
 class Requests(Protocol):
@@ -135,8 +162,15 @@ class Statistic(Protocol):
 
 
 class References(Protocol):
-    def __call__(self, answers: pl.DataFrame, events: pl.DataFrame, champion: dict[str, Any],
-                 snapshot: Snapshot | None, policy: Any, /) -> pl.DataFrame: ...
+    def __call__(
+        self,
+        answers: pl.DataFrame,
+        events: pl.DataFrame,
+        champion: dict[str, Any],
+        snapshot: Snapshot | None,
+        policy: Any,
+        /,
+    ) -> pl.DataFrame: ...
 
 
 class OfflineProtocol(Protocol):

@@ -33,22 +33,33 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-
-
 def loop_config(params) -> TrainConfig:
     """The training loop's settings from a model's training parameters."""
-    return TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                       weight_decay=getattr(params, "weight_decay", 0.0), patience=params.patience,
-                       seed=params.seed, device=params.device, precision=params.precision, compile=params.compile)
+    return TrainConfig(
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        weight_decay=getattr(params, "weight_decay", 0.0),
+        patience=params.patience,
+        seed=params.seed,
+        device=params.device,
+        precision=params.precision,
+        compile=params.compile,
+    )
 
 
 def tag_result(result: TrainResult) -> None:
     """Where and how the run trained; tags, not params, because a resumed run may train elsewhere."""
     import mlflow
 
-    mlflow.set_tags({"train.device": result.device, "train.precision": result.precision,
-                     "train.compiled": str(result.compiled),
-                     "train.resumed_from_epoch": str(result.resumed_from_epoch)})
+    mlflow.set_tags(
+        {
+            "train.device": result.device,
+            "train.precision": result.precision,
+            "train.compiled": str(result.compiled),
+            "train.resumed_from_epoch": str(result.resumed_from_epoch),
+        }
+    )
 
 
 def exit_with_parent(sig: int) -> None:
@@ -67,7 +78,7 @@ def exit_with_parent(sig: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
-    if os.getppid() != parent:    # the parent died before the call: nobody would send the signal
+    if os.getppid() != parent:  # the parent died before the call: nobody would send the signal
         os.kill(os.getpid(), sig)
 
 
@@ -81,10 +92,18 @@ def tag_run(model_name: str, features: FeatureSet, tags: dict[str, str] | None =
     plus the caller's ``tags`` (e.g. the Airflow DAG run that asked for it)."""
     import mlflow
 
-    mlflow.set_tags({"model": model_name, "dataset_version": features.dataset_version,
-                     "dataset_path": features.dataset_path, "features_path": str(features.path),
-                     "train.world_size": os.environ.get("WORLD_SIZE", "1"),
-                     "git_commit": git_commit(), **environment_tags(), **(tags or {})})
+    mlflow.set_tags(
+        {
+            "model": model_name,
+            "dataset_version": features.dataset_version,
+            "dataset_path": features.dataset_path,
+            "features_path": str(features.path),
+            "train.world_size": os.environ.get("WORLD_SIZE", "1"),
+            "git_commit": git_commit(),
+            **environment_tags(),
+            **(tags or {}),
+        }
+    )
 
 
 def finished_run(paths: StatePaths, model_name: str, tags: dict[str, str]) -> TrainOutcome | None:
@@ -97,19 +116,28 @@ def finished_run(paths: StatePaths, model_name: str, tags: dict[str, str]) -> Tr
     import mlflow
 
     experiment_id = use_experiment(paths, model_name)
-    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [f"tags.model = '{model_name}'",
-                                                                       "attributes.status = 'FINISHED'"]
-    runs = mlflow.search_runs([experiment_id], filter_string=" and ".join(conditions), max_results=1,
-                              order_by=["attributes.start_time DESC"], output_format="list")
+    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [
+        f"tags.model = '{model_name}'",
+        "attributes.status = 'FINISHED'",
+    ]
+    runs = mlflow.search_runs(
+        [experiment_id],
+        filter_string=" and ".join(conditions),
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
     if not runs:
         return None
     run = runs[0]
-    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], output_format="list", filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
     if not models:
         return None
-    return TrainOutcome(run.info.run_id, models[0].model_uri, run.data.tags.get("dataset_version", ""),
-                        dict(run.data.metrics))
+    return TrainOutcome(
+        run.info.run_id, models[0].model_uri, run.data.tags.get("dataset_version", ""), dict(run.data.metrics)
+    )
 
 
 def log_setup(model_config, loop: TrainConfig, split: TimeSplit, data: dict) -> None:
@@ -117,17 +145,25 @@ def log_setup(model_config, loop: TrainConfig, split: TimeSplit, data: dict) -> 
     import mlflow
 
     # Device, precision and compile are tags (tag_result): a resumed run may train on other hardware.
-    mlflow.log_params({**{f"model.{k}": v for k, v in model_config.to_dict().items()},
-                       **{f"train.{k}": v for k, v in loop.to_dict().items()
-                          if k not in (*RUNTIME_PARAMS, "progress")},
-                       **{f"split.{k}": v for k, v in split.to_dict().items()}, **data})
+    mlflow.log_params(
+        {
+            **{f"model.{k}": v for k, v in model_config.to_dict().items()},
+            **{f"train.{k}": v for k, v in loop.to_dict().items() if k not in (*RUNTIME_PARAMS, "progress")},
+            **{f"split.{k}": v for k, v in split.to_dict().items()},
+            **data,
+        }
+    )
     mlflow.log_dict(split.to_dict(), "split.json")
 
 
-
-
-def train_distributed(paths: StatePaths, model_name: str, nproc: int, features: Path | None = None,
-                      tags: dict[str, str] | None = None, timeout: float | None = None) -> TrainOutcome:
+def train_distributed(
+    paths: StatePaths,
+    model_name: str,
+    nproc: int,
+    features: Path | None = None,
+    tags: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> TrainOutcome:
     """Train with ``torchrun`` on ``nproc`` processes of this machine (one per GPU; gloo on CPU).
 
     Runs ``python -m pipeline train`` under ``torch.distributed.run --standalone``: every rank trains
@@ -143,15 +179,35 @@ def train_distributed(paths: StatePaths, model_name: str, nproc: int, features: 
 
     with tempfile.TemporaryDirectory(prefix="shopml-torchrun-") as tmp:
         output = Path(tmp) / "outcome.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "-m", "pipeline", "train", "--model", model_name, "--output", str(output), "--reuse-finished",
-                   *(["--features", str(features)] if features else []),
-                   *[arg for k, v in (tags or {}).items() for arg in ("--tag", f"{k}={v}")]]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "pipeline",
+            "train",
+            "--model",
+            model_name,
+            "--output",
+            str(output),
+            "--reuse-finished",
+            *(["--features", str(features)] if features else []),
+            *[arg for k, v in (tags or {}).items() for arg in ("--tag", f"{k}={v}")],
+        ]
         env = {**os.environ, "SHOPML_HOME": str(paths.home)}
         # If this task process dies, torchrun gets SIGTERM and stops its ranks (the ranks themselves
         # die with torchrun: see exit_with_parent), so a retry finds the run's lock free.
-        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=lambda: exit_with_parent(signal.SIGTERM))
+        done = subprocess.run(
+            command,
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=lambda: exit_with_parent(signal.SIGTERM),
+        )
         if done.returncode != 0 or not output.exists():
             tail = (done.stdout[-2000:] + done.stderr[-4000:]).strip()
             raise RuntimeError(f"torchrun with {nproc} processes failed (exit code {done.returncode}):\n{tail}")

@@ -33,7 +33,7 @@ from pipeline.families import get as get_family
 from pipeline.families.base import ModelScores, TestSet
 from pipeline.lifecycle.monitor import SESSION_PREFIX, load_monitoring_policy
 
-SESSION_ROWS = "session_rows.parquet"   # the online protocol's outcomes per request, under evaluation/
+SESSION_ROWS = "session_rows.parquet"  # the online protocol's outcomes per request, under evaluation/
 
 
 @dataclass
@@ -45,8 +45,8 @@ class Evaluation:
     champion: ModelScores | None
     baselines: dict[str, ModelScores]
     model_mb: float
-    test_start: str = ""          # the candidate's test period starts here (its split's valid_end)
-    champion_data_end: str = ""   # the champion's data ends here (its split's valid_end); "" without one
+    test_start: str = ""  # the candidate's test period starts here (its split's valid_end)
+    champion_data_end: str = ""  # the champion's data ends here (its split's valid_end); "" without one
     # The online protocol run offline on the test period (``Monitoring.offline``): its outcomes per
     # request, for the candidate (role ``candidate``) and the floors (role ``floor``).
     session: pl.DataFrame | None = None
@@ -79,13 +79,16 @@ def run_data(run) -> tuple[str, TimeSplit]:
     params, version = run.data.params, run.data.tags.get("dataset_version")
     cut = {k: params.get(f"split.{k}") for k in ("start", "train_end", "valid_end", "end")}
     if not version or None in cut.values():
-        raise RegistryError(f"run {run.info.run_id} records no dataset version or no split (tag dataset_version, "
-                            f"params split.*); it was not trained by this pipeline")
+        raise RegistryError(
+            f"run {run.info.run_id} records no dataset version or no split (tag dataset_version, "
+            f"params split.*); it was not trained by this pipeline"
+        )
     return version, TimeSplit.from_dict(cut)
 
 
-def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
-                       dataset_version: str | None = None) -> Evaluation:
+def evaluate_candidate(
+    paths: StatePaths, model_name: str, run_id: str, dataset_version: str | None = None
+) -> Evaluation:
     """Score the run's model, the champion and the baselines on the same test rows; log to the run.
 
     The candidate run receives metrics ``eval_*`` (candidate), ``eval_champion_*`` and
@@ -108,8 +111,9 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
         if spec.monitoring is not None and spec.monitoring.offline is not None:
             version, split = run_data(run)
             monitoring = load_monitoring_policy(model_name)
-            session = spec.monitoring.offline(loaded, open_dataset(paths, dataset_version or version), split,
-                                              monitoring)
+            session = spec.monitoring.offline(
+                loaded, open_dataset(paths, dataset_version or version), split, monitoring
+            )
             figures = session_figures(spec.monitoring, session, monitoring)
         model_mb = _dir_mb(Path(local))
         champion, champion_end = None, ""
@@ -117,9 +121,19 @@ def evaluate_candidate(paths: StatePaths, model_name: str, run_id: str,
             champion = score(mlflow.pyfunc.load_model(f"models:/{model_name}/{champion_mv.version}"), test)
             champion_end = client.get_run(champion_mv.run_id).data.params.get("split.valid_end", "")
         baselines = spec.baselines(client, run_id, test, Path(tmp))
-    evaluation = Evaluation(model_name, run_id, str(champion_mv.version) if champion_mv else None, candidate, champion,
-                            baselines, model_mb, run.data.params["split.valid_end"], champion_end, session,
-                            figures)
+    evaluation = Evaluation(
+        model_name,
+        run_id,
+        str(champion_mv.version) if champion_mv else None,
+        candidate,
+        champion,
+        baselines,
+        model_mb,
+        run.data.params["split.valid_end"],
+        champion_end,
+        session,
+        figures,
+    )
     _log_evaluation(client, evaluation, test)
     return evaluation
 
@@ -128,8 +142,10 @@ def session_figures(hooks, session: pl.DataFrame, policy) -> dict[str, dict[str,
     """The figures of each side of the online protocol run offline (``candidate`` and the floors' names)."""
     if session.height == 0:
         return None
-    return {(version if role == "floor" else role): hooks.figures(part, policy)
-            for (role, version), part in sorted(session.group_by("role", "model_version"), key=lambda g: g[0])}
+    return {
+        (version if role == "floor" else role): hooks.figures(part, policy)
+        for (role, version), part in sorted(session.group_by("role", "model_version"), key=lambda g: g[0])
+    }
 
 
 def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
@@ -148,10 +164,14 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
     client.set_tag(ev.run_id, "eval.champion_version", ev.champion_version or NO_CHAMPION)
 
     summary = {
-        "model": ev.model_name, "champion_version": ev.champion_version, "rows": len(test.users),
-        "users": int(pd.unique(test.users).size), "model_mb": ev.model_mb,
+        "model": ev.model_name,
+        "champion_version": ev.champion_version,
+        "rows": len(test.users),
+        "users": int(pd.unique(test.users).size),
+        "model_mb": ev.model_mb,
         "latency_ms_p95": ev.candidate.latency_ms_p95,
-        "test_start": ev.test_start, "champion_data_end": ev.champion_data_end or None,
+        "test_start": ev.test_start,
+        "champion_data_end": ev.champion_data_end or None,
         "session": ev.session_figures,
         "candidate": {"metrics": ev.candidate.metrics, "slices": ev.candidate.slices},
         "champion": None if ev.champion is None else {"metrics": ev.champion.metrics, "slices": ev.champion.slices},
@@ -160,8 +180,11 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
     rows = pd.DataFrame({"user_id": test.users.astype(str)})
     if test.labels is not None:
         rows["label"] = test.labels
-    sides: list[tuple[str, ModelScores | None]] = [("candidate", ev.candidate), ("champion", ev.champion),
-                                                   *ev.baselines.items()]
+    sides: list[tuple[str, ModelScores | None]] = [
+        ("candidate", ev.candidate),
+        ("champion", ev.champion),
+        *ev.baselines.items(),
+    ]
     for side, side_scores in sides:
         if side_scores is not None:
             for name, values in side_scores.values.items():
@@ -174,10 +197,11 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         if ev.session is not None and ev.session.height:
             ev.session.write_parquet(out / SESSION_ROWS)
         # What the candidate was asked and answered, for the serving stage's parity check.
-        assert ev.candidate.predictions is not None   # the candidate is always scored with its answers
+        assert ev.candidate.predictions is not None  # the candidate is always scored with its answers
         answers = ev.candidate.predictions.reset_index(drop=True).add_prefix("predicted_")
-        pd.concat([pd.DataFrame({"user_id": test.users.astype(str)}), test.inputs.reset_index(drop=True), answers],
-                  axis=1).to_parquet(out / PREDICTIONS, index=False)
+        pd.concat(
+            [pd.DataFrame({"user_id": test.users.astype(str)}), test.inputs.reset_index(drop=True), answers], axis=1
+        ).to_parquet(out / PREDICTIONS, index=False)
         _plots(ev, test, out)
         client.log_artifacts(ev.run_id, str(out), artifact_path="evaluation")
 
@@ -217,5 +241,3 @@ def _plots(ev: Evaluation, test: TestSet, out: Path) -> None:
         ax.legend()
         fig.savefig(out / "calibration_curve.png", dpi=100)
         plt.close(fig)
-
-

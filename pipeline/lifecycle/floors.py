@@ -42,8 +42,10 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
         raise ValueError(f"model family {model_name!r} cannot serve a floor (ModelSpec.floor_model)")
     client = mlflow_client(paths)
     candidate = client.get_run(candidate_run_id)
-    found = client.search_runs([candidate.info.experiment_id],
-                               f"tags.`{FLOOR_OF_TAG}` = '{candidate_run_id}' and tags.`{FLOOR_TAG}` = '{floor}'")
+    found = client.search_runs(
+        [candidate.info.experiment_id],
+        f"tags.`{FLOOR_OF_TAG}` = '{candidate_run_id}' and tags.`{FLOOR_TAG}` = '{floor}'",
+    )
     done = [r for r in found if r.data.tags.get("gate.decision") == "passed"]
     if done:
         return done[0].info.run_id
@@ -52,29 +54,47 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
     dataset = open_dataset(paths, version)
     with tempfile.TemporaryDirectory() as tmp:
         args = spec.floor_model(floor, dataset, split, params, Path(tmp), client, candidate_run_id)
-        with mlflow.start_run(experiment_id=candidate.info.experiment_id,
-                              run_name=f"floor-{floor}-{version[:8]}") as run:
+        with mlflow.start_run(
+            experiment_id=candidate.info.experiment_id, run_name=f"floor-{floor}-{version[:8]}"
+        ) as run:
             mlflow.log_params({k: v for k, v in params.items() if k.startswith(("split.", "data."))})
-            mlflow.set_tags({**{k: v for k, v in tags.items() if not k.startswith(NOT_COPIED)},
-                             FLOOR_TAG: floor, FLOOR_OF_TAG: candidate_run_id})
+            mlflow.set_tags(
+                {
+                    **{k: v for k, v in tags.items() if not k.startswith(NOT_COPIED)},
+                    FLOOR_TAG: floor,
+                    FLOOR_OF_TAG: candidate_run_id,
+                }
+            )
             mlflow.log_dict(split.to_dict(), "split.json")
             # The baselines the family's evaluation reads from a run (e.g. the propensity floors' files).
-            if client.list_artifacts(candidate_run_id, "baseline"):   # none where baselines need no files
+            if client.list_artifacts(candidate_run_id, "baseline"):  # none where baselines need no files
                 baseline = client.download_artifacts(candidate_run_id, "baseline", str(Path(tmp) / "copied"))
                 mlflow.log_artifacts(baseline, "baseline")
             mlflow.pyfunc.log_model(name="model", **args)
             run_id = run.info.run_id
     evaluation = evaluate_candidate(paths, model_name, run_id)
-    evidence = [f"PASS floor serves: {floor} is the strongest floor, and the learned candidate (run "
-                f"{candidate_run_id}) did not clear it with confidence; it serves until a candidate beats it",
-                *[f"  candidate {r}" for r in reasons]]
+    evidence = [
+        f"PASS floor serves: {floor} is the strongest floor, and the learned candidate (run "
+        f"{candidate_run_id}) did not clear it with confidence; it serves until a candidate beats it",
+        *[f"  candidate {r}" for r in reasons],
+    ]
     client.set_tag(run_id, "gate.decision", "passed")
     client.set_tag(run_id, "gate.reasons", "\n".join(evidence)[:4900])
     client.log_metric(run_id, "gate_passed", 1.0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decision.json"
-        path.write_text(json.dumps({"passed": True, "floor": floor, "candidate_run_id": candidate_run_id,
-                                    "reasons": evidence, "metrics": evaluation.candidate.metrics}, indent=2,
-                                   default=float))
+        path.write_text(
+            json.dumps(
+                {
+                    "passed": True,
+                    "floor": floor,
+                    "candidate_run_id": candidate_run_id,
+                    "reasons": evidence,
+                    "metrics": evaluation.candidate.metrics,
+                },
+                indent=2,
+                default=float,
+            )
+        )
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
     return run_id

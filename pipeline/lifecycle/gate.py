@@ -52,7 +52,7 @@ from pipeline.core.tracking import REPO_ROOT
 log = logging.getLogger(__name__)
 
 POLICY_FILE = REPO_ROOT / "policy.yaml"
-POLICY_ENV = "SHOPML_POLICY"   # another policy file, e.g. a shop's own, without editing the repository's
+POLICY_ENV = "SHOPML_POLICY"  # another policy file, e.g. a shop's own, without editing the repository's
 
 
 class PolicyError(BadInput):
@@ -61,16 +61,16 @@ class PolicyError(BadInput):
 
 @pydantic_dataclass(frozen=True, config=STRICT)
 class Policy:
-    metric: str                        # e.g. ndcg_at_20 or auc
+    metric: str  # e.g. ndcg_at_20 or auc
     higher_is_better: StrictBool = True
-    floors: tuple[str, ...] = ()       # baselines the candidate must beat
-    min_improvement: float = 0.0       # over the champion, in the metric's units
-    floor_margin: float = 0.0          # the floors' intervals must lie above this, in the metric's units
+    floors: tuple[str, ...] = ()  # baselines the candidate must beat
+    min_improvement: float = 0.0  # over the champion, in the metric's units
+    floor_margin: float = 0.0  # the floors' intervals must lie above this, in the metric's units
     online_protocol: StrictBool = False  # the floors must also be cleared on the online protocol run offline
     confidence: float = Field(default=0.95, ge=0.5, lt=1)
     bootstrap_samples: int = Field(default=2000, ge=100)
     seed: int = 0
-    max_latency_ms: float = Field(default=math.inf, gt=0)   # p95 of a one-row prediction
+    max_latency_ms: float = Field(default=math.inf, gt=0)  # p95 of a one-row prediction
     max_model_mb: float = Field(default=math.inf, gt=0)
     require_smoke_test: StrictBool = True  # promote only a version whose Bento passed the smoke test
 
@@ -113,7 +113,7 @@ class Decision:
     difference: float | None = None
     interval: tuple[float, float] | None = None
     floor_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    strongest_floor: str | None = None   # the best baseline, when the candidate failed a floor and no champion exists
+    strongest_floor: str | None = None  # the best baseline, when the candidate failed a floor and no champion exists
 
     @property
     def reasons(self) -> list[str]:
@@ -124,11 +124,16 @@ class Decision:
         return "\n".join([f"gate decision: {verdict}", *(f"  {r}" for r in self.reasons)])
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "champion_version": self.champion_version, "difference": self.difference,
-                "interval": list(self.interval) if self.interval else None,
-                "floor_intervals": {k: list(v) for k, v in self.floor_intervals.items()},
-                "strongest_floor": self.strongest_floor,
-                "checks": [asdict(c) for c in self.checks], "reasons": self.reasons}
+        return {
+            "passed": self.passed,
+            "champion_version": self.champion_version,
+            "difference": self.difference,
+            "interval": list(self.interval) if self.interval else None,
+            "floor_intervals": {k: list(v) for k, v in self.floor_intervals.items()},
+            "strongest_floor": self.strongest_floor,
+            "checks": [asdict(c) for c in self.checks],
+            "reasons": self.reasons,
+        }
 
 
 def _group_draws(groups: np.ndarray, rng: np.random.Generator) -> Callable[[], np.ndarray]:
@@ -154,8 +159,11 @@ def _interval(diffs: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def bootstrap_sides(
-    groups: np.ndarray, sides: dict[str, np.ndarray], statistic: Callable[[np.ndarray, np.ndarray], float],
-    samples: int, seed: int,
+    groups: np.ndarray,
+    sides: dict[str, np.ndarray],
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    samples: int,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     """``statistic`` of every side on ``samples`` resamples of whole groups, the same resample for
     every side (so differences between sides are paired on the same rows)."""
@@ -169,8 +177,13 @@ def bootstrap_sides(
 
 
 def cluster_bootstrap(
-    groups: np.ndarray, candidate: np.ndarray, champion: np.ndarray,
-    statistic: Callable[[np.ndarray, np.ndarray], float], samples: int, confidence: float, seed: int,
+    groups: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    samples: int,
+    confidence: float,
+    seed: int,
 ) -> tuple[float, tuple[float, float]]:
     """Paired bootstrap of ``statistic(candidate) - statistic(champion)``, resampling whole groups.
 
@@ -197,8 +210,16 @@ class Rows:
     baselines: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _floor_checks(decision: Decision, policy: Policy, label: str, metric: str, value: float,
-                  baselines: dict[str, float], stats: dict[str, np.ndarray], users: int) -> None:
+def _floor_checks(
+    decision: Decision,
+    policy: Policy,
+    label: str,
+    metric: str,
+    value: float,
+    baselines: dict[str, float],
+    stats: dict[str, np.ndarray],
+    users: int,
+) -> None:
     """One check per floor of the policy: the interval of candidate minus floor above ``floor_margin``."""
     for name in policy.floors:
         check = f"floor {name}{label}"
@@ -214,8 +235,15 @@ def _floor_checks(decision: Decision, policy: Policy, label: str, metric: str, v
         lower = low if policy.higher_is_better else -high
         ok = bool(lower > policy.floor_margin)
         interval = f", {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over {users} users)"
-        decision.checks.append(Check(check, ok, point + interval + ("" if ok else f": not above the floor (margin "
-                                                                    f"{policy.floor_margin:g}) with confidence")))
+        decision.checks.append(
+            Check(
+                check,
+                ok,
+                point
+                + interval
+                + ("" if ok else f": not above the floor (margin {policy.floor_margin:g}) with confidence"),
+            )
+        )
 
 
 def decide(
@@ -253,8 +281,10 @@ def decide(
     checks = decision.checks
     stats, users = {}, 0
     if rows is not None:
-        sides = {"candidate": rows.candidate, **{f"baseline.{n}": v for n, v in rows.baselines.items()
-                                                 if n in policy.floors}}
+        sides = {
+            "candidate": rows.candidate,
+            **{f"baseline.{n}": v for n, v in rows.baselines.items() if n in policy.floors},
+        }
         if champion is not None and rows.champion is not None:
             sides["champion"] = rows.champion
         stats = bootstrap_sides(rows.groups, sides, rows.statistic, policy.bootstrap_samples, policy.seed)
@@ -265,16 +295,29 @@ def decide(
         online_metric, online_rows = online
         everything = np.arange(online_rows.groups.size)
         online_stats = bootstrap_sides(
-            online_rows.groups, {"candidate": online_rows.candidate,
-                                 **{f"baseline.{n}": v for n, v in online_rows.baselines.items()}},
-            online_rows.statistic, policy.bootstrap_samples, policy.seed)
-        _floor_checks(decision, policy, " (online protocol)", online_metric,
-                      online_rows.statistic(online_rows.candidate, everything),
-                      {n: online_rows.statistic(v, everything) for n, v in online_rows.baselines.items()},
-                      online_stats, int(np.unique(online_rows.groups).size))
+            online_rows.groups,
+            {"candidate": online_rows.candidate, **{f"baseline.{n}": v for n, v in online_rows.baselines.items()}},
+            online_rows.statistic,
+            policy.bootstrap_samples,
+            policy.seed,
+        )
+        _floor_checks(
+            decision,
+            policy,
+            " (online protocol)",
+            online_metric,
+            online_rows.statistic(online_rows.candidate, everything),
+            {n: online_rows.statistic(v, everything) for n, v in online_rows.baselines.items()},
+            online_stats,
+            int(np.unique(online_rows.groups).size),
+        )
     elif policy.online_protocol:
-        checks.extend(Check(f"floor {n} (online protocol)", False, "no per-request values of the online protocol "
-                            "in the evaluation") for n in policy.floors)
+        checks.extend(
+            Check(
+                f"floor {n} (online protocol)", False, "no per-request values of the online protocol in the evaluation"
+            )
+            for n in policy.floors
+        )
     if champion is None:
         checks.append(Check("champion", True, "no champion yet: the floors and guards decide"))
     elif champion_ineligible:
@@ -282,25 +325,42 @@ def decide(
     else:
         diff = sign * (value - champion[metric])
         decision.difference = value - champion[metric]
-        checks.append(Check("improvement", diff >= policy.min_improvement and diff > 0,
-                            f"{metric} {value:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
-                            f"(difference {value - champion[metric]:+.4f}, required > {policy.min_improvement:g})"))
+        checks.append(
+            Check(
+                "improvement",
+                diff >= policy.min_improvement and diff > 0,
+                f"{metric} {value:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
+                f"(difference {value - champion[metric]:+.4f}, required > {policy.min_improvement:g})",
+            )
+        )
         if "champion" not in stats:
             checks.append(Check("significance", False, "no per-row values to bootstrap"))
         else:
             low, high = _interval(stats["candidate"] - stats["champion"], policy.confidence)
             decision.interval = (low, high)
             lower = low if policy.higher_is_better else -high
-            checks.append(Check("significance", lower > 0,
-                                f"{level} bootstrap interval of the difference over {users} users: "
-                                f"[{low:+.4f}, {high:+.4f}]"
-                                + ("" if lower > 0 else ", includes zero: not significantly better")))
+            checks.append(
+                Check(
+                    "significance",
+                    lower > 0,
+                    f"{level} bootstrap interval of the difference over {users} users: "
+                    f"[{low:+.4f}, {high:+.4f}]" + ("" if lower > 0 else ", includes zero: not significantly better"),
+                )
+            )
     if math.isfinite(policy.max_latency_ms):
-        checks.append(Check("latency", bool(latency_ms <= policy.max_latency_ms),
-                            f"p95 {latency_ms:.1f} ms (limit {policy.max_latency_ms:g} ms)"))
+        checks.append(
+            Check(
+                "latency",
+                bool(latency_ms <= policy.max_latency_ms),
+                f"p95 {latency_ms:.1f} ms (limit {policy.max_latency_ms:g} ms)",
+            )
+        )
     if math.isfinite(policy.max_model_mb):
-        checks.append(Check("size", bool(model_mb <= policy.max_model_mb),
-                            f"{model_mb:.1f} MB (limit {policy.max_model_mb:g} MB)"))
+        checks.append(
+            Check(
+                "size", bool(model_mb <= policy.max_model_mb), f"{model_mb:.1f} MB (limit {policy.max_model_mb:g} MB)"
+            )
+        )
     decision.passed = all(c.passed for c in checks)
     floors = [n for n in policy.floors if n in baselines]
     if champion is None and floors and not all(c.passed for c in checks if c.name.startswith("floor ")):
@@ -309,6 +369,7 @@ def decide(
 
 
 # Applied to a logged evaluation --------------------------------------------------------------
+
 
 def _statistic(policy: Policy, labels: np.ndarray | None):
     if policy.metric == "auc":
@@ -333,7 +394,7 @@ def _online_protocol_rows(client, model_name: str, run_id: str, tmp: str) -> tup
     hooks = families.get(model_name).monitoring
     path = f"evaluation/{SESSION_ROWS}"
     if hooks is None or path not in {a.path for a in client.list_artifacts(run_id, "evaluation")}:
-        return None   # evaluated without the hook, or before it existed
+        return None  # evaluated without the hook, or before it existed
     outcomes = pl.read_parquet(client.download_artifacts(run_id, path, tmp))
     keys, column = list(hooks.pair_keys), hooks.value_column
     paired = outcomes.filter(pl.col("role") == "candidate").select(*keys, "user_id", column)
@@ -342,8 +403,11 @@ def _online_protocol_rows(client, model_name: str, run_id: str, tmp: str) -> tup
         side = outcomes.filter((pl.col("role") == "floor") & (pl.col("model_version") == name))
         paired = paired.join(side.select(*keys, pl.col(column).alias(f"floor.{name}")), on=keys)
     return load_monitoring_policy(model_name).metric, Rows(
-        paired["user_id"].to_numpy(), paired[column].to_numpy(), hooks.statistic(paired),
-        baselines={n: paired[f"floor.{n}"].to_numpy() for n in floors})
+        paired["user_id"].to_numpy(),
+        paired[column].to_numpy(),
+        hooks.statistic(paired),
+        baselines={n: paired[f"floor.{n}"].to_numpy() for n in floors},
+    )
 
 
 def champion_ineligibility(summary: dict) -> str | None:
@@ -352,12 +416,18 @@ def champion_ineligibility(summary: dict) -> str | None:
     from datetime import datetime
 
     seen, start = summary.get("champion_data_end"), summary.get("test_start")
-    if summary.get("champion") is None or not seen or not start \
-            or datetime.fromisoformat(seen) <= datetime.fromisoformat(start):
+    if (
+        summary.get("champion") is None
+        or not seen
+        or not start
+        or datetime.fromisoformat(seen) <= datetime.fromisoformat(start)
+    ):
         return None
-    return (f"champion v{summary['champion_version']} learned from data up to {seen}, after this candidate's "
-            f"test period starts ({start}): it would be judged on rows it saw; retrain the candidate on a dataset "
-            f"version whose test period starts after {seen}")
+    return (
+        f"champion v{summary['champion_version']} learned from data up to {seen}, after this candidate's "
+        f"test period starts ({start}): it would be judged on rows it saw; retrain the candidate on a dataset "
+        f"version whose test period starts after {seen}"
+    )
 
 
 def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Policy | None = None) -> Decision:
@@ -374,21 +444,30 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         online = _online_protocol_rows(client, model_name, run_id, tmp) if policy.online_protocol else None
     metric = policy.metric
     if metric not in summary["candidate"]["metrics"]:
-        raise PolicyError(f"policy metric {metric!r} is not among the evaluation's metrics "
-                            f"({', '.join(summary['candidate']['metrics'])})")
+        raise PolicyError(
+            f"policy metric {metric!r} is not among the evaluation's metrics "
+            f"({', '.join(summary['candidate']['metrics'])})"
+        )
     column = "probability" if metric == "auc" else metric
     labels = rows["label"].to_numpy() if "label" in rows else None
-    per_row = Rows(rows["user_id"].to_numpy(), rows[f"candidate.{column}"].to_numpy(), _statistic(policy, labels),
-                   champion=rows[f"champion.{column}"].to_numpy() if f"champion.{column}" in rows else None,
-                   baselines={n: rows[f"{n}.{column}"].to_numpy() for n in summary["baselines"]
-                              if f"{n}.{column}" in rows})
+    per_row = Rows(
+        rows["user_id"].to_numpy(),
+        rows[f"candidate.{column}"].to_numpy(),
+        _statistic(policy, labels),
+        champion=rows[f"champion.{column}"].to_numpy() if f"champion.{column}" in rows else None,
+        baselines={n: rows[f"{n}.{column}"].to_numpy() for n in summary["baselines"] if f"{n}.{column}" in rows},
+    )
     decision = decide(
-        policy, summary["candidate"]["metrics"],
+        policy,
+        summary["candidate"]["metrics"],
         {n: b["metrics"][metric] for n, b in summary["baselines"].items()},
         champion=None if summary["champion"] is None else summary["champion"]["metrics"],
-        champion_version=summary["champion_version"], rows=per_row,
-        latency_ms=summary["latency_ms_p95"], model_mb=summary["model_mb"],
-        champion_ineligible=champion_ineligibility(summary), online=online,
+        champion_version=summary["champion_version"],
+        rows=per_row,
+        latency_ms=summary["latency_ms_p95"],
+        model_mb=summary["model_mb"],
+        champion_ineligible=champion_ineligibility(summary),
+        online=online,
     )
     client.log_metric(run_id, "gate_passed", float(decision.passed))
     client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")
@@ -402,8 +481,11 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
 
 
 def two_sample_bootstrap(
-    a: tuple[np.ndarray, np.ndarray, Callable], b: tuple[np.ndarray, np.ndarray, Callable],
-    samples: int, confidence: float, seed: int,
+    a: tuple[np.ndarray, np.ndarray, Callable],
+    b: tuple[np.ndarray, np.ndarray, Callable],
+    samples: int,
+    confidence: float,
+    seed: int,
 ) -> tuple[float, tuple[float, float]]:
     """``cluster_bootstrap`` for two groups of different users (a canary's and the champion's):
     each side's users resampled on their own. ``a`` and ``b`` are (groups, values, statistic), the

@@ -66,25 +66,26 @@ class MonitoringError(BadInput):
 
 # ---- Rules ------------------------------------------------------------------------------------------
 
+
 @pydantic_dataclass(frozen=True, config=STRICT)
 class MonitoringPolicy:
-    horizon_hours: float = 24.0        # how long after an answer the user's events count
-    k: int = 10                        # ranking metrics at k (next item)
-    metric: str = "hit_rate_at_10"     # the online metric of the first line and of the triggers
-    min_users: int = 50                # fewer users: not evidence (no trigger, no online gate)
-    max_drop: float = 0.2              # retrain when the online metric falls below (1 - this) x its own earlier days
-    psi_threshold: float = 0.25        # a numeric feature drifted
-    js_threshold: float = 0.1          # a categorical feature drifted (Jensen-Shannon divergence, base 2)
-    drifted_features: int = 1          # retrain when at least this many input features drifted
-    cooldown_hours: float = 72.0       # at most one evidence-triggered retrain per this period
-    skew_tolerance: float = 0.01       # a share of users with skewed features above this is reported as FAIL
+    horizon_hours: float = 24.0  # how long after an answer the user's events count
+    k: int = 10  # ranking metrics at k (next item)
+    metric: str = "hit_rate_at_10"  # the online metric of the first line and of the triggers
+    min_users: int = 50  # fewer users: not evidence (no trigger, no online gate)
+    max_drop: float = 0.2  # retrain when the online metric falls below (1 - this) x its own earlier days
+    psi_threshold: float = 0.25  # a numeric feature drifted
+    js_threshold: float = 0.1  # a categorical feature drifted (Jensen-Shannon divergence, base 2)
+    drifted_features: int = 1  # retrain when at least this many input features drifted
+    cooldown_hours: float = 72.0  # at most one evidence-triggered retrain per this period
+    skew_tolerance: float = 0.01  # a share of users with skewed features above this is reported as FAIL
     # The online gate: a challenger (shadow or canary) is promotable only when, over at least
     # online_min_users users on judged days, its online metric is no worse than the champion's by more
     # than online_margin, with confidence (non-inferiority).
     require_online_evidence: StrictBool = False
     online_min_users: int = 200
-    online_margin: float = 0.02        # the challenger passes when its interval's lower end is above -this
-    earlier_days: int = 7              # the model's own earlier judged days its online metric is compared with
+    online_margin: float = 0.02  # the challenger passes when its interval's lower end is above -this
+    earlier_days: int = 7  # the model's own earlier judged days its online metric is compared with
     confidence: float = Field(default=0.95, ge=0.5, lt=1)
     bootstrap_samples: int = Field(default=1000, ge=100)
 
@@ -98,11 +99,13 @@ def load_monitoring_policy(model: str, path: Path | None = None) -> MonitoringPo
     from pipeline.lifecycle.gate import read_policy_file
 
     path, data = read_policy_file(path)
-    return section(MonitoringPolicy, (data.get("monitoring") or {}).get(model), f"{path}: monitoring.{model}",
-                   MonitoringError)
+    return section(
+        MonitoringPolicy, (data.get("monitoring") or {}).get(model), f"{path}: monitoring.{model}", MonitoringError
+    )
 
 
 # ---- The day's monitoring ------------------------------------------------------------------------------
+
 
 @dataclass
 class MonitorResult:
@@ -110,17 +113,17 @@ class MonitorResult:
     day: str
     dataset_version: str
     champion_version: str
-    online: dict[str, dict[str, float]]                 # "<role> v<version>" or "floor <name>" -> figures
-    offline: dict[str, dict[str, float]]                 # the champion's offline figures of the online protocol,
-                                                         # per side ("candidate": the champion itself; floors)
-    judged: bool = False                                 # the outcome horizon has passed in the data
-    answered: int = 0                                    # the champion's logged answers to known users
+    online: dict[str, dict[str, float]]  # "<role> v<version>" or "floor <name>" -> figures
+    offline: dict[str, dict[str, float]]  # the champion's offline figures of the online protocol,
+    # per side ("candidate": the champion itself; floors)
+    judged: bool = False  # the outcome horizon has passed in the data
+    answered: int = 0  # the champion's logged answers to known users
     floors: dict[str, tuple[float, tuple[float, float]]] = field(default_factory=dict)  # champion - floor
-    earlier: float | None = None                         # median of the version's own earlier judged days
+    earlier: float | None = None  # median of the version's own earlier judged days
     drift: list[FeatureDrift] = field(default_factory=list)
     prediction_drift: FeatureDrift | None = None
     skew: list[FeatureSkew] = field(default_factory=list)
-    coverage_hours: float = 0.0                          # hours of published data after the day's end
+    coverage_hours: float = 0.0  # hours of published data after the day's end
     run_id: str = ""
     report: str = ""
 
@@ -136,47 +139,82 @@ class MonitorResult:
 
         def shown(f: dict) -> str:
             return ", ".join(f"{n} {f.get(n, float('nan')):.4f}" for n in names)
+
         protocol = hooks.protocol(policy) if hooks.protocol else f"outcomes within {policy.horizon_hours:g} h"
-        outcome = figures.get("requests")   # answers with an outcome, where an answer can have none
-        state = (f"judged: {protocol}, every outcome horizon passed" if self.judged else
-                 f"PROVISIONAL: {protocol}, only {self.coverage_hours:.0f} h of events after the day, so late answers "
-                 f"cannot have their outcome yet; judge it again once the data reaches {policy.horizon_hours:g} h "
-                 f"past the day")
-        out = [f"online {self.model} {self.day} ({state}): champion v{self.champion_version} {shown(figures)} over "
-               f"{int(figures.get('users', 0))} users"
-               + (f" ({int(outcome)} of {self.answered} answers had an outcome)" if outcome is not None
-                  and self.answered else "")]
+        outcome = figures.get("requests")  # answers with an outcome, where an answer can have none
+        state = (
+            f"judged: {protocol}, every outcome horizon passed"
+            if self.judged
+            else f"PROVISIONAL: {protocol}, only {self.coverage_hours:.0f} h of events after the day, so late answers "
+            f"cannot have their outcome yet; judge it again once the data reaches {policy.horizon_hours:g} h "
+            f"past the day"
+        )
+        out = [
+            f"online {self.model} {self.day} ({state}): champion v{self.champion_version} {shown(figures)} over "
+            f"{int(figures.get('users', 0))} users"
+            + (
+                f" ({int(outcome)} of {self.answered} answers had an outcome)"
+                if outcome is not None and self.answered
+                else ""
+            )
+        ]
         for key, other in self.online.items():
             if key.startswith("floor "):
                 diff, (low, high) = self.floors.get(key.removeprefix("floor "), (math.nan, (math.nan, math.nan)))
-                out.append(f"online {self.model} {self.day} {key} on the same requests: {metric} "
-                           f"{other.get(metric, float('nan')):.4f}; champion - {key.removeprefix('floor ')} "
-                           f"{diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over users")
+                out.append(
+                    f"online {self.model} {self.day} {key} on the same requests: {metric} "
+                    f"{other.get(metric, float('nan')):.4f}; champion - {key.removeprefix('floor ')} "
+                    f"{diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over users"
+                )
             elif not key.startswith("champion"):
-                out.append(f"online {self.model} {self.day} {key}: {shown(other)} over "
-                           f"{int(other.get('users', 0))} users")
+                out.append(
+                    f"online {self.model} {self.day} {key}: {shown(other)} over {int(other.get('users', 0))} users"
+                )
         if self.offline:
-            sides = ", ".join(f"{'champion' if side == 'candidate' else side} {f.get(metric, float('nan')):.4f}"
-                              for side, f in sorted(self.offline.items(), key=lambda kv: kv[0] != "candidate"))
+            sides = ", ".join(
+                f"{'champion' if side == 'candidate' else side} {f.get(metric, float('nan')):.4f}"
+                for side, f in sorted(self.offline.items(), key=lambda kv: kv[0] != "candidate")
+            )
             users = int(self.offline.get("candidate", {}).get("users", 0))
-            out.append(f"offline {self.model}, same protocol ({hooks.offline_protocol or protocol}): {metric} "
-                       f"{sides} over {users} users")
+            out.append(
+                f"offline {self.model}, same protocol ({hooks.offline_protocol or protocol}): {metric} "
+                f"{sides} over {users} users"
+            )
         else:
-            out.append(f"offline {self.model}: no offline figure of this protocol on the champion's run; its gate's "
-                       f"figures measure another task and are not comparable")
+            out.append(
+                f"offline {self.model}: no offline figure of this protocol on the champion's run; its gate's "
+                f"figures measure another task and are not comparable"
+            )
         drifted = [d for d in self.drift if d.drifted]
         worst = max(self.drift, key=lambda d: d.value / d.threshold if math.isfinite(d.value) else -1, default=None)
-        out.append(f"drift {self.model} {self.day}: {len(drifted)} of {len(self.drift)} input features drifted"
-                   + (f" ({', '.join(f'{d.feature} {d.statistic} {d.value:.3f}' for d in drifted)})" if drifted
-                      else f" (largest: {worst.feature} {worst.statistic} {worst.value:.3f})" if worst else "")
-                   + ("" if self.prediction_drift is None else
-                      f"; served scores PSI {self.prediction_drift.value:.3f} vs earlier days")
-                   + (f"; report {self.report}" if self.report else ""))
+        out.append(
+            f"drift {self.model} {self.day}: {len(drifted)} of {len(self.drift)} input features drifted"
+            + (
+                f" ({', '.join(f'{d.feature} {d.statistic} {d.value:.3f}' for d in drifted)})"
+                if drifted
+                else f" (largest: {worst.feature} {worst.statistic} {worst.value:.3f})"
+                if worst
+                else ""
+            )
+            + (
+                ""
+                if self.prediction_drift is None
+                else f"; served scores PSI {self.prediction_drift.value:.3f} vs earlier days"
+            )
+            + (f"; report {self.report}" if self.report else "")
+        )
         skewed = [s for s in self.skew if s.skewed_users]
         users = max((s.users for s in self.skew), default=0)
-        out.append(f"skew {self.model} {self.day}: " + (
-            "; ".join(f"{s.feature} differs for {s.share:.1%} of {s.users} users (e.g. {s.example})" for s in skewed)
-            if skewed else f"served features equal the offline ones for all {users} users"))
+        out.append(
+            f"skew {self.model} {self.day}: "
+            + (
+                "; ".join(
+                    f"{s.feature} differs for {s.share:.1%} of {s.users} users (e.g. {s.example})" for s in skewed
+                )
+                if skewed
+                else f"served features equal the offline ones for all {users} users"
+            )
+        )
         return out
 
 
@@ -202,15 +240,22 @@ def champion_context(paths: StatePaths, model: str) -> dict:
         use_bento_home(paths)
         try:
             snapshot_path = Path(bentoml.models.get(bentoml.get(mv.tags["bento_tag"]).info.args["snapshot_tag"]).path)
-        except Exception as exc:   # a Bento store without it: the skew report says so
+        except Exception as exc:  # a Bento store without it: the skew report says so
             log.warning("the champion's snapshot is not in this Bento store: %s", exc)
-    return {"version": str(mv.version), "run": run, "client": client, "snapshot": snapshot_path,
-            "features_path": run.data.tags.get("features_path"), "params": dict(run.data.params),
-            "split": {k.removeprefix("split."): v for k, v in run.data.params.items() if k.startswith("split.")}}
+    return {
+        "version": str(mv.version),
+        "run": run,
+        "client": client,
+        "snapshot": snapshot_path,
+        "features_path": run.data.tags.get("features_path"),
+        "params": dict(run.data.params),
+        "split": {k.removeprefix("split."): v for k, v in run.data.params.items() if k.startswith("split.")},
+    }
 
 
-def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None = None,
-            policy: MonitoringPolicy | None = None) -> MonitorResult:
+def monitor(
+    paths: StatePaths, model: str, day: str, dataset_version: str | None = None, policy: MonitoringPolicy | None = None
+) -> MonitorResult:
     """Online quality, drift and skew of ``model`` on ``day``; logged to MLflow (see the module
     docstring). The events come from ``dataset_version`` (default: the current one)."""
     from pipeline.data.predictions import default_root, read_predictions
@@ -237,8 +282,9 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
     if answers.height:
         scored = answers
         if hooks.references is not None:
-            scored = pl.concat([answers, hooks.references(answers, events, champion, snapshot, policy)],
-                               how="diagonal_relaxed")
+            scored = pl.concat(
+                [answers, hooks.references(answers, events, champion, snapshot, policy)], how="diagonal_relaxed"
+            )
         outcomes = hooks.outcomes(scored, events, policy)
         for (role, mv), part in sorted(outcomes.group_by("role", "model_version"), key=lambda g: g[0]):
             online[f"floor {mv}" if role == "floor" else f"{role} v{mv}"] = hooks.figures(part, policy)
@@ -254,8 +300,17 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
         if key.startswith(SESSION_PREFIX):
             side, _, name = key.removeprefix(SESSION_PREFIX).partition(".")
             offline.setdefault(side, {})[name] = value
-    result = MonitorResult(model, day, version.version, champion["version"], online, offline,
-                           judged=coverage >= policy.horizon_hours, answered=asked.height, coverage_hours=coverage)
+    result = MonitorResult(
+        model,
+        day,
+        version.version,
+        champion["version"],
+        online,
+        offline,
+        judged=coverage >= policy.horizon_hours,
+        answered=asked.height,
+        coverage_hours=coverage,
+    )
     result.floors = _floor_intervals(outcomes, champion["version"], hooks, policy)
     result.earlier = _earlier_median(paths, model, day, champion["version"], policy)
     result.drift = hooks.drift(events, dataset.catalog(as_of=end), start, end, champion, policy)
@@ -274,11 +329,12 @@ def monitor(paths: StatePaths, model: str, day: str, dataset_version: str | None
     return result
 
 
-SESSION_PREFIX = "session_"   # the run's offline figures of the online protocol: session_<side>.<metric>
+SESSION_PREFIX = "session_"  # the run's offline figures of the online protocol: session_<side>.<metric>
 
 
-def _floor_intervals(outcomes: pl.DataFrame, version: str, hooks, policy: MonitoringPolicy
-                     ) -> dict[str, tuple[float, tuple[float, float]]]:
+def _floor_intervals(
+    outcomes: pl.DataFrame, version: str, hooks, policy: MonitoringPolicy
+) -> dict[str, tuple[float, tuple[float, float]]]:
     """Champion minus each floor on the same requests: the observed difference of the online
     statistic and its bootstrap interval, resampling users (``pipeline.lifecycle.gate``)."""
     from pipeline.lifecycle.gate import cluster_bootstrap
@@ -292,9 +348,15 @@ def _floor_intervals(outcomes: pl.DataFrame, version: str, hooks, policy: Monito
         paired = mine.join(floor.select(*keys, pl.col(column).alias("_floor")), on=keys)
         if paired.height == 0:
             continue
-        out[name] = cluster_bootstrap(paired["user_id"].to_numpy(), paired[column].to_numpy(),
-                                      paired["_floor"].to_numpy(), hooks.statistic(paired),
-                                      policy.bootstrap_samples, policy.confidence, 0)
+        out[name] = cluster_bootstrap(
+            paired["user_id"].to_numpy(),
+            paired[column].to_numpy(),
+            paired["_floor"].to_numpy(),
+            hooks.statistic(paired),
+            policy.bootstrap_samples,
+            policy.confidence,
+            0,
+        )
     return dict(sorted(out.items()))
 
 
@@ -314,33 +376,45 @@ def _earlier_median(paths: StatePaths, model: str, day: str, version: str, polic
     return float(np.median(values)) if values else None
 
 
-def _prediction_drift(root: str, model: str, day: str, answers: pl.DataFrame, version: str,
-                      policy: MonitoringPolicy) -> FeatureDrift | None:
+def _prediction_drift(
+    root: str, model: str, day: str, answers: pl.DataFrame, version: str, policy: MonitoringPolicy
+) -> FeatureDrift | None:
     """The champion's served top score (next item) or probabilities on this day against the same
     version's answers of the seven days before; None without both."""
     from pipeline.data.predictions import read_predictions
 
     def scores(frame: pl.DataFrame) -> np.ndarray:
-        return _spec(model).served_scores(frame.filter((pl.col("role") == "champion")
-                                                       & (pl.col("model_version") == version)))
+        return _spec(model).served_scores(
+            frame.filter((pl.col("role") == "champion") & (pl.col("model_version") == version))
+        )
 
     current = scores(answers)
-    reference = np.concatenate([scores(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d)))
-                                for d in range(1, 8)])
+    reference = np.concatenate(
+        [scores(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d))) for d in range(1, 8)]
+    )
     if current.size == 0 or reference.size == 0:
         return None
     return numeric_drift("served score", reference, current, policy.psi_threshold)
 
 
 def _summary(result: MonitorResult, policy: MonitoringPolicy) -> dict:
-    return {"model": result.model, "day": result.day, "dataset_version": result.dataset_version,
-            "champion_version": result.champion_version, "online": result.online, "offline": result.offline,
-            "coverage_hours": result.coverage_hours, "judged": result.judged, "answered": result.answered,
-            "floors": {n: {"difference": d, "interval": list(i)} for n, (d, i) in result.floors.items()},
-            "earlier": result.earlier,
-            "drift": [{**asdict(d), "drifted": d.drifted} for d in result.drift],
-            "prediction_drift": None if result.prediction_drift is None else asdict(result.prediction_drift),
-            "skew": [{**asdict(s), "share": s.share} for s in result.skew], "lines": result.lines(policy)}
+    return {
+        "model": result.model,
+        "day": result.day,
+        "dataset_version": result.dataset_version,
+        "champion_version": result.champion_version,
+        "online": result.online,
+        "offline": result.offline,
+        "coverage_hours": result.coverage_hours,
+        "judged": result.judged,
+        "answered": result.answered,
+        "floors": {n: {"difference": d, "interval": list(i)} for n, (d, i) in result.floors.items()},
+        "earlier": result.earlier,
+        "drift": [{**asdict(d), "drifted": d.drifted} for d in result.drift],
+        "prediction_drift": None if result.prediction_drift is None else asdict(result.prediction_drift),
+        "skew": [{**asdict(s), "share": s.share} for s in result.skew],
+        "lines": result.lines(policy),
+    }
 
 
 def _html(result: MonitorResult, policy: MonitoringPolicy) -> str:
@@ -349,12 +423,17 @@ def _html(result: MonitorResult, policy: MonitoringPolicy) -> str:
         f"<tr class='{'bad' if d.drifted else ''}'><td>{e(d.feature)}</td><td>{d.statistic}</td>"
         f"<td>{d.value:.4f}</td><td>{d.threshold:g}</td><td>{'DRIFT' if d.drifted else 'ok'}</td>"
         f"<td>{e(d.reference)}</td><td>{e(d.current)}</td></tr>"
-        for d in result.drift + ([result.prediction_drift] if result.prediction_drift else []))
-    skew = "".join(f"<tr class='{'bad' if s.share > policy.skew_tolerance else ''}'><td>{e(s.feature)}</td>"
-                   f"<td>{s.users}</td><td>{s.skewed_users}</td><td>{s.share:.2%}</td><td>{e(s.example)}</td></tr>"
-                   for s in result.skew)
-    online = "".join(f"<tr><td>{e(k)}</td><td>{e(', '.join(f'{n} {v:.4f}' for n, v in f.items()))}</td></tr>"
-                     for k, f in result.online.items())
+        for d in result.drift + ([result.prediction_drift] if result.prediction_drift else [])
+    )
+    skew = "".join(
+        f"<tr class='{'bad' if s.share > policy.skew_tolerance else ''}'><td>{e(s.feature)}</td>"
+        f"<td>{s.users}</td><td>{s.skewed_users}</td><td>{s.share:.2%}</td><td>{e(s.example)}</td></tr>"
+        for s in result.skew
+    )
+    online = "".join(
+        f"<tr><td>{e(k)}</td><td>{e(', '.join(f'{n} {v:.4f}' for n, v in f.items()))}</td></tr>"
+        for k, f in result.online.items()
+    )
     lines = "".join(f"<li><code>{e(line)}</code></li>" for line in result.lines(policy))
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>{e(result.model)} {e(result.day)}: online quality, drift, skew</title>
@@ -363,7 +442,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.bad{{background
 <h1>{e(result.model)} on {e(result.day)}</h1>
 <p>Champion v{e(result.champion_version)}; dataset version {e(result.dataset_version)};
 {result.coverage_hours:.0f} h of published data after the day (horizon {policy.horizon_hours:g} h):
-{'judged' if result.judged else 'provisional, the outcomes of late answers are not in yet'}.</p>
+{"judged" if result.judged else "provisional, the outcomes of late answers are not in yet"}.</p>
 <ul>{lines}</ul>
 <h2>Online quality</h2><table><tr><th>role and version</th><th>figures</th></tr>{online}</table>
 <h2>Drift against the training period</h2><table><tr><th>feature</th><th>statistic</th><th>value</th>
@@ -380,21 +459,40 @@ def _log(paths: StatePaths, result: MonitorResult, policy: MonitoringPolicy, cli
 
     experiment_id = use_experiment(paths, EXPERIMENT_PREFIX + result.model)
     found = client.search_runs([experiment_id], f"tags.shopml.monitor_day = '{result.day}'", max_results=1)
-    run_id = found[0].info.run_id if found else client.create_run(
-        experiment_id, run_name=f"{result.model}-{result.day}",
-        tags={"shopml.monitor_day": result.day, "shopml.model": result.model}).info.run_id
-    tags = {"champion_version": result.champion_version, "dataset_version": result.dataset_version,
-            "report": "reports/drift.html", "summary": "\n".join(result.lines(policy))[:4900]}
+    run_id = (
+        found[0].info.run_id
+        if found
+        else client.create_run(
+            experiment_id,
+            run_name=f"{result.model}-{result.day}",
+            tags={"shopml.monitor_day": result.day, "shopml.model": result.model},
+        ).info.run_id
+    )
+    tags = {
+        "champion_version": result.champion_version,
+        "dataset_version": result.dataset_version,
+        "report": "reports/drift.html",
+        "summary": "\n".join(result.lines(policy))[:4900],
+    }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     metrics = []
     for key, figures in result.online.items():
-        prefix = "online" if key.startswith("champion") else "online_" + (key.replace(" ", "_") if
-                                                                          key.startswith("floor ") else key.split()[0])
-        metrics += [mlflow.entities.Metric(f"{prefix}_{n}", float(v), 0, 0) for n, v in figures.items()
-                    if v is not None and math.isfinite(v)]
-    metrics += [mlflow.entities.Metric(f"drift_{d.feature.replace(' ', '_')}", d.value, 0, 0) for d in result.drift
-                if math.isfinite(d.value)]
+        prefix = (
+            "online"
+            if key.startswith("champion")
+            else "online_" + (key.replace(" ", "_") if key.startswith("floor ") else key.split()[0])
+        )
+        metrics += [
+            mlflow.entities.Metric(f"{prefix}_{n}", float(v), 0, 0)
+            for n, v in figures.items()
+            if v is not None and math.isfinite(v)
+        ]
+    metrics += [
+        mlflow.entities.Metric(f"drift_{d.feature.replace(' ', '_')}", d.value, 0, 0)
+        for d in result.drift
+        if math.isfinite(d.value)
+    ]
     metrics += [mlflow.entities.Metric(f"skew_share_{s.feature}", s.share, 0, 0) for s in result.skew]
     if metrics:
         client.log_batch(run_id, metrics=metrics)
@@ -405,11 +503,14 @@ def _log(paths: StatePaths, result: MonitorResult, policy: MonitoringPolicy, cli
             client.log_artifact(run_id, str(target), artifact_path="reports")
     client.set_terminated(run_id)
     result.run_id = run_id
-    metrics += [mlflow.entities.Metric(f"online_vs_{name}_{policy.metric}", diff, 0, 0)
-                for name, (diff, _) in result.floors.items() if math.isfinite(diff)]
+    metrics += [
+        mlflow.entities.Metric(f"online_vs_{name}_{policy.metric}", diff, 0, 0)
+        for name, (diff, _) in result.floors.items()
+        if math.isfinite(diff)
+    ]
     for key, figures in result.online.items():
         if key.startswith("floor "):
-            continue   # a floor scored online is no registered version
+            continue  # a floor scored online is no registered version
         version = key.split(" v", 1)[1]
         short = " ".join(f"{n}={v:.4f}" for n, v in figures.items() if v is not None and math.isfinite(v))
         client.set_model_version_tag(result.model, version, f"online.{result.day}", f"{key.split()[0]}: {short}"[:4900])
@@ -419,13 +520,14 @@ def _log(paths: StatePaths, result: MonitorResult, policy: MonitoringPolicy, cli
 
 # ---- Retraining on evidence ------------------------------------------------------------------------------
 
+
 @dataclass
 class RetrainDecision:
     model: str
     day: str
     reasons: list[str]
     requested: bool
-    suppressed_by: dict | None = None   # the earlier request whose cool-down holds this one back
+    suppressed_by: dict | None = None  # the earlier request whose cool-down holds this one back
 
     def line(self) -> str:
         if not self.reasons:
@@ -434,8 +536,10 @@ class RetrainDecision:
         if self.requested:
             return f"retrain {self.model} {self.day}: REQUESTED ({why})"
         last = self.suppressed_by or {}
-        return (f"retrain {self.model} {self.day}: held back by the cool-down until {last.get('until')} "
-                f"(requested on {last.get('day')}: {last.get('reason')}); would be: {why}")
+        return (
+            f"retrain {self.model} {self.day}: held back by the cool-down until {last.get('until')} "
+            f"(requested on {last.get('day')}: {last.get('reason')}); would be: {why}"
+        )
 
 
 def requests_file(paths: StatePaths, model: str) -> Path:
@@ -451,27 +555,33 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
     reasons = []
     drifted = [d for d in result.drift if d.drifted]
     if drifted and len(drifted) >= policy.drifted_features:
-        reasons.append("drift: " + ", ".join(f"{d.feature} {d.statistic} {d.value:.3f} > {d.threshold:g}"
-                                             for d in drifted))
+        reasons.append(
+            "drift: " + ", ".join(f"{d.feature} {d.statistic} {d.value:.3f} > {d.threshold:g}" for d in drifted)
+        )
     if not result.judged:
-        return reasons   # a provisional day's online figures are not evidence yet
+        return reasons  # a provisional day's online figures are not evidence yet
     figures = result.champion_online
     value, users = figures.get(policy.metric), int(figures.get("users", 0))
     if value is None or users < policy.min_users:
         return reasons
     for name, (diff, (low, high)) in result.floors.items():
         if high < 0:
-            reasons.append(f"online {policy.metric}: the champion is below the floor {name} on the same requests "
-                           f"({diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over "
-                           f"{users} users)")
+            reasons.append(
+                f"online {policy.metric}: the champion is below the floor {name} on the same requests "
+                f"({diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over "
+                f"{users} users)"
+            )
     if result.earlier is not None and value < (1 - policy.max_drop) * result.earlier:
-        reasons.append(f"online {policy.metric} {value:.4f} < {1 - policy.max_drop:.2f} x {result.earlier:.4f}, the "
-                       f"median of its own earlier days, over {users} users")
+        reasons.append(
+            f"online {policy.metric} {value:.4f} < {1 - policy.max_drop:.2f} x {result.earlier:.4f}, the "
+            f"median of its own earlier days, over {users} users"
+        )
     return reasons
 
 
-def retrain_decision(paths: StatePaths, model: str, day: str, reasons: list[str], policy: MonitoringPolicy,
-                     dataset_version: str = "") -> RetrainDecision:
+def retrain_decision(
+    paths: StatePaths, model: str, day: str, reasons: list[str], policy: MonitoringPolicy, dataset_version: str = ""
+) -> RetrainDecision:
     """Request a retrain when there are reasons, unless one was requested less than the cool-down
     before (on the monitored days' clock: the end of ``day``). A request is recorded in
     ``$SHOPML_HOME/monitoring/<model>/retrain_requests.json``, under the lock every worker shares."""
@@ -489,8 +599,15 @@ def retrain_decision(paths: StatePaths, model: str, day: str, reasons: list[str]
             if datetime.fromisoformat(earlier["at"]) <= at < until:
                 decision.suppressed_by = earlier
                 return decision
-        history.append({"day": day, "at": at.isoformat(), "until": (at + timedelta(hours=policy.cooldown_hours))
-                        .isoformat(), "reason": "; ".join(reasons), "dataset_version": dataset_version})
+        history.append(
+            {
+                "day": day,
+                "at": at.isoformat(),
+                "until": (at + timedelta(hours=policy.cooldown_hours)).isoformat(),
+                "reason": "; ".join(reasons),
+                "dataset_version": dataset_version,
+            }
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(history, indent=2))
@@ -501,6 +618,7 @@ def retrain_decision(paths: StatePaths, model: str, day: str, reasons: list[str]
 
 # ---- Online evidence for a challenger ---------------------------------------------------------------------
 
+
 @dataclass
 class OnlineGate:
     model: str
@@ -510,15 +628,18 @@ class OnlineGate:
     reasons: list[str]
     difference: float = math.nan
     interval: tuple[float, float] = (math.nan, math.nan)
-    users: tuple[int, int] = (0, 0)     # (challenger's, champion's)
+    users: tuple[int, int] = (0, 0)  # (challenger's, champion's)
 
     def line(self) -> str:
-        return (f"online gate {self.model} v{self.version} ({self.mode}): {'PASS' if self.passed else 'WAIT'} - "
-                + "; ".join(self.reasons))
+        return (
+            f"online gate {self.model} v{self.version} ({self.mode}): {'PASS' if self.passed else 'WAIT'} - "
+            + "; ".join(self.reasons)
+        )
 
 
-def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
-                policy: MonitoringPolicy | None = None) -> OnlineGate:
+def online_gate(
+    paths: StatePaths, model: str, version: str, days: list[str], policy: MonitoringPolicy | None = None
+) -> OnlineGate:
     """Whether challenger ``version``'s online metric over the judged ones of ``days`` is no worse
     than the champion's by more than ``online_margin``, with confidence: the lower end of the
     bootstrap interval of the difference (resampling users, the figure's own statistic: per user for
@@ -529,22 +650,33 @@ def online_gate(paths: StatePaths, model: str, version: str, days: list[str],
 
     policy = policy or load_monitoring_policy(model)
     folder = paths.home / "reports" / "monitoring" / model
-    judged = [d for d in days if (folder / d / "summary.json").exists()
-              and json.loads((folder / d / "summary.json").read_text()).get("judged")]
+    judged = [
+        d
+        for d in days
+        if (folder / d / "summary.json").exists()
+        and json.loads((folder / d / "summary.json").read_text()).get("judged")
+    ]
     frames = [pl.read_parquet(p) for d in judged if (p := folder / d / "outcomes.parquet").exists()]
     outcomes = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     if outcomes.height == 0:
         gate = OnlineGate(model, str(version), "none", False, [])
         provisional = sorted(set(days) - set(judged))
-        gate.reasons.append(f"no judged monitored answers on {', '.join(days)}"
-                            + (f" ({', '.join(provisional)}: not monitored, or provisional: its outcome horizon had "
-                               f"not passed; monitor it again)" if provisional else ""))
+        gate.reasons.append(
+            f"no judged monitored answers on {', '.join(days)}"
+            + (
+                f" ({', '.join(provisional)}: not monitored, or provisional: its outcome horizon had "
+                f"not passed; monitor it again)"
+                if provisional
+                else ""
+            )
+        )
         return _record_gate(mlflow_client(paths), gate)
     return _record_gate(mlflow_client(paths), judge_online(outcomes, model, version, days, policy))
 
 
-def judge_online(outcomes: pl.DataFrame, model: str, version: str, days: list[str],
-                 policy: MonitoringPolicy) -> OnlineGate:
+def judge_online(
+    outcomes: pl.DataFrame, model: str, version: str, days: list[str], policy: MonitoringPolicy
+) -> OnlineGate:
     """``online_gate``'s decision on judged outcomes (no I/O)."""
     from pipeline.lifecycle.gate import cluster_bootstrap, two_sample_bootstrap
 
@@ -563,35 +695,53 @@ def judge_online(outcomes: pl.DataFrame, model: str, version: str, days: list[st
         if users < policy.online_min_users:
             gate.reasons.append(f"{users} users answered by both, {policy.online_min_users} needed")
             return gate
-        diff, interval = cluster_bootstrap(paired["user_id"].to_numpy(), paired[column].to_numpy(),
-                                           paired[f"{column}_champion"].to_numpy(), statistic(paired),
-                                           policy.bootstrap_samples, policy.confidence, 0)
+        diff, interval = cluster_bootstrap(
+            paired["user_id"].to_numpy(),
+            paired[column].to_numpy(),
+            paired[f"{column}_champion"].to_numpy(),
+            statistic(paired),
+            policy.bootstrap_samples,
+            policy.confidence,
+            0,
+        )
     else:
         canary = mine.filter(pl.col("role") == "challenger")
         if canary.height == 0:
-            gate.reasons.append(f"v{version} answered no monitored request on {', '.join(days)}; serve it with "
-                                f"--challenger-mode shadow or canary")
+            gate.reasons.append(
+                f"v{version} answered no monitored request on {', '.join(days)}; serve it with "
+                f"--challenger-mode shadow or canary"
+            )
             return gate
         gate.mode = "canary"
         gate.users = (canary["user_id"].n_unique(), champion["user_id"].n_unique())
         if min(gate.users) < policy.online_min_users:
-            gate.reasons.append(f"{gate.users[0]} canary users and {gate.users[1]} champion users, "
-                                f"{policy.online_min_users} each needed")
+            gate.reasons.append(
+                f"{gate.users[0]} canary users and {gate.users[1]} champion users, "
+                f"{policy.online_min_users} each needed"
+            )
             return gate
         diff, interval = two_sample_bootstrap(
             (canary["user_id"].to_numpy(), canary[column].to_numpy(), statistic(canary)),
             (champion["user_id"].to_numpy(), champion[column].to_numpy(), statistic(champion)),
-            policy.bootstrap_samples, policy.confidence, 0)
+            policy.bootstrap_samples,
+            policy.confidence,
+            0,
+        )
     gate.difference, gate.interval = diff, interval
     # Non-inferiority: the whole interval above -online_margin. A small sample has a wide interval and
     # waits for more traffic instead of passing because it could not be shown worse.
     gate.passed = interval[0] > -policy.online_margin
     name = f"{policy.metric if column == 'hit' else column + ' AUC'}"
-    gate.reasons.append(f"{name} difference {diff:+.4f} over {gate.users[0]} users, {policy.confidence:.0%} "
-                        f"interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
-                        + (f": not worse than the champion by more than {policy.online_margin:g}" if gate.passed
-                           else f": could be worse than the champion by more than {policy.online_margin:g}"
-                                + (" (significantly worse)" if interval[1] < 0 else "; more traffic narrows it")))
+    gate.reasons.append(
+        f"{name} difference {diff:+.4f} over {gate.users[0]} users, {policy.confidence:.0%} "
+        f"interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
+        + (
+            f": not worse than the champion by more than {policy.online_margin:g}"
+            if gate.passed
+            else f": could be worse than the champion by more than {policy.online_margin:g}"
+            + (" (significantly worse)" if interval[1] < 0 else "; more traffic narrows it")
+        )
+    )
     return gate
 
 

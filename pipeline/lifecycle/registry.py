@@ -62,7 +62,7 @@ __all__ = [
 # tag value in VARCHAR(5000) on PostgreSQL, which one growing JSON list outgrows after about twenty
 # promotions, while one entry (its reason cut to REASON_MAX characters) always fits.
 HISTORY_PREFIX = "champion_history."
-LEGACY_HISTORY_TAG = "champion_history"      # the single JSON list of earlier releases, still read
+LEGACY_HISTORY_TAG = "champion_history"  # the single JSON list of earlier releases, still read
 REASON_MAX = 2000
 
 
@@ -78,6 +78,7 @@ def _check_model(model_name: str) -> None:
 
 
 # Registry ----------------------------------------------------------------------------------------
+
 
 def register_candidate(paths: StatePaths, model_name: str, run_id: str):
     """Register the run's model as a version with lineage tags; ``challenger`` if it passed the gate.
@@ -101,10 +102,12 @@ def register_candidate(paths: StatePaths, model_name: str, run_id: str):
     tags = {
         "dataset_version": run.data.tags.get("dataset_version", ""),
         "git_commit": run.data.tags.get("git_commit", ""),
-        "run_id": run_id, "gate.decision": decision, "gate.reasons": run.data.tags.get("gate.reasons", ""),
+        "run_id": run_id,
+        "gate.decision": decision,
+        "gate.reasons": run.data.tags.get("gate.reasons", ""),
         "gate.champion_version": run.data.tags.get("eval.champion_version", NO_CHAMPION),
     }
-    if mv.tags.get("status") in (None, "", "challenger", "rejected"):   # never demote a champion or retiree
+    if mv.tags.get("status") in (None, "", "challenger", "rejected"):  # never demote a champion or retiree
         tags["status"] = "challenger" if decision == "passed" else "rejected"
     tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith(("eval_", "test_"))})
     for key, value in tags.items():
@@ -147,12 +150,10 @@ def _record(client, model_name: str, entry: dict) -> None:
     tags = client.get_registered_model(model_name).tags
     numbers = [int(k.removeprefix(HISTORY_PREFIX)) for k in tags if k.startswith(HISTORY_PREFIX)]
     entry = {**entry, "reason": str(entry.get("reason", ""))[:REASON_MAX]}
-    client.set_registered_model_tag(model_name, f"{HISTORY_PREFIX}{max(numbers, default=0) + 1:06d}",
-                                    json.dumps(entry))
+    client.set_registered_model_tag(model_name, f"{HISTORY_PREFIX}{max(numbers, default=0) + 1:06d}", json.dumps(entry))
 
 
-def _finish_promotion(client, model_name: str, version: str, previous: str, by: str, reason: str,
-                      force: bool) -> None:
+def _finish_promotion(client, model_name: str, version: str, previous: str, by: str, reason: str, force: bool) -> None:
     """What follows the move of the alias: status tags and the history entry. Idempotent, so a
     promotion killed after moving the alias is completed by its retry."""
     history = champion_history(client, model_name)
@@ -171,12 +172,31 @@ def _finish_promotion(client, model_name: str, version: str, previous: str, by: 
         client.delete_registered_model_alias(model_name, CHALLENGER)
     stack = _stack(history)
     if not stack or stack[-1] != version:
-        _record(client, model_name, {"action": "promote", "version": version, "previous": previous,
-                                     "by": by, "reason": reason, "at": now, "forced": force})
+        _record(
+            client,
+            model_name,
+            {
+                "action": "promote",
+                "version": version,
+                "previous": previous,
+                "by": by,
+                "reason": reason,
+                "at": now,
+                "forced": force,
+            },
+        )
 
 
-def promote(paths: StatePaths, model_name: str, version: str | None = None, expected_champion: str | None = "any",
-            by: str | None = None, reason: str = "", force: bool = False, policy: Policy | None = None):
+def promote(
+    paths: StatePaths,
+    model_name: str,
+    version: str | None = None,
+    expected_champion: str | None = "any",
+    by: str | None = None,
+    reason: str = "",
+    force: bool = False,
+    policy: Policy | None = None,
+):
     """Make ``version`` (default: the ``challenger``) the champion.
 
     Args:
@@ -197,50 +217,79 @@ def promote(paths: StatePaths, model_name: str, version: str | None = None, expe
             version = str(challenger.version)
         mv = client.get_model_version(model_name, str(version))
         if "gate.decision" not in mv.tags:
-            raise RegistryError(f"{model_name} version {version} has no gate decision: its registration did not "
-                                f"finish; rerun `{command('register', '--model', model_name, '--run-id', mv.run_id)}`")
+            raise RegistryError(
+                f"{model_name} version {version} has no gate decision: its registration did not "
+                f"finish; rerun `{command('register', '--model', model_name, '--run-id', mv.run_id)}`"
+            )
         if mv.tags.get("gate.decision") != "passed" and not force:
-            raise RegistryError(f"{model_name} version {version} was rejected by the gate "
-                                f"({mv.tags.get('gate.reasons', 'no reasons recorded')}); use --force to override")
-        if (policy or load_policy(model_name)).require_smoke_test and mv.tags.get("smoke_test") != "passed" \
-                and not force:
+            raise RegistryError(
+                f"{model_name} version {version} was rejected by the gate "
+                f"({mv.tags.get('gate.reasons', 'no reasons recorded')}); use --force to override"
+            )
+        if (
+            (policy or load_policy(model_name)).require_smoke_test
+            and mv.tags.get("smoke_test") != "passed"
+            and not force
+        ):
             state = mv.tags.get("smoke_test")
-            why = f"its smoke test failed: {mv.tags.get('smoke_test.reason', '')[:300]}" if state == "failed" else \
-                "it was never packaged and smoke-tested"
-            raise RegistryError(f"{model_name} version {version} cannot be champion: {why}; run "
-                                f"`{command('package', '--model', model_name, '--version', version)}` "
-                                f"(or --force to override)")
+            why = (
+                f"its smoke test failed: {mv.tags.get('smoke_test.reason', '')[:300]}"
+                if state == "failed"
+                else "it was never packaged and smoke-tested"
+            )
+            raise RegistryError(
+                f"{model_name} version {version} cannot be champion: {why}; run "
+                f"`{command('package', '--model', model_name, '--version', version)}` "
+                f"(or --force to override)"
+            )
         current = alias_version(client, model_name, CHAMPION)
         current_version = str(current.version) if current else NO_CHAMPION
-        if current is not None and str(current.version) != str(version) and not force \
-                and mv.tags.get("online_gate.decision") != "passed":
+        if (
+            current is not None
+            and str(current.version) != str(version)
+            and not force
+            and mv.tags.get("online_gate.decision") != "passed"
+        ):
             from pipeline.lifecycle.monitor import load_monitoring_policy
 
             if load_monitoring_policy(model_name).require_online_evidence:
                 why = mv.tags.get("online_gate.reasons") or "it has not been served beside the champion"
                 hint = command("online-gate", "--model", model_name, "--dates", "YYYY-MM-DD")
-                raise RegistryError(f"{model_name} version {version} waits for online evidence (policy monitoring."
-                                    f"{model_name}.require_online_evidence): {why}; serve it in shadow or canary "
-                                    f"mode, then run `{hint}` (or --force to override)")
+                raise RegistryError(
+                    f"{model_name} version {version} waits for online evidence (policy monitoring."
+                    f"{model_name}.require_online_evidence): {why}; serve it in shadow or canary "
+                    f"mode, then run `{hint}` (or --force to override)"
+                )
         by, version = by or getpass.getuser(), str(version)
         if current_version == version:
             # Already champion. A retry of a promotion killed after it moved the alias finishes it
             # (the compare-and-set passed then: the alias moved from the champion it expected).
             stack = _stack(champion_history(client, model_name))
             if not stack or stack[-1] != version:
-                _finish_promotion(client, model_name, version, stack[-1] if stack else NO_CHAMPION, by,
-                                  reason or "recorded by a retry after an interrupted promotion", force)
+                _finish_promotion(
+                    client,
+                    model_name,
+                    version,
+                    stack[-1] if stack else NO_CHAMPION,
+                    by,
+                    reason or "recorded by a retry after an interrupted promotion",
+                    force,
+                )
             return client.get_model_version(model_name, version)
         if expected_champion != "any" and str(expected_champion) != current_version:
-            raise ChampionMoved(f"{model_name}: the champion is version {current_version}, but version {version} "
-                                f"was evaluated against {expected_champion}; evaluate it again")
+            raise ChampionMoved(
+                f"{model_name}: the champion is version {current_version}, but version {version} "
+                f"was evaluated against {expected_champion}; evaluate it again"
+            )
         kill_point("promote.locked")
         client.set_registered_model_alias(model_name, CHAMPION, version)
         # Read back: a writer that bypassed the lock (a person in the MLflow UI) would show here.
         moved = alias_version(client, model_name, CHAMPION)
         if moved is None or str(moved.version) != version:
-            raise ChampionMoved(f"{model_name}: the champion alias was set to {version} but reads "
-                                f"{moved.version if moved else 'nothing'}; another writer moved it")
+            raise ChampionMoved(
+                f"{model_name}: the champion alias was set to {version} but reads "
+                f"{moved.version if moved else 'nothing'}; another writer moved it"
+            )
         kill_point("promote.alias_set")
         _finish_promotion(client, model_name, version, current_version, by, reason, force)
     log.info("%s: champion is now version %s (was %s)", model_name, version, current_version)
@@ -255,8 +304,10 @@ def rollback(paths: StatePaths, model_name: str, by: str | None = None, reason: 
         current = alias_version(client, model_name, CHAMPION)
         stack = _stack(champion_history(client, model_name))
         if current is None or len(stack) < 2 or stack[-1] != str(current.version):
-            raise NotRegistered(f"{model_name}: no previous champion to roll back to "
-                                f"(champion {current.version if current else 'none'}, history {stack})")
+            raise NotRegistered(
+                f"{model_name}: no previous champion to roll back to "
+                f"(champion {current.version if current else 'none'}, history {stack})"
+            )
         target = stack[-2]
         client.set_registered_model_alias(model_name, CHAMPION, target)
         by = by or getpass.getuser()
@@ -265,8 +316,18 @@ def rollback(paths: StatePaths, model_name: str, by: str | None = None, reason: 
         client.set_model_version_tag(model_name, current.version, "rolled_back_by", by)
         client.set_model_version_tag(model_name, current.version, "rolled_back_reason", reason[:REASON_MAX])
         client.set_model_version_tag(model_name, target, "status", "champion")
-        _record(client, model_name, {"action": "rollback", "version": target, "previous": str(current.version),
-                                     "by": by, "reason": reason, "at": now})
+        _record(
+            client,
+            model_name,
+            {
+                "action": "rollback",
+                "version": target,
+                "previous": str(current.version),
+                "by": by,
+                "reason": reason,
+                "at": now,
+            },
+        )
     log.info("%s: rolled back from version %s to %s (%s)", model_name, current.version, target, reason)
     return client.get_model_version(model_name, target)
 
@@ -288,12 +349,18 @@ def lineage(paths: StatePaths, model_name: str, version: str | None = None, bent
         mv = client.get_model_version(model_name, str(version))
     run = client.get_run(mv.run_id)
     return {
-        "model": model_name, "version": str(mv.version),
-        "aliases": _aliases_by_version(client, model_name).get(str(mv.version), []), "status": mv.tags.get("status"),
-        "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
-        "dataset_version": run.data.tags.get("dataset_version"), "dataset_path": run.data.tags.get("dataset_path"),
-        "git_commit": run.data.tags.get("git_commit"), "bento_tag": mv.tags.get("bento_tag"),
-        "gate_decision": mv.tags.get("gate.decision"), "gate_reasons": mv.tags.get("gate.reasons", "").splitlines(),
+        "model": model_name,
+        "version": str(mv.version),
+        "aliases": _aliases_by_version(client, model_name).get(str(mv.version), []),
+        "status": mv.tags.get("status"),
+        "run_id": mv.run_id,
+        "experiment_id": run.info.experiment_id,
+        "dataset_version": run.data.tags.get("dataset_version"),
+        "dataset_path": run.data.tags.get("dataset_path"),
+        "git_commit": run.data.tags.get("git_commit"),
+        "bento_tag": mv.tags.get("bento_tag"),
+        "gate_decision": mv.tags.get("gate.decision"),
+        "gate_reasons": mv.tags.get("gate.reasons", "").splitlines(),
         "evaluated_against": mv.tags.get("gate.champion_version"),
         "split": {k.removeprefix("split."): v for k, v in run.data.params.items() if k.startswith("split.")},
         "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith(("eval_", "test_", "baseline_"))},
@@ -321,9 +388,18 @@ def list_versions(paths: StatePaths, model_name: str | None = None) -> list[dict
         except MlflowException:
             continue  # not registered yet
         for mv in client.search_model_versions(f"name = '{name}'"):
-            out.append({"model": name, "version": int(mv.version), "aliases": aliases.get(str(mv.version), []),
-                        "status": mv.tags.get("status"), "gate": mv.tags.get("gate.decision"),
-                        "dataset_version": (mv.tags.get("dataset_version") or "")[:12], "run_id": mv.run_id,
-                        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
-                        .isoformat(timespec="seconds")})
+            out.append(
+                {
+                    "model": name,
+                    "version": int(mv.version),
+                    "aliases": aliases.get(str(mv.version), []),
+                    "status": mv.tags.get("status"),
+                    "gate": mv.tags.get("gate.decision"),
+                    "dataset_version": (mv.tags.get("dataset_version") or "")[:12],
+                    "run_id": mv.run_id,
+                    "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(
+                        timespec="seconds"
+                    ),
+                }
+            )
     return sorted(out, key=lambda r: (r["model"], r["version"]))

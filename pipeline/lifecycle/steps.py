@@ -33,10 +33,11 @@ class CandidateRejected(Exception):
 
 # What each step hands the next (an Airflow XCom): each adds its keys to the one before's.
 
+
 class Built(TypedDict):
     model: str
-    features: str              # the feature set's folder
-    features_rel: str          # the same, relative to SHOPML_HOME (for a worker with another home)
+    features: str  # the feature set's folder
+    features_rel: str  # the same, relative to SHOPML_HOME (for a worker with another home)
     dataset_version: str
 
 
@@ -51,8 +52,8 @@ class Evaluated(Trained):
 class Gated(Evaluated):
     passed: bool
     reasons: list[str]
-    candidate_run_id: NotRequired[str]   # the strongest floor serves: the rejected candidate's run
-    floor: NotRequired[str]              # ... and the floor's name (run_id is then the floor's run)
+    candidate_run_id: NotRequired[str]  # the strongest floor serves: the rejected candidate's run
+    floor: NotRequired[str]  # ... and the floor's name (run_id is then the floor's run)
 
 
 class Registered(Gated):
@@ -69,6 +70,7 @@ class Promoted(Packaged):
 
 
 # Dataset version of a scheduled run ------------------------------------------------------------------
+
 
 def pinned_dataset_version(paths: StatePaths, dag_id: str, run_id: str, announced: str | None = None) -> str:
     """The dataset version a DAG run works on, fixed the first time it is asked.
@@ -89,10 +91,18 @@ def pinned_dataset_version(paths: StatePaths, dag_id: str, run_id: str, announce
     version = resolve_dataset_version(paths, announced).version
     pin.parent.mkdir(parents=True, exist_ok=True)
     tmp = pin.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"dag_id": dag_id, "run_id": run_id, "dataset_version": version,
-                               "source": "asset event" if announced else "current at the run's first task"}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "dataset_version": version,
+                "source": "asset event" if announced else "current at the run's first task",
+            }
+        )
+    )
     try:
-        os.link(tmp, pin)              # first writer wins; a concurrent one reads the winner's
+        os.link(tmp, pin)  # first writer wins; a concurrent one reads the winner's
     except FileExistsError:
         pass
     finally:
@@ -102,6 +112,7 @@ def pinned_dataset_version(paths: StatePaths, dag_id: str, run_id: str, announce
 
 # The steps -----------------------------------------------------------------------------------------
 
+
 def features(paths: StatePaths, params, model: str, dataset_version: str | None = None) -> Built:
     """Build (or reuse) the model's feature set of ``dataset_version`` (default: the current one)."""
     from pipeline.families.featureset import build_features
@@ -109,12 +120,17 @@ def features(paths: StatePaths, params, model: str, dataset_version: str | None 
     spec = families.get(model)
     fs = build_features(paths, model, spec.params(params), dataset_version)
     print(f"{'reused' if fs.reused else 'built'} the {model} feature set of dataset {fs.dataset_version}: {fs.path}")
-    return Built(model=model, features=str(fs.path), features_rel=str(fs.path.relative_to(paths.home)),
-                 dataset_version=fs.dataset_version)
+    return Built(
+        model=model,
+        features=str(fs.path),
+        features_rel=str(fs.path.relative_to(paths.home)),
+        dataset_version=fs.dataset_version,
+    )
 
 
-def train(paths: StatePaths, params, model: str, built: Built, tags: dict[str, str] | None = None,
-          nproc: int = 1) -> Trained:
+def train(
+    paths: StatePaths, params, model: str, built: Built, tags: dict[str, str] | None = None, nproc: int = 1
+) -> Trained:
     """Train on the feature set ``built`` names. With ``tags`` (the DAG run's), a finished run that
     carries them is returned instead of training a second model for the same DAG run; a killed one
     resumes from its checkpoint. ``nproc`` > 1 trains with torchrun (DDP)."""
@@ -146,8 +162,10 @@ def evaluate(paths: StatePaths, model: str, trained: Trained, dataset_version: s
         if scores is not None:
             print(f"  {side}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.metrics.items())))
     for side, figures in (ev.session_figures or {}).items():
-        print(f"  {side}, online protocol on the test period's sessions: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items())))
+        print(
+            f"  {side}, online protocol on the test period's sessions: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items()))
+        )
     return Evaluated(**{**trained, "champion_version": ev.champion_version})
 
 
@@ -163,10 +181,18 @@ def gate(paths: StatePaths, model: str, evaluated: Evaluated, policy=None) -> Ga
         from pipeline.lifecycle.floors import floor_run
 
         run_id = floor_run(paths, model, evaluated["run_id"], decision.strongest_floor, decision.reasons)
-        print(f"{model} floor serves: {decision.strongest_floor} (run {run_id}) becomes the candidate instead of "
-              f"run {evaluated['run_id']}, so the model has a champion; a learned candidate must beat it")
-        state.update({"run_id": run_id, "passed": True, "candidate_run_id": evaluated["run_id"],
-                      "floor": decision.strongest_floor})
+        print(
+            f"{model} floor serves: {decision.strongest_floor} (run {run_id}) becomes the candidate instead of "
+            f"run {evaluated['run_id']}, so the model has a champion; a learned candidate must beat it"
+        )
+        state.update(
+            {
+                "run_id": run_id,
+                "passed": True,
+                "candidate_run_id": evaluated["run_id"],
+                "floor": decision.strongest_floor,
+            }
+        )
     return state
 
 
@@ -175,7 +201,7 @@ def register(paths: StatePaths, model: str, gated: Gated) -> Registered:
     serves instead of a rejected candidate, the candidate first (rejected), then the floor."""
     from pipeline.lifecycle.registry import register_candidate
 
-    if gated.get("candidate_run_id"):   # the floor serves: the rejected candidate is registered first, as such
+    if gated.get("candidate_run_id"):  # the floor serves: the rejected candidate is registered first, as such
         rejected = register_candidate(paths, model, gated["candidate_run_id"])
         print(f"{model} version {rejected.version}: {rejected.tags.get('status')}")
     mv = register_candidate(paths, model, gated["run_id"])
@@ -183,8 +209,14 @@ def register(paths: StatePaths, model: str, gated: Gated) -> Registered:
     return Registered(**{**gated, "version": str(mv.version)})
 
 
-def package(paths: StatePaths, model: str, registered: Registered, requests: int | None = None,
-            dataset_version: str | None = None, policy=None) -> Packaged:
+def package(
+    paths: StatePaths,
+    model: str,
+    registered: Registered,
+    requests: int | None = None,
+    dataset_version: str | None = None,
+    policy=None,
+) -> Packaged:
     """Package the registered version (``registered["version"]``; None: the ``challenger``) as a
     Bento with the feature snapshot of the dataset version it was trained on (or
     ``dataset_version``), then serve it and check parity with its evaluation, unless the policy
@@ -202,15 +234,23 @@ def package(paths: StatePaths, model: str, registered: Registered, requests: int
         raise CandidateRejected(f"{model} version {registered['version']} rejected by the gate:\n  {reasons}")
     version = registered.get("version")
     smoke = (policy or load_policy(model)).require_smoke_test
-    packaged = package_version(paths, model, None if version is None else str(version),
-                               requests=requests or PARITY_REQUESTS, dataset_version=dataset_version, smoke=smoke)
+    packaged = package_version(
+        paths,
+        model,
+        None if version is None else str(version),
+        requests=requests or PARITY_REQUESTS,
+        dataset_version=dataset_version,
+        smoke=smoke,
+    )
     if smoke and packaged.smoke is not None:
         for check in packaged.smoke.checks:
             print(f"  {check}")
         print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} passed its smoke test")
     else:
-        print(f"{model} version {packaged.version}: Bento {packaged.bento_tag} built; smoke test skipped "
-              f"(policy require_smoke_test: false)")
+        print(
+            f"{model} version {packaged.version}: Bento {packaged.bento_tag} built; smoke test skipped "
+            f"(policy require_smoke_test: false)"
+        )
     return Packaged(**{**registered, "version": packaged.version, "bento_tag": packaged.bento_tag})
 
 
@@ -222,37 +262,56 @@ def promote(paths: StatePaths, model: str, packaged: Packaged, by: str = "pipeli
 
     if packaged["champion_version"] and load_monitoring_policy(model).require_online_evidence:
         # The challenger stays challenger until its online figures say it is not worse (monitor).
-        print(f"{model}: version {packaged['version']} is the challenger and waits for online evidence; serve "
-              f"it beside the champion (`{command('serve', '--model', model, '--challenger-mode', 'shadow')}`), "
-              f"then `{command('monitor', '--model', model, '--date', 'YYYY-MM-DD')}` each day it served, "
-              f"`{command('online-gate', '--model', model, '--dates', 'YYYY-MM-DD,YYYY-MM-DD')}` and "
-              f"`{command('promote', '--model', model)}`")
-        return Promoted(**{**packaged, "champion": str(packaged["champion_version"]),
-                           "waiting_for_online_evidence": True})
-    mv = promote_version(paths, model, packaged["version"],
-                         expected_champion=packaged["champion_version"] or NO_CHAMPION, by=by,
-                         reason=f"passed the gate and packaging as {packaged['bento_tag']} "
-                                f"(run {packaged['run_id']})", policy=policy)
+        print(
+            f"{model}: version {packaged['version']} is the challenger and waits for online evidence; serve "
+            f"it beside the champion (`{command('serve', '--model', model, '--challenger-mode', 'shadow')}`), "
+            f"then `{command('monitor', '--model', model, '--date', 'YYYY-MM-DD')}` each day it served, "
+            f"`{command('online-gate', '--model', model, '--dates', 'YYYY-MM-DD,YYYY-MM-DD')}` and "
+            f"`{command('promote', '--model', model)}`"
+        )
+        return Promoted(
+            **{**packaged, "champion": str(packaged["champion_version"]), "waiting_for_online_evidence": True}
+        )
+    mv = promote_version(
+        paths,
+        model,
+        packaged["version"],
+        expected_champion=packaged["champion_version"] or NO_CHAMPION,
+        by=by,
+        reason=f"passed the gate and packaging as {packaged['bento_tag']} (run {packaged['run_id']})",
+        policy=policy,
+    )
     print(f"{model}: champion is now version {mv.version}, served by Bento {packaged['bento_tag']}")
     return Promoted(**{**packaged, "champion": str(mv.version)})
 
 
-def after_training(paths: StatePaths, model: str, trained: Trained, policy=None,
-                   by: str = "pipeline") -> Registered | Promoted:
+def after_training(
+    paths: StatePaths, model: str, trained: Trained, policy=None, by: str = "pipeline"
+) -> Registered | Promoted:
     """Evaluate, gate, register, package and promote a trained run (``trained["run_id"]``), in that
     order; a candidate the gate rejects stops after register, with the reasons printed."""
     state = register(paths, model, gate(paths, model, evaluate(paths, model, trained), policy))
     try:
         state = package(paths, model, state, policy=policy)
     except CandidateRejected as rejected:
-        print(str(rejected).splitlines()[0].rstrip(":") + "; the champion stays "
-              + (f"version {state['champion_version']}" if state["champion_version"] else "unset"))
+        print(
+            str(rejected).splitlines()[0].rstrip(":")
+            + "; the champion stays "
+            + (f"version {state['champion_version']}" if state["champion_version"] else "unset")
+        )
         return state
     return promote(paths, model, state, by, policy)
 
 
-def retrain(paths: StatePaths, params, model: str, dataset_version: str | None = None, policy=None,
-            tags: dict[str, str] | None = None, by: str = "pipeline") -> Registered | Promoted:
+def retrain(
+    paths: StatePaths,
+    params,
+    model: str,
+    dataset_version: str | None = None,
+    policy=None,
+    tags: dict[str, str] | None = None,
+    by: str = "pipeline",
+) -> Registered | Promoted:
     """Every step in order, as the retrain DAG runs them, on ``dataset_version`` (default: the
     current one, resolved once by the features step)."""
     trained = train(paths, params, model, features(paths, params, model, dataset_version), tags)

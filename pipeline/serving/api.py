@@ -29,10 +29,15 @@ class Metadata(BaseModel):
     features_as_of: str
     features_dataset_version: str
     adaptive_batching: bool
-    batching: dict[str, float] | None = Field(None, description="this worker's batches so far: count, rows, "
-                                                                  "mean and largest size, requests refused")
-    challenger: dict[str, Any] | None = Field(None, description="the challenger served beside this model: "
-                                                                "version, Bento tag, mode (shadow or canary), share, "
-                                                                "shadow answers that failed in this worker")
-    prediction_log: dict[str, Any] | None = Field(None, description="where this worker logs its answers, how "
-                                                                    "many it wrote, holds and dropped (by reason)")
+    batching: dict[str, float] | None = Field(
+        None, description="this worker's batches so far: count, rows, mean and largest size, requests refused"
+    )
+    challenger: dict[str, Any] | None = Field(
+        None,
+        description="the challenger served beside this model: "
+        "version, Bento tag, mode (shadow or canary), share, "
+        "shadow answers that failed in this worker",
+    )
+    prediction_log: dict[str, Any] | None = Field(
+        None, description="where this worker logs its answers, how many it wrote, holds and dropped (by reason)"
+    )

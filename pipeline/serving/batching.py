@@ -39,9 +39,14 @@ class BatchStats:
     model_seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"batches": self.batches, "rows": self.rows, "largest": self.largest, "overloaded": self.overloaded,
-                "mean_batch": self.rows / self.batches if self.batches else 0.0,
-                "model_seconds": round(self.model_seconds, 3)}
+        return {
+            "batches": self.batches,
+            "rows": self.rows,
+            "largest": self.largest,
+            "overloaded": self.overloaded,
+            "mean_batch": self.rows / self.batches if self.batches else 0.0,
+            "model_seconds": round(self.model_seconds, 3),
+        }
 
 
 @dataclass
@@ -65,15 +70,21 @@ class MicroBatcher:
     fails the requests of that batch only.
     """
 
-    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 64, wait_ms: float = 0.0,
-                 max_latency_ms: float = 1000.0, size: Callable[[Any], int] = lambda request: 1,
-                 settle: int = 0) -> None:
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], Sequence[Any]],
+        max_batch: int = 64,
+        wait_ms: float = 0.0,
+        max_latency_ms: float = 1000.0,
+        size: Callable[[Any], int] = lambda request: 1,
+        settle: int = 0,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.fn, self.max_batch, self.wait_s, self.max_latency_s = fn, max_batch, wait_ms / 1000, max_latency_ms / 1000
         self.size, self.settle = size, settle
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()   # a new one with each batch loop
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # a new one with each batch loop
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
         self._task: asyncio.Task | None = None
 
@@ -114,7 +125,7 @@ class MicroBatcher:
                     except TimeoutError:
                         break
                 if size + nxt.size > self.max_batch:
-                    carry = nxt          # starts the next batch; a request is never split
+                    carry = nxt  # starts the next batch; a request is never split
                     break
                 batch.append(nxt)
                 size += nxt.size
@@ -125,8 +136,12 @@ class MicroBatcher:
                     continue
                 if now - p.queued_at > self.max_latency_s:
                     self.stats.overloaded += 1
-                    p.future.set_exception(Overloaded(f"waited {1000 * (now - p.queued_at):.0f} ms for the model, "
-                                                      f"over the {1000 * self.max_latency_s:.0f} ms deadline"))
+                    p.future.set_exception(
+                        Overloaded(
+                            f"waited {1000 * (now - p.queued_at):.0f} ms for the model, "
+                            f"over the {1000 * self.max_latency_s:.0f} ms deadline"
+                        )
+                    )
                 else:
                     live.append(p)
             if not live:

@@ -35,9 +35,17 @@ from pipeline.core.errors import BadInput
 from pipeline.core.hints import command
 from pipeline.serving.api import Metadata
 
-ARG_NAMES = ("model_name", "model_tag", "snapshot_tag", "version", "run_id", "dataset_version", "git_commit",
-             "bento_tag")
-OPTIONAL_ARGS = ("states_tag",)   # the packaged user states, for families that have them
+ARG_NAMES = (
+    "model_name",
+    "model_tag",
+    "snapshot_tag",
+    "version",
+    "run_id",
+    "dataset_version",
+    "git_commit",
+    "bento_tag",
+)
+OPTIONAL_ARGS = ("states_tag",)  # the packaged user states, for families that have them
 
 
 @dataclass(frozen=True)
@@ -53,16 +61,21 @@ class Batching:
     @classmethod
     def from_env(cls) -> Batching:
         env = os.environ
-        return cls(enabled=env.get("SHOPML_ADAPTIVE_BATCHING", "1") != "0",
-                   max_batch=int(env.get("SHOPML_MAX_BATCH_SIZE", "64")),
-                   wait_ms=float(env.get("SHOPML_BATCH_WAIT_MS", "0")),
-                   max_latency_ms=float(env.get("SHOPML_MAX_LATENCY_MS", "1000")),
-                   settle=int(env.get("SHOPML_BATCH_SETTLE", "8")))
+        return cls(
+            enabled=env.get("SHOPML_ADAPTIVE_BATCHING", "1") != "0",
+            max_batch=int(env.get("SHOPML_MAX_BATCH_SIZE", "64")),
+            wait_ms=float(env.get("SHOPML_BATCH_WAIT_MS", "0")),
+            max_latency_ms=float(env.get("SHOPML_MAX_LATENCY_MS", "1000")),
+            settle=int(env.get("SHOPML_BATCH_SETTLE", "8")),
+        )
 
     def batcher_args(self, rows_per_request: int = 1) -> dict:
-        return {"max_batch": self.max_batch * rows_per_request if self.enabled else rows_per_request,
-                "wait_ms": self.wait_ms if self.enabled else 0.0, "max_latency_ms": self.max_latency_ms,
-                "settle": self.settle if self.enabled else 0}
+        return {
+            "max_batch": self.max_batch * rows_per_request if self.enabled else rows_per_request,
+            "wait_ms": self.wait_ms if self.enabled else 0.0,
+            "max_latency_ms": self.max_latency_ms,
+            "settle": self.settle if self.enabled else 0,
+        }
 
 
 BATCHING = Batching.from_env()
@@ -80,30 +93,55 @@ def bento_args(model_name: str | None) -> SimpleNamespace:
             setattr(args, name, None)
     if missing:
         hint = command("package", "--model", model_name or "MODEL", "--version", "VERSION")
-        raise RuntimeError(f"the {model_name} service needs the Bento arguments {missing}; build it with "
-                           f"`{hint}`, then serve the Bento it prints")
+        raise RuntimeError(
+            f"the {model_name} service needs the Bento arguments {missing}; build it with "
+            f"`{hint}`, then serve the Bento it prints"
+        )
     if model_name is not None and args.model_name != model_name:
         raise RuntimeError(f"this Bento packages {args.model_name}, not {model_name}")
     return args
 
 
-def metadata(args: SimpleNamespace, snapshot_meta: dict, stats=None, routing=None, log=None,
-             challenger_version: str | None = None, shadow_failures: int = 0) -> Metadata:
+def metadata(
+    args: SimpleNamespace,
+    snapshot_meta: dict,
+    stats=None,
+    routing=None,
+    log=None,
+    challenger_version: str | None = None,
+    shadow_failures: int = 0,
+) -> Metadata:
     """What the Bento serves: the model version and its lineage, and the feature snapshot's dataset
     version and cutoff (the version the model was trained on, unless packaged with another); the
     challenger beside it, if any, and this worker's prediction log counts."""
     challenger = None
     if routing is not None and routing.challenger_bento:
-        challenger = {"version": challenger_version, "bento_tag": routing.challenger_bento, "mode": routing.mode,
-                      "share": routing.share if routing.mode == "canary" else None,
-                      "shadow_failures": shadow_failures}
-    logged = None if log is None else {"root": log.root, "written": log.written, "queued": log.queue.qsize(),
-                                       "dropped": dict(log.dropped)}
-    return Metadata(model=args.model_name, version=str(args.version), bento_tag=args.bento_tag,
-                    dataset_version=args.dataset_version, git_commit=args.git_commit, run_id=args.run_id,
-                    features_as_of=snapshot_meta["cutoff"], features_dataset_version=snapshot_meta["dataset_version"],
-                    adaptive_batching=BATCHING.enabled, batching=None if stats is None else stats.to_dict(),
-                    challenger=challenger, prediction_log=logged)
+        challenger = {
+            "version": challenger_version,
+            "bento_tag": routing.challenger_bento,
+            "mode": routing.mode,
+            "share": routing.share if routing.mode == "canary" else None,
+            "shadow_failures": shadow_failures,
+        }
+    logged = (
+        None
+        if log is None
+        else {"root": log.root, "written": log.written, "queued": log.queue.qsize(), "dropped": dict(log.dropped)}
+    )
+    return Metadata(
+        model=args.model_name,
+        version=str(args.version),
+        bento_tag=args.bento_tag,
+        dataset_version=args.dataset_version,
+        git_commit=args.git_commit,
+        run_id=args.run_id,
+        features_as_of=snapshot_meta["cutoff"],
+        features_dataset_version=snapshot_meta["dataset_version"],
+        adaptive_batching=BATCHING.enabled,
+        batching=None if stats is None else stats.to_dict(),
+        challenger=challenger,
+        prediction_log=logged,
+    )
 
 
 def torch_threads() -> None:
@@ -160,18 +198,25 @@ def prediction_log(model_name: str):
     root = default_root()
     if root is None:
         return None
-    dropped = bentoml.metrics.Counter(name="shopml_prediction_log_dropped",
-                                      documentation="answers the prediction log dropped (full queue or sink error)",
-                                      labelnames=["model", "reason"])
-    written = bentoml.metrics.Counter(name="shopml_prediction_log_written",
-                                      documentation="answers the prediction log wrote", labelnames=["model"])
-    for reason in ("queue_full", "sink_error"):   # shown at 0 from the start, not from the first drop
+    dropped = bentoml.metrics.Counter(
+        name="shopml_prediction_log_dropped",
+        documentation="answers the prediction log dropped (full queue or sink error)",
+        labelnames=["model", "reason"],
+    )
+    written = bentoml.metrics.Counter(
+        name="shopml_prediction_log_written", documentation="answers the prediction log wrote", labelnames=["model"]
+    )
+    for reason in ("queue_full", "sink_error"):  # shown at 0 from the start, not from the first drop
         dropped.labels(model=model_name, reason=reason)
     written.labels(model=model_name)
-    return PredictionLog(root, model_name, capacity=int(os.environ.get("SHOPML_PREDICTION_LOG_QUEUE", "10000")),
-                         flush_seconds=float(os.environ.get("SHOPML_PREDICTION_LOG_FLUSH_S", "30")),
-                         on_drop=lambda n, reason: dropped.labels(model=model_name, reason=reason).inc(n),
-                         on_write=lambda n: written.labels(model=model_name).inc(n))
+    return PredictionLog(
+        root,
+        model_name,
+        capacity=int(os.environ.get("SHOPML_PREDICTION_LOG_QUEUE", "10000")),
+        flush_seconds=float(os.environ.get("SHOPML_PREDICTION_LOG_FLUSH_S", "30")),
+        on_drop=lambda n, reason: dropped.labels(model=model_name, reason=reason).inc(n),
+        on_write=lambda n: written.labels(model=model_name).inc(n),
+    )
 
 
 def request_context(ctx) -> tuple[str, object]:
@@ -186,7 +231,7 @@ def request_context(ctx) -> tuple[str, object]:
             parsed = datetime.fromisoformat(sent.replace("Z", "+00:00"))
             when = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
         except ValueError:
-            pass   # a bad replay header logs at the serving time; the answer is unaffected
+            pass  # a bad replay header logs at the serving time; the answer is unaffected
     return request_id, when
 
 
@@ -232,8 +277,9 @@ def challenger_args(bento_tag: str, model_name: str) -> SimpleNamespace:
         if not hasattr(args, name):
             setattr(args, name, None)
     if getattr(args, "model_name", None) != model_name:
-        raise RuntimeError(f"challenger Bento {bento_tag} packages {getattr(args, 'model_name', None)}, "
-                           f"not {model_name}")
+        raise RuntimeError(
+            f"challenger Bento {bento_tag} packages {getattr(args, 'model_name', None)}, not {model_name}"
+        )
     return args
 
 
@@ -255,7 +301,7 @@ class Shadows:
     def _done(self, task) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self.failed += 1   # a challenger's error never reaches the caller
+            self.failed += 1  # a challenger's error never reaches the caller
 
 
 class Traffic:
@@ -286,18 +332,34 @@ class Traffic:
         return answer
 
     async def _shadow(self, request, request_id: str, when, user_id: str | None) -> None:
-        assert self.challenger is not None   # only started when there is one
+        assert self.challenger is not None  # only started when there is one
         self._log(request_id, when, "shadow", user_id, request, await self.challenger.answer(request))
 
     def _log(self, request_id: str, when, role: str, user_id: str | None, request, answer) -> None:
         if self.log is not None:
             items, scores, source, history = self.logged(request, answer)
-            self.log.record(request_id=request_id, ts=when, model_version=answer.model_version, role=role,
-                            user_id=user_id, items=items, scores=scores, source=source, history=history)
+            self.log.record(
+                request_id=request_id,
+                ts=when,
+                model_version=answer.model_version,
+                role=role,
+                user_id=user_id,
+                items=items,
+                scores=scores,
+                source=source,
+                history=history,
+            )
 
     def metadata(self, args: SimpleNamespace, snapshot_meta: dict) -> Metadata:
-        return metadata(args, snapshot_meta, self.champion.batcher.stats, self.routing, self.log,
-                        self.challenger.version if self.challenger else None, self.shadows.failed)
+        return metadata(
+            args,
+            snapshot_meta,
+            self.champion.batcher.stats,
+            self.routing,
+            self.log,
+            self.challenger.version if self.challenger else None,
+            self.shadows.failed,
+        )
 
     def close(self) -> None:
         if self.log is not None:

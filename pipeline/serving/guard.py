@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 
-MAX_BODY_BYTES = 1 << 20          # 1 MiB: 1,000 propensity candidates with all features fit in a third
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 propensity candidates with all features fit in a third
 NO_INPUT_ROUTES = ("/metadata",)
 
 Scope = dict
@@ -46,8 +46,11 @@ ERROR_DETAIL = {
         "required": ["loc", "msg", "type"],
     },
 }
-ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}, "detail": ERROR_DETAIL},
-                "required": ["error", "detail"]}
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": ERROR_DETAIL},
+    "required": ["error", "detail"],
+}
 
 
 def error_body(message: str, loc: list, kind: str) -> bytes:
@@ -55,8 +58,13 @@ def error_body(message: str, loc: list, kind: str) -> bytes:
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -105,9 +113,15 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         media = _media_type(scope)
         if media not in (None, "application/json"):
-            return await _answer(send, 415, error_body(
-                f"the body must be application/json, not {media}", ["header", "content-type"],
-                "unsupported_media_type"))
+            return await _answer(
+                send,
+                415,
+                error_body(
+                    f"the body must be application/json, not {media}",
+                    ["header", "content-type"],
+                    "unsupported_media_type",
+                ),
+            )
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -116,8 +130,9 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                return await _answer(send, 413, error_body(
-                    f"the body is over {MAX_BODY_BYTES} bytes", ["body"], "body_too_large"))
+                return await _answer(
+                    send, 413, error_body(f"the body is over {MAX_BODY_BYTES} bytes", ["body"], "body_too_large")
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -126,16 +141,26 @@ class RequestGuard:
             try:
                 parsed = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                return await _answer(send, 400, error_body(f"Invalid JSON: the body is not JSON ({exc})", ["body"],
-                                                           "json_invalid"))
+                return await _answer(
+                    send, 400, error_body(f"Invalid JSON: the body is not JSON ({exc})", ["body"], "json_invalid")
+                )
             if not isinstance(parsed, dict):
-                return await _answer(send, 400, error_body(
-                    f"the body must be a JSON object, not {type(parsed).__name__}", ["body"], "object_type"))
+                return await _answer(
+                    send,
+                    400,
+                    error_body(f"the body must be a JSON object, not {type(parsed).__name__}", ["body"], "object_type"),
+                )
             if scope["path"] in NO_INPUT_ROUTES and parsed:
                 field = sorted(parsed)[0]
-                return await _answer(send, 400, error_body(
-                    f"{scope['path']} takes no fields; got {', '.join(sorted(parsed))}", ["body", field],
-                    "extra_forbidden"))
+                return await _answer(
+                    send,
+                    400,
+                    error_body(
+                        f"{scope['path']} takes no fields; got {', '.join(sorted(parsed))}",
+                        ["body", field],
+                        "extra_forbidden",
+                    ),
+                )
 
         sent = False
 

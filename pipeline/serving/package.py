@@ -65,13 +65,13 @@ from pipeline.core.tracking import (
 )
 
 log = logging.getLogger(__name__)
-logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per smoke-test request is noise
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke-test request is noise
 
 # What the served process imports; their dependencies are pinned with them.
 SERVING_PACKAGES = ("bentoml", "mlflow", "torch", "polars", "pandas", "numpy", "pyarrow", "pydantic", "pyyaml")
-STATES_MODEL = "shopml-user-states"   # what a family's service precomputes per known user (ModelSpec.serving_states)
-SCORE_TOLERANCE = 1e-4          # |served - evaluated| for scores and probabilities (float32 models)
-PARITY_REQUESTS = 300           # offline requests replayed (all of them when fewer)
+STATES_MODEL = "shopml-user-states"  # what a family's service precomputes per known user (ModelSpec.serving_states)
+SCORE_TOLERANCE = 1e-4  # |served - evaluated| for scores and probabilities (float32 models)
+PARITY_REQUESTS = 300  # offline requests replayed (all of them when fewer)
 
 
 class ServingError(Refused):
@@ -95,6 +95,7 @@ def bento_name(model_name: str) -> str:
 
 # Build ---------------------------------------------------------------------------------------------
 
+
 def pinned_requirements(roots: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
     """``name==version`` for the roots and everything they need, as installed (the lock file's pins).
 
@@ -113,7 +114,7 @@ def pinned_requirements(roots: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
             dist = importlib_metadata.distribution(name)
         except importlib_metadata.PackageNotFoundError:
             continue  # an optional dependency that is not installed here
-        pins[name] = dist.version.split("+")[0]   # torch 2.13.0+cpu -> 2.13.0, as in requirements.lock
+        pins[name] = dist.version.split("+")[0]  # torch 2.13.0+cpu -> 2.13.0, as in requirements.lock
         for text in dist.requires or []:
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
@@ -140,9 +141,12 @@ def _import_model(model_name: str, mv, tag: str) -> None:
         return
     except NotFound:
         pass
-    bentoml.mlflow.import_model(tag, f"models:/{model_name}/{mv.version}",
-                                labels={"registry_model": model_name, "registry_version": str(mv.version)},
-                                metadata={"run_id": mv.run_id, "dataset_version": mv.tags.get("dataset_version", "")})
+    bentoml.mlflow.import_model(
+        tag,
+        f"models:/{model_name}/{mv.version}",
+        labels={"registry_model": model_name, "registry_version": str(mv.version)},
+        metadata={"run_id": mv.run_id, "dataset_version": mv.tags.get("dataset_version", "")},
+    )
 
 
 def _snapshot(paths: StatePaths, spec, dataset_version: str) -> tuple[str, str]:
@@ -186,15 +190,17 @@ def user_states(spec, model_tag: str, snapshot_tag: str) -> str | None:
         pass
     python_model = bentoml.mlflow.load_model(bentoml.models.get(model_tag)).unwrap_python_model()
     snapshot = FeatureSnapshot.load(bentoml.models.get(snapshot_tag).path)
-    with bentoml.models.create(tag, labels={"model": model_tag.replace(":", "_"),
-                                            "snapshot": snapshot_tag.replace(":", "_")}) as model:
+    with bentoml.models.create(
+        tag, labels={"model": model_tag.replace(":", "_"), "snapshot": snapshot_tag.replace(":", "_")}
+    ) as model:
         meta = spec.serving_states(python_model, snapshot, Path(model.path))
     log.info("user states %s: %d users in %.1f s", tag, meta["users"], meta["seconds"])
     return tag
 
 
-def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
-                dataset_version: str | None = None) -> Packaged:
+def build_bento(
+    paths: StatePaths, model_name: str, version: str | None = None, dataset_version: str | None = None
+) -> Packaged:
     """Import the version and the feature snapshot of the dataset version it was trained on (or of
     ``dataset_version``) into the Bento store and build its Bento (idempotent)."""
     use_bento_home(paths)
@@ -207,8 +213,10 @@ def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
     run = client.get_run(mv.run_id)
     trained_on = run.data.tags.get("dataset_version")
     if not (dataset_version or trained_on):
-        raise RegistryError(f"{model_name} version {mv.version} (run {mv.run_id}) records no dataset version; "
-                            "its features cannot be packaged")
+        raise RegistryError(
+            f"{model_name} version {mv.version} (run {mv.run_id}) records no dataset version; "
+            "its features cannot be packaged"
+        )
     suffix = f"v{mv.version}-{mv.run_id[:8]}"
     model_tag, bento_tag = f"{model_name}:{suffix}", f"{bento_name(model_name)}:{suffix}"
     _import_model(model_name, mv, model_tag)
@@ -216,21 +224,32 @@ def build_bento(paths: StatePaths, model_name: str, version: str | None = None,
     states_tag = user_states(spec, model_tag, snapshot_tag)
     try:
         existing = bentoml.bentos.get(bento_tag)
-        if (existing.info.args.get("snapshot_tag"), existing.info.args.get("states_tag")) == (snapshot_tag,
-                                                                                               states_tag):
+        if (existing.info.args.get("snapshot_tag"), existing.info.args.get("states_tag")) == (snapshot_tag, states_tag):
             return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
-        bentoml.bentos.delete(bento_tag)   # built by an older release or on another snapshot: rebuild
+        bentoml.bentos.delete(bento_tag)  # built by an older release or on another snapshot: rebuild
     except NotFound:
         pass
-    args = {"model_name": model_name, "model_tag": model_tag, "snapshot_tag": snapshot_tag,
-            **({"states_tag": states_tag} if states_tag else {}),
-            "version": str(mv.version), "run_id": mv.run_id,
-            "dataset_version": run.data.tags.get("dataset_version", "unknown"),
-            "git_commit": run.data.tags.get("git_commit", "unknown"), "bento_tag": bento_tag}
-    bento_tag = build(args, spec.service, labels={"registry_model": model_name, "registry_version": str(mv.version),
-                                    "features_dataset_version": dataset_version[:63]},
-                      description=f"{model_name} version {mv.version} (run {mv.run_id}), features of dataset "
-                                  f"{dataset_version}")
+    args = {
+        "model_name": model_name,
+        "model_tag": model_tag,
+        "snapshot_tag": snapshot_tag,
+        **({"states_tag": states_tag} if states_tag else {}),
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "dataset_version": run.data.tags.get("dataset_version", "unknown"),
+        "git_commit": run.data.tags.get("git_commit", "unknown"),
+        "bento_tag": bento_tag,
+    }
+    bento_tag = build(
+        args,
+        spec.service,
+        labels={
+            "registry_model": model_name,
+            "registry_version": str(mv.version),
+            "features_dataset_version": dataset_version[:63],
+        },
+        description=f"{model_name} version {mv.version} (run {mv.run_id}), features of dataset {dataset_version}",
+    )
     return Packaged(model_name, str(mv.version), bento_tag, model_tag, snapshot_tag)
 
 
@@ -241,17 +260,24 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
 
     name, version = args["bento_tag"].split(":")
     bento = bentoml.bentos.build(
-        service, name=name, version=version, build_ctx=str(REPO_ROOT),
-        include=["pipeline/**/*.py", "models/**/*.py"], exclude=["**/__pycache__"],
+        service,
+        name=name,
+        version=version,
+        build_ctx=str(REPO_ROOT),
+        include=["pipeline/**/*.py", "models/**/*.py"],
+        exclude=["**/__pycache__"],
         python={"packages": pinned_requirements(), "lock_packages": False},
-        labels=labels or {}, description=description, args=args,
+        labels=labels or {},
+        description=description,
+        args=args,
     )
     log.info("built Bento %s", bento.tag)
     return str(bento.tag)
 
 
-def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None, bento_tag: str | None = None,
-                  alias: str = CHAMPION) -> str:
+def resolve_bento(
+    paths: StatePaths, model_name: str, version: str | None = None, bento_tag: str | None = None, alias: str = CHAMPION
+) -> str:
     """The Bento to serve: a given tag, or the one a version (default: the one ``alias`` names) was
     packaged as."""
     if bento_tag:
@@ -259,12 +285,15 @@ def resolve_bento(paths: StatePaths, model_name: str, version: str | None = None
     mv = model_version(mlflow_client(paths), model_name, version, alias)
     tag = mv.tags.get("bento_tag")
     if not tag:
-        raise NotRegistered(f"{model_name} version {mv.version} was never packaged; run "
-                            f"`{command('package', '--model', model_name, '--version', mv.version)}`")
+        raise NotRegistered(
+            f"{model_name} version {mv.version} was never packaged; run "
+            f"`{command('package', '--model', model_name, '--version', mv.version)}`"
+        )
     return tag
 
 
 # Serve ---------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -282,8 +311,14 @@ def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[st
 
 
 @contextmanager
-def served(paths: StatePaths, bento_tag: str, env: dict[str, str] | None = None, startup_s: float = 240,
-           log_path: Path | None = None, port: int | None = None) -> Iterator[str]:
+def served(
+    paths: StatePaths,
+    bento_tag: str,
+    env: dict[str, str] | None = None,
+    startup_s: float = 240,
+    log_path: Path | None = None,
+    port: int | None = None,
+) -> Iterator[str]:
     """A real ``bentoml serve`` process of the Bento on a free loopback port; yields its base URL.
 
     Waits for ``/readyz``; the process (and its workers) is stopped on exit. A process that dies or
@@ -297,8 +332,14 @@ def served(paths: StatePaths, bento_tag: str, env: dict[str, str] | None = None,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(serve_command(bento_tag, port), stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            serve_command(bento_tag, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -324,7 +365,7 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -343,6 +384,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 # Smoke test and parity -----------------------------------------------------------------------------
+
 
 @dataclass
 class SmokeReport:
@@ -367,8 +409,10 @@ def offline_predictions(paths: StatePaths, model_name: str, version: str) -> pd.
         try:
             path = client.download_artifacts(mv.run_id, f"evaluation/{PREDICTIONS}", tmp)
         except Exception as exc:
-            raise RegistryError(f"{model_name} version {version} (run {mv.run_id}) has no evaluation/{PREDICTIONS}; "
-                                f"evaluate it first: {exc}") from None
+            raise RegistryError(
+                f"{model_name} version {version} (run {mv.run_id}) has no evaluation/{PREDICTIONS}; "
+                f"evaluate it first: {exc}"
+            ) from None
         return pd.read_parquet(path)
 
 
@@ -388,8 +432,9 @@ def _post(client, url: str, body) -> tuple[dict, float]:
     return response.json(), elapsed
 
 
-def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
-               requests: int = PARITY_REQUESTS) -> SmokeReport:
+def smoke_test(
+    paths: StatePaths, model_name: str, version: str, bento_tag: str, requests: int = PARITY_REQUESTS
+) -> SmokeReport:
     """Serve ``bento_tag`` and check it answers like ``version`` did in its offline evaluation.
 
     Raises:
@@ -405,16 +450,24 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
     checks = []
     # One worker is enough to check answers, and starts in half the time on a small task machine.
     # The smoke test's requests are not the shop's traffic: nothing of them goes to the prediction log.
-    with served(paths, bento_tag, env={"SHOPML_API_WORKERS": os.environ.get("SHOPML_SMOKE_WORKERS", "1"),
-                                       "SHOPML_PREDICTION_LOG": "off"}) as url, \
-            httpx.Client(timeout=60) as client:
+    with (
+        served(
+            paths,
+            bento_tag,
+            env={"SHOPML_API_WORKERS": os.environ.get("SHOPML_SMOKE_WORKERS", "1"), "SHOPML_PREDICTION_LOG": "off"},
+        ) as url,
+        httpx.Client(timeout=60) as client,
+    ):
+
         def post(endpoint: str, body) -> tuple[dict, float]:
             return _post(client, f"{url}/{endpoint}", body)
 
         meta, _ = post("metadata", {})
         if meta["version"] != str(version) or meta["bento_tag"] != bento_tag:
-            raise ServingError(f"{bento_tag} says it serves version {meta['version']} ({meta['bento_tag']}), "
-                               f"not {model_name} version {version}")
+            raise ServingError(
+                f"{bento_tag} says it serves version {meta['version']} ({meta['bento_tag']}), "
+                f"not {model_name} version {version}"
+            )
         checks.append(f"metadata: {model_name} version {meta['version']}, dataset {meta['dataset_version'][:12]}")
         endpoint = spec.endpoint
         bad = client.post(f"{url}/{endpoint}", json={"no_such_field": 1})
@@ -429,27 +482,43 @@ def smoke_test(paths: StatePaths, model_name: str, version: str, bento_tag: str,
         parity = spec.parity(post, expected)
         by_user = None
         if spec.user_parity is not None:
-            by_user = spec.user_parity(post, _python_model(bento_tag),
-                                       open_dataset(paths, meta["features_dataset_version"]), requests)
+            by_user = spec.user_parity(
+                post, _python_model(bento_tag), open_dataset(paths, meta["features_dataset_version"]), requests
+            )
     mismatches, worst, times, examples = parity.mismatches, parity.max_abs_diff, parity.times_ms, parity.examples
-    report = SmokeReport(bento_tag, str(version), len(expected), mismatches, worst,
-                         float(np.percentile(times, 50)), float(np.percentile(times, 95)), checks)
+    report = SmokeReport(
+        bento_tag,
+        str(version),
+        len(expected),
+        mismatches,
+        worst,
+        float(np.percentile(times, 50)),
+        float(np.percentile(times, 95)),
+        checks,
+    )
     if mismatches or worst > SCORE_TOLERANCE:
-        raise ParityError(f"{bento_tag}: {mismatches} of {len(expected)} served answers differ from {model_name} "
-                          f"version {version}'s offline evaluation (largest score difference {worst:.2e}, "
-                          f"tolerance {SCORE_TOLERANCE:g}); " + "; ".join(examples))
-    report.checks.append(f"parity: {len(expected)} offline requests replayed, answers identical, "
-                         f"largest score difference {worst:.2e}")
+        raise ParityError(
+            f"{bento_tag}: {mismatches} of {len(expected)} served answers differ from {model_name} "
+            f"version {version}'s offline evaluation (largest score difference {worst:.2e}, "
+            f"tolerance {SCORE_TOLERANCE:g}); " + "; ".join(examples)
+        )
+    report.checks.append(
+        f"parity: {len(expected)} offline requests replayed, answers identical, largest score difference {worst:.2e}"
+    )
     if by_user is not None:
         n = len(by_user.times_ms)
         if by_user.mismatches or by_user.max_abs_diff > SCORE_TOLERANCE:
-            raise ParityError(f"{bento_tag}: {by_user.mismatches} answers to {n} requests by user id differ from "
-                              f"those of {model_name} version {version} on the offline features of dataset "
-                              f"{meta['features_dataset_version'][:12]} (largest score difference "
-                              f"{by_user.max_abs_diff:.2e}): the feature snapshot or the packaged user states "
-                              "disagree with training; " + "; ".join(by_user.examples))
-        report.checks.append(f"parity by user id: {n} requests answered as from the offline features of the "
-                             f"same users, largest score difference {by_user.max_abs_diff:.2e}")
+            raise ParityError(
+                f"{bento_tag}: {by_user.mismatches} answers to {n} requests by user id differ from "
+                f"those of {model_name} version {version} on the offline features of dataset "
+                f"{meta['features_dataset_version'][:12]} (largest score difference "
+                f"{by_user.max_abs_diff:.2e}): the feature snapshot or the packaged user states "
+                "disagree with training; " + "; ".join(by_user.examples)
+            )
+        report.checks.append(
+            f"parity by user id: {n} requests answered as from the offline features of the "
+            f"same users, largest score difference {by_user.max_abs_diff:.2e}"
+        )
     return report
 
 
@@ -461,8 +530,14 @@ def _python_model(bento_tag: str):
     return bentoml.mlflow.load_model(bentoml.models.get(model_tag)).unwrap_python_model()
 
 
-def package(paths: StatePaths, model_name: str, version: str | None = None,
-            requests: int = PARITY_REQUESTS, dataset_version: str | None = None, smoke: bool = True) -> Packaged:
+def package(
+    paths: StatePaths,
+    model_name: str,
+    version: str | None = None,
+    requests: int = PARITY_REQUESTS,
+    dataset_version: str | None = None,
+    smoke: bool = True,
+) -> Packaged:
     """Build, serve and check a version's Bento; record the outcome on the model version. With
     ``smoke`` False (policy ``require_smoke_test: false``) the Bento is built and recorded, not started."""
     packaged = build_bento(paths, model_name, version, dataset_version)

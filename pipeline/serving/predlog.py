@@ -32,13 +32,20 @@ from pipeline.data.predictions import SCHEMA, partition
 log = logging.getLogger(__name__)
 
 FIELDS = tuple(SCHEMA.names)
-CHUNK_ROWS = 256   # answers converted to Arrow per hold of the GIL
+CHUNK_ROWS = 256  # answers converted to Arrow per hold of the GIL
 
 
 class PredictionLog:
-    def __init__(self, root: str, model: str, capacity: int = 10_000, flush_rows: int = 5_000,
-                 flush_seconds: float = 30.0, on_drop: Callable[[int, str], None] | None = None,
-                 on_write: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        model: str,
+        capacity: int = 10_000,
+        flush_rows: int = 5_000,
+        flush_seconds: float = 30.0,
+        on_drop: Callable[[int, str], None] | None = None,
+        on_write: Callable[[int], None] | None = None,
+    ) -> None:
         import fsspec
 
         self.root, self.model = root.rstrip("/"), model
@@ -55,11 +62,32 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name=f"prediction-log-{model}", daemon=True)
         self._thread.start()
 
-    def record(self, *, request_id: str, ts: datetime, model_version: str, role: str, user_id: str | None,
-               items: list[str], scores: list[float], source: str, history: Sequence[str] = ()) -> bool:
+    def record(
+        self,
+        *,
+        request_id: str,
+        ts: datetime,
+        model_version: str,
+        role: str,
+        user_id: str | None,
+        items: list[str],
+        scores: list[float],
+        source: str,
+        history: Sequence[str] = (),
+    ) -> bool:
         """Queue one answer; False (and counted) when the queue is full. Never raises."""
-        row = (request_id, ts, self.model, model_version, role, user_id or "", list(items),
-               [float(s) for s in scores], source, list(history))
+        row = (
+            request_id,
+            ts,
+            self.model,
+            model_version,
+            role,
+            user_id or "",
+            list(items),
+            [float(s) for s in scores],
+            source,
+            list(history),
+        )
         try:
             self.queue.put_nowait(row)
             return True
@@ -72,7 +100,7 @@ class PredictionLog:
         if self.on_drop is not None:
             try:
                 self.on_drop(n, reason)
-            except Exception:   # a metrics backend must not break the log either
+            except Exception:  # a metrics backend must not break the log either
                 log.exception("prediction log: the drop counter failed")
 
     def _run(self) -> None:
@@ -83,7 +111,7 @@ class PredictionLog:
             with contextlib.suppress(queue.Empty):
                 pending.append(self.queue.get(timeout=min(timeout, 0.5)))
             stopping = self._stop.is_set()
-            if stopping:   # take what is left, then write it
+            if stopping:  # take what is left, then write it
                 while True:
                     try:
                         pending.append(self.queue.get_nowait())
@@ -109,12 +137,12 @@ class PredictionLog:
                 name = f"{self._name}-{uuid.uuid4().hex[:12]}.parquet"
                 self.fs.makedirs(folder, exist_ok=True)
                 target = f"{folder}/{name}"
-                if self.local:   # readers see a complete file or none
+                if self.local:  # readers see a complete file or none
                     tmp = f"{folder}/.{name}.tmp"
                     with self.fs.open(tmp, "wb") as fh:
                         pq.write_table(table, fh)
                     self.fs.mv(tmp, target)
-                else:            # an object store's PUT is atomic
+                else:  # an object store's PUT is atomic
                     with self.fs.open(target, "wb") as fh:
                         pq.write_table(table, fh)
                 self.written += len(part)
@@ -122,10 +150,11 @@ class PredictionLog:
                     self.on_write(len(part))
             except Exception as exc:
                 self._drop(len(part), "sink_error")
-                if time.monotonic() - self._last_error > 60:   # one line a minute, not one per flush
+                if time.monotonic() - self._last_error > 60:  # one line a minute, not one per flush
                     self._last_error = time.monotonic()
-                    log.warning("prediction log: %d answers dropped, %s could not be written: %s", len(part),
-                                folder, exc)
+                    log.warning(
+                        "prediction log: %d answers dropped, %s could not be written: %s", len(part), folder, exc
+                    )
 
     @staticmethod
     def _table(rows: list[tuple]):
@@ -136,10 +165,11 @@ class PredictionLog:
 
         chunks = []
         for start in range(0, len(rows), CHUNK_ROWS):
-            part = rows[start:start + CHUNK_ROWS]
-            chunks.append(pa.Table.from_pydict({name: [r[i] for r in part] for i, name in enumerate(FIELDS)},
-                                               schema=SCHEMA))
-            time.sleep(0)   # let the request threads run
+            part = rows[start : start + CHUNK_ROWS]
+            chunks.append(
+                pa.Table.from_pydict({name: [r[i] for r in part] for i, name in enumerate(FIELDS)}, schema=SCHEMA)
+            )
+            time.sleep(0)  # let the request threads run
         return pa.concat_tables(chunks)
 
     def close(self, timeout: float = 10.0) -> None:

@@ -28,8 +28,10 @@ class ReplayResult:
     statuses: dict[int, int]
 
     def line(self, model: str, day: str) -> str:
-        return (f"replayed {self.requests} {model} requests of {day} in {self.seconds:.1f} s "
-                f"({self.requests / max(self.seconds, 1e-9):.0f}/s), {self.failed} failed")
+        return (
+            f"replayed {self.requests} {model} requests of {day} in {self.seconds:.1f} s "
+            f"({self.requests / max(self.seconds, 1e-9):.0f}/s), {self.failed} failed"
+        )
 
 
 def read_day(path: Path) -> pl.DataFrame:
@@ -43,8 +45,9 @@ def read_day(path: Path) -> pl.DataFrame:
         raise BadInput(f"{path}: not a canonical events file, columns {sorted(missing)} are missing")
     if frame.schema["event_time"] == pl.String:
         frame = frame.with_columns(pl.col("event_time").str.to_datetime(time_zone="UTC"))
-    return frame.with_columns(pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items() if c in frame.columns
-                              and c != "event_time").sort("event_time", "session_id")
+    return frame.with_columns(
+        pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items() if c in frame.columns and c != "event_time"
+    ).sort("event_time", "session_id")
 
 
 def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, limit: int | None = None) -> ReplayResult:
@@ -68,6 +71,7 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
         for r in requests:
             queue.put_nowait(r)
         async with httpx.AsyncClient(timeout=60) as client:
+
             async def worker() -> None:
                 while not queue.empty():
                     at, body = queue.get_nowait()

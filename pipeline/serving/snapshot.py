@@ -29,7 +29,7 @@ from pipeline.families.spec import SnapshotTables
 
 SNAPSHOT_MODEL = "shopml-features"
 # Bump when the snapshot's layout changes, so a Bento store never reuses a snapshot of the old layout.
-SNAPSHOT_FORMAT = 4   # 4: one snapshot per family, its tables and their keys named in meta.json
+SNAPSHOT_FORMAT = 4  # 4: one snapshot per family, its tables and their keys named in meta.json
 
 View = TypeVar("View")
 
@@ -44,8 +44,9 @@ def write_snapshot(tables: SnapshotTables | None, canonical: Path, dataset_versi
     return write_snapshot_of(tables, load_events(canonical), latest_catalog(canonical), dataset_version, out)
 
 
-def write_snapshot_of(tables: SnapshotTables | None, events: pl.DataFrame, catalog: pl.DataFrame,
-                      dataset_version: str, out: Path) -> dict:
+def write_snapshot_of(
+    tables: SnapshotTables | None, events: pl.DataFrame, catalog: pl.DataFrame, dataset_version: str, out: Path
+) -> dict:
     """Write the tables ``tables`` builds from these events (canonical schema) as of the end of
     their last day (none for a family without: ``ModelSpec.snapshot_tables`` None), and ``meta.json``
     naming each table's key columns."""
@@ -58,8 +59,14 @@ def write_snapshot_of(tables: SnapshotTables | None, events: pl.DataFrame, catal
             raise ValueError(f"snapshot table {name!r} has no key column {missing}; columns: {table.columns}")
         table.write_parquet(out / f"{name}.parquet")
         keys[name] = list(on)
-    meta = {"dataset_version": dataset_version, "cutoff": cutoff.isoformat(), "events": events.height,
-            "users": events["user_id"].n_unique(), "items": catalog.height, "keys": keys}
+    meta = {
+        "dataset_version": dataset_version,
+        "cutoff": cutoff.isoformat(),
+        "events": events.height,
+        "users": events["user_id"].n_unique(),
+        "items": catalog.height,
+        "keys": keys,
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -115,8 +122,10 @@ class FeatureSnapshot:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         if "keys" not in meta:
-            raise ValueError(f"{path}: a feature snapshot of an older layout (no 'keys' in meta.json); "
-                             "package the model again to rebuild it")
+            raise ValueError(
+                f"{path}: a feature snapshot of an older layout (no 'keys' in meta.json); "
+                "package the model again to rebuild it"
+            )
         snapshot = cls(meta, {name: pl.read_parquet(path / f"{name}.parquet") for name in meta["keys"]})
         snapshot._indexes = {name: RowIndex(table, meta["keys"][name]) for name, table in snapshot.tables.items()}
         return snapshot

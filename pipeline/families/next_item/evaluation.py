@@ -22,7 +22,7 @@ from pipeline.families.next_item.features import ItemVocab, next_item_examples, 
 from pipeline.families.spec import ParityOutcome, Post
 
 K = 20
-HISTORY_LEN = 200        # the longest history sent to a model; each model keeps what it can use
+HISTORY_LEN = 200  # the longest history sent to a model; each model keeps what it can use
 
 
 def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str] | None = None) -> TestSet:
@@ -48,13 +48,15 @@ def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str] | No
     # The co-occurrence baseline, counted on every sequence before the test period: what the
     # candidate's own training and test histories could know, never more.
     cooccurrence = CooccurrenceRecommender(vocab.size, list(histories.values()))
-    top = [] if not len(examples.targets) else \
-        cooccurrence.score(torch.from_numpy(examples.histories))[:, 2:].topk(min(K, vocab.size - 2)).indices + 2
+    top = (
+        []
+        if not len(examples.targets)
+        else cooccurrence.score(torch.from_numpy(examples.histories))[:, 2:].topk(min(K, vocab.size - 2)).indices + 2
+    )
     return TestSet(
         inputs=pd.DataFrame({"history": [list(raw_of.get(u) or []) for u in examples.users], "k": K}),
         users=np.array(examples.users, dtype=object),
-        slices=slices(examples.users, pl.Series(targets.tolist(), dtype=pl.String), events, catalog,
-                      split.train_end),
+        slices=slices(examples.users, pl.Series(targets.tolist(), dtype=pl.String), events, catalog, split.train_end),
         targets=targets,
         catalog_items=len(vocab.ids),
         item_popularity=dict(zip(counts["item_id"].to_list(), counts["len"].to_list(), strict=True)),
@@ -83,10 +85,16 @@ def score(model, test: TestSet, batch: int = 512) -> ModelScores:
     # Popularity bias: mean popularity percentile of what is recommended (1.0 = the most popular item).
     counts = np.array(sorted(test.item_popularity.values()))
     pops = np.array([test.item_popularity.get(i, 0) for i in recommended])
-    metrics["popularity_bias"] = float(np.searchsorted(counts, pops, side="right").mean() / max(len(counts), 1)) \
-        if pops.size else float("nan")
-    return ModelScores(metrics, values, per_slice(test, lambda m: ranking_metrics(values, m)),
-                       latency_p95(model, test.inputs), predictions)
+    metrics["popularity_bias"] = (
+        float(np.searchsorted(counts, pops, side="right").mean() / max(len(counts), 1)) if pops.size else float("nan")
+    )
+    return ModelScores(
+        metrics,
+        values,
+        per_slice(test, lambda m: ranking_metrics(values, m)),
+        latency_p95(model, test.inputs),
+        predictions,
+    )
 
 
 def _top_list_scores(test: TestSet, top_items: list[list[str]]) -> ModelScores:
@@ -113,13 +121,15 @@ def baselines(client, run_id: str, test: TestSet, tmp) -> dict[str, ModelScores]
 def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
     """Replay each evaluated history against ``/recommend``: the same top-k, scores within tolerance
     (the caller compares ``max_abs_diff``)."""
-    bodies = [{"history": [str(i) for i in h], "k": int(k)} for h, k in zip(expected["history"], expected["k"],
-                                                                              strict=True)]
+    bodies = [
+        {"history": [str(i) for i in h], "k": int(k)} for h, k in zip(expected["history"], expected["k"], strict=True)
+    ]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda b: post("recommend", b), bodies))
     mismatches, worst, examples = 0, 0.0, []
-    for (answer, _), items, scores, user in zip(answers, expected["predicted_items"], expected["predicted_scores"],
-                                                expected["user_id"], strict=True):
+    for (answer, _), items, scores, user in zip(
+        answers, expected["predicted_items"], expected["predicted_scores"], expected["user_id"], strict=True
+    ):
         items, scores = list(items), np.asarray(scores, dtype=float)
         if answer["items"] != items:
             mismatches += 1
@@ -153,15 +163,25 @@ def offline_user_answers(python_model, events: pl.DataFrame, users: list[str], k
     for row, user in enumerate(users):
         seq = sequences.get(user, np.zeros(0, dtype=np.int64))[-max_len:]
         if seq.size:
-            encoded[row, -seq.size:] = seq
-    bought = (events.filter((pl.col("event_type") == "purchase") & pl.col("user_id").is_in(users))
-              .group_by("user_id").agg(pl.col("item_id").unique()))
+            encoded[row, -seq.size :] = seq
+    bought = (
+        events.filter((pl.col("event_type") == "purchase") & pl.col("user_id").is_in(users))
+        .group_by("user_id")
+        .agg(pl.col("item_id").unique())
+    )
     purchased = dict(zip(bought["user_id"].to_list(), bought["item_id"].to_list(), strict=True))
     states = python_model.user_states(torch.from_numpy(encoded))
     plain = python_model.rank(states, [k] * len(users))
     filtered = python_model.rank(states, [k] * len(users), [purchased.get(u, []) for u in users])
-    return pd.DataFrame({"user_id": users, "items": plain["items"], "scores": plain["scores"],
-                         "items_no_purchased": filtered["items"], "scores_no_purchased": filtered["scores"]})
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "items": plain["items"],
+            "scores": plain["scores"],
+            "items_no_purchased": filtered["items"],
+            "scores_no_purchased": filtered["scores"],
+        }
+    )
 
 
 def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOutcome:
@@ -169,7 +189,7 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     offline from the training features of the snapshot's dataset version."""
     from pipeline.data.dataset import SEQUENCE_EVENT_TYPES
 
-    events = dataset.events()      # read once: the users to sample and their offline answers
+    events = dataset.events()  # read once: the users to sample and their offline answers
     stepped = events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
     users = parity_users(stepped["user_id"].unique().to_list(), n)
     expected = offline_user_answers(python_model, events, users)
@@ -184,8 +204,10 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
         if answer["items"] != items or not answer["user_known"]:
             mismatches += 1
             if len(examples) < 3:
-                examples.append(f"user_id {body['user_id']}{' exclude_purchased' if suffix else ''}: served "
-                                f"{answer['items'][:5]}..., offline features give {items[:5]}...")
+                examples.append(
+                    f"user_id {body['user_id']}{' exclude_purchased' if suffix else ''}: served "
+                    f"{answer['items'][:5]}..., offline features give {items[:5]}..."
+                )
             continue
         worst = max(worst, float(np.max(np.abs(np.asarray(answer["scores"]) - scores), initial=0.0)))
     return ParityOutcome(mismatches, worst, [t for _, t in answers], examples)
@@ -199,7 +221,7 @@ def smoke_checks(post: Post) -> list[str]:
     return ["cold start: popularity fallback"]
 
 
-FLOOR_WINDOWS = {"cooccurrence": 3, "popularity": 0}   # transitions counted: none is popularity alone
+FLOOR_WINDOWS = {"cooccurrence": 3, "popularity": 0}  # transitions counted: none is popularity alone
 
 
 def floor_pyfuncs(names, events: pl.DataFrame, split: TimeSplit, max_len: int = HISTORY_LEN) -> dict:
@@ -218,13 +240,19 @@ def floor_pyfuncs(names, events: pl.DataFrame, split: TimeSplit, max_len: int = 
     sequences = list(user_sequences(events, vocab, split.valid_end).values())
     counts = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, np.int64), minlength=vocab.size)[2:]
     popular = [vocab.ids[i] for i in np.argsort(-counts, kind="stable")[:POPULAR_KEPT]]
-    return {name: SASRecPyfunc.from_parts(CooccurrenceScorer(
-        CooccurrenceRecommender(vocab.size, sequences, window=FLOOR_WINDOWS[name]), max_len), list(vocab.ids), popular)
-        for name in names}
+    return {
+        name: SASRecPyfunc.from_parts(
+            CooccurrenceScorer(CooccurrenceRecommender(vocab.size, sequences, window=FLOOR_WINDOWS[name]), max_len),
+            list(vocab.ids),
+            popular,
+        )
+        for name in names
+    }
 
 
-def floor_model(name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir,
-                client=None, run_id: str = "") -> dict:
+def floor_model(
+    name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir, client=None, run_id: str = ""
+) -> dict:
     """``floor_pyfuncs``' ``name`` as the arguments of ``mlflow.pyfunc.log_model``: packaged and served
     like SASRec."""
     from pipeline.families.next_item.pyfunc import pyfunc_model_args

@@ -40,7 +40,8 @@ class ItemVocab:
     def encode(self, item_ids: pl.Series) -> np.ndarray:
         mapping = pl.DataFrame({"item_id": list(self.ids), "idx": np.arange(2, self.size, dtype=np.int64)})
         frame = pl.DataFrame({"item_id": item_ids.cast(pl.String)}).join(
-            mapping, on="item_id", how="left", maintain_order="left")
+            mapping, on="item_id", how="left", maintain_order="left"
+        )
         return frame["idx"].fill_null(UNKNOWN).to_numpy()
 
     def decode(self, indices: np.ndarray) -> list[str | None]:
@@ -53,7 +54,7 @@ class NextItemExamples:
 
     users: list[str]
     histories: np.ndarray  # [n, max_len] int64
-    targets: np.ndarray    # [n] int64
+    targets: np.ndarray  # [n] int64
 
 
 def collapse_repeats(steps: pl.DataFrame) -> pl.DataFrame:
@@ -65,8 +66,9 @@ def collapse_repeats(steps: pl.DataFrame) -> pl.DataFrame:
     two "unknown" steps in both.
     """
     previous_item, previous_user = pl.col("item_id").shift(1), pl.col("user_id").shift(1)
-    return steps.filter((pl.col("item_id") != previous_item) | (pl.col("user_id") != previous_user)
-                        | previous_item.is_null())
+    return steps.filter(
+        (pl.col("item_id") != previous_item) | (pl.col("user_id") != previous_user) | previous_item.is_null()
+    )
 
 
 def user_steps(events: pl.DataFrame) -> pl.DataFrame:
@@ -74,8 +76,11 @@ def user_steps(events: pl.DataFrame) -> pl.DataFrame:
     ordering of training, serving and monitoring. Events at the same instant (items bought together
     at checkout) are ordered by item id: a sort on time alone leaves their order to the sort's
     threads, and the snapshot's history of such a user then differed from the training sequence."""
-    return collapse_repeats(events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-                            .select("user_id", "event_time", "item_id").sort("user_id", "event_time", "item_id"))
+    return collapse_repeats(
+        events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+        .select("user_id", "event_time", "item_id")
+        .sort("user_id", "event_time", "item_id")
+    )
 
 
 def user_sequences(events: pl.DataFrame, vocab: ItemVocab, before: datetime) -> dict[str, np.ndarray]:
@@ -91,17 +96,23 @@ def user_histories(events: pl.DataFrame, kept: int) -> pl.DataFrame:
     training) and every item bought: what the serving snapshot holds per user."""
     steps = user_steps(events)
     histories = steps.group_by("user_id", maintain_order=True).agg(pl.col("item_id").tail(kept).alias("items"))
-    bought = (events.filter(pl.col("event_type") == "purchase").group_by("user_id")
-              .agg(pl.col("item_id").unique().sort().alias("purchased")))
-    return histories.join(bought, on="user_id", how="full", coalesce=True).with_columns(
-        pl.col("items").fill_null([]), pl.col("purchased").fill_null([])).sort("user_id")
+    bought = (
+        events.filter(pl.col("event_type") == "purchase")
+        .group_by("user_id")
+        .agg(pl.col("item_id").unique().sort().alias("purchased"))
+    )
+    return (
+        histories.join(bought, on="user_id", how="full", coalesce=True)
+        .with_columns(pl.col("items").fill_null([]), pl.col("purchased").fill_null([]))
+        .sort("user_id")
+    )
 
 
 def left_pad(seq: np.ndarray, max_len: int) -> np.ndarray:
     out = np.zeros(max_len, dtype=np.int64)
     tail = seq[-max_len:]
     if tail.size:
-        out[-tail.size:] = tail
+        out[-tail.size :] = tail
     return out
 
 
@@ -123,9 +134,10 @@ def next_item_examples(
     are left out; their count is returned beside the examples.
     """
     window = events.filter(
-        (pl.col("event_time") >= history_end) & (pl.col("event_time") < window_end)
+        (pl.col("event_time") >= history_end)
+        & (pl.col("event_time") < window_end)
         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)
-    ).sort("event_time", "item_id")   # ties (a checkout) in one order, as in user_steps
+    ).sort("event_time", "item_id")  # ties (a checkout) in one order, as in user_steps
     window = window.with_columns(pl.Series("idx", vocab.encode(window["item_id"])))
     users, hist, targets, unknown = [], [], [], 0
     for user, items in window.group_by("user_id", maintain_order=True).agg(pl.col("idx")).iter_rows():
@@ -159,7 +171,7 @@ def training_windows(sequences: dict[str, np.ndarray], max_len: int) -> np.ndarr
         if seq.size < 2:
             continue
         for end in range(seq.size, 1, -max_len):
-            rows.append(left_pad(seq[max(0, end - max_len - 1):end], max_len + 1))
+            rows.append(left_pad(seq[max(0, end - max_len - 1) : end], max_len + 1))
     return np.stack(rows) if rows else np.zeros((0, max_len + 1), dtype=np.int64)
 
 
@@ -169,15 +181,15 @@ class RecommenderFeatures:
 
     split: TimeSplit
     vocab: ItemVocab
-    windows: np.ndarray              # [n, max_len + 1] training windows
+    windows: np.ndarray  # [n, max_len + 1] training windows
     valid: NextItemExamples
     test: NextItemExamples
-    train_items: np.ndarray          # every training-period interaction (popularity, cold start)
-    recent_items: np.ndarray         # the last ``recent_days`` of training (recent popularity)
+    train_items: np.ndarray  # every training-period interaction (popularity, cold start)
+    recent_items: np.ndarray  # the last ``recent_days`` of training (recent popularity)
     test_sequences: list[np.ndarray]  # each user's history up to the test period (co-occurrence)
     counts: dict[str, int]
     train_sequences: list[np.ndarray] | None = None  # each user's history up to train_end (co-occurrence
-                                                     # with SASRec's own information, for validation)
+    # with SASRec's own information, for validation)
 
 
 def write_features(out: Path, dataset: Dataset, params: TrainRecommenderParams):
@@ -191,28 +203,42 @@ def write_features(out: Path, dataset: Dataset, params: TrainRecommenderParams):
     # The test history includes validation-period interactions, as it will when serving.
     test_sequences = user_sequences(events, vocab, split.valid_end)
     windows = training_windows(sequences, params.max_len)
-    valid, valid_unknown = next_item_examples(events, vocab, sequences, split.train_end, split.valid_end,
-                                              params.max_len)
-    test, test_unknown = next_item_examples(events, vocab, test_sequences, split.valid_end, split.end,
-                                            params.max_len)
+    valid, valid_unknown = next_item_examples(
+        events, vocab, sequences, split.train_end, split.valid_end, params.max_len
+    )
+    test, test_unknown = next_item_examples(events, vocab, test_sequences, split.valid_end, split.end, params.max_len)
     if windows.shape[0] == 0 or len(valid.targets) == 0:
         raise BadInput("no training sequences or no validation examples in the split")
-    recent = events.filter((pl.col("event_time") >= split.train_end - timedelta(days=params.recent_days))
-                           & (pl.col("event_time") < split.train_end))
+    recent = events.filter(
+        (pl.col("event_time") >= split.train_end - timedelta(days=params.recent_days))
+        & (pl.col("event_time") < split.train_end)
+    )
     test_seqs, train_seqs = list(test_sequences.values()), list(sequences.values())
     (out / "vocab.json").write_text(json.dumps(list(vocab.ids)))
     np.savez(
-        out / "arrays.npz", windows=windows,
-        valid_histories=valid.histories, valid_targets=valid.targets, valid_users=np.asarray(valid.users, dtype=str),
-        test_histories=test.histories, test_targets=test.targets, test_users=np.asarray(test.users, dtype=str),
-        train_items=np.concatenate(list(sequences.values())), recent_items=vocab.encode(recent["item_id"]),
+        out / "arrays.npz",
+        windows=windows,
+        valid_histories=valid.histories,
+        valid_targets=valid.targets,
+        valid_users=np.asarray(valid.users, dtype=str),
+        test_histories=test.histories,
+        test_targets=test.targets,
+        test_users=np.asarray(test.users, dtype=str),
+        train_items=np.concatenate(list(sequences.values())),
+        recent_items=vocab.encode(recent["item_id"]),
         test_sequences=np.concatenate(test_seqs) if test_seqs else np.zeros(0, dtype=np.int64),
         test_sequence_ends=np.cumsum([len(s) for s in test_seqs], dtype=np.int64),
-        train_sequences=np.concatenate(train_seqs), train_sequence_ends=np.cumsum([len(s) for s in train_seqs]),
+        train_sequences=np.concatenate(train_seqs),
+        train_sequence_ends=np.cumsum([len(s) for s in train_seqs]),
     )
-    counts = {"train_windows": int(windows.shape[0]), "valid_examples": len(valid.targets),
-              "test_examples": len(test.targets), "items": vocab.size - 2,
-              "valid_unknown_targets": valid_unknown, "test_unknown_targets": test_unknown}
+    counts = {
+        "train_windows": int(windows.shape[0]),
+        "valid_examples": len(valid.targets),
+        "test_examples": len(test.targets),
+        "items": vocab.size - 2,
+        "valid_unknown_targets": valid_unknown,
+        "test_unknown_targets": test_unknown,
+    }
     return counts, split
 
 
@@ -221,14 +247,20 @@ def load_features(folder: Path) -> RecommenderFeatures:
     vocab = ItemVocab(tuple(json.loads((Path(folder) / "vocab.json").read_text())))
     with np.load(Path(folder) / "arrays.npz") as a:
         arrays = {k: a[k] for k in a.files}
+
     def split_at(name: str) -> list[np.ndarray]:
         ends = arrays[name.removesuffix("s") + "_ends"]
         return np.split(arrays[name], ends[:-1]) if ends.size else []
 
     return RecommenderFeatures(
-        split=TimeSplit.from_dict(manifest["split"]), vocab=vocab, windows=arrays["windows"],
+        split=TimeSplit.from_dict(manifest["split"]),
+        vocab=vocab,
+        windows=arrays["windows"],
         valid=NextItemExamples(arrays["valid_users"].tolist(), arrays["valid_histories"], arrays["valid_targets"]),
         test=NextItemExamples(arrays["test_users"].tolist(), arrays["test_histories"], arrays["test_targets"]),
-        train_items=arrays["train_items"], recent_items=arrays["recent_items"],
-        test_sequences=split_at("test_sequences"), counts=manifest["counts"],
-        train_sequences=split_at("train_sequences"))
+        train_items=arrays["train_items"],
+        recent_items=arrays["recent_items"],
+        test_sequences=split_at("test_sequences"),
+        counts=manifest["counts"],
+        train_sequences=split_at("train_sequences"),
+    )

@@ -36,27 +36,49 @@ def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFram
     k, horizon = policy.k, timedelta(hours=policy.horizon_hours)
     steps = user_steps(events).rename({"event_time": "next_time", "item_id": "next_item"}).sort("next_time")
     asked = answers.filter(pl.col("user_id") != "").sort("ts")
-    joined = (asked.join_asof(steps, left_on="ts", right_on="next_time", by="user_id", strategy="forward",
-                              tolerance=horizon, allow_exact_matches=False, check_sortedness=False)
-              .filter(pl.col("next_item").is_not_null()).with_row_index("_r"))
+    joined = (
+        asked.join_asof(
+            steps,
+            left_on="ts",
+            right_on="next_time",
+            by="user_id",
+            strategy="forward",
+            tolerance=horizon,
+            allow_exact_matches=False,
+            check_sortedness=False,
+        )
+        .filter(pl.col("next_item").is_not_null())
+        .with_row_index("_r")
+    )
     # The target's 0-based position in the served top k (null when it is not there).
-    positions = (joined.select("_r", "next_item", pl.col("items").list.head(k)).explode("items")
-                 .with_columns(pl.int_range(pl.len()).over("_r").alias("rank"))
-                 .filter(pl.col("items") == pl.col("next_item")).group_by("_r").agg(pl.col("rank").min()))
-    return (joined.join(positions, on="_r", how="left")
-            .with_columns(pl.col("rank").is_not_null().cast(pl.Float64).alias("hit"),
-                          pl.when(pl.col("rank").is_not_null()).then(1.0 / (pl.col("rank") + 2).log(2))
-                          .otherwise(0.0).alias("ndcg"))
-            .select("request_id", "ts", "user_id", "model_version", "role", "next_item", "rank", "hit", "ndcg"))
+    positions = (
+        joined.select("_r", "next_item", pl.col("items").list.head(k))
+        .explode("items")
+        .with_columns(pl.int_range(pl.len()).over("_r").alias("rank"))
+        .filter(pl.col("items") == pl.col("next_item"))
+        .group_by("_r")
+        .agg(pl.col("rank").min())
+    )
+    return (
+        joined.join(positions, on="_r", how="left")
+        .with_columns(
+            pl.col("rank").is_not_null().cast(pl.Float64).alias("hit"),
+            pl.when(pl.col("rank").is_not_null()).then(1.0 / (pl.col("rank") + 2).log(2)).otherwise(0.0).alias("ndcg"),
+        )
+        .select("request_id", "ts", "user_id", "model_version", "role", "next_item", "rank", "hit", "ndcg")
+    )
 
 
 def figures(outcomes: pl.DataFrame, policy) -> dict[str, float]:
     """Hit rate and NDCG at k per request, averaged per user, then over users."""
     k = policy.k
     per_user = outcomes.group_by("user_id").agg(pl.col("hit").mean(), pl.col("ndcg").mean())
-    return {f"hit_rate_at_{k}": float(per_user["hit"].mean() or 0.0), f"ndcg_at_{k}": float(per_user["ndcg"].mean()
-                                                                                          or 0.0),
-            "users": float(per_user.height), "requests": float(outcomes.height)}
+    return {
+        f"hit_rate_at_{k}": float(per_user["hit"].mean() or 0.0),
+        f"ndcg_at_{k}": float(per_user["ndcg"].mean() or 0.0),
+        "users": float(per_user.height),
+        "requests": float(outcomes.height),
+    }
 
 
 def input_drift(reference: pl.DataFrame, current: pl.DataFrame, catalog: pl.DataFrame, policy) -> list[FeatureDrift]:
@@ -71,31 +93,44 @@ def input_drift(reference: pl.DataFrame, current: pl.DataFrame, catalog: pl.Data
     """
     counts = reference.group_by("item_id").len().sort("len", "item_id", descending=[True, False])
     share = counts["len"].cum_sum() / max(counts["len"].sum(), 1)
-    bands = counts.select("item_id", (share * 10).ceil().clip(1, 10).cast(pl.Int64).cast(pl.String)
-                          .str.zfill(2).alias("item_band"))
+    bands = counts.select(
+        "item_id", (share * 10).ceil().clip(1, 10).cast(pl.Int64).cast(pl.String).str.zfill(2).alias("item_band")
+    )
 
     def enrich(events: pl.DataFrame) -> pl.DataFrame:
-        return (events.join(catalog.select("item_id", "category", "price"), on="item_id", how="left")
-                .join(bands, on="item_id", how="left").with_columns(pl.col("item_band").fill_null("new item")))
+        return (
+            events.join(catalog.select("item_id", "category", "price"), on="item_id", how="left")
+            .join(bands, on="item_id", how="left")
+            .with_columns(pl.col("item_band").fill_null("new item"))
+        )
+
     ref, cur = enrich(reference), enrich(current)
     sessions = [e.group_by("session_id").len()["len"].to_numpy() for e in (ref, cur)]
     return [
         categorical_drift("item popularity band", ref["item_band"], cur["item_band"], policy.js_threshold),
-        categorical_drift("category", ref["category"].fill_null("(unknown)"), cur["category"].fill_null("(unknown)"),
-                     policy.js_threshold),
+        categorical_drift(
+            "category",
+            ref["category"].fill_null("(unknown)"),
+            cur["category"].fill_null("(unknown)"),
+            policy.js_threshold,
+        ),
         categorical_drift("event_type", ref["event_type"], cur["event_type"], policy.js_threshold),
-        numeric_drift("price", ref["price"].drop_nulls().to_numpy(), cur["price"].drop_nulls().to_numpy(),
-                 policy.psi_threshold),
+        numeric_drift(
+            "price", ref["price"].drop_nulls().to_numpy(), cur["price"].drop_nulls().to_numpy(), policy.psi_threshold
+        ),
         numeric_drift("session_length", sessions[0], sessions[1], policy.psi_threshold),
     ]
 
 
-def drift(events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime, champion: dict,
-          policy) -> list[FeatureDrift]:
+def drift(
+    events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime, champion: dict, policy
+) -> list[FeatureDrift]:
     """The day's events against the champion's training period (its run's split)."""
     split = champion["split"]
-    reference = events.filter((pl.col("event_time") >= datetime.fromisoformat(split["start"]))
-                              & (pl.col("event_time") < datetime.fromisoformat(split["train_end"])))
+    reference = events.filter(
+        (pl.col("event_time") >= datetime.fromisoformat(split["start"]))
+        & (pl.col("event_time") < datetime.fromisoformat(split["train_end"]))
+    )
     day = events.filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
     return input_drift(reference, day, catalog, policy)
 
@@ -112,29 +147,35 @@ def user_skew(snapshot, events: pl.DataFrame, users: list[str]) -> list[FeatureS
 
     served = snapshot.view(Histories)
     users = [u for u in users if served.knows(u)]
-    offline = user_histories(events.filter((pl.col("event_time") < snapshot.cutoff)
-                                           & pl.col("user_id").is_in(users)), HISTORY_LEN)
+    offline = user_histories(
+        events.filter((pl.col("event_time") < snapshot.cutoff) & pl.col("user_id").is_in(users)), HISTORY_LEN
+    )
     offline_rows = {r["user_id"]: r for r in offline.iter_rows(named=True)}
     out = []
     for feature, served_of in (("history", served.history), ("purchased", served.purchased)):
-        skewed = [u for u in users if served_of(u) != list((offline_rows.get(u) or {}).get(
-            "items" if feature == "history" else "purchased") or [])]
+        skewed = [
+            u
+            for u in users
+            if served_of(u)
+            != list((offline_rows.get(u) or {}).get("items" if feature == "history" else "purchased") or [])
+        ]
         out.append(FeatureSkew(feature, len(users), len(skewed), f"user_id {skewed[0]}" if skewed else ""))
     return out
 
 
 def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame) -> list[FeatureSkew]:
     """The day's served users (or, without a log, the snapshot's first thousand)."""
-    users = answers.filter(pl.col("user_id") != "")["user_id"].unique().sort().to_list() \
+    users = (
+        answers.filter(pl.col("user_id") != "")["user_id"].unique().sort().to_list()
         or snapshot.tables["histories"]["user_id"].head(1000).to_list()
+    )
     return user_skew(snapshot, events, users[:5000])
 
 
 def requests(events: pl.DataFrame, k: int = REPLAY_K) -> list[tuple[str, dict]]:
     """(event time, body) per session step: the user's id and the session's steps so far (a cart
     after a view of the same item is one step, as in training), newest last."""
-    steps = events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)).sort("session_id", "event_time",
-                                                                                  "item_id")
+    steps = events.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES)).sort("session_id", "event_time", "item_id")
     out, session, history = [], None, []
     for row in steps.iter_rows(named=True):
         if row["session_id"] != session:
@@ -156,20 +197,27 @@ def statistic(frame: pl.DataFrame):
     return lambda values, rows: float(np.sum(values * weights[rows]) / np.sum(weights[rows]))
 
 
-def _floor_answers(asked: pl.DataFrame, histories: list[list[str]], events: pl.DataFrame, split: TimeSplit,
-                   k: int) -> pl.DataFrame:
+def _floor_answers(
+    asked: pl.DataFrame, histories: list[list[str]], events: pl.DataFrame, split: TimeSplit, k: int
+) -> pl.DataFrame:
     """Each floor's answer to the requests of ``asked`` given ``histories`` (the input the model had):
     rows like ``asked``'s with role ``floor`` and the floor's name as the version."""
     inputs = pd.DataFrame({"history": histories, "k": k})
     out = []
     for name, floor in floor_pyfuncs(FLOOR_WINDOWS, events, split).items():
         # a PythonModel: predict(context, frame)
-        predicted = predict_batches(SimpleNamespace(predict=lambda frame, f=floor: f.predict(None, frame)), inputs,
-                                    1024)
-        out.append(asked.with_columns(pl.lit("floor").alias("role"), pl.lit(name).alias("model_version"),
-                                      pl.Series("items", predicted["items"].tolist(), dtype=pl.List(pl.String)),
-                                      pl.Series("scores", predicted["scores"].tolist(), dtype=pl.List(pl.Float64)),
-                                      pl.Series("source", predicted["source"].tolist(), dtype=pl.String)))
+        predicted = predict_batches(
+            SimpleNamespace(predict=lambda frame, f=floor: f.predict(None, frame)), inputs, 1024
+        )
+        out.append(
+            asked.with_columns(
+                pl.lit("floor").alias("role"),
+                pl.lit(name).alias("model_version"),
+                pl.Series("items", predicted["items"].tolist(), dtype=pl.List(pl.String)),
+                pl.Series("scores", predicted["scores"].tolist(), dtype=pl.List(pl.Float64)),
+                pl.Series("source", predicted["source"].tolist(), dtype=pl.String),
+            )
+        )
     return pl.concat(out, how="diagonal_relaxed") if out else asked.clear()
 
 
@@ -180,15 +228,18 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
     history of the user, then what the request sent: ``Histories.served_history``)."""
     from pipeline.families.next_item.serving import Histories
 
-    asked = answers.filter((pl.col("role") == "champion") & (pl.col("model_version") == champion["version"])
-                           & (pl.col("user_id") != ""))
+    asked = answers.filter(
+        (pl.col("role") == "champion") & (pl.col("model_version") == champion["version"]) & (pl.col("user_id") != "")
+    )
     if asked.height == 0:
         return asked
     sent = asked["history"].fill_null([]).to_list() if "history" in asked.columns else [[]] * asked.height
     users = asked["user_id"].to_list()
     served = snapshot.view(Histories) if snapshot is not None else None
-    histories = [served.served_history(u, h) if served is not None else list(h)[-HISTORY_LEN:]
-                 for u, h in zip(users, sent, strict=True)]
+    histories = [
+        served.served_history(u, h) if served is not None else list(h)[-HISTORY_LEN:]
+        for u, h in zip(users, sent, strict=True)
+    ]
     return _floor_answers(asked, histories, events, TimeSplit.from_dict(champion["split"]), policy.k)
 
 
@@ -207,12 +258,20 @@ def offline_session(model, dataset, split: TimeSplit, policy) -> pl.DataFrame:
     if not asked:
         return pl.DataFrame()
     users = [b["user_id"] for _, b in asked]
-    before = user_histories(events.filter((pl.col("event_time") < split.valid_end)
-                                          & pl.col("user_id").is_in(list(set(users)))), HISTORY_LEN)
+    before = user_histories(
+        events.filter((pl.col("event_time") < split.valid_end) & pl.col("user_id").is_in(list(set(users)))), HISTORY_LEN
+    )
     known = dict(zip(before["user_id"].to_list(), before["items"].to_list(), strict=True))
     histories = [(list(known.get(b["user_id"]) or []) + b["history"])[-HISTORY_LEN:] for _, b in asked]
-    frame = pl.DataFrame({"request_id": [str(i) for i in range(len(asked))], "ts": [t for t, _ in asked],
-                          "user_id": users, "role": "candidate", "model_version": "candidate"})
+    frame = pl.DataFrame(
+        {
+            "request_id": [str(i) for i in range(len(asked))],
+            "ts": [t for t, _ in asked],
+            "user_id": users,
+            "role": "candidate",
+            "model_version": "candidate",
+        }
+    )
     predicted = predict_batches(model, pd.DataFrame({"history": histories, "k": policy.k}), 1024)
     served = frame.with_columns(pl.Series("items", predicted["items"].tolist(), dtype=pl.List(pl.String)))
     floors = _floor_answers(frame, histories, events, split, policy.k)
@@ -220,9 +279,18 @@ def offline_session(model, dataset, split: TimeSplit, policy) -> pl.DataFrame:
 
 
 MONITORING = Monitoring(
-    outcomes=outcomes, figures=figures, headline=lambda policy: (f"hit_rate_at_{policy.k}", f"ndcg_at_{policy.k}"),
-    drift=drift, served_scores=served_scores, skew=skew, requests=requests, value_column="hit",
-    pair_keys=("request_id",), statistic=statistic, references=references, offline=offline_session,
+    outcomes=outcomes,
+    figures=figures,
+    headline=lambda policy: (f"hit_rate_at_{policy.k}", f"ndcg_at_{policy.k}"),
+    drift=drift,
+    served_scores=served_scores,
+    skew=skew,
+    requests=requests,
+    value_column="hit",
+    pair_keys=("request_id",),
+    statistic=statistic,
+    references=references,
+    offline=offline_session,
     protocol=lambda policy: f"next step within {policy.horizon_hours:g} h of each request",
     offline_protocol="the same, on the held-out sessions of the test period",
 )

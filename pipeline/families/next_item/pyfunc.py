@@ -40,7 +40,7 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         from models.blend import BlendedRecommender
         from models.sasrec import SASRec, SASRecConfig
 
-        if "checkpoint" not in context.artifacts:   # a floor serving as the model (CooccurrenceScorer)
+        if "checkpoint" not in context.artifacts:  # a floor serving as the model (CooccurrenceScorer)
             saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=True)
             model = CooccurrenceScorer(CooccurrenceRecommender.from_state(saved["state"]), int(saved["max_len"]))
         else:
@@ -61,7 +61,7 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         seq = [self.index.get(str(item), 1) for item in list(history)[-max_len:]]
         out = np.zeros(max_len, dtype=np.int64)
         if seq:
-            out[-len(seq):] = seq
+            out[-len(seq) :] = seq
         return out
 
     def encode_many(self, histories) -> torch.Tensor:
@@ -75,15 +75,16 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         items (a blend's co-occurrence reads them) and whether no item of it is known (cold)."""
         with torch.no_grad():
             states = self.model.user_state(encoded)
-        return UserStates(states, encoded[:, -self.model.tail_len:], (encoded < 2).all(dim=1))
+        return UserStates(states, encoded[:, -self.model.tail_len :], (encoded < 2).all(dim=1))
 
     def rank(self, users: UserStates, ks: list[int], exclude: list[list[str]] | None = None) -> pd.DataFrame:
         """``rank_lists`` as ``predict``'s output table."""
         items, values, sources = self.rank_lists(users, ks, exclude)
         return pd.DataFrame({"items": items, "scores": values, "source": sources})
 
-    def rank_lists(self, users: UserStates, ks: list[int], exclude: list[list[str]] | None = None
-                   ) -> tuple[list[list[str]], list[list[float]], list[str]]:
+    def rank_lists(
+        self, users: UserStates, ks: list[int], exclude: list[list[str]] | None = None
+    ) -> tuple[list[list[str]], list[list[float]], list[str]]:
         """The top-k items of each user state (``predict``'s output), without the ``exclude`` items
         of each row. Serving calls it on user states computed once at packaging (known users) or
         per request (sent histories); ``predict`` on states of the histories it is given."""
@@ -113,8 +114,11 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
         return items, values, sources
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        ks = model_input["k"].fillna(DEFAULT_K).astype(int).tolist() if "k" in model_input else \
-            [DEFAULT_K] * len(model_input)
+        ks = (
+            model_input["k"].fillna(DEFAULT_K).astype(int).tolist()
+            if "k" in model_input
+            else [DEFAULT_K] * len(model_input)
+        )
         return self.rank(self.user_states(self.encode_many(model_input["history"])), ks)
 
 
@@ -132,12 +136,16 @@ class UserStates:
 
     @staticmethod
     def cat(parts: list[UserStates]) -> UserStates:
-        return UserStates(torch.cat([p.states for p in parts]), torch.cat([p.tails for p in parts]),
-                          torch.cat([p.cold for p in parts]))
+        return UserStates(
+            torch.cat([p.states for p in parts]),
+            torch.cat([p.tails for p in parts]),
+            torch.cat([p.cold for p in parts]),
+        )
 
 
-def pyfunc_model_args(model, item_ids: list[str], popular: list[str], checkpoint: Path | None, workdir: Path,
-                      example: pd.DataFrame) -> dict:
+def pyfunc_model_args(
+    model, item_ids: list[str], popular: list[str], checkpoint: Path | None, workdir: Path, example: pd.DataFrame
+) -> dict:
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a trained SASRec (or a
     ``BlendedRecommender`` around one, or a ``CooccurrenceScorer`` floor, which has no
     ``checkpoint``): the artifacts ``load_context`` reads (``checkpoint``, ``vocab``, ``popular``,

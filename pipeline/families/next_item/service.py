@@ -67,12 +67,18 @@ class _Engine:
             items, scores, source = await self.batcher(Row(state_row, history, request.k, excluded))
         reason = None
         if source == "popularity":
-            reason = ("no user_id and no history were sent" if request.user_id is None and not request.history
-                      else "none of the user's items is known to the model" if known
-                      else "the user is unknown and none of the history's items is known" if request.history
-                      else "the user is unknown and no history was sent")
-        return Recommendation(items=items, scores=scores, source=source, user_known=known,
-                              model_version=self.version, reason=reason)
+            reason = (
+                "no user_id and no history were sent"
+                if request.user_id is None and not request.history
+                else "none of the user's items is known to the model"
+                if known
+                else "the user is unknown and none of the history's items is known"
+                if request.history
+                else "the user is unknown and no history was sent"
+            )
+        return Recommendation(
+            items=items, scores=scores, source=source, user_known=known, model_version=self.version, reason=reason
+        )
 
 
 @bentoml.service(name="next_item", **PUBLIC_SERVICE_CONFIG)
@@ -85,11 +91,17 @@ class NextItemService:
         torch_threads()
         self.champion = _Engine(self.bento_model, self.snapshot_model, self.states_model, ARGS.version)
         self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
-        self.traffic = Traffic("next_item", self.champion,
-                               lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag),
-                                                     bentoml.models.get(other.states_tag), other.version),
-                               lambda request, answer: (answer.items, answer.scores, answer.source,
-                                                        request.history))
+        self.traffic = Traffic(
+            "next_item",
+            self.champion,
+            lambda other: _Engine(
+                other.model_tag,
+                bentoml.models.get(other.snapshot_tag),
+                bentoml.models.get(other.states_tag),
+                other.version,
+            ),
+            lambda request, answer: (answer.items, answer.scores, answer.source, request.history),
+        )
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None

@@ -29,15 +29,16 @@ class RecommendRequest(Strict):
     user_id: Id | None = None
     history: list[Id] = Field(default_factory=list, max_length=MAX_HISTORY)
     k: StrictInt = Field(DEFAULT_K, ge=1, le=MAX_K)
-    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
-                              description="items never to recommend, e.g. out of stock")
+    exclude: list[Id] = Field(
+        default_factory=list, max_length=MAX_EXCLUDE, description="items never to recommend, e.g. out of stock"
+    )
     exclude_purchased: StrictBool = Field(False, description="leave out what the user already bought")
 
 
 class Recommendation(BaseModel):
     items: list[str]
     scores: list[float]
-    source: Literal["model", "popularity"]   # popularity: a cold start (no known history)
+    source: Literal["model", "popularity"]  # popularity: a cold start (no known history)
     user_known: bool
     model_version: str
     reason: str | None = Field(None, description="why the answer is popularity, when it is")
@@ -108,8 +109,9 @@ class NextItemRanker:
         if fresh:
             parts.append(self.pyfunc.user_states(self.pyfunc.encode_many([rows[i].history for i in fresh])))
         order = known + fresh
-        items, scores, sources = self.pyfunc.rank_lists(UserStates.cat(parts), [rows[i].k for i in order],
-                                                        [rows[i].exclude for i in order])
+        items, scores, sources = self.pyfunc.rank_lists(
+            UserStates.cat(parts), [rows[i].k for i in order], [rows[i].exclude for i in order]
+        )
         answers: list = [None] * len(rows)
         for position, i in enumerate(order):
             answers[i] = (items[position], scores[position], sources[position])

@@ -34,7 +34,7 @@ def write_user_states(pyfunc, user_ids: list[str], histories: list[list[str]], o
     start = time.perf_counter()
     states, tails, cold = [], [], []
     for i in range(0, len(histories), batch):
-        users = pyfunc.user_states(pyfunc.encode_many(histories[i:i + batch]))
+        users = pyfunc.user_states(pyfunc.encode_many(histories[i : i + batch]))
         states.append(users.states.float().cpu().numpy())
         tails.append(users.tails.cpu().numpy())
         cold.append(users.cold.cpu().numpy())
@@ -60,8 +60,10 @@ class UserStateTable:
         self.cold = torch.from_numpy(np.load(path / "cold.npy"))
         self._row = {u: i for i, u in enumerate(json.loads((path / "users.json").read_text()))}
         if not (len(self._row) == len(self.states) == len(self.tails) == len(self.cold)):
-            raise ValueError(f"user states at {path} are inconsistent: {len(self._row)} users, "
-                             f"{len(self.states)} states, {len(self.tails)} tails, {len(self.cold)} cold flags")
+            raise ValueError(
+                f"user states at {path} are inconsistent: {len(self._row)} users, "
+                f"{len(self.states)} states, {len(self.tails)} tails, {len(self.cold)} cold flags"
+            )
 
     def __len__(self) -> int:
         return len(self._row)

@@ -27,16 +27,21 @@ from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, pro
 from pipeline.families.spec import ParityOutcome, Post
 
 CALIBRATION_BINS = 10
-SCORE_TOLERANCE = 1e-4          # |served - evaluated| probability (float32 models)
+SCORE_TOLERANCE = 1e-4  # |served - evaluated| probability (float32 models)
 CANDIDATES_PER_REQUEST = 50
 
 
 def test_set(dataset: Dataset, split: TimeSplit, run_params: dict[str, str]) -> TestSet:
     """The candidate rows at the test cutoff (``split.valid_end``), features before it, labels after,
     with the run's own horizon and lookback (``data.horizon_days``, ``data.lookback_days``)."""
-    events, catalog = dataset.events(), dataset.catalog(as_of=split.valid_end)    # as known at the cutoff
-    rows = propensity_rows(events, catalog, split.valid_end, timedelta(days=int(run_params["data.horizon_days"])),
-                           timedelta(days=int(run_params["data.lookback_days"])))
+    events, catalog = dataset.events(), dataset.catalog(as_of=split.valid_end)  # as known at the cutoff
+    rows = propensity_rows(
+        events,
+        catalog,
+        split.valid_end,
+        timedelta(days=int(run_params["data.horizon_days"])),
+        timedelta(days=int(run_params["data.lookback_days"])),
+    )
     if rows.height == 0 or rows["label"].n_unique() < 2:
         raise BadInput(f"the test rows at {split.valid_end:%Y-%m-%d} have a single label; AUC is undefined")
     return TestSet(
@@ -62,21 +67,30 @@ def propensity_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float
     from sklearn.metrics import log_loss
 
     clipped = np.clip(probs, 1e-7, 1 - 1e-7)
-    return {"auc": auc(labels, probs), "log_loss": float(log_loss(labels, clipped, labels=[0, 1])),
-            "calibration_error": expected_calibration_error(labels, probs)}
+    return {
+        "auc": auc(labels, probs),
+        "log_loss": float(log_loss(labels, clipped, labels=[0, 1])),
+        "calibration_error": expected_calibration_error(labels, probs),
+    }
 
 
 def _scores(test: TestSet, probs: np.ndarray, latency_ms: float = float("nan"), predictions=None) -> ModelScores:
     """Figures of one model's probabilities on the test rows, overall and per slice."""
     labels = test.labels
-    return ModelScores(propensity_metrics(labels, probs), {"probability": probs},
-                       per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])), latency_ms, predictions)
+    return ModelScores(
+        propensity_metrics(labels, probs),
+        {"probability": probs},
+        per_slice(test, lambda m: propensity_metrics(labels[m], probs[m])),
+        latency_ms,
+        predictions,
+    )
 
 
 def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
     predictions = predict_batches(model, test.inputs, batch)
-    return _scores(test, predictions["probability"].to_numpy(dtype=np.float64), latency_p95(model, test.inputs),
-                   predictions)
+    return _scores(
+        test, predictions["probability"].to_numpy(dtype=np.float64), latency_p95(model, test.inputs), predictions
+    )
 
 
 def logreg_probabilities(client, run_id: str, dense: np.ndarray, tmp) -> np.ndarray:
@@ -100,7 +114,7 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
     out = {"logistic_regression": _scores(test, logreg_probabilities(client, run_id, dense, tmp))}
     try:
         gbt = json.loads(Path(client.download_artifacts(run_id, "baseline/lightgbm.json", str(tmp))).read_text())
-    except MlflowException:   # a run trained before the LightGBM baseline existed
+    except MlflowException:  # a run trained before the LightGBM baseline existed
         return out
     booster = lgb.Booster(model_str=gbt["booster"])
     out["lightgbm"] = _scores(test, lightgbm_predict(booster, id_index(gbt["vocabs"]), test.inputs, dense))
@@ -112,20 +126,28 @@ def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
     ``/purchase_probability``: every probability within ``SCORE_TOLERANCE``."""
 
     def candidate(row) -> dict:
-        return {"item_id": row["item_id"], "category": row["category"], "brand": row["brand"],
-                "features": {f: float(row[f]) for f in PROPENSITY_DENSE}}
+        return {
+            "item_id": row["item_id"],
+            "category": row["category"],
+            "brand": row["brand"],
+            "features": {f: float(row[f]) for f in PROPENSITY_DENSE},
+        }
 
     records = expected.to_dict("records")
-    chunks = [records[i:i + CANDIDATES_PER_REQUEST] for i in range(0, len(records), CANDIDATES_PER_REQUEST)]
+    chunks = [records[i : i + CANDIDATES_PER_REQUEST] for i in range(0, len(records), CANDIDATES_PER_REQUEST)]
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda c: post("purchase_probability", {"candidates": [candidate(r) for r in c]}),
-                                chunks))
+        answers = list(
+            pool.map(lambda c: post("purchase_probability", {"candidates": [candidate(r) for r in c]}), chunks)
+        )
     served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
     evaluated = expected["predicted_probability"].to_numpy(dtype=float)
     diff = np.abs(served - evaluated)
     bad = np.flatnonzero(diff > SCORE_TOLERANCE)
-    examples = [f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
-                f"evaluated {evaluated[i]:.6f}" for i in bad[:3]]
+    examples = [
+        f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
+        f"evaluated {evaluated[i]:.6f}"
+        for i in bad[:3]
+    ]
     return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
 
 
@@ -144,18 +166,21 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     events, catalog = dataset.events(), dataset.catalog()
     cutoff = split_by_time(events, 0, 0).end
     users = parity_users(events["user_id"].unique().to_list(), max(n // 5, 10))
-    touched = (events.filter(pl.col("user_id").is_in(users)).group_by("user_id")
-               .agg(pl.col("item_id").unique().sort().head(5)))
+    touched = (
+        events.filter(pl.col("user_id").is_in(users)).group_by("user_id").agg(pl.col("item_id").unique().sort().head(5))
+    )
     touched = dict(zip(touched["user_id"].to_list(), touched["item_id"].to_list(), strict=True))
     items = catalog["item_id"].sort().to_list()
     rng = np.random.default_rng(0)
-    pairs = [(u, i) for u in users
-             for i in touched.get(u, []) + [items[int(j)] for j in rng.integers(0, len(items), 5)]]
+    pairs = [
+        (u, i) for u in users for i in touched.get(u, []) + [items[int(j)] for j in rng.integers(0, len(items), 5)]
+    ]
     candidates = pl.DataFrame(pairs, schema={"user_id": pl.String, "item_id": pl.String}, orient="row")
     past = events.filter(pl.col("event_time") < cutoff)
     rows = assemble_propensity(candidates, propensity_tables(past, catalog, cutoff, candidates))
-    expected = python_model.predict(None, rows.select("item_id", "category", "brand", *PROPENSITY_DENSE)
-                                    .to_pandas())["probability"].to_numpy(dtype=float)
+    expected = python_model.predict(None, rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).to_pandas())[
+        "probability"
+    ].to_numpy(dtype=float)
     bodies, starts = [], []
     for user in users:
         mine = [{"user_id": u, "item_id": i} for u, i in pairs if u == user]
@@ -167,17 +192,22 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
     diff = np.abs(served - expected)
     bad = np.flatnonzero(diff > SCORE_TOLERANCE)
-    examples = [f"user_id {pairs[i][0]} item {pairs[i][1]}: served {served[i]:.6f}, offline features give "
-                f"{expected[i]:.6f}" for i in bad[:3]]
+    examples = [
+        f"user_id {pairs[i][0]} item {pairs[i][1]}: served {served[i]:.6f}, offline features give {expected[i]:.6f}"
+        for i in bad[:3]
+    ]
     return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
 
 
-FLOOR_FILES = {"logistic_regression": ("logreg", "baseline/logreg.joblib"),
-               "lightgbm": ("lightgbm", "baseline/lightgbm.json")}
+FLOOR_FILES = {
+    "logistic_regression": ("logreg", "baseline/logreg.joblib"),
+    "lightgbm": ("lightgbm", "baseline/lightgbm.json"),
+}
 
 
-def floor_model(name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir,
-                client=None, run_id: str = "") -> dict:
+def floor_model(
+    name: str, dataset: Dataset, split: TimeSplit, run_params: dict[str, str], workdir, client=None, run_id: str = ""
+) -> dict:
     """The run's baseline ``name`` (its ``baseline/`` file) as the family's pyfunc
     (``FloorPyfunc``): the arguments of ``mlflow.pyfunc.log_model``."""
     from pipeline.core.tracking import REPO_ROOT
@@ -187,5 +217,8 @@ def floor_model(name: str, dataset: Dataset, split: TimeSplit, run_params: dict[
         raise ValueError(f"purchase_propensity has no floor model {name!r}; floors: {', '.join(FLOOR_FILES)}")
     key, artifact = FLOOR_FILES[name]
     local = client.download_artifacts(run_id, artifact, str(workdir))
-    return {"python_model": FloorPyfunc(), "artifacts": {key: local},
-            "code_paths": [str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")]}
+    return {
+        "python_model": FloorPyfunc(),
+        "artifacts": {key: local},
+        "code_paths": [str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
+    }

@@ -15,13 +15,31 @@ from pipeline.data.dataset import SEQUENCE_EVENT_TYPES, Dataset, TimeSplit, cata
 from pipeline.families.featureset import read_manifest
 
 PROPENSITY_DENSE = (
-    "ui_views", "ui_carts", "ui_removes", "ui_purchases", "ui_hours_since_last",
-    "u_events", "u_sessions", "u_purchases", "u_hours_since_last", "u_purchase_rate",
-    "i_views", "i_purchases", "i_purchase_rate", "price", "price_vs_user_avg", "u_category_affinity",
+    "ui_views",
+    "ui_carts",
+    "ui_removes",
+    "ui_purchases",
+    "ui_hours_since_last",
+    "u_events",
+    "u_sessions",
+    "u_purchases",
+    "u_hours_since_last",
+    "u_purchase_rate",
+    "i_views",
+    "i_purchases",
+    "i_purchase_rate",
+    "price",
+    "price_vs_user_avg",
+    "u_category_affinity",
     # Time-decayed counts (each event weighs 0.5 ** (age / half-life)): what happened yesterday
     # matters more than what happened last month, with one half-life for the day and one for the week.
-    "ui_events_1d", "ui_events_7d", "ui_purchases_7d", "u_events_1d", "u_events_7d",
-    "i_views_1d", "i_purchases_7d",
+    "ui_events_1d",
+    "ui_events_7d",
+    "ui_purchases_7d",
+    "u_events_1d",
+    "u_events_7d",
+    "i_views_1d",
+    "i_purchases_7d",
     # Sequence position: how many other items the user touched since this one (0: the last item).
     "ui_recency_rank",
 )
@@ -48,8 +66,9 @@ class Vocab:
         return pl.col(column).replace_strict(mapping, default=0, return_dtype=pl.Int64)
 
 
-def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime,
-                      candidates: pl.DataFrame | None = None) -> dict[str, pl.DataFrame]:
+def propensity_tables(
+    past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, candidates: pl.DataFrame | None = None
+) -> dict[str, pl.DataFrame]:
     """The aggregates that propensity features are read from, as of ``cutoff``.
 
     ``past`` holds only events before the cutoff. With ``candidates`` (user_id, item_id) the user
@@ -57,8 +76,10 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
     serving snapshot (``pipeline.serving.snapshot``) that answers any (user, item) later.
     """
     hours = (pl.lit(cutoff) - pl.col("event_time").max()).dt.total_seconds() / 3600.0
-    is_type = {t: (pl.col("event_type") == t).sum().cast(pl.Float64) for t in
-               ("view", "add_to_cart", "remove_from_cart", "purchase")}
+    is_type = {
+        t: (pl.col("event_type") == t).sum().cast(pl.Float64)
+        for t in ("view", "add_to_cart", "remove_from_cart", "purchase")
+    }
     age_days = (pl.lit(cutoff) - pl.col("event_time")).dt.total_seconds() / 86400.0
 
     def decayed(half_life_days: float, event_type: str | None = None) -> pl.Expr:
@@ -67,39 +88,64 @@ def propensity_tables(past: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
 
     pairs = past if candidates is None else past.join(candidates, on=["user_id", "item_id"], how="semi")
     user_item = pairs.group_by("user_id", "item_id").agg(
-        is_type["view"].alias("ui_views"), is_type["add_to_cart"].alias("ui_carts"),
-        is_type["remove_from_cart"].alias("ui_removes"), is_type["purchase"].alias("ui_purchases"),
-        hours.alias("ui_hours_since_last"), decayed(1.0).alias("ui_events_1d"), decayed(7.0).alias("ui_events_7d"),
+        is_type["view"].alias("ui_views"),
+        is_type["add_to_cart"].alias("ui_carts"),
+        is_type["remove_from_cart"].alias("ui_removes"),
+        is_type["purchase"].alias("ui_purchases"),
+        hours.alias("ui_hours_since_last"),
+        decayed(1.0).alias("ui_events_1d"),
+        decayed(7.0).alias("ui_events_7d"),
         decayed(7.0, "purchase").alias("ui_purchases_7d"),
     )
-    users = past if candidates is None else past.join(candidates.select("user_id").unique(), on="user_id",
-                                                      how="semi")
-    user = users.group_by("user_id").agg(
-        pl.len().cast(pl.Float64).alias("u_events"),
-        pl.col("session_id").n_unique().cast(pl.Float64).alias("u_sessions"),
-        is_type["purchase"].alias("u_purchases"), hours.alias("u_hours_since_last"),
-        pl.col("price").filter(pl.col("event_type") == "purchase").mean().alias("u_avg_purchase_price"),
-        decayed(1.0).alias("u_events_1d"), decayed(7.0).alias("u_events_7d"),
-    ).with_columns((pl.col("u_purchases") / pl.col("u_sessions")).alias("u_purchase_rate"))
+    users = past if candidates is None else past.join(candidates.select("user_id").unique(), on="user_id", how="semi")
+    user = (
+        users.group_by("user_id")
+        .agg(
+            pl.len().cast(pl.Float64).alias("u_events"),
+            pl.col("session_id").n_unique().cast(pl.Float64).alias("u_sessions"),
+            is_type["purchase"].alias("u_purchases"),
+            hours.alias("u_hours_since_last"),
+            pl.col("price").filter(pl.col("event_type") == "purchase").mean().alias("u_avg_purchase_price"),
+            decayed(1.0).alias("u_events_1d"),
+            decayed(7.0).alias("u_events_7d"),
+        )
+        .with_columns((pl.col("u_purchases") / pl.col("u_sessions")).alias("u_purchase_rate"))
+    )
     # Over all of the user's items (not only the candidates), so that training rows and the serving
     # snapshot (which knows every pair) rank an item alike; removals are not a step of the sequence.
-    recency = (users.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
-               .group_by("user_id", "item_id").agg(pl.col("event_time").max().alias("_last"))
-               .with_columns((pl.col("_last").rank("min", descending=True).over("user_id") - 1)
-                             .cast(pl.Float64).alias("ui_recency_rank"))
-               .drop("_last"))
-    item = past.group_by("item_id").agg(is_type["view"].alias("i_views"), is_type["purchase"].alias("i_purchases"),
-                                        pl.col("price").drop_nulls().last().alias("event_price"),
-                                        decayed(1.0, "view").alias("i_views_1d"),
-                                        decayed(7.0, "purchase").alias("i_purchases_7d"))
+    recency = (
+        users.filter(pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+        .group_by("user_id", "item_id")
+        .agg(pl.col("event_time").max().alias("_last"))
+        .with_columns(
+            (pl.col("_last").rank("min", descending=True).over("user_id") - 1).cast(pl.Float64).alias("ui_recency_rank")
+        )
+        .drop("_last")
+    )
+    item = past.group_by("item_id").agg(
+        is_type["view"].alias("i_views"),
+        is_type["purchase"].alias("i_purchases"),
+        pl.col("price").drop_nulls().last().alias("event_price"),
+        decayed(1.0, "view").alias("i_views_1d"),
+        decayed(7.0, "purchase").alias("i_purchases_7d"),
+    )
     item = item.with_columns((pl.col("i_purchases") / (pl.col("i_views") + 1.0)).alias("i_purchase_rate"))
     categories = catalog.select("item_id", "category", "brand", pl.col("price").alias("catalog_price"))
-    affinity = (users.join(categories.select("item_id", "category"), on="item_id", how="left")
-                .group_by("user_id", "category").len()
-                .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("u_category_affinity"))
-                .drop("len"))
-    return {"user_item": user_item, "user": user, "item": item, "catalog": categories, "affinity": affinity,
-            "recency": recency}
+    affinity = (
+        users.join(categories.select("item_id", "category"), on="item_id", how="left")
+        .group_by("user_id", "category")
+        .len()
+        .with_columns((pl.col("len") / pl.col("len").sum().over("user_id")).alias("u_category_affinity"))
+        .drop("len")
+    )
+    return {
+        "user_item": user_item,
+        "user": user,
+        "item": item,
+        "catalog": categories,
+        "affinity": affinity,
+        "recency": recency,
+    }
 
 
 def assemble_propensity(candidates: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
@@ -108,23 +154,33 @@ def assemble_propensity(candidates: pl.DataFrame, tables: dict[str, pl.DataFrame
     A user or item the tables do not know gets zero counts (and ``price_vs_user_avg`` 1.0), the same
     values a candidate without history gets in training, never an error.
     """
-    rows = (candidates.with_row_index("_order")
-            .join(tables["user_item"], on=["user_id", "item_id"], how="left")
-            .join(tables["recency"], on=["user_id", "item_id"], how="left")
-            .join(tables["user"], on="user_id", how="left")
-            .join(tables["item"], on="item_id", how="left")
-            .join(tables["catalog"], on="item_id", how="left")
-            .join(tables["affinity"], on=["user_id", "category"], how="left", nulls_equal=True))
+    rows = (
+        candidates.with_row_index("_order")
+        .join(tables["user_item"], on=["user_id", "item_id"], how="left")
+        .join(tables["recency"], on=["user_id", "item_id"], how="left")
+        .join(tables["user"], on="user_id", how="left")
+        .join(tables["item"], on="item_id", how="left")
+        .join(tables["catalog"], on="item_id", how="left")
+        .join(tables["affinity"], on=["user_id", "category"], how="left", nulls_equal=True)
+    )
     price = pl.coalesce("catalog_price", "event_price")
-    return rows.with_columns(
-        price.fill_null(0.0).alias("price"),
-        # 1.0 (no information) when the user never paid anything: free items exist in real shops.
-        pl.when(pl.col("u_avg_purchase_price") > 0).then(price / pl.col("u_avg_purchase_price"))
-        .otherwise(1.0).fill_null(1.0).alias("price_vs_user_avg"),
-        pl.col("u_category_affinity").fill_null(0.0),
-        # An item the user never touched is further back than any they did.
-        pl.col("ui_recency_rank").fill_null(NEVER_TOUCHED_RANK),
-    ).with_columns(pl.col(c).fill_null(0.0) for c in PROPENSITY_DENSE).sort("_order").drop("_order")
+    return (
+        rows.with_columns(
+            price.fill_null(0.0).alias("price"),
+            # 1.0 (no information) when the user never paid anything: free items exist in real shops.
+            pl.when(pl.col("u_avg_purchase_price") > 0)
+            .then(price / pl.col("u_avg_purchase_price"))
+            .otherwise(1.0)
+            .fill_null(1.0)
+            .alias("price_vs_user_avg"),
+            pl.col("u_category_affinity").fill_null(0.0),
+            # An item the user never touched is further back than any they did.
+            pl.col("ui_recency_rank").fill_null(NEVER_TOUCHED_RANK),
+        )
+        .with_columns(pl.col(c).fill_null(0.0) for c in PROPENSITY_DENSE)
+        .sort("_order")
+        .drop("_order")
+    )
 
 
 def propensity_rows(
@@ -138,15 +194,21 @@ def propensity_rows(
     the cutoff, so nothing leaks from the label window.
     """
     past = events.filter(pl.col("event_time") < cutoff)
-    recent = past.filter((pl.col("event_time") >= cutoff - lookback)
-                         & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
+    recent = past.filter((pl.col("event_time") >= cutoff - lookback) & pl.col("event_type").is_in(SEQUENCE_EVENT_TYPES))
     candidates = recent.select("user_id", "item_id").unique().sort("user_id", "item_id")
-    future = events.filter((pl.col("event_time") >= cutoff) & (pl.col("event_time") < cutoff + horizon)
-                           & (pl.col("event_type") == "purchase")).select("user_id", "item_id").unique()
+    future = (
+        events.filter(
+            (pl.col("event_time") >= cutoff)
+            & (pl.col("event_time") < cutoff + horizon)
+            & (pl.col("event_type") == "purchase")
+        )
+        .select("user_id", "item_id")
+        .unique()
+    )
     rows = assemble_propensity(candidates, propensity_tables(past, catalog, cutoff, candidates))
-    return rows.join(future.with_columns(pl.lit(1.0).alias("label")), on=["user_id", "item_id"], how="left",
-                     maintain_order="left").with_columns(
-        pl.col("label").fill_null(0.0), pl.lit(cutoff).alias("cutoff"))
+    return rows.join(
+        future.with_columns(pl.lit(1.0).alias("label")), on=["user_id", "item_id"], how="left", maintain_order="left"
+    ).with_columns(pl.col("label").fill_null(0.0), pl.lit(cutoff).alias("cutoff"))
 
 
 @dataclass
@@ -161,7 +223,6 @@ class PropensityFeatures:
     counts: dict[str, int]
 
 
-
 def propensity_cutoffs(split: TimeSplit, params: TrainPropensityParams) -> list:
     """Training cutoffs: every ``cutoff_stride_days`` from ``lookback_days`` into the data, each with
     its whole ``horizon_days`` label window inside the training period (the same horizon for all)."""
@@ -172,13 +233,16 @@ def propensity_cutoffs(split: TimeSplit, params: TrainPropensityParams) -> list:
         cutoff += timedelta(days=params.cutoff_stride_days)
     if not cutoffs:
         days = (split.train_end - split.start).days
-        raise BadInput(f"the training period ({days} day(s)) is shorter than the {params.lookback_days}-day "
-                         f"lookback plus the {params.horizon_days}-day label horizon")
+        raise BadInput(
+            f"the training period ({days} day(s)) is shorter than the {params.lookback_days}-day "
+            f"lookback plus the {params.horizon_days}-day label horizon"
+        )
     return cutoffs
 
 
-def propensity_features(events: pl.DataFrame, catalog: pl.DataFrame,
-                        params: TrainPropensityParams) -> PropensityFeatures:
+def propensity_features(
+    events: pl.DataFrame, catalog: pl.DataFrame, params: TrainPropensityParams
+) -> PropensityFeatures:
     """Training rows from cutoffs every ``cutoff_stride_days`` of the training period (features
     before each cutoff, label within ``horizon_days`` after it, inside the training period);
     validation rows from ``train_end`` (early stopping and calibration); test rows from
@@ -201,10 +265,17 @@ def propensity_features(events: pl.DataFrame, catalog: pl.DataFrame,
             raise BadInput(f"the {name} rows have a single label; AUC is undefined (more days of data needed)")
     past = events.filter(pl.col("event_time") < split.train_end)
     known = catalog_as_of(catalog, split.train_end)
-    vocabs = {"item_idx": Vocab.of(past["item_id"]), "category_idx": Vocab.of(known["category"]),
-              "brand_idx": Vocab.of(known["brand"])}
-    counts = {"cutoffs": len(cutoffs), "train_rows": train_rows.height, "valid_rows": valid_rows.height,
-              "test_rows": test_rows.height}
+    vocabs = {
+        "item_idx": Vocab.of(past["item_id"]),
+        "category_idx": Vocab.of(known["category"]),
+        "brand_idx": Vocab.of(known["brand"]),
+    }
+    counts = {
+        "cutoffs": len(cutoffs),
+        "train_rows": train_rows.height,
+        "valid_rows": valid_rows.height,
+        "test_rows": test_rows.height,
+    }
     return PropensityFeatures(split, train_rows, valid_rows, test_rows, vocabs, counts)
 
 
@@ -222,6 +293,11 @@ def load_features(folder: Path) -> PropensityFeatures:
     manifest = read_manifest(folder, "purchase_propensity")
     folder = Path(folder)
     vocabs = {k: Vocab(tuple(v)) for k, v in json.loads((folder / "vocabs.json").read_text()).items()}
-    return PropensityFeatures(TimeSplit.from_dict(manifest["split"]), pl.read_parquet(folder / "train.parquet"),
-                              pl.read_parquet(folder / "valid.parquet"), pl.read_parquet(folder / "test.parquet"),
-                              vocabs, manifest["counts"])
+    return PropensityFeatures(
+        TimeSplit.from_dict(manifest["split"]),
+        pl.read_parquet(folder / "train.parquet"),
+        pl.read_parquet(folder / "valid.parquet"),
+        pl.read_parquet(folder / "test.parquet"),
+        vocabs,
+        manifest["counts"],
+    )

@@ -26,8 +26,9 @@ def encode_ids(frame: pd.DataFrame, index: dict[str, pd.Index]) -> np.ndarray:
     one hash lookup per column, not a Python call per value)."""
     from pipeline.families.purchase_propensity.features import PROPENSITY_IDS
 
-    return np.stack([index[k].get_indexer(frame[ID_COLUMNS[k]].astype(object)) + 1 for k in PROPENSITY_IDS],
-                    axis=1).astype(np.int64)
+    return np.stack(
+        [index[k].get_indexer(frame[ID_COLUMNS[k]].astype(object)) + 1 for k in PROPENSITY_IDS], axis=1
+    ).astype(np.int64)
 
 
 class PropensityPyfunc(mlflow.pyfunc.PythonModel):
@@ -92,13 +93,19 @@ class FloorPyfunc(mlflow.pyfunc.PythonModel):
 
             with open(context.artifacts["lightgbm"]) as fh:
                 saved = json.load(fh)
-            self.logreg, self.booster, self.index = None, lgb.Booster(model_str=saved["booster"]), \
-                id_index(saved["vocabs"])
+            self.logreg, self.booster, self.index = (
+                None,
+                lgb.Booster(model_str=saved["booster"]),
+                id_index(saved["vocabs"]),
+            )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE
 
         dense = model_input[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
-        probs = logreg_predict(self.logreg, dense) if self.logreg is not None else \
-            lightgbm_predict(self.booster, self.index, model_input, dense)
+        probs = (
+            logreg_predict(self.logreg, dense)
+            if self.logreg is not None
+            else lightgbm_predict(self.booster, self.index, model_input, dense)
+        )
         return pd.DataFrame({"probability": np.asarray(probs, dtype=np.float64)})

@@ -24,7 +24,7 @@ from pipeline.serving.common import (
 from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("purchase_propensity")
-ROWS_PER_REQUEST = 16    # a batch holds SHOPML_MAX_BATCH_SIZE times this many candidates
+ROWS_PER_REQUEST = 16  # a batch holds SHOPML_MAX_BATCH_SIZE times this many candidates
 
 
 class _Engine:
@@ -64,11 +64,12 @@ class PropensityService:
         torch_threads()
         self.champion = _Engine(self.bento_model, self.snapshot_model, ARGS.version)
         self.snapshot, self.batcher = self.champion.snapshot, self.champion.batcher
-        self.traffic = Traffic("purchase_propensity", self.champion,
-                               lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag),
-                                                     other.version),
-                               lambda request, answer: ([c.item_id for c in request.candidates],
-                                                        answer.probabilities, "model", []))
+        self.traffic = Traffic(
+            "purchase_propensity",
+            self.champion,
+            lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag), other.version),
+            lambda request, answer: ([c.item_id for c in request.candidates], answer.probabilities, "model", []),
+        )
 
     def __is_ready__(self) -> bool:
         return self.snapshot is not None

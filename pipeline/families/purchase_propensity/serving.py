@@ -17,8 +17,14 @@ from pipeline.serving.api import Id, Strict
 MAX_CANDIDATES = 1000
 INPUT_COLUMNS = ("item_id", "category", "brand", *PROPENSITY_DENSE)
 # The key each snapshot table is looked up by, for one candidate batch.
-TABLE_KEYS = {"user_item": ["user_id", "item_id"], "recency": ["user_id", "item_id"], "user": ["user_id"],
-              "item": ["item_id"], "catalog": ["item_id"], "affinity": ["user_id"]}
+TABLE_KEYS = {
+    "user_item": ["user_id", "item_id"],
+    "recency": ["user_id", "item_id"],
+    "user": ["user_id"],
+    "item": ["item_id"],
+    "catalog": ["item_id"],
+    "affinity": ["user_id"],
+}
 
 
 class Candidate(Strict):
@@ -39,8 +45,9 @@ class Candidate(Strict):
         missing = [f for f in PROPENSITY_DENSE if f not in self.features]
         unknown = sorted(set(self.features) - set(PROPENSITY_DENSE))
         if missing or unknown:
-            raise ValueError(f"features: missing {missing}, unknown {unknown}" if unknown else
-                             f"features: missing {missing}")
+            raise ValueError(
+                f"features: missing {missing}, unknown {unknown}" if unknown else f"features: missing {missing}"
+            )
         return self
 
 
@@ -61,8 +68,9 @@ def snapshot_tables(events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
 
 def propensity_inputs(snapshot, user_ids: list[str], item_ids: list[str]) -> pl.DataFrame:
     """The propensity pyfunc's input rows for these (user, item) pairs, in order, from the snapshot."""
-    candidates = pl.DataFrame({"user_id": user_ids, "item_id": item_ids}, schema={"user_id": pl.String,
-                                                                                   "item_id": pl.String})
+    candidates = pl.DataFrame(
+        {"user_id": user_ids, "item_id": item_ids}, schema={"user_id": pl.String, "item_id": pl.String}
+    )
     # Only the rows of these users and items take part in the joins, not whole tables.
     tables = {name: snapshot.rows(name, candidates) for name in TABLE_KEYS}
     return assemble_propensity(candidates, tables).select(*INPUT_COLUMNS)
@@ -83,22 +91,36 @@ class PropensityScorer:
         sent = [i for i, c in enumerate(candidates) if c.features is not None]
         parts = []
         if looked_up:
-            frame = propensity_inputs(self.snapshot, [candidates[i].user_id for i in looked_up],
-                                      [candidates[i].item_id for i in looked_up])
+            frame = propensity_inputs(
+                self.snapshot, [candidates[i].user_id for i in looked_up], [candidates[i].item_id for i in looked_up]
+            )
             parts.append(frame.with_columns(pl.Series("_order", looked_up, dtype=pl.Int64)))
         if sent:
-            given = pl.DataFrame({
-                "_order": sent, "item_id": [candidates[i].item_id for i in sent],
-                "_category": [candidates[i].category for i in sent], "_brand": [candidates[i].brand for i in sent],
-                **{f: [float(candidates[i].features[f]) for i in sent] for f in PROPENSITY_DENSE},
-            }, schema_overrides={"_order": pl.Int64, "_category": pl.String, "_brand": pl.String,
-                                 **dict.fromkeys(PROPENSITY_DENSE, pl.Float64)})
+            given = pl.DataFrame(
+                {
+                    "_order": sent,
+                    "item_id": [candidates[i].item_id for i in sent],
+                    "_category": [candidates[i].category for i in sent],
+                    "_brand": [candidates[i].brand for i in sent],
+                    **{f: [float(candidates[i].features[f]) for i in sent] for f in PROPENSITY_DENSE},
+                },
+                schema_overrides={
+                    "_order": pl.Int64,
+                    "_category": pl.String,
+                    "_brand": pl.String,
+                    **dict.fromkeys(PROPENSITY_DENSE, pl.Float64),
+                },
+            )
             given = given.join(self.catalog, on="item_id", how="left", maintain_order="left").with_columns(
-                pl.coalesce("_category", "category").alias("category"), pl.coalesce("_brand", "brand").alias("brand"))
+                pl.coalesce("_category", "category").alias("category"), pl.coalesce("_brand", "brand").alias("brand")
+            )
             parts.append(given)
-        frame = pl.concat([p.select("_order", *INPUT_COLUMNS).with_columns(pl.col(f).cast(pl.Float64)
-                                                                           for f in PROPENSITY_DENSE)
-                           for p in parts])
+        frame = pl.concat(
+            [
+                p.select("_order", *INPUT_COLUMNS).with_columns(pl.col(f).cast(pl.Float64) for f in PROPENSITY_DENSE)
+                for p in parts
+            ]
+        )
         return frame.sort("_order").drop("_order")
 
     def score_requests(self, requests: list[list]) -> list[list[float]]:
@@ -108,6 +130,6 @@ class PropensityScorer:
         probabilities = self.pyfunc.predict(None, frame)["probability"].astype(float).tolist()
         out, start = [], 0
         for candidates in requests:
-            out.append(probabilities[start:start + len(candidates)])
+            out.append(probabilities[start : start + len(candidates)])
             start += len(candidates)
         return out

@@ -61,7 +61,7 @@ class PropensityFit:
     metrics: dict[str, float]
     data: dict[str, float]
     test_rows: pl.DataFrame
-    logreg: object = None    # the baseline, fitted on model.dense_mean/dense_std-scaled features
+    logreg: object = None  # the baseline, fitted on model.dense_mean/dense_std-scaled features
     lightgbm: object = None  # the other baseline: gradient-boosted trees on the raw rows (a lightgbm Booster)
 
 
@@ -86,21 +86,42 @@ def fit_lightgbm(tr: tuple, va: tuple, seed: int):
     categorical = list(range(len(PROPENSITY_IDS)))
     fitted = []
     for use_ids in (True, False):
+
         def inputs(ids, dense, use_ids=use_ids):
             return lightgbm_features(ids if use_ids else np.zeros_like(ids), dense)
 
-        model = lgb.LGBMClassifier(n_estimators=2000, learning_rate=0.05, num_leaves=31, min_child_samples=20,
-                                   subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=seed,
-                                   n_jobs=-1, verbose=-1, deterministic=True, force_row_wise=True)
-        model.fit(inputs(*tr[:2]), tr[2], eval_set=[(inputs(*va[:2]), va[2])], eval_metric="auc",
-                  categorical_feature=categorical, callbacks=[lgb.early_stopping(50, verbose=False)])
+        model = lgb.LGBMClassifier(
+            n_estimators=2000,
+            learning_rate=0.05,
+            num_leaves=31,
+            min_child_samples=20,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.8,
+            random_state=seed,
+            n_jobs=-1,
+            verbose=-1,
+            deterministic=True,
+            force_row_wise=True,
+        )
+        model.fit(
+            inputs(*tr[:2]),
+            tr[2],
+            eval_set=[(inputs(*va[:2]), va[2])],
+            eval_metric="auc",
+            categorical_feature=categorical,
+            callbacks=[lgb.early_stopping(50, verbose=False)],
+        )
         fitted.append((model.best_score_["valid_0"]["auc"], use_ids, model.booster_))
     _, use_ids, booster = max(fitted, key=lambda f: f[0])
     return booster, use_ids
 
 
 def fit_propensity(
-    features: PropensityFeatures, params: TrainPropensityParams, on_epoch=None, checkpoint_dir: Path | None = None,
+    features: PropensityFeatures,
+    params: TrainPropensityParams,
+    on_epoch=None,
+    checkpoint_dir: Path | None = None,
 ) -> PropensityFit:
     """Train DCN-v2, a logistic regression and LightGBM on the same rows; score them on the same test
     rows (``featureset.propensity_features`` says which rows)."""
@@ -109,13 +130,20 @@ def fit_propensity(
 
     split, vocabs, test_rows = features.split, features.vocabs, features.test_rows
     (tr_ids, tr_dense, tr_y), (va_ids, va_dense, va_y), (te_ids, te_dense, te_y) = (
-        _propensity_tensors(r, vocabs) for r in (features.train_rows, features.valid_rows, test_rows))
+        _propensity_tensors(r, vocabs) for r in (features.train_rows, features.valid_rows, test_rows)
+    )
 
     cardinalities = tuple(v.size for v in vocabs.values()) if params.id_embeddings else ()
-    config = DCNConfig(n_dense=len(PROPENSITY_DENSE), id_cardinalities=cardinalities,
-                       embedding_dim=params.embedding_dim, cross_layers=params.cross_layers,
-                       hidden=params.hidden, dropout=params.dropout, wide=params.wide,
-                       constant_inputs=params.constant_inputs)
+    config = DCNConfig(
+        n_dense=len(PROPENSITY_DENSE),
+        id_cardinalities=cardinalities,
+        embedding_dim=params.embedding_dim,
+        cross_layers=params.cross_layers,
+        hidden=params.hidden,
+        dropout=params.dropout,
+        wide=params.wide,
+        constant_inputs=params.constant_inputs,
+    )
     loop = loop_config(params)
     torch.manual_seed(params.seed)
     model = DCNv2(config)
@@ -127,15 +155,23 @@ def fit_propensity(
         device = model_device(m)
         return float(roc_auc_score(va_y.numpy(), m(va_ids.to(device), va_dense.to(device)).float().cpu().numpy()))
 
-    result = train_loop(model, packed, packed_loss(n_ids), valid_auc, loop, checkpoint_dir=checkpoint_dir,
-                   model_args=config.to_dict(), on_epoch=on_epoch)
+    result = train_loop(
+        model,
+        packed,
+        packed_loss(n_ids),
+        valid_auc,
+        loop,
+        checkpoint_dir=checkpoint_dir,
+        model_args=config.to_dict(),
+        on_epoch=on_epoch,
+    )
     model.eval()
     model.calibrate(va_ids, va_dense, va_y)
 
     with torch.no_grad():
         device = model_device(model)
         p_model = model.predict_proba(te_ids.to(device), te_dense.to(device)).cpu().numpy()
-    model.cpu()   # from here on the model is logged and served: a CPU host must load it
+    model.cpu()  # from here on the model is logged and served: a CPU host must load it
 
     # The baseline sees the same dense features with the model's own compression and scaling.
     def lr_features(dense: torch.Tensor) -> np.ndarray:
@@ -143,28 +179,42 @@ def fit_propensity(
 
     logreg = LogisticRegression(max_iter=2000).fit(lr_features(tr_dense), tr_y.numpy())
     p_lr = logreg.predict_proba(lr_features(te_dense))[:, 1]
-    booster, gbt_ids = fit_lightgbm((tr_ids.numpy(), tr_dense.numpy(), tr_y.numpy()),
-                           (va_ids.numpy(), va_dense.numpy(), va_y.numpy()), params.seed)
+    booster, gbt_ids = fit_lightgbm(
+        (tr_ids.numpy(), tr_dense.numpy(), tr_y.numpy()), (va_ids.numpy(), va_dense.numpy(), va_y.numpy()), params.seed
+    )
     p_gbt = booster.predict(lightgbm_features(te_ids.numpy(), te_dense.numpy()))
     y = te_y.numpy()
     metrics = {
-        "test_auc": float(roc_auc_score(y, p_model)), "test_log_loss": float(log_loss(y, p_model, labels=[0, 1])),
+        "test_auc": float(roc_auc_score(y, p_model)),
+        "test_log_loss": float(log_loss(y, p_model, labels=[0, 1])),
         "baseline_logreg_auc": float(roc_auc_score(y, p_lr)),
         "baseline_logreg_log_loss": float(log_loss(y, p_lr, labels=[0, 1])),
         "baseline_lightgbm_auc": float(roc_auc_score(y, p_gbt)),
         "baseline_lightgbm_log_loss": float(log_loss(y, np.clip(p_gbt, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "baseline_lightgbm_reads_ids": float(gbt_ids),
-        "best_valid_auc": result.best_metric, "best_epoch": result.best_epoch,
+        "best_valid_auc": result.best_metric,
+        "best_epoch": result.best_epoch,
         "train_samples_per_second": result.samples_per_second,
     }
-    data = {"data.horizon_days": params.horizon_days, "data.lookback_days": params.lookback_days,
-            "data.cutoffs": features.counts["cutoffs"], "data.train_rows": len(tr_y), "data.valid_rows": len(va_y),
-            "data.test_rows": len(te_y), "data.train_positive_rate": float(tr_y.mean())}
+    data = {
+        "data.horizon_days": params.horizon_days,
+        "data.lookback_days": params.lookback_days,
+        "data.cutoffs": features.counts["cutoffs"],
+        "data.train_rows": len(tr_y),
+        "data.valid_rows": len(va_y),
+        "data.test_rows": len(te_y),
+        "data.train_positive_rate": float(tr_y.mean()),
+    }
     return PropensityFit(model, config, loop, split, vocabs, result, metrics, data, test_rows, logreg, booster)
 
 
-def train(paths: StatePaths, params: TrainPropensityParams, tags: dict[str, str] | None = None,
-          features: Path | None = None, dataset_version: str | None = None) -> TrainOutcome:
+def train(
+    paths: StatePaths,
+    params: TrainPropensityParams,
+    tags: dict[str, str] | None = None,
+    features: Path | None = None,
+    dataset_version: str | None = None,
+) -> TrainOutcome:
     """Fit the propensity model on a feature set (``features``; by default the one of
     ``dataset_version``, itself by default the current one) and log the run to MLflow."""
     import mlflow
@@ -173,13 +223,15 @@ def train(paths: StatePaths, params: TrainPropensityParams, tags: dict[str, str]
     fs = features_for(paths, MODEL_NAME, params, features, dataset_version)
     rows = load_features(fs.path)
     key = resume_key(MODEL_NAME, tags, fs.path, fs.dataset_version, params)
-    if rank() != 0:   # under torchrun: rank 0 alone tracks and logs (see the next_item trainer)
+    if rank() != 0:  # under torchrun: rank 0 alone tracks and logs (see the next_item trainer)
         fit_propensity(rows, params, checkpoint_dir=checkpoint_dir(paths, MODEL_NAME, key))
         return TrainOutcome("", "", fs.dataset_version, {})
 
     experiment_id = use_experiment(paths, MODEL_NAME)
-    with tracked_training(paths, MODEL_NAME, experiment_id, key, f"dcnv2-{fs.dataset_version[:8]}",
-                          tags) as run, tempfile.TemporaryDirectory() as tmp:
+    with (
+        tracked_training(paths, MODEL_NAME, experiment_id, key, f"dcnv2-{fs.dataset_version[:8]}", tags) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         tag_run(MODEL_NAME, fs, tags)
 
         def log_epoch(h: dict[str, float]) -> None:
@@ -199,12 +251,14 @@ def train(paths: StatePaths, params: TrainPropensityParams, tags: dict[str, str]
         import joblib
 
         baseline = Path(tmp) / "logreg.joblib"
-        joblib.dump({"model": fit.logreg, "mean": model.dense_mean.numpy(), "std": model.dense_std.numpy()},
-                    baseline)
+        joblib.dump({"model": fit.logreg, "mean": model.dense_mean.numpy(), "std": model.dense_std.numpy()}, baseline)
         mlflow.log_artifact(str(baseline), artifact_path="baseline")
         gbt = Path(tmp) / "lightgbm.json"
-        gbt.write_text(json.dumps({"booster": fit.lightgbm.model_to_string(),
-                                   "vocabs": {k: list(v.values) for k, v in vocabs.items()}}))
+        gbt.write_text(
+            json.dumps(
+                {"booster": fit.lightgbm.model_to_string(), "vocabs": {k: list(v.values) for k, v in vocabs.items()}}
+            )
+        )
         mlflow.log_artifact(str(gbt), artifact_path="baseline")
         example = test_rows.select("item_id", "category", "brand", *PROPENSITY_DENSE).head(3).to_pandas()
         wrapper = PropensityPyfunc.from_parts(model, vocabs)
@@ -216,9 +270,12 @@ def train(paths: StatePaths, params: TrainPropensityParams, tags: dict[str, str]
             signature=infer_signature(example, wrapper.predict(None, example)),
             input_example=example,
         )
-        log.info("run %s: test AUC %.4f, log loss %.4f (logistic regression: AUC %.4f, log loss %.4f)",
-                 run.run_id, metrics["test_auc"], metrics["test_log_loss"], metrics["baseline_logreg_auc"],
-                 metrics["baseline_logreg_log_loss"])
+        log.info(
+            "run %s: test AUC %.4f, log loss %.4f (logistic regression: AUC %.4f, log loss %.4f)",
+            run.run_id,
+            metrics["test_auc"],
+            metrics["test_log_loss"],
+            metrics["baseline_logreg_auc"],
+            metrics["baseline_logreg_log_loss"],
+        )
         return TrainOutcome(run.run_id, info.model_uri, fs.dataset_version, metrics)
-
-
