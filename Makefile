@@ -1,11 +1,5 @@
-# Entry points. Each target creates the virtual environment on first use.
-#   make demo   generate twelve days of shop data, ingest ten, then retrain each model (train, evaluate, gate,
-#               register, package a smoke-tested Bento, promote; the strongest floor serves when no learned
-#               candidate clears it) and the recommender once more on the same data; then close the loop:
-#               serve the champion, replay the eleventh day's sessions against it, ingest that day and the
-#               next (so every answer's outcome horizon has passed), and judge the served answers beside the
-#               floors on the same requests; it ends with the online next_item lines
-#   make test   the default test suite (< 15 minutes on 2 cores); make test-fast: its fast layer (< 2 minutes)
+# Entry points: `make help` lists them. Each target creates the virtual environment on first use.
+# Needs Python 3.11, bash and make; nothing GNU-only (dates are computed with the venv's Python).
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -15,8 +9,14 @@ export SHOPML_HOME ?= $(CURDIR)/.state
 DEMO_START ?= 2026-11-01
 DEMO_DAYS ?= 10
 PIP_VERSION := 26.3
+SHOPML := $(BIN)/shopml
+# `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
+day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint clean
+.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+
+help: ## list the targets, one line each
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -27,17 +27,17 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@touch $@
 	@echo "installed into $(VENV) (versions pinned by requirements.lock)"
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed ## create .venv from requirements.lock (pinned) and install the project
 
-demo: install
+demo: install ## the whole pipeline end to end on a generated shop, about 5 minutes
 	@# A shop dense enough in users and items per event for the sequential model to learn from.
 	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 2)) --events-per-day 5000 \
 	  --initial-users 2000 --initial-items 1200 --seed 11
 	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
 	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-backfill.log; exit 1; }
-	@last=$$(date -u -d "$(DEMO_START) + $$(($(DEMO_DAYS) - 1)) day" +%F); \
-	run=$$(date -u -d "$$last + 1 day" +%F); \
+	@last=$(call day_after,$(DEMO_START),$$(($(DEMO_DAYS) - 1))); \
+	run=$(call day_after,$$last,1); \
 	echo "== airflow dags test ingest_events $$run (data interval: $$last) =="; \
 	$(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-ingest.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-ingest.log; exit 1; }; \
@@ -60,7 +60,7 @@ demo: install
 	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
 	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
 	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"
-	@day=$$(date -u -d "$(DEMO_START) + $(DEMO_DAYS) day" +%F); \
+	@day=$(call day_after,$(DEMO_START),$(DEMO_DAYS)); \
 	echo "== the closed loop: the champion serves $$day's sessions; that day and the next are ingested, the answers judged =="; \
 	$(PY) -m pipeline replay --model next_item --date $$day --serve > $(SHOPML_HOME)/demo-replay.log 2>&1 \
 	  || { tail -30 $(SHOPML_HOME)/demo-replay.log; exit 1; }; \
@@ -75,11 +75,11 @@ demo: install
 
 # Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
 MODEL ?= next_item
-serve: install
+serve: install ## serve the champion's Bento on port 3000 (MODEL=purchase_propensity for the other)
 	$(PY) -m pipeline serve --model $(MODEL) --port 3000
 
 # The Airflow UI on this project's DAGs and state (SQLite, LocalExecutor); Ctrl-C stops it.
-airflow: install
+airflow: install ## the Airflow UI on this project's DAGs and state (Ctrl-C stops it)
 	@pw=$(SHOPML_HOME)/airflow/simple_auth_manager_passwords.json.generated; \
 	$(PY) -m pipeline airflow standalone > $(SHOPML_HOME)/airflow-standalone.log 2>&1 & pid=$$!; \
 	trap "kill $$pid 2>/dev/null" INT TERM EXIT; \
@@ -90,50 +90,50 @@ airflow: install
 	echo "  log:   $(SHOPML_HOME)/airflow-standalone.log"; \
 	wait $$pid
 
-test: install
+test: install ## the default test suite (under 15 minutes on 2 cores)
 	$(PY) -m pytest
 
 # The fast layer alone: no training, no servers, no Airflow runs (run it on every change).
-test-fast: install
+test-fast: install ## the fast layer: no training, servers or Airflow runs (under 2 minutes)
 	$(PY) -m pytest -m fast
 
-test-slow: install
+test-slow: install ## the longest end-to-end runs: Airflow DAGs, a backfill, torchrun
 	$(PY) -m pytest -m slow
 
 # The production profile end to end on this machine's PostgreSQL and Redis (no Docker): an MLflow server,
 # Airflow's api-server and a Celery worker as processes. SHOPML_TEST_POSTGRES_URL and SHOPML_TEST_REDIS_URL
 # say where the servers are (defaults: postgresql://postgres@127.0.0.1:5432/postgres, redis://127.0.0.1:6379/15).
 # Fault injection (SIGKILL at every kill point, then a rerun) and fuzzing of the served APIs and the parsers.
-test-reliability: install
+test-reliability: install ## SIGKILL at every kill point, then a rerun; fuzzing of the APIs and parsers
 	$(PY) -m pytest -m reliability -s tests/test_reliability.py tests/test_fuzz.py
 
-test-integration: install
+test-integration: install ## the production profile on this machine's PostgreSQL and Redis
 	$(PY) -m pytest -m integration tests/test_integration.py
 
-bench-models: install
+bench-models: install ## next-item and propensity metrics on the public samples, model throughput
 	$(PY) -m benchmarks.bench_models
 	$(PY) -m benchmarks.bench_propensity
 	$(PY) -m benchmarks.bench_throughput
 
 # Load benchmark of the served recommender over 50,000 items: requests/s and p50/p95/p99 latency at
 # several concurrency levels, batching on and off, beside the raw model's batched throughput.
-bench-serve: install
+bench-serve: install ## load test of the served models: requests/s and latency percentiles
 	$(PY) -m benchmarks.bench_serve
 
 # The recommender's transformer on CPU: eager PyTorch, torch.compile, TorchScript, int8 dynamic
 # quantization and (when installed) ONNX Runtime, with each one's parity against eager.
-bench-runtime: install
+bench-runtime: install ## the recommender on CPU: eager, compile, TorchScript, int8, ONNX
 	$(PY) -m benchmarks.bench_runtime
 
 # What prediction logging costs a request (record() on the request path) and how fast it writes.
-bench-predlog: install
+bench-predlog: install ## what prediction logging costs a request
 	$(PY) -m benchmarks.bench_predlog
 
 # The GPU check's input (benchmarks/gpu_check.py): a generated shop's two feature sets, exported to
 # .gpu/<name>.npz for a GPU host whose Python has torch, numpy, scikit-learn and PyYAML only.
 # GPU_SHOP=big: 14 days of 70,000 events (1 million), 30,000 users, 8,000 items.
 GPU_SHOP ?= demo
-gpu-check-data: install
+gpu-check-data: install ## export a generated shop's feature sets for benchmarks/gpu_check.py
 	@set -e; home=$(CURDIR)/.gpu/$(GPU_SHOP)-home; rm -rf $$home; export SHOPML_HOME=$$home; \
 	if [ "$(GPU_SHOP)" = big ]; then shop="--days 14 --events-per-day 70000 --initial-users 30000 --initial-items 8000 --seed 12"; days=14; \
 	else shop="--days $(DEMO_DAYS) --events-per-day 5000 --initial-users 2000 --initial-items 1200 --seed 11"; days=$(DEMO_DAYS); fi; \
@@ -146,21 +146,34 @@ gpu-check-data: install
 
 # Airflow's overhead on an end-to-end retrain (DAG wall time minus the stages' own time) on one
 # million generated events, and the retrain's wall time.
-bench-airflow: install
+bench-airflow: install ## Airflow's overhead on an end-to-end retrain of one million events
 	$(PY) -m benchmarks.bench_airflow
 
-bench-data: install
+bench-data: install ## ingest, validate and version throughput
 	$(PY) -m benchmarks.bench_data
 
-lint: install
-	$(BIN)/ruff check pipeline dags tests benchmarks
+lint: install ## ruff format --check and ruff check over every folder
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install ## mypy on pipeline/ and models/ (strictness: pyproject.toml [tool.mypy])
+	$(BIN)/mypy
+
+docs: install ## build the docs site into site/ (warnings are errors, links checked)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install ## serve the docs site on http://127.0.0.1:8000, rebuilt on each change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+data: install ## download the public data samples that are missing (to SHOPML_DATA_DIR), checksums checked
+	$(PY) -m benchmarks.data
 
 # Re-resolve every dependency from pyproject.toml and pin the result.
-lock:
+lock: ## re-resolve every dependency from pyproject.toml and pin the result
 	rm -rf /tmp/shopml-lock && $(PYTHON) -m venv /tmp/shopml-lock
 	/tmp/shopml-lock/bin/pip install --quiet "pip==$(PIP_VERSION)" && /tmp/shopml-lock/bin/pip install --quiet -e '.[prod,docs,dev]'
 	{ sed -n '1,2p' requirements.lock; /tmp/shopml-lock/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
-clean:
+clean: ## remove the state folder (.state) and pytest's cache
 	rm -rf $(SHOPML_HOME) .pytest_cache

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.data import sample
 from models.baselines import CooccurrenceRecommender, PopularityRecommender
 from models.blend import BlendedRecommender, choose_beta
 from models.sasrec import SASRec, SASRecConfig
@@ -41,7 +42,7 @@ from models.train import TrainConfig, train
 from pipeline.families.next_item.features import NextItemExamples, left_pad, training_windows
 from pipeline.families.next_item.train import evaluate_scorer
 
-BEAUTY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "amazon_beauty" / "Beauty.txt"
+BEAUTY = sample("amazon_beauty", "Beauty.txt")  # $SHOPML_DATA_DIR, default ../shared/data
 # Published on this very file (full-catalog ranking, leave-last-out).
 PUBLISHED = {
     "SASRec, sampled softmax 256 negatives (eSASRec paper, 2025)": {"recall_at_10": 0.0921, "ndcg_at_10": 0.0531},

@@ -15,15 +15,10 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-UCI = (
-    Path(__file__).resolve().parent.parent.parent
-    / "shared"
-    / "data"
-    / "uci_online_retail"
-    / "online_retail_by_day_concat.csv"
-)
+from benchmarks.data import sample
+
+UCI = sample("uci_online_retail", "online_retail_by_day_concat.csv")  # $SHOPML_DATA_DIR, default ../shared/data
 
 
 def main() -> int:

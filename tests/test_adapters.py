@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 
-from conftest import write_csv
+from conftest import need_sample, write_csv
 from pipeline.core.schema import PARTITION_FILE
 from pipeline.data.adapters import get_adapter
 from pipeline.data.ingest import Interval, ingest_events
@@ -35,7 +35,7 @@ UCI_DAYS = ("2010-12-01", "2011-06-01")  # a winter (GMT) and a summer (BST) day
 @pytest.fixture(scope="module")
 def uci_rows(shared_data):
     """The UCI rows of UCI_DAYS, read once with the csv module, times converted independently."""
-    source = shared_data / "uci_online_retail" / "online_retail_by_day_concat.csv"
+    source = need_sample(shared_data / "uci_online_retail" / "online_retail_by_day_concat.csv")
     london = ZoneInfo("Europe/London")
     rows = {day: [] for day in UCI_DAYS}
     with open(source, newline="") as fh:
@@ -116,7 +116,7 @@ C489449,22087,PAPER BUNTING WHITE LACE,-12,2009-12-01 10:33:00,2.95,16321.0,Aust
 
 
 def test_yoochoose_real_clicks(state, shared_data):
-    source = shared_data / "raw_samples" / "yoochoose_clicks_100k" / "yoochoose-clicks-100k_train_full.txt"
+    source = need_sample(shared_data / "raw_samples" / "yoochoose_clicks_100k" / "yoochoose-clicks-100k_train_full.txt")
     day = "2014-04-02"
     start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
     expected = set()
@@ -134,7 +134,7 @@ def test_yoochoose_real_clicks(state, shared_data):
 
 
 def test_diginetica_real_views(state, shared_data):
-    source = shared_data / "raw_samples" / "diginetica_sample" / "sample_train-item-views.csv"
+    source = need_sample(shared_data / "raw_samples" / "diginetica_sample" / "sample_train-item-views.csv")
     day = "2016-05-31"
     expected = set()
     with open(source, newline="") as fh:

@@ -175,3 +175,12 @@ def test_no_message_spells_a_command_by_hand():
             ):
                 by_hand.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value[:60]}")
     assert by_hand == []
+
+
+def test_make_help_lists_every_target_with_one_line():
+    makefile = (REPO / "Makefile").read_text()
+    phony = next(line for line in makefile.splitlines() if line.startswith(".PHONY:")).split()[1:]
+    described = {line.split(":")[0] for line in makefile.splitlines() if " ## " in line and not line.startswith("\t")}
+    assert set(phony) - described == set()
+    shown = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert {line.split()[0] for line in shown.splitlines()} == set(phony)

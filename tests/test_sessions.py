@@ -7,27 +7,21 @@ import json
 import pickle
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.data import sample
 from benchmarks.sessions import SessionFormatError, preprocess_diginetica, read_sessions
+from conftest import need_sample
 
-DIGINETICA = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "raw_samples"
-    / "diginetica_sample"
-    / "sample_train-item-views.csv"
-)
+DIGINETICA = sample("raw_samples", "diginetica_sample", "sample_train-item-views.csv")
 
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("diginetica")
-    counts = preprocess_diginetica(DIGINETICA, out)
+    counts = preprocess_diginetica(need_sample(DIGINETICA), out)
     return out, counts
 
 
@@ -48,7 +42,7 @@ def test_diginetica_preprocessing_matches_the_published_rules(fixture_dir):
     assert all(set(p.tolist()) <= set(first_seen) for p in data.test_prefixes)
     assert len(data.test_prefixes[0]) >= 1
     # Rare items are gone: every kept item was clicked at least 5 times in sessions of 2+ clicks.
-    raw = pl.read_csv(DIGINETICA, separator=";")
+    raw = pl.read_csv(need_sample(DIGINETICA), separator=";")
     multi = raw.filter(pl.len().over("session_id") > 1)
     kept_raw = multi.group_by("item_id").len().filter(pl.col("len") >= 5).height
     assert counts["items"] <= kept_raw
