@@ -9,7 +9,7 @@ histories (50 items, the default ``max_len``), batch 1 and 64, for
 * ``torchscript``: ``torch.jit.trace``;
 * ``int8``: dynamic int8 quantization of the linear layers (``torch.ao.quantization.quantize_dynamic``);
 * ``onnxruntime``: exported with ``torch.onnx.export``, run by ONNX Runtime (when ``onnxruntime``
-  and ``onnxscript`` are installed: they are not in the lock file, see the README).
+  and ``onnxscript`` are installed: they are not in the lock file, see docs/benchmarks/serving.md).
 
 Each runtime's answers are compared with eager's on 1,024 histories through the full ranking
 (user state, scores over the catalog, top-10): the share of identical top-10 lists and the largest

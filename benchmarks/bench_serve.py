@@ -24,7 +24,7 @@ generator in its own process (``benchmarks.load_client``), closed-loop clients a
 
 Everything shares the machine's cores (the load generator too). ``--layout two-hop`` measures the
 layout of earlier releases for comparison: not built any more, so its figures come from the
-README (202 req/s, p99 753 ms at 64 clients on the 2-core machine, for known users).
+docs/benchmarks/serving.md (202 req/s, p99 753 ms at 64 clients on the 2-core machine, for known users).
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ def test_under_load_a_promotion_and_restart_lose_nothing_outside_the_restart_win
     restarted on it (stop the old server, start the new Bento on the same port). Every answer is
     a full answer from the old or the new version, never a 5xx or a half-loaded model; the only
     failures are refused connections between the old server's stop and the new one's readiness
-    (the restart window the README documents, which clients retry), and after it every answer
+    (the restart window docs/development/reliability.md documents, which clients retry), and after it every answer
     comes from the new version."""
     import threading
     import time

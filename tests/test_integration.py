@@ -9,7 +9,7 @@
 
 It starts, as processes on loopback, an MLflow tracking server (PostgreSQL backend store, proxied
 artifacts), Airflow's api-server (the Execution API the worker's tasks talk to) and a Celery worker;
-the environment is the production profile's (README, "Scaling out"). Then ``ingest_events`` and
+the environment is the production profile's (docs/how-to/production.md). Then ``ingest_events`` and
 ``retrain_next_item`` run end to end through the CeleryExecutor (``airflow dags test
 --use-executor``), and the champion is read back from MLflow's tables in PostgreSQL. Everything it
 started is stopped, and its databases dropped, whatever the outcome.

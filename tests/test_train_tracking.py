@@ -477,7 +477,7 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
 
 
 def test_the_gpu_check_runs_on_the_pipelines_feature_sets(trained, tmp_path):
-    """benchmarks/gpu_check.py is what a GPU host runs (see the README's GPU section); here on the CPU,
+    """benchmarks/gpu_check.py is what a GPU host runs (docs/benchmarks/gpu.md); here on the CPU,
     so that CI keeps its export and its checks working between GPU sessions."""
     import mlflow
 

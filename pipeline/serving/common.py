@@ -5,7 +5,7 @@ model and snapshot tags and the version's lineage as Bento build arguments; they
 Bento, so ``bentoml serve <bento tag>`` needs nothing else.
 
 Variables read when a service starts (defaults chosen with ``make bench-serve`` on the 2-core
-development machine, README "Load"):
+development machine, docs/benchmarks/serving.md):
     SHOPML_API_WORKERS: worker processes, each with its own copy of the model, snapshot and user
         states (default 2, or 1 on a 1-core machine: at 64 clients 2 workers answered 438-466
         known-user requests/s against 248-300 for 1, both cores parsing HTTP).
@@ -173,7 +173,7 @@ def overloaded_as_503():
         raise ServiceUnavailable(f"the server is overloaded: {exc}; retry") from exc
 
 
-# ---- The closed loop: prediction logging, shadow and canary (README "Closing the loop") ----------
+# ---- The closed loop: prediction logging, shadow and canary (docs/concepts/closed-loop.md) ----------
 #   SHOPML_PREDICTION_LOG: where answers are logged (a folder or fsspec URI; ``off``: nowhere;
 #       default ``$SHOPML_HOME/predictions``), see ``pipeline.data.predictions``.
 #   SHOPML_PREDICTION_LOG_QUEUE: answers a worker holds before it drops new ones (default 10,000).
