@@ -55,7 +55,7 @@ def shop(tmp_path_factory):
         for model, run_id in runs.items():
             evaluate_candidate(paths, model, run_id)
             gate_candidate(
-                paths, model, run_id, dataclasses.replace(load_policy(model), floors=(), bootstrap_samples=50)
+                paths, model, run_id, dataclasses.replace(load_policy(model), floors=(), bootstrap_samples=100)
             )
             versions[model] = str(registry.register_candidate(paths, model, run_id).version)
         yield paths, versions
