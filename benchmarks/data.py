@@ -113,8 +113,9 @@ def _uci(out: Path) -> None:
             f.writelines(lines if i == 0 else lines[1:])
 
 
-def fetch(root: Path, check_only: bool = False) -> list[str]:
-    """Download what is missing under ``root``; every sample's line (present, fetched or a problem)."""
+def fetch(root: Path, check_only: bool = False) -> tuple[list[str], int]:
+    """Download what is missing under ``root``: every sample's line (present, fetched or a problem),
+    and how many samples are missing or different."""
     lines, problems = [], 0
     for s in SAMPLES:
         target = root / s.path
@@ -145,7 +146,7 @@ def fetch(root: Path, check_only: bool = False) -> list[str]:
         lines.append(f"fetched {s.path} ({s.source})")
     if problems:
         lines.append(f"{problems} sample(s) missing or different under {root}")
-    return lines
+    return lines, problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help=f"the data folder (default: ${DATA_ENV}, else {DEFAULT_DATA_DIR})")
     args = parser.parse_args(argv)
     root = args.dir or data_dir()
-    lines = fetch(root, args.check)
+    lines, problems = fetch(root, args.check)
     print("\n".join(lines))
-    return 1 if lines[-1].endswith(f"under {root}") else 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

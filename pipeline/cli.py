@@ -293,11 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     og.add_argument(
         "--dates", type=_days_list, required=True, metavar="YYYY-MM-DD,...", help="the monitored days, comma-separated"
     )
-    subcommand(
+    af = subcommand(
         "airflow",
-        _airflow_help,
+        _airflow,
         "airflow with this project's DAGs and state: shopml airflow ARGS... (e.g. dags test retrain_next_item)",
     )
+    af.add_argument("airflow_args", nargs=argparse.REMAINDER, metavar="ARGS", help="Airflow's own arguments")
     return parser
 
 
@@ -660,8 +661,10 @@ def _online_gate(args: argparse.Namespace) -> int:
     return 0 if gate.passed else 8
 
 
-def _airflow_help(args: argparse.Namespace) -> int:  # `shopml airflow ...` is handled before parsing
-    return run_airflow([])
+def _airflow(args: argparse.Namespace) -> int:
+    """``shopml [-v] airflow ARGS``; a plain ``shopml airflow ...`` is handed over before parsing, so
+    that Airflow's own ``--help`` and options reach it untouched."""
+    return run_airflow(args.airflow_args)
 
 
 # ---- Entry point ----------------------------------------------------------------------------------------------
@@ -669,7 +672,6 @@ def _airflow_help(args: argparse.Namespace) -> int:  # `shopml airflow ...` is h
 
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of an error that is not a bug (``EXIT_CODES``); None for a bug."""
-    from pipeline.core.tracking import NotRegistered
     from pipeline.data.validate import ValidationFailed
     from pipeline.data.version import NotValidated
     from pipeline.families.resume import TrainingInProgress
@@ -681,7 +683,7 @@ def exit_code(exc: BaseException) -> int | None:
         (ChampionMoved, 5),
         (ServingError, 6),
         (TrainingInProgress, 7),
-        ((NotFound, NotRegistered, FileNotFoundError), 3),
+        ((NotFound, FileNotFoundError), 3),
         (BadInput, 2),
         (Refused, 8),
     ]

@@ -93,7 +93,6 @@ def test_errors_map_to_exit_codes_by_kind_and_a_bug_is_a_traceback(monkeypatch, 
     def broken(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cli, "_models", broken)
     parser = cli.build_parser
     monkeypatch.setattr(cli, "build_parser", lambda: _with_handler(parser(), "models", broken))
     with pytest.raises(KeyError, match="a bug"):

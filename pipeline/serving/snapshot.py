@@ -49,7 +49,8 @@ def write_snapshot_of(
 ) -> dict:
     """Write the tables ``tables`` builds from these events (canonical schema) as of the end of
     their last day (none for a family without: ``ModelSpec.snapshot_tables`` None), and ``meta.json``
-    naming each table's key columns."""
+    naming each table's key columns: the columns ``FeatureSnapshot.rows`` finds its rows by (none: a
+    table the family reads whole, e.g. into a view of its own, which is not indexed)."""
     cutoff = split_by_time(events, 0, 0).end
     out.mkdir(parents=True, exist_ok=True)
     keys = {}
@@ -127,7 +128,10 @@ class FeatureSnapshot:
                 "package the model again to rebuild it"
             )
         snapshot = cls(meta, {name: pl.read_parquet(path / f"{name}.parquet") for name in meta["keys"]})
-        snapshot._indexes = {name: RowIndex(table, meta["keys"][name]) for name, table in snapshot.tables.items()}
+        # Only tables looked up by key are indexed: an index holds a sorted copy of its table.
+        snapshot._indexes = {
+            name: RowIndex(table, meta["keys"][name]) for name, table in snapshot.tables.items() if meta["keys"][name]
+        }
         return snapshot
 
     @property
@@ -136,6 +140,8 @@ class FeatureSnapshot:
 
     def rows(self, name: str, values: pl.DataFrame) -> pl.DataFrame:
         """The rows of table ``name`` whose key is one of ``values``' rows."""
+        if name not in self._indexes:
+            raise KeyError(f"snapshot table {name!r} has no key columns: it is not looked up by key")
         return self._indexes[name].rows(values)
 
     def view(self, kind: Callable[[FeatureSnapshot], View]) -> View:

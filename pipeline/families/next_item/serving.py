@@ -45,8 +45,9 @@ class Recommendation(BaseModel):
 
 
 def snapshot_tables(events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime) -> dict:
-    """Per user: the most recent items (as many as a model is ever sent) and every item bought."""
-    return {"histories": (user_histories(events, HISTORY_LEN), ["user_id"])}
+    """Per user: the most recent items (as many as a model is ever sent) and every item bought; read
+    whole into ``Histories`` (a dict by user id), so not indexed by key."""
+    return {"histories": (user_histories(events, HISTORY_LEN), [])}
 
 
 class Histories:
