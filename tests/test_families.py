@@ -17,7 +17,7 @@ from conftest import published_shop
 from pipeline import families
 from pipeline.core.params import GenerateParams, load_params
 from pipeline.families import ModelSpec, ParityOutcome, base
-from pipeline.families.base import ModelScores, auc, per_slice, predict_batches, slices
+from pipeline.families.base import ModelScores, auc, auc_gate_statistic, per_slice, predict_batches, slices
 from pipeline.families.training import TrainOutcome
 
 NAME = "repeat_buyer"
@@ -141,6 +141,7 @@ SPEC = ModelSpec(
     endpoint="predict",
     parity=parity,
     parity_rows=1000,
+    gate_statistic=auc_gate_statistic,  # the gate's AUC on the rows' labels, as purchase_propensity's
 )
 
 

@@ -206,7 +206,9 @@ def test_guards_on_latency_and_size_reject_a_model_that_beats_everything():
 
 
 def test_auc_is_bootstrapped_per_user_cluster():
-    from pipeline.lifecycle.gate import _statistic
+    import pandas as pd
+
+    from pipeline.lifecycle.gate import gate_rows
 
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(400), 5)  # five candidate rows per user
@@ -214,7 +216,8 @@ def test_auc_is_bootstrapped_per_user_cluster():
     informative = labels + rng.normal(0, 0.8, users.size)
     noise = rng.normal(0, 1, users.size)
     policy = Policy(metric="auc", bootstrap_samples=300)
-    stat = _statistic(policy, labels)
+    column, stat = gate_rows("purchase_propensity", "auc", pd.DataFrame({"label": labels}))
+    assert column == "probability"
     good = decide(
         policy,
         {"auc": stat(informative, np.arange(users.size))},

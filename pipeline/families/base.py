@@ -105,6 +105,20 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if np.unique(labels).size == 2 else float("nan")
 
 
+def auc_gate_statistic(metric: str, rows: pd.DataFrame):
+    """``ModelSpec.gate_statistic`` for a family that scores labelled rows with a probability: the
+    gate's AUC compares the ``probability`` column, with the labels of the same resampled rows;
+    another metric falls to the gate's default (the column named after it, its mean)."""
+    from pipeline.core.errors import BadInput
+
+    if metric != "auc":
+        return None
+    if "label" not in rows:
+        raise BadInput("metric auc needs the evaluation's labels (evaluation/rows.parquet has no label column)")
+    labels = rows["label"].to_numpy()
+    return "probability", lambda values, at: auc(labels[at], values)
+
+
 def per_slice(test: TestSet, metric_fn) -> dict[str, dict[str, float]]:
     out = {}
     for column in test.slices.columns:

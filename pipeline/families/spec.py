@@ -120,6 +120,12 @@ class FloorModel(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class GateStatistic(Protocol):
+    def __call__(
+        self, metric: str, rows: pd.DataFrame, /
+    ) -> tuple[str, Callable[[np.ndarray, np.ndarray], float]] | None: ...
+
+
 class SnapshotTables(Protocol):
     def __call__(
         self, events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime, /
@@ -259,6 +265,12 @@ class ModelSpec:
         user_parity: ``(post, python model, dataset, n) -> ParityOutcome``: replays requests by user
             id against answers computed offline from the training features of ``n`` users, or None.
         monitoring: how its served answers are judged (``Monitoring``), or None: not monitored.
+        gate_statistic: ``(metric, evaluation rows) -> (value column, statistic)``: which per-row
+            values the gate compares for ``metric`` (``evaluation/rows.parquet``: ``<side>.<column>``
+            per side, ``label`` where the test set has labels) and how they add up, as
+            ``statistic(values, row indices)`` (AUC needs the labels of the same rows; WAPE sums
+            absolute errors over the same rows' actual units); None (or a None answer): the column
+            named after the metric, averaged.
         floor_model: ``(baseline name, dataset, split, run params, folder, client, run id) ->
             log_model arguments``: a baseline as the family's pyfunc, so that the strongest floor
             serves when no learned candidate clears the floors and there is no champion
@@ -284,3 +296,6 @@ class ModelSpec:
     user_parity: UserParity | None = None
     monitoring: Monitoring | None = None
     floor_model: FloorModel | None = None
+    gate_statistic: GateStatistic | None = None
+    # What a row of the test set is, in the gate's words ("users", "items"): the bootstrap's clusters.
+    clusters: str = "users"

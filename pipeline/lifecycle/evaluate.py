@@ -226,7 +226,7 @@ def _plots(ev: Evaluation, test: TestSet, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / f"{metric}_by_slice.png", dpi=100)
     plt.close(fig)
-    if test.labels is not None:
+    if test.labels is not None and "probability" in ev.candidate.values:
         fig, ax = plt.subplots(figsize=(5, 5))
         edges = np.linspace(0, 1, 11)
         for side, scores in sides.items():

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,19 +43,13 @@ import numpy as np
 from pydantic import Field, StrictBool
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from pipeline.core.config import STRICT, read_yaml, section
-from pipeline.core.errors import BadInput
+from pipeline.core.config import STRICT, section
+from pipeline.core.policyfile import POLICY_ENV, POLICY_FILE, PolicyError, read_policy_file
 from pipeline.core.settings import StatePaths
-from pipeline.core.tracking import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-POLICY_FILE = REPO_ROOT / "policy.yaml"
-POLICY_ENV = "SHOPML_POLICY"  # another policy file, e.g. a shop's own, without editing the repository's
-
-
-class PolicyError(BadInput):
-    """The policy file is missing a model, or a rule has a wrong value."""
+__all__ = ["POLICY_ENV", "POLICY_FILE", "PolicyError", "read_policy_file"]  # re-exported from core.policyfile
 
 
 @pydantic_dataclass(frozen=True, config=STRICT)
@@ -76,13 +69,6 @@ class Policy:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def read_policy_file(path: Path | None = None) -> tuple[Path, dict]:
-    """The policy file (``path``, else ``$SHOPML_POLICY``, else ``policy.yaml`` at the repo root) and
-    its parsed sections: the gate's per model, and ``monitoring``."""
-    path = Path(path or os.environ.get(POLICY_ENV) or POLICY_FILE)
-    return path, read_yaml(path, PolicyError)
 
 
 def load_policy(model_name: str, path: Path | None = None) -> Policy:
@@ -208,6 +194,7 @@ class Rows:
     statistic: Callable[[np.ndarray, np.ndarray], float]
     champion: np.ndarray | None = None
     baselines: dict[str, np.ndarray] = field(default_factory=dict)
+    clusters: str = "users"  # what a group is, for the messages (``ModelSpec.clusters``)
 
 
 def _floor_checks(
@@ -219,6 +206,7 @@ def _floor_checks(
     baselines: dict[str, float],
     stats: dict[str, np.ndarray],
     users: int,
+    clusters: str = "users",
 ) -> None:
     """One check per floor of the policy: the interval of candidate minus floor above ``floor_margin``."""
     for name in policy.floors:
@@ -234,7 +222,7 @@ def _floor_checks(
         decision.floor_intervals[name + label] = (low, high)
         lower = low if policy.higher_is_better else -high
         ok = bool(lower > policy.floor_margin)
-        interval = f", {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over {users} users)"
+        interval = f", {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over {users} {clusters})"
         decision.checks.append(
             Check(
                 check,
@@ -290,7 +278,8 @@ def decide(
         stats = bootstrap_sides(rows.groups, sides, rows.statistic, policy.bootstrap_samples, policy.seed)
         users = int(np.unique(rows.groups).size)
     level = f"{policy.confidence:.0%}"
-    _floor_checks(decision, policy, "", metric, value, baselines, stats, users)
+    clusters = rows.clusters if rows is not None else "users"
+    _floor_checks(decision, policy, "", metric, value, baselines, stats, users, clusters)
     if online is not None:
         online_metric, online_rows = online
         everything = np.arange(online_rows.groups.size)
@@ -343,7 +332,7 @@ def decide(
                 Check(
                     "significance",
                     lower > 0,
-                    f"{level} bootstrap interval of the difference over {users} users: "
+                    f"{level} bootstrap interval of the difference over {users} {clusters}: "
                     f"[{low:+.4f}, {high:+.4f}]" + ("" if lower > 0 else ", includes zero: not significantly better"),
                 )
             )
@@ -371,14 +360,23 @@ def decide(
 # Applied to a logged evaluation --------------------------------------------------------------
 
 
-def _statistic(policy: Policy, labels: np.ndarray | None):
-    if policy.metric == "auc":
-        if labels is None:
-            raise PolicyError("metric auc needs labels")
-        from pipeline.families.base import auc
+def mean_statistic(values: np.ndarray, rows: np.ndarray) -> float:
+    """The default gate statistic: the mean of the per-row values (a ranking metric per user)."""
+    return float(values.mean())
 
-        return lambda values, rows: auc(labels[rows], values)
-    return lambda values, rows: float(values.mean())
+
+def gate_rows(model_name: str, metric: str, rows) -> tuple[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """The per-row column the gate compares for ``metric`` and the statistic of its values: the
+    family's (``ModelSpec.gate_statistic``: AUC on the rows' labels, a forecast's WAPE), else the
+    column named after the metric and its mean."""
+    from pipeline import families
+
+    spec = families.get(model_name)
+    if spec.gate_statistic is not None:
+        found = spec.gate_statistic(metric, rows)
+        if found is not None:
+            return found
+    return metric, mean_statistic
 
 
 def _online_protocol_rows(client, model_name: str, run_id: str, tmp: str) -> tuple[str, Rows] | None:
@@ -434,6 +432,7 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
     """Apply the policy to the run's evaluation; log and print the decision and every reason."""
     import pandas as pd
 
+    from pipeline import families
     from pipeline.core.tracking import mlflow_client
 
     policy = policy or load_policy(model_name)
@@ -448,14 +447,14 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
             f"policy metric {metric!r} is not among the evaluation's metrics "
             f"({', '.join(summary['candidate']['metrics'])})"
         )
-    column = "probability" if metric == "auc" else metric
-    labels = rows["label"].to_numpy() if "label" in rows else None
+    column, statistic = gate_rows(model_name, metric, rows)
     per_row = Rows(
         rows["user_id"].to_numpy(),
         rows[f"candidate.{column}"].to_numpy(),
-        _statistic(policy, labels),
+        statistic,
         champion=rows[f"champion.{column}"].to_numpy() if f"champion.{column}" in rows else None,
         baselines={n: rows[f"{n}.{column}"].to_numpy() for n in summary["baselines"] if f"{n}.{column}" in rows},
+        clusters=families.get(model_name).clusters,
     )
     decision = decide(
         policy,

@@ -72,6 +72,9 @@ class MonitoringPolicy:
     horizon_hours: float = 24.0  # how long after an answer the user's events count
     k: int = 10  # ranking metrics at k (next item)
     metric: str = "hit_rate_at_10"  # the online metric of the first line and of the triggers
+    higher_is_better: StrictBool = (
+        True  # false for an error (a forecast's WAPE): the triggers and the online gate turn round
+    )
     min_users: int = 50  # fewer users: not evidence (no trigger, no online gate)
     max_drop: float = 0.2  # retrain when the online metric falls below (1 - this) x its own earlier days
     psi_threshold: float = 0.25  # a numeric feature drifted
@@ -564,17 +567,19 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
     value, users = figures.get(policy.metric), int(figures.get("users", 0))
     if value is None or users < policy.min_users:
         return reasons
+    sign = 1.0 if policy.higher_is_better else -1.0
     for name, (diff, (low, high)) in result.floors.items():
-        if high < 0:
+        if (high < 0) if policy.higher_is_better else (low > 0):
             reasons.append(
                 f"online {policy.metric}: the champion is below the floor {name} on the same requests "
                 f"({diff:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] over "
                 f"{users} users)"
             )
-    if result.earlier is not None and value < (1 - policy.max_drop) * result.earlier:
+    if result.earlier is not None and sign * value < sign * (1 - sign * policy.max_drop) * result.earlier:
+        relation = "<" if policy.higher_is_better else ">"
         reasons.append(
-            f"online {policy.metric} {value:.4f} < {1 - policy.max_drop:.2f} x {result.earlier:.4f}, the "
-            f"median of its own earlier days, over {users} users"
+            f"online {policy.metric} {value:.4f} {relation} {1 - sign * policy.max_drop:.2f} x {result.earlier:.4f}, "
+            f"the median of its own earlier days, over {users} users"
         )
     return reasons
 
@@ -730,7 +735,7 @@ def judge_online(
     gate.difference, gate.interval = diff, interval
     # Non-inferiority: the whole interval above -online_margin. A small sample has a wide interval and
     # waits for more traffic instead of passing because it could not be shown worse.
-    gate.passed = interval[0] > -policy.online_margin
+    gate.passed = interval[0] > -policy.online_margin if policy.higher_is_better else interval[1] < policy.online_margin
     name = f"{policy.metric if column == 'hit' else column + ' AUC'}"
     gate.reasons.append(
         f"{name} difference {diff:+.4f} over {gate.users[0]} users, {policy.confidence:.0%} "

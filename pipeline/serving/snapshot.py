@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import polars as pl
 
-from pipeline.data.dataset import latest_catalog, load_events, split_by_time
+from pipeline.data.dataset import catalog_history, load_events, split_by_time
 from pipeline.families.spec import SnapshotTables
 
 SNAPSHOT_MODEL = "shopml-features"
@@ -41,13 +41,14 @@ def snapshot_model(family: str) -> str:
 
 def write_snapshot(tables: SnapshotTables | None, canonical: Path, dataset_version: str, out: Path) -> dict:
     """Write a family's snapshot of the canonical dataset into ``out``; returns its metadata."""
-    return write_snapshot_of(tables, load_events(canonical), latest_catalog(canonical), dataset_version, out)
+    return write_snapshot_of(tables, load_events(canonical), catalog_history(canonical), dataset_version, out)
 
 
 def write_snapshot_of(
     tables: SnapshotTables | None, events: pl.DataFrame, catalog: pl.DataFrame, dataset_version: str, out: Path
 ) -> dict:
-    """Write the tables ``tables`` builds from these events (canonical schema) as of the end of
+    """Write the tables ``tables`` builds from these events (canonical schema) and catalog (its
+    history, ``known_from`` per row, or one already cut; a family cuts it with ``catalog_as_of``) as of the end of
     their last day (none for a family without: ``ModelSpec.snapshot_tables`` None), and ``meta.json``
     naming each table's key columns: the columns ``FeatureSnapshot.rows`` finds its rows by (none: a
     table the family reads whole, e.g. into a view of its own, which is not indexed)."""
@@ -65,7 +66,7 @@ def write_snapshot_of(
         "cutoff": cutoff.isoformat(),
         "events": events.height,
         "users": events["user_id"].n_unique(),
-        "items": catalog.height,
+        "items": catalog["item_id"].n_unique(),
         "keys": keys,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
+from pipeline.families.base import auc_gate_statistic
 from pipeline.families.purchase_propensity import evaluation, features, monitoring, serving, train
 from pipeline.families.spec import ModelSpec
 
@@ -29,4 +30,5 @@ SPEC = ModelSpec(
     user_parity=evaluation.user_parity,
     monitoring=monitoring.MONITORING,
     floor_model=evaluation.floor_model,
+    gate_statistic=auc_gate_statistic,
 )

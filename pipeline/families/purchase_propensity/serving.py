@@ -11,6 +11,7 @@ from datetime import datetime
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
+from pipeline.data.dataset import catalog_as_of
 from pipeline.families.purchase_propensity.features import PROPENSITY_DENSE, assemble_propensity, propensity_tables
 from pipeline.serving.api import Id, Strict
 
@@ -62,7 +63,7 @@ class Probabilities(BaseModel):
 
 def snapshot_tables(events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetime) -> dict:
     """Every aggregate ``propensity_tables`` computes, over everyone, as of ``cutoff``."""
-    tables = propensity_tables(events, catalog, cutoff)
+    tables = propensity_tables(events, catalog_as_of(catalog, cutoff), cutoff)  # the catalog as known then
     return {name: (table, TABLE_KEYS[name]) for name, table in tables.items()}
 
 
