@@ -51,13 +51,13 @@ def uci_rows(shared_data):
 def test_uci_online_retail_real_file(state, uci_rows, day):
     source, rows = uci_rows
     start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
-    expected, cancelled, anonymous = set(), 0, 0
+    expected, returned, anonymous = set(), set(), 0
     for utc, row in rows[day]:
         assert start <= utc < start + timedelta(days=1)
-        if row["InvoiceNo"].startswith("C"):
-            cancelled += 1
-        elif not row["CustomerID"]:
+        if not row["CustomerID"]:
             anonymous += 1
+        elif row["InvoiceNo"].startswith("C"):  # a cancelled invoice: its units come back
+            returned.add((row["InvoiceNo"], row["StockCode"], -int(row["Quantity"])))
         elif int(row["Quantity"]) > 0 and float(row["UnitPrice"]) >= 0:
             expected.add(
                 (
@@ -73,17 +73,21 @@ def test_uci_online_retail_real_file(state, uci_rows, day):
 
     result = ingest_events(Interval.for_day(day), str(source), state, adapter_name="uci_online_retail")
     frame = _events(state, day)
+    purchases, returns = (
+        frame.filter(pl.col("event_type") == "purchase"),
+        frame.filter(pl.col("event_type") == "return"),
+    )
     got = {
         (r["event_time"], r["user_id"], r["session_id"], r["item_id"], r["price"], r["quantity"])
-        for r in frame.iter_rows(named=True)
+        for r in purchases.iter_rows(named=True)
     }
     assert got == expected
-    assert result.rows_accepted == len(expected)
-    assert result.quarantine_reasons.get("cancelled invoice (not a purchase)", 0) == cancelled
+    assert set(returns.select("session_id", "item_id", "quantity").rows()) == returned
+    assert result.rows_accepted == len(expected) + len(returned)
     assert result.quarantine_reasons.get("missing user_id", 0) == anonymous
-    assert set(frame["event_type"].unique()) == {"purchase"}
+    assert set(frame["event_type"].unique()) <= {"purchase", "return"}
     catalog = _catalog(state, day)
-    assert set(catalog["item_id"]) == {e[3] for e in expected}
+    assert set(catalog["item_id"]) == {e[3] for e in expected} | {r[1] for r in returned}
     assert catalog["category"].null_count() < catalog.height  # product type taken from the description
 
 
@@ -106,12 +110,13 @@ C489449,22087,PAPER BUNTING WHITE LACE,-12,2009-12-01 10:33:00,2.95,16321.0,Aust
 """,
     )
     result = ingest_events(Interval.for_day("2009-12-01"), str(path), state, adapter_name="uci_online_retail")
-    assert result.rows_accepted == 1
-    assert result.quarantine_reasons == {"cancelled invoice (not a purchase)": 1}
-    assert _events(state, "2009-12-01")["user_id"].to_list() == ["13085"]
-    quarantined = pl.read_csv(result.quarantine_files[0], infer_schema=False)
-    assert quarantined.select("_source_row", "_column", "_value", "_reason").rows() == [
-        ("2", "Invoice", "C489449", "cancelled invoice (not a purchase)")
+    assert result.rows_accepted == 2
+    assert result.quarantine_reasons == {}
+    events = _events(state, "2009-12-01").sort("event_time")
+    # The cancelled invoice is a return of its 12 units, not a purchase and not a lost row.
+    assert events.select("user_id", "event_type", "quantity").rows() == [
+        ("13085", "purchase", 12),
+        ("16321", "return", 12),
     ]
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import StrictBool, model_validator
+from pydantic import Field, StrictBool, model_validator
 from pydantic.dataclasses import dataclass
 
 from pipeline.core.config import STRICT, read_yaml, section
@@ -43,6 +43,14 @@ class GenerateParams:
     # ``prices`` raises every price by half. ``none``: the shop behaves the same every day.
     shift: Literal["none", "new_items", "prices"] = "none"
     shift_day: int = 0
+    # Prices that move (``pipeline.data.generate``): list-price changes that follow each item's
+    # demand trend, promotions aimed at slow sellers, a known elasticity per item; false: every
+    # price stays where it started.
+    price_dynamics: StrictBool = True
+    # Chance that a returning buyer's session opens on what they bought last (replenishment). It
+    # makes yesterday's price matter today (a promotion's buyers come back), which no single
+    # elasticity describes; the elasticity test sets it to 0.
+    repeat_sessions: float = Field(default=0.3, ge=0, le=1)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -134,12 +142,48 @@ class TrainPropensityParams:
 
 
 @dataclass(frozen=True, config=STRICT)
+class TrainPriceParams:
+    """The demand-and-price family (``pipeline.families.price``)."""
+
+    period: Literal["day", "week"] = "day"
+    valid_days: int = Field(default=2, ge=1)  # the validation origin's days (objective, rounds)
+    test_days: int = Field(default=3, ge=1)  # the gate's test origins lie here
+    horizon: int = Field(default=2, ge=1)  # periods forecast from an origin
+    history: int = Field(default=28, ge=2)  # past periods a forecasting row carries (y_1 .. y_L)
+    season: int = Field(default=7, ge=1)  # periods per season (the seasonal naive floor)
+    items: int = Field(default=300, ge=1)  # best sellers of the training period modelled
+    min_history: int = Field(default=2, ge=1)  # periods an item needs before its first training origin
+    backtest_origins: int = Field(default=3, ge=1)  # rolling origins before the test period (figures)
+    backtest_step: int = Field(default=1, ge=1)  # periods between them
+    rounds: int = Field(default=400, ge=10)  # most boosting rounds; early stopping on validation chooses
+    learning_rate: float = Field(default=0.05, gt=0)
+    num_leaves: int = Field(default=31, ge=2)
+    min_data_in_leaf: int = Field(default=40, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _whole_periods(self) -> TrainPriceParams:
+        days = 7 if self.period == "week" else 1
+        for name in ("valid_days", "test_days"):
+            if getattr(self, name) % days:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be whole {self.period}s ({days} days each)")
+        if self.valid_days // days < self.horizon:
+            raise ValueError(f"valid_days ({self.valid_days}) must hold the horizon ({self.horizon} {self.period}s)")
+        if self.test_days // days < self.horizon:
+            raise ValueError(f"test_days ({self.test_days}) must hold the horizon ({self.horizon} {self.period}s)")
+        if self.season > self.history:
+            raise ValueError(f"season ({self.season}) must fit in the history ({self.history} periods)")
+        return self
+
+
+@dataclass(frozen=True, config=STRICT)
 class Params:
     generate: GenerateParams
     ingest: IngestParams
     validate: ValidateParams
     train_recommender: TrainRecommenderParams
     train_propensity: TrainPropensityParams
+    train_price: TrainPriceParams
 
 
 def load_params(path: Path | str | None = None) -> Params:
@@ -167,4 +211,5 @@ SECTIONS = {
     "validate": ValidateParams,
     "train_recommender": TrainRecommenderParams,
     "train_propensity": TrainPropensityParams,
+    "train_price": TrainPriceParams,
 }

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
+# ``return``: units of an earlier purchase given back (a cancelled invoice); ``quantity`` counts them.
+EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase", "return")
 
 EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_time": pl.Datetime("us", "UTC"),

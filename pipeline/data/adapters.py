@@ -7,7 +7,7 @@ in :mod:`pipeline.data.ingest`, for every source alike. Each adapter returns:
   ``_raw_event_time``, the source text, so that a quarantined row shows what was wrong;
 * the other canonical columns as the source has them (strings or numbers), cast later;
 * optionally ``_excluded``: a reason for rows that parse but are not shop events of the canonical
-  kinds (a cancelled invoice, say). They go to quarantine with that reason, so nothing disappears.
+  kinds. They go to quarantine with that reason, so nothing disappears.
 
 Layouts:
     canonical: event_time, user_id, session_id, item_id, event_type, price, quantity.
@@ -179,10 +179,15 @@ def _uci_events(f: pl.LazyFrame) -> pl.LazyFrame:
         customer.alias("user_id"),
         invoice.alias("session_id"),
         _text("StockCode").alias("item_id"),
-        pl.lit("purchase").alias("event_type"),
+        # A cancelled invoice (``C...``, negative quantities) returns what was bought: a ``return``
+        # of as many units, which the demand family subtracts; other families read purchases only.
+        pl.when(cancelled).then(pl.lit("return")).otherwise(pl.lit("purchase")).alias("event_type"),
         pl.col("Price").alias("price"),
-        pl.col("Quantity").alias("quantity"),
-        pl.when(cancelled).then(pl.lit("cancelled invoice (not a purchase)")).alias("_excluded"),
+        pl.when(cancelled)
+        .then(_text("Quantity").str.strip_chars().str.strip_prefix("-"))
+        .otherwise(_text("Quantity"))
+        .alias("quantity"),
+        pl.lit(None, dtype=pl.String).alias("_excluded"),
     )
 
 

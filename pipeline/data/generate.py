@@ -8,7 +8,14 @@ The simulation has structure that models can learn and tests can check:
 * each session walks a view -> add_to_cart -> (remove_from_cart) -> purchase funnel;
 * users come back to buy what they bought before (repeat purchases);
 * traffic follows a daily curve and a weekly cycle; new users and items arrive every day, and new
-  items enjoy a launch boost that fades over a week.
+  items enjoy a launch boost that fades over a week;
+* prices move (``price_dynamics``): each item has a known price elasticity (its category's plus a
+  little of its own) and a demand trend; the shop reprices now and then, following the trend (what
+  sells better gets dearer), and runs promotions of 15-30% off for a few days, more often on
+  declining items and from Fridays. Demand answers the selling price exactly as the elasticity
+  says (the chance that a view becomes a cart scales by (price / base price) ** elasticity), so the
+  truth is known: ``truth/elasticity.csv`` beside the landing files. The confounding is deliberate:
+  a regression of demand on price without the trend and the calendar is biased.
 
 The whole simulation is vectorised across sessions (all sessions of a day advance one step at a
 time), so ten million events take seconds, not hours. Given the same parameters and seed, the output
@@ -97,7 +104,6 @@ MEAN_SESSION_VIEWS = 5.0
 MAX_SESSION_VIEWS = 60
 P_NEIGHBOUR = 0.55  # next view is a neighbour of the previous item
 P_SWITCH_CATEGORY = 0.12  # next view starts afresh in a (re)drawn category
-P_REPEAT_SESSION = 0.3  # a session of a returning buyer opens on the last item bought
 P_CART = 0.09  # base chance that a view leads to add_to_cart
 P_REMOVE = 0.12  # chance that a cart add is undone
 P_CHECKOUT = 0.55  # chance that a session with a cart ends in a purchase
@@ -106,6 +112,17 @@ SHIFT_PRICE = 1.5  # price multiplier of a "prices" shift
 SHIFTS = ("none", "new_items", "prices")
 LAUNCH_BOOST = 3.0  # popularity multiplier of a new item on its launch day, fading
 LAUNCH_DECAY_DAYS = 7.0
+ELASTICITY_RANGE = (-2.6, -0.8)  # category elasticities are drawn from this range
+ITEM_ELASTICITY_SD = 0.12  # an item's own deviation from its category's elasticity
+TREND_SD = 0.006  # per-day log-popularity trend of an item
+P_REPRICE = 1 / 21  # chance per item and day that the list price is set anew
+REPRICE_TREND = 0.6  # the new list price follows this share of the item's demand trend (log)
+REPRICE_SD = 0.07
+PRICE_BOUNDS = (0.75, 1.3)  # list price as a multiple of the item's base price
+P_PROMO = 0.012  # chance per item and day that a promotion starts (x2 for a declining item, x3 on Fridays)
+PROMO_DAYS = (3, 8)
+PROMO_DISCOUNT = (0.15, 0.3)
+TRUTH_FILE = "truth/elasticity.csv"
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,12 @@ class _World:
     user_created: np.ndarray
     category_median_price: np.ndarray
     n_categories: int
+    # Selling price of every item on every day as a multiple of its base price (days x items), and
+    # the list price's multiple (without promotions); the known elasticity and trend of each item.
+    sell_multiple: np.ndarray | None = None
+    list_multiple: np.ndarray | None = None
+    item_elasticity: np.ndarray | None = None
+    item_trend: np.ndarray | None = None
 
 
 def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
@@ -173,7 +196,7 @@ def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
     for d in range(p.days):
         start = p.initial_users + growth_users * d
         user_created[start : start + growth_users] = d
-    return _World(
+    world = _World(
         item_category=item_category,
         item_position=rng.random(n_items),
         item_popularity=item_popularity,
@@ -187,6 +210,54 @@ def _build_world(p: GenerateParams, rng: np.random.Generator) -> _World:
         category_median_price=category_median_price,
         n_categories=n_cat,
     )
+    if p.price_dynamics:
+        _price_paths(world, p, np.random.default_rng([p.seed, 7]))  # its own stream: the rest is unchanged
+    return world
+
+
+def _price_paths(world: _World, p: GenerateParams, rng: np.random.Generator) -> None:
+    """Every item's elasticity, trend, and list and selling price multiples for every day."""
+    n_items = world.item_category.size
+    category_elasticity = rng.uniform(*ELASTICITY_RANGE, size=world.n_categories)
+    elasticity = category_elasticity[world.item_category] + rng.normal(0.0, ITEM_ELASTICITY_SD, n_items)
+    world.item_elasticity = np.clip(elasticity, -3.2, -0.3)
+    world.item_trend = rng.normal(0.0, TREND_SD, n_items)
+    list_multiple = np.ones((p.days, n_items))
+    sell = np.ones((p.days, n_items))
+    current = np.ones(n_items)
+    promo_left = np.zeros(n_items, dtype=np.int64)
+    discount = np.zeros(n_items)
+    first = date.fromisoformat(p.start_date)
+    for d in range(p.days):
+        reprice = rng.random(n_items) < P_REPRICE
+        target = np.exp(REPRICE_TREND * world.item_trend * d + rng.normal(0.0, REPRICE_SD, n_items))
+        current = np.where(reprice, np.clip(target, *PRICE_BOUNDS), current)
+        friday = (first + timedelta(days=d)).weekday() == 4
+        chance = P_PROMO * np.where(world.item_trend < 0, 2.0, 1.0) * (3.0 if friday else 1.0)
+        start = (promo_left == 0) & (rng.random(n_items) < chance)
+        promo_left = np.where(start, rng.integers(*PROMO_DAYS, size=n_items), promo_left)
+        discount = np.where(start, rng.uniform(*PROMO_DISCOUNT, size=n_items), discount)
+        list_multiple[d] = current
+        sell[d] = current * np.where(promo_left > 0, 1.0 - discount, 1.0)
+        promo_left = np.maximum(promo_left - 1, 0)
+    world.list_multiple, world.sell_multiple = list_multiple, sell
+
+
+def write_truth(world: _World, landing: Path) -> Path:
+    """Each item's true elasticity and trend, for tests and benchmarks (never read by the pipeline)."""
+    assert world.item_elasticity is not None and world.item_trend is not None
+    names = pl.Series(CATEGORY_NAMES[: world.n_categories])
+    path = landing / TRUTH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(world.item_category.size)],
+            "category": names.gather(pl.Series(world.item_category)),
+            "elasticity": world.item_elasticity,
+            "trend_per_day": world.item_trend,
+        }
+    ).write_csv(path)
+    return path
 
 
 class _DayCatalog:
@@ -204,6 +275,8 @@ class _DayCatalog:
         age = day_index - world.item_created[self.items]
         boost = 1.0 + np.where(world.item_created[self.items] > 0, LAUNCH_BOOST * np.exp(-age / LAUNCH_DECAY_DAYS), 0.0)
         weight = world.item_popularity[self.items] * boost
+        if world.item_trend is not None:
+            weight = weight * np.exp(world.item_trend[self.items] * day_index)
         self.cum = np.cumsum(weight)
         n_cat = world.n_categories
         self.seg_start = np.searchsorted(self.category, np.arange(n_cat), side="left")
@@ -244,6 +317,7 @@ def _simulate_day(
     n_sessions: int,
     last_bought: np.ndarray,
     rng: np.random.Generator,
+    repeat_sessions: float = 0.3,
 ) -> dict[str, np.ndarray]:
     """Simulate every session that starts on one day; returns event columns as arrays."""
     catalog = _DayCatalog(world, day_index)
@@ -261,7 +335,7 @@ def _simulate_day(
     # Returning buyers often open on what they bought last time (consumables, replenishment).
     prior = last_bought[users]
     prior_rank = np.where(prior >= 0, catalog.rank_of_item[np.maximum(prior, 0)], -1)
-    repeat = (prior_rank >= 0) & (rng.random(n_sessions) < P_REPEAT_SESSION)
+    repeat = (prior_rank >= 0) & (rng.random(n_sessions) < repeat_sessions)
     rank = np.where(repeat, prior_rank, rank)
     category = np.where(repeat, catalog.category[np.maximum(rank, 0)], category)
 
@@ -305,6 +379,10 @@ def _simulate_day(
         rel_price = np.log(world.item_price[items] / world.category_median_price[world.item_category[items]])
         p_cart = P_CART * np.exp(-0.6 * sensitivity[active] * rel_price).clip(0.2, 3.0)
         p_cart = np.where(repeat[active] & (step == 0), 0.6, p_cart)
+        if world.sell_multiple is not None:  # demand answers today's price by the item's elasticity
+            assert world.item_elasticity is not None
+            response = world.sell_multiple[day_index, items] ** world.item_elasticity[items]
+            p_cart = np.minimum(p_cart * response, 1.0)
         carted = rng.random(active.size) < p_cart
         if carted.any():
             gap = rng.exponential(20.0, size=int(carted.sum())) + 2.0
@@ -366,7 +444,8 @@ def _simulate_day(
     return out
 
 
-def _events_frame(sim: dict[str, np.ndarray], world: _World, day_tag: str) -> pl.DataFrame:
+def _events_frame(sim: dict[str, np.ndarray], world: _World, day_tag: str, day_index: int = 0) -> pl.DataFrame:
+    multiple = 1.0 if world.sell_multiple is None else world.sell_multiple[day_index, sim["item"]]
     types = pl.Series(["view", "add_to_cart", "remove_from_cart", "purchase"])
     return pl.DataFrame(
         {
@@ -375,7 +454,7 @@ def _events_frame(sim: dict[str, np.ndarray], world: _World, day_tag: str) -> pl
             "session": sim["session"],
             "item": sim["item"],
             "type": sim["type"],
-            "price": world.item_price[sim["item"]],
+            "price": np.round(world.item_price[sim["item"]] * multiple, 2),
             "quantity": sim["qty"],
         }
     ).select(
@@ -391,13 +470,15 @@ def _events_frame(sim: dict[str, np.ndarray], world: _World, day_tag: str) -> pl
 
 def _catalog_frame(world: _World, day_index: int, price_factor: float = 1.0) -> pl.DataFrame:
     live = np.flatnonzero(world.item_created <= day_index)
+    # The shop's price of the day: promotions included (what a checkout charges).
+    multiple = 1.0 if world.sell_multiple is None else world.sell_multiple[day_index, live]
     names = pl.Series(CATEGORY_NAMES[: world.n_categories])
     return pl.DataFrame(
         {
             "item_id": pl.Series(live).cast(pl.String),
             "category": names.gather(pl.Series(world.item_category[live])),
             "brand": pl.Series(world.item_brand[live]).cast(pl.String),
-            "price": np.round(world.item_price[live] * price_factor, 2),
+            "price": np.round(world.item_price[live] * price_factor * multiple, 2),
         }
     ).select(
         pl.concat_str(pl.lit("i"), pl.col("item_id")).alias("item_id"),
@@ -452,8 +533,8 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         day_start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
         volume = params.events_per_day * WEEKDAY_TRAFFIC[day.weekday()] / WEEKDAY_TRAFFIC.mean()
         n_sessions = max(1, round(volume / events_per_session))
-        sim = _simulate_day(world, d, day_start, n_sessions, last_bought, rng)
-        events = _events_frame(sim, world, day.strftime("%Y%m%d"))
+        sim = _simulate_day(world, d, day_start, n_sessions, last_bought, rng, params.repeat_sessions)
+        events = _events_frame(sim, world, day.strftime("%Y%m%d"), d)
         if carry is not None:
             events = pl.concat([carry, events])
         # Sessions that run past midnight belong to tomorrow's file, as in a real export.
@@ -469,4 +550,6 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         _write(events.select(EVENT_COLUMNS), events_path, ext)
         _write(catalog.select(CATALOG_COLUMNS), catalog_path, ext)
         written.append(GeneratedDay(day.isoformat(), events_path, catalog_path, events.height, catalog.height))
+    if world.item_elasticity is not None:
+        write_truth(world, landing)
     return written
