@@ -13,7 +13,7 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
@@ -42,7 +42,7 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	$(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-ingest.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-ingest.log; exit 1; }; \
 	grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-ingest.log
-	@for dag in retrain_next_item retrain_purchase_propensity retrain_next_item; do \
+	@for dag in retrain_next_item retrain_purchase_propensity retrain_price retrain_next_item; do \
 	  echo "== airflow dags test $$dag: features -> train -> evaluate -> gate -> register -> package -> promote =="; \
 	  $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-$$dag.log; exit 1; }; \
@@ -59,7 +59,9 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	echo "champion's Bento: $$tag"; \
 	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
 	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
-	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"
+	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"; \
+	echo "== the price champion, served, asked for prices (shopml serve --model price serves it for good) =="; \
+	$(PY) -m pipeline.families.price.ask 3 2> $(SHOPML_HOME)/demo-price.log || { tail -30 $(SHOPML_HOME)/demo-price.log; exit 1; }
 	@day=$(call day_after,$(DEMO_START),$(DEMO_DAYS)); \
 	echo "== the closed loop: the champion serves $$day's sessions; that day and the next are ingested, the answers judged =="; \
 	$(PY) -m pipeline replay --model next_item --date $$day --serve > $(SHOPML_HOME)/demo-replay.log 2>&1 \
@@ -109,6 +111,9 @@ test-reliability: install ## SIGKILL at every kill point, then a rerun; fuzzing 
 
 test-integration: install ## the production profile on this machine's PostgreSQL and Redis
 	$(PY) -m pytest -m integration tests/test_integration.py
+
+bench-price: install ## demand forecasts (backtest WAPE, RMSSE) and elasticities on UCI and the generated shop
+	$(PY) -m benchmarks.bench_price
 
 bench-models: install ## next-item and propensity metrics on the public samples, model throughput
 	$(PY) -m benchmarks.bench_models

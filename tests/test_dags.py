@@ -93,6 +93,7 @@ def test_dag_integrity(tmp_path):
         "ingest_events",
         "retrain_next_item",
         "retrain_purchase_propensity",
+        "retrain_price",
         "promote_model",
         "rollback_model",
         "monitor_models",
@@ -312,7 +313,11 @@ def test_monitor_dag_requests_a_retrain_once_per_cooldown_through_the_retrain_as
         log = out.stdout + out.stderr
         assert "has no champion: nothing is served to monitor" in log
     first, second = events
-    assert [name for name, _ in first] == ["shopml://retrain/next_item", "shopml://retrain/purchase_propensity"]
+    from pipeline import families
+
+    # One request per family of the table (the DAG's MODELS), none missing, none twice.
+    assert [name for name, _ in first] == [f"shopml://retrain/{m}" for m in sorted(families.names())]
+    assert "shopml://retrain/price" in {name for name, _ in first}
     assert all(json.loads(extra)["reason"] == "no champion yet" for _, extra in first)
     assert second == first  # the second run's requests were held back by the cool-down
     assert "held back by the cool-down" in log

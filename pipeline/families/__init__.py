@@ -17,6 +17,7 @@ __all__ = ["FAMILIES", "ModelSpec", "ParityOutcome", "Post", "UnknownFamily", "g
 FAMILIES: dict[str, str] = {
     "next_item": "pipeline.families.next_item",
     "purchase_propensity": "pipeline.families.purchase_propensity",
+    "price": "pipeline.families.price",
 }
 _loaded: dict[str, ModelSpec] = {}
 
