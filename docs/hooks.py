@@ -69,6 +69,7 @@ def _params() -> str:
 
 def _policy() -> str:
     from pipeline.lifecycle.gate import Policy
+    from pipeline.families.price.pricing import PricingPolicy
     from pipeline.lifecycle.monitor import MonitoringPolicy
 
     return "\n".join(
@@ -88,6 +89,10 @@ def _policy() -> str:
             "",
             *_fields(MonitoringPolicy),
             "",
+            "## Pricing rules (`pricing`, read when a price Bento is packaged)",
+            "",
+            *_fields(PricingPolicy),
+            "",
             "## The project's file",
             "",
             "```yaml",
@@ -100,18 +105,21 @@ def _policy() -> str:
 
 def _http() -> str:
     from pipeline.families.next_item.serving import Recommendation, RecommendRequest
+    from pipeline.families.price.serving import ForecastRequest, Forecasts, PriceRequest, Prices
     from pipeline.families.purchase_propensity.serving import Probabilities, PropensityRequest
     from pipeline.serving.api import Metadata
 
     endpoints = [
         ("next_item", "POST /recommend", RecommendRequest, Recommendation),
         ("purchase_propensity", "POST /purchase_probability", PropensityRequest, Probabilities),
+        ("price", "POST /forecast", ForecastRequest, Forecasts),
+        ("price", "POST /price", PriceRequest, Prices),
         ("every service", "POST /metadata", None, Metadata),
     ]
     out = [
         "# HTTP API",
         "",
-        "Each family's Bento serves one scoring endpoint plus `/metadata`; BentoML adds `GET "
+        "Each family's Bento serves its endpoints (one scoring endpoint; `/forecast` and `/price` for price) plus `/metadata`; BentoML adds `GET "
         "/readyz`, `/livez` and `/metrics`, and `GET /docs.json` (the OpenAPI document) on a running service. "
         "The schemas below are the ones the services validate with (JSON Schema, generated): an unknown field, a "
         "wrong type or a value out of range is a 400 that names the field.",

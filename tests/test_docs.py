@@ -94,9 +94,15 @@ def _other(argv: list[str]) -> str | None:
         return None if (REPO / ".venv" / "bin" / program).exists() else f"{program} is not installed in .venv"
     if program == "curl":
         from pipeline.families.next_item.serving import RecommendRequest
+        from pipeline.families.price.serving import ForecastRequest, PriceRequest
         from pipeline.families.purchase_propensity.serving import PropensityRequest
 
-        schemas = {"/recommend": RecommendRequest, "/purchase_probability": PropensityRequest}
+        schemas = {
+            "/recommend": RecommendRequest,
+            "/purchase_probability": PropensityRequest,
+            "/forecast": ForecastRequest,
+            "/price": PriceRequest,
+        }
         url = next(a for a in argv if "localhost" in a or "127.0.0.1" in a)
         route = "/" + url.split("/", 1)[1]
         if route not in schemas:

@@ -291,6 +291,11 @@ def test_the_price_family_goes_through_every_step_and_serves(price_shop):
         assert [f["units"] for f in planned[2:]] == [f["units"] for f in answer["forecasts"][2:4]]
         prices = http.post(f"{url}/price", json={"item_ids": items[:5], "costs": {items[0]: 0.5}}).json()["prices"]
         assert len(prices) == 5 and all(p["price"] is not None or p["reason"] for p in prices)
+        # The sample starts with items sold at several prices: none is turned down for having one,
+        # and a price given lies inside the range it sold at.
+        assert all(p["observed_range"][0] < p["observed_range"][1] for p in prices), prices
+        priced = [p for p in prices if p["price"] is not None]
+        assert all(p["observed_range"][0] <= p["price"] <= p["observed_range"][1] for p in priced), priced
         for body, field in (
             ({"item_ids": items[:1], "horizon": 3}, "horizon"),
             ({"item_ids": ["no-such-item"]}, "item_ids[0]"),

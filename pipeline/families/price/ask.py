@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     tag = resolve_bento(paths, "price")
     with served(paths, tag, env={"SHOPML_PREDICTION_LOG": "off"}) as url, httpx.Client(timeout=30) as client:
         meta = client.post(f"{url}/metadata", json={}).json()
-        body = {"item_ids": meta["items_sample"][:n]}
+        # Of the sample, items with a recommendation first (most items of a short history sold at
+        # one price, and get none): the demo shows both kinds of answer when it has both.
+        first = client.post(f"{url}/price", json={"item_ids": meta["items_sample"]})
+        first.raise_for_status()
+        ranked = sorted(first.json()["prices"], key=lambda p: p["price"] is None)
+        body = {"item_ids": [p["item_id"] for p in ranked[:n]]}
         print(f"price champion v{meta['version']} ({tag}): {meta['items']} items, forecasts from {meta['origin']}")
         print(f"curl -s -X POST localhost:3000/price -H 'content-type: application/json' -d '{json.dumps(body)}'")
         answer = client.post(f"{url}/price", json=body)

@@ -159,10 +159,19 @@ class PriceEngine:
         self.rows = pl.read_parquet(Path(states_path) / STATE_ROWS).sort("item_id", "h")
         self.meta = json.loads((Path(states_path) / "meta.json").read_text())
         self.rules = PricingPolicy(**json.loads((Path(states_path) / STATE_RULES).read_text()))
+        self.current = dict(self.rows.filter(pl.col("h") == 1).select("item_id", "price").iter_rows())
         known = sorted(pyfunc.items)
         self.items = set(known)
-        self.sample = known[:: max(1, len(known) // 20)][:20]
-        self.current = dict(self.rows.filter(pl.col("h") == 1).select("item_id", "price").iter_rows())
+        # Items to try (``/metadata``): up to 10 that sold at enough prices to get a recommendation,
+        # then ids spread over the rest, 20 in all.
+        priceable = [
+            i
+            for i in known
+            if i in self.current
+            and int((pyfunc.ranges.get(i) or {}).get("distinct_prices", 0)) >= self.rules.min_distinct_prices
+        ]
+        spread = known[:: max(1, len(known) // 20)]
+        self.sample = list(dict.fromkeys(priceable[:: max(1, len(priceable) // 10)][:10] + spread))[:20]
 
     def check_items(self, items: list[str]) -> None:
         for i, item in enumerate(items):
