@@ -68,8 +68,8 @@ def _params() -> str:
 
 
 def _policy() -> str:
-    from pipeline.lifecycle.gate import Policy
     from pipeline.families.price.pricing import PricingPolicy
+    from pipeline.lifecycle.gate import Policy
     from pipeline.lifecycle.monitor import MonitoringPolicy
 
     return "\n".join(
@@ -119,7 +119,8 @@ def _http() -> str:
     out = [
         "# HTTP API",
         "",
-        "Each family's Bento serves its endpoints (one scoring endpoint; `/forecast` and `/price` for price) plus `/metadata`; BentoML adds `GET "
+        "Each family's Bento serves its endpoints (one scoring endpoint; `/forecast` and `/price` for price) "
+        "plus `/metadata`; BentoML adds `GET "
         "/readyz`, `/livez` and `/metrics`, and `GET /docs.json` (the OpenAPI document) on a running service. "
         "The schemas below are the ones the services validate with (JSON Schema, generated): an unknown field, a "
         "wrong type or a value out of range is a 400 that names the field.",
