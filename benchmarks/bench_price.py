@@ -165,6 +165,7 @@ def generated_shop(home: Path):
         categories=4,
         new_items_per_day=0.0,
         repeat_sessions=0.0,
+        fraud_rate=0.0,  # fraud buys whatever the price: the truth holds for genuine demand
         format="parquet",
     )
     generate_shop_data(params, landing)

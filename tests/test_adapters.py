@@ -205,6 +205,40 @@ def test_retailrocket_layout_with_derived_sessions(state):
     assert frame["event_time"][0] == datetime(2015, 6, 2, 5, 2, 12, 117000, tzinfo=timezone.utc)
 
 
+# The public e-commerce fraud layout (rows of its shape, written here; the data set itself is not
+# in ../shared). 732758368.8 is 43.173.1.96 as a dotted quad.
+FRAUD_ORDERS = """
+user_id,signup_time,purchase_time,purchase_value,device_id,source,browser,sex,age,ip_address,class
+22058,2015-02-24 22:55:49,2015-04-18 02:47:11,34,QVPSPJUOCKZAR,SEO,Chrome,M,39,732758368.8,0
+333320,2015-04-18 01:56:11,2015-04-18 01:56:12,16,EOGFQPIZPYXFZ,Ads,Chrome,F,53,350311387.9,1
+1359,2015-04-17 21:08:03,2015-04-18 09:20:31,15,YSSKYOSJHPPLJ,SEO,Opera,M,53,2621473820.0,1
+150084,2015-04-18 10:00:00,2015-04-18 11:00:00,-5,ZZZ,SEO,Safari,M,30,1000.0,0
+221365,2015-04-18 12:00:00,2015-04-18 12:30:00,44,YYY,Ads,Safari,F,25,2000.0,yes
+"""
+
+
+def test_fraud_orders_layout_gives_signups_purchases_and_chargebacks(state):
+    path = write_csv(state.landing / "Fraud_Data.csv", FRAUD_ORDERS)
+    result = ingest_events(Interval.for_day("2015-04-18"), str(path), state, adapter_name="fraud_orders")
+    frame = _events(state, "2015-04-18").sort("event_time", "event_type")
+    kinds = frame.group_by("event_type").len().sort("event_type")
+    # Signups dated 2015-04-18 (three of the five accounts; the other two signed up earlier, counted
+    # outside the interval) and three accepted purchases, two of them fraud.
+    assert dict(kinds.iter_rows()) == {"chargeback": 2, "purchase": 3, "signup": 3}
+    assert result.rows_outside_interval == 2
+    first = frame.filter(pl.col("user_id") == "22058", pl.col("event_type") == "purchase").row(0, named=True)
+    assert first["item_id"] == "order" and first["price"] == 34.0 and first["device_id"] == "QVPSPJUOCKZAR"
+    assert first["ip"] == "43.173.1.96" and first["event_time"] == datetime(2015, 4, 18, 2, 47, 11, tzinfo=timezone.utc)
+    charged = frame.filter(pl.col("event_type") == "chargeback")
+    assert sorted(charged["user_id"]) == ["1359", "333320"] and charged["item_id"].null_count() == 2
+    # The chargeback names its order: the purchase's session.
+    orders = frame.filter(pl.col("event_type") == "purchase").select("user_id", "session_id")
+    assert set(charged.select("user_id", "session_id").iter_rows()) <= set(orders.iter_rows())
+    # A negative amount and a label that is not 0 or 1 are quarantined, naming the column.
+    assert result.quarantine_reasons == {"negative price": 1, "class must be 0 (genuine) or 1 (fraud)": 1}
+    assert _catalog(state, "2015-04-18")["item_id"].to_list() == ["order"]
+
+
 def test_unknown_adapter_lists_the_known_ones():
     with pytest.raises(ValueError, match="known adapters: canonical, rees46"):
         get_adapter("shopify")

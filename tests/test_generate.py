@@ -144,3 +144,92 @@ def test_volume_scales_with_events_per_day(tmp_path):
         0
     ].events
     assert 8 < large / small < 12
+
+
+RISKY = dataclasses.replace(SMALL, days=30, events_per_day=4000, fraud_rate=0.03, format="parquet")
+
+
+@pytest.fixture(scope="module")
+def risky(tmp_path_factory):
+    out = tmp_path_factory.mktemp("risky")
+    days = generate_shop_data(RISKY, out)
+    events = pl.concat([pl.read_parquet(d.events_path) for d in days])
+    truth = pl.read_csv(out / "truth" / "fraud.csv", try_parse_dates=True)
+    return days, events, truth
+
+
+def test_fraud_orders_come_at_the_rate_from_every_scenario(risky):
+    _, events, truth = risky
+    orders = events.filter(pl.col("event_type") == "purchase")["session_id"].n_unique()
+    share = truth.height / orders
+    assert 0.015 < share < 0.05, share  # 3% of genuine orders is about 2.9% of all of them
+    assert set(truth["scenario"]) == {"card_testing", "account_takeover", "new_account", "reseller"}
+    # Every fraudulent order is a real order in the events, with its purchases.
+    bought = set(events.filter(pl.col("event_type") == "purchase")["session_id"])
+    assert set(truth["session_id"]) <= bought
+
+
+def test_chargebacks_arrive_late_and_only_for_fraud(risky):
+    days, events, truth = risky
+    charged = events.filter(pl.col("event_type") == "chargeback")
+    assert charged["item_id"].null_count() == charged.height
+    assert set(charged["session_id"]) <= set(truth["session_id"])  # no genuine order is charged back
+    joined = charged.join(truth, on="session_id")
+    delay = (joined["event_time"] - joined["order_time"]).dt.total_seconds() / 86_400
+    assert delay.min() >= 3 and delay.max() <= 60
+    assert (joined["event_time"] == joined["chargeback_time"]).all()
+    # Those due after the last generated day are not in any file (not yet known at export).
+    end = days[-1].events_path.stem.removeprefix("events-")
+    due = truth.filter(pl.col("chargeback_time").dt.date() <= pl.lit(end).str.to_date())
+    assert charged.height == due.height < truth.height
+
+
+def test_fraud_scenarios_behave_as_described(risky):
+    _, events, truth = risky
+    purchases = events.filter(pl.col("event_type") == "purchase")
+    genuine = purchases.filter(~pl.col("session_id").is_in(truth["session_id"].implode()))
+    # Genuine buyers pay with their own instrument from a known device; each has one.
+    assert genuine.group_by("user_id").agg(pl.col("payment_id").n_unique())["payment_id"].max() == 1
+    # Card testing: one device, a burst of cheap orders, another card each time.
+    tests = purchases.join(truth.filter(pl.col("scenario") == "card_testing"), on="session_id")
+    burst = tests.group_by("device_id").agg(pl.col("payment_id").n_unique().alias("cards"), pl.len())
+    assert burst["cards"].min() >= 4
+    assert tests["price"].median() < genuine["price"].median()
+    # Account takeover: an existing user, from a device never seen for that user before.
+    takeover = purchases.join(truth.filter(pl.col("scenario") == "account_takeover"), on="session_id")
+    for user, session, device, when in takeover.select("user_id", "session_id", "device_id", "event_time").iter_rows():
+        before = events.filter((pl.col("user_id") == user) & (pl.col("session_id") != session))
+        before = before.filter(pl.col("event_time") < when)
+        assert device not in set(before["device_id"].drop_nulls())
+    assert takeover["price"].median() > genuine["price"].median()
+    # New accounts buy within minutes of signing up; a reseller ring shares one device and card.
+    signups = events.filter(pl.col("event_type") == "signup").select("user_id", pl.col("event_time").alias("signed"))
+    fresh = purchases.join(truth.filter(pl.col("scenario") == "new_account"), on="session_id").join(
+        signups, on="user_id"
+    )
+    assert ((fresh["event_time"] - fresh["signed"]).dt.total_minutes() <= 20).all()
+    ring = purchases.join(truth.filter(pl.col("scenario") == "reseller"), on="session_id")
+    assert ring.group_by("device_id").agg(pl.col("user_id").n_unique())["user_id"].min() >= 3
+
+
+def test_fraud_leaves_the_genuine_events_as_they_were(tmp_path):
+    base = dataclasses.replace(SMALL, days=3, fraud_rate=0.0, format="parquet")
+    clean = generate_shop_data(base, tmp_path / "clean")
+    risky = generate_shop_data(dataclasses.replace(base, fraud_rate=0.05), tmp_path / "risky")
+    a = pl.concat([pl.read_parquet(d.events_path) for d in clean])
+    b = pl.concat([pl.read_parquet(d.events_path) for d in risky])
+    # Fraud: its orders (sessions f...), their chargebacks, the sign-ups of the accounts it opened.
+    genuine = (
+        ~pl.col("session_id").str.starts_with("f")
+        & (pl.col("event_type") != "chargeback")
+        & pl.col("user_id").is_in(a["user_id"].unique().implode())
+    )
+    cols = ["event_time", "user_id", "session_id", "item_id", "event_type", "price", "device_id", "payment_id"]
+    assert b.filter(genuine).sort(cols).select(cols).equals(a.sort(cols).select(cols))
+    assert b.height > a.height
+    # New users sign up minutes before their first session.
+    first = (
+        a.filter(pl.col("event_type") != "signup").group_by("user_id").agg(pl.col("event_time").min().alias("first"))
+    )
+    signed = a.filter(pl.col("event_type") == "signup").join(first, on="user_id")
+    assert signed.height > 0 and ((signed["first"] - signed["event_time"]).dt.total_seconds() >= 0).all()

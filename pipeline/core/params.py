@@ -51,6 +51,9 @@ class GenerateParams:
     # makes yesterday's price matter today (a promotion's buyers come back), which no single
     # elasticity describes; the elasticity test sets it to 0.
     repeat_sessions: float = Field(default=0.3, ge=0, le=1)
+    # Fraudulent orders added per genuine order (``pipeline.data.generate_risk``: card testing,
+    # account takeover, new accounts, resellers), each confirmed by a chargeback 3 to 60 days later.
+    fraud_rate: float = Field(default=0.02, ge=0, le=0.5)
 
 
 @dataclass(frozen=True, config=STRICT)

@@ -12,7 +12,20 @@ from pathlib import Path
 import polars as pl
 
 # ``return``: units of an earlier purchase given back (a cancelled invoice); ``quantity`` counts them.
-EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase", "return")
+# ``signup``: the user's account was created (no item). ``chargeback``: the payment of an order (the
+# purchases of ``session_id``) was disputed as fraud, confirmed at ``event_time``, often weeks after
+# the order; ``price`` is the amount charged back, ``item_id`` the line when the source names one.
+EVENT_TYPES: tuple[str, ...] = (
+    "view",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "return",
+    "signup",
+    "chargeback",
+)
+# Event types that need no item: the item checks (missing item_id, unknown item) skip them.
+ITEMLESS_EVENT_TYPES: tuple[str, ...] = ("signup", "chargeback")
 
 EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_time": pl.Datetime("us", "UTC"),
@@ -22,6 +35,12 @@ EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_type": pl.String(),
     "price": pl.Float64(),
     "quantity": pl.Int32(),
+    # Optional risk context (null where a source has none): the device, network address, country
+    # and payment instrument (a fingerprint, never the card number) the event came from.
+    "device_id": pl.String(),
+    "ip": pl.String(),
+    "country": pl.String(),
+    "payment_id": pl.String(),
 }
 
 CATALOG_SCHEMA: dict[str, pl.DataType] = {
@@ -32,6 +51,8 @@ CATALOG_SCHEMA: dict[str, pl.DataType] = {
 }
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENTS_SCHEMA)
+# The columns a source may leave out: absent, they are null.
+OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("device_id", "ip", "country", "payment_id")
 CATALOG_COLUMNS: tuple[str, ...] = tuple(CATALOG_SCHEMA)
 
 # Stable row order for written partitions, so that re-ingesting an interval gives identical files.

@@ -16,6 +16,9 @@ Layouts:
     retailrocket: events.csv (timestamp in ms, visitorid, event, itemid, transactionid).
     uci_online_retail: UCI Online Retail and Online Retail II (Invoice or InvoiceNo, StockCode,
         Description, Quantity, InvoiceDate, Price or UnitPrice, Customer ID or CustomerID, Country).
+    fraud_orders: the public e-commerce fraud layout (user_id, signup_time, purchase_time,
+        purchase_value, device_id, source, browser, sex, age, ip_address, class): a sign-up, a
+        purchase and, for class 1, a chargeback per row.
     yoochoose: RecSys Challenge 2015 clicks (SessionId, ItemId, Time in unix seconds).
     diginetica: CIKM Cup 2016 train-item-views.csv (session_id;user_id;item_id;timeframe;eventdate).
 """
@@ -203,6 +206,82 @@ def _uci_catalog() -> list[pl.Expr]:
     ]
 
 
+def _fraud_orders_events(f: pl.LazyFrame) -> pl.LazyFrame:
+    """The public e-commerce fraud layout: one row per order of a new account. Each row becomes
+    the account's ``signup`` (at ``signup_time``), the order's ``purchase`` (``purchase_value``; the
+    layout names no item, so every order buys the item ``order``) and, where ``class`` is 1, its
+    ``chargeback``. The layout says which orders were fraud, not when that was learnt: the
+    chargeback is dated at the purchase, so every label of the file counts as known at once."""
+    formats = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%m/%d/%Y %H:%M")
+    number = _text("ip_address").cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)
+    quad = pl.concat_str([(number // 256**k % 256).cast(pl.String) for k in (3, 2, 1, 0)], separator=".")
+    label = _text("class")
+    common = f.with_columns(
+        _text("user_id").alias("user_id"),
+        pl.concat_str(pl.lit("o"), pl.col("_source_row").cast(pl.String)).alias("session_id"),
+        _text("device_id").alias("device_id"),
+        pl.when(number.is_not_null()).then(quad).otherwise(_text("ip_address")).alias("ip"),
+        pl.lit(None, dtype=pl.String).alias("country"),
+        pl.lit(None, dtype=pl.String).alias("payment_id"),
+        pl.lit("1").alias("quantity"),
+    )
+
+    def at(column: str) -> list[pl.Expr]:
+        return [parse_timestamp(pl.col(column), formats).alias("event_time"), _text(column).alias("_raw_event_time")]
+
+    signup = common.with_columns(
+        *at("signup_time"),
+        pl.concat_str(pl.lit("signup-"), _text("user_id")).alias("session_id"),  # the account's, not the order's
+        pl.lit(None, dtype=pl.String).alias("item_id"),
+        pl.lit("signup").alias("event_type"),
+        pl.lit(None, dtype=pl.String).alias("price"),
+        pl.lit(None, dtype=pl.String).alias("_excluded"),
+    )
+    purchase = common.with_columns(
+        *at("purchase_time"),
+        pl.lit("order").alias("item_id"),
+        pl.lit("purchase").alias("event_type"),
+        _text("purchase_value").alias("price"),
+        pl.when(~label.is_in(["0", "1"]) | label.is_null())
+        .then(pl.lit("class must be 0 (genuine) or 1 (fraud)"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("_excluded"),
+    )
+    chargeback = purchase.filter(label == "1").with_columns(
+        pl.lit(None, dtype=pl.String).alias("item_id"),
+        pl.lit("chargeback").alias("event_type"),
+        pl.lit(None, dtype=pl.String).alias("_excluded"),
+    )
+    columns = [
+        "event_time",
+        "_raw_event_time",
+        "user_id",
+        "session_id",
+        "item_id",
+        "event_type",
+        "price",
+        "quantity",
+        "device_id",
+        "ip",
+        "country",
+        "payment_id",
+        "_excluded",
+        "_source_row",
+        "_source_file",
+        "class",
+    ]
+    return pl.concat([frame.select(columns) for frame in (signup, purchase, chargeback)], how="vertical_relaxed")
+
+
+def _fraud_orders_catalog() -> list[pl.Expr]:
+    return [
+        pl.lit("order").alias("item_id"),
+        pl.lit("order").alias("category"),
+        pl.lit(None, dtype=pl.String).alias("brand"),
+        pl.lit(None, dtype=pl.Float64).alias("price"),
+    ]
+
+
 def _yoochoose_events(f: pl.LazyFrame) -> pl.LazyFrame:
     # Yoochoose has no user column: each session is its own anonymous visitor.
     session = _text("SessionId")
@@ -286,6 +365,25 @@ ADAPTERS: dict[str, Adapter] = {
         _uci_catalog,
         aliases={"Invoice": ("InvoiceNo",), "Price": ("UnitPrice",), "Customer ID": ("CustomerID",)},
         exclusion_column="Invoice",
+    ),
+    "fraud_orders": Adapter(
+        "fraud_orders",
+        (
+            "user_id",
+            "signup_time",
+            "purchase_time",
+            "purchase_value",
+            "device_id",
+            "source",
+            "browser",
+            "sex",
+            "age",
+            "ip_address",
+            "class",
+        ),
+        _fraud_orders_events,
+        _fraud_orders_catalog,
+        exclusion_column="class",
     ),
     "yoochoose": Adapter(
         "yoochoose",

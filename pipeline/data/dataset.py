@@ -43,7 +43,17 @@ def load_events(canonical: Path) -> pl.DataFrame:
     files = partition_files(canonical / "events")
     if not files:
         raise FileNotFoundError(f"no published event partitions under {canonical / 'events'}")
-    return pl.concat([pl.read_parquet(f) for f in files]).sort("event_time", "user_id", "session_id")
+    frames = [_with_event_columns(pl.read_parquet(f)) for f in files]
+    return pl.concat(frames).sort("event_time", "user_id", "session_id")
+
+
+def _with_event_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """A partition in the canonical column order; one published before the optional risk columns
+    existed gets them null, so older versions of the dataset read alongside newer ones."""
+    from pipeline.core.schema import EVENTS_SCHEMA
+
+    missing = [pl.lit(None, dtype).alias(c) for c, dtype in EVENTS_SCHEMA.items() if c not in frame.columns]
+    return frame.with_columns(missing).select(list(EVENTS_SCHEMA)) if missing else frame
 
 
 def split_by_time(events: pl.DataFrame, valid_days: int, test_days: int) -> TimeSplit:

@@ -17,6 +17,10 @@ The simulation has structure that models can learn and tests can check:
   truth is known: ``truth/elasticity.csv`` beside the landing files. The confounding is deliberate:
   a regression of demand on price without the trend and the calendar is biased.
 
+* the risk side (``pipeline.data.generate_risk``): every event's device, address and country,
+  purchases' payment fingerprints, sign-ups of new users, and fraudulent orders of four scenarios
+  at ``fraud_rate``, each charged back days to weeks later (``truth/fraud.csv``).
+
 The whole simulation is vectorised across sessions (all sessions of a day advance one step at a
 time), so ten million events take seconds, not hours. Given the same parameters and seed, the output
 is byte-identical.
@@ -35,6 +39,7 @@ import polars as pl
 from pipeline.core.errors import BadInput
 from pipeline.core.params import GenerateParams
 from pipeline.core.schema import CATALOG_COLUMNS, EVENT_COLUMNS
+from pipeline.data import generate_risk
 
 CATEGORY_NAMES = (
     "electronics.smartphone",
@@ -522,6 +527,7 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         raise BadInput(f"generate.shift must be one of {', '.join(SHIFTS)}, got {params.shift!r}")
     rng = np.random.default_rng(params.seed)
     world = _build_world(params, rng)
+    risk = generate_risk.build_risk_world(world.user_pref_cum.shape[0], params.seed)
     last_bought = np.full(world.user_pref_cum.shape[0], -1, dtype=np.int64)
     first = date.fromisoformat(params.start_date)
     # Measured: about 1.15 events per view (carts, removals, purchases) in this funnel.
@@ -534,16 +540,39 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         volume = params.events_per_day * WEEKDAY_TRAFFIC[day.weekday()] / WEEKDAY_TRAFFIC.mean()
         n_sessions = max(1, round(volume / events_per_session))
         sim = _simulate_day(world, d, day_start, n_sessions, last_bought, rng, params.repeat_sessions)
-        events = _events_frame(sim, world, day.strftime("%Y%m%d"), d)
-        if carry is not None:
-            events = pl.concat([carry, events])
-        # Sessions that run past midnight belong to tomorrow's file, as in a real export.
+        events = generate_risk.add_context(_events_frame(sim, world, day.strftime("%Y%m%d"), d), risk, params.seed, d)
+        catalog = _catalog_frame(world, d, SHIFT_PRICE if params.shift == "prices" and d >= params.shift_day else 1.0)
+        extra = generate_risk.signups(
+            generate_risk.new_users_of(world.user_created, d),
+            generate_risk.first_session_times(events),
+            day_start,
+            risk,
+        )
+        extra += generate_risk.fraud_day(
+            risk,
+            params.fraud_rate,
+            events.filter(pl.col("event_type") == "purchase")["session_id"].n_unique(),
+            d,
+            day_start,
+            np.flatnonzero(world.user_created < d) if d > 0 else np.arange(params.initial_users),
+            catalog["item_id"].str.strip_prefix("i").cast(pl.Int64).to_numpy(),
+            catalog["price"].to_numpy(),
+            params.seed,
+        )
         next_start = day_start + timedelta(days=1)
+        events = pl.concat(
+            [
+                *([carry] if carry is not None else []),
+                events,
+                generate_risk.rows_frame(extra),
+                generate_risk.due_chargebacks(risk, next_start),
+            ]
+        )
+        # Sessions that run past midnight belong to tomorrow's file, as in a real export.
         carry = events.filter(pl.col("event_time") >= next_start)
         events = events.filter(pl.col("event_time") < next_start).sort(
             "event_time", "session_id", "event_type", "item_id"
         )
-        catalog = _catalog_frame(world, d, SHIFT_PRICE if params.shift == "prices" and d >= params.shift_day else 1.0)
         ext = params.format
         events_path = landing / "events" / f"events-{day.isoformat()}.{ext}"
         catalog_path = landing / "catalog" / f"catalog-{day.isoformat()}.{ext}"
@@ -552,4 +581,5 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         written.append(GeneratedDay(day.isoformat(), events_path, catalog_path, events.height, catalog.height))
     if world.item_elasticity is not None:
         write_truth(world, landing)
+    generate_risk.write_fraud_truth(risk, landing)
     return written

@@ -32,6 +32,8 @@ from pipeline.core.schema import (
     EVENT_TYPES,
     EVENTS_SCHEMA,
     EVENTS_SORT_KEY,
+    ITEMLESS_EVENT_TYPES,
+    OPTIONAL_EVENT_COLUMNS,
     PARTITION_FILE,
     partition_dir_name,
 )
@@ -219,8 +221,16 @@ def _blank(name: str) -> pl.Expr:
 def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
     """Map a source frame to canonical columns, typed, with the first problem of each row named."""
     mapped = adapter.events(frame)
-    if "_excluded" not in mapped.collect_schema().names():
+    names = mapped.collect_schema().names()
+    if "_excluded" not in names:
         mapped = mapped.with_columns(pl.lit(None, dtype=pl.String).alias("_excluded"))
+    # The risk context is optional: a source without a column has it null (blank text is null too).
+    mapped = mapped.with_columns(
+        (
+            pl.col(c).cast(pl.String).str.strip_chars().replace("", None) if c in names else pl.lit(None, pl.String)
+        ).alias(c)
+        for c in OPTIONAL_EVENT_COLUMNS
+    )
     price_text = pl.col("price").cast(pl.String).str.strip_chars()
     qty_text = pl.col("quantity").cast(pl.String).str.strip_chars()
     mapped = mapped.with_columns(
@@ -252,7 +262,12 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         _check("event_time", pl.col("event_time").is_null(), pl.col("_raw_event_time"), "unparseable event_time"),
         _check("user_id", _blank("user_id"), pl.col("user_id"), "missing user_id"),
         _check("session_id", _blank("session_id"), pl.col("session_id"), "missing session_id"),
-        _check("item_id", _blank("item_id"), pl.col("item_id"), "missing item_id"),
+        _check(
+            "item_id",
+            _blank("item_id") & ~pl.col("event_type").is_in(ITEMLESS_EVENT_TYPES).fill_null(False),
+            pl.col("item_id"),
+            "missing item_id",
+        ),
         _check(
             "event_type",
             ~pl.col("event_type").is_in(EVENT_TYPES) | pl.col("event_type").is_null(),
@@ -270,7 +285,10 @@ def _typed_events(frame: pl.LazyFrame, adapter: Adapter) -> pl.LazyFrame:
         _check("quantity", qty <= 0, pl.col("_raw_quantity"), "non-positive quantity"),
     ]
     return mapped.with_columns(
-        *_first_problem(checks), pl.col("_quantity_number").cast(pl.Int32, strict=False).alias("quantity")
+        *_first_problem(checks),
+        pl.col("_quantity_number").cast(pl.Int32, strict=False).alias("quantity"),
+        # An item-less event's blank item is null, not an empty id.
+        pl.col("item_id").replace("", None),
     )
 
 
@@ -281,7 +299,9 @@ def _sorted_unique(events: pl.DataFrame) -> pl.DataFrame:
     before finds them without the hash table of ``unique()``, which costs gigabytes at 10 million
     rows. The full sort also gives a stable order, so the same input always writes the same bytes.
     """
-    ordered = events.sort([*EVENTS_SORT_KEY, "price", "quantity"], nulls_last=True).cast(EVENTS_SCHEMA)
+    ordered = events.sort([*EVENTS_SORT_KEY, "price", "quantity", *OPTIONAL_EVENT_COLUMNS], nulls_last=True).cast(
+        EVENTS_SCHEMA
+    )
     same_as_previous = pl.all_horizontal(pl.col(c).eq_missing(pl.col(c).shift(1)) for c in EVENTS_SCHEMA).fill_null(
         False
     )
@@ -489,8 +509,10 @@ def _ingest_catalog(
     """
     first_day = interval.days[0]
     if adapter.catalog is not None:
-        raw = source.select(*adapter.catalog(), "_source_file", "_source_row").join(
-            accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi"
+        raw = (
+            source.select(*adapter.catalog(), "_source_file", "_source_row")
+            .join(accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi")
+            .filter(pl.col("item_id").is_not_null())  # an item-less event (a signup) declares no item
         )
     elif catalog_source:
         uri = resolve_uri(catalog_source, paths.home, first_day)
@@ -506,7 +528,10 @@ def _ingest_catalog(
             pl.col("price"),
             "_source_file",
             "_source_row",
-        ).join(accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi")
+        )
+        raw = raw.join(accepted_keys.lazy(), on=["_source_file", "_source_row"], how="semi").filter(
+            pl.col("item_id").is_not_null() & (pl.col("item_id").cast(pl.String).str.strip_chars() != "")
+        )
     typed = _typed_catalog(raw).collect(engine="streaming")
     bad = typed.filter(pl.col("_reason").is_not_null())
     # The last row of an item wins (sources list price changes in time order).

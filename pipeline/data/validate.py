@@ -261,7 +261,10 @@ def validate_batch(
         pl.scan_parquet(events_path)
         .with_columns(
             (pl.col("event_type") == "purchase").cast(pl.Float64).alias("_is_purchase"),
-            pl.col("item_id").is_in(known.implode()).cast(pl.Float64).alias("_item_in_catalog"),
+            # An item-less event (a signup, a chargeback of a whole order) names no item to know.
+            (pl.col("item_id").is_in(known.implode()) | pl.col("item_id").is_null())
+            .cast(pl.Float64)
+            .alias("_item_in_catalog"),
         )
         .collect()
         .to_pandas(use_pyarrow_extension_array=False)

@@ -30,7 +30,8 @@ class ItemVocab:
 
     @classmethod
     def from_events(cls, events: pl.DataFrame) -> ItemVocab:
-        return cls(tuple(events["item_id"].unique().sort().to_list()))
+        # Item-less events (a signup, a chargeback) name no item.
+        return cls(tuple(events["item_id"].drop_nulls().unique().sort().to_list()))
 
     @property
     def size(self) -> int:

@@ -167,7 +167,9 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     cutoff = split_by_time(events, 0, 0).end
     users = parity_users(events["user_id"].unique().to_list(), max(n // 5, 10))
     touched = (
-        events.filter(pl.col("user_id").is_in(users)).group_by("user_id").agg(pl.col("item_id").unique().sort().head(5))
+        events.filter(pl.col("user_id").is_in(users) & pl.col("item_id").is_not_null())
+        .group_by("user_id")
+        .agg(pl.col("item_id").unique().sort().head(5))
     )
     touched = dict(zip(touched["user_id"].to_list(), touched["item_id"].to_list(), strict=True))
     items = catalog["item_id"].sort().to_list()

@@ -75,6 +75,8 @@ def propensity_tables(
     tables are restricted to those users and pairs; without, they cover everyone, which is the
     serving snapshot (``pipeline.serving.snapshot``) that answers any (user, item) later.
     """
+    # Shopping events only: a signup or a chargeback (item-less, of the risk side) is not browsing.
+    past = past.filter(pl.col("item_id").is_not_null())
     hours = (pl.lit(cutoff) - pl.col("event_time").max()).dt.total_seconds() / 3600.0
     is_type = {
         t: (pl.col("event_type") == t).sum().cast(pl.Float64)

@@ -1,0 +1,265 @@
+"""The generated shop's risk side: where each event came from, account sign-ups, and fraud.
+
+Every genuine user has a home device, network address and country and one payment instrument
+(a fingerprint); a session comes from the home device most of the time, from a second one now and
+then. Users created during the simulation sign up (a ``signup`` event) minutes before their first
+session. On top of the genuine traffic, ``GenerateParams.fraud_rate`` (a share of the day's genuine
+orders) of fraudulent orders are added, each from one of four scenarios with its own behaviour:
+
+* ``card_testing``: one new account and device place a burst of small orders within minutes, each
+  paid with another card fingerprint;
+* ``account_takeover``: an existing user's account, from a device and country never seen for it,
+  buys expensive items;
+* ``new_account``: an account signs up and buys expensive items within minutes;
+* ``reseller``: several new accounts share one device and one payment instrument and buy the same
+  item.
+
+Each fraudulent order is confirmed by a ``chargeback`` (the whole order: no item, the amount paid)
+some days later (3 to 60, skewed short), written into the file of the day it arrives; one that would
+arrive after the last generated day is not written, as in a real export, whose recent orders are
+not yet labelled. ``truth/fraud.csv`` lists every fraudulent order with its scenario and the
+chargeback's time, for tests; the pipeline never reads it.
+
+Its random draws come from streams of their own, so turning fraud on or off leaves every genuine
+event as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.core.schema import EVENTS_SCHEMA
+
+FRAUD_TRUTH_FILE = "truth/fraud.csv"
+SCENARIOS = ("card_testing", "account_takeover", "new_account", "reseller")
+SCENARIO_SHARE = np.array([0.3, 0.25, 0.3, 0.15])
+COUNTRIES = ("DE", "FR", "NL", "GB", "ES", "IT", "PL", "SE", "US", "AT", "BE", "DK")
+FOREIGN = ("NG", "RU", "BR", "VN", "ID", "UA", "RO", "PH")  # where takeovers come from here
+P_SECOND_DEVICE = 0.15  # a genuine session from the user's other device
+CHARGEBACK_DAYS = (3.0, 60.0)
+# Orders per incident, on average (card testing 4-11, a takeover or a new account 1, a ring 3-6):
+# ``fraud_rate`` counts orders, so incidents are drawn at the rate over this.
+ORDERS_PER_INCIDENT = 0.3 * 7.5 + 0.25 + 0.3 + 0.15 * 4.5
+
+
+@dataclass
+class RiskWorld:
+    """Each genuine user's home device, second device, address, country and payment fingerprint."""
+
+    device: np.ndarray
+    second_device: np.ndarray
+    ip: np.ndarray
+    country: np.ndarray
+    payment: np.ndarray
+    next_account: int  # the next user index fraud accounts take (past every genuine user)
+    truth: list[dict] = field(default_factory=list)
+    pending: list[pl.DataFrame] = field(default_factory=list)  # chargebacks of days not yet written
+
+
+def build_risk_world(n_users: int, seed: int) -> RiskWorld:
+    rng = np.random.default_rng([seed, 17])
+    countries = np.array(COUNTRIES)
+    return RiskWorld(
+        device=np.array([f"d{i}" for i in range(n_users)]),
+        second_device=np.array([f"d{i}b" for i in range(n_users)]),
+        ip=np.array([f"10.{a}.{b}.{c}" for a, b, c in rng.integers(0, 256, size=(n_users, 3))]),
+        country=countries[rng.choice(countries.size, size=n_users, p=_country_share())],
+        payment=np.array([f"p{i}" for i in range(n_users)]),
+        next_account=n_users,
+    )
+
+
+def _country_share() -> np.ndarray:
+    w = 1.0 / np.arange(1, len(COUNTRIES) + 1) ** 0.8
+    return w / w.sum()
+
+
+def add_context(events: pl.DataFrame, risk: RiskWorld, seed: int, day_index: int) -> pl.DataFrame:
+    """The genuine events with their device, address, country and (on purchases) payment."""
+    rng = np.random.default_rng([seed, 19, day_index])
+    users = events["user_id"].str.strip_prefix("u").cast(pl.Int64).to_numpy()
+    sessions = events["session_id"].to_numpy()
+    unique, inverse = np.unique(sessions, return_inverse=True)
+    second = (rng.random(unique.size) < P_SECOND_DEVICE)[inverse]
+    purchase = (events["event_type"] == "purchase").to_numpy()
+    return events.with_columns(
+        pl.Series("device_id", np.where(second, risk.second_device[users], risk.device[users])),
+        pl.Series("ip", risk.ip[users]),
+        pl.Series("country", risk.country[users]),
+        pl.Series(
+            "payment_id", [p if b else None for p, b in zip(risk.payment[users], purchase, strict=True)], pl.String
+        ),
+    )
+
+
+def signups(new_users: np.ndarray, first_seen: dict[int, float], day_start: datetime, risk: RiskWorld) -> list[dict]:
+    """``signup`` events of the users created today, 1 to 30 minutes before their first session."""
+    rng = np.random.default_rng([int(day_start.timestamp()), 23])
+    out = []
+    for u in new_users:
+        seen = first_seen.get(int(u))
+        if seen is None:
+            continue
+        at = max(day_start.timestamp(), seen - rng.uniform(60, 1800))
+        out.append(
+            _event(at, int(u), f"signup-u{u}", None, "signup", None, 1, risk.device[u], risk.ip[u], risk.country[u])
+        )
+    return out
+
+
+def _event(t, user, session, item, kind, price, qty, device, ip, country, payment=None) -> dict:
+    return {
+        "event_time": datetime.fromtimestamp(float(t), tz=timezone.utc),
+        "user_id": f"u{user}",
+        "session_id": session,
+        "item_id": item,
+        "event_type": kind,
+        "price": None if price is None else round(float(price), 2),
+        "quantity": int(qty),
+        "device_id": device,
+        "ip": ip,
+        "country": country,
+        "payment_id": payment,
+    }
+
+
+def fraud_day(
+    risk: RiskWorld,
+    rate: float,
+    genuine_orders: int,
+    day_index: int,
+    day_start: datetime,
+    live_users: np.ndarray,
+    live_items: np.ndarray,
+    prices: np.ndarray,
+    seed: int,
+) -> list[dict]:
+    """The day's fraudulent orders (views, cart adds, purchases, sign-ups) as event rows; their
+    chargebacks are queued in ``risk.pending``, and each order is added to ``risk.truth``."""
+    rng = np.random.default_rng([seed, 13, day_index])
+    n = rng.poisson(rate * genuine_orders / ORDERS_PER_INCIDENT) if rate > 0 else 0
+    if n == 0 or live_items.size == 0:
+        return []
+    order = np.argsort(prices)
+    cheap = live_items[order[: max(1, order.size // 10)]]
+    dear = live_items[order[-max(1, order.size // 10) :]]
+    price_of = dict(zip(live_items.tolist(), prices.tolist(), strict=True))
+    rows: list[dict] = []
+    tag = day_start.strftime("%Y%m%d")
+    for k, scenario in enumerate(rng.choice(len(SCENARIOS), size=n, p=SCENARIO_SHARE)):
+        name = SCENARIOS[scenario]
+        t0 = day_start.timestamp() + rng.uniform(0, 86_000)
+        orders: list[tuple[int, str, list[int], float, str, str, str, str]] = []
+        if name == "card_testing":
+            user = risk.next_account
+            risk.next_account += 1
+            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(FOREIGN))
+            rows.append(_event(t0, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
+            t = t0 + rng.uniform(30, 300)
+            for j in range(int(rng.integers(4, 12))):
+                t += rng.uniform(20, 90)
+                orders.append(
+                    (user, f"f{tag}-{k}-{j}", [int(rng.choice(cheap))], t, device, ip, country, f"fp{tag}-{k}-{j}")
+                )
+        elif name == "account_takeover":
+            user = int(rng.choice(live_users))
+            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(FOREIGN))
+            items = [int(i) for i in rng.choice(dear, size=int(rng.integers(1, 4)))]
+            orders.append((user, f"f{tag}-{k}", items, t0, device, ip, country, str(risk.payment[user])))
+        elif name == "new_account":
+            user = risk.next_account
+            risk.next_account += 1
+            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(COUNTRIES + FOREIGN))
+            rows.append(_event(t0, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
+            items = [int(i) for i in rng.choice(dear, size=int(rng.integers(1, 3)))]
+            orders.append((user, f"f{tag}-{k}", items, t0 + rng.uniform(60, 900), device, ip, country, f"fp{tag}-{k}"))
+        else:  # reseller: several accounts, one device and one card, the same item
+            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(COUNTRIES))
+            item = int(rng.choice(dear))
+            t = t0
+            for j in range(int(rng.integers(3, 7))):
+                user = risk.next_account
+                risk.next_account += 1
+                rows.append(_event(t, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
+                t += rng.uniform(120, 1200)
+                orders.append((user, f"f{tag}-{k}-{j}", [item], t, device, ip, country, f"fp{tag}-{k}"))
+        for user, session, items, t, device, ip, country, payment in orders:
+            total = 0.0
+            for i in items:
+                at = t - rng.uniform(20, 120)
+                item_id, price = f"i{i}", price_of[i]
+                rows.append(_event(at, user, session, item_id, "view", price, 1, device, ip, country))
+                rows.append(_event(at + 5, user, session, item_id, "add_to_cart", price, 1, device, ip, country))
+                rows.append(_event(t, user, session, item_id, "purchase", price, 1, device, ip, country, payment))
+                total += price
+            delay_days = min(CHARGEBACK_DAYS[0] + rng.gamma(1.5, 8.0), CHARGEBACK_DAYS[1])
+            at = t + delay_days * 86_400
+            cb = _event(at, user, session, None, "chargeback", total, 1, None, None, None)
+            risk.pending.append(pl.DataFrame([cb], schema=_SCHEMA))
+            risk.truth.append(
+                {
+                    "session_id": session,
+                    "user_id": f"u{user}",
+                    "scenario": name,
+                    "order_time": datetime.fromtimestamp(t, tz=timezone.utc),
+                    "amount": round(total, 2),
+                    "chargeback_time": datetime.fromtimestamp(at, tz=timezone.utc),
+                }
+            )
+    return rows
+
+
+def _ip(rng: np.random.Generator) -> str:
+    a, b, c = rng.integers(0, 256, size=3)
+    return f"172.{a}.{b}.{c}"
+
+
+_SCHEMA: dict[str, pl.DataType] = dict(EVENTS_SCHEMA)
+
+
+def rows_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
+
+
+def due_chargebacks(risk: RiskWorld, before: datetime) -> pl.DataFrame:
+    """The queued chargebacks that arrive before ``before`` (removed from the queue)."""
+    if not risk.pending:
+        return rows_frame([])
+    queued = pl.concat(risk.pending)
+    due = queued.filter(pl.col("event_time") < before)
+    rest = queued.filter(pl.col("event_time") >= before)
+    risk.pending = [rest] if rest.height else []
+    return due
+
+
+def write_fraud_truth(risk: RiskWorld, landing: Path) -> Path:
+    path = landing / FRAUD_TRUTH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema: dict[str, pl.DataType] = {
+        "session_id": pl.String(),
+        "user_id": pl.String(),
+        "scenario": pl.String(),
+        "order_time": pl.Datetime("us", "UTC"),
+        "amount": pl.Float64(),
+        "chargeback_time": pl.Datetime("us", "UTC"),
+    }
+    pl.DataFrame(risk.truth, schema=schema).write_csv(path)
+    return path
+
+
+def first_session_times(events: pl.DataFrame) -> dict[int, float]:
+    """Each user's first event time today (epoch seconds)."""
+    first = events.group_by("user_id").agg(pl.col("event_time").min())
+    return {
+        int(u[1:]): t.timestamp()
+        for u, t in zip(first["user_id"].to_list(), first["event_time"].to_list(), strict=True)
+    }
+
+
+def new_users_of(user_created: np.ndarray, day_index: int) -> np.ndarray:
+    return np.flatnonzero(user_created == day_index) if day_index > 0 else np.zeros(0, dtype=np.int64)
