@@ -1,0 +1,155 @@
+"""The fraud scorers: the rules a risk team writes, LightGBM, and the DCN-v2 network.
+
+All three read the same feature rows (``orders.DENSE``) and return a score per order, higher is
+riskier; the decision bands are chosen on each one's validation scores alike. Class imbalance is
+handled by weighting the rare frauds up (LightGBM's ``scale_pos_weight``, the network's
+``pos_weight``), never by dropping genuine orders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.families.fraud.orders import DENSE
+
+# The rules, as a risk team states them: (name, condition on a feature row, points).
+RULES: tuple[tuple[str, str, float], ...] = (
+    ("new account, large order", "account_age_days < 1/24 and amount >= high_value", 3.0),
+    ("many cards on one device in a day", "device_cards_1d >= 3", 3.0),
+    ("device shared by other accounts", "device_accounts >= 2", 2.0),
+    ("card shared by other accounts", "payment_accounts >= 1", 2.0),
+    (
+        "known account, new device and country",
+        "user_seen_before and new_device_for_user and new_country_for_user",
+        3.0,
+    ),
+    ("burst of orders", "user_orders_10m >= 3 or device_orders_1h >= 5", 2.0),
+    ("far above the user's usual amount", "amount_vs_user_mean >= 5", 1.0),
+)
+
+
+@dataclass(frozen=True)
+class RulesScorer:
+    """Points per rule hit; ``high_value`` is the training orders' 90th percentile amount. Ties
+    within the same points are broken by the amount (a larger order is riskier)."""
+
+    high_value: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def fit(cls, train: pl.DataFrame) -> RulesScorer:
+        return cls(high_value=float(train["amount"].quantile(0.9) or 0.0))
+
+    def hits(self, rows: pl.DataFrame) -> pl.DataFrame:
+        hv = self.high_value
+        c = pl.col
+        conditions = [
+            (c("account_age_days") < 1 / 24) & (c("amount") >= hv),
+            c("device_cards_1d") >= 3,
+            c("device_accounts") >= 2,
+            c("payment_accounts") >= 1,
+            (c("user_seen_before") > 0) & (c("new_device_for_user") > 0) & (c("new_country_for_user") > 0),
+            (c("user_orders_10m") >= 3) | (c("device_orders_1h") >= 5),
+            c("amount_vs_user_mean") >= 5,
+        ]
+        return rows.select(cond.alias(name) for cond, (name, _, _) in zip(conditions, RULES, strict=True))
+
+    def score(self, rows: pl.DataFrame) -> np.ndarray:
+        hits = self.hits(rows).to_numpy().astype(float)
+        points = hits @ np.array([p for _, _, p in RULES])
+        return points + np.minimum(rows["amount"].to_numpy(), 1e6) / 1e7
+
+
+def dense_matrix(rows: pl.DataFrame) -> np.ndarray:
+    return rows.select(DENSE).to_numpy().astype(np.float32)
+
+
+@dataclass
+class LightGBMScorer:
+    booster_text: str
+
+    @classmethod
+    def fit(cls, train: pl.DataFrame, valid: pl.DataFrame, seed: int = 0, rounds: int = 500) -> LightGBMScorer:
+        import lightgbm as lgb
+
+        y = train["label"].to_numpy()
+        positives = max(float(y.sum()), 1.0)
+        params = {
+            "objective": "binary",
+            "learning_rate": 0.05,
+            "num_leaves": 31,
+            "min_data_in_leaf": 20,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "scale_pos_weight": (y.size - positives) / positives,
+            "metric": "average_precision",
+            "seed": seed,
+            "deterministic": True,
+            "num_threads": 2,
+            "verbose": -1,
+        }
+        train_set = lgb.Dataset(dense_matrix(train), y, feature_name=list(DENSE), free_raw_data=False)
+        valid_set = lgb.Dataset(dense_matrix(valid), valid["label"].to_numpy(), reference=train_set)
+        booster = lgb.train(
+            params, train_set, rounds, valid_sets=[valid_set], callbacks=[lgb.early_stopping(50, verbose=False)]
+        )
+        return cls(booster.model_to_string(num_iteration=booster.best_iteration))
+
+    def score(self, rows: pl.DataFrame) -> np.ndarray:
+        import lightgbm as lgb
+
+        return np.asarray(lgb.Booster(model_str=self.booster_text).predict(dense_matrix(rows)))
+
+
+def fit_network(train: pl.DataFrame, valid: pl.DataFrame, epochs: int = 20, seed: int = 0, progress: bool = False):
+    """The DCN-v2 network over the dense features (no id embeddings: an order's ids are its keys,
+    whose history the velocity features already summarise), trained with the frauds weighted up,
+    early-stopped on validation average precision, then Platt-calibrated on validation."""
+    from models.propensity import DCNConfig, DCNv2
+    from models.train import TrainConfig, model_device
+    from models.train import train as train_loop
+    from pipeline.families.fraud.decisions import average_precision
+
+    torch.manual_seed(seed)
+    x_train = torch.from_numpy(dense_matrix(train))
+    y_train = torch.from_numpy(train["label"].to_numpy().astype(np.float32))
+    x_valid = torch.from_numpy(dense_matrix(valid))
+    y_valid = valid["label"].to_numpy()
+    model = DCNv2(DCNConfig(n_dense=len(DENSE), id_cardinalities=(), hidden=(64, 32), dropout=0.1, wide=True))
+    model.fit_scaler(x_train)
+    positives = max(float(y_train.sum()), 1.0)
+    pos_weight = torch.tensor((y_train.numel() - positives) / positives)
+    empty = torch.zeros(0, dtype=torch.long)
+
+    def loss(m, batch):
+        logits = m(empty.expand(batch.shape[0], 0).to(batch.device), batch[:, :-1])
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, batch[:, -1], pos_weight=pos_weight.to(batch.device)
+        )
+
+    def evaluate(m) -> float:
+        with torch.no_grad():
+            device = model_device(m)
+            scores = m(empty.expand(x_valid.shape[0], 0).to(device), x_valid.to(device)).float().cpu().numpy()
+        return average_precision(y_valid, scores)
+
+    config = TrainConfig(
+        epochs=epochs, batch_size=512, lr=2e-3, patience=4, seed=seed, progress=progress, compile=False
+    )
+    result = train_loop(model, torch.cat([x_train, y_train[:, None]], dim=1), loss, evaluate, config)
+    model.eval()
+    model.calibrate(empty.expand(x_valid.shape[0], 0), x_valid, torch.from_numpy(y_valid.astype(np.float32)))
+    return model.cpu(), result
+
+
+def network_scores(model, rows: pl.DataFrame) -> np.ndarray:
+    x = torch.from_numpy(dense_matrix(rows))
+    with torch.no_grad():
+        return model.predict_proba(torch.zeros(x.shape[0], 0, dtype=torch.long), x).numpy()

@@ -1,0 +1,182 @@
+"""The fraud family's data: orders, labels as known at a time, features from before each order."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.core.params import GenerateParams
+from pipeline.data.generate import generate_shop_data
+from pipeline.families.fraud.orders import DENSE, labels_as_of, order_features, orders_of
+
+pytestmark = pytest.mark.fast
+
+SHOP = GenerateParams(
+    seed=4,
+    start_date="2026-09-01",
+    days=40,
+    events_per_day=3000,
+    initial_users=1500,
+    initial_items=800,
+    fraud_rate=0.03,
+    format="parquet",
+)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fraud")
+    days = generate_shop_data(SHOP, out)
+    events = pl.concat([pl.read_parquet(d.events_path) for d in days]).sort("event_time")
+    truth = pl.read_csv(out / "truth" / "fraud.csv", try_parse_dates=True)
+    return events, truth
+
+
+def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
+    """Features of every order, computed at once, equal those computed from the events strictly
+    before that order alone (a sample of orders, frauds of every scenario among them)."""
+    events, truth = shop
+    orders = orders_of(events)
+    everything = order_features(orders, events)
+    rng = np.random.default_rng(0)
+    fraud = truth.group_by("scenario").agg(pl.col("session_id").first())["session_id"].to_list()
+    sample = fraud + orders["session_id"].gather(rng.choice(orders.height, 40, replace=False)).to_list()
+    for session in sample:
+        order = orders.filter(pl.col("session_id") == session)
+        t = order["order_time"][0]
+        # Only what existed before the order, plus the order's own purchases (what it is).
+        before = events.filter((pl.col("event_time") < t) | (pl.col("session_id") == session))
+        alone = order_features(orders_of(before), before).filter(pl.col("session_id") == session)
+        got = everything.filter(pl.col("session_id") == session).select(DENSE).row(0, named=True)
+        want = alone.select(DENSE).row(0, named=True)
+        for name in DENSE:
+            assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (session, name, got[name], want[name])
+
+
+def test_the_features_separate_the_scenarios_from_genuine_orders(shop):
+    events, truth = shop
+    features = order_features(orders_of(events), events).join(
+        truth.select("session_id", "scenario"), on="session_id", how="left"
+    )
+    genuine = features.filter(pl.col("scenario").is_null())
+    for scenario, feature in (
+        ("card_testing", "device_cards_1d"),
+        ("account_takeover", "new_device_for_user"),
+        ("new_account", "account_age_known"),
+        ("reseller", "device_accounts"),
+    ):
+        rows = features.filter(pl.col("scenario") == scenario)
+        assert rows[feature].mean() > genuine[feature].mean() + 0.5, (scenario, feature)
+
+
+def test_a_label_not_yet_matured_at_the_cutoff_is_not_used(shop):
+    events, truth = shop
+    orders = orders_of(events)
+    cutoff = orders["order_time"].max() - timedelta(days=5)
+    labelled = labels_as_of(orders, events, cutoff, maturity_days=30)
+    assert labelled["order_time"].max() < cutoff
+    # A chargeback that arrives after the cutoff is not known at it.
+    late = truth.filter(pl.col("chargeback_time") >= cutoff, pl.col("order_time") < cutoff)
+    assert late.height > 0
+    seen = labelled.join(late.select("session_id"), on="session_id")
+    assert (seen["label"].is_null() | (seen["label"] == 0)).all()
+    # Genuine only after the maturity window: younger orders without a chargeback are unknown.
+    young = labelled.filter(pl.col("order_time") > cutoff - timedelta(days=30))
+    assert young.filter(pl.col("label") == 0).height == 0
+    assert young.filter(pl.col("label").is_null()).height > 0
+    # Every known label was known by the cutoff; every fraud label is a real chargeback.
+    known = labelled.filter(pl.col("label").is_not_null())
+    assert (known["label_time"] <= cutoff).all()
+    frauds = set(known.filter(pl.col("label") == 1)["session_id"])
+    assert frauds <= set(truth["session_id"])
+    # Old enough orders of a fraud whose chargeback came in time are labelled fraud.
+    arrived = truth.filter(pl.col("chargeback_time") < cutoff)
+    assert set(arrived["session_id"]) == frauds
+
+
+def test_the_fraud_orders_layout_is_read_with_its_labels(state, tmp_path):
+    from conftest import write_csv
+    from pipeline.data.dataset import load_events
+    from pipeline.data.ingest import Interval, ingest_events
+
+    rows = ["user_id,signup_time,purchase_time,purchase_value,device_id,source,browser,sex,age,ip_address,class"]
+    for i in range(20):
+        fraud = i % 5 == 0
+        gap = "00:00:01" if fraud else "05:00:00"
+        rows.append(
+            f"{i},2015-04-18 00:00:00,2015-04-18 {gap},{10 + i},{'D0' if fraud else f'D{i}'},SEO,Chrome,M,30,"
+            f"{1000 + i}.0,{int(fraud)}"
+        )
+    path = write_csv(tmp_path / "Fraud_Data.csv", "\n".join(rows) + "\n")
+    ingest_events(Interval.for_day("2015-04-18"), str(path), state, adapter_name="fraud_orders")
+    staged = state.staging / "events"
+    events = load_events(staged.parent)
+    orders = orders_of(events)
+    labelled = labels_as_of(orders, events, orders["order_time"].max() + timedelta(days=1), maturity_days=0)
+    assert labelled.height == 20 and labelled["label"].sum() == 4
+    features = order_features(orders, events).sort("user_id")
+    assert features.filter(pl.col("user_id") == "5")["account_age_days"][0] == pytest.approx(1 / 86_400)
+    # The four frauds share device D0: each order sees the three other accounts signed up on it.
+    assert features.filter(pl.col("device_id") == "D0")["device_accounts"].to_list() == [3.0, 3.0, 3.0, 3.0]
+    assert features.filter(pl.col("device_id") == "D7")["device_accounts"].to_list() == [0.0]
+
+
+def test_bands_are_the_cheapest_within_the_review_budget():
+    from itertools import combinations_with_replacement
+
+    from pipeline.families.fraud.decisions import Bands, CostPolicy, choose_bands, decision_figures, order_costs
+
+    rng = np.random.default_rng(1)
+    n, days = 4000, 10
+    labels = (rng.random(n) < 0.03).astype(float)
+    scores = np.clip(rng.normal(0.2 + 0.5 * labels, 0.15), 0, 1)
+    amounts = rng.lognormal(4, 1, n)
+    policy = CostPolicy(review_budget_per_day=8, grid=25)
+    bands, figures = choose_bands(scores, labels, amounts, days, policy)
+    assert figures["reviews_per_day"] <= 8 and bands.review_at <= bands.block_at
+    # Brute force over the same candidate thresholds: nothing within the budget is cheaper.
+    cuts = [*np.unique(np.quantile(scores, np.linspace(0.5, 1.0, 25))), np.inf]
+    best = min(
+        order_costs(Bands(review_at=r, block_at=b).decide(scores), labels, amounts, policy).sum()
+        for r, b in combinations_with_replacement(cuts, 2)
+        if ((scores >= r) & (scores < b)).sum() <= 8 * days
+    )
+    assert figures["cost_per_1000"] == pytest.approx(best / n * 1000)
+    # Reviewing nothing and blocking nothing costs every fraud: the bands beat it.
+    nothing = decision_figures(scores, labels, amounts, Bands(review_at=np.inf, block_at=np.inf), days, policy)
+    assert figures["cost_per_1000"] < nothing["cost_per_1000"] and nothing["caught_share"] == 0
+
+
+def test_recall_at_budget_counts_each_days_top_orders():
+    from pipeline.families.fraud.decisions import recall_at_budget
+
+    days = ["d1"] * 4 + ["d2"] * 4
+    scores = np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.95, 0.4])
+    labels = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    # Top two per day: d1 -> 0.9 (fraud), 0.8; d2 -> 0.95 (fraud), 0.4: two of the four frauds.
+    assert recall_at_budget(scores, labels, np.array(days), 2) == 0.5
+    assert recall_at_budget(scores, labels, np.array(days), 4) == 1.0
+
+
+def test_each_rule_fires_on_its_scenario(shop):
+    from pipeline.families.fraud.scoring import RULES, RulesScorer
+
+    events, truth = shop
+    features = order_features(orders_of(events), events)
+    rules = RulesScorer.fit(features)
+    hits = pl.concat([features.select("session_id"), rules.hits(features)], how="horizontal").join(
+        truth.select("session_id", "scenario"), on="session_id", how="left"
+    )
+    names = [name for name, _, _ in RULES]
+    share = hits.group_by("scenario").agg(pl.col(n).mean() for n in names)
+    row = {r["scenario"]: r for r in share.iter_rows(named=True)}
+    assert row["card_testing"]["many cards on one device in a day"] > 0.5
+    assert row["reseller"]["card shared by other accounts"] > 0.5
+    assert row["account_takeover"]["known account, new device and country"] > 0.5
+    assert row["new_account"]["new account, large order"] > 0.5
+    # Genuine orders rarely trip any of them.
+    genuine = hits.filter(pl.col("scenario").is_null()).select(names).to_numpy().any(axis=1).mean()
+    assert genuine < 0.1
