@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipeline.core.errors import BadInput
 from pipeline.core.params import GenerateParams
 from pipeline.data.generate import generate_shop_data
 from pipeline.families.fraud.orders import DENSE, labels_as_of, order_features, orders_of
@@ -180,3 +181,25 @@ def test_each_rule_fires_on_its_scenario(shop):
     # Genuine orders rarely trip any of them.
     genuine = hits.filter(pl.col("scenario").is_null()).select(names).to_numpy().any(axis=1).mean()
     assert genuine < 0.1
+
+
+def test_the_split_leaves_a_maturity_gap_and_uses_only_labels_known_then(shop):
+    from pipeline.families.fraud.split import fraud_split, labelled_periods
+
+    events, truth = shop
+    start = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=SHOP.days)
+    split = fraud_split(start, end, valid_days=5, test_days=5, maturity_days=7)
+    assert split.valid_start - split.train_end == split.test_start - split.valid_end == timedelta(days=7)
+    assert split.end - split.test_end == timedelta(days=7)
+    periods = labelled_periods(orders_of(events), events, split, 7)
+    charged = truth.select("session_id", "chargeback_time")
+    for name, as_of in (("train", split.valid_start), ("valid", split.test_start), ("test", split.end)):
+        rows = periods[name].join(charged, on="session_id", how="left")
+        # Every label was known at the period's moment: no later chargeback, no immature genuine.
+        assert (rows["label_time"] <= as_of).all(), name
+        fraud_later = rows.filter(pl.col("chargeback_time") >= as_of)
+        assert (fraud_later["label"] == 0).all(), name  # known then as genuine, as a shop would
+        assert rows["label"].sum() > 0, name
+    with pytest.raises(BadInput, match="needs at least 56"):
+        fraud_split(start, end, valid_days=10, test_days=10, maturity_days=10, min_train_days=6)
