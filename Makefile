@@ -13,7 +13,7 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-fraud bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
@@ -114,6 +114,9 @@ test-integration: install ## the production profile on this machine's PostgreSQL
 
 bench-price: install ## demand forecasts (backtest WAPE, RMSSE) and elasticities on UCI and the generated shop
 	$(PY) -m benchmarks.bench_price
+
+bench-fraud: install ## fraud scores (AUC-PR, recall at the review budget, cost) against the rules and LightGBM
+	$(PY) -m benchmarks.bench_fraud
 
 bench-models: install ## next-item and propensity metrics on the public samples, model throughput
 	$(PY) -m benchmarks.bench_models
