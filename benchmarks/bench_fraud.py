@@ -108,6 +108,12 @@ def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int,
         name: features.join(rows.select("session_id", "label"), on="session_id")
         for name, rows in labelled_periods(orders, events, split, maturity_days).items()
     }
+    for name, rows in periods.items():
+        if rows.height == 0 or rows["label"].sum() == 0:
+            raise SystemExit(
+                f"the {name} period ({split.to_dict()}) holds {rows.height} labelled orders and no fraud: "
+                "thresholds and AUC-PR are undefined; give it more days (--valid-days, --test-days)"
+            )
     train, valid, test = periods["train"], periods["valid"], periods["test"]
     fit_start = time.perf_counter()
     rules = scoring.RulesScorer.fit(train)

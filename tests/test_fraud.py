@@ -13,7 +13,7 @@ from pipeline.core.params import GenerateParams
 from pipeline.data.generate import generate_shop_data
 from pipeline.families.fraud.orders import DENSE, labels_as_of, order_features, orders_of
 
-pytestmark = pytest.mark.fast
+FAST = pytest.mark.fast  # the fast layer (`make test-fast`): every test here but the benchmark's
 
 SHOP = GenerateParams(
     seed=4,
@@ -36,6 +36,7 @@ def shop(tmp_path_factory):
     return events, truth
 
 
+@FAST
 def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
     """Features of every order, computed at once, equal those computed from the events strictly
     before that order alone (a sample of orders, frauds of every scenario among them)."""
@@ -57,6 +58,7 @@ def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
             assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (session, name, got[name], want[name])
 
 
+@FAST
 def test_the_features_separate_the_scenarios_from_genuine_orders(shop):
     events, truth = shop
     features = order_features(orders_of(events), events).join(
@@ -73,6 +75,7 @@ def test_the_features_separate_the_scenarios_from_genuine_orders(shop):
         assert rows[feature].mean() > genuine[feature].mean() + 0.5, (scenario, feature)
 
 
+@FAST
 def test_a_label_not_yet_matured_at_the_cutoff_is_not_used(shop):
     events, truth = shop
     orders = orders_of(events)
@@ -98,6 +101,7 @@ def test_a_label_not_yet_matured_at_the_cutoff_is_not_used(shop):
     assert set(arrived["session_id"]) == frauds
 
 
+@FAST
 def test_the_fraud_orders_layout_is_read_with_its_labels(state, tmp_path):
     from conftest import write_csv
     from pipeline.data.dataset import load_events
@@ -125,6 +129,7 @@ def test_the_fraud_orders_layout_is_read_with_its_labels(state, tmp_path):
     assert features.filter(pl.col("device_id") == "D7")["device_accounts"].to_list() == [0.0]
 
 
+@FAST
 def test_bands_are_the_cheapest_within_the_review_budget():
     from itertools import combinations_with_replacement
 
@@ -151,6 +156,7 @@ def test_bands_are_the_cheapest_within_the_review_budget():
     assert figures["cost_per_1000"] < nothing["cost_per_1000"] and nothing["caught_share"] == 0
 
 
+@FAST
 def test_recall_at_budget_counts_each_days_top_orders():
     from pipeline.families.fraud.decisions import recall_at_budget
 
@@ -162,6 +168,7 @@ def test_recall_at_budget_counts_each_days_top_orders():
     assert recall_at_budget(scores, labels, np.array(days), 4) == 1.0
 
 
+@FAST
 def test_each_rule_fires_on_its_scenario(shop):
     from pipeline.families.fraud.scoring import RULES, RulesScorer
 
@@ -183,6 +190,7 @@ def test_each_rule_fires_on_its_scenario(shop):
     assert genuine < 0.1
 
 
+@FAST
 def test_the_split_leaves_a_maturity_gap_and_uses_only_labels_known_then(shop):
     from pipeline.families.fraud.split import fraud_split, labelled_periods
 
@@ -203,3 +211,44 @@ def test_the_split_leaves_a_maturity_gap_and_uses_only_labels_known_then(shop):
         assert rows["label"].sum() > 0, name
     with pytest.raises(BadInput, match="needs at least 56"):
         fraud_split(start, end, valid_days=10, test_days=10, maturity_days=10, min_train_days=6)
+
+
+def test_the_benchmark_reads_a_file_in_the_public_layout(tmp_path, monkeypatch):
+    """``bench_fraud --data FILE --json OUT`` on rows in the public layout (the data set itself is
+    not in ../shared): signups, purchases and labels through the adapter, the three scorers, the
+    figures under the keys the issue names."""
+    import json
+
+    from benchmarks import bench_fraud
+
+    rng = np.random.default_rng(3)
+    lines = ["user_id,signup_time,purchase_time,purchase_value,device_id,source,browser,sex,age,ip_address,class"]
+    start = np.datetime64("2015-01-01T00:00:00")
+    for i in range(9000):
+        fraud = rng.random() < 0.05
+        when = start + np.timedelta64(int(rng.uniform(40 * 86400, 80 * 86400)), "s")
+        gap = rng.uniform(1, 30) if fraud else rng.uniform(3600, 40 * 86400)
+        device = f"R{rng.integers(0, 40)}" if fraud else f"D{i}"
+        value = rng.uniform(60, 150) if fraud else rng.lognormal(3.5, 0.6)
+        signup = when - np.timedelta64(int(gap), "s")
+        lines.append(
+            f"{i},{str(signup).replace('T', ' ')},{str(when).replace('T', ' ')},{value:.0f},{device},SEO,Chrome,M,30,"
+            f"{rng.uniform(1e6, 4e9):.1f},{int(fraud)}"
+        )
+    data = tmp_path / "Fraud_Data.csv"
+    data.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("SHOPML_HOME", str(tmp_path / "home"))
+    out = tmp_path / "figures.json"
+    assert (
+        bench_fraud.main(
+            ["--data", str(data), "--json", str(out), "--skip-generated", "--valid-days", "7", "--test-days", "7"]
+        )
+        == 0
+    )
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"rules", "lightgbm", "dcn_v2"}
+    for name, m in figures.items():
+        assert set(m) == {"auc_pr", "recall_at_budget", "cost_per_1000"}, name
+        assert 0 <= m["auc_pr"] <= 1 and 0 <= m["recall_at_budget"] <= 1 and m["cost_per_1000"] >= 0
+    # Frauds here buy seconds after signing up, on shared devices: the learned scorers find them.
+    assert figures["lightgbm"]["auc_pr"] > 0.8 and figures["dcn_v2"]["auc_pr"] > 0.8
