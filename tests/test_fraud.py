@@ -252,3 +252,26 @@ def test_the_benchmark_reads_a_file_in_the_public_layout(tmp_path, monkeypatch):
         assert 0 <= m["auc_pr"] <= 1 and 0 <= m["recall_at_budget"] <= 1 and m["cost_per_1000"] >= 0
     # Frauds here buy seconds after signing up, on shared devices: the learned scorers find them.
     assert figures["lightgbm"]["auc_pr"] > 0.8 and figures["dcn_v2"]["auc_pr"] > 0.8
+
+
+@FAST
+def test_the_feature_set_writes_each_period_with_labels_known_at_its_moment(shop, tmp_path):
+    from pipeline.core.params import TrainFraudParams
+    from pipeline.data.dataset import Dataset
+    from pipeline.families.fraud.features import PERIODS, write_features
+
+    events, _ = shop
+    folder = tmp_path / "events" / "event_date=2026-09-01"
+    folder.mkdir(parents=True)
+    events.write_parquet(folder / "part-0.parquet")  # one partition: what Dataset.events() reads
+    params = TrainFraudParams(maturity_days=7, valid_days=5, test_days=5)
+    out = tmp_path / "set"
+    out.mkdir()
+    counts, split = write_features(out, Dataset("v", tmp_path), params)
+    moments = {"train": split.valid_start, "valid": split.test_start, "test": split.end}
+    for name in PERIODS:
+        rows = pl.read_parquet(out / f"{name}.parquet")
+        assert rows.height == counts[name] > 0 and int(rows["label"].sum()) == counts[f"{name}_fraud"] > 0
+        assert set(DENSE) <= set(rows.columns) and rows["label"].null_count() == 0
+        assert (rows["label_time"] <= moments[name]).all(), name
+    assert split.to_dict()["test_end"] == (split.end - timedelta(days=7)).isoformat()

@@ -180,6 +180,20 @@ class TrainPriceParams:
 
 
 @dataclass(frozen=True, config=STRICT)
+class TrainFraudParams:
+    """The fraud family (``pipeline.families.fraud``, in progress): labels arrive late."""
+
+    # An order without a chargeback counts as genuine only this long after it; each of the split's
+    # three gaps is this long (the generator's chargebacks come 3 to 60 days late, most in 30).
+    maturity_days: int = Field(default=30, ge=0)
+    valid_days: int = Field(default=14, ge=1)  # the bands and early stopping are chosen here
+    test_days: int = Field(default=14, ge=1)  # the gate's orders
+    min_train_days: int = Field(default=7, ge=1)
+    epochs: int = Field(default=20, ge=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True, config=STRICT)
 class Params:
     generate: GenerateParams
     ingest: IngestParams
@@ -187,6 +201,7 @@ class Params:
     train_recommender: TrainRecommenderParams
     train_propensity: TrainPropensityParams
     train_price: TrainPriceParams
+    train_fraud: TrainFraudParams
 
 
 def load_params(path: Path | str | None = None) -> Params:
@@ -215,4 +230,5 @@ SECTIONS = {
     "train_recommender": TrainRecommenderParams,
     "train_propensity": TrainPropensityParams,
     "train_price": TrainPriceParams,
+    "train_fraud": TrainFraudParams,
 }
