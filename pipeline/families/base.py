@@ -34,6 +34,9 @@ class TestSet:
     item_popularity: dict[str, int] = field(default_factory=dict)
     # What a family's baselines need beyond the rows (e.g. the co-occurrence baseline's answers).
     context: dict = field(default_factory=dict)
+    # Per-row columns written beside ``label`` in ``evaluation/rows.parquet`` for the family's gate
+    # statistic (``ModelSpec.gate_statistic``), e.g. the day of each order for recall at a daily budget.
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +129,26 @@ def per_slice(test: TestSet, metric_fn) -> dict[str, dict[str, float]]:
             mask = (test.slices[column] == value).to_numpy()
             out[f"{column}={value}"] = {**metric_fn(mask), "rows": int(mask.sum())}
     return out
+
+
+def compare_served(
+    served: np.ndarray,
+    expected: np.ndarray,
+    tolerance: float,
+    answers: list,
+    describe,
+    against: str = "evaluated",
+):
+    """A parity check's outcome: ``served[i]`` against ``expected[i]`` within ``tolerance``; an
+    answer missing from the served ones (NaN) is a mismatch. ``answers`` are the ``(body, ms)``
+    pairs of the requests; ``describe(i)`` names row ``i`` in the first three mismatches."""
+    from pipeline.families.spec import ParityOutcome
+
+    diff = np.abs(np.nan_to_num(served, nan=np.inf) - expected)
+    bad = np.flatnonzero(diff > tolerance)
+    examples = [f"{describe(i)}: served {served[i]:.6f}, {against} {expected[i]:.6f}" for i in bad[:3]]
+    largest = float(np.nan_to_num(diff, posinf=1e9).max(initial=0.0))
+    return ParityOutcome(int(bad.size), largest, [t for _, t in answers], examples)
 
 
 def parity_users(users: list[str], n: int) -> list[str]:

@@ -19,7 +19,15 @@ import polars as pl
 
 from pipeline.core.errors import BadInput
 from pipeline.data.dataset import Dataset, TimeSplit
-from pipeline.families.base import ModelScores, TestSet, latency_p95, parity_users, per_slice, predict_batches
+from pipeline.families.base import (
+    ModelScores,
+    TestSet,
+    compare_served,
+    latency_p95,
+    parity_users,
+    per_slice,
+    predict_batches,
+)
 from pipeline.families.price import forecast as fc
 from pipeline.families.price.demand import PERIODS, forecast_rows, item_classes, lag_names, origins_between, top_items
 from pipeline.families.price.features import whole_periods
@@ -187,15 +195,13 @@ def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda c: post("forecast", {"rows": [_row_body(r, history) for r in c]}), chunks))
     served = np.concatenate([np.asarray([f["units"] for f in a["forecasts"]], dtype=float) for a, _ in answers])
-    evaluated = expected["predicted_forecast"].to_numpy(dtype=float)
-    diff = np.abs(served - evaluated)
-    bad = np.flatnonzero(diff > FORECAST_TOLERANCE)
-    examples = [
-        f"item {expected['item_id'].iloc[i]} origin {expected['origin'].iloc[i]} h {expected['h'].iloc[i]}: "
-        f"served {served[i]:.6f}, evaluated {evaluated[i]:.6f}"
-        for i in bad[:3]
-    ]
-    return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
+    return compare_served(
+        served,
+        expected["predicted_forecast"].to_numpy(dtype=float),
+        FORECAST_TOLERANCE,
+        answers,
+        lambda i: f"item {expected['item_id'].iloc[i]} origin {expected['origin'].iloc[i]} h {expected['h'].iloc[i]}",
+    )
 
 
 def item_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOutcome:
@@ -223,11 +229,8 @@ def item_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     served_map = {(f["item_id"], f["h"]): f["units"] for a, _ in answers for f in a["forecasts"]}
     keys = list(zip(rows["item_id"].to_list(), rows["h"].to_list(), strict=True))
     served = np.array([served_map.get(k, np.nan) for k in keys], dtype=float)
-    diff = np.abs(np.nan_to_num(served, nan=np.inf) - expected)
-    bad = np.flatnonzero(diff > FORECAST_TOLERANCE)
-    examples = [f"item {keys[i][0]} h {keys[i][1]}: served {served[i]:.6f}, offline {expected[i]:.6f}" for i in bad[:3]]
-    return ParityOutcome(
-        int(bad.size), float(np.nan_to_num(diff, posinf=1e9).max(initial=0.0)), [t for _, t in answers], examples
+    return compare_served(
+        served, expected, FORECAST_TOLERANCE, answers, lambda i: f"item {keys[i][0]} h {keys[i][1]}", "offline"
     )
 
 

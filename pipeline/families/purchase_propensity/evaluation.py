@@ -17,6 +17,7 @@ from pipeline.families.base import (
     ModelScores,
     TestSet,
     auc,
+    compare_served,
     latency_p95,
     parity_users,
     per_slice,
@@ -140,15 +141,13 @@ def parity(post: Post, expected: pd.DataFrame) -> ParityOutcome:
             pool.map(lambda c: post("purchase_probability", {"candidates": [candidate(r) for r in c]}), chunks)
         )
     served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
-    evaluated = expected["predicted_probability"].to_numpy(dtype=float)
-    diff = np.abs(served - evaluated)
-    bad = np.flatnonzero(diff > SCORE_TOLERANCE)
-    examples = [
-        f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}: served {served[i]:.6f}, "
-        f"evaluated {evaluated[i]:.6f}"
-        for i in bad[:3]
-    ]
-    return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
+    return compare_served(
+        served,
+        expected["predicted_probability"].to_numpy(dtype=float),
+        SCORE_TOLERANCE,
+        answers,
+        lambda i: f"user {expected['user_id'].iloc[i]} item {expected['item_id'].iloc[i]}",
+    )
 
 
 def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOutcome:
@@ -192,13 +191,14 @@ def user_parity(post: Post, python_model, dataset: Dataset, n: int) -> ParityOut
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda b: post("purchase_probability", b), bodies))
     served = np.concatenate([np.asarray(a["probabilities"], dtype=float) for a, _ in answers])
-    diff = np.abs(served - expected)
-    bad = np.flatnonzero(diff > SCORE_TOLERANCE)
-    examples = [
-        f"user_id {pairs[i][0]} item {pairs[i][1]}: served {served[i]:.6f}, offline features give {expected[i]:.6f}"
-        for i in bad[:3]
-    ]
-    return ParityOutcome(int(bad.size), float(diff.max(initial=0.0)), [t for _, t in answers], examples)
+    return compare_served(
+        served,
+        expected,
+        SCORE_TOLERANCE,
+        answers,
+        lambda i: f"user_id {pairs[i][0]} item {pairs[i][1]}",
+        "offline features give",
+    )
 
 
 FLOOR_FILES = {
