@@ -31,8 +31,11 @@ install: $(VENV)/.installed ## create .venv from requirements.lock (pinned) and 
 
 demo: install ## the whole pipeline end to end on a generated shop, about 5 minutes
 	@# A shop dense enough in users and items per event for the sequential model to learn from.
+	@# Chargebacks within a day of their order, and a one-day label maturity window for the fraud
+	@# family (params.yaml's 30 days need months of data; the demo has ten days): demo-params.yaml.
 	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 2)) --events-per-day 5000 \
-	  --initial-users 2000 --initial-items 1200 --seed 11
+	  --initial-users 2000 --initial-items 1200 --seed 11 --chargeback-days 0.5 1
+	@$(PY) -c 'import sys, yaml; p = yaml.safe_load(open("params.yaml")); p["train_fraud"].update(maturity_days=1, valid_days=2, test_days=2, min_train_days=2); yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)' $(SHOPML_HOME)/demo-params.yaml
 	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
 	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-backfill.log; exit 1; }
@@ -42,9 +45,9 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	$(PY) -m pipeline airflow dags test ingest_events $$run > $(SHOPML_HOME)/demo-ingest.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-ingest.log; exit 1; }; \
 	grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-ingest.log
-	@for dag in retrain_next_item retrain_purchase_propensity retrain_price retrain_next_item; do \
+	@for dag in retrain_next_item retrain_purchase_propensity retrain_price retrain_fraud retrain_next_item; do \
 	  echo "== airflow dags test $$dag: features -> train -> evaluate -> gate -> register -> package -> promote =="; \
-	  $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
+	  SHOPML_PARAMS=$(SHOPML_HOME)/demo-params.yaml $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-$$dag.log; exit 1; }; \
 	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity( by user id)?: |[a-z_]+: champion is now|[a-z_]+ floor serves|run [0-9a-f]+ on dataset)" \
 	    $(SHOPML_HOME)/demo-$$dag.log; \
@@ -62,6 +65,8 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"; \
 	echo "== the price champion, served, asked for prices (shopml serve --model price serves it for good) =="; \
 	$(PY) -m pipeline.families.price.ask 3 2> $(SHOPML_HOME)/demo-price.log || { tail -30 $(SHOPML_HOME)/demo-price.log; exit 1; }
+	@echo "== the fraud champion, served, scoring orders at checkout (shopml serve --model fraud serves it for good) =="
+	$(PY) -m pipeline.families.fraud.ask 2> $(SHOPML_HOME)/demo-fraud.log || { tail -30 $(SHOPML_HOME)/demo-fraud.log; exit 1; }
 	@day=$(call day_after,$(DEMO_START),$(DEMO_DAYS)); \
 	echo "== the closed loop: the champion serves $$day's sessions; that day and the next are ingested, the answers judged =="; \
 	$(PY) -m pipeline replay --model next_item --date $$day --serve > $(SHOPML_HOME)/demo-replay.log 2>&1 \

@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="change the shop's behaviour from --shift-day on, to exercise monitoring",
     )
     g.add_argument("--shift-day", type=int, help="the 0-based day the shift starts")
+    g.add_argument("--fraud-rate", type=float, help="fraudulent orders per genuine order (default: params.yaml)")
+    g.add_argument(
+        "--chargeback-days",
+        type=float,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        help="a chargeback arrives FIRST to LAST days after its order (default: params.yaml, 3 60)",
+    )
     g.add_argument("--out", type=Path, help="the landing folder (default: $SHOPML_HOME/landing)")
 
     i = subcommand("ingest", _ingest, "ingest days of raw events and catalog into staging (canonical schema)")
@@ -387,9 +395,13 @@ def _generate(args: argparse.Namespace) -> int:
             "format",
             "shift",
             "shift_day",
+            "fraud_rate",
+            "chargeback_days",
         )
         if getattr(args, k) is not None
     }
+    if "chargeback_days" in overrides:
+        overrides["chargeback_days"] = tuple(overrides["chargeback_days"])
     params = dataclasses.replace(_params(args).generate, **overrides)
     for d in generate_shop_data(params, args.out or _paths().landing):
         print(f"generated {d.day}: {d.events} events -> {d.events_path}; {d.catalog_items} items -> {d.catalog_path}")

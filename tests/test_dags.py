@@ -94,6 +94,7 @@ def test_dag_integrity(tmp_path):
         "retrain_next_item",
         "retrain_purchase_propensity",
         "retrain_price",
+        "retrain_fraud",
         "promote_model",
         "rollback_model",
         "monitor_models",

@@ -275,3 +275,219 @@ def test_the_feature_set_writes_each_period_with_labels_known_at_its_moment(shop
         assert set(DENSE) <= set(rows.columns) and rows["label"].null_count() == 0
         assert (rows["label_time"] <= moments[name]).all(), name
     assert split.to_dict()["test_end"] == (split.end - timedelta(days=7)).isoformat()
+
+
+@FAST
+def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_path):
+    """``/score``'s features (the snapshot's rows of the order's keys, then ``order_features``)
+    equal those computed over every event, for orders before the snapshot's cutoff sent as raw
+    orders (a replay) and with every scenario among them; orders scored after the cutoff are
+    remembered, so a burst from one new device is seen as a burst."""
+    from datetime import datetime, timezone
+
+    from pipeline.families.fraud.evaluation import order_body
+    from pipeline.families.fraud.serving import Order, OrderScorer, order_frame, snapshot_tables
+    from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot_of
+
+    events, truth = shop
+    catalog = pl.DataFrame({"item_id": ["order"], "category": ["c"], "brand": ["b"], "price": [1.0]})
+    write_snapshot_of(snapshot_tables, events, catalog, "test", tmp_path / "snap")
+    snapshot = FeatureSnapshot.load(tmp_path / "snap")
+    orders = orders_of(events)
+    everything = order_features(orders, events)
+    cutoff = snapshot.cutoff
+    recent = everything.filter(pl.col("order_time") >= cutoff - timedelta(days=6))
+    fraud = recent.join(truth.select("session_id"), on="session_id", how="semi")
+    sample = pl.concat([fraud, recent.sample(60, seed=0)]).unique("session_id", maintain_order=True)
+    # Every kind of feature takes part: a history shared with other accounts, sightings, bursts.
+    for name in ("device_accounts", "payment_accounts", "new_device_for_user", "user_orders_10m", "user_prior_orders"):
+        assert (sample[name] > 0).any(), name
+    scorer = OrderScorer(None, snapshot)
+    # One order at a time (a batch shares its orders' rows, which would hide a missing lookup).
+    served = pl.concat([scorer.feature_rows(order_frame([Order(**order_body(r))])) for r in sample.to_dicts()])
+    assert served["session_id"].to_list() == sample["session_id"].to_list()
+    for name in DENSE:
+        np.testing.assert_allclose(served[name].to_numpy(), sample[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
+
+    # After the cutoff: three orders two minutes apart from one new device and card, scored in turn.
+    class Banded:
+        from pipeline.families.fraud.decisions import Bands
+
+        bands = Bands(review_at=1.0, block_at=2.0)
+
+        def scores(self, rows):
+            return rows["device_orders_10m"].to_numpy()
+
+        def reasons(self, rows):
+            return [[] for _ in range(rows.height)]
+
+    scorer = OrderScorer(Banded(), snapshot)
+    burst = []
+    for k in range(3):
+        at = datetime.fromtimestamp(cutoff.timestamp() + 3600 + 120 * k, timezone.utc)
+        order = Order(user_id=f"tester-{k}", order_time=at, amount=2.0, device_id="dev-new", payment_id=f"card-{k}")
+        burst.append(scorer.score_requests([[order]])[0][0])
+    assert [b["score"] for b in burst] == [0.0, 1.0, 2.0]
+    assert [b["band"] for b in burst] == ["approve", "review", "block"]
+
+
+@FAST
+def test_a_bad_order_is_refused_naming_the_field():
+    from pydantic import ValidationError
+
+    from pipeline.families.fraud.serving import ScoreRequest
+
+    good = {"user_id": "u1", "order_time": "2026-10-01T10:00:00Z", "amount": 12.5}
+    ScoreRequest(orders=[good])
+    for change, field in (
+        ({"order_time": None}, "order_time"),
+        ({"amount": -1.0}, "amount"),
+        ({"currency": "euro"}, "currency"),
+        ({"order_time": "2026-10-01T10:00:00"}, "order_time"),  # no time zone: ambiguous
+        ({"features": {"amount": 1.0}}, "features"),
+    ):
+        body = {k: v for k, v in {**good, **change}.items() if v is not None}
+        with pytest.raises(ValidationError, match=field):
+            ScoreRequest(orders=[body])
+
+
+@FAST
+def test_the_gate_compares_cost_auc_pr_and_recall_at_budget_on_the_same_orders():
+    import pandas as pd
+
+    from pipeline.families.fraud import decisions
+    from pipeline.families.fraud.evaluation import gate_statistic
+
+    rows = pd.DataFrame({"label": [1, 0, 0, 1, 0, 0], "day": [0, 0, 0, 1, 1, 1]})
+    column, cost = gate_statistic("cost_per_1000", rows)
+    assert column == "cost" and cost(np.array([3.0, 0.0, 0.0, 3.0]), np.arange(4)) == pytest.approx(1500.0)
+    column, ap = gate_statistic("auc_pr", rows)
+    scores = np.array([0.9, 0.1, 0.2, 0.3, 0.8, 0.05])
+    assert column == "score" and ap(scores, np.arange(6)) == pytest.approx(
+        decisions.average_precision(rows["label"].to_numpy(), scores)
+    )
+    # Resampled rows carry their own labels: the first three orders hold one fraud, ranked first.
+    assert ap(scores[:3], np.arange(3)) == pytest.approx(1.0)
+    _, recall = gate_statistic("recall_at_budget", rows)
+    budget = decisions.load_cost_policy().review_budget_per_day
+    assert budget >= 1 and recall(scores, np.arange(6)) == pytest.approx(1.0)
+    assert gate_statistic("something_else", rows) is None
+
+
+# The whole family: trained, evaluated, gated, registered, packaged, served ---------------------
+
+# A short shop whose labels mature within its days: chargebacks 1 to 2 days late, a 2-day window.
+FAMILY_SHOP = GenerateParams(
+    seed=5,
+    start_date="2026-10-01",
+    days=16,
+    events_per_day=3000,
+    initial_users=1500,
+    initial_items=800,
+    fraud_rate=0.05,
+    chargeback_days=(1.0, 2.0),
+)
+
+
+@pytest.fixture(scope="module")
+def fraud_family(tmp_path_factory):
+    import dataclasses
+
+    from conftest import published_shop
+    from pipeline.core.params import load_params
+    from pipeline.lifecycle.gate import load_policy
+    from pipeline.lifecycle.steps import retrain
+
+    with published_shop(tmp_path_factory.mktemp("fraud-family"), FAMILY_SHOP) as paths:
+        params = load_params()
+        short = dataclasses.replace(
+            params.train_fraud, maturity_days=2, valid_days=3, test_days=3, min_train_days=4, epochs=10
+        )
+        params = dataclasses.replace(params, train_fraud=short)
+        promoted = retrain(
+            paths, params, "fraud", policy=dataclasses.replace(load_policy("fraud"), bootstrap_samples=200)
+        )
+        yield paths, params, promoted
+
+
+def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family):
+    import httpx
+
+    from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
+    from pipeline.serving.package import served
+
+    paths, _, promoted = fraud_family
+    client = mlflow_client(paths)
+    champion = alias_version(client, "fraud", CHAMPION)
+    assert champion is not None and str(champion.version) == str(promoted["version"])
+    # The network's run: the gate compared the cost per order with both floors, resampling orders.
+    candidate = client.get_run(promoted.get("candidate_run_id") or champion.run_id)
+    assert "orders" in candidate.data.tags["gate.reasons"] and "cost_per_1000" in candidate.data.tags["gate.reasons"]
+    for floor in ("rules", "lightgbm"):
+        for metric in ("auc_pr", "recall_at_budget", "cost_per_1000"):
+            assert f"eval_baseline_{floor}_{metric}" in candidate.data.metrics
+    assert {"bands.dcn_v2.review_at", "bands.lightgbm.block_at", "bands.rules.review_at"} <= set(candidate.data.params)
+    # Recall at the budget and the thresholds: in the run, the registry, /metadata.
+    for key in ("eval_recall_at_budget", "eval_review_at", "eval_block_at", "eval_cost_per_1000"):
+        assert key in champion.tags, key
+    assert champion.tags["smoke_test"] == "passed"
+    with (
+        served(paths, champion.tags["bento_tag"], env={"SHOPML_PREDICTION_LOG": "off"}) as url,
+        httpx.Client(timeout=30) as http,
+    ):
+        meta = http.post(f"{url}/metadata", json={}).json()
+        assert meta["model"] == "fraud" and meta["currency"] == "EUR"
+        assert meta["bands"]["review_at"] <= meta["bands"]["block_at"] or meta["bands"]["block_at"] is None
+        assert 0 <= meta["validation"]["recall_at_budget"] <= 1
+        assert meta["policy"]["review_budget_per_day"] == 50
+        order = {
+            "order_id": "o-1",
+            "user_id": "u1",
+            "order_time": meta["features_as_of"],
+            "amount": 120.0,
+            "currency": "EUR",
+            "device_id": "d-new",
+            "country": "DE",
+        }
+        answer = http.post(f"{url}/score", json={"orders": [order]}).json()
+        (scored,) = answer["scores"]
+        assert (
+            scored["order_id"] == "o-1"
+            and 0 <= scored["score"] <= 1
+            and scored["band"] in ("approve", "review", "block")
+        )
+        assert all({"feature", "value", "contribution"} <= set(r) for r in scored["reasons"])
+        for change, field in (
+            ({"order_time": None}, "order_time"),
+            ({"amount": -5.0}, "amount"),
+            ({"currency": "USD"}, "currency"),  # a real code, not the shop's
+            ({"currency": "dollars"}, "currency"),
+        ):
+            body = {k: v for k, v in {**order, **change}.items() if v is not None}
+            response = http.post(f"{url}/score", json={"orders": [body]})
+            assert response.status_code == 400 and field in response.text, (body, response.text)
+
+
+def test_the_gate_scores_only_orders_whose_labels_had_matured(fraud_family):
+    """The evaluation's orders are the test period's orders labelled as known at the data's end:
+    an order of the last days (younger than the maturity window) is never scored as genuine."""
+    import pandas as pd
+
+    from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
+    from pipeline.data.version import open_dataset
+    from pipeline.families.fraud.evaluation import split_of_run
+
+    paths, params, _ = fraud_family
+    client = mlflow_client(paths)
+    run = client.get_run(alias_version(client, "fraud", CHAMPION).run_id)
+    split = split_of_run(run.data.params)
+    rows = pd.read_parquet(client.download_artifacts(run.info.run_id, "evaluation/rows.parquet", str(paths.home)))
+    events = open_dataset(paths, run.data.tags["dataset_version"]).events()
+    orders = orders_of(events)
+    known = labels_as_of(orders, events, split.end, params.train_fraud.maturity_days)
+    inside = known.filter((pl.col("order_time") >= split.test_start) & (pl.col("order_time") < split.test_end))
+    labelled = inside.filter(pl.col("label").is_not_null())
+    assert sorted(rows["user_id"]) == sorted(labelled["session_id"].to_list())
+    assert rows["label"].sum() == labelled["label"].sum() > 0
+    young = orders.filter(pl.col("order_time") >= split.end - timedelta(days=params.train_fraud.maturity_days))
+    assert young.height > 0 and not set(young["session_id"]) & set(rows["user_id"])

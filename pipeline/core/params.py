@@ -54,6 +54,16 @@ class GenerateParams:
     # Fraudulent orders added per genuine order (``pipeline.data.generate_risk``: card testing,
     # account takeover, new accounts, resellers), each confirmed by a chargeback 3 to 60 days later.
     fraud_rate: float = Field(default=0.02, ge=0, le=0.5)
+    # The first and last day after its order a chargeback arrives (skewed toward the first). A
+    # short range gives a short shop (the demo, the tests) labels it can mature within its days.
+    chargeback_days: tuple[float, float] = (3.0, 60.0)
+
+    @model_validator(mode="after")
+    def _chargeback_range(self) -> GenerateParams:
+        first, last = self.chargeback_days
+        if not 0 < first <= last:
+            raise ValueError(f"chargeback_days: expected 0 < first <= last, got {list(self.chargeback_days)}")
+        return self
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -181,7 +191,7 @@ class TrainPriceParams:
 
 @dataclass(frozen=True, config=STRICT)
 class TrainFraudParams:
-    """The fraud family (``pipeline.families.fraud``, in progress): labels arrive late."""
+    """The fraud family (``pipeline.families.fraud``): labels arrive late."""
 
     # An order without a chargeback counts as genuine only this long after it; each of the split's
     # three gaps is this long (the generator's chargebacks come 3 to 60 days late, most in 30).

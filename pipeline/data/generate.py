@@ -558,6 +558,7 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
             catalog["item_id"].str.strip_prefix("i").cast(pl.Int64).to_numpy(),
             catalog["price"].to_numpy(),
             params.seed,
+            params.chargeback_days,
         )
         next_start = day_start + timedelta(days=1)
         events = pl.concat(

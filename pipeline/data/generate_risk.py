@@ -138,6 +138,7 @@ def fraud_day(
     live_items: np.ndarray,
     prices: np.ndarray,
     seed: int,
+    chargeback_days: tuple[float, float] = CHARGEBACK_DAYS,
 ) -> list[dict]:
     """The day's fraudulent orders (views, cart adds, purchases, sign-ups) as event rows; their
     chargebacks are queued in ``risk.pending``, and each order is added to ``risk.truth``."""
@@ -197,7 +198,9 @@ def fraud_day(
                 rows.append(_event(at + 5, user, session, item_id, "add_to_cart", price, 1, device, ip, country))
                 rows.append(_event(t, user, session, item_id, "purchase", price, 1, device, ip, country, payment))
                 total += price
-            delay_days = min(CHARGEBACK_DAYS[0] + rng.gamma(1.5, 8.0), CHARGEBACK_DAYS[1])
+            # Skewed short within [first, last] days: with the default (3, 60), a gamma of mean 12 days.
+            first, last = chargeback_days
+            delay_days = min(first + rng.gamma(1.5, 8.0 * (last - first) / 57.0), last)
             at = t + delay_days * 86_400
             cb = _event(at, user, session, None, "chargeback", total, 1, None, None, None)
             risk.pending.append(pl.DataFrame([cb], schema=_SCHEMA))

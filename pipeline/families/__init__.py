@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "next_item": "pipeline.families.next_item",
     "purchase_propensity": "pipeline.families.purchase_propensity",
     "price": "pipeline.families.price",
+    "fraud": "pipeline.families.fraud",
 }
 _loaded: dict[str, ModelSpec] = {}
 

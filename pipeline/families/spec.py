@@ -61,8 +61,15 @@ class Snapshot(Protocol):
     def view(self, kind: Any, /) -> Any: ...
 
 
+class CutPoints(Protocol):
+    """A family's split as the feature set's manifest records it: ``TimeSplit`` (start, train_end,
+    valid_end, end), or one with more cut points (the fraud split's label-maturity gaps)."""
+
+    def to_dict(self) -> dict[str, str]: ...
+
+
 class WriteFeatures(Protocol):
-    def __call__(self, folder: Path, dataset: Dataset, params: Any, /) -> tuple[dict[str, Any], TimeSplit]: ...
+    def __call__(self, folder: Path, dataset: Dataset, params: Any, /) -> tuple[dict[str, Any], CutPoints]: ...
 
 
 class Train(Protocol):
@@ -242,7 +249,9 @@ class ModelSpec:
         params: picks the family's training section out of ``Params`` (``params.yaml``).
         feature_params: the training parameters that shape the features (they key the feature set).
         write_features: ``(folder, dataset, params) -> (counts, split)``: writes the family's feature
-            files for one dataset version (``pipeline.data.dataset.Dataset``) into ``folder``.
+            files for one dataset version (``pipeline.data.dataset.Dataset``) into ``folder``; the
+            split is any object with ``to_dict`` whose cut points include ``TimeSplit``'s (the
+            training run logs them as ``split.*`` params, which evaluation reads back).
         train: ``(paths, params, tags, features) -> TrainOutcome``: trains on a feature set folder
             and logs one MLflow run with the model as a pyfunc.
         test_set: ``(dataset, split, run params) -> TestSet``: the frozen test rows, cut from the

@@ -180,6 +180,8 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
     rows = pd.DataFrame({"user_id": test.users.astype(str)})
     if test.labels is not None:
         rows["label"] = test.labels
+    for name, values in test.columns.items():
+        rows[name] = values
     sides: list[tuple[str, ModelScores | None]] = [
         ("candidate", ev.candidate),
         ("champion", ev.champion),

@@ -37,6 +37,7 @@ class CostPolicy:
     blocked_genuine_share: float = Field(default=0.3, ge=0, le=1)  # of a genuine order's amount, when blocked
     review_budget_per_day: int = Field(default=50, ge=0)  # orders the review team can handle a day
     grid: int = Field(default=60, ge=5)  # score quantiles searched per threshold
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")  # the shop's, of every amount (ISO 4217)
 
     def to_dict(self) -> dict:
         return asdict(self)

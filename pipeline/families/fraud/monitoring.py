@@ -1,0 +1,136 @@
+"""How the fraud scores served are judged once their labels mature, and its inputs watched.
+
+``pipeline.lifecycle.monitor`` calls these through ``MONITORING``. A served order is labelled fraud
+when its chargeback arrives within ``horizon_hours`` of the answer (the label maturity window,
+``monitoring.fraud.horizon_hours``, 30 days by default), genuine otherwise; the monitor judges a
+day only once the published data reaches that far past it, and marks its figures provisional
+before (an order without a chargeback yet is not yet genuine). Figures: AUC-PR, recall at the
+daily review budget, the fraud rate and the mean score of the served orders. Drift: the day's
+order features against the champion's training orders. Skew: the snapshot's features against the
+same recomputed offline. ``requests``: a day's orders as ``/score`` bodies (``python -m pipeline
+replay``). The order id the shop sends is the session id of the purchase in its event stream, so
+the chargeback of that session judges the answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.data.drift import FeatureDrift, FeatureSkew, numeric_drift
+from pipeline.families.fraud import decisions
+from pipeline.families.fraud.orders import DENSE, order_features, orders_of
+from pipeline.families.spec import Monitoring
+
+
+def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFrame:
+    """One row per served order: its score and whether its chargeback arrived within the horizon."""
+    horizon = timedelta(hours=policy.horizon_hours)
+    served = answers.explode("items", "scores").rename({"items": "item_id", "scores": "score"})
+    charged = (
+        events.filter(pl.col("event_type") == "chargeback")
+        .group_by("session_id")
+        .agg(pl.col("event_time").min().alias("charged_at"))
+    )
+    labelled = served.join(charged, left_on="item_id", right_on="session_id", how="left").with_columns(
+        ((pl.col("charged_at") > pl.col("ts")) & (pl.col("charged_at") <= pl.col("ts") + horizon))
+        .fill_null(False)
+        .cast(pl.Float64)
+        .alias("label"),
+        pl.col("user_id").fill_null(""),
+    )
+    return labelled.select("request_id", "ts", "user_id", "model_version", "role", "item_id", "score", "label")
+
+
+def figures(outcomes: pl.DataFrame, policy) -> dict[str, float]:
+    scores = outcomes["score"].to_numpy().astype(float)
+    labels = outcomes["label"].to_numpy().astype(float)
+    budget = decisions.load_cost_policy().review_budget_per_day
+    return {
+        "auc_pr": decisions.average_precision(labels, scores),
+        "recall_at_budget": decisions.recall_at_budget(scores, labels, outcomes["ts"].dt.date(), budget),
+        "fraud_rate": float(labels.mean()) if labels.size else float("nan"),
+        "mean_score": float(scores.mean()) if scores.size else float("nan"),
+        "users": float(outcomes["item_id"].n_unique()),  # orders: the unit of the figures
+        "orders": float(len(labels)),
+    }
+
+
+def statistic(frame: pl.DataFrame):
+    """AUC-PR of the scores at the given rows against those rows' labels."""
+    labels = frame["label"].to_numpy()
+    return lambda values, rows: decisions.average_precision(labels[rows], values)
+
+
+def drift(
+    events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime, champion: dict, policy
+) -> list[FeatureDrift]:
+    """The features of the day's orders against the champion's training orders."""
+    reference = pl.read_parquet(Path(champion["features_path"]) / "train.parquet")
+    past = events.filter(pl.col("event_time") < end)
+    current = order_features(orders_of(past), past).filter(pl.col("order_time") >= start)
+    return [numeric_drift(f, reference[f].to_numpy(), current[f].to_numpy(), policy.psi_threshold) for f in DENSE]
+
+
+def served_scores(answers: pl.DataFrame) -> np.ndarray:
+    return answers.select(pl.col("scores").explode()).to_series().drop_nulls().to_numpy()
+
+
+def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.DataFrame) -> list[FeatureSkew]:
+    """The snapshot's features for orders of its last day (the day's served ones where the log
+    names known orders) against ``order_features`` over the events: orders before the cutoff only,
+    the service's memory of newer orders left out on both sides."""
+    from pipeline.families.fraud.evaluation import order_body
+    from pipeline.families.fraud.serving import Order, OrderScorer, order_frame
+
+    cutoff = snapshot.cutoff
+    past = events.filter(pl.col("event_time") < cutoff)
+    features = order_features(orders_of(past), past)
+    asked = answers.explode("items")["items"].to_list() if answers.height else []
+    rows = features.filter(pl.col("session_id").is_in(asked))
+    if rows.height == 0:
+        rows = features.filter(pl.col("order_time") >= cutoff - timedelta(days=1)).head(2000)
+    if rows.height == 0:
+        return []
+    frame = order_frame([Order(**order_body(r)) for r in rows.to_dicts()])
+    served = OrderScorer(None, snapshot).feature_rows(frame)
+    users = rows["user_id"]
+    out = []
+    for f in DENSE:
+        a, b = served[f].to_numpy().astype(float), rows[f].to_numpy().astype(float)
+        differs = ~np.isclose(a, b, rtol=1e-6, atol=1e-9)
+        skewed = users.filter(pl.Series(differs)).unique()
+        example = ""
+        if skewed.len():
+            first = rows["session_id"].filter(pl.Series(differs))[0]
+            example = f"order {first}: served {a[differs][0]:.6g}, offline {b[differs][0]:.6g}"
+        out.append(FeatureSkew(f, users.n_unique(), skewed.len(), example))
+    return out
+
+
+def requests(events: pl.DataFrame) -> list[tuple[str, dict]]:
+    """(order time, body) per order of the day, as a checkout would send it."""
+    from pipeline.families.fraud.evaluation import order_body
+
+    orders = orders_of(events)
+    return [(r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders.to_dicts()]
+
+
+MONITORING = Monitoring(
+    outcomes=outcomes,
+    figures=figures,
+    headline=lambda policy: ("auc_pr", "recall_at_budget", "fraud_rate", "mean_score", "orders"),
+    drift=drift,
+    served_scores=served_scores,
+    skew=skew,
+    requests=requests,
+    value_column="score",
+    pair_keys=("request_id", "item_id"),
+    statistic=statistic,
+    protocol=lambda policy: (
+        f"served orders charged back within {policy.horizon_hours / 24:g} days (the maturity window)"
+    ),
+)

@@ -1,0 +1,168 @@
+"""A fraud scorer as an MLflow pyfunc: order feature rows in, a score and a band out.
+
+One class serves all three scorers (the DCN-v2 network, LightGBM, the rules), so the strongest floor
+serves through the same interface when no learned model beats it (``pipeline.lifecycle.floors``).
+Its ``scorer`` artifact is a JSON file: ``{"kind": "network" | "lightgbm" | "rules", "bands": {...},
+...}`` with the kind's own state (the booster's text, the rules' threshold); the network's weights are
+a second artifact, ``weights``.
+
+Input columns: ``orders.DENSE``. Output: ``score`` (higher is riskier; a calibrated probability for
+the network and LightGBM, points for the rules) and ``band`` (approve, review, block, from the
+thresholds chosen on validation). ``reasons`` gives each row's top feature contributions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import torch
+from mlflow.pyfunc import PythonModel
+
+KINDS = ("network", "lightgbm", "rules")
+
+
+class FraudPyfunc(PythonModel):
+    currency: str = "EUR"  # the shop's currency, in which the amounts were learnt
+    # Where the bands were chosen: the validation orders' figures under them, and the cost policy.
+    figures: dict | None = None
+
+    @classmethod
+    def from_parts(cls, kind: str, scorer, bands, currency: str = "EUR", figures: dict | None = None) -> FraudPyfunc:
+        wrapper = cls()
+        wrapper.kind, wrapper.scorer, wrapper.bands, wrapper.currency = kind, scorer, bands, currency
+        wrapper.figures = figures
+        wrapper._setup()
+        return wrapper
+
+    @classmethod
+    def from_file(cls, scorer: str | Path, weights: str | Path | None = None) -> FraudPyfunc:
+        """A scorer from its artifacts (``scorer_file``'s JSON, the network's weights)."""
+        wrapper = cls()
+        wrapper._load(Path(scorer), weights)
+        return wrapper
+
+    def load_context(self, context) -> None:
+        self._load(Path(context.artifacts["scorer"]), context.artifacts.get("weights"))
+
+    def _load(self, scorer: Path, weights) -> None:
+        from pipeline.families.fraud.decisions import Bands
+        from pipeline.families.fraud.scoring import LightGBMScorer, RulesScorer
+
+        saved = json.loads(scorer.read_text())
+        self.kind, self.bands = saved["kind"], Bands(**saved["bands"])
+        self.currency, self.figures = saved.get("currency", "EUR"), saved.get("figures")
+        if self.kind == "network":
+            if weights is None:
+                raise ValueError(f"{scorer}: a network scorer needs its weights artifact")
+            self.scorer = load_network(weights)
+        elif self.kind == "lightgbm":
+            self.scorer = LightGBMScorer(saved["booster"])
+        elif self.kind == "rules":
+            self.scorer = RulesScorer(**saved["rules"])
+        else:
+            raise ValueError(f"{scorer}: unknown scorer kind {self.kind!r}; kinds: {KINDS}")
+        self._setup()
+
+    def _setup(self) -> None:
+        self._booster = None
+        if self.kind == "lightgbm":
+            import lightgbm as lgb
+
+            self._booster = lgb.Booster(model_str=self.scorer.booster_text)  # parsed once, not per call
+
+    def scores(self, rows: pl.DataFrame | pd.DataFrame) -> np.ndarray:
+        from pipeline.families.fraud.scoring import dense_matrix
+
+        frame = rows if isinstance(rows, pl.DataFrame) else pl.from_pandas(rows)
+        if self.kind == "network":
+            x = torch.from_numpy(dense_matrix(frame))
+            with torch.no_grad():
+                return self.scorer.predict_proba(torch.zeros(x.shape[0], 0, dtype=torch.long), x).numpy().astype(float)
+        if self._booster is not None:
+            return np.asarray(self._booster.predict(dense_matrix(frame)), dtype=float)
+        return self.scorer.score(frame)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        scores = self.scores(model_input)
+        return pd.DataFrame({"score": scores, "band": self.bands.decide(scores)})
+
+    def reasons(self, rows: pl.DataFrame, k: int = 3) -> list[list[dict]]:
+        """Each row's ``k`` features (or rules) that raised its score most: ``{"feature", "value",
+        "contribution"}``, contribution in the scorer's own units (the logit for the network and
+        LightGBM, points for the rules); features that lowered the score are not reasons."""
+        from pipeline.families.fraud.orders import DENSE
+        from pipeline.families.fraud.scoring import RULES, dense_matrix
+
+        if self.kind == "rules":
+            hits = self.scorer.hits(rows).to_numpy()
+            points = np.array([p for _, _, p in RULES])
+            return [
+                [{"feature": RULES[j][0], "value": 1.0, "contribution": float(points[j])} for j in np.flatnonzero(h)][
+                    :k
+                ]
+                for h in hits
+            ]
+        x = dense_matrix(rows)
+        if self._booster is not None:
+            contributions = np.asarray(self._booster.predict(x, pred_contrib=True))[:, : len(DENSE)]  # TreeSHAP
+        else:
+            contributions = network_contributions(self.scorer, x)
+        out = []
+        for row, values in zip(contributions, x, strict=True):
+            top = [j for j in np.argsort(-row)[:k] if row[j] > 0]
+            out.append([{"feature": DENSE[j], "value": float(values[j]), "contribution": float(row[j])} for j in top])
+        return out
+
+
+def network_contributions(model, x: np.ndarray) -> np.ndarray:
+    """Gradient x input of the logit, in the network's standardised input space, against the
+    training mean (zero there): a first-order share of each feature in how far the order's logit
+    lies from the average order's. Exact for the wide (linear) part, approximate for the rest."""
+    dense = torch.from_numpy(x)
+    z = ((model.transform(dense) - model.dense_mean) / model.dense_std).detach().requires_grad_(True)
+    # The forward pass from the standardised inputs (DCNv2.forward standardises first): undo it.
+    raw = torch.sign(z * model.dense_std + model.dense_mean) * torch.expm1(
+        (z * model.dense_std + model.dense_mean).abs()
+    )
+    logits = model(torch.zeros(x.shape[0], 0, dtype=torch.long), raw)
+    (grad,) = torch.autograd.grad(logits.sum(), z)
+    return (grad * z).detach().numpy()
+
+
+def save_network(model, path: Path) -> None:
+    torch.save({"model": model.state_dict(), "model_args": model.config.to_dict()}, path)
+
+
+def load_network(path: str | Path):
+    from models.propensity import DCNConfig, DCNv2
+
+    # Our own checkpoint: tensors and a dict of plain values, so the safe loader suffices.
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    args = dict(saved["model_args"])
+    args["id_cardinalities"] = tuple(args["id_cardinalities"])
+    args["hidden"] = tuple(args["hidden"])
+    model = DCNv2(DCNConfig(**args))
+    model.load_state_dict(saved["model"])
+    model.eval()
+    return model
+
+
+def scorer_file(pyfunc: FraudPyfunc, path: Path) -> Path:
+    """The ``scorer`` artifact of this pyfunc (its network's weights go beside, ``save_network``)."""
+    kind, scorer = pyfunc.kind, pyfunc.scorer
+    state: dict = {
+        "kind": kind,
+        "bands": pyfunc.bands.to_dict(),
+        "currency": pyfunc.currency,
+        "figures": pyfunc.figures,
+    }
+    if kind == "lightgbm":
+        state["booster"] = scorer.booster_text
+    elif kind == "rules":
+        state["rules"] = scorer.to_dict()
+    path.write_text(json.dumps(state))
+    return path

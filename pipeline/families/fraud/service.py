@@ -1,0 +1,111 @@
+"""The ``fraud`` service: ``/score`` (orders in; a score, a band and the top reasons out) and ``/metadata``.
+
+An order's features are computed from the packaged snapshot of earlier orders and first sightings,
+plus the orders this worker scored since (``serving.OrderScorer``), as of the order's own time; or
+taken as sent. The orders of concurrent requests share one feature step and one model call
+(``pipeline.serving.batching``). A missing order time, a negative amount, a currency that is not an
+ISO code or not the shop's is a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+
+from pipeline.families.fraud.serving import ScoreRequest, Scores
+from pipeline.serving.api import Metadata
+from pipeline.serving.common import (
+    BATCHING,
+    PUBLIC_SERVICE_CONFIG,
+    Traffic,
+    bento_args,
+    overloaded_as_503,
+    torch_threads,
+)
+from pipeline.serving.guard import RequestGuard
+
+ARGS = bento_args("fraud")
+
+
+class FraudMetadata(Metadata):
+    scorer: str
+    currency: str
+    bands: dict
+    validation: dict
+    policy: dict
+
+
+class _Engine:
+    """One model version's pyfunc, snapshot and batcher (the champion's, or a challenger's)."""
+
+    def __init__(self, model, snapshot, version: str) -> None:
+        from pipeline.families.fraud.serving import OrderScorer
+        from pipeline.serving.batching import MicroBatcher
+        from pipeline.serving.snapshot import FeatureSnapshot
+
+        self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
+        self.snapshot = FeatureSnapshot.load(snapshot.path)
+        self.scorer = OrderScorer(self.pyfunc, self.snapshot)
+        self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(1))
+        self.version = str(version)
+
+    async def answer(self, request: ScoreRequest) -> Scores:
+        for i, order in enumerate(request.orders):
+            if order.currency is not None and order.currency != self.pyfunc.currency:
+                raise InvalidArgument(
+                    f"orders[{i}].currency: {order.currency!r} is not the shop's currency "
+                    f"({self.pyfunc.currency}); send amounts in {self.pyfunc.currency}"
+                )
+        with overloaded_as_503():
+            scored = await self.batcher(request.orders)
+        return Scores(scores=scored, model_version=self.version)
+
+
+@bentoml.service(name="fraud", **PUBLIC_SERVICE_CONFIG)
+class FraudService:
+    bento_model = bentoml.models.BentoModel(ARGS.model_tag)
+    snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
+
+    def __init__(self) -> None:
+        torch_threads()
+        self.champion = _Engine(self.bento_model, self.snapshot_model, ARGS.version)
+        self.traffic = Traffic(
+            "fraud",
+            self.champion,
+            lambda other: _Engine(other.model_tag, bentoml.models.get(other.snapshot_tag), other.version),
+            # Each order logged by its id, so the monitor finds its chargeback (or its maturity).
+            lambda request, answer: (
+                [s.order_id for s in answer.scores],
+                [s.score for s in answer.scores],
+                "model",
+                [],
+            ),
+        )
+
+    def __is_ready__(self) -> bool:
+        return self.champion is not None
+
+    @bentoml.api
+    async def score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> Scores:
+        users = {o.user_id for o in request.orders}
+        return await self.traffic.answer(request, ctx, users.pop() if len(users) == 1 else None)
+
+    @bentoml.api
+    def metadata(self) -> FraudMetadata:
+        pyfunc = self.champion.pyfunc
+        figures = pyfunc.figures or {}
+        return FraudMetadata(
+            **self.traffic.metadata(ARGS, self.champion.snapshot.meta).model_dump(),
+            scorer=pyfunc.kind,
+            currency=pyfunc.currency,
+            bands=pyfunc.bands.to_dict(),
+            validation=figures.get("validation", {}),
+            policy=figures.get("policy", {}),
+        )
+
+    @bentoml.on_shutdown
+    def _flush_log(self) -> None:
+        self.traffic.close()
+
+
+FraudService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # added by @bentoml.service
