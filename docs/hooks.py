@@ -68,6 +68,7 @@ def _params() -> str:
 
 
 def _policy() -> str:
+    from pipeline.families.fraud.decisions import CostPolicy
     from pipeline.families.price.pricing import PricingPolicy
     from pipeline.lifecycle.gate import Policy
     from pipeline.lifecycle.monitor import MonitoringPolicy
@@ -93,6 +94,10 @@ def _policy() -> str:
             "",
             *_fields(PricingPolicy),
             "",
+            "## Fraud costs (`fraud_costs`, read when the fraud family trains and is evaluated)",
+            "",
+            *_fields(CostPolicy),
+            "",
             "## The project's file",
             "",
             "```yaml",
@@ -104,6 +109,7 @@ def _policy() -> str:
 
 
 def _http() -> str:
+    from pipeline.families.fraud.serving import ScoreRequest, Scores
     from pipeline.families.next_item.serving import Recommendation, RecommendRequest
     from pipeline.families.price.serving import ForecastRequest, Forecasts, PriceRequest, Prices
     from pipeline.families.purchase_propensity.serving import Probabilities, PropensityRequest
@@ -114,6 +120,7 @@ def _http() -> str:
         ("purchase_propensity", "POST /purchase_probability", PropensityRequest, Probabilities),
         ("price", "POST /forecast", ForecastRequest, Forecasts),
         ("price", "POST /price", PriceRequest, Prices),
+        ("fraud", "POST /score", ScoreRequest, Scores),
         ("every service", "POST /metadata", None, Metadata),
     ]
     out = [

@@ -263,3 +263,43 @@ def test_a_candidate_that_loses_to_a_floor_on_the_task_it_serves_is_refused():
         in missing.reasons
     )
     assert _floor_case(better, floor).passed  # the same candidate, the online protocol not required
+
+
+@pytest.mark.fast
+def test_a_cheaper_candidate_that_catches_fewer_frauds_than_the_champion_is_refused():
+    """A guard metric: cheaper on the gate's metric (lower is better), but its recall at the budget
+    falls well below the champion's on the same orders: refused; with equal recall: promoted."""
+    from pipeline.lifecycle.gate import mean_statistic
+
+    rng = np.random.default_rng(1)
+    orders = np.arange(3000)
+    champion_cost = rng.gamma(2.0, 5.0, orders.size)
+    cheaper = champion_cost * 0.8
+    caught = (rng.random(orders.size) < 0.9).astype(float)  # per-order "caught" values, for the guard
+    fewer = caught * (rng.random(orders.size) < 0.8)
+    policy = Policy(metric="cost", higher_is_better=False, bootstrap_samples=300, guard_metrics=("recall",))
+
+    def run(candidate_recall):
+        return decide(
+            policy,
+            {"cost": cheaper.mean()},
+            {},
+            {"cost": champion_cost.mean()},
+            "1",
+            Rows(orders, cheaper, mean_statistic, champion_cost),
+            guards={"recall": Rows(orders, candidate_recall, mean_statistic, caught, clusters="orders")},
+        )
+
+    refused = run(fewer)
+    assert not refused.passed and "guard recall" in refused.summary() and "may be worse" in refused.summary()
+    assert run(caught.copy()).passed
+    # Without the guard's values the check fails rather than passing silently.
+    missing = decide(
+        policy,
+        {"cost": cheaper.mean()},
+        {},
+        {"cost": champion_cost.mean()},
+        "1",
+        Rows(orders, cheaper, mean_statistic, champion_cost),
+    )
+    assert not missing.passed

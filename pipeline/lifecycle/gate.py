@@ -66,6 +66,10 @@ class Policy:
     max_latency_ms: float = Field(default=math.inf, gt=0)  # p95 of a one-row prediction
     max_model_mb: float = Field(default=math.inf, gt=0)
     require_smoke_test: StrictBool = True  # promote only a version whose Bento passed the smoke test
+    # Metrics (higher is better) on which the candidate must not be worse than the champion: the
+    # interval of candidate minus champion, on the same rows, must lie above -guard_margin.
+    guard_metrics: tuple[str, ...] = ()
+    guard_margin: float = Field(default=0.0, ge=0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,6 +249,7 @@ def decide(
     model_mb: float = float("nan"),
     champion_ineligible: str | None = None,
     online: tuple[str, Rows] | None = None,
+    guards: dict[str, Rows] | None = None,
 ) -> Decision:
     """Apply the policy.
 
@@ -261,6 +266,8 @@ def decide(
         online: (metric, per-request values) of the online protocol run offline on the test period,
             the floors among its baselines: with ``policy.online_protocol``, each floor must be
             cleared there too, with confidence.
+        guards: per metric of ``policy.guard_metrics``, the per-row values of the candidate and the
+            champion: the candidate must not be worse there by more than ``guard_margin``.
     """
     sign = 1.0 if policy.higher_is_better else -1.0
     metric = policy.metric
@@ -336,6 +343,8 @@ def decide(
                     f"[{low:+.4f}, {high:+.4f}]" + ("" if lower > 0 else ", includes zero: not significantly better"),
                 )
             )
+    if champion is not None and not champion_ineligible:
+        _guard_checks(decision, policy, guards or {})
     if math.isfinite(policy.max_latency_ms):
         checks.append(
             Check(
@@ -355,6 +364,35 @@ def decide(
     if champion is None and floors and not all(c.passed for c in checks if c.name.startswith("floor ")):
         decision.strongest_floor = max(floors, key=lambda n: sign * baselines[n])
     return decision
+
+
+def _guard_checks(decision: Decision, policy: Policy, guards: dict[str, Rows]) -> None:
+    """Non-inferiority to the champion on each guard metric (higher is better)."""
+    for metric in policy.guard_metrics:
+        rows = guards.get(metric)
+        if rows is None or rows.champion is None:
+            decision.checks.append(Check(f"guard {metric}", False, "no per-row values of the candidate and champion"))
+            continue
+        everything = np.arange(rows.groups.size)
+        value, held = rows.statistic(rows.candidate, everything), rows.statistic(rows.champion, everything)
+        stats = bootstrap_sides(
+            rows.groups,
+            {"a": rows.candidate, "b": rows.champion},
+            rows.statistic,
+            policy.bootstrap_samples,
+            policy.seed,
+        )
+        low, high = _interval(stats["a"] - stats["b"], policy.confidence)
+        ok = bool(low >= -policy.guard_margin)
+        decision.checks.append(
+            Check(
+                f"guard {metric}",
+                ok,
+                f"{metric} {value:.4f} vs champion {held:.4f}, {policy.confidence:.0%} interval of the difference "
+                f"[{low:+.4f}, {high:+.4f}] over {np.unique(rows.groups).size} {rows.clusters}"
+                + ("" if ok else f": may be worse by more than {policy.guard_margin:g}"),
+            )
+        )
 
 
 # Applied to a logged evaluation --------------------------------------------------------------
@@ -456,6 +494,17 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         baselines={n: rows[f"{n}.{column}"].to_numpy() for n in summary["baselines"] if f"{n}.{column}" in rows},
         clusters=families.get(model_name).clusters,
     )
+    guards = {}
+    for name in policy.guard_metrics:
+        guard_column, guard_statistic = gate_rows(model_name, name, rows)
+        if f"champion.{guard_column}" in rows:
+            guards[name] = Rows(
+                rows["user_id"].to_numpy(),
+                rows[f"candidate.{guard_column}"].to_numpy(),
+                guard_statistic,
+                champion=rows[f"champion.{guard_column}"].to_numpy(),
+                clusters=families.get(model_name).clusters,
+            )
     decision = decide(
         policy,
         summary["candidate"]["metrics"],
@@ -467,6 +516,7 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         model_mb=summary["model_mb"],
         champion_ineligible=champion_ineligibility(summary),
         online=online,
+        guards=guards,
     )
     client.log_metric(run_id, "gate_passed", float(decision.passed))
     client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")
