@@ -13,7 +13,7 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-fraud bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-fraud bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
@@ -31,11 +31,11 @@ install: $(VENV)/.installed ## create .venv from requirements.lock (pinned) and 
 
 demo: install ## the whole pipeline end to end on a generated shop, about 5 minutes
 	@# A shop dense enough in users and items per event for the sequential model to learn from.
-	@# Chargebacks within a day of their order, and a one-day label maturity window for the fraud
+	@# 5% fraudulent orders, chargebacks within a day of their order, and a one-day label maturity window for the fraud
 	@# family (params.yaml's 30 days need months of data; the demo has ten days): demo-params.yaml.
 	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 2)) --events-per-day 5000 \
-	  --initial-users 2000 --initial-items 1200 --seed 11 --chargeback-days 0.5 1
-	@$(PY) -c 'import sys, yaml; p = yaml.safe_load(open("params.yaml")); p["train_fraud"].update(maturity_days=1, valid_days=2, test_days=2, min_train_days=2); yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)' $(SHOPML_HOME)/demo-params.yaml
+	  --initial-users 2000 --initial-items 1200 --seed 11 --fraud-rate 0.05 --chargeback-days 0.5 1
+	@$(PY) -c 'import sys, yaml; p = yaml.safe_load(open("params.yaml")); p["train_fraud"].update(maturity_days=1, valid_days=2, test_days=3, min_train_days=2); yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)' $(SHOPML_HOME)/demo-params.yaml
 	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
 	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-backfill.log; exit 1; }
@@ -122,6 +122,9 @@ bench-price: install ## demand forecasts (backtest WAPE, RMSSE) and elasticities
 
 bench-fraud: install ## fraud scores (AUC-PR, recall at the review budget, cost) against the rules and LightGBM
 	$(PY) -m benchmarks.bench_fraud
+
+bench-fraud-serve: install ## the fraud Bento's /score latency, one order a request, at 1 and 8 clients
+	$(PY) -m benchmarks.bench_fraud_serve
 
 bench-models: install ## next-item and propensity metrics on the public samples, model throughput
 	$(PY) -m benchmarks.bench_models

@@ -92,9 +92,11 @@ def file_events(path: Path, home: Path):
 
 
 def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int, budget: int, samples: int = 500):
-    from pipeline.families.fraud import decisions, scoring
+    from pipeline.families.fraud import decisions
     from pipeline.families.fraud.orders import order_features, orders_of
     from pipeline.families.fraud.split import fraud_split, labelled_periods
+    from pipeline.families.fraud.train import figures as fraud_figures
+    from pipeline.families.fraud.train import fit_scorers
     from pipeline.lifecycle.gate import bootstrap_sides
 
     started = time.perf_counter()
@@ -115,33 +117,18 @@ def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int,
                 "thresholds and AUC-PR are undefined; give it more days (--valid-days, --test-days)"
             )
     train, valid, test = periods["train"], periods["valid"], periods["test"]
-    fit_start = time.perf_counter()
-    rules = scoring.RulesScorer.fit(train)
-    gbm = scoring.LightGBMScorer.fit(train, valid)
-    network, result = scoring.fit_network(train, valid)
-    seconds_fit = time.perf_counter() - fit_start
     policy = decisions.load_cost_policy()
     policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": budget})
-    scorers = {
-        "rules": rules.score,
-        "lightgbm": gbm.score,
-        NETWORK: lambda rows: scoring.network_scores(network, rows),
-    }
-    y_valid, y_test = valid["label"].to_numpy(), test["label"].to_numpy()
-    amounts_valid, amounts_test = valid["amount"].to_numpy(), test["amount"].to_numpy()
-    test_days_seen = test["order_time"].dt.date()
+    fit_start = time.perf_counter()
+    # The pipeline's own training step: each scorer with its bands chosen on validation.
+    scorers, epochs = fit_scorers(train, valid, valid_days, policy, epochs=20, seed=0)
+    seconds_fit = time.perf_counter() - fit_start
+    y_test, amounts_test = test["label"].to_numpy(), test["amount"].to_numpy()
     figures, costs, scores = {}, {}, {}
-    for name, score in scorers.items():
-        bands, _ = decisions.choose_bands(score(valid), y_valid, amounts_valid, valid_days, policy)
-        s = score(test)
-        scores[name] = s
-        costs[name] = decisions.order_costs(bands.decide(s), y_test, amounts_test, policy)
-        figures[name] = {
-            "auc_pr": decisions.average_precision(y_test, s),
-            "recall_at_budget": decisions.recall_at_budget(s, y_test, test_days_seen, budget),
-            **decisions.decision_figures(s, y_test, amounts_test, bands, test_days, policy),
-            "bands": bands.to_dict(),
-        }
+    for name, pyfunc in scorers.items():
+        scores[name] = pyfunc.scores(test)
+        costs[name] = decisions.order_costs(pyfunc.bands.decide(scores[name]), y_test, amounts_test, policy)
+        figures[name] = {**fraud_figures(pyfunc, test, test_days, policy), "bands": pyfunc.bands.to_dict()}
     groups = np.arange(test.height)
     ap = bootstrap_sides(groups, scores, lambda v, at: decisions.average_precision(y_test[at], v), samples, 0)
     cost = bootstrap_sides(groups, costs, lambda v, at: float(v.mean() * 1000), samples, 0)
@@ -157,7 +144,7 @@ def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int,
         "rows": {name: (rows.height, int(rows["label"].sum())) for name, rows in periods.items()},
         "split": split.to_dict(),
         "models": figures,
-        "epochs": result.epochs_run,
+        "epochs": epochs,
         "seconds_features": seconds_features,
         "seconds_fit": seconds_fit,
         "budget": budget,

@@ -38,21 +38,23 @@ def newest_event_extra(context, key: str):
 
 
 def fail_without_retry(func):
-    """A task decorator: a missing run, model or policy rule, a refused registry change, or a served
-    model that answers unlike its evaluation, will not change on a retry, so the task fails at once
-    and says why."""
+    """A task decorator: a missing run, model or policy rule, a refused registry change, a served
+    model that answers unlike its evaluation, or data that cannot be evaluated (``BadInput``, e.g. a
+    test period without a positive), will not change on a retry, so the task fails at once and says
+    why."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from airflow.sdk.exceptions import AirflowFailException
 
+        from pipeline.core.errors import BadInput
         from pipeline.core.tracking import RegistryError
         from pipeline.lifecycle.gate import PolicyError
         from pipeline.serving.package import ParityError
 
         try:
             return func(*args, **kwargs)
-        except (RegistryError, PolicyError, ParityError) as exc:
+        except (RegistryError, PolicyError, ParityError, BadInput) as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper

@@ -315,11 +315,8 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
 
         bands = Bands(review_at=1.0, block_at=2.0)
 
-        def scores(self, rows):
-            return rows["device_orders_10m"].to_numpy()
-
-        def reasons(self, rows):
-            return [[] for _ in range(rows.height)]
+        def score_matrix(self, x):
+            return x[:, DENSE.index("device_orders_10m")], [[] for _ in range(x.shape[0])]
 
     scorer = OrderScorer(Banded(), snapshot)
     burst = []
@@ -491,3 +488,35 @@ def test_the_gate_scores_only_orders_whose_labels_had_matured(fraud_family):
     assert rows["label"].sum() == labelled["label"].sum() > 0
     young = orders.filter(pl.col("order_time") >= split.end - timedelta(days=params.train_fraud.maturity_days))
     assert young.height > 0 and not set(young["session_id"]) & set(rows["user_id"])
+
+
+@FAST
+def test_a_served_order_is_fraud_only_if_its_chargeback_came_within_the_window():
+    from datetime import datetime, timezone
+
+    from pipeline.families.fraud.monitoring import outcomes
+    from pipeline.lifecycle.monitor import MonitoringPolicy
+
+    t = datetime(2026, 10, 1, 12, tzinfo=timezone.utc)
+    answers = pl.DataFrame(
+        {
+            "request_id": ["r1", "r2"],
+            "ts": [t, t],
+            "user_id": ["u1", None],
+            "model_version": ["3", "3"],
+            "role": ["champion", "champion"],
+            "items": [["o1", "o2"], ["o3"]],
+            "scores": [[0.9, 0.1], [0.5]],
+        }
+    )
+    events = pl.DataFrame(
+        {
+            "event_time": [t + timedelta(days=3), t + timedelta(days=40)],
+            "session_id": ["o1", "o3"],
+            "event_type": ["chargeback", "chargeback"],
+        }
+    )
+    got = outcomes(answers, events, MonitoringPolicy(horizon_hours=30 * 24)).sort("item_id")
+    assert got["item_id"].to_list() == ["o1", "o2", "o3"]
+    assert got["label"].to_list() == [1.0, 0.0, 0.0]  # o3's chargeback came after the window
+    assert got["score"].to_list() == [0.9, 0.1, 0.5]

@@ -6,7 +6,7 @@ when its chargeback arrives within ``horizon_hours`` of the answer (the label ma
 day only once the published data reaches that far past it, and marks its figures provisional
 before (an order without a chargeback yet is not yet genuine). Figures: AUC-PR, recall at the
 daily review budget, the fraud rate and the mean score of the served orders. Drift: the day's
-order features against the champion's training orders. Skew: the snapshot's features against the
+order features against the champion's validation orders. Skew: the snapshot's features against the
 same recomputed offline. ``requests``: a day's orders as ``/score`` bodies (``python -m pipeline
 replay``). The order id the shop sends is the session id of the purchase in its event stream, so
 the chargeback of that session judges the answer.
@@ -68,8 +68,11 @@ def statistic(frame: pl.DataFrame):
 def drift(
     events: pl.DataFrame, catalog: pl.DataFrame, start: datetime, end: datetime, champion: dict, policy
 ) -> list[FeatureDrift]:
-    """The features of the day's orders against the champion's training orders."""
-    reference = pl.read_parquet(Path(champion["features_path"]) / "train.parquet")
+    """The features of the day's orders against the champion's validation orders: the period nearest
+    to serving that it was tuned on (its bands). Not its training orders: the 7- and 30-day counts
+    grow while a shop's history is shorter than the window, so early training orders look unlike
+    any later day."""
+    reference = pl.read_parquet(Path(champion["features_path"]) / "valid.parquet")
     past = events.filter(pl.col("event_time") < end)
     current = order_features(orders_of(past), past).filter(pl.col("order_time") >= start)
     return [numeric_drift(f, reference[f].to_numpy(), current[f].to_numpy(), policy.psi_threshold) for f in DENSE]

@@ -75,30 +75,48 @@ class FraudPyfunc(PythonModel):
             self._booster = lgb.Booster(model_str=self.scorer.booster_text)  # parsed once, not per call
 
     def scores(self, rows: pl.DataFrame | pd.DataFrame) -> np.ndarray:
-        from pipeline.families.fraud.scoring import dense_matrix
+        """The score of each feature row (``orders.DENSE`` columns)."""
+        from pipeline.families.fraud.orders import DENSE
 
         frame = rows if isinstance(rows, pl.DataFrame) else pl.from_pandas(rows)
+        return self.matrix_scores(frame.select(DENSE).to_numpy().astype(np.float64))
+
+    def matrix_scores(self, x: np.ndarray) -> np.ndarray:
+        """The score of each row of a ``[rows, len(DENSE)]`` feature matrix. The learned scorers read
+        it as float32, as they were trained; the rules compare the exact values."""
+        if self.kind == "rules":
+            return self.scorer.score(_frame(x))
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if self.kind == "network":
-            x = torch.from_numpy(dense_matrix(frame))
             with torch.no_grad():
-                return self.scorer.predict_proba(torch.zeros(x.shape[0], 0, dtype=torch.long), x).numpy().astype(float)
-        if self._booster is not None:
-            return np.asarray(self._booster.predict(dense_matrix(frame)), dtype=float)
-        return self.scorer.score(frame)
+                dense = torch.from_numpy(x)
+                ids = torch.zeros(x.shape[0], 0, dtype=torch.long)
+                return self.scorer.predict_proba(ids, dense).numpy().astype(float)
+        assert self._booster is not None  # kind lightgbm
+        return np.asarray(self._booster.predict(x), dtype=float)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         scores = self.scores(model_input)
         return pd.DataFrame({"score": scores, "band": self.bands.decide(scores)})
+
+    def score_matrix(self, x: np.ndarray, k: int = 3) -> tuple[np.ndarray, list[list[dict]]]:
+        """Scores and reasons of a feature matrix in one pass over it (what ``/score`` answers)."""
+        return self.matrix_scores(x), self.matrix_reasons(x, k)
 
     def reasons(self, rows: pl.DataFrame, k: int = 3) -> list[list[dict]]:
         """Each row's ``k`` features (or rules) that raised its score most: ``{"feature", "value",
         "contribution"}``, contribution in the scorer's own units (the logit for the network and
         LightGBM, points for the rules); features that lowered the score are not reasons."""
         from pipeline.families.fraud.orders import DENSE
-        from pipeline.families.fraud.scoring import RULES, dense_matrix
+
+        return self.matrix_reasons(rows.select(DENSE).to_numpy().astype(np.float64), k)
+
+    def matrix_reasons(self, x: np.ndarray, k: int = 3) -> list[list[dict]]:
+        from pipeline.families.fraud.orders import DENSE
+        from pipeline.families.fraud.scoring import RULES
 
         if self.kind == "rules":
-            hits = self.scorer.hits(rows).to_numpy()
+            hits = self.scorer.hits(_frame(x)).to_numpy()
             points = np.array([p for _, _, p in RULES])
             return [
                 [{"feature": RULES[j][0], "value": 1.0, "contribution": float(points[j])} for j in np.flatnonzero(h)][
@@ -106,7 +124,7 @@ class FraudPyfunc(PythonModel):
                 ]
                 for h in hits
             ]
-        x = dense_matrix(rows)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if self._booster is not None:
             contributions = np.asarray(self._booster.predict(x, pred_contrib=True))[:, : len(DENSE)]  # TreeSHAP
         else:
@@ -116,6 +134,12 @@ class FraudPyfunc(PythonModel):
             top = [j for j in np.argsort(-row)[:k] if row[j] > 0]
             out.append([{"feature": DENSE[j], "value": float(values[j]), "contribution": float(row[j])} for j in top])
         return out
+
+
+def _frame(x: np.ndarray) -> pl.DataFrame:
+    from pipeline.families.fraud.orders import DENSE
+
+    return pl.DataFrame(x.astype(np.float64), schema=list(DENSE), orient="row")
 
 
 def network_contributions(model, x: np.ndarray) -> np.ndarray:
