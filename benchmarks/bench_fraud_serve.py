@@ -79,7 +79,8 @@ def raw_ceiling(paths, bento_tag: str, bodies: list[dict], n: int = 500) -> dict
 
     info = bentoml.get(bento_tag).info.args
     pyfunc = bentoml.mlflow.load_model(info["model_tag"]).unwrap_python_model()
-    scorer = OrderScorer(pyfunc, FeatureSnapshot.load(bentoml.models.get(info["snapshot_tag"]).path))
+    snapshot = FeatureSnapshot.load(bentoml.models.get(info["snapshot_tag"]).path)
+    scorer = OrderScorer(pyfunc, snapshot, "memory")
     requests = [ScoreRequest(**b).orders for b in bodies[:n]]
     times = []
     for orders in requests:

@@ -302,7 +302,7 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
     # Every kind of feature takes part: a history shared with other accounts, sightings, bursts.
     for name in ("device_accounts", "payment_accounts", "new_device_for_user", "user_orders_10m", "user_prior_orders"):
         assert (sample[name] > 0).any(), name
-    scorer = OrderScorer(None, snapshot)
+    scorer = OrderScorer(None, snapshot, "memory")
     # One order at a time (a batch shares its orders' rows, which would hide a missing lookup).
     served = pl.concat([scorer.feature_rows(order_frame([Order(**order_body(r))])) for r in sample.to_dicts()])
     assert served["session_id"].to_list() == sample["session_id"].to_list()
@@ -318,7 +318,7 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
         def score_matrix(self, x):
             return x[:, DENSE.index("device_orders_10m")], [[] for _ in range(x.shape[0])]
 
-    scorer = OrderScorer(Banded(), snapshot)
+    scorer = OrderScorer(Banded(), snapshot, "memory")
     burst = []
     for k in range(3):
         at = datetime.fromtimestamp(cutoff.timestamp() + 3600 + 120 * k, timezone.utc)
@@ -520,3 +520,47 @@ def test_a_served_order_is_fraud_only_if_its_chargeback_came_within_the_window()
     assert got["item_id"].to_list() == ["o1", "o2", "o3"]
     assert got["label"].to_list() == [1.0, 0.0, 0.0]  # o3's chargeback came after the window
     assert got["score"].to_list() == [0.9, 0.1, 0.5]
+
+
+@FAST
+def test_workers_share_the_orders_they_scored(tmp_path):
+    """Two workers (two ``RecentOrders`` on one file): an order one scored is found by the other under
+    each of its keys, once; orders older than the window before the newest go at pruning."""
+    from datetime import datetime, timezone
+
+    from pipeline.families.fraud.serving import RecentOrders, lookup_keys
+
+    store = str(tmp_path / "recent.sqlite")
+    a, b = RecentOrders(store), RecentOrders(store)
+    t = datetime(2026, 10, 1, 12, tzinfo=timezone.utc)
+    order = {
+        "session_id": "o1",
+        "user_id": "u1",
+        "order_time": t,
+        "amount": 5.0,
+        "items": 1.0,
+        "session_start": t,
+        "device_id": "d1",
+        "ip": None,
+        "country": "DE",
+        "payment_id": "p1",
+    }
+    a.add([order])
+    a.add([order])  # a retry: kept once
+    keys = {"user_id": ["u9"], "device_id": ["d1"], "payment_id": ["p1"]}
+    orders, seen = b.rows(
+        lookup_keys(keys, ("user_id", "device_id", "ip", "payment_id")), lookup_keys(keys, ("device_id",))
+    )
+    assert [o["session_id"] for o in orders] == ["o1"] and orders[0]["order_time"] == t
+    assert {s["user_id"] for s in seen} == {"u1"} and all(s["device_id"] == "d1" for s in seen)
+    b.PRUNE_EVERY = 1
+    later = {
+        **order,
+        "session_id": "o2",
+        "user_id": "u2",
+        "order_time": t + timedelta(days=60),
+        "session_start": t + timedelta(days=60),
+    }
+    b.add([later])
+    orders, _ = a.rows(lookup_keys(keys, ("device_id",)), [])
+    assert [o["session_id"] for o in orders] == ["o2"]

@@ -449,13 +449,15 @@ def smoke_test(
     expected = _spread(offline_predictions(paths, model_name, version), requests * spec.parity_rows)
     checks = []
     # One worker is enough to check answers, and starts in half the time on a small task machine.
-    # The smoke test's requests are not the shop's traffic: nothing of them goes to the prediction log.
+    # The smoke test's requests are not the shop's traffic: nothing of them goes to the prediction log,
+    # and a service that keeps state from its requests keeps none (SHOPML_SMOKE_TEST).
+    smoke_env = {
+        "SHOPML_API_WORKERS": os.environ.get("SHOPML_SMOKE_WORKERS", "1"),
+        "SHOPML_PREDICTION_LOG": "off",
+        "SHOPML_SMOKE_TEST": "1",
+    }
     with (
-        served(
-            paths,
-            bento_tag,
-            env={"SHOPML_API_WORKERS": os.environ.get("SHOPML_SMOKE_WORKERS", "1"), "SHOPML_PREDICTION_LOG": "off"},
-        ) as url,
+        served(paths, bento_tag, env=smoke_env) as url,
         httpx.Client(timeout=60) as client,
     ):
 

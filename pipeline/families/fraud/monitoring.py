@@ -99,7 +99,7 @@ def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.Data
     if rows.height == 0:
         return []
     frame = order_frame([Order(**order_body(r)) for r in rows.to_dicts()])
-    served = OrderScorer(None, snapshot).feature_rows(frame)
+    served = OrderScorer(None, snapshot, "memory").feature_rows(frame)
     users = rows["user_id"]
     out = []
     for f in DENSE:

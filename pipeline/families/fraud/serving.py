@@ -5,20 +5,20 @@ An order's features are velocities and first sightings, which only its keys' his
 snapshot (``snapshot_tables``, cut from the dataset version as of its end) holds, per key, the
 earlier orders (every order of a user; the last ``RECENT_DAYS`` of each device, address and card)
 and when each (user, device), (user, country) and (card, user) pair was first seen, with sign-ups
-and each user's first event. A request's features are ``orders.order_features`` (the training
-code) run over the rows of the request's own keys plus the request: the same values training
-computed, as of the order's time. Orders scored since the snapshot was cut are kept in memory
-(``RecentOrders``) and count too, so a burst of card tests minutes apart is seen as a burst; each
-worker keeps its own, so with several workers a burst is split between them (documented in
-docs/families/fraud.md: a shared store is the production answer).
+and each user's first event. A request's features are those of ``orders.order_features`` (the
+training code) over the rows of the request's own keys plus the request, computed for the request
+alone (``online_matrix``, in numpy; tested against the training code order by order): the values
+training computed, as of the order's time. Orders scored since the snapshot was cut are kept
+(``RecentOrders``: a SQLite file every worker of the host shares) and count too, so a burst of card
+tests minutes apart is seen as a burst.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections import deque
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,7 +29,6 @@ from pipeline.serving.api import Id, Strict
 
 MAX_ORDERS = 100
 RECENT_DAYS = 37  # the longest window (30 days) and a week of replays before the snapshot's cutoff
-MAX_RECENT_ORDERS = 500_000  # orders a worker keeps in memory since its snapshot
 ORDER_COLUMNS: dict[str, pl.DataType] = {
     "session_id": pl.String(),
     "user_id": pl.String(),
@@ -165,60 +164,106 @@ def _typed(frame: pl.DataFrame, columns: dict) -> list[pl.Expr]:
 
 
 class RecentOrders:
-    """The orders (and their sightings) this worker scored since its snapshot, by key: the velocity
-    of the last minutes. Plain dicts of rows, not frames: adding an order and finding a request's
-    rows cost microseconds (a frame rebuilt per order cost 8 ms). Bounded: an order older than
-    ``RECENT_DAYS`` before the newest, or past ``MAX_RECENT_ORDERS``, goes with its sightings."""
+    """The orders (and their sightings) scored since the snapshot, by key: the velocity of the last
+    minutes. Kept in a SQLite file that every worker of the service opens (``SHOPML_FRAUD_RECENT``,
+    default a file under ``$SHOPML_HOME/serving``; ``memory``: this worker alone), so a burst sent
+    round-robin to several workers is one burst; replicas on other hosts each hold their own (one
+    file on a shared disk, or callers sending ``features``, for a fleet). An index on the key makes
+    adding an order and finding a request's rows a fraction of a millisecond. Bounded: orders
+    older than ``RECENT_DAYS`` before the newest are deleted, with their sightings, every
+    ``PRUNE_EVERY`` additions.
 
-    def __init__(self) -> None:
-        self.orders: dict[str, list[dict]] = {}  # "u:<user>" ... -> order rows
-        self.seen: dict[str, list[dict]] = {}  # "u:<user>", "d:<device>", "p:<card>" -> sightings
-        self.held: deque[tuple[datetime, str, list[str], list[str]]] = deque()  # (time, id, keys, seen keys)
-        self.ids: set[str] = set()
-        self.newest: datetime | None = None
-        self.lock = threading.Lock()
+    Written here rather than on a cache library: the rows are looked up by any of four keys, and
+    SQLite (standard library, WAL mode) is safe across processes; Redis would be the next step."""
+
+    PRUNE_EVERY = 1000
+
+    def __init__(self, path: str | None = None) -> None:
+        import os
+        import sqlite3
+
+        from pipeline.core.settings import get_state_paths
+
+        where = (
+            path
+            or os.environ.get("SHOPML_FRAUD_RECENT")
+            or str(get_state_paths().home / "serving" / "fraud-recent.sqlite")
+        )
+        if os.environ.get("SHOPML_SMOKE_TEST") == "1":
+            where = "memory"  # a smoke test's orders are not the shop's
+        if where != "memory":
+            Path(where).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(":memory:" if where == "memory" else where, timeout=30, check_same_thread=False)
+        self.lock = threading.Lock()  # one connection per worker, shared by its threads
+        with self.lock, self.db:
+            if where != "memory":
+                self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS orders (key TEXT, session_id TEXT, t INTEGER, row TEXT)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS orders_key ON orders (key)")
+            self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS orders_once ON orders (key, session_id)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT, session_id TEXT, t INTEGER, row TEXT)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS seen_key ON seen (key)")
+        self.added = 0
 
     def add(self, orders: list[dict]) -> None:
-        """Remember these order rows (``order_rows``), an order seen before once."""
-        with self.lock:
-            for row in orders:
-                if row["session_id"] in self.ids:
-                    continue
-                keys = [f"{KEY_TABLES[k]}:{row[k]}" for k in KEY_TABLES if row[k] is not None]
-                for key in keys:
-                    self.orders.setdefault(key, []).append(row)
-                seen_keys = []
-                for sighting, under in _sightings_of(row):
-                    for key in under:
-                        self.seen.setdefault(key, []).append(sighting)
-                        seen_keys.append(key)
-                self.ids.add(row["session_id"])
-                self.held.append((row["order_time"], row["session_id"], keys, seen_keys))
-                self.newest = max(self.newest or row["order_time"], row["order_time"])
-            if self.newest is None:
-                return
-            oldest = self.newest - timedelta(days=RECENT_DAYS)
-            while self.held and (len(self.held) > MAX_RECENT_ORDERS or self.held[0][0] < oldest):
-                self._drop(*self.held.popleft())
+        """Remember these order rows (``order_rows``); an order already kept is not added twice."""
+        import json
 
-    def _drop(self, _time, session_id: str, keys: list[str], seen_keys: list[str]) -> None:
-        """Forget the oldest order: the first row under each of its keys is its own (rows are kept
-        in the order they came)."""
-        self.ids.discard(session_id)
-        for table, under in ((self.orders, keys), (self.seen, seen_keys)):
-            for key in under:
-                rows = table.get(key)
-                if rows:
-                    rows.pop(0)
-                    if not rows:
-                        del table[key]
+        order_rows, seen_rows = [], []
+        for row in orders:
+            t = _us(row["order_time"])
+            text = json.dumps({k: _jsonable(v) for k, v in row.items()})
+            order_rows += [(f"{KEY_TABLES[k]}:{row[k]}", row["session_id"], t, text) for k in KEY_TABLES if row[k]]
+            for sighting, under in _sightings_of(row):
+                payload = json.dumps({k: _jsonable(v) for k, v in sighting.items()})
+                seen_rows += [(key, row["session_id"], t, payload) for key in under]
+        with self.lock, self.db:
+            before = self.db.total_changes
+            self.db.executemany("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?)", order_rows)
+            if self.db.total_changes > before:  # a new order: its sightings too
+                self.db.executemany("INSERT INTO seen VALUES (?, ?, ?, ?)", seen_rows)
+            self.added += len(orders)
+            if self.added >= self.PRUNE_EVERY:
+                self.added = 0
+                (newest,) = self.db.execute("SELECT max(t) FROM orders").fetchone()
+                if newest is not None:
+                    oldest = newest - RECENT_DAYS * DAY_US
+                    self.db.execute("DELETE FROM orders WHERE t < ?", (oldest,))
+                    self.db.execute("DELETE FROM seen WHERE t < ?", (oldest,))
 
     def rows(self, order_keys: list[str], seen_keys: list[str]) -> tuple[list[dict], list[dict]]:
-        """The kept orders under these keys (``lookup_keys``), and the kept sightings."""
+        """The kept orders under these keys (``lookup_keys``), each once, and the kept sightings."""
+        import json
+
+        def fetch(table: str, keys: list[str]) -> list[tuple[str, str]]:
+            if not keys:
+                return []
+            marks = ",".join("?" * len(keys))
+            return self.db.execute(f"SELECT session_id, row FROM {table} WHERE key IN ({marks})", keys).fetchall()
+
         with self.lock:
-            orders = [r for k in order_keys for r in self.orders.get(k, ())]
-            seen = [r for k in seen_keys for r in self.seen.get(k, ())]
-        return orders, seen
+            found, sightings = fetch("orders", order_keys), fetch("seen", seen_keys)
+        orders = {sid: _parsed(json.loads(text)) for sid, text in found}
+        return list(orders.values()), [_parsed(json.loads(text)) for _, text in sightings]
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+TIME_FIELDS = ("order_time", "session_start", "event_time")
+
+
+def _jsonable(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _parsed(row: dict) -> dict:
+    for name in TIME_FIELDS:
+        if row.get(name) is not None:
+            row[name] = datetime.fromisoformat(row[name])
+    return row
 
 
 def _sightings_of(order: dict) -> list[tuple[dict, list[str]]]:
@@ -369,9 +414,10 @@ def _utc(moment: datetime) -> datetime:
 class OrderScorer:
     """The fraud pyfunc (``FraudPyfunc``), the feature snapshot and the orders scored since."""
 
-    def __init__(self, pyfunc, snapshot) -> None:
+    def __init__(self, pyfunc, snapshot, recent: str | None = None) -> None:
+        """``recent``: where the orders scored since are kept (``RecentOrders``; None: the default)."""
         self.pyfunc, self.snapshot = pyfunc, snapshot
-        self.recent = RecentOrders()
+        self.recent = RecentOrders(recent)
 
     def features(self, requests: list[dict]) -> np.ndarray:
         """The feature matrix (``DENSE`` columns) of these order rows, as of each one's time, from
