@@ -22,7 +22,8 @@ are its last ``--valid-days`` and ``--test-days`` before the end, without gaps.
     python -m benchmarks.bench_fraud [--data FILE] [--json OUT] [--skip-generated]
 
 ``--json OUT`` writes, for the file (or the generated shop without one), per scorer name
-(``rules``, ``lightgbm``, ``dcn_v2``): ``auc_pr``, ``recall_at_budget``, ``cost_per_1000``.
+(``rules``, ``lightgbm``, ``dcn_v2``): ``auc_pr``, ``recall_at_budget``, ``cost_per_1000``; and
+``promoted``: the scorer the family's gate would serve on these figures.
 """
 
 from __future__ import annotations
@@ -179,9 +180,23 @@ def print_figures(title: str, fig: dict) -> None:
         )
 
 
+def promoted(fig: dict) -> str:
+    """What the family's gate (policy.yaml fraud: cost per 1,000 orders over both floors) would serve
+    on these figures with no champion: the network if its cost interval lies below zero against
+    every floor, else the cheapest floor."""
+    net = fig["models"][NETWORK]
+    if all(net[f"cost_per_1000_minus_{floor}"][1] < 0 for floor in ("rules", "lightgbm")):
+        return NETWORK
+    return min(("rules", "lightgbm"), key=lambda floor: fig["models"][floor]["cost_per_1000"])
+
+
 def _json_figures(fig: dict) -> dict:
     return {
-        name: {k: m[k] for k in ("auc_pr", "recall_at_budget", "cost_per_1000")} for name, m in fig["models"].items()
+        **{
+            name: {k: m[k] for k in ("auc_pr", "recall_at_budget", "cost_per_1000")}
+            for name, m in fig["models"].items()
+        },
+        "promoted": promoted(fig),
     }
 
 

@@ -246,7 +246,8 @@ def test_the_benchmark_reads_a_file_in_the_public_layout(tmp_path, monkeypatch):
         == 0
     )
     figures = json.loads(out.read_text())
-    assert set(figures) == {"rules", "lightgbm", "dcn_v2"}
+    promoted = figures.pop("promoted")
+    assert set(figures) == {"rules", "lightgbm", "dcn_v2"} and promoted in figures
     for name, m in figures.items():
         assert set(m) == {"auc_pr", "recall_at_budget", "cost_per_1000"}, name
         assert 0 <= m["auc_pr"] <= 1 and 0 <= m["recall_at_budget"] <= 1 and m["cost_per_1000"] >= 0
