@@ -324,39 +324,58 @@ def served(
     Waits for ``/readyz``; the process (and its workers) is stopped on exit. A process that dies or
     never gets ready raises ``ServingError`` with the end of its log.
     """
-    import httpx
 
     home = use_bento_home(paths)
-    port = port or free_port()
-    log_path = log_path or paths.home / "serving" / f"{bento_tag.replace(':', '-')}-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    chosen = port
     full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+    # A port found free can be taken before the server binds it (BentoML reserves ports of its own
+    # for its workers the same way): on "Address already in use" at startup, another port, twice.
+    for attempt in range(3):
+        port = chosen or free_port()
+        log_path_now = log_path or paths.home / "serving" / f"{bento_tag.replace(':', '-')}-{port}.log"
+        proc, url = _start(bento_tag, port, full_env, log_path_now)
+        try:
+            _wait_ready(proc, url, bento_tag, startup_s, log_path_now)
+            break
+        except ServingError:
+            _stop(proc)
+            if chosen or attempt == 2 or "Address already in use" not in _tail(log_path_now, 200):
+                raise
+    try:
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _start(bento_tag: str, port: int, env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             serve_command(bento_tag, port),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise ServingError(f"`bentoml serve {bento_tag}` exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise ServingError(f"`bentoml serve {bento_tag}` not ready after {startup_s:.0f} s:\n{_tail(log_path)}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        _stop(proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, bento_tag: str, startup_s: float, log_path: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + startup_s
+    while True:
+        if proc.poll() is not None:
+            raise ServingError(f"`bentoml serve {bento_tag}` exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServingError(f"`bentoml serve {bento_tag}` not ready after {startup_s:.0f} s:\n{_tail(log_path)}")
+        time.sleep(0.5)
 
 
 def _die_with_parent() -> None:
