@@ -66,6 +66,23 @@ def test_each_published_version_is_restored_as_it_was(shop):
         restore_dataset(paths, "deadbeef00")
 
 
+@pytest.mark.fast
+def test_a_version_that_is_not_a_hash_is_refused_before_any_path_is_built(tmp_path):
+    """``../x`` resolved outside ``versions/`` and was checked out with force; now nothing that is
+    not hex digits reaches a path, even when the file it would name exists."""
+    from pipeline.core.settings import StatePaths
+    from pipeline.data.version import InvalidDatasetVersion, dataset_version
+
+    paths = StatePaths(tmp_path, str(tmp_path / "remote"))
+    (paths.dataset_repo / "versions").mkdir(parents=True)
+    (paths.dataset_repo / "x.json").write_text("{}")  # what ../x would have read
+    for bad in ("../x", "..", "/etc/passwd", "abc", "ABCDEF12", "deadbeef/../x", ""):
+        with pytest.raises(InvalidDatasetVersion, match="is not a hash"):
+            dataset_version(paths, bad)
+        with pytest.raises(InvalidDatasetVersion):
+            restore_dataset(paths, bad)
+
+
 def test_a_version_missing_from_the_cache_is_pulled_and_a_lost_one_is_a_clear_error(shop, tmp_path):
     paths, versions = shop
     copy = get_state_paths({"SHOPML_HOME": str(tmp_path / "home")})

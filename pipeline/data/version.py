@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from pipeline.core.errors import NotFound, Refused
+from pipeline.core.errors import BadInput, NotFound, Refused
 from pipeline.core.faults import kill_point
 from pipeline.core.schema import partition_dir_name
 from pipeline.core.settings import StatePaths
@@ -210,6 +211,26 @@ class UnknownDatasetVersion(NotFound, ValueError):
     """A dataset version that was never published here, or whose files cannot be restored."""
 
 
+class InvalidDatasetVersion(BadInput):
+    """A dataset version that is not a hash (hex digits): refused before any path is built from it."""
+
+
+VERSION_PATTERN = re.compile(r"[0-9a-f]{6,64}")
+
+
+def checked_version(version: str) -> str:
+    """``version`` when it is a hash or a prefix of one (6 to 64 lowercase hex digits).
+
+    Raises:
+        InvalidDatasetVersion: anything else (``../x``, a path, an empty string), named.
+    """
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise InvalidDatasetVersion(
+            f"dataset version {version!r} is not a hash: expected 6 to 64 lowercase hex digits (a DVC hash or a prefix)"
+        )
+    return version
+
+
 def _manifest(path: Path) -> DatasetVersion:
     data = json.loads(path.read_text())
     data.pop("dvc_file", None)
@@ -228,6 +249,7 @@ def dataset_version(paths: StatePaths, version: str) -> DatasetVersion:
 
 def _manifest_file(paths: StatePaths, version: str) -> Path:
     """``versions/<hash>.json`` of ``version`` (see ``dataset_version``)."""
+    checked_version(version)
     versions = paths.dataset_repo / "versions"
     exact = versions / f"{version}.json"
     if len(version) >= 6 and "/" not in version and not exact.exists():
@@ -277,7 +299,7 @@ def restore_dataset(paths: StatePaths, version: str) -> Path:
     manifest = json.loads(_manifest_file(paths, version).read_text())
     dvc_text = manifest.pop("dvc_file")
     ref = DatasetVersion(**manifest)
-    folder = paths.dataset_repo / "snapshots" / ref.version
+    folder = paths.dataset_repo / "snapshots" / checked_version(ref.version)
     done = folder / ".restored"
     if done.exists():
         return folder / "canonical"
