@@ -51,7 +51,27 @@ def _detail(response):
 def test_json_passes_through_unchanged(client):
     r = client.post("/recommend", json={"user_id": "u1"})
     assert r.status_code == 200 and r.json() == {"got": {"user_id": "u1"}}
-    assert client.post("/recommend", content=b'{"k": 3}').json() == {"got": {"k": 3}}  # no content-type
+
+
+def test_a_post_without_a_content_type_is_415_not_read_as_json(client):
+    r = client.post("/recommend", content=b'{"k": 3}')
+    assert r.status_code == 415 and _detail(r)["loc"] == ["header", "content-type"], r.text
+    assert "no content-type" in _detail(r)["msg"]
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client):
+    """100,000 brackets were a RecursionError in the parser (a 500); 40 levels, past the limit, too
+    deep for any family's request; 4 levels, as a propensity request nests, pass."""
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 100_000 + b"1" + b"}" * 100_000):
+        r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and _detail(r)["type"] == "json_too_deep", r.text[:200]
+    deep = {"candidates": [{"features": {"x": 1.0}}]}
+    assert client.post("/recommend", json=deep).status_code == 200
+    nested: dict = {"a": 1}
+    for _ in range(40):
+        nested = {"a": nested}
+    r = client.post("/recommend", json=nested)
+    assert r.status_code == 400 and "deeper than 32" in _detail(r)["msg"]
 
 
 def test_multipart_and_other_media_types_are_415(client):
@@ -78,7 +98,9 @@ def test_an_endpoint_without_inputs_refuses_fields(client):
 
 
 def test_a_body_over_the_limit_is_413_without_reading_it_all(client):
-    r = client.post("/recommend", content=b"[" + b"1," * MAX_BODY_BYTES + b"1]")
+    r = client.post(
+        "/recommend", content=b"[" + b"1," * MAX_BODY_BYTES + b"1]", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and _detail(r)["type"] == "body_too_large"
 
 

@@ -9,10 +9,10 @@ error's ``detail`` is a string where the server sends a list of validation error
 ``RequestGuard`` (a plain ASGI middleware, added to each public service) therefore, for every
 ``POST``:
 
-* answers 415 unless the body is ``application/json`` (no Content-Type is taken as JSON, as
-  BentoML's own clients send it);
+* answers 415 unless the body is ``application/json`` (a request without a Content-Type too);
 * answers 413 for a body over ``MAX_BODY_BYTES`` (read incrementally, never buffered whole);
-* answers 400 naming the position when the body is not JSON, or not a JSON object;
+* answers 400 naming the position when the body is not JSON, or not a JSON object, or nested
+  deeper than ``MAX_DEPTH`` (a RecursionError further on was a 500);
 * for an endpoint without inputs (``/metadata``), answers 400 naming any field sent;
 
 each with ``{"error": message, "detail": [{"loc": [...], "msg": ..., "type": ...}]}``, the shape
@@ -28,6 +28,23 @@ from collections.abc import Awaitable, Callable
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 propensity candidates with all features fit in a third
 NO_INPUT_ROUTES = ("/metadata",)
+# No request of any family nests deeper than 4 levels; parsers and validators further on recurse
+# per level (a body of 100,000 brackets was a RecursionError, a 500).
+MAX_DEPTH = 32
+
+
+def _depth_over(value, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit`` (iterative: no recursion of its own)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
@@ -112,12 +129,14 @@ class RequestGuard:
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
         media = _media_type(scope)
-        if media not in (None, "application/json"):
+        if media != "application/json":
             return await _answer(
                 send,
                 415,
                 error_body(
-                    f"the body must be application/json, not {media}",
+                    f"the body must be application/json, not {media}"
+                    if media
+                    else "the body must be application/json: the request has no content-type",
                     ["header", "content-type"],
                     "unsupported_media_type",
                 ),
@@ -143,6 +162,16 @@ class RequestGuard:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 return await _answer(
                     send, 400, error_body(f"Invalid JSON: the body is not JSON ({exc})", ["body"], "json_invalid")
+                )
+            except RecursionError:
+                return await _answer(
+                    send, 400, error_body("Invalid JSON: the body is nested too deeply", ["body"], "json_too_deep")
+                )
+            if _depth_over(parsed, MAX_DEPTH):
+                return await _answer(
+                    send,
+                    400,
+                    error_body(f"the body is nested deeper than {MAX_DEPTH} levels", ["body"], "json_too_deep"),
                 )
             if not isinstance(parsed, dict):
                 return await _answer(
