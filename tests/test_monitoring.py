@@ -74,6 +74,46 @@ def test_a_full_queue_or_a_broken_sink_drops_answers_with_a_count_and_never_rais
 
 
 @pytest.mark.fast
+def test_a_row_no_hour_can_hold_is_dropped_and_the_log_keeps_writing(tmp_path):
+    """``0001-01-01T00:00:00+14:00`` parses, but no UTC hour folder can name it: it was an
+    OverflowError in the writer thread, which died, and every later answer was lost."""
+    from datetime import timedelta
+
+    from pipeline.serving.common import replay_time
+    from pipeline.serving.predlog import PredictionLog
+
+    log = PredictionLog(str(tmp_path / "predictions"), "next_item", flush_seconds=0.1)
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    assert log.record(
+        request_id="r-bad",
+        ts=early,
+        model_version="3",
+        role="champion",
+        user_id="u0",
+        items=["a"],
+        scores=[0.5],
+        source="model",
+    )
+    import time
+
+    time.sleep(0.5)  # the bad row's flush has happened
+    assert _answer(log, 9, "u1") and _answer(log, 10, "u2")
+    log.close()
+    assert log._thread.is_alive() is False and log.written == 2 and log.dropped == {"bad_row": 1}
+    assert read_predictions(str(tmp_path / "predictions"), "next_item", "2026-11-05")["user_id"].to_list() == [
+        "u1",
+        "u2",
+    ]
+    # The header itself never reaches the log: a time outside the window logs at the serving time.
+    now = datetime(2026, 12, 3, 12, tzinfo=timezone.utc)
+    assert replay_time("0001-01-01T00:00:00+14:00", now) == now
+    assert replay_time("9999-12-31T23:59:59-14:00", now) == now  # past datetime's range in UTC
+    assert replay_time("2027-01-01T00:00:00Z", now) == now  # the future
+    assert replay_time("not a time", now) == now
+    assert replay_time("2026-11-11T10:00:00+01:00", now) == datetime(2026, 11, 11, 9, tzinfo=timezone.utc)
+
+
+@pytest.mark.fast
 def test_psi_jensen_shannon_and_calibration_error_measure_what_they_should():
     from pipeline.families.purchase_propensity.evaluation import expected_calibration_error
 

@@ -28,7 +28,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 from pipeline.core.errors import BadInput
@@ -179,7 +179,9 @@ def overloaded_as_503():
 #   SHOPML_PREDICTION_LOG_QUEUE: answers a worker holds before it drops new ones (default 10,000).
 #   SHOPML_PREDICTION_LOG_FLUSH_S: seconds between a worker's files (default 30; also every 5,000 answers).
 #   SHOPML_ACCEPT_EVENT_TIME: ``1`` logs an answer at the time its request's ``x-shopml-event-time``
-#       header gives (ISO 8601), for replays of past traffic; otherwise at the time it was served.
+#       header gives (ISO 8601), for replays of past traffic; otherwise at the time it was served. A
+#       time that does not parse, lies over an hour ahead, before 1970 or, with
+#       SHOPML_EVENT_TIME_WINDOW_DAYS, more days back than that, logs at the serving time.
 #   SHOPML_CHALLENGER_BENTO: the Bento tag of a challenger served beside this champion, in
 #       SHOPML_CHALLENGER_MODE ``shadow`` (it answers a copy of every request; logged, never
 #       returned) or ``canary`` (it answers the share SHOPML_CANARY_SHARE of users, sticky by user).
@@ -206,7 +208,7 @@ def prediction_log(model_name: str):
     written = bentoml.metrics.Counter(
         name="shopml_prediction_log_written", documentation="answers the prediction log wrote", labelnames=["model"]
     )
-    for reason in ("queue_full", "sink_error"):  # shown at 0 from the start, not from the first drop
+    for reason in ("queue_full", "sink_error", "bad_row"):  # shown at 0 from the start, not from the first drop
         dropped.labels(model=model_name, reason=reason)
     written.labels(model=model_name)
     return PredictionLog(
@@ -227,12 +229,28 @@ def request_context(ctx) -> tuple[str, object]:
     when = datetime.now(timezone.utc)
     sent = headers.get(EVENT_TIME_HEADER)
     if sent and os.environ.get("SHOPML_ACCEPT_EVENT_TIME") == "1":
-        try:
-            parsed = datetime.fromisoformat(sent.replace("Z", "+00:00"))
-            when = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-        except ValueError:
-            pass  # a bad replay header logs at the serving time; the answer is unaffected
+        when = replay_time(sent, when)
     return request_id, when
+
+
+# A replayed answer is logged no later than an hour ahead of now, and no earlier than the epoch or,
+# with SHOPML_EVENT_TIME_WINDOW_DAYS set, than that many days before now.
+EVENT_TIME_AHEAD = timedelta(hours=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def replay_time(sent: str, now: datetime) -> datetime:
+    """The time a replay header gives, in UTC, when it parses and lies inside the replay window;
+    otherwise ``now``. A header such as ``0001-01-01T00:00:00+14:00`` parses but lies before any
+    UTC time: it was an OverflowError in the prediction log's writer, which then stopped logging."""
+    days = os.environ.get("SHOPML_EVENT_TIME_WINDOW_DAYS")
+    earliest = now - timedelta(days=float(days)) if days else EPOCH
+    try:
+        parsed = datetime.fromisoformat(sent.replace("Z", "+00:00"))
+        parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return now  # a bad replay header logs at the serving time; the answer is unaffected
+    return parsed if earliest <= parsed <= now + EVENT_TIME_AHEAD else now
 
 
 @dataclass(frozen=True)

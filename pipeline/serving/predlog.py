@@ -118,7 +118,11 @@ class PredictionLog:
                     except queue.Empty:
                         break
             if pending and (stopping or len(pending) >= self.flush_rows or time.monotonic() >= deadline):
-                self._write(pending)
+                try:
+                    self._write(pending)
+                except Exception:  # the writer outlives any row: the batch is counted, not the thread lost
+                    self._drop(len(pending), "sink_error")
+                    log.exception("prediction log: %d answers could not be written", len(pending))
                 pending = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.flush_seconds
@@ -130,7 +134,12 @@ class PredictionLog:
 
         by_hour: dict[str, list[tuple]] = {}
         for row in rows:
-            by_hour.setdefault(partition(self.root, self.model, row[1]), []).append(row)
+            try:
+                folder = partition(self.root, self.model, row[1])
+            except (OverflowError, ValueError, TypeError, AttributeError):  # a time no hour folder can name
+                self._drop(1, "bad_row")
+                continue
+            by_hour.setdefault(folder, []).append(row)
         for folder, part in by_hour.items():
             try:
                 table = self._table(part)
