@@ -235,7 +235,7 @@ def _cpu_only_load(checkpoint: Path, d: dict) -> float:
         "import json,sys,numpy as np,torch; sys.path.insert(0, sys.argv[3]);"
         "from benchmarks.gpu_check import _load, ndcg; from models.sasrec import SASRec, SASRecConfig;"
         "assert not torch.cuda.is_available();"
-        "c = torch.load(sys.argv[1], map_location='cpu', weights_only=False);"
+        "c = torch.load(sys.argv[1], map_location='cpu', weights_only=True);"
         "m = SASRec(SASRecConfig(**c['model_args'])); m.load_state_dict(c['model']); m.eval();"
         "d = _load(sys.argv[2]); print(json.dumps(ndcg(m, d['ni_test_h'], d['ni_test_t'])))"
     )
@@ -379,7 +379,7 @@ def run(args) -> int:
 def verify(args) -> int:
     """Here, without a GPU: the GPU-trained checkpoint ranks the same top-10 on the CPU."""
     d = _load(args.data)
-    ckpt = torch.load(args.out_dir / "sasrec_best.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(args.out_dir / "sasrec_best.pt", map_location="cpu", weights_only=True)
     model = SASRec(SASRecConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     model.eval()

@@ -153,7 +153,11 @@ def init_distributed() -> tuple[int, int]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The random generators' states, in types ``torch.load(weights_only=True)`` reads back (numpy's
+    key array as a list of ints)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -161,7 +165,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -187,7 +192,8 @@ def _load_checkpoint(checkpoint_dir: Path | None, rank: int, world: int) -> dict
         found = bool(flag[0])
     if not found:
         return None
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    # Tensors and plain values only: a checkpoint that holds any other object is refused, not run.
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     if world > 1:
         epochs = [None] * world
         torch.distributed.all_gather_object(epochs, ckpt["epoch"])

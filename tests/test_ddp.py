@@ -115,7 +115,7 @@ def test_pipeline_train_under_torchrun_resumes_a_killed_run_on_every_rank_and_tr
                 assert time.monotonic() < deadline, f"ranks {ranks} outlived their agent"
                 time.sleep(0.1)
             [last] = list(checkpoints.glob("*/checkpoints/last.pt"))
-            assert torch.load(last, weights_only=False)["epoch"] < epochs - 1  # stopped before the end
+            assert torch.load(last, weights_only=True)["epoch"] < epochs - 1  # stopped before the end
             mlflow.set_tracking_uri(tracking_uri(paths))
             [left] = mlflow.search_runs(search_all_experiments=True, output_format="list")
             assert left.info.status == "RUNNING"

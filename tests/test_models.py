@@ -121,7 +121,7 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(shop, tmp_path):
     torch.manual_seed(1)
     killed = SASRec(args)
     train(killed, windows, _loss, metric, config, checkpoint_dir=tmp_path / "b", stop_after_epochs=1)
-    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 0 and set(ckpt) >= {"model", "optimizer", "config", "step", "best_metric", "model_args"}
     torch.manual_seed(99)  # a fresh process would start from another state: the checkpoint restores it
     resumed = SASRec(args)
@@ -205,7 +205,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL and not (tmp_path / "resumed.pt").exists()
-    killed_at = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"]
+    killed_at = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"]
     assert killed_at < 3  # it really was interrupted before the end
 
     subprocess.run([*worker, str(tmp_path / "b"), str(tmp_path / "resumed.pt")], env=env, check=True, timeout=300)

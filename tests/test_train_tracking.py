@@ -278,7 +278,7 @@ def test_both_models_train_validate_test_and_evaluate_on_an_accelerator(trained,
     # Trained on the accelerator, loaded on a CPU: the weights in the artifacts are CPU tensors.
     local = Path(mlflow.artifacts.download_artifacts(recommender.model_uri))
     [checkpoint] = list(local.rglob("best.pt"))
-    weights = torch.load(checkpoint, weights_only=False)["model"]
+    weights = torch.load(checkpoint, weights_only=True)["model"]
     assert weights and {v.device.type for v in weights.values()} == {"cpu"}
     answer = mlflow.pyfunc.load_model(recommender.model_uri).predict(
         pd.DataFrame({"history": [["i1", "i2"]], "k": [5]})
@@ -442,7 +442,7 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     [last] = list(checkpoints.glob("*/checkpoints/last.pt"))
-    killed_after = torch.load(last, weights_only=False)["epoch"]
+    killed_after = torch.load(last, weights_only=True)["epoch"]
     assert killed_after < epochs - 1  # it really stopped before the end
 
     mlflow.set_tracking_uri(tracking_uri(paths))
@@ -469,7 +469,7 @@ def test_train_killed_mid_epoch_resumes_in_its_run_to_the_weights_of_an_uninterr
     def weights(case: str) -> dict:
         uri = json.loads((tmp_path / f"{case}.json").read_text())["model_uri"]
         [best] = list(Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / case))).rglob("best.pt"))
-        return torch.load(best, weights_only=False)["model"]
+        return torch.load(best, weights_only=True)["model"]
 
     a, b = weights("straight"), weights("killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -44,12 +44,12 @@ class SASRecPyfunc(mlflow.pyfunc.PythonModel):
             saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=True)
             model = CooccurrenceScorer(CooccurrenceRecommender.from_state(saved["state"]), int(saved["max_len"]))
         else:
-            ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
+            ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
             model = SASRec(SASRecConfig(**ckpt["model_args"]))
             model.load_state_dict(ckpt["model"])
         if "checkpoint" in context.artifacts and "cooccurrence" in context.artifacts:
             # SASRec blended with co-occurrence (models/blend.py)
-            saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=False)
+            saved = torch.load(context.artifacts["cooccurrence"], map_location="cpu", weights_only=True)
             model = BlendedRecommender(model, CooccurrenceRecommender.from_state(saved["state"]), saved["beta"])
         with open(context.artifacts["vocab"]) as fh:
             item_ids = json.load(fh)

@@ -42,7 +42,7 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from models.propensity import DCNConfig, DCNv2
 
-        saved = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=False)
+        saved = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         args = dict(saved["model_args"])
         args["id_cardinalities"] = tuple(args["id_cardinalities"])
         args["hidden"] = tuple(args["hidden"])
