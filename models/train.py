@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -193,7 +194,13 @@ def _load_checkpoint(checkpoint_dir: Path | None, rank: int, world: int) -> dict
     if not found:
         return None
     # Tensors and plain values only: a checkpoint that holds any other object is refused, not run.
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        log.warning(
+            "rank %d: %s holds more than tensors and plain values (%s); training from the start", rank, last, exc
+        )
+        return None
     if world > 1:
         epochs = [None] * world
         torch.distributed.all_gather_object(epochs, ckpt["epoch"])

@@ -305,3 +305,19 @@ def test_the_blend_weight_is_chosen_on_validation_and_zero_is_sasrec_alone(shop)
     assert beta > 0 and curve[beta] == max(curve.values()) and curve[beta] > curve[0.0]
     state = CooccurrenceRecommender.from_state(cooc.to_state())
     torch.testing.assert_close(state.score(histories), cooc.score(histories))
+
+
+class _Planted:
+    """An object a planted checkpoint carries: unpickling it would run ``__reduce__``'s call."""
+
+    def __reduce__(self):
+        return (print, ("code ran while loading a checkpoint",))
+
+
+@pytest.mark.fast
+def test_a_checkpoint_holding_code_is_not_loaded(tmp_path, capsys):
+    from models.train import _load_checkpoint
+
+    torch.save({"epoch": 3, "payload": _Planted()}, tmp_path / "last.pt")
+    assert _load_checkpoint(tmp_path, 0, 1) is None
+    assert "code ran" not in capsys.readouterr().out
