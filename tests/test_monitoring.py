@@ -605,3 +605,19 @@ def test_the_prediction_log_writes_to_an_object_store_uri_without_renames(monkey
     assert len(keys) == 1 and moved == [] and log.written == 2
     back = read_predictions("memory://bucket/predictions", "next_item", "2026-11-05")
     assert back["user_id"].to_list() == ["u1", "u2"]
+
+
+@pytest.mark.fast
+def test_a_client_cannot_choose_the_request_id_that_pairs_answers_and_picks_a_canary():
+    """``x-request-id`` was the log's join key and the canary's key for a request without a user:
+    a client could pick its model or forge shadow pairs. Now the id is the server's, every time."""
+    from types import SimpleNamespace
+
+    from pipeline.serving.common import Routing, request_context
+
+    ctx = SimpleNamespace(request=SimpleNamespace(headers={"x-request-id": "pick-me"}))
+    ids = [request_context(ctx) for _ in range(50)]
+    assert len({i for i, _, _ in ids}) == 50 and all(client == "pick-me" for _, _, client in ids)
+    canary = Routing("challenger:v1", "canary", 0.5)
+    sides = {canary.to_challenger(request_id) for request_id, _, _ in ids}
+    assert sides == {True, False}  # the same header lands on both sides: the client does not choose

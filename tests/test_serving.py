@@ -304,6 +304,9 @@ def test_shadow_and_canary_serve_a_challenger_beside_the_champion_and_promotion_
     assert set(by_role) == {"champion", "shadow"} and by_role["shadow"].height == firsts.height
     assert set(by_role["shadow"]["model_version"]) == {versions["random"]}
     assert set(by_role["shadow"]["request_id"]) == set(by_role["champion"]["request_id"])
+    # The pairs are the server's ids; the client's x-request-id is kept beside them, never as the key.
+    assert not set(by_role["champion"]["request_id"]) & {f"shadow-{u}" for u in firsts["user_id"]}
+    assert set(by_role["champion"]["client_request_id"]) == {f"shadow-{u}" for u in firsts["user_id"]}
 
     with served(
         paths, next_item_bento.bento_tag, env={**env, "SHOPML_CHALLENGER_MODE": "canary", "SHOPML_CANARY_SHARE": "0.5"}

@@ -42,6 +42,9 @@ SCHEMA = pa.schema(
         ("scores", pa.list_(pa.float64())),
         ("source", pa.string()),
         ("history", pa.list_(pa.string())),
+        # The client's x-request-id, as sent (null without one): kept for tracing, never a join key;
+        # request_id is made by the server, so a client can neither pick a model nor forge pairs.
+        ("client_request_id", pa.string()),
     ]
 )
 PREDICTIONS_ENV = "SHOPML_PREDICTION_LOG"

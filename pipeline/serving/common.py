@@ -221,16 +221,22 @@ def prediction_log(model_name: str):
     )
 
 
-def request_context(ctx) -> tuple[str, object]:
-    """The request's id (its ``x-request-id`` header, else a new one) and the time its answer is
-    logged at (see SHOPML_ACCEPT_EVENT_TIME)."""
+def request_context(ctx) -> tuple[str, object, str | None]:
+    """The request's id (made here, always new), the time its answer is logged at (see
+    SHOPML_ACCEPT_EVENT_TIME), and the client's ``x-request-id`` as sent (None without one).
+
+    The id is the server's: it keys the canary's choice for a request without a user and pairs a
+    shadow's answer with the champion's, so a client that picked it could choose its model or forge
+    pairs. The client's id is logged beside it (``client_request_id``) for tracing only."""
     headers = ctx.request.headers if ctx is not None and getattr(ctx, "request", None) is not None else {}
-    request_id = (headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
+    request_id = uuid.uuid4().hex
+    client_id = headers.get(REQUEST_ID_HEADER)
+    client_id = client_id[:64] if client_id else None
     when = datetime.now(timezone.utc)
     sent = headers.get(EVENT_TIME_HEADER)
     if sent and os.environ.get("SHOPML_ACCEPT_EVENT_TIME") == "1":
         when = replay_time(sent, when)
-    return request_id, when
+    return request_id, when, client_id
 
 
 # A replayed answer is logged no later than an hour ahead of now, and no earlier than the epoch or,
@@ -339,21 +345,24 @@ class Traffic:
     async def answer(self, request, ctx, user_id: str | None):
         """The answer of the champion, or of the challenger for a canary's user; a shadow answer is
         computed after and logged, never returned."""
-        request_id, when = request_context(ctx)
+        request_id, when, client_id = request_context(ctx)
         engine, role = self.champion, "champion"
         if self.challenger is not None and self.routing.to_challenger(user_id or request_id):
             engine, role = self.challenger, "challenger"
         answer = await engine.answer(request)
-        self._log(request_id, when, role, user_id, request, answer)
+        self._log(request_id, when, role, user_id, request, answer, client_id)
         if self.challenger is not None and self.routing.mode == "shadow":
-            self.shadows.start(self._shadow(request, request_id, when, user_id))
+            self.shadows.start(self._shadow(request, request_id, when, user_id, client_id))
         return answer
 
-    async def _shadow(self, request, request_id: str, when, user_id: str | None) -> None:
+    async def _shadow(self, request, request_id: str, when, user_id: str | None, client_id: str | None) -> None:
         assert self.challenger is not None  # only started when there is one
-        self._log(request_id, when, "shadow", user_id, request, await self.challenger.answer(request))
+        answer = await self.challenger.answer(request)
+        self._log(request_id, when, "shadow", user_id, request, answer, client_id)
 
-    def _log(self, request_id: str, when, role: str, user_id: str | None, request, answer) -> None:
+    def _log(
+        self, request_id: str, when, role: str, user_id: str | None, request, answer, client_id: str | None = None
+    ) -> None:
         if self.log is not None:
             items, scores, source, history = self.logged(request, answer)
             self.log.record(
@@ -366,6 +375,7 @@ class Traffic:
                 scores=scores,
                 source=source,
                 history=history,
+                client_request_id=client_id,
             )
 
     def metadata(self, args: SimpleNamespace, snapshot_meta: dict) -> Metadata:

@@ -74,6 +74,7 @@ class PredictionLog:
         scores: list[float],
         source: str,
         history: Sequence[str] = (),
+        client_request_id: str | None = None,
     ) -> bool:
         """Queue one answer; False (and counted) when the queue is full. Never raises."""
         row = (
@@ -87,6 +88,7 @@ class PredictionLog:
             [float(s) for s in scores],
             source,
             list(history),
+            client_request_id,
         )
         try:
             self.queue.put_nowait(row)
