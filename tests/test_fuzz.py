@@ -27,9 +27,10 @@ FIGURES: dict[str, dict] = {}
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """A small published shop; a recommender and a propensity model, registered (one epoch each:
-    this is about the HTTP layer, not the models)."""
-    from pipeline.core.params import GenerateParams, TrainPropensityParams, TrainRecommenderParams
+    """A small published shop; a recommender, a propensity model and a fraud scorer, registered (one
+    epoch each: this is about the HTTP layer, not the models)."""
+    from pipeline.core.params import GenerateParams, TrainFraudParams, TrainPropensityParams, TrainRecommenderParams
+    from pipeline.families.fraud.train import train as train_fraud
     from pipeline.families.next_item.train import train as train_recommender
     from pipeline.families.purchase_propensity.train import train as train_propensity
     from pipeline.lifecycle import registry
@@ -39,7 +40,14 @@ def shop(tmp_path_factory):
     with published_shop(
         tmp_path_factory.mktemp("fuzz"),
         GenerateParams(
-            seed=3, start_date="2026-10-01", days=6, events_per_day=1500, initial_users=300, initial_items=200
+            seed=3,
+            start_date="2026-10-01",
+            days=6,
+            events_per_day=1500,
+            initial_users=300,
+            initial_items=200,
+            fraud_rate=0.1,
+            chargeback_days=(0.1, 0.4),  # labels within the shop's days, for the fraud scorer
         ),
     ) as paths:
         runs = {
@@ -49,6 +57,9 @@ def shop(tmp_path_factory):
             ).run_id,
             "purchase_propensity": train_propensity(
                 paths, TrainPropensityParams(valid_days=1, test_days=1, horizon_days=1, lookback_days=1, epochs=1)
+            ).run_id,
+            "fraud": train_fraud(
+                paths, TrainFraudParams(maturity_days=0, valid_days=1, test_days=2, min_train_days=2, epochs=1)
             ).run_id,
         }
         versions = {}
@@ -185,6 +196,24 @@ def test_schemathesis_on_the_propensity_bento(shop):
         counts = _fuzz(url, "purchase_propensity")
         assert set(counts) == {"/purchase_probability", "/metadata"}, counts
         assert counts["/purchase_probability"]["4xx"] > 0 and counts["/purchase_probability"]["5xx"] == 0
+
+
+def test_schemathesis_on_the_fraud_bento(shop):
+    """/score from its OpenAPI document: times without a zone, negative or infinite amounts, unknown
+    fields and currencies are 4xx, never 5xx; an order the schema allows is scored."""
+    import httpx
+
+    from pipeline.serving.package import build_bento, served
+
+    paths, versions = shop
+    bento = build_bento(paths, "fraud", versions["fraud"])
+    with served(paths, bento.bento_tag) as url:
+        counts = _fuzz(url, "fraud")
+        assert set(counts) == {"/score", "/metadata"}, counts
+        assert counts["/score"]["4xx"] > 0 and counts["/score"]["5xx"] == 0
+        order = {"user_id": "u1", "order_time": "2026-10-07T10:00:00Z", "amount": 10.0}
+        answer = httpx.post(f"{url}/score", json={"orders": [order]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["scores"][0]["band"] in ("approve", "review", "block")
 
 
 # -- the landing-file parsers ------------------------------------------------------------------
