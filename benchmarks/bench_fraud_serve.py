@@ -21,15 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def trained_shop(home: Path):
@@ -98,6 +94,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
 
+    from benchmarks.load_client import measure
     from pipeline.serving.package import served
 
     with tempfile.TemporaryDirectory(prefix="shopml-bench-fraud-serve-") as tmp:
@@ -115,26 +112,8 @@ def main() -> None:
         results = []
         with served(paths, promoted["bento_tag"], env={"SHOPML_ACCESS_LOG": "0"}) as url:
             for c in args.concurrency:
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.load_client",
-                        "--url",
-                        f"{url}/score",
-                        "--bodies",
-                        str(body_file),
-                        "--concurrency",
-                        str(c),
-                        "--seconds",
-                        str(args.seconds),
-                    ],
-                    cwd=REPO,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                row = {"clients": c, **json.loads(out.stdout.strip().splitlines()[-1])}
+                measured = measure(f"{url}/score", body_file, c, args.seconds)
+                row = {"clients": c, **measured}
                 results.append(row)
                 print(
                     f"{c:>4} clients: {row['rps']:8.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "

@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -248,6 +246,8 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the servers, repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
+    from benchmarks.load_client import measure
+
     paths_wanted = [p.strip() for p in args.paths.split(",")]
     levels = [int(x) for x in args.concurrency.split(",")]
 
@@ -330,26 +330,8 @@ def main() -> None:
                     body_file = home / f"{path.replace(' ', '-')}.json"
                     body_file.write_text(json.dumps(bodies[path]))
                     for c in levels:
-                        out = subprocess.run(
-                            [
-                                sys.executable,
-                                "-m",
-                                "benchmarks.load_client",
-                                "--url",
-                                f"{url}/{endpoint}",
-                                "--bodies",
-                                str(body_file),
-                                "--concurrency",
-                                str(c),
-                                "--seconds",
-                                str(args.seconds),
-                            ],
-                            cwd=REPO,
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        )
-                        row = {"path": path, **json.loads(out.stdout.strip().splitlines()[-1])}
+                        measured = measure(f"{url}/{endpoint}", body_file, c, args.seconds)
+                        row = {"path": path, **measured}
                         row["of_ceiling"] = row["rps"] / roof[path]
                         results.append(row)
                         print(

@@ -64,6 +64,35 @@ async def _run(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
     }
 
 
+def measure(url: str, bodies_file, concurrency: int, seconds: float) -> dict:
+    """This generator in a process of its own (its CPU apart from the caller's) against ``url``:
+    the JSON line it prints, as a dict."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load_client",
+            "--url",
+            url,
+            "--bodies",
+            str(bodies_file),
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)

@@ -103,15 +103,10 @@ class FraudPyfunc(PythonModel):
         """Scores and reasons of a feature matrix in one pass over it (what ``/score`` answers)."""
         return self.matrix_scores(x), self.matrix_reasons(x, k)
 
-    def reasons(self, rows: pl.DataFrame, k: int = 3) -> list[list[dict]]:
+    def matrix_reasons(self, x: np.ndarray, k: int = 3) -> list[list[dict]]:
         """Each row's ``k`` features (or rules) that raised its score most: ``{"feature", "value",
         "contribution"}``, contribution in the scorer's own units (the logit for the network and
         LightGBM, points for the rules); features that lowered the score are not reasons."""
-        from pipeline.families.fraud.orders import DENSE
-
-        return self.matrix_reasons(rows.select(DENSE).to_numpy().astype(np.float64), k)
-
-    def matrix_reasons(self, x: np.ndarray, k: int = 3) -> list[list[dict]]:
         from pipeline.families.fraud.orders import DENSE
         from pipeline.families.fraud.scoring import RULES
 

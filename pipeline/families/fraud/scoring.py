@@ -147,9 +147,3 @@ def fit_network(train: pl.DataFrame, valid: pl.DataFrame, epochs: int = 20, seed
     model.eval()
     model.calibrate(empty.expand(x_valid.shape[0], 0), x_valid, torch.from_numpy(y_valid.astype(np.float32)))
     return model.cpu(), result
-
-
-def network_scores(model, rows: pl.DataFrame) -> np.ndarray:
-    x = torch.from_numpy(dense_matrix(rows))
-    with torch.no_grad():
-        return model.predict_proba(torch.zeros(x.shape[0], 0, dtype=torch.long), x).numpy()

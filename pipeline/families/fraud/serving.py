@@ -271,11 +271,13 @@ def _sightings_of(order: dict) -> list[tuple[dict, list[str]]]:
     its user's event, and as the first time of its (user, device), (user, country), (user, card)."""
     user, at = order["user_id"], order["session_start"]
     base = {"user_id": user, "device_id": None, "country": None, "payment_id": None, "event_time": at}
-    out = [({**base, "event_type": "first"}, [f"u:{user}"])]
-    for column, prefix in (("device_id", "d"), ("country", None), ("payment_id", "p")):
+    (by_user,) = lookup_keys({"user_id": [user]}, ("user_id",))
+    out = [({**base, "event_type": "first"}, [by_user])]
+    for column in ("device_id", "country", "payment_id"):
         value = order[column]
         if value is not None:
-            under = [f"u:{user}"] + ([f"{prefix}:{value}"] if prefix else [])
+            # Found under the user's key, and under its own where sightings are keyed by it.
+            under = [by_user, *lookup_keys({column: [value]}, (column,) if column in SEEN_KEYS else ())]
             out.append(({**base, column: value, "event_type": "pair"}, under))
     return out
 

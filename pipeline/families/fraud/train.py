@@ -105,8 +105,7 @@ def fit_scorers(
     return out, result.epochs_run
 
 
-def fit_fraud(split: FraudSplit, periods: dict[str, pl.DataFrame], params: TrainFraudParams) -> FraudFit:
-    policy = decisions.load_cost_policy()
+def fit_fraud(periods: dict[str, pl.DataFrame], params: TrainFraudParams, policy: decisions.CostPolicy) -> FraudFit:
     start = time.perf_counter()
     scorers, epochs = fit_scorers(
         periods["train"], periods["valid"], params.valid_days, policy, params.epochs, params.seed
@@ -144,7 +143,8 @@ def train(
         tempfile.TemporaryDirectory() as tmp,
     ):
         tag_run(MODEL_NAME, fs, tags)
-        fit = fit_fraud(split, periods, params)
+        policy = decisions.load_cost_policy()
+        fit = fit_fraud(periods, params, policy)
         network = fit.scorers[NETWORK]
         mlflow.log_params(
             {
@@ -161,7 +161,7 @@ def train(
             }
         )
         mlflow.log_dict(split.to_dict(), "split.json")
-        mlflow.log_dict(decisions.load_cost_policy().to_dict(), "fraud_costs.json")
+        mlflow.log_dict(policy.to_dict(), "fraud_costs.json")
         mlflow.log_metrics({k: v for k, v in fit.metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"seconds_{k}": v for k, v in fit.seconds.items()})
         folder = Path(tmp)
