@@ -39,6 +39,52 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers():
     assert batcher.stats.rows == 40 and batcher.stats.largest == 8 and batcher.stats.batches == len(calls)
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_after_runs_once_answers_are_out_and_before_the_next_batch(inline):
+    """What a batch leaves behind (the fraud service remembers the orders it scored) is there for
+    the next batch, yet its own answers do not wait for it: on the batch thread or inline."""
+    remembered: list[int] = []
+    seen_by_batch: list[list[int]] = []
+    answered_at: list[float] = []
+    remembered_at: list[float] = []
+
+    def fn(requests):
+        seen_by_batch.append(list(remembered))
+        return [r * 10 for r in requests]
+
+    def after(requests, results):
+        time.sleep(0.02)
+        remembered.extend(requests)
+        remembered_at.append(time.perf_counter())
+
+    batcher = MicroBatcher(fn, max_batch=1, after=after, inline=inline)
+
+    async def call(i):
+        answer = await batcher(i)
+        answered_at.append(time.perf_counter())
+        return answer
+
+    async def main():
+        return [await call(i) for i in range(5)]
+
+    assert _run(main()) == [0, 10, 20, 30, 40]
+    # Each batch saw every earlier request remembered, though its caller had its answer before.
+    assert seen_by_batch == [[], [0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+    assert all(a < r for a, r in zip(answered_at, remembered_at, strict=False)) and batcher.stats.after_failed == 0
+
+
+def test_a_failing_after_is_counted_and_does_not_stop_batching():
+    def after(requests, results):
+        raise RuntimeError("store unavailable")
+
+    batcher = MicroBatcher(lambda rs: rs, max_batch=1, after=after, inline=True)
+
+    async def main():
+        return [await batcher(i) for i in range(3)]
+
+    assert _run(main()) == [0, 1, 2] and batcher.stats.after_failed == 3
+
+
 def test_batches_count_rows_and_never_split_a_request():
     sizes: list[int] = []
 

@@ -529,7 +529,7 @@ def test_workers_share_the_orders_they_scored(tmp_path):
     each of its keys, once; orders older than the window before the newest go at pruning."""
     from datetime import datetime, timezone
 
-    from pipeline.families.fraud.serving import RecentOrders, lookup_keys
+    from pipeline.families.fraud.serving import RecentOrders, _us, lookup_keys
 
     store = str(tmp_path / "recent.sqlite")
     a, b = RecentOrders(store), RecentOrders(store)
@@ -549,11 +549,21 @@ def test_workers_share_the_orders_they_scored(tmp_path):
     a.add([order])
     a.add([order])  # a retry: kept once
     keys = {"user_id": ["u9"], "device_id": ["d1"], "payment_id": ["p1"]}
-    orders, seen = b.rows(
+    orders, seen = b.arrays(
         lookup_keys(keys, ("user_id", "device_id", "ip", "payment_id")), lookup_keys(keys, ("device_id",))
     )
-    assert [o["session_id"] for o in orders] == ["o1"] and orders[0]["order_time"] == t
-    assert {s["user_id"] for s in seen} == {"u1"} and all(s["device_id"] == "d1" for s in seen)
+    # Found under its device and its card: once per key.
+    assert orders["session_id"].tolist() == ["o1", "o1"] and orders["order_time"][0] == _us(t)
+    assert set(seen["user_id"].tolist()) == {"u1"} and seen["device_id"].tolist() == ["d1"]
+    earlier = {
+        **order,
+        "session_id": "o0",
+        "order_time": t - timedelta(hours=1),
+        "session_start": t - timedelta(hours=1),
+    }
+    b.add([earlier])  # the same device pair seen earlier: one sighting, at the earlier time
+    _, seen = a.arrays([], lookup_keys(keys, ("device_id",)))
+    assert seen["event_time"].tolist() == [_us(t - timedelta(hours=1))]
     b.PRUNE_EVERY = 1
     later = {
         **order,
@@ -563,5 +573,5 @@ def test_workers_share_the_orders_they_scored(tmp_path):
         "session_start": t + timedelta(days=60),
     }
     b.add([later])
-    orders, _ = a.rows(lookup_keys(keys, ("device_id",)), [])
-    assert [o["session_id"] for o in orders] == ["o2"]
+    orders, _ = a.arrays(lookup_keys(keys, ("device_id",)), [])
+    assert orders["session_id"].tolist() == ["o2"]

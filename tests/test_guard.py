@@ -110,3 +110,14 @@ def test_the_openapi_document_describes_the_errors_as_sent(client):
     assert {"400", "413", "415"} <= set(doc["paths"]["/recommend"]["post"]["responses"])
     rejected = patch_openapi({})["components"]["schemas"]["RequestRejected"]
     assert rejected["required"] == ["error", "detail"] and rejected["properties"]["detail"]["type"] == "array"
+
+
+def test_a_keep_alive_connection_is_closed_after_its_quota_of_requests():
+    """So that the connections of a pool opened together, all accepted by one worker, spread over
+    the workers: every ``keepalive_requests``-th answer on a connection says ``connection: close``."""
+    app = Starlette(routes=[Route("/recommend", echo, methods=["POST"])])
+    client = TestClient(RequestGuard(app, keepalive_requests=3))
+    closes = [client.post("/recommend", json={}).headers.get("connection") for _ in range(7)]
+    assert closes == [None, None, "close", None, None, "close", None]
+    never = TestClient(RequestGuard(app, keepalive_requests=0))
+    assert all(never.post("/recommend", json={}).headers.get("connection") is None for _ in range(5))

@@ -17,11 +17,14 @@ server is overloaded: a client or load balancer retries elsewhere), as BentoML's
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class Overloaded(RuntimeError):
@@ -37,6 +40,7 @@ class BatchStats:
     largest: int = 0
     overloaded: int = 0
     model_seconds: float = 0.0
+    after_failed: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +48,7 @@ class BatchStats:
             "rows": self.rows,
             "largest": self.largest,
             "overloaded": self.overloaded,
+            "after_failed": self.after_failed,
             "mean_batch": self.rows / self.batches if self.batches else 0.0,
             "model_seconds": round(self.model_seconds, 3),
         }
@@ -67,7 +72,12 @@ class MicroBatcher:
     split, so one larger than ``max_batch`` runs alone). Before a batch starts, the event loop gets
     up to ``settle`` turns to bring requests it has already read to their model call, for as long
     as each turn adds some (nothing is waited for when none arrive). An exception from ``fn``
-    fails the requests of that batch only.
+    fails the requests of that batch only. ``after(requests, results)``, when given, runs on the
+    same thread once the batch's answers are sent and before the next batch's call: work the next
+    batch must see (e.g. remembering what was scored) that need not delay this one's answers.
+    ``inline``: ``fn`` runs on the event loop itself, for a model call of well under a millisecond
+    that holds the GIL throughout (a thread then only adds handoffs); the event loop reads no
+    request meanwhile, and the requests that arrive join the next batch.
     """
 
     def __init__(
@@ -78,11 +88,13 @@ class MicroBatcher:
         max_latency_ms: float = 1000.0,
         size: Callable[[Any], int] = lambda request: 1,
         settle: int = 0,
+        after: Callable[[list[Any], Sequence[Any]], None] | None = None,
+        inline: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.fn, self.max_batch, self.wait_s, self.max_latency_s = fn, max_batch, wait_ms / 1000, max_latency_ms / 1000
-        self.size, self.settle = size, settle
+        self.size, self.settle, self.after, self.inline = size, settle, after, inline
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # a new one with each batch loop
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
@@ -147,7 +159,10 @@ class MicroBatcher:
             if not live:
                 continue
             try:
-                results = await loop.run_in_executor(self._pool, self._run, live)
+                if self.inline:
+                    results = self._run(live)
+                else:
+                    results = await loop.run_in_executor(self._pool, self._run, live)
             except Exception as exc:
                 for p in live:
                     if not p.future.done():
@@ -156,6 +171,19 @@ class MicroBatcher:
             for p, result in zip(live, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+            if self.after is not None and self.inline:
+                await asyncio.sleep(0)  # the answered requests send their answers first
+                self._after([p.request for p in live], results)
+            elif self.after is not None:
+                # On the batch thread, after the answers and before the next batch's call.
+                self._pool.submit(self._after, [p.request for p in live], results)
+
+    def _after(self, requests: list[Any], results: Sequence[Any]) -> None:
+        try:
+            self.after(requests, results)  # type: ignore[misc]
+        except Exception:
+            self.stats.after_failed += 1
+            logger.exception("the batch's follow-up failed; its answers were already sent")
 
     def _run(self, batch: list[_Pending]) -> Sequence[Any]:
         start = time.perf_counter()

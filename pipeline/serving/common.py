@@ -144,11 +144,14 @@ def metadata(
     )
 
 
-def torch_threads() -> None:
-    """One model worker uses every core it was given (BentoML sets the thread variables)."""
+def torch_threads(default: int | None = None) -> None:
+    """One model worker uses every core it was given (BentoML sets the thread variables), or
+    ``default`` threads unless ``SHOPML_TORCH_THREADS`` says otherwise."""
     import torch
 
-    threads = int(os.environ.get("SHOPML_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    threads = int(
+        os.environ.get("SHOPML_TORCH_THREADS") or default or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1
+    )
     torch.set_num_threads(max(threads, 1))
 
 

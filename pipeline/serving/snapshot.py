@@ -87,6 +87,8 @@ class RowIndex:
         keyed = table.with_columns(self._key(on).alias("_key")).sort("_key")
         self.keys = keyed["_key"]
         self.table = keyed.drop("_key")
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._sorted_keys = np.empty(0, dtype=str)
 
     @staticmethod
     def _key(on: list[str]) -> pl.Expr:
@@ -108,6 +110,35 @@ class RowIndex:
         lengths = end - start
         index = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         return self.table[index]
+
+    def arrays(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The rows under these keys (key strings, as ``_key`` builds them; a key's rows once per
+        time it is asked for), as one numpy array per column, times as microseconds since the epoch.
+
+        The same search as ``rows`` on numpy copies of the columns, made on first use: a request
+        of a few keys then costs tens of microseconds instead of the dozen polars calls (each
+        50 to 100 us of planning) that building and reading a frame takes."""
+        if self._arrays is None:
+            self._arrays = {
+                name: (
+                    column.dt.epoch("us").to_numpy()
+                    if isinstance(column.dtype, pl.Datetime)
+                    else column.to_numpy().astype(np.float64 if column.dtype.is_float() else object)
+                )
+                for name, column in self.table.to_dict().items()
+            }
+            self._sorted_keys = self.keys.to_numpy().astype(str)
+        if not keys or self._sorted_keys.size == 0:
+            return {name: column[:0] for name, column in self._arrays.items()}
+        # A key longer than the longest one here has no rows; the rest are searched at the array's
+        # own width (a wider query would make numpy cast the whole array, milliseconds a call).
+        width = self._sorted_keys.dtype.itemsize // 4
+        wanted = np.asarray([k for k in keys if len(k) <= width], dtype=self._sorted_keys.dtype)
+        start = np.searchsorted(self._sorted_keys, wanted, side="left")
+        end = np.searchsorted(self._sorted_keys, wanted, side="right")
+        lengths = end - start
+        index = np.repeat(start - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        return {name: column[index] for name, column in self._arrays.items()}
 
 
 @dataclass
@@ -144,6 +175,13 @@ class FeatureSnapshot:
         if name not in self._indexes:
             raise KeyError(f"snapshot table {name!r} has no key columns: it is not looked up by key")
         return self._indexes[name].rows(values)
+
+    def arrays(self, name: str, keys: list[str]) -> dict[str, np.ndarray]:
+        """The rows of table ``name`` (keyed by one column) under these keys, as numpy columns
+        (``RowIndex.arrays``)."""
+        if name not in self._indexes:
+            raise KeyError(f"snapshot table {name!r} has no key columns: it is not looked up by key")
+        return self._indexes[name].arrays(keys)
 
     def view(self, kind: Callable[[FeatureSnapshot], View]) -> View:
         """``kind(self)``, made once per snapshot: a family's reading of its tables."""

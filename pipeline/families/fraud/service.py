@@ -46,7 +46,17 @@ class _Engine:
         self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(snapshot.path)
         self.scorer = OrderScorer(self.pyfunc, self.snapshot)
-        self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(1))
+        # Orders are remembered after their answers are sent, before the next batch is scored. A
+        # batch is scored on the event loop (``inline``): its work is under a millisecond of Python
+        # that holds the GIL, so a thread would only add handoffs (make bench-fraud-serve, 8 clients:
+        # 1.95 ms of server CPU a request inline against 2.29 on the batch thread).
+        self.batcher = MicroBatcher(
+            lambda requests: self.scorer.score_requests(requests, remember=False),
+            size=len,
+            after=self.scorer.remember,
+            inline=True,
+            **BATCHING.batcher_args(1),
+        )
         self.version = str(version)
 
     async def answer(self, request: ScoreRequest) -> Scores:
@@ -67,7 +77,8 @@ class FraudService:
     snapshot_model = bentoml.models.BentoModel(ARGS.snapshot_tag)
 
     def __init__(self) -> None:
-        torch_threads()
+        # One order a request: one thread (an intra-op team spins its idle threads between calls).
+        torch_threads(default=1)
         self.champion = _Engine(self.bento_model, self.snapshot_model, ARGS.version)
         self.traffic = Traffic(
             "fraud",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -168,15 +169,20 @@ class RecentOrders:
     minutes. Kept in a SQLite file that every worker of the service opens (``SHOPML_FRAUD_RECENT``,
     default a file under ``$SHOPML_HOME/serving``; ``memory``: this worker alone), so a burst sent
     round-robin to several workers is one burst; replicas on other hosts each hold their own (one
-    file on a shared disk, or callers sending ``features``, for a fleet). An index on the key makes
-    adding an order and finding a request's rows a fraction of a millisecond. Bounded: orders
-    older than ``RECENT_DAYS`` before the newest are deleted, with their sightings, every
-    ``PRUNE_EVERY`` additions.
+    file on a shared disk, or callers sending ``features``, for a fleet). Rows are stored as typed
+    columns (times in microseconds), found by an index on the key and read back as numpy columns:
+    adding an order and finding a request's rows are a fraction of a millisecond. A sighting is
+    kept once per fact (a user's first event; a (user, device), (user, country) or (user, card)
+    pair), at its earliest time: the features only ask whether, and by whom, each was seen before
+    a session began. Bounded: orders older than ``RECENT_DAYS`` before the newest are deleted,
+    with their sightings, every ``PRUNE_EVERY`` additions.
 
     Written here rather than on a cache library: the rows are looked up by any of four keys, and
     SQLite (standard library, WAL mode) is safe across processes; Redis would be the next step."""
 
     PRUNE_EVERY = 1000
+    ORDER_FIELDS = tuple(ORDER_COLUMNS)
+    SEEN_FIELDS = tuple(SEEN_COLUMNS)
 
     def __init__(self, path: str | None = None) -> None:
         import os
@@ -195,57 +201,64 @@ class RecentOrders:
             Path(where).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(":memory:" if where == "memory" else where, timeout=30, check_same_thread=False)
         self.lock = threading.Lock()  # one connection per worker, shared by its threads
+        orders = ", ".join(self.ORDER_FIELDS)
+        seen = ", ".join(self.SEEN_FIELDS)
         with self.lock, self.db:
             if where != "memory":
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS orders (key TEXT, session_id TEXT, t INTEGER, row TEXT)")
-            self.db.execute("CREATE INDEX IF NOT EXISTS orders_key ON orders (key)")
-            self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS orders_once ON orders (key, session_id)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT, session_id TEXT, t INTEGER, row TEXT)")
-            self.db.execute("CREATE INDEX IF NOT EXISTS seen_key ON seen (key)")
+            # v2: typed columns (v1 held JSON rows); a v1 file's tables are left alone, unread.
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS orders_v2 (key TEXT, {orders})")
+            self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS orders_v2_once ON orders_v2 (key, session_id)")
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS seen_v2 (key TEXT, fact TEXT, {seen})")
+            self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS seen_v2_once ON seen_v2 (key, fact)")
+        self._insert_order = f"INSERT OR IGNORE INTO orders_v2 VALUES ({', '.join('?' * (len(self.ORDER_FIELDS) + 1))})"
+        self._insert_seen = (
+            f"INSERT INTO seen_v2 VALUES ({', '.join('?' * (len(self.SEEN_FIELDS) + 2))}) "
+            "ON CONFLICT (key, fact) DO UPDATE SET event_time = excluded.event_time "
+            "WHERE excluded.event_time < seen_v2.event_time"
+        )
         self.added = 0
 
     def add(self, orders: list[dict]) -> None:
         """Remember these order rows (``order_rows``); an order already kept is not added twice."""
-        import json
-
         order_rows, seen_rows = [], []
         for row in orders:
-            t = _us(row["order_time"])
-            text = json.dumps({k: _jsonable(v) for k, v in row.items()})
-            order_rows += [(f"{KEY_TABLES[k]}:{row[k]}", row["session_id"], t, text) for k in KEY_TABLES if row[k]]
+            values = tuple(_us(row[k]) if k in TIME_FIELDS else row[k] for k in self.ORDER_FIELDS)
+            order_rows += [(f"{KEY_TABLES[k]}:{row[k]}", *values) for k in KEY_TABLES if row[k]]
             for sighting, under in _sightings_of(row):
-                payload = json.dumps({k: _jsonable(v) for k, v in sighting.items()})
-                seen_rows += [(key, row["session_id"], t, payload) for key in under]
+                fact = "\x1f".join(
+                    str(sighting[k]) for k in ("event_type", "user_id", "device_id", "country", "payment_id")
+                )
+                values = tuple(_us(sighting[k]) if k in TIME_FIELDS else sighting[k] for k in self.SEEN_FIELDS)
+                seen_rows += [(key, fact, *values) for key in under]
         with self.lock, self.db:
-            before = self.db.total_changes
-            self.db.executemany("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?)", order_rows)
-            if self.db.total_changes > before:  # a new order: its sightings too
-                self.db.executemany("INSERT INTO seen VALUES (?, ?, ?, ?)", seen_rows)
+            self.db.executemany(self._insert_order, order_rows)
+            self.db.executemany(self._insert_seen, seen_rows)
             self.added += len(orders)
             if self.added >= self.PRUNE_EVERY:
                 self.added = 0
-                (newest,) = self.db.execute("SELECT max(t) FROM orders").fetchone()
+                (newest,) = self.db.execute("SELECT max(order_time) FROM orders_v2").fetchone()
                 if newest is not None:
                     oldest = newest - RECENT_DAYS * DAY_US
-                    self.db.execute("DELETE FROM orders WHERE t < ?", (oldest,))
-                    self.db.execute("DELETE FROM seen WHERE t < ?", (oldest,))
+                    self.db.execute("DELETE FROM orders_v2 WHERE order_time < ?", (oldest,))
+                    self.db.execute("DELETE FROM seen_v2 WHERE event_time < ?", (oldest,))
 
-    def rows(self, order_keys: list[str], seen_keys: list[str]) -> tuple[list[dict], list[dict]]:
-        """The kept orders under these keys (``lookup_keys``), each once, and the kept sightings."""
-        import json
+    def arrays(self, order_keys: list[str], seen_keys: list[str]) -> tuple[dict, dict]:
+        """The kept orders and sightings under these keys (``lookup_keys``), as numpy columns of
+        ``ORDER_COLUMNS`` and ``SEEN_COLUMNS`` (times in microseconds); an order found under
+        several keys is there once per key."""
 
-        def fetch(table: str, keys: list[str]) -> list[tuple[str, str]]:
+        def fetch(table: str, fields: tuple, keys: list[str]) -> list[tuple]:
             if not keys:
                 return []
             marks = ",".join("?" * len(keys))
-            return self.db.execute(f"SELECT session_id, row FROM {table} WHERE key IN ({marks})", keys).fetchall()
+            return self.db.execute(f"SELECT {', '.join(fields)} FROM {table} WHERE key IN ({marks})", keys).fetchall()
 
         with self.lock:
-            found, sightings = fetch("orders", order_keys), fetch("seen", seen_keys)
-        orders = {sid: _parsed(json.loads(text)) for sid, text in found}
-        return list(orders.values()), [_parsed(json.loads(text)) for _, text in sightings]
+            orders = fetch("orders_v2", self.ORDER_FIELDS, order_keys)
+            seen = fetch("seen_v2", self.SEEN_FIELDS, seen_keys)
+        return _columns(orders, ORDER_COLUMNS), _columns(seen, SEEN_COLUMNS)
 
     def close(self) -> None:
         with self.lock:
@@ -255,15 +268,27 @@ class RecentOrders:
 TIME_FIELDS = ("order_time", "session_start", "event_time")
 
 
-def _jsonable(value):
-    return value.isoformat() if isinstance(value, datetime) else value
+def _numpy_types(schema: dict) -> list[tuple[str, type]]:
+    return [
+        (name, np.int64 if isinstance(dtype, pl.Datetime) else np.float64 if dtype == pl.Float64() else object)
+        for name, dtype in schema.items()
+    ]
 
 
-def _parsed(row: dict) -> dict:
-    for name in TIME_FIELDS:
-        if row.get(name) is not None:
-            row[name] = datetime.fromisoformat(row[name])
-    return row
+NUMPY_TYPES = {id(ORDER_COLUMNS): _numpy_types(ORDER_COLUMNS), id(SEEN_COLUMNS): _numpy_types(SEEN_COLUMNS)}
+
+
+def _columns(rows: list[tuple], schema: dict) -> dict[str, np.ndarray]:
+    """Rows (tuples in ``schema``'s order, times in microseconds) as numpy columns."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    types = NUMPY_TYPES.get(id(schema)) or _numpy_types(schema)
+    out = {}
+    for (name, kind), values in zip(types, columns, strict=True):
+        if kind is object:
+            out[name] = np.array(values, dtype=object)
+        else:
+            out[name] = np.fromiter(values, dtype=kind, count=len(values))
+    return out
 
 
 def _sightings_of(order: dict) -> list[tuple[dict, list[str]]]:
@@ -282,11 +307,12 @@ def _sightings_of(order: dict) -> list[tuple[dict, list[str]]]:
     return out
 
 
-def order_rows(orders: list[Order]) -> list[dict]:
-    """The requests as order rows (``ORDER_COLUMNS``' keys), in request order."""
+def order_rows(orders: list[Order], ids: list[str] | None = None) -> list[dict]:
+    """The requests as order rows (``ORDER_COLUMNS``' keys), in request order; ``ids``: the ids
+    they were answered under (default: their own, or new ones)."""
     return [
         {
-            "session_id": o.order_id or f"req-{uuid.uuid4().hex}",
+            "session_id": ids[n] if ids is not None else o.order_id or f"req-{uuid.uuid4().hex}",
             "user_id": o.user_id,
             "order_time": _utc(o.order_time),
             "amount": float(o.amount),
@@ -297,7 +323,7 @@ def order_rows(orders: list[Order]) -> list[dict]:
             "country": o.country,
             "payment_id": o.payment_id,
         }
-        for o in orders
+        for n, o in enumerate(orders)
     ]
 
 
@@ -328,6 +354,7 @@ def online_matrix(requests: list[dict], orders: dict[str, np.ndarray], seen: dic
     rank_of = dict(zip(o_sid.tolist(), rank.tolist(), strict=True))
     s_user, s_time, s_type = seen["user_id"], seen["event_time"], seen["event_type"]
     index = {name: j for j, name in enumerate(DENSE)}
+    spans = np.array([WINDOW_US[period] for period, _ in WINDOWS], dtype=np.int64)
     out = np.zeros((len(requests), len(DENSE)), dtype=np.float64)
     for n, r in enumerate(requests):
         row = out[n]
@@ -341,13 +368,17 @@ def online_matrix(requests: list[dict], orders: dict[str, np.ndarray], seen: dic
             value = r[key]
             if value is None:
                 continue
-            mine = orders[key] == value
             name = key.removesuffix("_id")
-            for period, suffix in WINDOWS:
-                inside = mine & (o_time < t) & (o_time >= t - WINDOW_US[period])
-                row[index[f"{name}_orders_{suffix}"]] = inside.sum()
-                if key in ("user_id", "device_id") and suffix in ("1d", "7d", "30d"):
-                    row[index[f"{name}_amount_{suffix}"]] = o_amount[inside].sum()
+            # Every window at once: [orders of this key, windows], left-closed, before the order.
+            mine = np.flatnonzero(orders[key] == value)
+            ago = t - o_time[mine]
+            inside = (ago[:, None] > 0) & (ago[:, None] <= spans[None, :])
+            counts = inside.sum(axis=0)
+            amounts = o_amount[mine] @ inside if key in ("user_id", "device_id") else None
+            for w, (_, suffix) in enumerate(WINDOWS):
+                row[index[f"{name}_orders_{suffix}"]] = counts[w]
+                if amounts is not None and suffix in ("1d", "7d", "30d"):
+                    row[index[f"{name}_amount_{suffix}"]] = amounts[w]
         user_rows = s_user == user
         signed = s_time[user_rows & (s_type == "signup")]
         signed_up = int(signed.min()) if signed.size else None
@@ -392,21 +423,13 @@ def _us(moment: datetime) -> int:
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def columns_of(frame: pl.DataFrame, rows: list[dict], schema: dict) -> dict[str, np.ndarray]:
-    """A frame's rows and more rows (dicts) as one numpy array per column; times in microseconds."""
-    out = {}
-    for name, dtype in schema.items():
-        if isinstance(dtype, pl.Datetime):
-            head = frame[name].dt.epoch("us").to_numpy() if frame.height else np.empty(0, dtype=np.int64)
-            tail = np.fromiter((_us(r[name]) for r in rows), dtype=np.int64, count=len(rows))
-        elif dtype == pl.Float64():
-            head = frame[name].to_numpy().astype(np.float64) if frame.height else np.empty(0)
-            tail = np.fromiter((r[name] for r in rows), dtype=np.float64, count=len(rows))
-        else:
-            head = frame[name].to_numpy().astype(object) if frame.height else np.empty(0, dtype=object)
-            tail = np.array([r[name] for r in rows], dtype=object)
-        out[name] = np.concatenate([head, tail])
-    return out
+def row_columns(rows: list[dict], schema: dict) -> dict[str, np.ndarray]:
+    """Rows (dicts) as one numpy array per column of ``schema``, times in microseconds."""
+    return _columns([tuple(_us(r[n]) if n in TIME_FIELDS else r[n] for n in schema) for r in rows], schema)
+
+
+def _concat(parts: list[dict[str, np.ndarray]], schema: dict) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([part[name] for part in parts]) for name in schema}
 
 
 def _utc(moment: datetime) -> datetime:
@@ -426,24 +449,15 @@ class OrderScorer:
         the snapshot's and the recent orders of their keys; in the same order."""
         keys = {k: [r[k] for r in requests if r[k] is not None] for k in KEY_TABLES}
         order_keys, seen_keys = lookup_keys(keys, KEY_TABLES), lookup_keys(keys, SEEN_KEYS)
-        snapshot_orders = self.snapshot.rows("orders", pl.DataFrame({"key": order_keys}, schema={"key": pl.String()}))
-        snapshot_seen = self.snapshot.rows("seen", pl.DataFrame({"key": seen_keys}, schema={"key": pl.String()}))
-        recent_orders, recent_seen = self.recent.rows(order_keys, seen_keys)
-        # The requests first, so that a replayed order's own earlier copy (same id) is the one dropped.
-        ids = {r["session_id"] for r in requests}
-        # An order is found under each of its keys: once each; and not the requests' own earlier copies.
-        snapshot_orders = snapshot_orders.unique(subset="session_id", keep="first").filter(
-            ~pl.col("session_id").is_in(list(ids))
-        )
-        later = []
-        for r in recent_orders:
-            if r["session_id"] not in ids:
-                ids.add(r["session_id"])
-                later.append(r)
-        snapshot_ids = set(snapshot_orders["session_id"].to_list())
-        rows = requests + [r for r in later if r["session_id"] not in snapshot_ids]
-        orders = columns_of(snapshot_orders, rows, ORDER_COLUMNS)
-        seen = columns_of(snapshot_seen, recent_seen, SEEN_COLUMNS)
+        snapshot_orders = self.snapshot.arrays("orders", order_keys)
+        snapshot_seen = self.snapshot.arrays("seen", seen_keys)
+        recent_orders, recent_seen = self.recent.arrays(order_keys, seen_keys)
+        # Each order once (it is found under each of its keys), the first of: the request itself (so
+        # that a replayed order's own earlier copy is dropped), the snapshot's copy, the one kept since.
+        orders = _concat([row_columns(requests, ORDER_COLUMNS), snapshot_orders, recent_orders], ORDER_COLUMNS)
+        first = np.sort(np.unique(orders["session_id"], return_index=True)[1])
+        orders = {name: column[first] for name, column in orders.items()}
+        seen = _concat([snapshot_seen, recent_seen], SEEN_COLUMNS)
         return online_matrix(requests, orders, seen)
 
     def feature_rows(self, requested: pl.DataFrame) -> pl.DataFrame:
@@ -453,9 +467,10 @@ class OrderScorer:
             pl.Series(name, matrix[:, j], dtype=pl.Float64) for j, name in enumerate(DENSE)
         )
 
-    def score_requests(self, requests: list[list[Order]]) -> list[list[dict]]:
+    def score_requests(self, requests: list[list[Order]], remember: bool = True) -> list[list[dict]]:
         """The orders of a batch of requests: features in one step, one model call; per request,
-        each order's id, score, band and reasons. Orders scored from their keys are remembered."""
+        each order's id, score, band and reasons. Orders scored from their keys are remembered
+        (``remember``; False: the caller calls ``remember`` with the answers, before the next batch)."""
         flat = [o for orders in requests for o in orders]
         rows = order_rows(flat)
         keyed = [i for i, o in enumerate(flat) if o.features is None]
@@ -467,7 +482,7 @@ class OrderScorer:
                 matrix[i] = [o.features[f] for f in DENSE]
         scores, reasons = self.pyfunc.score_matrix(matrix)
         bands = self.pyfunc.bands.decide(scores)
-        if keyed:
+        if keyed and remember:
             self.recent.add([rows[i] for i in keyed])
         answers = [
             {"order_id": r["session_id"], "score": float(s), "band": str(b), "reasons": why}
@@ -478,3 +493,13 @@ class OrderScorer:
             out.append(answers[start : start + len(orders)])
             start += len(orders)
         return out
+
+    def remember(self, requests: list[list[Order]], answers: Sequence[list[dict]]) -> None:
+        """Keep the orders of answered requests that were scored from their keys, under the ids
+        they were answered with: the next requests' velocities count them."""
+        flat = [o for orders in requests for o in orders]
+        ids = [a["order_id"] for answered in answers for a in answered]
+        rows = order_rows(flat, ids)
+        keyed = [row for o, row in zip(flat, rows, strict=True) if o.features is None]
+        if keyed:
+            self.recent.add(keyed)
