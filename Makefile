@@ -62,7 +62,7 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	echo "champion's Bento: $$tag"; \
 	echo "serve it:     make serve    (= $(PY) -m pipeline serve --model next_item --bento-tag $$tag --port 3000)"; \
 	user=$$($(PY) -c 'import glob,sys,polars as pl; print(pl.read_parquet(sorted(glob.glob(sys.argv[1] + "/events/*/part-0.parquet"))[-1])["user_id"][0])' $(SHOPML_HOME)/dataset/canonical); \
-	echo "then:         curl -s -X POST localhost:3000/recommend -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"; \
+	echo "then:         curl -s -X POST localhost:3000/recommend -H \"authorization: Bearer \$$KEY\" -H 'content-type: application/json' -d '{\"user_id\": \"$$user\", \"k\": 5}'"; \
 	echo "== the price champion, served, asked for prices (shopml serve --model price serves it for good) =="; \
 	$(PY) -m pipeline.families.price.ask 3 2> $(SHOPML_HOME)/demo-price.log || { tail -30 $(SHOPML_HOME)/demo-price.log; exit 1; }
 	@echo "== the fraud champion, served, scoring orders at checkout (shopml serve --model fraud serves it for good) =="

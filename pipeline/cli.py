@@ -258,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         "canary: it answers --canary-share of the users (sticky by user)",
     )
     sv.add_argument("--canary-share", type=_share, default=0.1, help="the users a canary answers (default: 0.1)")
+    ky = subcommand("keys", _keys, "the served models' API keys: add (shown once), list, revoke")
+    ky.add_argument(
+        "action", choices=("add", "list", "revoke"), help="add: a new key, printed once; list: names and roles; revoke"
+    )
+    ky.add_argument("--name", help="the key's name (add, revoke): who or what uses it")
+    ky.add_argument(
+        "--role",
+        choices=("client", "admin"),
+        default="client",
+        help="client: the model endpoints; admin: also /metadata, /metrics and x-shopml-event-time",
+    )
+    ky.add_argument("--file", type=Path, help="the keys file (default: $SHOPML_API_KEYS, else under $SHOPML_HOME)")
     ln = subcommand("lineage", _lineage, "a version's run, dataset version, commit, metrics and gate decision (JSON)")
     _model(ln, models)
     which = ln.add_mutually_exclusive_group()
@@ -569,16 +581,46 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from pipeline.serving.auth import KeyStore, keys_path
+
+    path = args.file or keys_path(_paths().home)
+    store = KeyStore.load(path)
+    if args.action == "list":
+        for stored in store.keys:
+            print(f"{stored.name:<24} {stored.role:<7} {stored.created}  sha256 {stored.sha256[:12]}...")
+        print(f"{len(store.keys)} keys in {path}")
+        return 0
+    if not args.name:
+        raise BadInput(f"keys {args.action}: --name is required")
+    if args.action == "revoke":
+        store.revoke(args.name)
+        print(f"revoked {args.name!r} in {path}; running servers stop accepting it within a second")
+        return 0
+    key = store.add(args.name, args.role)
+    print(f"{args.role} key {args.name!r} (shown once; only its hash is kept, in {path}):")
+    print(key)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import os
 
     from pipeline.core.tracking import CHALLENGER
+    from pipeline.serving.auth import KeyStore, auth_off, keys_path
     from pipeline.serving.package import resolve_bento, serve_command, use_bento_home
 
     paths = _paths()
     tag = resolve_bento(paths, args.model, args.version, args.bento_tag)
     use_bento_home(paths)
     command = serve_command(tag, args.port, args.host)
+    keys = keys_path(paths.home)
+    os.environ["SHOPML_API_KEYS"] = str(keys)
+    if not auth_off() and not KeyStore.load(keys).keys:
+        # Nobody gets in without a key: the first serve makes one, shown once.
+        key = KeyStore.load(keys).add("local-admin", "admin")
+        print(f"no API keys yet: made admin key 'local-admin' (shown once; its hash is in {keys}):\n{key}")
+        print("send it as: -H 'authorization: Bearer <key>'; more with: shopml keys add --name NAME", flush=True)
     if args.challenger_mode or args.challenger_version:
         other = resolve_bento(paths, args.model, args.challenger_version, alias=CHALLENGER)
         os.environ.update(

@@ -183,3 +183,20 @@ def test_make_help_lists_every_target_with_one_line():
     assert set(phony) - described == set()
     shown = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert {line.split()[0] for line in shown.splitlines()} == set(phony)
+
+
+def test_keys_are_made_shown_once_listed_by_name_and_revoked(tmp_path, capsys):
+    from pipeline.serving.auth import KeyStore
+
+    keys = tmp_path / "keys.json"
+    assert main(["keys", "add", "--name", "checkout", "--file", str(keys)]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert key.startswith("shopml_") and KeyStore.load(keys).role_of(key) == "client"
+    assert main(["keys", "add", "--name", "ops", "--role", "admin", "--file", str(keys)]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", "--file", str(keys)]) == 0
+    listed = capsys.readouterr().out
+    assert "checkout" in listed and "ops" in listed and key not in listed
+    assert main(["keys", "add", "--name", "checkout", "--file", str(keys)]) != 0  # a name once
+    assert main(["keys", "revoke", "--name", "checkout", "--file", str(keys)]) == 0
+    assert KeyStore.load(keys).role_of(key) is None

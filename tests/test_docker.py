@@ -145,7 +145,8 @@ def test_no_secret_is_committed_and_env_example_lists_every_required_one():
         env = service.get("environment", {})
         for key, value in env.items():
             if secret.search(key):
-                assert str(value).startswith("${"), f"{name}.{key} is a literal, not a ${{VARIABLE}}"
+                # A variable, or the path of a Compose secret (a file mounted under /run/secrets).
+                assert str(value).startswith(("${", "/run/secrets/")), f"{name}.{key} is a literal, not a ${{VARIABLE}}"
     required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
     example = dict(
         line.split("=", 1)

@@ -408,7 +408,7 @@ def fraud_family(tmp_path_factory):
         yield paths, params, promoted
 
 
-def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family):
+def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family, tmp_path):
     import httpx
 
     from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
@@ -429,11 +429,24 @@ def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family):
     for key in ("eval_recall_at_budget", "eval_review_at", "eval_block_at", "eval_cost_per_1000"):
         assert key in champion.tags, key
     assert champion.tags["smoke_test"] == "passed"
+    from pipeline.serving.auth import KeyStore
+
+    keys = KeyStore.load(tmp_path / "api-keys.json")
+    admin, client = keys.add("ops", "admin"), keys.add("checkout", "client")
     with (
-        served(paths, champion.tags["bento_tag"], env={"SHOPML_PREDICTION_LOG": "off"}) as url,
-        httpx.Client(timeout=30) as http,
+        served(paths, champion.tags["bento_tag"], env={"SHOPML_PREDICTION_LOG": "off"}, api_keys=keys.path) as url,
+        httpx.Client(timeout=30, headers={"authorization": f"Bearer {client}"}) as http,
     ):
-        meta = http.post(f"{url}/metadata", json={}).json()
+        # Nobody in without a key; /metadata needs the admin key.
+        anonymous = httpx.post(f"{url}/score", json={"orders": []}, timeout=30)
+        assert anonymous.status_code == 401 and anonymous.json() == {"error": "unauthorized"}
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        assert http.post(f"{url}/metadata", json={}).status_code == 403
+        assert http.get(f"{url}/metrics").status_code == 403
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+        metrics = httpx.get(f"{url}/metrics", headers={"x-api-key": admin}, timeout=30)
+        assert metrics.status_code == 200 and "shopml" in metrics.text
+        meta = http.post(f"{url}/metadata", json={}, headers={"authorization": f"Bearer {admin}"}).json()
         assert meta["model"] == "fraud" and meta["currency"] == "EUR"
         assert meta["bands"]["review_at"] <= meta["bands"]["block_at"] or meta["bands"]["block_at"] is None
         assert 0 <= meta["validation"]["recall_at_budget"] <= 1

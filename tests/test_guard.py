@@ -39,7 +39,7 @@ def client():
             Route("/docs.json", docs),
         ]
     )
-    return TestClient(RequestGuard(app))
+    return TestClient(RequestGuard(app, auth=False))
 
 
 def _detail(response):
@@ -116,8 +116,82 @@ def test_a_keep_alive_connection_is_closed_after_its_quota_of_requests():
     """So that the connections of a pool opened together, all accepted by one worker, spread over
     the workers: every ``keepalive_requests``-th answer on a connection says ``connection: close``."""
     app = Starlette(routes=[Route("/recommend", echo, methods=["POST"])])
-    client = TestClient(RequestGuard(app, keepalive_requests=3))
+    client = TestClient(RequestGuard(app, keepalive_requests=3, auth=False))
     closes = [client.post("/recommend", json={}).headers.get("connection") for _ in range(7)]
     assert closes == [None, None, "close", None, None, "close", None]
-    never = TestClient(RequestGuard(app, keepalive_requests=0))
+    never = TestClient(RequestGuard(app, keepalive_requests=0, auth=False))
     assert all(never.post("/recommend", json={}).headers.get("connection") is None for _ in range(5))
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    """A guarded app with a keys file holding an admin key and a client key."""
+    from pipeline.serving.auth import KeyStore
+
+    async def headers(request: Request):
+        return JSONResponse({"event_time": request.headers.get("x-shopml-event-time")})
+
+    store = KeyStore.load(tmp_path / "keys.json")
+    admin, client = store.add("ops", "admin"), store.add("checkout")
+    app = Starlette(
+        routes=[
+            Route("/recommend", headers, methods=["POST"]),
+            Route("/metadata", echo, methods=["POST"]),
+            Route("/metrics", echo, methods=["GET"]),
+            Route("/readyz", echo, methods=["GET"]),
+        ]
+    )
+    return TestClient(RequestGuard(app, auth=True, keys=store.path)), admin, client, store
+
+
+def test_nobody_gets_in_without_a_key(keyed):
+    http, _, client, _ = keyed
+    for headers in ({}, {"authorization": "Bearer shopml_wrong"}, {"authorization": f"Basic {client}"}):
+        r = http.post("/recommend", json={}, headers=headers)
+        # A 401 with no detail: nothing about which keys exist or why this one did not match.
+        assert r.status_code == 401 and r.json() == {"error": "unauthorized"}, headers
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert http.get("/metrics").status_code == 401
+    assert http.post("/recommend", json={}, headers={"authorization": f"Bearer {client}"}).status_code == 200
+    assert http.post("/recommend", json={}, headers={"x-api-key": client}).status_code == 200
+    assert http.get("/readyz").status_code == 200  # probes need no key
+
+
+def test_metadata_metrics_and_the_event_time_header_need_the_admin_key(keyed):
+    http, admin, client, _ = keyed
+    as_client, as_admin = {"authorization": f"Bearer {client}"}, {"authorization": f"Bearer {admin}"}
+    assert http.post("/metadata", json={}, headers=as_client).status_code == 403
+    assert http.get("/metrics", headers=as_client).status_code == 403
+    assert http.post("/metadata", json={}, headers=as_admin).status_code == 200
+    assert http.get("/metrics", headers=as_admin).status_code == 200
+    past = {"x-shopml-event-time": "2020-01-01T00:00:00+00:00"}
+    # A client cannot write its answers into a past hour: the header does not reach the service.
+    assert http.post("/recommend", json={}, headers={**as_client, **past}).json() == {"event_time": None}
+    assert http.post("/recommend", json={}, headers={**as_admin, **past}).json() == {
+        "event_time": past["x-shopml-event-time"]
+    }
+
+
+def test_keys_are_kept_hashed_and_a_revoked_key_stops_working(keyed, tmp_path):
+    import stat
+    import time as clock
+
+    http, admin, client, store = keyed
+    text = store.path.read_text()
+    assert client not in text and admin not in text and stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    store.revoke("checkout")
+    clock.sleep(1.1)  # the guard looks at the file at most once a second
+    assert http.post("/recommend", json={}, headers={"authorization": f"Bearer {client}"}).status_code == 401
+    assert http.post("/recommend", json={}, headers={"authorization": f"Bearer {admin}"}).status_code == 200
+
+
+def test_no_keys_file_lets_nobody_in_and_a_broken_one_stops_the_server(tmp_path):
+    from pipeline.serving.auth import KeyFileError
+
+    app = Starlette(routes=[Route("/recommend", echo, methods=["POST"])])
+    empty = TestClient(RequestGuard(app, auth=True, keys=tmp_path / "missing.json"))
+    assert empty.post("/recommend", json={}).status_code == 401
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"keys": [{"name": "x", "role": "root", "sha256": "00"}]}')
+    with pytest.raises(KeyFileError, match="role 'root'"):
+        RequestGuard(app, auth=True, keys=broken)

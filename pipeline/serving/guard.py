@@ -19,6 +19,10 @@ each with ``{"error": message, "detail": [{"loc": [...], "msg": ..., "type": ...
 of BentoML's validation errors, and rewrites ``/docs.json`` so that the document describes those
 errors and status codes.
 
+Before any of that it checks the request's API key (``pipeline.serving.auth``): 401 without a
+valid one, 403 for ``/metadata`` and ``/metrics`` without the admin key, and
+``x-shopml-event-time`` removed from a request without the admin key.
+
 It also ends a keep-alive connection after ``SHOPML_KEEPALIVE_REQUESTS`` requests (default 100;
 0: never), with ``connection: close`` on the last answer, as nginx's ``keepalive_requests`` does.
 BentoML's workers share one listening socket and the first awake accepts every connection
@@ -35,13 +39,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 propensity candidates with all features fit in a third
 NO_INPUT_ROUTES = ("/metadata",)
 # No request of any family nests deeper than 4 levels; parsers and validators further on recurse
 # per level (a body of 100,000 brackets was a RecursionError, a 500).
 MAX_DEPTH = 32
+EVENT_TIME = b"x-shopml-event-time"  # a replay's answer logged at a past hour: the admin key only
 
 
 def _depth_over(value, limit: int) -> bool:
@@ -85,12 +92,16 @@ def error_body(message: str, loc: list, kind: str) -> bytes:
     return json.dumps({"error": message, "detail": [{"loc": loc, "msg": message, "type": kind}]}).encode()
 
 
-async def _answer(send: Send, status: int, body: bytes) -> None:
+async def _answer(send: Send, status: int, body: bytes, extra: list | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(extra or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -129,8 +140,20 @@ def patch_openapi(doc: dict) -> dict:
 class RequestGuard:
     """ASGI middleware: see the module's docstring."""
 
-    def __init__(self, app, keepalive_requests: int | None = None) -> None:
+    def __init__(
+        self, app, keepalive_requests: int | None = None, keys: Path | None = None, auth: bool | None = None
+    ) -> None:
+        """``keys``: the keys file (default ``auth.keys_path()``); ``auth``: whether keys are checked
+        (default: unless ``SHOPML_AUTH=off``)."""
+        from pipeline.serving.auth import auth_off, keys_path
+
         self.app = app
+        self.auth = not auth_off() if auth is None else auth
+        self._keys_file = keys or keys_path()
+        self._keys_checked, self._keys_stamp = 0.0, None
+        self._keys = None
+        if self.auth:
+            self._keys = self._load_keys()  # a keys file that cannot be read stops the server here
         self.keepalive_requests = (
             int(os.environ.get("SHOPML_KEEPALIVE_REQUESTS", "100"))
             if keepalive_requests is None
@@ -158,9 +181,55 @@ class RequestGuard:
 
         return closing
 
+    def _load_keys(self):
+        """The keys file, read again when it changed (checked at most once a second), so a key
+        added or revoked takes effect without a restart."""
+        from pipeline.serving.auth import KeyStore
+
+        now = time.monotonic()
+        if self._keys is not None and now - self._keys_checked < 1.0:
+            return self._keys
+        self._keys_checked = now
+        try:
+            stat = self._keys_file.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._keys is None or stamp != self._keys_stamp:
+            self._keys, self._keys_stamp = KeyStore.load(self._keys_file), stamp
+        return self._keys
+
+    def _allowed(self, scope: Scope) -> tuple[int, Scope]:
+        """(0, the scope to pass on) for a request its key lets in; (401 or 403, scope) otherwise. A
+        request without the admin key has ``x-shopml-event-time`` removed."""
+        from pipeline.serving.auth import ADMIN_PATHS, PROBES, presented_key
+
+        path = scope.get("path", "")
+        if not self.auth or path in PROBES:
+            return 0, scope
+        headers = scope.get("headers", [])
+        role = self._load_keys().role_of(presented_key(headers))
+        if role is None:
+            return 401, scope
+        if role != "admin":
+            if path in ADMIN_PATHS:
+                return 403, scope
+            if any(name == EVENT_TIME for name, _ in headers):
+                scope = {**scope, "headers": [(n, v) for n, v in headers if n != EVENT_TIME]}
+        return 0, scope
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        refused, scope = self._allowed(scope)
+        if refused:
+            # No detail: nothing about which keys exist, or why this one did not match.
+            return await _answer(
+                send,
+                refused,
+                b'{"error": "unauthorized"}' if refused == 401 else b'{"error": "forbidden"}',
+                [(b"www-authenticate", b"Bearer")] if refused == 401 else [],
+            )
         send = self._recycling(scope, send)
         if scope["method"] == "GET" and scope["path"] == "/docs.json":
             return await self._openapi(scope, receive, send)

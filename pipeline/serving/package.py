@@ -318,16 +318,21 @@ def served(
     startup_s: float = 240,
     log_path: Path | None = None,
     port: int | None = None,
+    api_keys: Path | None = None,
 ) -> Iterator[str]:
     """A real ``bentoml serve`` process of the Bento on a free loopback port; yields its base URL.
 
     Waits for ``/readyz``; the process (and its workers) is stopped on exit. A process that dies or
-    never gets ready raises ``ServingError`` with the end of its log.
+    never gets ready raises ``ServingError`` with the end of its log. It checks the API keys of
+    ``api_keys`` (a keys file, ``pipeline.serving.auth``); without one it checks none
+    (``SHOPML_AUTH=off``): it listens on loopback only, for this process's own calls (tests,
+    benchmarks, the packaging smoke test, a replay).
     """
 
     home = use_bento_home(paths)
     chosen = port
-    full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+    auth = {"SHOPML_API_KEYS": str(api_keys), "SHOPML_AUTH": "on"} if api_keys else {"SHOPML_AUTH": "off"}
+    full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **auth, **(env or {})}
     # A port found free can be taken before the server binds it (BentoML reserves ports of its own
     # for its workers the same way): on "Address already in use" at startup, another port, twice.
     for attempt in range(3):

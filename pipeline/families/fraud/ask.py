@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             "country": "DE",
         }
         body = json.dumps({"orders": [plain]})
-        print(f"curl -s -X POST localhost:3000/score -H 'content-type: application/json' -d '{body}'")
+        print(
+            'curl -s -X POST localhost:3000/score -H "authorization: Bearer $KEY" '
+            f"-H 'content-type: application/json' -d '{body}'"
+        )
         orders = [plain] + [
             {
                 "order_id": f"demo-burst-{k}",

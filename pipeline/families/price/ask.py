@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         ranked = sorted(first.json()["prices"], key=lambda p: p["price"] is None)
         body = {"item_ids": [p["item_id"] for p in ranked[:n]]}
         print(f"price champion v{meta['version']} ({tag}): {meta['items']} items, forecasts from {meta['origin']}")
-        print(f"curl -s -X POST localhost:3000/price -H 'content-type: application/json' -d '{json.dumps(body)}'")
+        print(
+            'curl -s -X POST localhost:3000/price -H "authorization: Bearer $KEY" '
+            f"-H 'content-type: application/json' -d '{json.dumps(body)}'"
+        )
         answer = client.post(f"{url}/price", json=body)
         answer.raise_for_status()
         for p in answer.json()["prices"]:
