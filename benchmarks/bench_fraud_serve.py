@@ -71,10 +71,11 @@ def raw_ceiling(paths, bento_tag: str, bodies: list[dict], n: int = 500) -> dict
     import bentoml
 
     from pipeline.families.fraud.serving import OrderScorer, ScoreRequest
+    from pipeline.serving.common import load_pyfunc
     from pipeline.serving.snapshot import FeatureSnapshot
 
     info = bentoml.get(bento_tag).info.args
-    pyfunc = bentoml.mlflow.load_model(info["model_tag"]).unwrap_python_model()
+    pyfunc = load_pyfunc(info["model_tag"]).unwrap_python_model()
     snapshot = FeatureSnapshot.load(bentoml.models.get(info["snapshot_tag"]).path)
     scorer = OrderScorer(pyfunc, snapshot, "memory")
     requests = [ScoreRequest(**b).orders for b in bodies[:n]]

@@ -588,3 +588,49 @@ def test_workers_share_the_orders_they_scored(tmp_path):
     b.add([later])
     orders, _ = a.arrays(lookup_keys(keys, ("device_id",)), [])
     assert orders["session_id"].tolist() == ["o2"]
+
+
+def test_a_model_changed_after_training_is_refused_before_it_is_loaded(fraud_family):
+    """Whoever can write the artifact store or the Bento store must not get their pickle loaded: the
+    digest the training run recorded (copied to the version beside the gate decision) is checked by
+    evaluation, packaging and the services before any file of the model is unpickled."""
+    from pathlib import Path
+
+    import bentoml
+    import mlflow
+
+    from pipeline.core.integrity import DIGEST_TAG, IntegrityError
+    from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
+    from pipeline.lifecycle.evaluate import evaluate_candidate
+    from pipeline.serving.common import load_pyfunc
+    from pipeline.serving.package import _import_model, use_bento_home
+
+    paths, _, _ = fraud_family
+    client = mlflow_client(paths)
+    mv = alias_version(client, "fraud", CHAMPION)
+    assert len(mv.tags[DIGEST_TAG]) == 64 and client.get_run(mv.run_id).data.tags[DIGEST_TAG] == mv.tags[DIGEST_TAG]
+    model_id = mv.source.removeprefix("models:/")
+    stored = Path(mlflow.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    target = stored / "MLmodel"
+    original = target.read_bytes()
+    try:
+        target.write_bytes(original + b"\n# tampered\n")
+        with pytest.raises(IntegrityError, match="changed after training"):
+            evaluate_candidate(paths, "fraud", mv.run_id)
+        use_bento_home(paths)
+        with pytest.raises(IntegrityError, match="changed after training"):
+            _import_model("fraud", mv, "fraud:tampered-check")
+        with pytest.raises(bentoml.exceptions.NotFound):
+            bentoml.models.get("fraud:tampered-check")  # nothing was imported
+    finally:
+        target.write_bytes(original)
+    bento_model = bentoml.models.get(bentoml.bentos.get(mv.tags["bento_tag"]).info.args["model_tag"])
+    served = Path(bento_model.path) / "mlflow_model" / "MLmodel"
+    original = served.read_bytes()
+    try:
+        served.write_bytes(original + b"\n# tampered\n")
+        with pytest.raises(IntegrityError, match="changed after training"):
+            load_pyfunc(str(bento_model.tag))
+    finally:
+        served.write_bytes(original)
+    assert load_pyfunc(str(bento_model.tag)).unwrap_python_model().kind in ("rules", "lightgbm", "network")

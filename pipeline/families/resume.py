@@ -153,6 +153,8 @@ def tracked_training(
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from pipeline.core.integrity import record_model_digest
+
     folder = checkpoint_folder(paths, model_name, key)
     lock = _lock(folder)
     try:
@@ -188,6 +190,8 @@ def tracked_training(
         with run:
             owner_file.write_text(json.dumps({"run_id": run.info.run_id, "model": model_name}))
             yield TrainingRun(run.info.run_id, folder / "checkpoints", resumed=resume_id is not None)
+            # What every later load checks its files against (pipeline.core.integrity).
+            record_model_digest(client, run.info.run_id)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         owner_file.unlink(missing_ok=True)
     finally:

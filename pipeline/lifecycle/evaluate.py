@@ -97,6 +97,8 @@ def evaluate_candidate(
     """
     import mlflow
 
+    from pipeline.core.integrity import DIGEST_TAG, download_checked
+
     spec = get_family(model_name)
     client = mlflow_client(paths)
     run = client.get_run(run_id)
@@ -104,7 +106,12 @@ def evaluate_candidate(
     champion_mv = alias_version(client, model_name, CHAMPION)
     score = spec.score
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(logged_model_uri(client, run_id), dst_path=str(Path(tmp) / "model"))
+        local = download_checked(
+            logged_model_uri(client, run_id),
+            run.data.tags.get(DIGEST_TAG),
+            Path(tmp) / "model",
+            f"{model_name} run {run_id}'s model",
+        )
         loaded = mlflow.pyfunc.load_model(local)
         candidate = score(loaded, test)
         session, figures = None, None
@@ -118,7 +125,13 @@ def evaluate_candidate(
         model_mb = _dir_mb(Path(local))
         champion, champion_end = None, ""
         if champion_mv is not None:
-            champion = score(mlflow.pyfunc.load_model(f"models:/{model_name}/{champion_mv.version}"), test)
+            champion_local = download_checked(
+                champion_mv.source,  # its logged model: a download by name gains a file of MLflow's own
+                champion_mv.tags.get(DIGEST_TAG),
+                Path(tmp) / "champion",
+                f"{model_name} version {champion_mv.version} (the champion)",
+            )
+            champion = score(mlflow.pyfunc.load_model(champion_local), test)
             champion_end = client.get_run(champion_mv.run_id).data.params.get("split.valid_end", "")
         baselines = spec.baselines(client, run_id, test, Path(tmp))
     evaluation = Evaluation(

@@ -18,13 +18,14 @@ import tempfile
 from pathlib import Path
 
 from pipeline import families
+from pipeline.core.integrity import record_model_digest
 from pipeline.core.settings import StatePaths
 
 FLOOR_TAG, FLOOR_OF_TAG = "shopml.floor", "shopml.floor_of_run"
 # The floor's run takes over the candidate's tags (its dataset, features and code) but those of MLflow
 # itself, of the candidate's own training, evaluation and gate, and of its DAG run (a rerun of the DAG
 # run's training task must find the candidate, not the floor).
-NOT_COPIED = ("mlflow.", "gate.", "eval.", "train.", "resume", "airflow.")
+NOT_COPIED = ("mlflow.", "gate.", "eval.", "train.", "resume", "airflow.", "model.sha256")
 
 
 def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: str, reasons: list[str]) -> str:
@@ -72,6 +73,7 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
                 mlflow.log_artifacts(baseline, "baseline")
             mlflow.pyfunc.log_model(name="model", **args)
             run_id = run.info.run_id
+    record_model_digest(client, run_id)
     evaluation = evaluate_candidate(paths, model_name, run_id)
     evidence = [
         f"PASS floor serves: {floor} is the strongest floor, and the learned candidate (run "

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pipeline import families
 from pipeline.core.faults import kill_point
 from pipeline.core.hints import command
+from pipeline.core.integrity import DIGEST_TAG
 from pipeline.core.locks import shared_lock
 from pipeline.core.settings import StatePaths
 from pipeline.core.tracking import (
@@ -106,6 +107,8 @@ def register_candidate(paths: StatePaths, model_name: str, run_id: str):
         "gate.decision": decision,
         "gate.reasons": run.data.tags.get("gate.reasons", ""),
         "gate.champion_version": run.data.tags.get("eval.champion_version", NO_CHAMPION),
+        # Beside the decision: the digest every later load checks the model's files against.
+        DIGEST_TAG: run.data.tags.get(DIGEST_TAG, ""),
     }
     if mv.tags.get("status") in (None, "", "challenger", "rejected"):  # never demote a champion or retiree
         tags["status"] = "challenger" if decision == "passed" else "rejected"

@@ -29,6 +29,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 from pipeline.core.errors import BadInput
@@ -142,6 +143,21 @@ def metadata(
         challenger=challenger,
         prediction_log=logged,
     )
+
+
+def load_pyfunc(model):
+    """A Bento model's MLflow pyfunc (a tag, or the model a service declares), loaded only after its
+    files are checked against the digest packaging recorded from the registry
+    (``pipeline.core.integrity``): a changed file stops the worker before any of it is unpickled."""
+    import bentoml
+
+    from pipeline.core.integrity import check_folder
+
+    stored = bentoml.models.get(model) if isinstance(model, str) else model
+    check_folder(
+        Path(stored.path) / "mlflow_model", stored.info.metadata.get("model_sha256"), f"Bento model {stored.tag}"
+    )
+    return bentoml.mlflow.load_model(stored)
 
 
 def torch_threads(default: int | None = None) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import Field
 
 from pipeline.serving.api import Metadata
-from pipeline.serving.common import PUBLIC_SERVICE_CONFIG, bento_args, metadata, torch_threads
+from pipeline.serving.common import PUBLIC_SERVICE_CONFIG, bento_args, load_pyfunc, metadata, torch_threads
 from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args(None)
@@ -31,7 +31,7 @@ class PyfuncService:
         from pipeline.serving.snapshot import FeatureSnapshot
 
         torch_threads()
-        self.pyfunc = bentoml.mlflow.load_model(self.bento_model)
+        self.pyfunc = load_pyfunc(self.bento_model)
         self.snapshot = FeatureSnapshot.load(self.snapshot_model.path)
 
     @bentoml.api

@@ -136,17 +136,31 @@ def _import_model(model_name: str, mv, tag: str) -> None:
     import bentoml
     from bentoml.exceptions import NotFound
 
+    from pipeline.core.integrity import DIGEST_TAG, check_folder, download_checked
+
+    what = f"{model_name} version {mv.version}"
     try:
-        bentoml.models.get(tag)
+        existing = bentoml.models.get(tag)
+        check_folder(Path(existing.path) / "mlflow_model", mv.tags.get(DIGEST_TAG), f"{what}, in the Bento store")
         return
     except NotFound:
         pass
-    bentoml.mlflow.import_model(
-        tag,
-        f"models:/{model_name}/{mv.version}",
-        labels={"registry_model": model_name, "registry_version": str(mv.version)},
-        metadata={"run_id": mv.run_id, "dataset_version": mv.tags.get("dataset_version", "")},
-    )
+    # The registry's files, checked against the digest its training run recorded, are what is imported.
+    with tempfile.TemporaryDirectory() as tmp:
+        # The version's source (its logged model), not models:/name/version: MLflow adds a file of
+        # its own (registered_model_meta) to a download by name, which training never wrote.
+        local = download_checked(mv.source, mv.tags.get(DIGEST_TAG), tmp, what)
+        bentoml.mlflow.import_model(
+            tag,
+            local,
+            labels={"registry_model": model_name, "registry_version": str(mv.version)},
+            metadata={
+                "run_id": mv.run_id,
+                "dataset_version": mv.tags.get("dataset_version", ""),
+                "model_sha256": mv.tags[DIGEST_TAG],
+            },
+        )
+    check_folder(Path(bentoml.models.get(tag).path) / "mlflow_model", mv.tags[DIGEST_TAG], f"{what}, imported")
 
 
 def _snapshot(paths: StatePaths, spec, dataset_version: str) -> tuple[str, str]:
@@ -188,7 +202,9 @@ def user_states(spec, model_tag: str, snapshot_tag: str) -> str | None:
         return tag
     except NotFound:
         pass
-    python_model = bentoml.mlflow.load_model(bentoml.models.get(model_tag)).unwrap_python_model()
+    from pipeline.serving.common import load_pyfunc
+
+    python_model = load_pyfunc(model_tag).unwrap_python_model()
     snapshot = FeatureSnapshot.load(bentoml.models.get(snapshot_tag).path)
     with bentoml.models.create(
         tag, labels={"model": model_tag.replace(":", "_"), "snapshot": snapshot_tag.replace(":", "_")}
@@ -552,8 +568,10 @@ def _python_model(bento_tag: str):
     """The Python model inside a built Bento (its MLflow pyfunc, unwrapped)."""
     import bentoml
 
+    from pipeline.serving.common import load_pyfunc
+
     model_tag = bentoml.bentos.get(bento_tag).info.args["model_tag"]
-    return bentoml.mlflow.load_model(bentoml.models.get(model_tag)).unwrap_python_model()
+    return load_pyfunc(model_tag).unwrap_python_model()
 
 
 def package(

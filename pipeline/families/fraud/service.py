@@ -19,6 +19,7 @@ from pipeline.serving.common import (
     PUBLIC_SERVICE_CONFIG,
     Traffic,
     bento_args,
+    load_pyfunc,
     overloaded_as_503,
     torch_threads,
 )
@@ -43,7 +44,7 @@ class _Engine:
         from pipeline.serving.batching import MicroBatcher
         from pipeline.serving.snapshot import FeatureSnapshot
 
-        self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
+        self.pyfunc = load_pyfunc(model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(snapshot.path)
         self.scorer = OrderScorer(self.pyfunc, self.snapshot)
         # Orders are remembered after their answers are sent, before the next batch is scored. A

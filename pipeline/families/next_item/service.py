@@ -24,6 +24,7 @@ from pipeline.serving.common import (
     PUBLIC_SERVICE_CONFIG,
     Traffic,
     bento_args,
+    load_pyfunc,
     overloaded_as_503,
     torch_threads,
 )
@@ -45,7 +46,7 @@ class _Engine:
 
         # The pyfunc's own methods, without MLflow's per-call input schema check: the rows are
         # built here, always valid (the parity check proves the answers are the evaluated ones).
-        self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
+        self.pyfunc = load_pyfunc(model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(snapshot.path)
         self.histories = self.snapshot.view(Histories)
         self.states = UserStateTable(states.path)

@@ -15,7 +15,7 @@ from bentoml.exceptions import InvalidArgument
 from pipeline.core.errors import BadInput
 from pipeline.families.price.serving import ForecastRequest, Forecasts, PriceRequest, Prices, forecasts_of
 from pipeline.serving.api import Metadata
-from pipeline.serving.common import BATCHING, PUBLIC_SERVICE_CONFIG, Traffic, bento_args, overloaded_as_503
+from pipeline.serving.common import BATCHING, PUBLIC_SERVICE_CONFIG, Traffic, bento_args, load_pyfunc, overloaded_as_503
 from pipeline.serving.guard import RequestGuard
 
 ARGS = bento_args("price")
@@ -40,7 +40,7 @@ class _Engine:
         from pipeline.families.price.serving import PriceEngine
         from pipeline.serving.batching import MicroBatcher
 
-        self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
+        self.pyfunc = load_pyfunc(model).unwrap_python_model()
         self.engine = PriceEngine(self.pyfunc, states.path)
         self.batcher = MicroBatcher(
             self.engine.forecast_requests, size=lambda rows: rows.height, **BATCHING.batcher_args(ROWS_PER_REQUEST)

@@ -18,6 +18,7 @@ from pipeline.serving.common import (
     PUBLIC_SERVICE_CONFIG,
     Traffic,
     bento_args,
+    load_pyfunc,
     overloaded_as_503,
     torch_threads,
 )
@@ -37,7 +38,7 @@ class _Engine:
         from pipeline.serving.snapshot import FeatureSnapshot
 
         # The pyfunc's own predict, without MLflow's per-call schema check: the rows are built here.
-        self.pyfunc = bentoml.mlflow.load_model(model).unwrap_python_model()
+        self.pyfunc = load_pyfunc(model).unwrap_python_model()
         self.snapshot = FeatureSnapshot.load(snapshot.path)
         self.scorer = PropensityScorer(self.pyfunc, self.snapshot)
         self.batcher = MicroBatcher(self.scorer.score_requests, size=len, **BATCHING.batcher_args(ROWS_PER_REQUEST))
