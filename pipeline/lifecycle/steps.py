@@ -145,10 +145,22 @@ def train(
         outcome = train_distributed(paths, model, nproc, Path(built["features"]), tags)
     else:
         outcome = spec.train(paths, spec.params(params), tags, features=Path(built["features"]))
+    _ensure_digest(paths, outcome.run_id)
     print(f"run {outcome.run_id} on dataset {outcome.dataset_version}: model {outcome.model_uri}")
     for name, value in sorted(outcome.metrics.items()):
         print(f"  {name} = {value:.4f}")
     return Trained(**{**built, "run_id": outcome.run_id, "dataset_version": outcome.dataset_version})
+
+
+def _ensure_digest(paths: StatePaths, run_id: str) -> None:
+    """The digest every later load checks (``pipeline.core.integrity``), for a family whose training
+    does not record it itself (the families here do, in ``tracked_training``)."""
+    from pipeline.core.integrity import DIGEST_TAG, record_model_digest
+    from pipeline.core.tracking import mlflow_client
+
+    client = mlflow_client(paths)
+    if not client.get_run(run_id).data.tags.get(DIGEST_TAG):
+        record_model_digest(client, run_id)
 
 
 def evaluate(paths: StatePaths, model: str, trained: Trained, dataset_version: str | None = None) -> Evaluated:
