@@ -158,6 +158,12 @@ def next_item_url(shop, next_item_bento):
             time.sleep(0.5)
         else:
             pytest.fail("the served champion never became ready")
+        # Nobody in without a key: the first `shopml serve` made an admin key and printed it once.
+        printed = [proc.stdout.readline().decode() for _ in range(3)]
+        key = next((line.strip() for line in printed if line.startswith("shopml_")), None)
+        assert key, printed
+        assert httpx.post(f"{url}/recommend", json={"user_id": "u1"}, timeout=30).status_code == 401
+        KEYS["authorization"] = f"Bearer {key}"
         yield url
     finally:
         os.killpg(proc.pid, 15)
@@ -174,8 +180,11 @@ def propensity_url(shop):
         yield url
 
 
+KEYS: dict[str, str] = {}  # the admin key `shopml serve` printed (next_item_url), sent by _post
+
+
 def _post(url: str, body) -> httpx.Response:
-    return httpx.post(url, json=body, timeout=30)
+    return httpx.post(url, json=body, timeout=30, headers=KEYS)
 
 
 def _snapshot_user(paths) -> tuple[str, list[str], list[str]]:
@@ -240,7 +249,10 @@ def test_metadata_health_and_bad_requests(shop, next_item_bento, next_item_url):
         assert r.status_code == 400, (body, r.status_code, r.text)
         assert field in {str(loc) for d in r.json()["detail"] for loc in d["loc"]}, (body, r.text)
     broken = httpx.post(
-        f"{next_item_url}/recommend", content=b"{not json", timeout=30, headers={"content-type": "application/json"}
+        f"{next_item_url}/recommend",
+        content=b"{not json",
+        timeout=30,
+        headers={"content-type": "application/json", **KEYS},
     )
     assert broken.status_code == 400 and "Invalid JSON" in broken.text
 
