@@ -453,6 +453,19 @@ def test_parity_check_fails_when_the_packaged_model_is_not_the_evaluated_one(sho
     trained = sorted(Path(bentoml.models.get(next_item_bento.model_tag).path).rglob("best.pt"))
     assert len(weights) == len(trained) == 1
     shutil.copyfile(trained[0], weights[0])
+    # The files no longer have the digest packaging recorded: the service does not load them.
+    with pytest.raises(Exception, match="changed after training"):
+        smoke_test(paths, "next_item", versions["random"], impostor.bento_tag, requests=50)
+    # Whoever can rewrite the store can rewrite the digest beside the files too; the parity check
+    # against the evaluated model still catches the swap.
+    import yaml
+
+    from pipeline.core.integrity import tree_digest
+
+    stored = Path(bentoml.models.get(impostor.model_tag).path)
+    info = yaml.safe_load((stored / "model.yaml").read_text())
+    info["metadata"]["model_sha256"] = tree_digest(stored / "mlflow_model")
+    (stored / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
     with pytest.raises(ParityError, match=r"of 50 served answers differ from next_item version"):
         smoke_test(paths, "next_item", versions["random"], impostor.bento_tag, requests=50)
 
