@@ -73,7 +73,7 @@ def file_events(path: Path, home: Path):
 
     from pipeline.core.settings import get_state_paths
     from pipeline.data.dataset import load_events
-    from pipeline.data.ingest import Interval, ingest_events
+    from pipeline.data.ingest import Interval, allow_source_folder, ingest_events
 
     head = pl.read_csv(path, n_rows=0).columns
     required = {"user_id", "signup_time", "purchase_time", "purchase_value", "device_id", "ip_address", "class"}
@@ -84,6 +84,7 @@ def file_events(path: Path, home: Path):
     first, last = datetime.fromisoformat(min(days)), datetime.fromisoformat(max(days))
     interval = Interval(first.replace(tzinfo=timezone.utc), last.replace(tzinfo=timezone.utc) + timedelta(days=1))
     paths = get_state_paths()
+    allow_source_folder(path)  # the file this command names
     result = ingest_events(interval, str(path), paths, adapter_name="fraud_orders")
     print(
         f"ingested {result.rows_accepted:,} of {result.rows_read:,} events of {path.name} "

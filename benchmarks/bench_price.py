@@ -126,7 +126,7 @@ def uci_events(path: Path, home: Path):
 
     from pipeline.core.settings import get_state_paths
     from pipeline.data.dataset import catalog_history, load_events
-    from pipeline.data.ingest import Interval, ingest_events
+    from pipeline.data.ingest import Interval, allow_source_folder, ingest_events
 
     paths = get_state_paths()
     head = pl.read_csv(path, n_rows=0)
@@ -140,6 +140,7 @@ def uci_events(path: Path, home: Path):
         datetime.fromisoformat(first).replace(tzinfo=timezone.utc),
         datetime.fromisoformat(last).replace(tzinfo=timezone.utc) + timedelta(days=2),
     )
+    allow_source_folder(path)  # the file this command names
     result = ingest_events(interval, str(path), paths, adapter_name="uci_online_retail")
     print(
         f"ingested {result.rows_accepted:,} of {result.rows_read:,} rows of {path.name} "

@@ -27,13 +27,14 @@ def main() -> int:
         from pipeline.core.params import TrainPropensityParams
         from pipeline.core.settings import get_state_paths
         from pipeline.data.dataset import catalog_history, load_events
-        from pipeline.data.ingest import Interval, ingest_events
+        from pipeline.data.ingest import Interval, allow_source_folder, ingest_events
         from pipeline.families.purchase_propensity.features import propensity_features
         from pipeline.families.purchase_propensity.train import fit_propensity
 
         paths = get_state_paths()
         start = time.perf_counter()
         interval = Interval(datetime(2010, 12, 1, tzinfo=timezone.utc), datetime(2011, 12, 10, tzinfo=timezone.utc))
+        allow_source_folder(UCI)  # the file this command names
         ingested = ingest_events(interval, str(UCI), paths, adapter_name="uci_online_retail")
         print(
             f"ingested {ingested.rows_accepted:,} purchases of {ingested.rows_read:,} rows in "

@@ -48,6 +48,9 @@ def state(tmp_path, monkeypatch) -> StatePaths:
     """A fresh SHOPML_HOME for one test."""
     monkeypatch.setenv("SHOPML_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("SHOPML_DVC_REMOTE", raising=False)
+    # Ingestion reads only allowed sources: here the test's own folder, the public samples and the
+    # in-memory filesystem (tests/test_ingest.py checks the default, the state folder's landing).
+    monkeypatch.setenv("SHOPML_INGEST_SOURCES", f"{tmp_path},{data_dir()},memory://")
     return get_state_paths()
 
 

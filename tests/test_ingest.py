@@ -209,3 +209,57 @@ def test_broken_csv_quoting_is_a_clear_error_naming_the_file(state):
     path = _landing(state, GOOD + '"\n2026-11-02T10:00:00Z,u1,s1,i1,view,1,1\n')
     with pytest.raises(IngestError, match=rf"{path}: cannot be read as CSV: .*not properly escaped"):
         _ingest(state)
+
+
+def test_only_allowed_sources_are_read(state, tmp_path, monkeypatch):
+    """A DAG trigger names its source: without an allow-list it could make a worker read any file
+    it reaches, or any URL, into the dataset. By default only the state folder's landing is read."""
+    monkeypatch.delenv("SHOPML_INGEST_SOURCES")
+    _landing(state, GOOD)
+    assert _ingest(state).rows_accepted == 4
+    outside = write_csv(tmp_path / "elsewhere" / f"events-{DAY}.csv", HEADER + GOOD.lstrip("\n"))
+    (state.landing / "events" / "link.csv").symlink_to(outside)
+    for source in (
+        str(outside),
+        "/etc/passwd",
+        "landing/../../elsewhere/events-{date}.csv",
+        "landing/events/link.csv",  # a link in the landing folder that leads out of it
+        "memory://shop-exports/events-{date}.csv",
+        "http://example.invalid/events.csv",
+    ):
+        with pytest.raises(IngestError, match="outside the allowed ingestion sources"):
+            ingest_events(Interval.for_day(DAY), source, state, catalog_source="landing/catalog/catalog-{date}.csv")
+    monkeypatch.setenv("SHOPML_INGEST_SOURCES", f"{state.landing},{tmp_path / 'elsewhere'}")
+    assert (
+        ingest_events(
+            Interval.for_day(DAY), str(outside), state, catalog_source="landing/catalog/catalog-{date}.csv"
+        ).rows_accepted
+        == 4
+    )
+    monkeypatch.setenv("SHOPML_INGEST_SOURCES", "memory://shop-exports/")
+    with pytest.raises(IngestError, match=r"'\.\.' in a URI"):
+        ingest_events(Interval.for_day(DAY), "memory://shop-exports/../secrets/x.csv", state)
+
+
+def test_a_file_over_the_size_limit_is_refused_stored_or_decompressed(state, monkeypatch):
+    """A compressed source streams through a spool file, never whole in memory, and a small archive
+    that inflates past the limit is stopped, not unpacked."""
+    import gzip
+
+    body = (HEADER + GOOD.lstrip("\n") * 200).encode()  # about 8 kB of CSV
+    packed = state.landing / "events" / f"events-{DAY}.csv.gz"
+    packed.parent.mkdir(parents=True, exist_ok=True)
+    packed.write_bytes(gzip.compress(body))
+    _landing(state, "")  # the catalog
+    (state.landing / "events" / f"events-{DAY}.csv").unlink()
+    source = "landing/events/events-{date}.csv.gz"
+    catalog = "landing/catalog/catalog-{date}.csv"
+    monkeypatch.setenv("SHOPML_INGEST_MAX_BYTES", str(len(body) + 1))
+    assert ingest_events(Interval.for_day(DAY), source, state, catalog_source=catalog).rows_read > 0
+    assert not list(state.staging.glob(".ingest-spool-*"))  # the spool is gone after the run
+    monkeypatch.setenv("SHOPML_INGEST_MAX_BYTES", str(packed.stat().st_size + 10))
+    with pytest.raises(IngestError, match="once decompressed"):
+        ingest_events(Interval.for_day(DAY), source, state, catalog_source=catalog)
+    monkeypatch.setenv("SHOPML_INGEST_MAX_BYTES", "100")
+    with pytest.raises(IngestError, match="over the 100-byte limit per file"):
+        ingest_events(Interval.for_day(DAY), source, state, catalog_source=catalog)

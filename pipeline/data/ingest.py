@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -126,31 +128,115 @@ def resolve_uri(pattern: str, home: Path, day: str) -> str:
     return str(home / uri)
 
 
-def _list_files(uri: str) -> list[str]:
+# Where ingestion may read (``SHOPML_INGEST_SOURCES``): a DAG trigger names its source, so without a
+# list any trigger could make a worker read any file it can reach, or any URL, into the dataset.
+SOURCES_ENV = "SHOPML_INGEST_SOURCES"
+MAX_BYTES_ENV = "SHOPML_INGEST_MAX_BYTES"
+DEFAULT_MAX_BYTES = 16 << 30  # per file, as read and after decompression
+_SPOOL: ContextVar[Path | None] = ContextVar("ingest_spool", default=None)
+
+
+def allowed_sources(home: Path) -> list[str]:
+    """The prefixes a source must start with: ``SHOPML_INGEST_SOURCES`` (comma-separated local
+    folders or URI prefixes such as ``s3://shop-exports/``), else the state folder's ``landing``."""
+    raw = os.environ.get(SOURCES_ENV)
+    entries = [e.strip() for e in raw.split(",") if e.strip()] if raw else [str(home / "landing")]
+    return [_normalized(e) for e in entries]
+
+
+def _normalized(uri: str) -> str:
+    """A local path made absolute with ``..`` and links resolved; a URI as written, with ``..``
+    refused (a remote store has no such folder: it would only be a way out of a prefix)."""
+    if "://" in uri and not uri.startswith("file://"):
+        protocol, _, rest = uri.partition("://")
+        if ".." in rest.split("/"):
+            raise IngestError(f"source {uri!r}: a '..' in a URI is not allowed")
+        return f"{protocol.lower()}://{rest}"
+    return os.path.realpath(uri.removeprefix("file://"))
+
+
+def check_source(uri: str, home: Path) -> None:
+    """Refuse a source (a pattern, or a file found by one) outside every allowed prefix."""
+    allowed = allowed_sources(home)
+    found = _normalized(uri)
+    for prefix in allowed:
+        local = "://" not in prefix
+        if found == prefix or found.startswith(prefix if prefix.endswith("/") or not local else prefix + os.sep):
+            return
+    raise IngestError(
+        f"source {uri!r} is outside the allowed ingestion sources {allowed}; "
+        f"an operator adds a folder or URI prefix to {SOURCES_ENV} (comma-separated)"
+    )
+
+
+def allow_source_folder(path: Path | str) -> None:
+    """Add a file's folder to this process's allowed sources: for a benchmark or script reading a
+    file its own command line names (an operator's choice, not a trigger's)."""
+    folder = os.path.realpath(Path(path).parent)
+    current = os.environ.get(SOURCES_ENV)
+    if not current:
+        from pipeline.core.settings import get_state_paths
+
+        current = str(get_state_paths().home / "landing")  # the default stays allowed
+    os.environ[SOURCES_ENV] = f"{current},{folder}"
+
+
+def _max_bytes() -> int:
+    return int(os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+
+
+def _list_files(uri: str, home: Path) -> list[str]:
+    check_source(uri, home)
     fs, _, found = fsspec.get_fs_token_paths(uri)
     files = sorted(p for p in found if fs.isfile(p))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return files if protocol in ("file", "local") else [f"{protocol}://{p}" for p in files]
+    listed = files if protocol in ("file", "local") else [f"{protocol}://{p}" for p in files]
+    limit = _max_bytes()
+    for path, name in zip(files, listed, strict=True):
+        check_source(name, home)  # a glob or a link can lead out of the prefix it was written in
+        size = fs.size(path)
+        if size is not None and size > limit:
+            raise IngestError(f"{name}: {size} bytes, over the {limit}-byte limit per file ({MAX_BYTES_ENV})")
+    return listed
+
+
+def _spooled(path: str) -> str:
+    """A remote or compressed source copied to a local file, decompressed as it streams, in 1 MiB
+    chunks: never held whole in memory, and stopped at ``SHOPML_INGEST_MAX_BYTES`` (a small archive
+    that inflates without end is refused, not unpacked)."""
+    import tempfile
+
+    spool = _SPOOL.get()
+    limit, written = _max_bytes(), 0
+    fd, local = tempfile.mkstemp(dir=spool, suffix=".parquet" if _is_parquet(path) else ".csv")
+    with os.fdopen(fd, "wb") as out, fsspec.open(path, "rb", compression="infer") as fh:
+        while chunk := fh.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                raise IngestError(f"{path}: over {limit} bytes once decompressed, the limit per file ({MAX_BYTES_ENV})")
+            out.write(chunk)
+    return local
+
+
+def _is_parquet(path: str) -> bool:
+    plain = path.removeprefix("file://")
+    for suffix in (".gz", ".bz2", ".zst", ".xz"):
+        plain = plain.removesuffix(suffix)
+    return plain.endswith((".parquet", ".pq"))
 
 
 def _scan(path: str, adapter: Adapter) -> pl.LazyFrame:
     """Read one source file with every column as text (or as stored, for Parquet)."""
     local = "://" not in path or path.startswith("file://")
     plain = path.removeprefix("file://")
-    is_parquet = plain.endswith((".parquet", ".pq"))
+    is_parquet = _is_parquet(path)
     try:
-        if local and is_parquet:
+        if not local or plain.endswith((".gz", ".bz2", ".zst", ".xz")):
+            plain = _spooled(path)
+        if is_parquet:
             frame = pl.scan_parquet(plain)
-        elif local and not plain.endswith((".gz", ".bz2", ".zst", ".xz")):
-            frame = pl.scan_csv(plain, separator=adapter.separator, infer_schema=False)
         else:
-            with fsspec.open(path, "rb", compression="infer") as fh:
-                data = fh.read()
-            frame = (
-                pl.read_parquet(data)
-                if is_parquet
-                else pl.read_csv(data, separator=adapter.separator, infer_schema=False)
-            ).lazy()
+            frame = pl.scan_csv(plain, separator=adapter.separator, infer_schema=False)
         columns = frame.collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise IngestError(f"{path}: cannot be read as {'Parquet' if is_parquet else 'CSV'}: {exc}") from exc
@@ -381,12 +467,35 @@ def ingest_events(
         Counts, staged days and quarantine files.
 
     Raises:
-        IngestError: no file matches, a file cannot be read, or it lacks a required column.
+        IngestError: no file matches, a file cannot be read, or it lacks a required column; a source
+            outside ``SHOPML_INGEST_SOURCES`` (default: the state folder's ``landing``), or a file
+            over ``SHOPML_INGEST_MAX_BYTES`` as stored or decompressed.
     """
+    import shutil
+    import tempfile
+
+    # Remote and compressed sources are spooled here, decompressed as they stream (``_spooled``).
+    paths.staging.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix=".ingest-spool-", dir=paths.staging))
+    token = _SPOOL.set(spool)
+    try:
+        return _ingest_events(interval, events_source, paths, adapter_name, catalog_source)
+    finally:
+        _SPOOL.reset(token)
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _ingest_events(
+    interval: Interval,
+    events_source: str,
+    paths: StatePaths,
+    adapter_name: str = "canonical",
+    catalog_source: str | None = None,
+) -> IngestResult:
     adapter = get_adapter(adapter_name)
     first_day = interval.days[0]
     uri = resolve_uri(events_source, paths.home, first_day)
-    files = _list_files(uri)
+    files = _list_files(uri, paths.home)
     if not files:
         raise IngestError(f"no event files match {uri!r} (events_source={events_source!r})")
     source = pl.concat([_scan(f, adapter) for f in files], how="diagonal_relaxed")
@@ -516,7 +625,7 @@ def _ingest_catalog(
         )
     elif catalog_source:
         uri = resolve_uri(catalog_source, paths.home, first_day)
-        files = _list_files(uri)
+        files = _list_files(uri, paths.home)
         if not files:
             raise IngestError(f"no catalog files match {uri!r} (catalog_source={catalog_source!r})")
         raw = _read_catalog(files, adapter)
