@@ -627,6 +627,15 @@ def test_a_model_changed_after_training_is_refused_before_it_is_loaded(fraud_fam
             bentoml.models.get("fraud:tampered-check")  # nothing was imported
     finally:
         target.write_bytes(original)
+    # The floors' files are models too (LightGBM's text, the rules): checked the same way.
+    floor_file = Path(client.get_run(mv.run_id).info.artifact_uri.removeprefix("file://")) / "baseline" / "rules.json"
+    original = floor_file.read_bytes()
+    try:
+        floor_file.write_bytes(original.replace(b"}", b', "tampered": 1}', 1))
+        with pytest.raises(IntegrityError, match="baseline/ files"):
+            evaluate_candidate(paths, "fraud", mv.run_id)
+    finally:
+        floor_file.write_bytes(original)
     bento_model = bentoml.models.get(bentoml.bentos.get(mv.tags["bento_tag"]).info.args["model_tag"])
     served = Path(bento_model.path) / "mlflow_model" / "MLmodel"
     original = served.read_bytes()

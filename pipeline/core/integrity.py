@@ -10,6 +10,9 @@ load and refuse them when it differs (``IntegrityError``, naming both digests). 
 the digest in its model's metadata, and each service checks the files before loading them
 (``pipeline.serving.common.load_pyfunc``).
 
+A run's ``baseline/`` files (the floors the gate compares with, one of them a joblib pickle) are
+recorded the same way (``baseline.sha256``) and read through ``baseline_file``.
+
 The digest is of the folder: each file's path and the SHA-256 of its bytes, sorted by path, hashed
 together, so a file changed, added, removed or renamed changes it. It does not protect against a
 writer of the registry itself, who could change the tag too; MLflow's own authentication is that
@@ -24,6 +27,8 @@ from pathlib import Path
 from pipeline.core.errors import Refused
 
 DIGEST_TAG = "model.sha256"
+BASELINE = "baseline"  # a run's floor files (artifacts), checked like its model
+BASELINE_TAG = "baseline.sha256"
 CHUNK = 1 << 20
 
 
@@ -61,7 +66,8 @@ def check_folder(folder: Path | str, expected: str | None, what: str) -> str:
 
 
 def record_model_digest(client, run_id: str) -> str:
-    """Tag the run with the digest of the model it logged (downloaded from the artifact store)."""
+    """Tag the run with the digest of the model it logged (downloaded from the artifact store), and
+    with that of its ``baseline/`` files when it has any (``BASELINE_TAG``)."""
     import tempfile
 
     import mlflow
@@ -69,10 +75,28 @@ def record_model_digest(client, run_id: str) -> str:
     from pipeline.core.tracking import logged_model_uri
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(logged_model_uri(client, run_id), dst_path=tmp)
+        local = mlflow.artifacts.download_artifacts(logged_model_uri(client, run_id), dst_path=str(Path(tmp) / "m"))
         digest = tree_digest(local)
+        if client.list_artifacts(run_id, BASELINE):
+            baseline = client.download_artifacts(run_id, BASELINE, str(Path(tmp) / "b"))
+            client.set_tag(run_id, BASELINE_TAG, tree_digest(baseline))
     client.set_tag(run_id, DIGEST_TAG, digest)
     return digest
+
+
+def baseline_file(client, run_id: str, name: str, dst: Path | str) -> str:
+    """The local path of the run's ``baseline/<name>``, after the run's whole ``baseline/`` folder
+    is downloaded and checked against the digest its training recorded. The floors' files are
+    models too (LightGBM text, rules, a joblib pickle) and load like them: checked first."""
+    return str(Path(baseline_folder(client, run_id, dst)) / name)
+
+
+def baseline_folder(client, run_id: str, dst: Path | str) -> str:
+    """The run's ``baseline/`` folder, downloaded into ``dst`` and checked (see ``baseline_file``)."""
+    expected = client.get_run(run_id).data.tags.get(BASELINE_TAG)
+    local = client.download_artifacts(run_id, BASELINE, str(dst))
+    check_folder(local, expected, f"run {run_id}'s {BASELINE}/ files")
+    return local
 
 
 def download_checked(uri: str, expected: str | None, dst: Path | str, what: str) -> str:

@@ -18,14 +18,14 @@ import tempfile
 from pathlib import Path
 
 from pipeline import families
-from pipeline.core.integrity import record_model_digest
+from pipeline.core.integrity import baseline_folder, record_model_digest
 from pipeline.core.settings import StatePaths
 
 FLOOR_TAG, FLOOR_OF_TAG = "shopml.floor", "shopml.floor_of_run"
 # The floor's run takes over the candidate's tags (its dataset, features and code) but those of MLflow
 # itself, of the candidate's own training, evaluation and gate, and of its DAG run (a rerun of the DAG
 # run's training task must find the candidate, not the floor).
-NOT_COPIED = ("mlflow.", "gate.", "eval.", "train.", "resume", "airflow.", "model.sha256")
+NOT_COPIED = ("mlflow.", "gate.", "eval.", "train.", "resume", "airflow.", "model.sha256", "baseline.sha256")
 
 
 def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: str, reasons: list[str]) -> str:
@@ -69,7 +69,7 @@ def floor_run(paths: StatePaths, model_name: str, candidate_run_id: str, floor: 
             mlflow.log_dict(split.to_dict(), "split.json")
             # The baselines the family's evaluation reads from a run (e.g. the propensity floors' files).
             if client.list_artifacts(candidate_run_id, "baseline"):  # none where baselines need no files
-                baseline = client.download_artifacts(candidate_run_id, "baseline", str(Path(tmp) / "copied"))
+                baseline = baseline_folder(client, candidate_run_id, Path(tmp) / "copied")
                 mlflow.log_artifacts(baseline, "baseline")
             mlflow.pyfunc.log_model(name="model", **args)
             run_id = run.info.run_id

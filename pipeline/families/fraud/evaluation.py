@@ -18,6 +18,7 @@ import pandas as pd
 import polars as pl
 
 from pipeline.core.errors import BadInput
+from pipeline.core.integrity import baseline_file
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import ModelScores, TestSet, compare_served, latency_p95, per_slice, predict_batches
 from pipeline.families.fraud import decisions
@@ -139,7 +140,7 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
 
     out = {}
     for name in FLOORS:
-        floor = FraudPyfunc.from_file(client.download_artifacts(run_id, f"baseline/{name}.json", str(tmp)))
+        floor = FraudPyfunc.from_file(baseline_file(client, run_id, f"{name}.json", tmp))
         out[name] = _scores(test, floor.scores(test.inputs), floor.bands)
     return out
 
@@ -173,7 +174,7 @@ def floor_model(
         raise ValueError(f"fraud has no floor model {name!r}; floors: {', '.join(FLOORS)}")
     return {
         "python_model": FraudPyfunc(),
-        "artifacts": {"scorer": client.download_artifacts(run_id, f"baseline/{name}.json", str(workdir))},
+        "artifacts": {"scorer": baseline_file(client, run_id, f"{name}.json", workdir)},
         "code_paths": [str(REPO_ROOT / "models"), str(REPO_ROOT / "pipeline")],
     }
 

@@ -18,6 +18,7 @@ import pandas as pd
 import polars as pl
 
 from pipeline.core.errors import BadInput
+from pipeline.core.integrity import baseline_file
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import (
     ModelScores,
@@ -265,7 +266,7 @@ def floor_model(
 
     if name not in FLOORS:
         raise ValueError(f"price has no floor model {name!r}; floors: {', '.join(FLOORS)}")
-    pricing = client.download_artifacts(run_id, "baseline/pricing.json", str(workdir))
+    pricing = baseline_file(client, run_id, "pricing.json", workdir)
     floor = Path(workdir) / "floor.json"
     floor.write_text(json.dumps({"floor": name}))
     return {

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import BadInput
+from pipeline.core.integrity import baseline_file
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import (
     ModelScores,
@@ -100,7 +101,7 @@ def logreg_probabilities(client, run_id: str, dense: np.ndarray, tmp) -> np.ndar
 
     from pipeline.families.purchase_propensity.pyfunc import logreg_predict
 
-    return logreg_predict(joblib.load(client.download_artifacts(run_id, "baseline/logreg.joblib", str(tmp))), dense)
+    return logreg_predict(joblib.load(baseline_file(client, run_id, "logreg.joblib", tmp)), dense)
 
 
 def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
@@ -114,7 +115,7 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
     dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
     out = {"logistic_regression": _scores(test, logreg_probabilities(client, run_id, dense, tmp))}
     try:
-        gbt = json.loads(Path(client.download_artifacts(run_id, "baseline/lightgbm.json", str(tmp))).read_text())
+        gbt = json.loads(Path(baseline_file(client, run_id, "lightgbm.json", tmp)).read_text())
     except MlflowException:  # a run trained before the LightGBM baseline existed
         return out
     booster = lgb.Booster(model_str=gbt["booster"])
@@ -218,7 +219,7 @@ def floor_model(
     if name not in FLOOR_FILES:
         raise ValueError(f"purchase_propensity has no floor model {name!r}; floors: {', '.join(FLOOR_FILES)}")
     key, artifact = FLOOR_FILES[name]
-    local = client.download_artifacts(run_id, artifact, str(workdir))
+    local = baseline_file(client, run_id, artifact.removeprefix("baseline/"), workdir)
     return {
         "python_model": FloorPyfunc(),
         "artifacts": {key: local},
