@@ -258,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
         "canary: it answers --canary-share of the users (sticky by user)",
     )
     sv.add_argument("--canary-share", type=_share, default=0.1, help="the users a canary answers (default: 0.1)")
+    gc = subcommand(
+        "gc",
+        _gc,
+        "remove the dataset versions, Bentos, models, prediction logs and reports nothing refers to",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, and why the rest stays")
+    gc.add_argument(
+        "--keep-days", type=_positive, default=30, help="keep whatever was made in the last N days (default: 30)"
+    )
     ky = subcommand("keys", _keys, "the served models' API keys: add (shown once), list, revoke")
     ky.add_argument(
         "action", choices=("add", "list", "revoke"), help="add: a new key, printed once; list: names and roles; revoke"
@@ -578,6 +587,22 @@ def _rollback(args: argparse.Namespace) -> int:
 
     mv = registry.rollback(_paths(), args.model, by=args.by, reason=args.reason)
     print(f"{args.model}: champion is back to version {mv.version}")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from pipeline.lifecycle import gc
+
+    todo = gc.plan(_paths(), keep_days=args.keep_days)
+    for line in todo.lines():
+        print(("would " if args.dry_run and line.startswith("remove") else "") + line)
+    if not args.dry_run:
+        gc.collect(_paths(), todo)
+        print(
+            f"removed {len(todo.remove_versions)} dataset versions, {len(todo.remove_bentos)} Bentos, "
+            f"{len(todo.remove_models)} models, {len(todo.remove_prediction_days)} prediction-log days, "
+            f"{len(todo.remove_reports)} reports"
+        )
     return 0
 
 

@@ -98,6 +98,7 @@ def test_dag_integrity(tmp_path):
         "promote_model",
         "rollback_model",
         "monitor_models",
+        "collect_garbage",
     }
     ingest = report["dags"]["ingest_events"]["tasks"]
     assert set(ingest) == {"ingest_events", "validate_batch", "version_dataset"}

@@ -187,3 +187,103 @@ def test_a_toy_family_goes_through_every_step_from_one_spec(toy_family, tmp_path
             answer = httpx.post(f"{url}/predict", json={"rows": [{"events": 4.0, "purchases": 1.0}]}).json()
         assert meta["model"] == NAME and meta["features_dataset_version"] == built["dataset_version"]
         assert answer == {"predictions": [{"score": pytest.approx(5 / 15)}]}
+
+
+def test_gc_removes_what_nothing_refers_to_and_what_it_keeps_still_restores_and_serves(toy_family, tmp_path, capsys):
+    """Three retrains on three dataset versions and a pinned run on an older one: gc's plan lists
+    the versions nothing refers to (the dry run removes nothing); after gc the champion's and the
+    challenger's versions restore from the DVC cache and their Bentos serve, the pinned run's
+    version restores, and the unreferenced versions, an unreferenced Bento and an old day of the
+    prediction log are gone."""
+    import shutil
+    from datetime import datetime, timedelta, timezone
+
+    import bentoml
+    import httpx
+
+    from pipeline.cli import main as cli
+    from pipeline.core.tracking import mlflow_client
+    from pipeline.data.generate import generate_shop_data
+    from pipeline.data.version import UnknownDatasetVersion, current_dataset_version, restore_dataset
+    from pipeline.lifecycle import gc, steps
+    from pipeline.lifecycle.gate import Policy
+    from pipeline.serving.package import build_bento, served
+
+    policy = Policy(metric="auc", floors=("constant",), bootstrap_samples=100, require_smoke_test=True)
+    shop = GenerateParams(seed=4, start_date="2026-11-01", days=8, events_per_day=1500, initial_users=300)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SHOPML_HOME", str(tmp_path / "home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        from pipeline.core.settings import get_state_paths
+
+        paths = get_state_paths()
+        generate_shop_data(shop, paths.landing)
+        assert cli(["run", "--start", "2026-11-01", "--days", "6"]) == 0
+        versions = [current_dataset_version(paths).version]
+        pinned_on = None
+        outcomes = []
+        for day in ("2026-11-07", "2026-11-08", None):
+            built = steps.features(paths, load_params(), NAME)
+            outcomes.append(steps.after_training(paths, NAME, steps.train(paths, load_params(), NAME, built), policy))
+            if day:
+                assert cli(["run", "--date", day]) == 0
+                versions.append(current_dataset_version(paths).version)
+        all_versions = sorted(p.stem for p in (paths.dataset_repo / "versions").glob("*.json") if p.stem != "current")
+        assert len(all_versions) == 8  # a version a published day
+        # A pinned run (an audit's) on a version no registered model uses.
+        published = {v: json.loads((paths.dataset_repo / "versions" / f"{v}.json").read_text()) for v in all_versions}
+        pinned_on = next(v for v, m in published.items() if m["published_days"] == ["2026-11-05"])  # days 1-5
+        pinned = steps.train(paths, load_params(), NAME, steps.features(paths, load_params(), NAME, pinned_on))
+        client = mlflow_client(paths)
+        client.set_tag(pinned["run_id"], gc.PIN_TAG, "true")
+        # A version deleted in MLflow (its Bento goes), a Bento model nothing packs, an old log day.
+        mv1 = client.get_model_version(NAME, "1")
+        extra = steps.after_training(
+            paths, NAME, steps.train(paths, load_params(), NAME, steps.features(paths, load_params(), NAME)), policy
+        )
+        packaged = build_bento(paths, NAME, extra["version"])  # packaged whatever its gate said
+        stray = packaged.bento_tag
+        client.delete_model_version(NAME, extra["version"])
+        with bentoml.models.create("shopml-stray:v1") as model:
+            (Path(model.path) / "x").write_text("x")
+        old_day = paths.home / "predictions" / NAME / "date=2026-01-01" / "hour=00"
+        old_day.mkdir(parents=True)
+        (old_day / "x.parquet").write_bytes(b"")
+
+        assert cli(["gc", "--dry-run"]) == 0
+        dry = capsys.readouterr().out
+        assert f"would remove prediction log {old_day.parent}" in dry and f"keep Bento {mv1.tags['bento_tag']}" in dry
+        assert old_day.exists()  # a dry run removes nothing
+
+        later = datetime.now(timezone.utc) + timedelta(days=90)  # every file made today is old by then
+        todo = gc.plan(paths, keep_days=30, now=later)
+        referenced = {client.get_model_version(NAME, str(v)).tags["dataset_version"] for v in (1, 2, 3)}
+        assert extra["version"] == "4"
+        assert set(todo.keep_versions) == referenced | {pinned_on, versions[-1]}
+        assert "pinned run" in todo.keep_versions[pinned_on]
+        assert sorted(todo.remove_versions) == sorted(set(all_versions) - set(todo.keep_versions))
+        registered = [client.get_model_version(NAME, str(v)) for v in (1, 2, 3)]
+        assert stray in todo.remove_bentos and "shopml-stray:v1" in todo.remove_models
+        assert all(mv.tags["bento_tag"] in todo.keep_bentos for mv in registered if mv.tags.get("bento_tag"))
+        unused, total = todo.cache_objects
+        assert 0 < unused < total
+        gc.collect(paths, todo)
+
+        assert not old_day.exists()
+        with pytest.raises(bentoml.exceptions.NotFound):
+            bentoml.bentos.get(stray)
+        gone = todo.remove_versions[0]
+        with pytest.raises(UnknownDatasetVersion):
+            restore_dataset(paths, gone)
+        for version in todo.keep_versions:
+            shutil.rmtree(paths.dataset_repo / "snapshots" / version, ignore_errors=True)  # from the cache again
+            assert (restore_dataset(paths, version) / "events").is_dir()
+        for mv in registered:
+            if not mv.tags.get("bento_tag"):
+                continue  # a version its gate rejected was never packaged
+            with served(paths, mv.tags["bento_tag"]) as url:
+                answer = httpx.post(f"{url}/predict", json={"rows": [{"events": 4.0, "purchases": 1.0}]}, timeout=30)
+            assert answer.status_code == 200, answer.text
+    finally:
+        mp.undo()

@@ -336,6 +336,15 @@ def restore_dataset(paths: StatePaths, version: str) -> Path:
     return folder / "canonical"
 
 
+def gc_unreferenced(paths: StatePaths) -> None:
+    """Remove from the DVC cache and the remote every object no ``.dvc`` file of the dataset
+    folder refers to (the current version's and each ``snapshots/<hash>/canonical.dvc``):
+    ``dvc gc --workspace --cloud``, DVC's own collector, so an object two versions share stays."""
+    repo = _repo(paths)
+    repo.gc(workspace=True, force=True)
+    repo.gc(workspace=True, cloud=True, force=True)
+
+
 def current_dataset_version(paths: StatePaths) -> DatasetVersion | None:
     """The newest dataset version, or None before the first publish."""
     current = paths.dataset_repo / "versions" / "current.json"
