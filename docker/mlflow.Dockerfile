@@ -11,7 +11,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir pip==26.3 \
-    && /opt/venv/bin/pip install --no-cache-dir mlflow==3.17.2 psycopg2-binary==2.9.13 boto3==1.43.117
+    && /opt/venv/bin/pip install --no-cache-dir mlflow==3.17.2 psycopg2-binary==2.9.13 boto3==1.43.117 Flask-WTF==1.3.0 WTForms==3.3.2
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="shopml-mlflow"

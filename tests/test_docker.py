@@ -134,7 +134,9 @@ def test_compose_stack_has_the_services_health_checks_and_named_volumes():
     assert mlflow[mlflow.index("--artifacts-destination") + 1].startswith("s3://")
     # Data lives in named volumes, declared at the top level.
     mounted = {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")}
-    assert mounted == set(stack["volumes"]) == {"postgres-data", "redis-data", "minio-data", "shopml-state"}
+    assert (
+        mounted == set(stack["volumes"]) == {"postgres-data", "redis-data", "minio-data", "shopml-state", "mlflow-auth"}
+    )
 
 
 def test_no_secret_is_committed_and_env_example_lists_every_required_one():
