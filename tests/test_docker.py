@@ -181,3 +181,27 @@ def test_images_with_the_locked_packages_carry_the_system_libraries_they_link():
             continue
         runtime = text[text.index("AS runtime") :]
         assert "libgomp1=" in runtime, f"{dockerfile.name}: the runtime stage does not install libgomp1"
+
+
+def test_a_placeholder_secret_stops_the_stack_before_anything_starts():
+    """airflow-init runs the check first; .env.example's values, copied as they are, fail it."""
+    import sys
+
+    from pipeline.core.secrets_check import placeholders
+
+    stack = yaml.safe_load(COMPOSE.read_text())
+    assert stack["services"]["airflow-init"]["command"][0].startswith("python -m pipeline.core.secrets_check && ")
+    example = dict(
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert "AIRFLOW_USERS" in placeholders(example) and "MLFLOW_ADMIN_PASSWORD" in placeholders(example)
+    assert placeholders({"REDIS_PASSWORD": "", "POSTGRES_USER": "shopml"}) == ["REDIS_PASSWORD"]
+    env = {"PATH": "/usr/bin", "AIRFLOW_JWT_SECRET": "CHANGE-ME"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.core.secrets_check"], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "AIRFLOW_JWT_SECRET" in run.stdout
+    env["AIRFLOW_JWT_SECRET"] = "a-real-secret"
+    assert subprocess.run([sys.executable, "-m", "pipeline.core.secrets_check"], env=env, cwd=REPO).returncode == 0

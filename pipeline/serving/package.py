@@ -68,7 +68,19 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per smoke-test request is noise
 
 # What the served process imports; their dependencies are pinned with them.
-SERVING_PACKAGES = ("bentoml", "mlflow", "torch", "polars", "pandas", "numpy", "pyarrow", "pydantic", "pyyaml")
+# s3fs: a served container logs its answers to S3 (SHOPML_PREDICTION_LOG=s3://...), where monitoring reads them.
+SERVING_PACKAGES = (
+    "bentoml",
+    "mlflow",
+    "torch",
+    "polars",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+    "s3fs",
+)
 STATES_MODEL = "shopml-user-states"  # what a family's service precomputes per known user (ModelSpec.serving_states)
 SCORE_TOLERANCE = 1e-4  # |served - evaluated| for scores and probabilities (float32 models)
 PARITY_REQUESTS = 300  # offline requests replayed (all of them when fewer)
