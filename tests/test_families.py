@@ -284,6 +284,10 @@ def test_gc_removes_what_nothing_refers_to_and_what_it_keeps_still_restores_and_
                 continue  # a version its gate rejected was never packaged
             with served(paths, mv.tags["bento_tag"]) as url:
                 answer = httpx.post(f"{url}/predict", json={"rows": [{"events": 4.0, "purchases": 1.0}]}, timeout=30)
+                meta = httpx.post(f"{url}/metadata", json={}, timeout=30).json()
             assert answer.status_code == 200, answer.text
+            # Each Bento serves its own version, though several were built in this process (a
+            # service module left from an earlier build declared that build's model).
+            assert (meta["version"], meta["run_id"]) == (str(mv.version), mv.run_id), meta
     finally:
         mp.undo()

@@ -221,8 +221,9 @@ def test_the_benchmark_reads_a_file_in_the_public_layout(tmp_path, monkeypatch):
 
     from benchmarks import bench_fraud
 
-    # The benchmark allows its file's folder as an ingestion source: undone after this test.
-    monkeypatch.delenv("SHOPML_INGEST_SOURCES", raising=False)
+    # The benchmark allows its file's folder as an ingestion source (os.environ): recorded here, so
+    # that monkeypatch undoes it after this test (delenv of an unset variable records nothing).
+    monkeypatch.setenv("SHOPML_INGEST_SOURCES", "")
 
     rng = np.random.default_rng(3)
     lines = ["user_id,signup_time,purchase_time,purchase_value,device_id,source,browser,sex,age,ip_address,class"]

@@ -287,6 +287,10 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
     import bentoml
 
     name, version = args["bento_tag"].split(":")
+    # BentoML imports the service to build it, and the service reads its build arguments (the model
+    # tags it declares) when its module is imported: a module left from an earlier build in this
+    # process would declare that build's models. Imported afresh, it declares these.
+    sys.modules.pop(service.split(":")[0], None)
     bento = bentoml.bentos.build(
         service,
         name=name,
