@@ -154,8 +154,9 @@ def load_pyfunc(model):
     from pipeline.core.integrity import check_folder
 
     stored = bentoml.models.get(model) if isinstance(model, str) else model
+    recorded = stored.info.metadata.get("model_sha256")
     check_folder(
-        Path(stored.path) / "mlflow_model", stored.info.metadata.get("model_sha256"), f"Bento model {stored.tag}"
+        Path(stored.path) / "mlflow_model", recorded if isinstance(recorded, str) else None, f"Bento model {stored.tag}"
     )
     return bentoml.mlflow.load_model(stored)
 

@@ -496,11 +496,21 @@ def smoke_test(
     Raises:
         ParityError: answers differ (top-k items, or scores beyond ``SCORE_TOLERANCE``).
         ServingError: the server does not start, a check fails, or bad input is not a 4xx.
+        IntegrityError: the Bento's model files are not the ones packaging recorded.
     """
+    import bentoml
     import httpx
 
+    from pipeline.core.integrity import check_folder
     from pipeline.data.version import open_dataset
 
+    # The files first (as each worker will): a changed model is refused at once, not after the
+    # server's workers have failed to start until the start-up deadline.
+    model = bentoml.models.get(bentoml.bentos.get(bento_tag).info.args["model_tag"])
+    recorded = model.info.metadata.get("model_sha256")
+    check_folder(
+        Path(model.path) / "mlflow_model", recorded if isinstance(recorded, str) else None, f"Bento model {model.tag}"
+    )
     spec = families.get(model_name)
     expected = _spread(offline_predictions(paths, model_name, version), requests * spec.parity_rows)
     checks = []
