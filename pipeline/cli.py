@@ -641,9 +641,10 @@ def _serve(args: argparse.Namespace) -> int:
     command = serve_command(tag, args.port, args.host)
     keys = keys_path(paths.home)
     os.environ["SHOPML_API_KEYS"] = str(keys)
-    if not auth_off() and not KeyStore.load(keys).keys:
+    store = KeyStore.load(keys)
+    if not auth_off() and not store.keys:
         # Nobody gets in without a key: the first serve makes one, shown once.
-        key = KeyStore.load(keys).add("local-admin", "admin")
+        key = store.add("local-admin", "admin")
         print(f"no API keys yet: made admin key 'local-admin' (shown once; its hash is in {keys}):\n{key}")
         print("send it as: -H 'authorization: Bearer <key>'; more with: shopml keys add --name NAME", flush=True)
     if args.challenger_mode or args.challenger_version:

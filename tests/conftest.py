@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,3 +83,21 @@ def write_csv(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.lstrip("\n"))
     return path
+
+
+def wait_http(url: str, proc, log: Callable[[], str], seconds: float = 180.0) -> None:
+    """Wait until ``url`` answers with a 2xx; fail with the end of ``log()`` when the server process
+    ``proc`` exits first, or when ``seconds`` pass."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:  # not listening yet, or not ready (an HTTP error status is an OSError too)
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log()[-3000:]}")

@@ -26,14 +26,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -82,17 +81,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=3):
-            return
-        time.sleep(1)
-    raise RuntimeError(f"{url} did not answer in {seconds:.0f}s:\n{log.read_text()[-3000:]}")
 
 
 class Stack:
@@ -258,8 +246,8 @@ def stack(tmp_path_factory):
             "--celery-hostname",
             f"{s.tag}@%h",
         )
-        _wait_http(f"http://127.0.0.1:{s.mlflow_port}/health", mlflow, mlflow.log)
-        _wait_http(f"http://127.0.0.1:{s.api_port}/api/v2/monitor/health", api, api.log)
+        wait_http(f"http://127.0.0.1:{s.mlflow_port}/health", mlflow, mlflow.log.read_text)
+        wait_http(f"http://127.0.0.1:{s.api_port}/api/v2/monitor/health", api, api.log.read_text)
         s.worker = worker
         yield s
     finally:

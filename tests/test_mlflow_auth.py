@@ -7,13 +7,11 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +60,7 @@ def auth_server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow server never became healthy:\n" + (tmp / "server.log").read_text()[-3000:])
+        wait_http(f"{url}/health", proc, (tmp / "server.log").read_text)
         passwords = {WRITER: secrets.token_urlsafe(16), READER: secrets.token_urlsafe(16)}
         provision(url, admin, passwords)
         provision(url, admin, passwords)  # a second run changes nothing

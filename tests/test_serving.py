@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import REPO, published_shop
+from conftest import REPO, published_shop, wait_http
 from pipeline.core.tracking import alias_version, mlflow_client
 from pipeline.data.predictions import read_predictions
 from pipeline.families.purchase_propensity.features import (
@@ -148,16 +148,8 @@ def next_item_url(shop, next_item_bento):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the served champion never became ready")
+        # Its output is read only once it exited: a pipe of a live process would block.
+        wait_http(f"{url}/readyz", proc, lambda: proc.stdout.read().decode() if proc.poll() is not None else "")
         # Nobody in without a key: the first `shopml serve` made an admin key and printed it once.
         printed = [proc.stdout.readline().decode() for _ in range(3)]
         key = next((line.strip() for line in printed if line.startswith("shopml_")), None)

@@ -479,19 +479,16 @@ def ingest_events(
     spool = Path(tempfile.mkdtemp(prefix=".ingest-spool-", dir=paths.staging))
     token = _SPOOL.set(spool)
     try:
-        return _ingest_events(interval, events_source, paths, adapter_name, catalog_source)
+        return _ingest_spooled(interval, events_source, paths, adapter_name, catalog_source)
     finally:
         _SPOOL.reset(token)
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def _ingest_events(
-    interval: Interval,
-    events_source: str,
-    paths: StatePaths,
-    adapter_name: str = "canonical",
-    catalog_source: str | None = None,
+def _ingest_spooled(
+    interval: Interval, events_source: str, paths: StatePaths, adapter_name: str, catalog_source: str | None
 ) -> IngestResult:
+    """``ingest_events``'s work, inside its spool folder."""
     adapter = get_adapter(adapter_name)
     first_day = interval.days[0]
     uri = resolve_uri(events_source, paths.home, first_day)

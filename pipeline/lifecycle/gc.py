@@ -69,11 +69,9 @@ def _referenced(paths: StatePaths) -> tuple[dict[str, str], dict[str, str]]:
     versions: dict[str, str] = {}
     bentos: dict[str, str] = {}
     for name in families.names():
-        try:
-            found = client.search_model_versions(f"name = '{name}'")
-        except Exception:
-            found = []
-        for mv in found:
+        # A model never registered has no versions; a registry that cannot answer stops gc (it
+        # must not read as "nothing refers to anything").
+        for mv in client.search_model_versions(f"name = '{name}'"):
             why = f"{name} version {mv.version} ({mv.tags.get('status') or 'registered'})"
             if mv.tags.get("dataset_version"):
                 versions.setdefault(mv.tags["dataset_version"], why)

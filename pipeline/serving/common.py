@@ -151,6 +151,14 @@ def load_pyfunc(model):
     (``pipeline.core.integrity``): a changed file stops the worker before any of it is unpickled."""
     import bentoml
 
+    return bentoml.mlflow.load_model(check_bento_model(model))
+
+
+def check_bento_model(model):
+    """The Bento model (a tag, or a model), once its files have the digest packaging recorded in
+    its metadata (``pipeline.core.integrity.check_folder``; ``IntegrityError`` otherwise)."""
+    import bentoml
+
     from pipeline.core.integrity import check_folder
 
     stored = bentoml.models.get(model) if isinstance(model, str) else model
@@ -158,7 +166,7 @@ def load_pyfunc(model):
     check_folder(
         Path(stored.path) / "mlflow_model", recorded if isinstance(recorded, str) else None, f"Bento model {stored.tag}"
     )
-    return bentoml.mlflow.load_model(stored)
+    return stored
 
 
 def torch_threads(default: int | None = None) -> None:

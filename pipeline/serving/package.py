@@ -501,16 +501,12 @@ def smoke_test(
     import bentoml
     import httpx
 
-    from pipeline.core.integrity import check_folder
     from pipeline.data.version import open_dataset
+    from pipeline.serving.common import check_bento_model
 
     # The files first (as each worker will): a changed model is refused at once, not after the
     # server's workers have failed to start until the start-up deadline.
-    model = bentoml.models.get(bentoml.bentos.get(bento_tag).info.args["model_tag"])
-    recorded = model.info.metadata.get("model_sha256")
-    check_folder(
-        Path(model.path) / "mlflow_model", recorded if isinstance(recorded, str) else None, f"Bento model {model.tag}"
-    )
+    check_bento_model(bentoml.bentos.get(bento_tag).info.args["model_tag"])
     spec = families.get(model_name)
     expected = _spread(offline_predictions(paths, model_name, version), requests * spec.parity_rows)
     checks = []

@@ -18,7 +18,7 @@ import pandas as pd
 import polars as pl
 
 from pipeline.core.errors import BadInput
-from pipeline.core.integrity import baseline_file
+from pipeline.core.integrity import baseline_file, baseline_folder
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import ModelScores, TestSet, compare_served, latency_p95, per_slice, predict_batches
 from pipeline.families.fraud import decisions
@@ -139,8 +139,9 @@ def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelS
     from pipeline.families.fraud.pyfunc import FraudPyfunc
 
     out = {}
+    folder = Path(baseline_folder(client, run_id, tmp))  # checked once, read per floor
     for name in FLOORS:
-        floor = FraudPyfunc.from_file(baseline_file(client, run_id, f"{name}.json", tmp))
+        floor = FraudPyfunc.from_file(folder / f"{name}.json")
         out[name] = _scores(test, floor.scores(test.inputs), floor.bands)
     return out
 

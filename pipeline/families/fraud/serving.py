@@ -258,7 +258,7 @@ class RecentOrders:
         with self.lock:
             orders = fetch("orders_v2", self.ORDER_FIELDS, order_keys)
             seen = fetch("seen_v2", self.SEEN_FIELDS, seen_keys)
-        return _columns(orders, ORDER_COLUMNS), _columns(seen, SEEN_COLUMNS)
+        return _columns(orders, ORDER_TYPES), _columns(seen, SEEN_TYPES)
 
     def close(self) -> None:
         with self.lock:
@@ -275,13 +275,13 @@ def _numpy_types(schema: dict) -> list[tuple[str, type]]:
     ]
 
 
-NUMPY_TYPES = {id(ORDER_COLUMNS): _numpy_types(ORDER_COLUMNS), id(SEEN_COLUMNS): _numpy_types(SEEN_COLUMNS)}
+# Each column's numpy type, worked out once rather than on every request's rows.
+ORDER_TYPES, SEEN_TYPES = _numpy_types(ORDER_COLUMNS), _numpy_types(SEEN_COLUMNS)
 
 
-def _columns(rows: list[tuple], schema: dict) -> dict[str, np.ndarray]:
-    """Rows (tuples in ``schema``'s order, times in microseconds) as numpy columns."""
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
-    types = NUMPY_TYPES.get(id(schema)) or _numpy_types(schema)
+def _columns(rows: list[tuple], types: list[tuple[str, type]]) -> dict[str, np.ndarray]:
+    """Rows (tuples in ``types``' order, times in microseconds) as numpy columns of those types."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in types]
     out = {}
     for (name, kind), values in zip(types, columns, strict=True):
         if kind is object:
@@ -423,9 +423,9 @@ def _us(moment: datetime) -> int:
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def row_columns(rows: list[dict], schema: dict) -> dict[str, np.ndarray]:
-    """Rows (dicts) as one numpy array per column of ``schema``, times in microseconds."""
-    return _columns([tuple(_us(r[n]) if n in TIME_FIELDS else r[n] for n in schema) for r in rows], schema)
+def order_columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Order rows (dicts) as one numpy array per column of ``ORDER_COLUMNS``, times in microseconds."""
+    return _columns([tuple(_us(r[n]) if n in TIME_FIELDS else r[n] for n in ORDER_COLUMNS) for r in rows], ORDER_TYPES)
 
 
 def _concat(parts: list[dict[str, np.ndarray]], schema: dict) -> dict[str, np.ndarray]:
@@ -454,7 +454,7 @@ class OrderScorer:
         recent_orders, recent_seen = self.recent.arrays(order_keys, seen_keys)
         # Each order once (it is found under each of its keys), the first of: the request itself (so
         # that a replayed order's own earlier copy is dropped), the snapshot's copy, the one kept since.
-        orders = _concat([row_columns(requests, ORDER_COLUMNS), snapshot_orders, recent_orders], ORDER_COLUMNS)
+        orders = _concat([order_columns(requests), snapshot_orders, recent_orders], ORDER_COLUMNS)
         first = np.sort(np.unique(orders["session_id"], return_index=True)[1])
         orders = {name: column[first] for name, column in orders.items()}
         seen = _concat([snapshot_seen, recent_seen], SEEN_COLUMNS)

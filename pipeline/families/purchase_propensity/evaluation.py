@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import BadInput
-from pipeline.core.integrity import baseline_file
+from pipeline.core.integrity import baseline_file, baseline_folder
 from pipeline.data.dataset import Dataset, TimeSplit
 from pipeline.families.base import (
     ModelScores,
@@ -95,29 +95,30 @@ def score(model, test: TestSet, batch: int = 8192) -> ModelScores:
     )
 
 
-def logreg_probabilities(client, run_id: str, dense: np.ndarray, tmp) -> np.ndarray:
-    """The run's logistic-regression floor (``baseline/logreg.joblib``) on rows of dense features."""
+def logreg_probabilities(client, run_id: str, dense: np.ndarray, tmp, folder: Path | None = None) -> np.ndarray:
+    """The run's logistic-regression floor (``baseline/logreg.joblib``) on rows of dense features;
+    ``folder``: the run's checked ``baseline/`` folder when the caller has it (else downloaded)."""
     import joblib
 
     from pipeline.families.purchase_propensity.pyfunc import logreg_predict
 
-    return logreg_predict(joblib.load(baseline_file(client, run_id, "logreg.joblib", tmp)), dense)
+    path = folder / "logreg.joblib" if folder is not None else baseline_file(client, run_id, "logreg.joblib", tmp)
+    return logreg_predict(joblib.load(path), dense)
 
 
 def baselines(client, run_id: str, test: TestSet, tmp: Path) -> dict[str, ModelScores]:
     """The logistic regression and the LightGBM model the run trained on the same rows
     (``baseline/logreg.joblib``, ``baseline/lightgbm.json``), on the same test rows."""
     import lightgbm as lgb
-    from mlflow.exceptions import MlflowException
 
     from pipeline.families.purchase_propensity.pyfunc import id_index, lightgbm_predict
 
+    folder = Path(baseline_folder(client, run_id, tmp))  # checked once, read per floor
     dense = test.inputs[list(PROPENSITY_DENSE)].to_numpy(dtype=np.float32)
-    out = {"logistic_regression": _scores(test, logreg_probabilities(client, run_id, dense, tmp))}
-    try:
-        gbt = json.loads(Path(baseline_file(client, run_id, "lightgbm.json", tmp)).read_text())
-    except MlflowException:  # a run trained before the LightGBM baseline existed
+    out = {"logistic_regression": _scores(test, logreg_probabilities(client, run_id, dense, tmp, folder))}
+    if not (folder / "lightgbm.json").exists():  # a run trained before the LightGBM baseline existed
         return out
+    gbt = json.loads((folder / "lightgbm.json").read_text())
     booster = lgb.Booster(model_str=gbt["booster"])
     out["lightgbm"] = _scores(test, lightgbm_predict(booster, id_index(gbt["vocabs"]), test.inputs, dense))
     return out
