@@ -13,16 +13,22 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-fraud bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-fraud bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-torch-cpu.lock requirements-torch.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==$(PIP_VERSION)"
-	$(PY) -m pip install --quiet -r requirements.lock
+	@# Every file by its hash, nothing resolved here (tools/lock.py wrote the locks).
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	@# torch: the CPU build where pip finds one (its find-links, a mirror), else PyPI's with its CUDA runtime.
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-torch-cpu.lock 2>/dev/null \
+	  || { echo "no CPU build of torch found: PyPI's build and its runtime (requirements-torch.lock)"; \
+	       $(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-torch.lock; }
+	$(PY) -m pip check
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 	@echo "installed into $(VENV) (versions pinned by requirements.lock)"
@@ -185,11 +191,38 @@ data: install ## download the public data samples that are missing (to SHOPML_DA
 	$(PY) -m benchmarks.data
 
 # Re-resolve every dependency from pyproject.toml and pin the result.
-lock: ## re-resolve every dependency from pyproject.toml and pin the result
+lock: ## re-resolve every dependency from pyproject.toml and pin the result, every file hashed
 	rm -rf /tmp/shopml-lock && $(PYTHON) -m venv /tmp/shopml-lock
 	/tmp/shopml-lock/bin/pip install --quiet "pip==$(PIP_VERSION)" && /tmp/shopml-lock/bin/pip install --quiet -e '.[prod,docs,dev]'
-	{ sed -n '1,2p' requirements.lock; /tmp/shopml-lock/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > requirements.lock.new
-	mv requirements.lock.new requirements.lock
+	/tmp/shopml-lock/bin/pip freeze --all --exclude-editable > /tmp/shopml-lock/pins.txt
+	/tmp/shopml-lock/bin/python tools/lock.py /tmp/shopml-lock/pins.txt
+
+# The production profile's images. SHOPML_BASE=debian (the default where Docker Hub cannot be
+# reached) builds them on Debian bookworm from the Debian mirror (docker/debian/); SHOPML_BASE=official
+# uses python:3.11-slim and the compose file's official images.
+SHOPML_BASE ?= debian
+SHOPML_IMAGE_TAG ?= 0.1.0
+images: install ## build the compose stack's images, every Python file by its locked hash
+	$(PY) -m pip download --quiet --require-hashes --no-deps -r requirements.lock -d docker/wheels
+	$(PY) -m pip download --quiet --require-hashes --no-deps -r requirements-torch-cpu.lock -d docker/wheels \
+	  || $(PY) -m pip download --quiet --require-hashes --no-deps -r requirements-torch.lock -d docker/wheels
+	@if [ "$(SHOPML_BASE)" = debian ]; then \
+	  docker/debian/base.sh shopml-debian:bookworm \
+	  && for img in python postgres redis; do \
+	       DOCKER_BUILDKIT=0 docker build -q -f docker/debian/$$img.Dockerfile -t shopml-$$img:bookworm . || exit 1; done; \
+	fi
+	@py=$$([ "$(SHOPML_BASE)" = debian ] && echo shopml-python:bookworm || echo python:3.11.14-slim-bookworm); \
+	for img in airflow mlflow; do \
+	  DOCKER_BUILDKIT=0 docker build -q -f docker/$$img.Dockerfile --build-arg PYTHON_IMAGE=$$py --build-arg PIP_NO_INDEX=1 \
+	    --build-arg SHOPML_GIT_COMMIT=$$(git rev-parse --short HEAD) -t shopml-$$img:$(SHOPML_IMAGE_TAG) . || exit 1; done
+	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^shopml-'
+
+test-compose: images ## start the production stack, retrain through Celery, serve, call, monitor, tear down
+	SHOPML_BASE=$(SHOPML_BASE) $(PY) -m pytest -m compose tests/test_compose.py -p no:cacheprovider -x -s
+
+audit: install ## the locked packages against PyPI's advisories (allowlist: .ci/audit-allowlist)
+	$(BIN)/pip-audit --progress-spinner off --disable-pip --require-hashes \
+	  -r requirements.lock -r requirements-torch.lock $$(sed -n 's/^\([A-Za-z0-9-]*\) .*/--ignore-vuln \1/p' .ci/audit-allowlist)
 
 clean: ## remove the state folder (.state) and pytest's cache
 	rm -rf $(SHOPML_HOME) .pytest_cache

@@ -9,12 +9,16 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# psycopg2-binary, torch and the rest come as wheels: no compiler in either stage.
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir pip==26.3
-COPY requirements.lock /tmp/requirements.lock
-# The CPU build of the locked torch version, the rest from PyPI at the locked versions.
-RUN /opt/venv/bin/pip install --no-cache-dir \
-        --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.lock
+# Every file by the sha256 in the locks, one index (PyPI), nothing resolved here. docker/wheels holds
+# what `make images` downloaded by those hashes; with PIP_NO_INDEX=1 the build reads only that.
+ARG PIP_NO_INDEX=
+COPY requirements.lock requirements-torch-cpu.lock requirements-torch.lock /tmp/lock/
+COPY docker/wheels/ /tmp/wheels/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements.lock \
+    && { /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements-torch-cpu.lock \
+         || /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements-torch.lock; } \
+    && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG SHOPML_GIT_COMMIT=unknown

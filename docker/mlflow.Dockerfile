@@ -9,9 +9,16 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Every file by the sha256 in the locks, one index (PyPI), nothing resolved here. docker/wheels holds
+# what `make images` downloaded by those hashes; with PIP_NO_INDEX=1 the build reads only that.
+ARG PIP_NO_INDEX=
+COPY requirements.lock requirements-torch-cpu.lock requirements-torch.lock /tmp/lock/
+COPY docker/wheels/ /tmp/wheels/
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir pip==26.3 \
-    && /opt/venv/bin/pip install --no-cache-dir mlflow==3.17.2 psycopg2-binary==2.9.13 boto3==1.43.117 Flask-WTF==1.3.0 WTForms==3.3.2
+    && /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements.lock \
+    && { /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements-torch-cpu.lock \
+         || /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements-torch.lock; } \
+    && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="shopml-mlflow"

@@ -12,10 +12,16 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir pip==26.3
-COPY requirements.lock /tmp/requirements.lock
-# torch==2.13.0 from PyPI: the CUDA build (the lock pins the version, the index picks the build).
-RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.lock
+# Every file by the sha256 in the locks, one index (PyPI), nothing resolved here; torch is
+# PyPI's CUDA build and its runtime (requirements-torch.lock). docker/wheels holds
+# what `make images` downloaded by those hashes; with PIP_NO_INDEX=1 the build reads only that.
+ARG PIP_NO_INDEX=
+COPY requirements.lock requirements-torch-cpu.lock requirements-torch.lock /tmp/lock/
+COPY docker/wheels/ /tmp/wheels/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements.lock \
+    && /opt/venv/bin/pip install --find-links /tmp/wheels --require-hashes --no-deps -r /tmp/lock/requirements-torch.lock \
+    && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG SHOPML_GIT_COMMIT=unknown

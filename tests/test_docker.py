@@ -34,10 +34,11 @@ AIRFLOW_COMPONENTS = (
 
 def _lock() -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==", 1)
-            pins[name.lower().replace("_", "-")] = version
+    for lock in ("requirements.lock", "requirements-torch.lock"):
+        for line in (REPO / lock).read_text().splitlines():
+            match = re.match(r"([A-Za-z0-9._-]+)==([^ ;\\]+)", line)
+            if match:
+                pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
     return pins
 
 
@@ -205,3 +206,36 @@ def test_a_placeholder_secret_stops_the_stack_before_anything_starts():
     assert run.returncode == 1 and "AIRFLOW_JWT_SECRET" in run.stdout
     env["AIRFLOW_JWT_SECRET"] = "a-real-secret"
     assert subprocess.run([sys.executable, "-m", "pipeline.core.secrets_check"], env=env, cwd=REPO).returncode == 0
+
+
+LOCKS = ("requirements.lock", "requirements-torch-cpu.lock", "requirements-torch.lock")
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_every_locked_requirement_is_pinned_and_hashed(lock):
+    """pip's --require-hashes refuses a file a package index swapped: every entry names its files."""
+    entries = re.split(
+        r"\n(?=\S)", "\n".join(ln for ln in (REPO / lock).read_text().splitlines() if not ln.startswith("#"))
+    )
+    assert entries
+    for entry in entries:
+        assert re.match(r"[A-Za-z0-9._-]+==\S+", entry), entry
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"{lock}: {entry.split()[0]} has no hash"
+
+
+def test_every_install_checks_hashes_and_reads_one_index():
+    """make install and each image install the locks by hash, with no second index (dependency confusion)."""
+    installs = [(REPO / "Makefile").read_text()] + [p.read_text() for p in DOCKERFILES]
+    for text in installs:
+        for line in re.findall(r"pip install[^\n]*-r \S*requirements[^\n]*", text):
+            assert "--require-hashes" in line and "--no-deps" in line, line
+        assert "--extra-index-url" not in text and "--index-url" not in text
+
+
+def test_make_audit_fails_on_an_advisory_not_in_the_allowlist():
+    """The allowlist is the only way past an advisory, and each of its entries gives a reason."""
+    recipe = (REPO / "Makefile").read_text().split("\naudit:", 1)[1].split("\n\n", 1)[0]
+    assert "pip-audit" in recipe and "--require-hashes" in recipe and "|| true" not in recipe
+    for line in (REPO / ".ci/audit-allowlist").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert len(line.split(None, 1)) == 2, f"an allowlisted advisory without a reason: {line}"
