@@ -290,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = subcommand("replay", _replay, "replay a day of raw sessions as requests against a served model")
     _model(rp, models)
     rp.add_argument("--date", type=_day, required=True, help="the day whose sessions are replayed, YYYY-MM-DD")
-    rp.add_argument("--url", default="http://127.0.0.1:3000", help="the served model (default: http://127.0.0.1:3000)")
+    rp.add_argument(
+        "--url",
+        default="http://127.0.0.1:3000",
+        help="the served model (default: http://127.0.0.1:3000), called with the key in $SHOPML_API_KEY",
+    )
     rp.add_argument(
         "--events", type=Path, metavar="FILE", help="the raw events file (default: the landing file of that day)"
     )

@@ -12,12 +12,15 @@ can be joined with the events that followed them (``pipeline.lifecycle.monitor``
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from pipeline.core.errors import BadInput
+
+KEY_ENV = "SHOPML_API_KEY"  # the key a replay sends (the admin key, for its event times to count)
 
 
 @dataclass
@@ -65,6 +68,8 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
     requests = requests[:limit] if limit else requests
     endpoint = f"{url.rstrip('/')}/{spec.endpoint}"
     statuses: dict[int, int] = {}
+    # A served model lets nobody in without a key; the event time counts only with the admin key.
+    headers = {"authorization": f"Bearer {os.environ[KEY_ENV]}"} if os.environ.get(KEY_ENV) else {}
 
     async def run() -> None:
         queue: asyncio.Queue = asyncio.Queue()
@@ -76,7 +81,9 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
                 while not queue.empty():
                     at, body = queue.get_nowait()
                     try:
-                        response = await client.post(endpoint, json=body, headers={"x-shopml-event-time": at})
+                        response = await client.post(
+                            endpoint, json=body, headers={**headers, "x-shopml-event-time": at}
+                        )
                         code = response.status_code
                     except httpx.HTTPError:
                         code = 0
