@@ -211,9 +211,10 @@ images: install ## build the compose stack's images, every Python file by its lo
 	  && for img in python postgres redis; do \
 	       DOCKER_BUILDKIT=0 docker build -q -f docker/debian/$$img.Dockerfile -t shopml-$$img:bookworm . || exit 1; done; \
 	fi
-	@py=$$([ "$(SHOPML_BASE)" = debian ] && echo shopml-python:bookworm || echo python:3.11.14-slim-bookworm); \
+	@if [ "$(SHOPML_BASE)" = debian ]; then py=shopml-python:bookworm; old=1; else py=python:3.11.14-slim-bookworm; old=; fi; \
 	for img in airflow mlflow; do \
 	  DOCKER_BUILDKIT=0 docker build -q -f docker/$$img.Dockerfile --build-arg PYTHON_IMAGE=$$py --build-arg PIP_NO_INDEX=1 \
+	    --build-arg PIP_IGNORE_REQUIRES_PYTHON=$$old \
 	    --build-arg SHOPML_GIT_COMMIT=$$(git rev-parse --short HEAD) -t shopml-$$img:$(SHOPML_IMAGE_TAG) . || exit 1; done
 	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^shopml-'
 

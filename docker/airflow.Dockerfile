@@ -12,6 +12,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Every file by the sha256 in the locks, one index (PyPI), nothing resolved here. docker/wheels holds
 # what `make images` downloaded by those hashes; with PIP_NO_INDEX=1 the build reads only that.
 ARG PIP_NO_INDEX=
+# 1 on Debian's Python 3.11.2 (docker/debian): the docs' pymdown-extensions asks for 3.11.5, and no
+# image imports it.
+ARG PIP_IGNORE_REQUIRES_PYTHON=
 COPY requirements.lock requirements-torch-cpu.lock requirements-torch.lock /tmp/lock/
 COPY docker/wheels/ /tmp/wheels/
 RUN python -m venv /opt/venv \
