@@ -25,7 +25,9 @@ RUN python -m venv /opt/venv \
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="shopml-mlflow"
-RUN useradd --uid 50001 --create-home mlflow
+# The auth app's user database lives in a named volume, which takes this folder's owner.
+RUN useradd --uid 50001 --create-home mlflow \
+    && mkdir -p /var/lib/mlflow-auth && chown 50001 /var/lib/mlflow-auth
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER 50001

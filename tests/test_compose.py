@@ -40,7 +40,14 @@ def _compose_command() -> list[str]:
 
 class Stack:
     def __init__(self, env_file: Path):
-        files = ["-f", str(REPO / "docker/docker-compose.yaml")]
+        base_file = REPO / "docker/docker-compose.yaml"
+        if _compose_command() == ["docker-compose"]:
+            # Debian's docker-compose 1.29 reads a top-level `name:` as a version-1 service: the same
+            # file without it, beside the original (its relative paths), the project named by -p.
+            text = base_file.read_text()
+            base_file = REPO / "docker/.compose-v1.yaml"
+            base_file.write_text(text.replace("\nname: shopml\n", "\n", 1))
+        files = ["-f", str(base_file)]
         if os.environ.get("SHOPML_BASE", "debian") == "debian":
             files += ["-f", str(REPO / "docker/compose.debian.yaml")]
         self.base = [*_compose_command(), "-p", PROJECT, "--env-file", str(env_file), *files]
@@ -160,7 +167,10 @@ def test_the_production_stack_retrains_through_celery_serves_with_keys_and_monit
         "airflow-triggerer",
         "airflow-worker",
     }
-    stack.compose("up", "-d", timeout=900)
+    up = stack.compose("up", "-d", timeout=900, check=False)
+    if up.returncode != 0:
+        logs = stack.compose("logs", "--no-color", "--tail", "60", timeout=120, check=False).stdout
+        raise AssertionError(f"up -d: exit {up.returncode}\n{up.stderr[-2000:]}\n{logs[-8000:]}")
     health = stack.wait_healthy(core, deadline_s=900)
     assert health.get("airflow-init") == "exited:0" and health.get("mlflow-users") == "exited:0", health
     say("services healthy: " + ", ".join(sorted(f"{s}={h}" for s, h in health.items())))
