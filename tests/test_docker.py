@@ -199,6 +199,11 @@ def test_a_placeholder_secret_stops_the_stack_before_anything_starts():
     )
     assert "AIRFLOW_USERS" in placeholders(example) and "MLFLOW_ADMIN_PASSWORD" in placeholders(example)
     assert placeholders({"REDIS_PASSWORD": "", "POSTGRES_USER": "shopml"}) == ["REDIS_PASSWORD"]
+    # An empty AWS secret: a hole, unless the keys come from a credentials file that is there.
+    aws = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    assert placeholders(aws) == ["AWS_SECRET_ACCESS_KEY"]
+    assert placeholders({**aws, "AWS_SHARED_CREDENTIALS_FILE": str(REPO / "no-such-file")}) == ["AWS_SECRET_ACCESS_KEY"]
+    assert placeholders({**aws, "AWS_SHARED_CREDENTIALS_FILE": str(REPO / "pyproject.toml")}) == []
     env = {"PATH": "/usr/bin", "AIRFLOW_JWT_SECRET": "CHANGE-ME"}
     run = subprocess.run(
         [sys.executable, "-m", "pipeline.core.secrets_check"], env=env, cwd=REPO, capture_output=True, text=True
