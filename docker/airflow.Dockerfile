@@ -38,6 +38,8 @@ RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow \
     && chown -R 50000:0 /opt/airflow /var/lib/shopml
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=50000:0 pyproject.toml params.yaml policy.yaml dvc.yaml /opt/shopml/
+# The locks beside the code: a Bento packaged here pins its packages by these hashes.
+COPY --chown=50000:0 requirements.lock requirements-torch.lock /opt/shopml/
 COPY --chown=50000:0 pipeline /opt/shopml/pipeline
 COPY --chown=50000:0 models /opt/shopml/models
 COPY --chown=50000:0 dags /opt/shopml/dags

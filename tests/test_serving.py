@@ -478,6 +478,16 @@ def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_it
     assert registry.lineage(paths, "next_item", bento_tag=next_item_bento.bento_tag)["run_id"] == runs["good"]
     # Packaging again (a retried task) reuses the Bento.
     assert build_bento(paths, "next_item", versions["good"]).bento_tag == next_item_bento.bento_tag
+    # The container installs every package by the lock's hashes (pip's hash-checking mode).
+    import re
+
+    import bentoml
+
+    text = Path(bentoml.get(next_item_bento.bento_tag).path_of("env/python/requirements.txt")).read_text()
+    blocks = [b for b in re.split(r"\n(?=\S)", text) if b.strip() and not b.startswith("#")]
+    unhashed = [b.splitlines()[0] for b in blocks if not re.match(r"\S+==\S+", b) or "--hash=sha256:" not in b]
+    assert blocks and not unhashed, unhashed
+    assert {"torch", "bentoml", "mlflow", "s3fs"} <= {re.split(r"[=; ]", b, maxsplit=1)[0] for b in blocks}
 
 
 def _random_events(
@@ -628,3 +638,25 @@ def test_items_bought_at_the_same_instant_are_in_one_order_in_training_and_servi
         assert vocab.encode(pl.Series(served)).tolist() == trained
         seen.add(served)
     assert seen == {("X", "Y", "Z")}  # by item id within the instant, the view of X collapsed into its purchase
+
+
+@pytest.mark.fast
+def test_the_bento_requirements_are_the_locks_hashed_entries_or_a_clear_refusal(tmp_path):
+    from pipeline.serving.package import ServingError, hashed_requirements
+
+    assert hashed_requirements(["numpy==2.0.0"], root=tmp_path) is None  # no locks beside the code
+    (tmp_path / "requirements.lock").write_text(
+        "# header\nnumpy==2.0.0 \\\n    --hash=sha256:aa\nzc-lockfile==3.0 \\\n    --hash=sha256:bb\n"
+    )
+    (tmp_path / "requirements-torch.lock").write_text(
+        "torch==2.13.0 \\\n    --hash=sha256:cc\n"
+        "nvidia-cublas==13.1 ; sys_platform == 'linux' \\\n    --hash=sha256:dd\n"
+    )
+    text = hashed_requirements(["numpy==2.0.0", "zc.lockfile==3.0"], root=tmp_path)
+    assert "numpy==2.0.0 \\\n    --hash=sha256:aa" in text and "zc-lockfile==3.0" in text and "torch==" not in text
+    with_torch = hashed_requirements(["numpy==2.0.0", "torch==2.13.0"], root=tmp_path)
+    assert "torch==2.13.0" in with_torch and "nvidia-cublas==13.1 ; sys_platform == 'linux'" in with_torch
+    with pytest.raises(
+        ServingError, match=r"not in it \['pandas'\].*other versions \['numpy 2\.1\.0 \(locked: 2\.0\.0\)'\]"
+    ):
+        hashed_requirements(["numpy==2.1.0", "pandas==2.2.0"], root=tmp_path)

@@ -134,6 +134,48 @@ def pinned_requirements(roots: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
+# The locks a Bento's container installs from: PyPI's files by their hashes (torch's CUDA build and
+# its runtime from requirements-torch.lock; the CPU build's lock names a file only this machine has).
+LOCKS = ("requirements.lock", "requirements-torch.lock")
+
+
+def hashed_requirements(pins: list[str], root: Path = REPO_ROOT) -> str | None:
+    """``pins`` (``name==version``) as the locks' hashed entries: a requirements file that puts pip in
+    hash-checking mode, so the container installs these files or fails. With torch, its runtime
+    (requirements-torch.lock's other entries, under their markers). None where the locks are not
+    beside the code (a wheel install): then the Bento keeps the plain pins and the log says so.
+
+    Not BentoML's own option: its requirements file gets an unhashed ``bentoml==`` line appended,
+    which makes pip refuse the whole file in hash-checking mode; the file is written after the build.
+    """
+    from packaging.utils import canonicalize_name
+
+    if not all((root / name).exists() for name in LOCKS):
+        return None
+    blocks: dict[str, str] = {}
+    torch_runtime: list[str] = []
+    for lock in LOCKS:
+        for block in re.split(r"\n(?=\S)", (root / lock).read_text()):
+            if not block.strip() or block.startswith("#"):
+                continue
+            name = canonicalize_name(re.split(r"[=<>!~ ;\[]", block, maxsplit=1)[0])
+            blocks[name] = block.rstrip()
+            if lock == "requirements-torch.lock" and name != "torch":
+                torch_runtime.append(name)
+    wanted = {canonicalize_name(pin.split("==")[0]): pin.split("==")[1] for pin in pins}
+    locked = {n: re.split(r"[\s;\\]", block.split("==", 1)[1], maxsplit=1)[0] for n, block in blocks.items()}
+    missing = sorted(n for n in wanted if n not in blocks)
+    stale = sorted(f"{n} {v} (locked: {locked[n]})" for n, v in wanted.items() if n in locked and locked[n] != v)
+    if missing or stale:
+        raise ServingError(
+            f"the serving environment differs from {LOCKS[0]}: not in it {missing}, other versions {stale}; "
+            "run make install (or make lock after changing a dependency)"
+        )
+    names = sorted(set(wanted) | (set(torch_runtime) if "torch" in wanted else set()))
+    header = f"# The serving packages by the hashes of {' and '.join(LOCKS)}: pip installs these files or fails.\n"
+    return header + "\n".join(blocks[n] for n in names) + "\n"
+
+
 @dataclass
 class Packaged:
     model_name: str
@@ -291,6 +333,8 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
     # tags it declares) when its module is imported: a module left from an earlier build in this
     # process would declare that build's models. Imported afresh, it declares these.
     sys.modules.pop(service.split(":")[0], None)
+    pins = pinned_requirements()
+    hashed = hashed_requirements(pins)
     bento = bentoml.bentos.build(
         service,
         name=name,
@@ -298,11 +342,15 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
         build_ctx=str(REPO_ROOT),
         include=["pipeline/**/*.py", "models/**/*.py"],
         exclude=["**/__pycache__"],
-        python={"packages": pinned_requirements(), "lock_packages": False},
+        python={"packages": pins, "lock_packages": False},
         labels=labels or {},
         description=description,
         args=args,
     )
+    if hashed is None:
+        log.warning("no %s beside the code: the Bento %s pins versions without hashes", LOCKS[0], bento.tag)
+    else:  # what the container's install.sh reads
+        Path(bento.path_of("env/python/requirements.txt")).write_text(hashed)
     log.info("built Bento %s", bento.tag)
     return str(bento.tag)
 
