@@ -25,8 +25,9 @@ $(VENV)/.installed: requirements.lock requirements-torch-cpu.lock requirements-t
 	@# Every file by its hash, nothing resolved here (tools/lock.py wrote the locks).
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
 	@# torch: the CPU build where pip finds one (its find-links, a mirror), else PyPI's with its CUDA runtime.
-	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-torch-cpu.lock 2>/dev/null \
-	  || { echo "no CPU build of torch found: PyPI's build and its runtime (requirements-torch.lock)"; \
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-torch-cpu.lock > $(VENV)/torch-cpu.log 2>&1 \
+	  || { echo "no CPU build of torch found: PyPI's build and its runtime (requirements-torch.lock); pip said:"; \
+	       grep -E '^ERROR' $(VENV)/torch-cpu.log | head -3; \
 	       $(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-torch.lock; }
 	$(PY) -m pip check
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

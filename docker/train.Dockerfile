@@ -45,6 +45,8 @@ COPY --chown=50000:0 pipeline /opt/shopml/pipeline
 COPY --chown=50000:0 models /opt/shopml/models
 COPY --chown=50000:0 dags /opt/shopml/dags
 COPY --chown=50000:0 expectations /opt/shopml/expectations
+# The `shopml` command (the project is on PYTHONPATH, not installed into the venv).
+RUN printf '#!/bin/sh\nexec python -m pipeline "$@"\n' > /opt/venv/bin/shopml && chmod 755 /opt/venv/bin/shopml
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/opt/shopml \
     PYTHONUNBUFFERED=1 \

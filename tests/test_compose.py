@@ -100,6 +100,29 @@ class Stack:
             time.sleep(5)
 
 
+# What a service's credentials reach: each S3 call and database connection, allowed or refused.
+PROBE = """
+import json, os, sys
+import boto3, botocore, sqlalchemy
+s3 = boto3.client("s3", region_name="us-east-1")
+out = {}
+for bucket in sys.argv[1].split(","):
+    try:
+        s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        out["s3:" + bucket] = "allowed"
+    except botocore.exceptions.ClientError as exc:
+        out["s3:" + bucket] = exc.response["Error"]["Code"]
+url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").rsplit("/", 1)[0]
+for db in filter(None, (sys.argv[2] if len(sys.argv) > 2 else "").split(",")):
+    try:
+        sqlalchemy.create_engine(url + "/" + db).connect().close()
+        out["db:" + db] = "allowed"
+    except sqlalchemy.exc.OperationalError as exc:
+        out["db:" + db] = "refused" if "permission denied" in str(exc) else str(exc)[:200]
+print(json.dumps(out))
+"""
+
+
 def _env_file(tmp: Path, keys_file: Path) -> Path:
     from cryptography.fernet import Fernet
 
@@ -109,9 +132,17 @@ def _env_file(tmp: Path, keys_file: Path) -> Path:
     values = {
         "POSTGRES_USER": "shopml",
         "POSTGRES_PASSWORD": token(),
+        "AIRFLOW_DB_PASSWORD": token(),
+        "MLFLOW_DB_PASSWORD": token(),
         "REDIS_PASSWORD": token(),
         "MINIO_ROOT_USER": "shopml",
         "MINIO_ROOT_PASSWORD": token(),
+        "S3_AIRFLOW_ACCESS_KEY": "shopml-airflow",
+        "S3_AIRFLOW_SECRET_KEY": token(),
+        "S3_MLFLOW_ACCESS_KEY": "shopml-mlflow",
+        "S3_MLFLOW_SECRET_KEY": token(),
+        "S3_SERVE_ACCESS_KEY": "shopml-serve",
+        "S3_SERVE_SECRET_KEY": token(),
         "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW_JWT_SECRET": token(),
         "AIRFLOW_API_SECRET_KEY": token(),
@@ -150,6 +181,7 @@ def stack(tmp_path):
         s.compose("--profile", "serve", "down", "-v", "--remove-orphans", timeout=300, check=False)
 
 
+@pytest.mark.timeout(3600)  # the stack's start, a retrain on 2 cores, serving and a replay: about 15 minutes
 def test_the_production_stack_retrains_through_celery_serves_with_keys_and_monitors_from_s3(stack):
     started = time.monotonic()
 
@@ -169,11 +201,23 @@ def test_the_production_stack_retrains_through_celery_serves_with_keys_and_monit
     }
     up = stack.compose("up", "-d", timeout=900, check=False)
     if up.returncode != 0:
-        logs = stack.compose("logs", "--no-color", "--tail", "60", timeout=120, check=False).stdout
-        raise AssertionError(f"up -d: exit {up.returncode}\n{up.stderr[-2000:]}\n{logs[-8000:]}")
+        failed = [s for s, h in stack.containers().items() if h.startswith("exited:") and not h.endswith(":0")]
+        logs = stack.compose("logs", "--no-color", "--tail", "60", *failed, timeout=120, check=False).stdout
+        raise AssertionError(f"up -d: exit {up.returncode}; failed: {failed}\n{up.stderr[-2000:]}\n{logs[-8000:]}")
     health = stack.wait_healthy(core, deadline_s=900)
     assert health.get("airflow-init") == "exited:0" and health.get("mlflow-users") == "exited:0", health
     say("services healthy: " + ", ".join(sorted(f"{s}={h}" for s, h in health.items())))
+
+    # Least privilege: the workers' S3 account reaches the DVC remote, not MLflow's artifacts (the
+    # server proxies them); their database role reaches Airflow's database, not MLflow's.
+    reach = json.loads(stack.task("python", "-c", PROBE, "shopml-dvc,shopml-mlflow", "airflow,mlflow").splitlines()[-1])
+    assert reach == {
+        "s3:shopml-dvc": "allowed",
+        "s3:shopml-mlflow": "AccessDenied",
+        "db:airflow": "allowed",
+        "db:mlflow": "refused",
+    }, reach
+    say(f"the workers' credentials reach: {reach}")
 
     # A shop: nine days published from the command line onto the S3 remote, the tenth by the DAG.
     stack.task(
@@ -218,6 +262,18 @@ def test_the_production_stack_retrains_through_celery_serves_with_keys_and_monit
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["items"]) == 5, answer.text
     say(f"served: 401 without a key; with the client key {answer.status_code} {answer.text[:160]}")
+    # The serve container's S3 account finds the prediction log's bucket (to append to it) and
+    # reaches no other bucket.
+    probe = stack.compose(
+        "exec", "-T", "serve", "python", "-c", PROBE, "shopml-dvc,shopml-mlflow,shopml-predictions", ""
+    )
+    reach = json.loads(probe.stdout.splitlines()[-1])
+    assert reach == {
+        "s3:shopml-dvc": "AccessDenied",
+        "s3:shopml-mlflow": "AccessDenied",
+        "s3:shopml-predictions": "allowed",
+    }, reach
+    say(f"the serve container's S3 account reaches: {reach}")
 
     # The eleventh day replayed against the container, its answers logged to S3; then judged.
     replay = stack.task(

@@ -9,7 +9,10 @@ if [ "$(id -u)" = 0 ]; then
 fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pw="$(mktemp)"; printf '%s' "$POSTGRES_PASSWORD" > "$pw"
-  initdb -D "$PGDATA" --username="$POSTGRES_USER" --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  # UTF-8, as the official image: with initdb's default here (SQL_ASCII, no locale in the image) psycopg 3
+  # hands text back as bytes, and Celery's result backend fails on the server's version string.
+  initdb -D "$PGDATA" --username="$POSTGRES_USER" --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 \
+    --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   rm -f "$pw"
   printf "listen_addresses = '*'\n" >> "$PGDATA/postgresql.conf"
   printf 'host all all all scram-sha-256\n' >> "$PGDATA/pg_hba.conf"
