@@ -16,6 +16,27 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIRE_DATA = "SHOPML_REQUIRE_DATA"
 
 
+def demo_shop(days: int) -> list[str]:
+    """``python -m pipeline`` arguments that generate ``days`` days of `make demo`'s shop from
+    2026-11-01: dense enough in users and items per event for the sequential model to learn from
+    (the retrain tests under Airflow, PostgreSQL and Docker run on it)."""
+    return [
+        "generate",
+        "--days",
+        str(days),
+        "--events-per-day",
+        "5000",
+        "--start-date",
+        "2026-11-01",
+        "--initial-users",
+        "2000",
+        "--initial-items",
+        "1200",
+        "--seed",
+        "11",
+    ]
+
+
 def need_sample(path: Path) -> Path:
     """``path`` (a public data sample), or skip the test with a message naming the setting."""
     import os

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO
+from conftest import REPO, demo_shop
 
 pytestmark = pytest.mark.compose
 
@@ -220,24 +220,7 @@ def test_the_production_stack_retrains_through_celery_serves_with_keys_and_monit
     say(f"the workers' credentials reach: {reach}")
 
     # A shop: nine days published from the command line onto the S3 remote, the tenth by the DAG.
-    stack.task(
-        "python",
-        "-m",
-        "pipeline",
-        "generate",
-        "--days",
-        "12",
-        "--events-per-day",
-        "5000",
-        "--start-date",
-        "2026-11-01",
-        "--initial-users",
-        "2000",
-        "--initial-items",
-        "1200",
-        "--seed",
-        "11",
-    )
+    stack.task("python", "-m", "pipeline", *demo_shop(12))
     stack.task("python", "-m", "pipeline", "run", "--start", "2026-11-01", "--days", "9")
     stack.task("airflow", "dags", "test", "--use-executor", "ingest_events", "2026-11-11")
     say("ten days ingested, validated and versioned (DVC remote s3://shopml-dvc)")

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, demo_shop
 from pipeline.core.settings import airflow_env, get_state_paths
 
 DAGS = REPO / "dags"
@@ -325,7 +325,7 @@ def test_monitor_dag_requests_a_retrain_once_per_cooldown_through_the_retrain_as
     assert "held back by the cool-down" in log
 
 
-@pytest.mark.slow  # about 5 minutes: make test-slow, which CI runs too
+@pytest.mark.slow  # about 5 minutes: make test-slow (not in CI)
 def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_on_the_same_data(tmp_path):
     home = tmp_path / "home"
     env = _env(home)
@@ -336,21 +336,7 @@ def test_ingest_three_days_rerun_one_then_retrain_promote_and_reject_a_retrain_o
     env["SHOPML_PARAMS"] = str(tmp_path / "params.yaml")
     # A shop dense enough (users and items per event) for the sequential model to beat popularity.
     for args in (
-        [
-            "generate",
-            "--days",
-            "10",
-            "--events-per-day",
-            "5000",
-            "--start-date",
-            "2026-11-01",
-            "--initial-users",
-            "2000",
-            "--initial-items",
-            "1200",
-            "--seed",
-            "11",
-        ],
+        demo_shop(10),
         ["run", "--start", "2026-11-01", "--days", "7"],
     ):
         subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO, check=True, capture_output=True)
@@ -578,7 +564,7 @@ print(f"run {run.run_id} ended {run.state}")
 """
 
 
-@pytest.mark.slow  # about 3 minutes: make test-slow, which CI runs too
+@pytest.mark.slow  # about 3 minutes: make test-slow (not in CI)
 def test_a_cleared_retrain_reruns_on_its_own_dataset_version_and_packages_its_snapshot(tmp_path):
     """Publish days 1-5, run retrain_next_item (run A), publish day 6, clear and rerun run A: it works
     on the day-5 version, and packaging its version afterwards serves the day-5 snapshot."""

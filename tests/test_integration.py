@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 
-from conftest import REPO, wait_http
+from conftest import REPO, demo_shop, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -274,21 +274,7 @@ def test_ingest_and_retrain_through_celery_on_postgresql_with_an_mlflow_server(s
     py = sys.executable
     # Seven days published from the command line (faster), the eighth through the DAG.
     for args in (
-        [
-            "generate",
-            "--days",
-            "10",
-            "--events-per-day",
-            "5000",
-            "--start-date",
-            "2026-11-01",
-            "--initial-users",
-            "2000",
-            "--initial-items",
-            "1200",
-            "--seed",
-            "11",
-        ],
+        demo_shop(10),
         ["run", "--start", "2026-11-01", "--days", "9"],
     ):
         done = stack.run(py, "-m", "pipeline", *args)

@@ -215,7 +215,7 @@ def test_request_schemas_name_the_field():
         ForecastRequest(item_ids=["a"], prices={"a": 0.0})
 
 
-@pytest.mark.slow  # about 45 s (240 days of a shop): make test-slow, which CI runs too
+@pytest.mark.slow  # about 45 s (240 days of a shop): make test-slow (not in CI)
 def test_elasticities_are_recovered_on_the_generated_shop(tmp_path, capsys):
     """Double ML recovers the generator's true elasticities (mean absolute error at most 0.15); a
     naive log-log regression on the same rows does visibly worse (the shop reprices along demand

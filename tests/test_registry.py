@@ -212,7 +212,7 @@ def test_two_racing_promotions_leave_exactly_one_champion(shop, tmp_path):
     assert "evaluate it again" in next(o for o in outputs if o.startswith("REFUSED"))
 
 
-@pytest.mark.slow  # a minute of `airflow dags test`: make test-slow, which CI runs too
+@pytest.mark.slow  # a minute of `airflow dags test`: make test-slow (not in CI)
 def test_promote_and_rollback_through_their_dags(shop):
     from pipeline.core.tracking import mlflow_client
     from pipeline.lifecycle import registry
