@@ -33,13 +33,13 @@ AIRFLOW_COMPONENTS = (
 
 
 def _lock() -> dict[str, str]:
-    pins = {}
-    for lock in ("requirements.lock", "requirements-torch.lock"):
-        for line in (REPO / lock).read_text().splitlines():
-            match = re.match(r"([A-Za-z0-9._-]+)==([^ ;\\]+)", line)
-            if match:
-                pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
-    return pins
+    from pipeline.serving.package import lock_entries
+
+    return {
+        name: version
+        for lock in ("requirements.lock", "requirements-torch.lock")
+        for name, (version, _) in lock_entries(REPO / lock).items()
+    }
 
 
 def test_the_four_images_exist():

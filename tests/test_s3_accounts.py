@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,17 +23,13 @@ pytestmark = pytest.mark.fast
 S3 = REPO / "docker" / "s3"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def accounts(tmp_path_factory):
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    from pipeline.serving.package import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     keys = tmp_path_factory.mktemp("s3-keys")

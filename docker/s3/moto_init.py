@@ -10,6 +10,7 @@ anyone on the network: a stand-in for tests on machines without MinIO's image, n
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import sys
@@ -59,10 +60,9 @@ def _already_set_up() -> bool:
     path = KEYS / "airflow" / "credentials"
     if not path.exists():
         return False
-    lines = dict(line.split(" = ", 1) for line in path.read_text().splitlines() if " = " in line)
-    s3 = _client(
-        "s3", aws_access_key_id=lines["aws_access_key_id"], aws_secret_access_key=lines["aws_secret_access_key"]
-    )
+    keys = configparser.ConfigParser()
+    keys.read(path)
+    s3 = _client("s3", **dict(keys["default"]))
     try:
         s3.head_bucket(Bucket="shopml-dvc")
     except ClientError:
@@ -99,9 +99,13 @@ def main() -> int:
         key = iam.create_access_key(UserName=user)["AccessKey"]
         folder = KEYS / service
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "credentials").write_text(
-            f"[default]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
-        )
+        credentials = configparser.ConfigParser()  # the AWS credentials file's format
+        credentials["default"] = {
+            "aws_access_key_id": key["AccessKeyId"],
+            "aws_secret_access_key": key["SecretAccessKey"],
+        }
+        with open(folder / "credentials", "w") as fh:
+            credentials.write(fh)
         (folder / "credentials").chmod(0o644)  # read by the service's own user (its volume alone)
     # From now on every request is checked against the users' policies; the root keys get a 403.
     request = urllib.request.Request(  # not form-encoded: moto reads the raw body

@@ -139,6 +139,19 @@ def pinned_requirements(roots: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
 LOCKS = ("requirements.lock", "requirements-torch.lock")
 
 
+def lock_entries(path: Path) -> dict[str, tuple[str, str]]:
+    """A hashed lock's entries: each package's normalised name -> (its locked version, its whole entry
+    as the lock writes it: ``name==version [; marker] \\`` and its ``--hash`` lines)."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, tuple[str, str]] = {}
+    for block in re.split(r"\n(?=\S)", path.read_text()):
+        match = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)", block)
+        if match:  # not the header's comments
+            entries[canonicalize_name(match[1])] = (match[2], block.rstrip())
+    return entries
+
+
 def hashed_requirements(pins: list[str], root: Path = REPO_ROOT) -> str | None:
     """``pins`` (``name==version``) as the locks' hashed entries: a requirements file that puts pip in
     hash-checking mode, so the container installs these files or fails. With torch, its runtime
@@ -152,28 +165,19 @@ def hashed_requirements(pins: list[str], root: Path = REPO_ROOT) -> str | None:
 
     if not all((root / name).exists() for name in LOCKS):
         return None
-    blocks: dict[str, str] = {}
-    torch_runtime: list[str] = []
-    for lock in LOCKS:
-        for block in re.split(r"\n(?=\S)", (root / lock).read_text()):
-            if not block.strip() or block.startswith("#"):
-                continue
-            name = canonicalize_name(re.split(r"[=<>!~ ;\[]", block, maxsplit=1)[0])
-            blocks[name] = block.rstrip()
-            if lock == "requirements-torch.lock" and name != "torch":
-                torch_runtime.append(name)
+    main, torch = (lock_entries(root / name) for name in LOCKS)
+    locked = {**main, **torch}
     wanted = {canonicalize_name(pin.split("==")[0]): pin.split("==")[1] for pin in pins}
-    locked = {n: re.split(r"[\s;\\]", block.split("==", 1)[1], maxsplit=1)[0] for n, block in blocks.items()}
-    missing = sorted(n for n in wanted if n not in blocks)
-    stale = sorted(f"{n} {v} (locked: {locked[n]})" for n, v in wanted.items() if n in locked and locked[n] != v)
+    missing = sorted(n for n in wanted if n not in locked)
+    stale = sorted(f"{n} {v} (locked: {locked[n][0]})" for n, v in wanted.items() if n in locked and locked[n][0] != v)
     if missing or stale:
         raise ServingError(
             f"the serving environment differs from {LOCKS[0]}: not in it {missing}, other versions {stale}; "
             "run make install (or make lock after changing a dependency)"
         )
-    names = sorted(set(wanted) | (set(torch_runtime) if "torch" in wanted else set()))
+    names = sorted(set(wanted) | (set(torch) if "torch" in wanted else set()))
     header = f"# The serving packages by the hashes of {' and '.join(LOCKS)}: pip installs these files or fails.\n"
-    return header + "\n".join(blocks[n] for n in names) + "\n"
+    return header + "\n".join(locked[n][1] for n in names) + "\n"
 
 
 @dataclass
