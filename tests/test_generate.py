@@ -188,28 +188,59 @@ def test_fraud_scenarios_behave_as_described(risky):
     _, events, truth = risky
     purchases = events.filter(pl.col("event_type") == "purchase")
     genuine = purchases.filter(~pl.col("session_id").is_in(truth["session_id"].implode()))
-    # Genuine buyers pay with their own instrument from a known device; each has one.
-    assert genuine.group_by("user_id").agg(pl.col("payment_id").n_unique())["payment_id"].max() == 1
-    # Card testing: one device, a burst of cheap orders, another card each time.
+    # Genuine buyers pay with their own cards (one, some a second), never another account's.
+    cards = genuine.group_by("user_id").agg(pl.col("payment_id").n_unique())["payment_id"]
+    assert cards.max() == 2 and 0.02 < (cards == 2).mean() < 0.2
+    assert genuine.group_by("payment_id").agg(pl.col("user_id").n_unique())["user_id"].max() == 1
+    # Card testing: one device, a burst of cheap orders, another card each time; the disguised
+    # bursts are minutes apart, past the ten-minute window.
     tests = purchases.join(truth.filter(pl.col("scenario") == "card_testing"), on="session_id")
-    burst = tests.group_by("device_id").agg(pl.col("payment_id").n_unique().alias("cards"), pl.len())
+    burst = tests.group_by("device_id").agg(
+        pl.col("payment_id").n_unique().alias("cards"), pl.col("event_time").sort().diff().dt.total_seconds().max()
+    )
     assert burst["cards"].min() >= 4
+    assert (burst["event_time"] <= 90).any() and (burst["event_time"] > 180).any()
     assert tests["price"].median() < genuine["price"].median()
-    # Account takeover: an existing user, from a device never seen for that user before.
+    # Account takeover: an existing user, from a device never seen for that user before; some from
+    # the user's own country.
     takeover = purchases.join(truth.filter(pl.col("scenario") == "account_takeover"), on="session_id")
-    for user, session, device, when in takeover.select("user_id", "session_id", "device_id", "event_time").iter_rows():
+    home = {}
+    for user, session, device, country, when in takeover.select(
+        "user_id", "session_id", "device_id", "country", "event_time"
+    ).iter_rows():
         before = events.filter((pl.col("user_id") == user) & (pl.col("session_id") != session))
         before = before.filter(pl.col("event_time") < when)
         assert device not in set(before["device_id"].drop_nulls())
+        home[session] = country in set(before["country"].drop_nulls())
+    assert 0 < sum(home.values()) < len(home)
     assert takeover["price"].median() > genuine["price"].median()
-    # New accounts buy within minutes of signing up; a reseller ring shares one device and card.
+    # New accounts buy within minutes of signing up, the disguised (aged) ones days later.
     signups = events.filter(pl.col("event_type") == "signup").select("user_id", pl.col("event_time").alias("signed"))
     fresh = purchases.join(truth.filter(pl.col("scenario") == "new_account"), on="session_id").join(
         signups, on="user_id"
     )
-    assert ((fresh["event_time"] - fresh["signed"]).dt.total_minutes() <= 20).all()
+    waited = (fresh["event_time"] - fresh["signed"]).dt.total_minutes()
+    assert ((waited <= 20) | (waited >= 24 * 60)).all() and (waited <= 20).any() and (waited >= 24 * 60).any()
+    # A reseller ring: three or more accounts on one card, one device (disguised: one each).
     ring = purchases.join(truth.filter(pl.col("scenario") == "reseller"), on="session_id")
-    assert ring.group_by("device_id").agg(pl.col("user_id").n_unique())["user_id"].min() >= 3
+    per_card = ring.group_by("payment_id").agg(pl.col("user_id").n_unique(), pl.col("device_id").n_unique())
+    assert per_card["user_id"].min() >= 3
+    assert (per_card["device_id"] == 1).any() and (per_card["device_id"] == per_card["user_id"]).any()
+
+
+def test_genuine_customers_also_share_devices_travel_and_change_devices(risky):
+    """What fraud does, customers do too now and then: no single sign gives fraud away."""
+    _, events, truth = risky
+    genuine = events.filter(
+        ~pl.col("session_id").is_in(truth["session_id"].implode()) & (pl.col("event_type") == "view")
+    )
+    shared = genuine.group_by("device_id").agg(pl.col("user_id").n_unique())["user_id"]
+    assert (shared == 2).any()  # a household
+    sessions = genuine.group_by("session_id").agg(pl.col("user_id").first(), pl.col("country").first())
+    countries = sessions.group_by("user_id").agg(pl.col("country").n_unique())["country"]
+    assert 0 < (countries > 1).mean() < 0.5  # travellers
+    assert genuine["ip"].str.starts_with("100.").any()  # on roaming addresses
+    assert genuine["device_id"].str.starts_with("dn").any()  # a new phone
 
 
 def test_fraud_leaves_the_genuine_events_as_they_were(tmp_path):

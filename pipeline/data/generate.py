@@ -582,5 +582,5 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
         written.append(GeneratedDay(day.isoformat(), events_path, catalog_path, events.height, catalog.height))
     if world.item_elasticity is not None:
         write_truth(world, landing)
-    generate_risk.write_fraud_truth(risk, landing)
+    generate_risk.write_fraud_truth(risk, landing, end=next_start)
     return written

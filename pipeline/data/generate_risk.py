@@ -1,23 +1,33 @@
 """The generated shop's risk side: where each event came from, account sign-ups, and fraud.
 
-Every genuine user has a home device, network address and country and one payment instrument
-(a fingerprint); a session comes from the home device most of the time, from a second one now and
-then. Users created during the simulation sign up (a ``signup`` event) minutes before their first
-session. On top of the genuine traffic, ``GenerateParams.fraud_rate`` (a share of the day's genuine
-orders) of fraudulent orders are added, each from one of four scenarios with its own behaviour:
+Every genuine user has a home device, network address and country and a payment instrument (a
+fingerprint); a session comes from the home device most of the time, from a second one now and
+then. Genuine customers also do what fraud does, as real ones do, so that no single sign gives
+fraud away: some households share one device between two accounts (``P_HOUSEHOLD``), some customers
+pay with a second card now and then (``P_SECOND_CARD``), and a session may come from abroad, a
+traveller's own device on a roaming address (``P_TRAVEL``), or from a brand-new device
+(``P_NEW_DEVICE``). Users created during the simulation sign up (a ``signup`` event) minutes before
+their first session. On top of the genuine traffic, ``GenerateParams.fraud_rate`` (a share of the
+day's genuine orders) of fraudulent orders are added, each from one of four scenarios with its own
+behaviour, a share of each disguised (``DISGUISED``):
 
-* ``card_testing``: one new account and device place a burst of small orders within minutes, each
-  paid with another card fingerprint;
-* ``account_takeover``: an existing user's account, from a device and country never seen for it,
-  buys expensive items;
-* ``new_account``: an account signs up and buys expensive items within minutes;
-* ``reseller``: several new accounts share one device and one payment instrument and buy the same
-  item.
+* ``card_testing``: one new account and device place a burst of small orders, each paid with
+  another card fingerprint, seconds apart (disguised: minutes apart, past the short windows);
+* ``account_takeover``: an existing user's account, from a device never seen for it, buys expensive
+  items, from a foreign country (disguised: from the user's own country, through a residential
+  address);
+* ``new_account``: an account signs up and buys expensive items within minutes (disguised: an aged
+  account, signed up days before the order);
+* ``reseller``: several new accounts share one payment instrument and buy the same item, from one
+  device (disguised: a device each, one network address).
+
+Fraud comes from data-centre addresses (``172.*``), and the disguised share from residential ones
+that look like customers' (``10.*``).
 
 Each fraudulent order is confirmed by a ``chargeback`` (the whole order: no item, the amount paid)
 some days later (3 to 60, skewed short), written into the file of the day it arrives; one that would
 arrive after the last generated day is not written, as in a real export, whose recent orders are
-not yet labelled. ``truth/fraud.csv`` lists every fraudulent order with its scenario and the
+not yet labelled. ``truth/fraud.csv`` lists every fraudulent order with its scenario, whether it was disguised, and the
 chargeback's time, for tests; the pipeline never reads it.
 
 Its random draws come from streams of their own, so turning fraud on or off leaves every genuine
@@ -41,6 +51,14 @@ SCENARIO_SHARE = np.array([0.3, 0.25, 0.3, 0.15])
 COUNTRIES = ("DE", "FR", "NL", "GB", "ES", "IT", "PL", "SE", "US", "AT", "BE", "DK")
 FOREIGN = ("NG", "RU", "BR", "VN", "ID", "UA", "RO", "PH")  # where takeovers come from here
 P_SECOND_DEVICE = 0.15  # a genuine session from the user's other device
+P_HOUSEHOLD = 0.08  # a genuine user shares the home device of the previous user (a household)
+P_SECOND_CARD = 0.1  # a genuine user has a second card ...
+P_USE_SECOND_CARD = 0.3  # ... and pays with it on this share of orders
+P_TRAVEL = 0.02  # a genuine session from abroad: the user's device, a roaming address, another country
+P_NEW_DEVICE = 0.01  # a genuine session from a device the user never used before (a new phone)
+# Per scenario, the share of incidents disguised as genuine behaviour (see the module's docstring).
+DISGUISED = {"card_testing": 0.4, "account_takeover": 0.5, "new_account": 0.4, "reseller": 0.5}
+AGED_ACCOUNT_DAYS = (1.0, 14.0)  # a disguised new account signs up this long before its order
 CHARGEBACK_DAYS = (3.0, 60.0)
 # Orders per incident, on average (card testing 4-11, a takeover or a new account 1, a ring 3-6):
 # ``fraud_rate`` counts orders, so incidents are drawn at the rate over this.
@@ -56,20 +74,32 @@ class RiskWorld:
     ip: np.ndarray
     country: np.ndarray
     payment: np.ndarray
+    second_payment: np.ndarray  # None for users with one card
     next_account: int  # the next user index fraud accounts take (past every genuine user)
     truth: list[dict] = field(default_factory=list)
-    pending: list[pl.DataFrame] = field(default_factory=list)  # chargebacks of days not yet written
+    # Events of days not yet written: chargebacks, and the orders of aged accounts
+    pending: list[pl.DataFrame] = field(default_factory=list)
 
 
 def build_risk_world(n_users: int, seed: int) -> RiskWorld:
     rng = np.random.default_rng([seed, 17])
     countries = np.array(COUNTRIES)
+    device = np.array([f"d{i}" for i in range(n_users)])
+    ip = np.array([f"10.{a}.{b}.{c}" for a, b, c in rng.integers(0, 256, size=(n_users, 3))])
+    country = countries[rng.choice(countries.size, size=n_users, p=_country_share())]
+    # A household: the user shares the previous user's home device, address and country.
+    household = np.flatnonzero(rng.random(n_users) < P_HOUSEHOLD)
+    household = household[household > 0]
+    for array in (device, ip, country):
+        array[household] = array[household - 1]
+    second_card = rng.random(n_users) < P_SECOND_CARD
     return RiskWorld(
-        device=np.array([f"d{i}" for i in range(n_users)]),
+        device=device,
         second_device=np.array([f"d{i}b" for i in range(n_users)]),
-        ip=np.array([f"10.{a}.{b}.{c}" for a, b, c in rng.integers(0, 256, size=(n_users, 3))]),
-        country=countries[rng.choice(countries.size, size=n_users, p=_country_share())],
+        ip=ip,
+        country=country,
         payment=np.array([f"p{i}" for i in range(n_users)]),
+        second_payment=np.array([f"p{i}b" if two else None for i, two in enumerate(second_card)], dtype=object),
         next_account=n_users,
     )
 
@@ -85,15 +115,25 @@ def add_context(events: pl.DataFrame, risk: RiskWorld, seed: int, day_index: int
     users = events["user_id"].str.strip_prefix("u").cast(pl.Int64).to_numpy()
     sessions = events["session_id"].to_numpy()
     unique, inverse = np.unique(sessions, return_inverse=True)
-    second = (rng.random(unique.size) < P_SECOND_DEVICE)[inverse]
+    draw = rng.random((unique.size, 4))
+    second = (draw[:, 0] < P_SECOND_DEVICE)[inverse]
+    travel = (draw[:, 1] < P_TRAVEL)[inverse]
+    new_device = (draw[:, 2] < P_NEW_DEVICE)[inverse]
+    second_card = (draw[:, 3] < P_USE_SECOND_CARD)[inverse]
+    # Per session: where a traveller is, and the roaming address they are on.
+    abroad = np.array(COUNTRIES + FOREIGN)[rng.integers(0, len(COUNTRIES) + len(FOREIGN), size=unique.size)][inverse]
+    roaming = np.array([f"100.{a}.{b}.{c}" for a, b, c in rng.integers(0, 256, size=(unique.size, 3))])[inverse]
+    device = np.where(second, risk.second_device[users], risk.device[users])
+    device = np.where(new_device, np.char.add(f"dn{day_index}-", sessions.astype(str)), device)
+    country = np.where(travel & (abroad != risk.country[users]), abroad, risk.country[users])
+    ip = np.where(travel, roaming, risk.ip[users])
+    card = np.where(second_card & (risk.second_payment[users] != None), risk.second_payment[users], risk.payment[users])  # noqa: E711
     purchase = (events["event_type"] == "purchase").to_numpy()
     return events.with_columns(
-        pl.Series("device_id", np.where(second, risk.second_device[users], risk.device[users])),
-        pl.Series("ip", risk.ip[users]),
-        pl.Series("country", risk.country[users]),
-        pl.Series(
-            "payment_id", [p if b else None for p, b in zip(risk.payment[users], purchase, strict=True)], pl.String
-        ),
+        pl.Series("device_id", device),
+        pl.Series("ip", ip),
+        pl.Series("country", country),
+        pl.Series("payment_id", [p if b else None for p, b in zip(card, purchase, strict=True)], pl.String),
     )
 
 
@@ -154,50 +194,60 @@ def fraud_day(
     tag = day_start.strftime("%Y%m%d")
     for k, scenario in enumerate(rng.choice(len(SCENARIOS), size=n, p=SCENARIO_SHARE)):
         name = SCENARIOS[scenario]
+        disguised = bool(rng.random() < DISGUISED[name])
         t0 = day_start.timestamp() + rng.uniform(0, 86_000)
+        ip = _ip(rng, residential=disguised)
         orders: list[tuple[int, str, list[int], float, str, str, str, str]] = []
         if name == "card_testing":
             user = risk.next_account
             risk.next_account += 1
-            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(FOREIGN))
+            device, country = f"fd{tag}-{k}", str(rng.choice(COUNTRIES if disguised else FOREIGN))
             rows.append(_event(t0, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
             t = t0 + rng.uniform(30, 300)
             for j in range(int(rng.integers(4, 12))):
-                t += rng.uniform(20, 90)
+                t += rng.uniform(180, 1800) if disguised else rng.uniform(20, 90)
                 orders.append(
                     (user, f"f{tag}-{k}-{j}", [int(rng.choice(cheap))], t, device, ip, country, f"fp{tag}-{k}-{j}")
                 )
         elif name == "account_takeover":
             user = int(rng.choice(live_users))
-            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(FOREIGN))
+            device = f"fd{tag}-{k}"
+            country = str(risk.country[user]) if disguised else str(rng.choice(FOREIGN))
             items = [int(i) for i in rng.choice(dear, size=int(rng.integers(1, 4)))]
             orders.append((user, f"f{tag}-{k}", items, t0, device, ip, country, str(risk.payment[user])))
         elif name == "new_account":
             user = risk.next_account
             risk.next_account += 1
-            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(COUNTRIES + FOREIGN))
+            device, country = f"fd{tag}-{k}", str(rng.choice(COUNTRIES if disguised else COUNTRIES + FOREIGN))
             rows.append(_event(t0, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
+            wait = rng.uniform(*AGED_ACCOUNT_DAYS) * 86_400 if disguised else rng.uniform(60, 900)
             items = [int(i) for i in rng.choice(dear, size=int(rng.integers(1, 3)))]
-            orders.append((user, f"f{tag}-{k}", items, t0 + rng.uniform(60, 900), device, ip, country, f"fp{tag}-{k}"))
-        else:  # reseller: several accounts, one device and one card, the same item
-            device, ip, country = f"fd{tag}-{k}", _ip(rng), str(rng.choice(COUNTRIES))
+            orders.append((user, f"f{tag}-{k}", items, t0 + wait, device, ip, country, f"fp{tag}-{k}"))
+        else:  # reseller: several accounts, one card, the same item; one device (disguised: one each)
+            device, country = f"fd{tag}-{k}", str(rng.choice(COUNTRIES))
             item = int(rng.choice(dear))
             t = t0
             for j in range(int(rng.integers(3, 7))):
                 user = risk.next_account
                 risk.next_account += 1
-                rows.append(_event(t, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
+                own = f"{device}-{j}" if disguised else device
+                rows.append(_event(t, user, f"signup-u{user}", None, "signup", None, 1, own, ip, country))
                 t += rng.uniform(120, 1200)
-                orders.append((user, f"f{tag}-{k}-{j}", [item], t, device, ip, country, f"fp{tag}-{k}"))
+                orders.append((user, f"f{tag}-{k}-{j}", [item], t, own, ip, country, f"fp{tag}-{k}"))
+        day_end = day_start.timestamp() + 86_400
         for user, session, items, t, device, ip, country, payment in orders:
             total = 0.0
+            # An order past today (an aged account's) waits in the queue for its day's file.
+            target: list[dict] = rows if t < day_end else []
             for i in items:
                 at = t - rng.uniform(20, 120)
                 item_id, price = f"i{i}", price_of[i]
-                rows.append(_event(at, user, session, item_id, "view", price, 1, device, ip, country))
-                rows.append(_event(at + 5, user, session, item_id, "add_to_cart", price, 1, device, ip, country))
-                rows.append(_event(t, user, session, item_id, "purchase", price, 1, device, ip, country, payment))
+                target.append(_event(at, user, session, item_id, "view", price, 1, device, ip, country))
+                target.append(_event(at + 5, user, session, item_id, "add_to_cart", price, 1, device, ip, country))
+                target.append(_event(t, user, session, item_id, "purchase", price, 1, device, ip, country, payment))
                 total += price
+            if target is not rows:
+                risk.pending.append(pl.DataFrame(target, schema=_SCHEMA))
             # Skewed short within [first, last] days: with the default (3, 60), a gamma of mean 12 days.
             first, last = chargeback_days
             delay_days = min(first + rng.gamma(1.5, 8.0 * (last - first) / 57.0), last)
@@ -209,6 +259,7 @@ def fraud_day(
                     "session_id": session,
                     "user_id": f"u{user}",
                     "scenario": name,
+                    "disguised": disguised,
                     "order_time": datetime.fromtimestamp(t, tz=timezone.utc),
                     "amount": round(total, 2),
                     "chargeback_time": datetime.fromtimestamp(at, tz=timezone.utc),
@@ -217,9 +268,10 @@ def fraud_day(
     return rows
 
 
-def _ip(rng: np.random.Generator) -> str:
+def _ip(rng: np.random.Generator, residential: bool = False) -> str:
+    """A data-centre address (``172.*``), or a residential one like a customer's (``10.*``)."""
     a, b, c = rng.integers(0, 256, size=3)
-    return f"172.{a}.{b}.{c}"
+    return f"{10 if residential else 172}.{a}.{b}.{c}"
 
 
 _SCHEMA: dict[str, pl.DataType] = dict(EVENTS_SCHEMA)
@@ -230,7 +282,8 @@ def rows_frame(rows: list[dict]) -> pl.DataFrame:
 
 
 def due_chargebacks(risk: RiskWorld, before: datetime) -> pl.DataFrame:
-    """The queued chargebacks that arrive before ``before`` (removed from the queue)."""
+    """The queued events (chargebacks, aged accounts' orders) that happen before ``before``
+    (removed from the queue)."""
     if not risk.pending:
         return rows_frame([])
     queued = pl.concat(risk.pending)
@@ -240,18 +293,24 @@ def due_chargebacks(risk: RiskWorld, before: datetime) -> pl.DataFrame:
     return due
 
 
-def write_fraud_truth(risk: RiskWorld, landing: Path) -> Path:
+def write_fraud_truth(risk: RiskWorld, landing: Path, end: datetime | None = None) -> Path:
+    """``truth/fraud.csv``: the fraudulent orders placed before ``end`` (an aged account's order
+    queued past the last generated day never happened in the data)."""
     path = landing / FRAUD_TRUTH_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     schema: dict[str, pl.DataType] = {
         "session_id": pl.String(),
         "user_id": pl.String(),
         "scenario": pl.String(),
+        "disguised": pl.Boolean(),
         "order_time": pl.Datetime("us", "UTC"),
         "amount": pl.Float64(),
         "chargeback_time": pl.Datetime("us", "UTC"),
     }
-    pl.DataFrame(risk.truth, schema=schema).write_csv(path)
+    truth = pl.DataFrame(risk.truth, schema=schema)
+    if end is not None:
+        truth = truth.filter(pl.col("order_time") < end)
+    truth.write_csv(path)
     return path
 
 
