@@ -126,7 +126,7 @@ def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int,
     policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": budget})
     fit_start = time.perf_counter()
     # The pipeline's own training step: each scorer with its bands chosen on validation.
-    scorers, epochs = fit_scorers(train, valid, valid_days, policy, epochs=20, seed=0)
+    scorers, epochs = fit_scorers(train, valid, valid_days, policy, epochs=30, seed=0)
     seconds_fit = time.perf_counter() - fit_start
     y_test, amounts_test = test["label"].to_numpy(), test["amount"].to_numpy()
     figures, costs, scores = {}, {}, {}

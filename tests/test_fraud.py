@@ -298,6 +298,46 @@ def test_the_feature_set_writes_each_period_with_labels_known_at_its_moment(shop
 
 
 @FAST
+def test_the_lightgbm_floor_keeps_the_setting_best_on_validation_and_serves_with_it(shop, tmp_path):
+    """The floor is tuned as a data scientist would tune it, on validation orders only: of the
+    grid, the setting whose early-stopped booster ranks validation frauds best is the one kept, and
+    its saved scorer scores as it did and remembers that setting."""
+    from pipeline.families.fraud.decisions import Bands, average_precision
+    from pipeline.families.fraud.pyfunc import FraudPyfunc, scorer_file
+    from pipeline.families.fraud.scoring import LightGBMScorer
+    from pipeline.families.fraud.split import fraud_split, labelled_periods
+
+    events, _ = shop
+    orders = orders_of(events)
+    start = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
+    split = fraud_split(start, start + timedelta(days=SHOP.days), 5, 5, 7)
+    features = order_features(orders, events)
+    periods = {
+        name: features.join(rows.select("session_id", "label"), on="session_id")
+        for name, rows in labelled_periods(orders, events, split, 7).items()
+    }
+    train, valid = periods["train"], periods["valid"]
+    grid = (
+        {"num_leaves": 3, "min_data_in_leaf": 400, "weighting": "balanced"},
+        {"num_leaves": 31, "min_data_in_leaf": 20, "weighting": "sqrt"},
+        {"num_leaves": 7, "min_data_in_leaf": 50, "weighting": "sqrt"},
+    )
+    alone = [LightGBMScorer.fit(train, valid, grid=(g,)) for g in grid]
+    valid_ap = [average_precision(valid["label"].to_numpy(), s.score(valid)) for s in alone]
+    assert len(set(np.round(valid_ap, 6))) > 1  # the settings differ, so the choice matters
+    chosen = LightGBMScorer.fit(train, valid, grid=grid)
+    best = int(np.argmax(valid_ap))
+    assert {k: chosen.settings[k] for k in grid[best]} == grid[best]
+    assert chosen.settings["valid_auc_pr"] == pytest.approx(max(valid_ap))
+    np.testing.assert_allclose(chosen.score(periods["test"]), alone[best].score(periods["test"]))
+    # Saved as the family saves its floors, loaded as a Bento loads them: the same scores.
+    pyfunc = FraudPyfunc.from_parts("lightgbm", chosen, Bands(review_at=0.5, block_at=0.9))
+    loaded = FraudPyfunc.from_file(scorer_file(pyfunc, tmp_path / "lightgbm.json"))
+    assert loaded.scorer.settings == chosen.settings
+    np.testing.assert_allclose(loaded.scores(periods["test"]), pyfunc.scores(periods["test"]))
+
+
+@FAST
 def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_path):
     """``/score``'s features (the snapshot's rows of the order's keys, then ``order_features``)
     equal those computed over every event, for orders before the snapshot's cutoff sent as raw

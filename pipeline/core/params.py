@@ -199,7 +199,7 @@ class TrainFraudParams:
     valid_days: int = Field(default=14, ge=1)  # the bands and early stopping are chosen here
     test_days: int = Field(default=14, ge=1)  # the gate's orders
     min_train_days: int = Field(default=7, ge=1)
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=30, ge=1)
     seed: int = 0
 
 

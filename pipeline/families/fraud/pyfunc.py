@@ -60,7 +60,7 @@ class FraudPyfunc(PythonModel):
                 raise ValueError(f"{scorer}: a network scorer needs its weights artifact")
             self.scorer = load_network(weights)
         elif self.kind == "lightgbm":
-            self.scorer = LightGBMScorer(saved["booster"])
+            self.scorer = LightGBMScorer(saved["booster"], saved.get("settings"))
         elif self.kind == "rules":
             self.scorer = RulesScorer(**saved["rules"])
         else:
@@ -195,6 +195,7 @@ def scorer_file(pyfunc: FraudPyfunc, path: Path) -> Path:
     }
     if kind == "lightgbm":
         state["booster"] = scorer.booster_text
+        state["settings"] = scorer.settings
     elif kind == "rules":
         state["rules"] = scorer.to_dict()
     path.write_text(json.dumps(state))

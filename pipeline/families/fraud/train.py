@@ -158,6 +158,8 @@ def train(
                 "model.epochs_run": fit.epochs,
                 "model.features": len(DENSE),
                 **{f"bands.{name}.{k}": v for name, s in fit.scorers.items() for k, v in s.bands.to_dict().items()},
+                # The LightGBM floor's settings, chosen on validation (scoring.LIGHTGBM_GRID).
+                **{f"lightgbm.{k}": v for k, v in (fit.scorers["lightgbm"].scorer.settings or {}).items()},
             }
         )
         mlflow.log_dict(split.to_dict(), "split.json")
