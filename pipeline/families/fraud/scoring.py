@@ -123,7 +123,7 @@ class LightGBMScorer:
             dense_matrix(train), y, feature_name=list(DENSE), free_raw_data=False, params={"feature_pre_filter": False}
         )
         x_valid = dense_matrix(valid)
-        valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
+        valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set, params={"feature_pre_filter": False})
         best: tuple[float, str, dict] | None = None
         for setting in grid:
             params = {
