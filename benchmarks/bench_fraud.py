@@ -21,7 +21,7 @@ browser, sex, age, ip_address, class``) is ingested with the ``fraud_orders`` ad
 are all known (the layout does not say when), so its maturity window is 0: validation and test
 are its last ``--valid-days`` and ``--test-days`` before the end, without gaps.
 
-    python -m benchmarks.bench_fraud [--data FILE] [--json OUT] [--skip-generated]
+    python -m benchmarks.bench_fraud [--data FILE] [--json OUT] [--skip-generated] [--shop-seed N]
 
 ``--json OUT`` writes, for the file (or the generated shop without one), per scorer name
 (``rules``, ``lightgbm``, ``dcn_v2``): ``auc_pr``, ``recall_at_budget``, ``cost_per_1000``; and
@@ -47,7 +47,7 @@ BUDGET = 50  # reviews a day (policy.yaml's): the generated shop has about 14 or
 SHOP_DAYS, SHOP_EVENTS_PER_DAY, SHOP_PERIOD_DAYS = 200, 20_000, 21
 
 
-def generated_shop(home: Path):
+def generated_shop(home: Path, seed: int = 2):
     """The generated shop's events (read from the landing files directly)."""
     import polars as pl
 
@@ -55,7 +55,7 @@ def generated_shop(home: Path):
     from pipeline.data.generate import generate_shop_data
 
     params = GenerateParams(
-        seed=2,
+        seed=seed,
         start_date="2026-03-01",
         days=SHOP_DAYS,
         events_per_day=SHOP_EVENTS_PER_DAY,
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid-days", type=int, help=f"default: {SHOP_PERIOD_DAYS} (generated shop), 14 (file)")
     parser.add_argument("--test-days", type=int, help=f"default: {SHOP_PERIOD_DAYS} (generated shop), 14 (file)")
     parser.add_argument("--budget", type=int, default=BUDGET, help="reviews a day")
+    parser.add_argument("--shop-seed", type=int, default=2, help="the generated shop's seed (same recipe)")
     args = parser.parse_args(argv)
     if args.data is not None and not args.data.is_file():
         print(f"{args.data}: no such file", file=sys.stderr)
@@ -222,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SHOPML_HOME"] = home
         if not args.skip_generated:
             valid, test = args.valid_days or SHOP_PERIOD_DAYS, args.test_days or SHOP_PERIOD_DAYS
-            fig = fraud_benchmark(generated_shop(Path(home)), valid, test, 20, args.budget)
-            print_figures(f"generated shop ({SHOP_DAYS} days, {SHOP_EVENTS_PER_DAY:,} events a day, 2% fraud)", fig)
+            fig = fraud_benchmark(generated_shop(Path(home), args.shop_seed), valid, test, 20, args.budget)
+            print_figures(
+                f"generated shop (seed {args.shop_seed}, {SHOP_DAYS} days, {SHOP_EVENTS_PER_DAY:,} events a day, "
+                "2% fraud)",
+                fig,
+            )
             out = _json_figures(fig)
         if args.data is not None:
             valid, test = args.valid_days or 14, args.test_days or 14
