@@ -92,8 +92,10 @@ def fit_scorers(
         "rules": ("rules", scoring.RulesScorer.fit(train)),
         "lightgbm": ("lightgbm", scoring.LightGBMScorer.fit(train, valid, seed=seed)),
     }
-    network, result = scoring.fit_network(train, valid, epochs=epochs, seed=seed)
+    network, result, network_setting = scoring.fit_network(train, valid, epochs=epochs, seed=seed)
     fitted[NETWORK] = ("network", network)
+    # The settings each learned scorer chose on validation travel with its scorer file.
+    settings = {NETWORK: network_setting, "lightgbm": fitted["lightgbm"][1].settings}
     labels, amounts = valid["label"].to_numpy(), valid["amount"].to_numpy()
     out = {}
     for name, (kind, scorer) in fitted.items():
@@ -101,6 +103,8 @@ def fit_scorers(
         bands, _ = decisions.choose_bands(unbanded.scores(valid), labels, amounts, valid_days, policy)
         pyfunc = FraudPyfunc.from_parts(kind, scorer, bands, policy.currency)
         pyfunc.figures = {"validation": figures(pyfunc, valid, valid_days, policy), "policy": policy.to_dict()}
+        if name in settings:
+            pyfunc.figures["settings"] = settings[name]
         out[name] = pyfunc
     return out, result.epochs_run
 
@@ -158,8 +162,12 @@ def train(
                 "model.epochs_run": fit.epochs,
                 "model.features": len(DENSE),
                 **{f"bands.{name}.{k}": v for name, s in fit.scorers.items() for k, v in s.bands.to_dict().items()},
-                # The LightGBM floor's settings, chosen on validation (scoring.LIGHTGBM_GRID).
-                **{f"lightgbm.{k}": v for k, v in (fit.scorers["lightgbm"].scorer.settings or {}).items()},
+                # The learned scorers' settings, chosen on validation (scoring.LIGHTGBM_GRID, NETWORK_GRID).
+                **{
+                    f"{name}.{k}": v
+                    for name in ("lightgbm", NETWORK)
+                    for k, v in ((fit.scorers[name].figures or {}).get("settings") or {}).items()
+                },
             }
         )
         mlflow.log_dict(split.to_dict(), "split.json")
