@@ -144,7 +144,7 @@ class LightGBMScorer:
             booster = lgb.train(
                 params, train_set, rounds, valid_sets=[valid_set], callbacks=[lgb.early_stopping(50, verbose=False)]
             )
-            ap = average_precision(y_valid, booster.predict(x_valid, num_iteration=booster.best_iteration))
+            ap = average_precision(y_valid, np.asarray(booster.predict(x_valid, num_iteration=booster.best_iteration)))
             if best is None or ap > best[0]:
                 text = booster.model_to_string(num_iteration=booster.best_iteration)
                 best = (ap, text, {**setting, "rounds": int(booster.best_iteration), "valid_auc_pr": ap})

@@ -88,14 +88,12 @@ def fit_scorers(
                 f"the {name} period holds {rows.height} labelled orders and no fraud: thresholds and AUC-PR are "
                 "undefined; give the data more days or the split fewer (params.yaml train_fraud)"
             )
-    fitted = {
-        "rules": ("rules", scoring.RulesScorer.fit(train)),
-        "lightgbm": ("lightgbm", scoring.LightGBMScorer.fit(train, valid, seed=seed)),
-    }
+    lightgbm = scoring.LightGBMScorer.fit(train, valid, seed=seed)
     network, result, network_setting = scoring.fit_network(train, valid, epochs=epochs, seed=seed)
+    fitted = {"rules": ("rules", scoring.RulesScorer.fit(train)), "lightgbm": ("lightgbm", lightgbm)}
     fitted[NETWORK] = ("network", network)
     # The settings each learned scorer chose on validation travel with its scorer file.
-    settings = {NETWORK: network_setting, "lightgbm": fitted["lightgbm"][1].settings}
+    settings = {NETWORK: network_setting, "lightgbm": lightgbm.settings}
     labels, amounts = valid["label"].to_numpy(), valid["amount"].to_numpy()
     out = {}
     for name, (kind, scorer) in fitted.items():
