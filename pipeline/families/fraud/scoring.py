@@ -5,7 +5,7 @@ riskier; the decision bands are chosen on each one's validation scores alike. Cl
 handled by weighting the rare frauds up (LightGBM's ``scale_pos_weight``, the network's
 ``pos_weight``; ``positive_weight``), never by dropping genuine orders. Both learned scorers' settings
 are chosen on validation orders: LightGBM's in every run, over ``LIGHTGBM_GRID``; the network's
-learning rate in every run, over ``NETWORK_GRID``, its size and weighting once, on the bench shops.
+weighting and learning rate in every run, over ``NETWORK_GRID``, its size once, on the bench shops.
 """
 
 from __future__ import annotations
