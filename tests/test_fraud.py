@@ -303,19 +303,14 @@ def test_the_lightgbm_floor_keeps_the_setting_best_on_validation_and_serves_with
     grid, the setting whose early-stopped booster ranks validation frauds best is the one kept, and
     its saved scorer scores as it did and remembers that setting."""
     from pipeline.families.fraud.decisions import Bands, average_precision
+    from pipeline.families.fraud.features import labelled_features
     from pipeline.families.fraud.pyfunc import FraudPyfunc, scorer_file
     from pipeline.families.fraud.scoring import LightGBMScorer
-    from pipeline.families.fraud.split import fraud_split, labelled_periods
+    from pipeline.families.fraud.split import fraud_split
 
     events, _ = shop
-    orders = orders_of(events)
     start = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
-    split = fraud_split(start, start + timedelta(days=SHOP.days), 5, 5, 7)
-    features = order_features(orders, events)
-    periods = {
-        name: features.join(rows.select("session_id", "label"), on="session_id")
-        for name, rows in labelled_periods(orders, events, split, 7).items()
-    }
+    periods, _ = labelled_features(events, fraud_split(start, start + timedelta(days=SHOP.days), 5, 5, 7), 7)
     train, valid = periods["train"], periods["valid"]
     grid = (
         {"num_leaves": 3, "min_data_in_leaf": 400, "weighting": "balanced"},
