@@ -182,36 +182,43 @@ def fit_network(
     every setting of ``grid``, each early-stopped on validation average precision; the best on
     validation is kept, Platt-calibrated on validation. Returns it, its ``TrainResult`` and its
     setting (with its validation AUC-PR)."""
+    # The rows as tensors once, shared by every setting and the calibration.
+    x_train = torch.from_numpy(dense_matrix(train))
+    y_train = train["label"].to_numpy()
+    x_valid = torch.from_numpy(dense_matrix(valid))
+    y_valid = valid["label"].to_numpy()
     best = None
     for setting in grid:
-        model, result = _fit_one_network(train, valid, setting, epochs, seed, progress)
+        model, result = _fit_one_network(x_train, y_train, x_valid, y_valid, setting, epochs, seed, progress)
         if best is None or result.best_metric > best[1].best_metric:
             best = (model, result, {**setting, "hidden": list(setting["hidden"]), "valid_auc_pr": result.best_metric})
     assert best is not None, "an empty grid"
     model, result, setting = best
-    x_valid = torch.from_numpy(dense_matrix(valid))
     empty = torch.zeros(0, dtype=torch.long)
-    model.calibrate(
-        empty.expand(x_valid.shape[0], 0), x_valid, torch.from_numpy(valid["label"].to_numpy().astype(np.float32))
-    )
+    model.calibrate(empty.expand(x_valid.shape[0], 0), x_valid, torch.from_numpy(y_valid.astype(np.float32)))
     return model.cpu(), result, setting
 
 
-def _fit_one_network(train: pl.DataFrame, valid: pl.DataFrame, settings: dict, epochs: int, seed: int, progress: bool):
+def _fit_one_network(
+    x_train: torch.Tensor,
+    y_train: np.ndarray,
+    x_valid: torch.Tensor,
+    y_valid: np.ndarray,
+    settings: dict,
+    epochs: int,
+    seed: int,
+    progress: bool,
+):
     from models.propensity import DCNConfig, DCNv2
     from models.train import TrainConfig, model_device
     from models.train import train as train_loop
     from pipeline.families.fraud.decisions import average_precision
 
     torch.manual_seed(seed)
-    x_train = torch.from_numpy(dense_matrix(train))
-    y_train = torch.from_numpy(train["label"].to_numpy().astype(np.float32))
-    x_valid = torch.from_numpy(dense_matrix(valid))
-    y_valid = valid["label"].to_numpy()
     config = DCNConfig(n_dense=len(DENSE), id_cardinalities=(), hidden=tuple(settings["hidden"]), dropout=0.1)
     model = DCNv2(config)
     model.fit_scaler(x_train)
-    pos_weight = torch.tensor(positive_weight(train["label"].to_numpy(), settings["weighting"]))
+    pos_weight = torch.tensor(positive_weight(y_train, settings["weighting"]))
     empty = torch.zeros(0, dtype=torch.long)
 
     def loss(m, batch):
@@ -229,6 +236,7 @@ def _fit_one_network(train: pl.DataFrame, valid: pl.DataFrame, settings: dict, e
     train_config = TrainConfig(
         epochs=epochs, batch_size=512, lr=settings["lr"], patience=4, seed=seed, progress=progress, compile=False
     )
-    result = train_loop(model, torch.cat([x_train, y_train[:, None]], dim=1), loss, evaluate, train_config)
+    rows = torch.cat([x_train, torch.from_numpy(y_train.astype(np.float32))[:, None]], dim=1)
+    result = train_loop(model, rows, loss, evaluate, train_config)
     model.eval()
     return model, result

@@ -90,8 +90,11 @@ def fit_scorers(
             )
     lightgbm = scoring.LightGBMScorer.fit(train, valid, seed=seed)
     network, result, network_setting = scoring.fit_network(train, valid, epochs=epochs, seed=seed)
-    fitted = {"rules": ("rules", scoring.RulesScorer.fit(train)), "lightgbm": ("lightgbm", lightgbm)}
-    fitted[NETWORK] = ("network", network)
+    fitted = {
+        "rules": ("rules", scoring.RulesScorer.fit(train)),
+        "lightgbm": ("lightgbm", lightgbm),
+        NETWORK: ("network", network),
+    }
     # The settings each learned scorer chose on validation travel with its scorer file.
     settings = {NETWORK: network_setting, "lightgbm": lightgbm.settings}
     labels, amounts = valid["label"].to_numpy(), valid["amount"].to_numpy()
