@@ -566,7 +566,7 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
                 *([carry] if carry is not None else []),
                 events,
                 generate_risk.rows_frame(extra),
-                generate_risk.due_chargebacks(risk, next_start),
+                generate_risk.due_events(risk, next_start),
             ]
         )
         # Sessions that run past midnight belong to tomorrow's file, as in a real export.

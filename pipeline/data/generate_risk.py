@@ -27,8 +27,8 @@ that look like customers' (``10.*``).
 Each fraudulent order is confirmed by a ``chargeback`` (the whole order: no item, the amount paid)
 some days later (3 to 60, skewed short), written into the file of the day it arrives; one that would
 arrive after the last generated day is not written, as in a real export, whose recent orders are
-not yet labelled. ``truth/fraud.csv`` lists every fraudulent order with its scenario, whether it was disguised, and the
-chargeback's time, for tests; the pipeline never reads it.
+not yet labelled. ``truth/fraud.csv`` lists every fraudulent order with its scenario, whether it
+was disguised, and the chargeback's time, for tests; the pipeline never reads it.
 
 Its random draws come from streams of their own, so turning fraud on or off leaves every genuine
 event as it was.
@@ -77,7 +77,7 @@ class RiskWorld:
     second_payment: np.ndarray  # None for users with one card
     next_account: int  # the next user index fraud accounts take (past every genuine user)
     truth: list[dict] = field(default_factory=list)
-    # Events of days not yet written: chargebacks, and the orders of aged accounts
+    # Events of days not yet written (``due_events``): chargebacks, and the orders of aged accounts
     pending: list[pl.DataFrame] = field(default_factory=list)
 
 
@@ -281,7 +281,7 @@ def rows_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
 
 
-def due_chargebacks(risk: RiskWorld, before: datetime) -> pl.DataFrame:
+def due_events(risk: RiskWorld, before: datetime) -> pl.DataFrame:
     """The queued events (chargebacks, aged accounts' orders) that happen before ``before``
     (removed from the queue)."""
     if not risk.pending:
