@@ -15,7 +15,12 @@ bands, and for the network minus each floor the 95% bootstrap interval of the di
 The generated shop: 200 days, 20,000 events a day, 2% of orders fraudulent (four scenarios, a share
 of each disguised as genuine behaviour, beside customers who travel, share devices and change them),
 a 20-day maturity window (chargebacks arrive 3 to 60 days late), 21-day validation and test: about
-300 frauds in each, enough for intervals narrower than the differences they judge. A file
+300 frauds in each. Its generator also writes which orders were fraud (``truth/fraud.csv``), so
+on this shop alone the figures are given a second time against that truth: a tenth of the test
+frauds have no chargeback yet when the test period is labelled (it arrives after the window), and
+count as genuine in the first figures, whichever scorer ranks them high. The truth figures show
+how much of a difference between scorers is ranking and how much is where those late frauds fell,
+and how close the better floor comes to a perfect ranking (the "headroom" line). A file
 in the public layout (``user_id, signup_time, purchase_time, purchase_value, device_id, source,
 browser, sex, age, ip_address, class``) is ingested with the ``fraud_orders`` adapter; its labels
 are all known (the layout does not say when), so its maturity window is 0: validation and test
@@ -25,7 +30,8 @@ are its last ``--valid-days`` and ``--test-days`` before the end, without gaps.
 
 ``--json OUT`` writes, for the file (or the generated shop without one), per scorer name
 (``rules``, ``lightgbm``, ``dcn_v2``): ``auc_pr``, ``recall_at_budget``, ``cost_per_1000``; and
-``promoted``: the scorer the family's gate would serve on these figures.
+``promoted``: the scorer the family's gate would serve on these figures (from the labels, as the
+gate sees them). For the generated shop, also ``auc_pr_truth`` and ``cost_per_1000_truth``.
 """
 
 from __future__ import annotations
@@ -45,14 +51,17 @@ import numpy as np
 NETWORK = "dcn_v2"
 BUDGET = 50  # reviews a day (policy.yaml's): the generated shop has about 14 orders of fraud a day
 SHOP_DAYS, SHOP_EVENTS_PER_DAY, SHOP_PERIOD_DAYS = 200, 20_000, 21
+TRUTH_KEYS = ("auc_pr_truth", "cost_per_1000_truth")  # the generated shop's only
 
 
 def generated_shop(home: Path, seed: int = 2):
-    """The generated shop's events (read from the landing files directly)."""
+    """The generated shop's events (read from the landing files directly), and the sessions of its
+    fraudulent orders (the generator's truth file, which the pipeline never reads)."""
     import polars as pl
 
     from pipeline.core.params import GenerateParams
     from pipeline.data.generate import generate_shop_data
+    from pipeline.data.generate_risk import FRAUD_TRUTH_FILE
 
     params = GenerateParams(
         seed=seed,
@@ -65,7 +74,9 @@ def generated_shop(home: Path, seed: int = 2):
         format="parquet",
     )
     days = generate_shop_data(params, home / "landing")
-    return pl.concat([pl.read_parquet(d.events_path) for d in days]).sort("event_time")
+    events = pl.concat([pl.read_parquet(d.events_path) for d in days]).sort("event_time")
+    truth = pl.read_csv(home / "landing" / FRAUD_TRUTH_FILE, columns=["session_id"])["session_id"]
+    return events, truth
 
 
 def file_events(path: Path, home: Path):
@@ -96,25 +107,25 @@ def file_events(path: Path, home: Path):
     return load_events(paths.staging)
 
 
-def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int, budget: int, samples: int = 500):
+def fraud_benchmark(
+    events, valid_days: int, test_days: int, maturity_days: int, budget: int, samples: int = 500, truth=None
+):
+    """The three scorers' figures on the test orders, with the network-minus-floor intervals. With
+    ``truth`` (the sessions of every fraudulent order, known for a generated shop only), the same
+    figures again against it: the test frauds whose chargeback had not arrived when the period was
+    labelled count as fraud there, not as genuine."""
     from pipeline.families.fraud import decisions
-    from pipeline.families.fraud.orders import order_features, orders_of
-    from pipeline.families.fraud.split import fraud_split, labelled_periods
+    from pipeline.families.fraud.features import labelled_features
+    from pipeline.families.fraud.split import fraud_split
     from pipeline.families.fraud.train import figures as fraud_figures
     from pipeline.families.fraud.train import fit_scorers
-    from pipeline.lifecycle.gate import bootstrap_sides
 
     started = time.perf_counter()
-    orders = orders_of(events)
-    features = order_features(orders, events)
-    seconds_features = time.perf_counter() - started
     first = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
     end = events["event_time"].max().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     split = fraud_split(first, end, valid_days, test_days, maturity_days)
-    periods = {
-        name: features.join(rows.select("session_id", "label"), on="session_id")
-        for name, rows in labelled_periods(orders, events, split, maturity_days).items()
-    }
+    periods, orders = labelled_features(events, split, maturity_days)
+    seconds_features = time.perf_counter() - started
     for name, rows in periods.items():
         if rows.height == 0 or rows["label"].sum() == 0:
             raise SystemExit(
@@ -129,24 +140,24 @@ def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int,
     scorers, epochs = fit_scorers(train, valid, valid_days, policy, epochs=30, seed=0)
     seconds_fit = time.perf_counter() - fit_start
     y_test, amounts_test = test["label"].to_numpy(), test["amount"].to_numpy()
-    figures, costs, scores = {}, {}, {}
+    figures, scores, decided = {}, {}, {}
     for name, pyfunc in scorers.items():
         scores[name] = pyfunc.scores(test)
-        costs[name] = decisions.order_costs(pyfunc.bands.decide(scores[name]), y_test, amounts_test, policy)
+        decided[name] = pyfunc.bands.decide(scores[name])
         figures[name] = {**fraud_figures(pyfunc, test, test_days, policy), "bands": pyfunc.bands.to_dict()}
-    groups = np.arange(test.height)
-    ap = bootstrap_sides(groups, scores, lambda v, at: decisions.average_precision(y_test[at], v), samples, 0)
-    cost = bootstrap_sides(groups, costs, lambda v, at: float(v.mean() * 1000), samples, 0)
-    for floor in ("rules", "lightgbm"):
-        for key, draws in (("auc_pr", ap), ("cost_per_1000", cost)):
-            diff = draws[NETWORK] - draws[floor]
-            figures[NETWORK][f"{key}_minus_{floor}"] = [
-                float(np.quantile(diff, 0.025)),
-                float(np.quantile(diff, 0.975)),
-            ]
+    _differences(figures, scores, decided, y_test, amounts_test, policy, samples, "")
+    rows = {name: (rows.height, int(rows["label"].sum())) for name, rows in periods.items()}
+    if truth is not None:
+        true = test["session_id"].is_in(truth.implode()).to_numpy().astype(float)
+        rows["test_late"] = (int(((true == 1) & (y_test == 0)).sum()), int(true.sum()))
+        for name in scorers:
+            figures[name]["auc_pr_truth"] = decisions.average_precision(true, scores[name])
+            costs = decisions.order_costs(decided[name], true, amounts_test, policy)
+            figures[name]["cost_per_1000_truth"] = float(costs.mean() * 1000)
+        _differences(figures, scores, decided, true, amounts_test, policy, samples, "_truth")
     return {
-        "orders": orders.height,
-        "rows": {name: (rows.height, int(rows["label"].sum())) for name, rows in periods.items()},
+        "orders": orders,
+        "rows": rows,
         "split": split.to_dict(),
         "models": figures,
         "epochs": epochs,
@@ -155,6 +166,26 @@ def fraud_benchmark(events, valid_days: int, test_days: int, maturity_days: int,
         "budget": budget,
         "policy": policy.to_dict(),
     }
+
+
+def _differences(figures, scores, decided, labels, amounts, policy, samples: int, suffix: str) -> None:
+    """The network minus each floor, AUC-PR and cost per 1,000 orders against ``labels``: 95%
+    bootstrap intervals (resampling orders, the same resamples for every scorer), under
+    ``auc_pr{suffix}_minus_<floor>`` and ``cost_per_1000{suffix}_minus_<floor>``."""
+    from pipeline.families.fraud import decisions
+    from pipeline.lifecycle.gate import bootstrap_sides
+
+    costs = {name: decisions.order_costs(d, labels, amounts, policy) for name, d in decided.items()}
+    groups = np.arange(labels.size)
+    ap = bootstrap_sides(groups, scores, lambda v, at: decisions.average_precision(labels[at], v), samples, 0)
+    cost = bootstrap_sides(groups, costs, lambda v, at: float(v.mean() * 1000), samples, 0)
+    for floor in ("rules", "lightgbm"):
+        for key, draws in (("auc_pr", ap), ("cost_per_1000", cost)):
+            diff = draws[NETWORK] - draws[floor]
+            figures[NETWORK][f"{key}{suffix}_minus_{floor}"] = [
+                float(np.quantile(diff, 0.025)),
+                float(np.quantile(diff, 0.975)),
+            ]
 
 
 def print_figures(title: str, fig: dict) -> None:
@@ -176,8 +207,27 @@ def print_figures(title: str, fig: dict) -> None:
             f"{m['reviews_per_day']:12.1f} {m['blocked_per_day']:12.1f}"
         )
     net = fig["models"][NETWORK]
+    _print_differences(net, "")
+    if "test_late" in rows:
+        late, true = rows["test_late"]
+        print(
+            f"  against the generator's truth: {true} test frauds, {late} of them labelled genuine above "
+            "(no chargeback yet when the period was labelled)"
+        )
+        print(f"  {'model':10} {'AUC-PR':>8} {'cost/1000':>10}")
+        for name, m in fig["models"].items():
+            print(f"  {name:10} {m['auc_pr_truth']:8.3f} {m['cost_per_1000_truth']:10.1f}")
+        _print_differences(net, "_truth")
+        best = max(fig["models"][floor]["auc_pr_truth"] for floor in ("rules", "lightgbm"))
+        print(
+            f"  headroom: the better floor ranks the true frauds at AUC-PR {best:.3f}; no scorer can lead it "
+            f"by more than {1 - best:.3f} there"
+        )
+
+
+def _print_differences(net: dict, suffix: str) -> None:
     for floor in ("rules", "lightgbm"):
-        a, c = net[f"auc_pr_minus_{floor}"], net[f"cost_per_1000_minus_{floor}"]
+        a, c = net[f"auc_pr{suffix}_minus_{floor}"], net[f"cost_per_1000{suffix}_minus_{floor}"]
         print(
             f"  {NETWORK} - {floor}: AUC-PR 95% interval [{a[0]:+.3f}, {a[1]:+.3f}], "
             f"cost/1000 [{c[0]:+.1f}, {c[1]:+.1f}]"
@@ -197,7 +247,7 @@ def promoted(fig: dict) -> str:
 def _json_figures(fig: dict) -> dict:
     return {
         **{
-            name: {k: m[k] for k in ("auc_pr", "recall_at_budget", "cost_per_1000")}
+            name: {k: m[k] for k in ("auc_pr", "recall_at_budget", "cost_per_1000", *TRUTH_KEYS) if k in m}
             for name, m in fig["models"].items()
         },
         "promoted": promoted(fig),
@@ -223,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SHOPML_HOME"] = home
         if not args.skip_generated:
             valid, test = args.valid_days or SHOP_PERIOD_DAYS, args.test_days or SHOP_PERIOD_DAYS
-            fig = fraud_benchmark(generated_shop(Path(home), args.shop_seed), valid, test, 20, args.budget)
+            events, truth = generated_shop(Path(home), args.shop_seed)
+            fig = fraud_benchmark(events, valid, test, 20, args.budget, truth=truth)
             print_figures(
                 f"generated shop (seed {args.shop_seed}, {SHOP_DAYS} days, {SHOP_EVENTS_PER_DAY:,} events a day, "
                 "2% fraud)",

@@ -274,6 +274,35 @@ def test_the_benchmark_reads_a_file_in_the_public_layout(tmp_path, monkeypatch):
     assert figures["lightgbm"]["auc_pr"] > 0.8 and figures["dcn_v2"]["auc_pr"] > 0.8
 
 
+def test_the_benchmark_figures_the_generated_shop_against_its_truth_as_well(shop):
+    """On the generated shop the benchmark gives every figure twice: against the labels (what the
+    gate sees) and against the generator's truth, where the test frauds whose chargeback had not
+    arrived count as fraud. Told a truth that is exactly the labels, both sets agree."""
+    from datetime import datetime
+
+    from benchmarks.bench_fraud import NETWORK, fraud_benchmark
+
+    events, truth = shop
+    fig = fraud_benchmark(events, 5, 5, 7, budget=20, samples=50, truth=truth["session_id"])
+    _, test_frauds = fig["rows"]["test"]
+    late, true = fig["rows"]["test_late"]
+    assert true - late == test_frauds > 0  # every labelled fraud is a true one, the rest are late
+    assert late > 0  # chargebacks of up to 60 days: some had not arrived 7 days after the period
+    for name, m in fig["models"].items():
+        assert 0 < m["auc_pr_truth"] <= 1 and m["cost_per_1000_truth"] >= 0, name
+    assert {"auc_pr_truth_minus_lightgbm", "cost_per_1000_truth_minus_rules"} <= set(fig["models"][NETWORK])
+
+    # The labels of the test period are the chargebacks arrived by the data's end: as the truth,
+    # they give the labels' own figures.
+    end = datetime.fromisoformat(fig["split"]["end"])
+    known = truth.filter(pl.col("chargeback_time") < end)["session_id"]
+    same = fraud_benchmark(events, 5, 5, 7, budget=20, samples=50, truth=known)
+    assert same["rows"]["test_late"] == (0, test_frauds)
+    for name, m in same["models"].items():
+        assert m["auc_pr_truth"] == pytest.approx(m["auc_pr"]), name
+        assert m["cost_per_1000_truth"] == pytest.approx(m["cost_per_1000"]), name
+
+
 @FAST
 def test_the_feature_set_writes_each_period_with_labels_known_at_its_moment(shop, tmp_path):
     from pipeline.core.params import TrainFraudParams
