@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -232,7 +233,6 @@ def test_the_benchmark_reads_a_file_in_the_public_layout(tmp_path, monkeypatch):
     """``bench_fraud --data FILE --json OUT`` on rows in the public layout (the data set itself is
     not in ../shared): signups, purchases and labels through the adapter, the three scorers, the
     figures under the keys the issue names."""
-    import json
 
     from benchmarks import bench_fraud
 
@@ -356,8 +356,11 @@ def test_the_lightgbm_floor_keeps_the_setting_best_on_validation_and_serves_with
     np.testing.assert_allclose(chosen.score(periods["test"]), alone[best].score(periods["test"]))
     # Saved as the family saves its floors, loaded as a Bento loads them: the same scores.
     pyfunc = FraudPyfunc.from_parts("lightgbm", chosen, Bands(review_at=0.5, block_at=0.9))
-    loaded = FraudPyfunc.from_file(scorer_file(pyfunc, tmp_path / "lightgbm.json"))
+    path = scorer_file(pyfunc, tmp_path / "lightgbm.json")
+    loaded = FraudPyfunc.from_file(path)
     assert loaded.scorer.settings == chosen.settings
+    saved = json.loads(path.read_text())  # the setting once, with the figures a run logs
+    assert "settings" not in saved and saved["figures"]["settings"] == chosen.settings
     np.testing.assert_allclose(loaded.scores(periods["test"]), pyfunc.scores(periods["test"]))
 
 

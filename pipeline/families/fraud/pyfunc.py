@@ -60,7 +60,10 @@ class FraudPyfunc(PythonModel):
                 raise ValueError(f"{scorer}: a network scorer needs its weights artifact")
             self.scorer = load_network(weights)
         elif self.kind == "lightgbm":
-            self.scorer = LightGBMScorer(saved["booster"], saved.get("settings"))
+            # The setting chosen on validation is kept with the figures (``scorer_file``); files
+            # written before that kept it on its own, under ``settings``.
+            chosen = (self.figures or {}).get("settings") or saved.get("settings")
+            self.scorer = LightGBMScorer(saved["booster"], chosen)
         elif self.kind == "rules":
             self.scorer = RulesScorer(**saved["rules"])
         else:
@@ -195,7 +198,8 @@ def scorer_file(pyfunc: FraudPyfunc, path: Path) -> Path:
     }
     if kind == "lightgbm":
         state["booster"] = scorer.booster_text
-        state["settings"] = scorer.settings
+        if scorer.settings is not None:  # the setting chosen on validation, once: with the figures
+            state["figures"] = {**(pyfunc.figures or {}), "settings": scorer.settings}
     elif kind == "rules":
         state["rules"] = scorer.to_dict()
     path.write_text(json.dumps(state))
