@@ -81,11 +81,10 @@ def generated_shop(home: Path, seed: int = 2):
 
 def file_events(path: Path, home: Path):
     """A file in the public fraud layout, through the ``fraud_orders`` adapter."""
-    from datetime import datetime, timezone
-
     import polars as pl
 
     from pipeline.core.settings import get_state_paths
+    from pipeline.data.adapters import FRAUD_ORDERS_TIME_FORMATS, parse_timestamp
     from pipeline.data.dataset import load_events
     from pipeline.data.ingest import Interval, allow_source_folder, ingest_events
 
@@ -93,10 +92,15 @@ def file_events(path: Path, home: Path):
     required = {"user_id", "signup_time", "purchase_time", "purchase_value", "device_id", "ip_address", "class"}
     if missing := sorted(required - set(head)):
         raise SystemExit(f"{path}: not in the public fraud layout; missing columns {', '.join(missing)}")
+    # The file's whole days, its times read in the formats the adapter reads (rows it cannot read
+    # are its to quarantine, and named then).
     times = pl.read_csv(path, columns=["signup_time", "purchase_time"], infer_schema=False)
-    days = pl.concat([times["signup_time"], times["purchase_time"]]).str.slice(0, 10).drop_nulls()
-    first, last = datetime.fromisoformat(min(days)), datetime.fromisoformat(max(days))
-    interval = Interval(first.replace(tzinfo=timezone.utc), last.replace(tzinfo=timezone.utc) + timedelta(days=1))
+    read = pl.concat([times["signup_time"], times["purchase_time"]]).to_frame("t")
+    days = read.select(parse_timestamp(pl.col("t"), FRAUD_ORDERS_TIME_FORMATS).dt.truncate("1d"))["t"].drop_nulls()
+    if days.is_empty():
+        raise SystemExit(f"{path}: no signup_time or purchase_time in a format the fraud_orders adapter reads")
+    first, last = days.min(), days.max()
+    interval = Interval(first, last + timedelta(days=1))
     paths = get_state_paths()
     allow_source_folder(path)  # the file this command names
     result = ingest_events(interval, str(path), paths, adapter_name="fraud_orders")
@@ -181,10 +185,11 @@ def _differences(figures, scores, decided, labels, amounts, policy, samples: int
     cost = bootstrap_sides(groups, costs, lambda v, at: float(v.mean() * 1000), samples, 0)
     for floor in ("rules", "lightgbm"):
         for key, draws in (("auc_pr", ap), ("cost_per_1000", cost)):
+            # A resample without a fraud has no AUC-PR (nan): the interval is over the others.
             diff = draws[NETWORK] - draws[floor]
             figures[NETWORK][f"{key}{suffix}_minus_{floor}"] = [
-                float(np.quantile(diff, 0.025)),
-                float(np.quantile(diff, 0.975)),
+                float(np.nanquantile(diff, 0.025)),
+                float(np.nanquantile(diff, 0.975)),
             ]
 
 

@@ -206,13 +206,17 @@ def _uci_catalog() -> list[pl.Expr]:
     ]
 
 
+# The public fraud layout's times: as published, and as a spreadsheet re-saves them (US dates).
+FRAUD_ORDERS_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%m/%d/%Y %H:%M")
+
+
 def _fraud_orders_events(f: pl.LazyFrame) -> pl.LazyFrame:
     """The public e-commerce fraud layout: one row per order of a new account. Each row becomes
     the account's ``signup`` (at ``signup_time``), the order's ``purchase`` (``purchase_value``; the
     layout names no item, so every order buys the item ``order``) and, where ``class`` is 1, its
     ``chargeback``. The layout says which orders were fraud, not when that was learnt: the
     chargeback is dated at the purchase, so every label of the file counts as known at once."""
-    formats = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%m/%d/%Y %H:%M")
+    formats = FRAUD_ORDERS_TIME_FORMATS
     number = _text("ip_address").cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)
     quad = pl.concat_str([(number // 256**k % 256).cast(pl.String) for k in (3, 2, 1, 0)], separator=".")
     label = _text("class")
