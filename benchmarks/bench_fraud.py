@@ -13,7 +13,8 @@ bands, and for the network minus each floor the 95% bootstrap interval of the di
 (resampling orders, 500 times, the same resamples for every scorer).
 
 The generated shop: 200 days, 20,000 events a day, 2% of orders fraudulent (four scenarios, a share
-of each disguised as genuine behaviour, beside customers who travel, share devices and change them),
+of each disguised as genuine behaviour, beside customers who travel, share devices and change them;
+``--first-party R`` adds customers disputing their own orders, R of the genuine ones),
 a 20-day maturity window (chargebacks arrive 3 to 60 days late), 21-day validation and test: about
 300 frauds in each. Its generator also writes which orders were fraud (``truth/fraud.csv``), so
 on this shop alone the figures are given a second time against that truth: a tenth of the test
@@ -54,7 +55,7 @@ SHOP_DAYS, SHOP_EVENTS_PER_DAY, SHOP_PERIOD_DAYS = 200, 20_000, 21
 TRUTH_KEYS = ("auc_pr_truth", "cost_per_1000_truth")  # the generated shop's only
 
 
-def generated_shop(home: Path, seed: int = 2):
+def generated_shop(home: Path, seed: int = 2, first_party: float = 0.0):
     """The generated shop's events (read from the landing files directly), and the sessions of its
     fraudulent orders (the generator's truth file, which the pipeline never reads)."""
     import polars as pl
@@ -71,6 +72,7 @@ def generated_shop(home: Path, seed: int = 2):
         initial_users=SHOP_EVENTS_PER_DAY * 2 // 3,
         initial_items=1_500,
         fraud_rate=0.02,
+        first_party_rate=first_party,
         format="parquet",
     )
     days = generate_shop_data(params, home / "landing")
@@ -268,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-days", type=int, help=f"default: {SHOP_PERIOD_DAYS} (generated shop), 14 (file)")
     parser.add_argument("--budget", type=int, default=BUDGET, help="reviews a day")
     parser.add_argument("--shop-seed", type=int, default=2, help="the generated shop's seed (same recipe)")
+    parser.add_argument(
+        "--first-party",
+        type=float,
+        default=0.0,
+        help="genuine orders disputed by their own customers, per order (first-party fraud; default 0)",
+    )
     args = parser.parse_args(argv)
     if args.data is not None and not args.data.is_file():
         print(f"{args.data}: no such file", file=sys.stderr)
@@ -278,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SHOPML_HOME"] = home
         if not args.skip_generated:
             valid, test = args.valid_days or SHOP_PERIOD_DAYS, args.test_days or SHOP_PERIOD_DAYS
-            events, truth = generated_shop(Path(home), args.shop_seed)
+            events, truth = generated_shop(Path(home), args.shop_seed, args.first_party)
             fig = fraud_benchmark(events, valid, test, 20, args.budget, truth=truth)
             print_figures(
                 f"generated shop (seed {args.shop_seed}, {SHOP_DAYS} days, {SHOP_EVENTS_PER_DAY:,} events a day, "
-                "2% fraud)",
+                f"2% fraud{f', {args.first_party:.0%} first-party' if args.first_party else ''})",
                 fig,
             )
             out = _json_figures(fig)

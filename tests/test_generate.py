@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -264,3 +265,65 @@ def test_fraud_leaves_the_genuine_events_as_they_were(tmp_path):
     )
     signed = a.filter(pl.col("event_type") == "signup").join(first, on="user_id")
     assert signed.height > 0 and ((signed["first"] - signed["event_time"]).dt.total_seconds() >= 0).all()
+
+
+def test_first_party_fraud_disputes_genuine_orders_of_a_few_customers(tmp_path):
+    """``first_party_rate``: customers dispute some of their own orders. Nothing else changes (the
+    same orders, sessions and devices as without it); each chargeback is of a genuine order, by the
+    user who placed it, for its amount, at about the rate, from a small share of the buyers."""
+    base = dataclasses.replace(SMALL, days=10, fraud_rate=0.0, chargeback_days=(1.0, 2.0), format="parquet")
+    clean = generate_shop_data(base, tmp_path / "clean")
+    disputed = generate_shop_data(dataclasses.replace(base, first_party_rate=0.05), tmp_path / "disputed")
+    a = pl.concat([pl.read_parquet(d.events_path) for d in clean])
+    b = pl.concat([pl.read_parquet(d.events_path) for d in disputed])
+    assert a.filter(pl.col("event_type") == "chargeback").height == 0
+    cols = ["event_time", "user_id", "session_id", "item_id", "event_type", "price", "device_id", "payment_id"]
+    placed = b.filter(pl.col("event_type") != "chargeback")
+    assert placed.sort(cols).select(cols).equals(a.sort(cols).select(cols))
+
+    truth = pl.read_csv(tmp_path / "disputed" / "truth" / "fraud.csv", try_parse_dates=True)
+    assert set(truth["scenario"]) == {"first_party"} and truth["disguised"].all()
+    orders = (
+        a.filter(pl.col("event_type") == "purchase")
+        .group_by("session_id")
+        .agg(pl.col("user_id").first().alias("buyer"), (pl.col("price") * pl.col("quantity")).sum().alias("paid"))
+    )
+    cases = truth.join(orders, on="session_id", how="left")
+    assert cases["buyer"].null_count() == 0 and (cases["buyer"] == cases["user_id"]).all()
+    assert np.allclose(cases["amount"], cases["paid"], atol=0.01)
+    charged = b.filter(pl.col("event_type") == "chargeback")
+    # Those that arrive after the last generated day are not in the files yet, as in a real export.
+    end = datetime.fromisoformat(base.start_date).replace(tzinfo=timezone.utc) + timedelta(days=base.days)
+    arrived = truth.filter(pl.col("chargeback_time") < end)
+    assert 0 < arrived.height < truth.height
+    assert set(charged["session_id"]) == set(arrived["session_id"])
+    assert charged.join(truth, on="session_id").select((pl.col("price") - pl.col("amount")).abs().max()).item() < 0.01
+    assert 0.03 < truth.height / orders.height < 0.07  # about the rate
+
+
+def test_first_party_disputes_come_from_the_disputing_customers_and_their_dearer_orders():
+    from pipeline.data import generate_risk
+
+    risk = generate_risk.build_risk_world(2000, seed=5)
+    assert 0.05 < risk.disputer.mean() < 0.15
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 2000, size=20_000)
+    price = np.where(rng.random(users.size) < 0.5, 10.0, 100.0)  # cheap and dear orders, half each
+    events = pl.DataFrame(
+        {
+            "event_time": [
+                datetime(2026, 11, 2, tzinfo=timezone.utc) + timedelta(seconds=int(i)) for i in range(users.size)
+            ],
+            "user_id": [f"u{u}" for u in users],
+            "session_id": [f"s{i}" for i in range(users.size)],
+            "event_type": "purchase",
+            "price": price,
+            "quantity": 1,
+        }
+    )
+    generate_risk.first_party_day(risk, events, rate=0.02, day_index=0, seed=5)
+    disputed = pl.DataFrame(risk.truth).join(events.select("session_id", "price"), on="session_id")
+    assert 300 < disputed.height < 500  # about 2% of 20,000
+    ids = disputed["user_id"].str.strip_prefix("u").cast(pl.Int64).to_numpy()
+    assert risk.disputer[ids].all()  # only the disputing customers
+    assert (disputed["price"] == 100.0).mean() > 0.8  # dearer orders ten times as likely, each

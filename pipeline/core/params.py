@@ -54,6 +54,9 @@ class GenerateParams:
     # Fraudulent orders added per genuine order (``pipeline.data.generate_risk``: card testing,
     # account takeover, new accounts, resellers), each confirmed by a chargeback 3 to 60 days later.
     fraud_rate: float = Field(default=0.02, ge=0, le=0.5)
+    # Genuine orders disputed by the customers who placed them (first-party fraud), per genuine
+    # order: off by default; ``bench_fraud --first-party`` turns it on for a harder shop.
+    first_party_rate: float = Field(default=0.0, ge=0, le=0.5)
     # The first and last day after its order a chargeback arrives (skewed toward the first). A
     # short range gives a short shop (the demo, the tests) labels it can mature within its days.
     chargeback_days: tuple[float, float] = (3.0, 60.0)

@@ -19,7 +19,8 @@ The simulation has structure that models can learn and tests can check:
 
 * the risk side (``pipeline.data.generate_risk``): every event's device, address and country,
   purchases' payment fingerprints, sign-ups of new users, and fraudulent orders of four scenarios
-  at ``fraud_rate``, each charged back days to weeks later (``truth/fraud.csv``).
+  at ``fraud_rate``, each charged back days to weeks later (``truth/fraud.csv``); with
+  ``first_party_rate``, customers' own orders disputed as well.
 
 The whole simulation is vectorised across sessions (all sessions of a day advance one step at a
 time), so ten million events take seconds, not hours. Given the same parameters and seed, the output
@@ -560,6 +561,7 @@ def generate_shop_data(params: GenerateParams, landing: Path) -> list[GeneratedD
             params.seed,
             params.chargeback_days,
         )
+        generate_risk.first_party_day(risk, events, params.first_party_rate, d, params.seed, params.chargeback_days)
         next_start = day_start + timedelta(days=1)
         events = pl.concat(
             [

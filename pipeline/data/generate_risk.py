@@ -24,6 +24,12 @@ behaviour, a share of each disguised (``DISGUISED``):
 Fraud comes from data-centre addresses (``172.*``), and the disguised share from residential ones
 that look like customers' (``10.*``).
 
+**First-party fraud** (``GenerateParams.first_party_rate``, off by default): a genuine customer
+disputes their own order, placed like any other, from their own device and card. A share of
+customers (``P_DISPUTER``) do so now and then, their dearer orders more often. Nothing at the
+order tells it from a genuine one; only its chargeback does, and it is listed in the truth file as
+scenario ``first_party``.
+
 Each fraudulent order is confirmed by a ``chargeback`` (the whole order: no item, the amount paid)
 some days later (3 to 60, skewed short), written into the file of the day it arrives; one that would
 arrive after the last generated day is not written, as in a real export, whose recent orders are
@@ -59,6 +65,8 @@ P_NEW_DEVICE = 0.01  # a genuine session from a device the user never used befor
 # Per scenario, the share of incidents disguised as genuine behaviour (see the module's docstring).
 DISGUISED = {"card_testing": 0.4, "account_takeover": 0.5, "new_account": 0.4, "reseller": 0.5}
 AGED_ACCOUNT_DAYS = (1.0, 14.0)  # a disguised new account signs up this long before its order
+FIRST_PARTY = "first_party"  # the truth file's scenario of a customer's own disputed order
+P_DISPUTER = 0.1  # the share of genuine customers who dispute orders (with first_party_rate > 0)
 CHARGEBACK_DAYS = (3.0, 60.0)
 # Orders per incident, on average (card testing 4-11, a takeover or a new account 1, a ring 3-6):
 # ``fraud_rate`` counts orders, so incidents are drawn at the rate over this.
@@ -76,6 +84,7 @@ class RiskWorld:
     payment: np.ndarray
     second_payment: np.ndarray  # None for users with one card
     next_account: int  # the next user index fraud accounts take (past every genuine user)
+    disputer: np.ndarray  # the genuine users who dispute orders now and then (first-party fraud)
     truth: list[dict] = field(default_factory=list)
     # Events of days not yet written (``due_events``): chargebacks, and the orders of aged accounts
     pending: list[pl.DataFrame] = field(default_factory=list)
@@ -93,6 +102,8 @@ def build_risk_world(n_users: int, seed: int) -> RiskWorld:
     for array in (device, ip, country):
         array[household] = array[household - 1]
     second_card = rng.random(n_users) < P_SECOND_CARD
+    # A stream of its own, so that the draws above stay what they were before it existed.
+    disputer = np.random.default_rng([seed, 31]).random(n_users) < P_DISPUTER
     return RiskWorld(
         device=device,
         second_device=np.array([f"d{i}b" for i in range(n_users)]),
@@ -101,6 +112,7 @@ def build_risk_world(n_users: int, seed: int) -> RiskWorld:
         payment=np.array([f"p{i}" for i in range(n_users)]),
         second_payment=np.array([f"p{i}b" if two else None for i, two in enumerate(second_card)], dtype=object),
         next_account=n_users,
+        disputer=disputer,
     )
 
 
@@ -248,10 +260,7 @@ def fraud_day(
                 total += price
             if target is not rows:
                 risk.pending.append(pl.DataFrame(target, schema=_SCHEMA))
-            # Skewed short within [first, last] days: with the default (3, 60), a gamma of mean 12 days.
-            first, last = chargeback_days
-            delay_days = min(first + rng.gamma(1.5, 8.0 * (last - first) / 57.0), last)
-            at = t + delay_days * 86_400
+            at = t + _chargeback_delay_days(rng, chargeback_days) * 86_400
             cb = _event(at, user, session, None, "chargeback", total, 1, None, None, None)
             risk.pending.append(pl.DataFrame([cb], schema=_SCHEMA))
             risk.truth.append(
@@ -266,6 +275,65 @@ def fraud_day(
                 }
             )
     return rows
+
+
+def _chargeback_delay_days(rng: np.random.Generator, chargeback_days: tuple[float, float]) -> float:
+    """Skewed short within [first, last] days: with the default (3, 60), a gamma of mean 12 days."""
+    first, last = chargeback_days
+    return float(min(first + rng.gamma(1.5, 8.0 * (last - first) / 57.0), last))
+
+
+def first_party_day(
+    risk: RiskWorld,
+    events: pl.DataFrame,
+    rate: float,
+    day_index: int,
+    seed: int,
+    chargeback_days: tuple[float, float] = CHARGEBACK_DAYS,
+) -> None:
+    """Of the day's genuine orders (``events``' purchases, one order a session), about ``rate`` are
+    disputed by the customers who placed them: drawn among the orders of ``risk.disputer`` users,
+    in proportion to their amount. Each one's chargeback is queued in ``risk.pending`` and the
+    order added to ``risk.truth`` (scenario ``FIRST_PARTY``, ``disguised``: it looks genuine)."""
+    if rate <= 0:
+        return
+    rng = np.random.default_rng([seed, 29, day_index])
+    orders = (
+        events.filter(pl.col("event_type") == "purchase")
+        .group_by("session_id")
+        .agg(
+            pl.col("user_id").first(),
+            pl.col("event_time").min().alias("order_time"),
+            (pl.col("price").fill_null(0.0) * pl.col("quantity")).sum().alias("amount"),
+        )
+        .sort("session_id")
+    )
+    if orders.height == 0:
+        return
+    users = orders["user_id"].str.strip_prefix("u").cast(pl.Int64).to_numpy()
+    pool = np.flatnonzero(risk.disputer[users] & (orders["amount"].to_numpy() > 0))
+    n = min(int(rng.binomial(orders.height, rate)), pool.size)
+    if n == 0:
+        return
+    weight = orders["amount"].to_numpy()[pool]
+    chosen = np.sort(rng.choice(pool, size=n, replace=False, p=weight / weight.sum()))
+    rows = []
+    for i in chosen:
+        session, user, t, total = orders.row(int(i))
+        at = t.timestamp() + _chargeback_delay_days(rng, chargeback_days) * 86_400
+        rows.append(_event(at, int(user[1:]), session, None, "chargeback", total, 1, None, None, None))
+        risk.truth.append(
+            {
+                "session_id": session,
+                "user_id": user,
+                "scenario": FIRST_PARTY,
+                "disguised": True,
+                "order_time": t,
+                "amount": round(float(total), 2),
+                "chargeback_time": datetime.fromtimestamp(at, tz=timezone.utc),
+            }
+        )
+    risk.pending.append(pl.DataFrame(rows, schema=_SCHEMA))
 
 
 def _ip(rng: np.random.Generator, residential: bool = False) -> str:
