@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shift-day", type=int, help="the 0-based day the shift starts")
     g.add_argument("--fraud-rate", type=float, help="fraudulent orders per genuine order (default: params.yaml)")
     g.add_argument(
+        "--first-party-rate",
+        type=float,
+        help="genuine orders disputed by their own customers, per order (first-party fraud; default 0)",
+    )
+    g.add_argument(
         "--chargeback-days",
         type=float,
         nargs=2,
@@ -421,6 +426,7 @@ def _generate(args: argparse.Namespace) -> int:
             "shift",
             "shift_day",
             "fraud_rate",
+            "first_party_rate",
             "chargeback_days",
         )
         if getattr(args, k) is not None

@@ -200,3 +200,16 @@ def test_keys_are_made_shown_once_listed_by_name_and_revoked(tmp_path, capsys):
     assert main(["keys", "add", "--name", "checkout", "--file", str(keys)]) != 0  # a name once
     assert main(["keys", "revoke", "--name", "checkout", "--file", str(keys)]) == 0
     assert KeyStore.load(keys).role_of(key) is None
+
+
+def test_generate_takes_the_fraud_options_to_the_generator(tmp_path, capsys):
+    """``shopml generate --fraud-rate R --first-party-rate R`` shapes the shop written: its truth
+    file lists both kinds of fraud."""
+    import polars as pl
+
+    out = tmp_path / "landing"
+    args = ["generate", "--days", "4", "--events-per-day", "3000", "--format", "parquet", "--out", str(out)]
+    assert main([*args, "--fraud-rate", "0.05", "--first-party-rate", "0.05", "--chargeback-days", "1", "2"]) == 0
+    assert "generated" in capsys.readouterr().out
+    scenarios = set(pl.read_csv(out / "truth" / "fraud.csv")["scenario"])
+    assert "first_party" in scenarios and len(scenarios) > 1
