@@ -60,10 +60,8 @@ class FraudPyfunc(PythonModel):
                 raise ValueError(f"{scorer}: a network scorer needs its weights artifact")
             self.scorer = load_network(weights)
         elif self.kind == "lightgbm":
-            # The setting chosen on validation is kept with the figures (``scorer_file``); files
-            # written before that kept it on its own, under ``settings``.
-            chosen = (self.figures or {}).get("settings") or saved.get("settings")
-            self.scorer = LightGBMScorer(saved["booster"], chosen)
+            # The setting chosen on validation is kept with the figures (``scorer_file``).
+            self.scorer = LightGBMScorer(saved["booster"], (self.figures or {}).get("settings"))
         elif self.kind == "rules":
             self.scorer = RulesScorer(**saved["rules"])
         else:
