@@ -109,7 +109,7 @@ def _policy() -> str:
 
 
 def _http() -> str:
-    from pipeline.families.fraud.serving import ScoreRequest, Scores
+    from pipeline.families.fraud.serving import ChargebackRequest, Recorded, ScoreRequest, Scores
     from pipeline.families.next_item.serving import Recommendation, RecommendRequest
     from pipeline.families.price.serving import ForecastRequest, Forecasts, PriceRequest, Prices
     from pipeline.families.purchase_propensity.serving import Probabilities, PropensityRequest
@@ -121,12 +121,14 @@ def _http() -> str:
         ("price", "POST /forecast", ForecastRequest, Forecasts),
         ("price", "POST /price", PriceRequest, Prices),
         ("fraud", "POST /score", ScoreRequest, Scores),
+        ("fraud, admin key", "POST /chargebacks", ChargebackRequest, Recorded),
         ("every service", "POST /metadata", None, Metadata),
     ]
     out = [
         "# HTTP API",
         "",
-        "Each family's Bento serves its endpoints (one scoring endpoint; `/forecast` and `/price` for price) "
+        "Each family's Bento serves its endpoints (one scoring endpoint; `/forecast` and `/price` for price, "
+        "`/score` and `/chargebacks` for fraud) "
         "plus `/metadata`; BentoML adds `GET "
         "/readyz`, `/livez` and `/metrics`, and `GET /docs.json` (the OpenAPI document) on a running service. "
         "The schemas below are the ones the services validate with (JSON Schema, generated): an unknown field, a "

@@ -46,6 +46,9 @@ class CrossLayer(nn.Module):
         return x0 * self.linear(x) + x
 
 
+MIN_STD = 1e-6  # the floor of a dense input's std: what a feature constant in training gets
+
+
 class DCNv2(nn.Module):
     def __init__(self, config: DCNConfig) -> None:
         super().__init__()
@@ -78,11 +81,15 @@ class DCNv2(nn.Module):
     def fit_scaler(self, dense: torch.Tensor) -> None:
         x = self.transform(dense)
         self.dense_mean.copy_(x.mean(0))
-        self.dense_std.copy_(x.std(0).clamp_min(1e-6))
+        self.dense_std.copy_(x.std(0).clamp_min(MIN_STD))
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits, [batch]."""
-        x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std
+        # A feature constant in training (its std at the floor) taught the network nothing: its
+        # input is 0 whatever value it takes later, not (x - mean) / 1e-6, which would turn the
+        # first unseen value (a fraud family's first chargeback count of 1) into a million.
+        learnt = (self.dense_std > MIN_STD).to(dense.dtype)
+        x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std * learnt
         x0 = torch.cat(
             [
                 x_dense,

@@ -37,6 +37,55 @@ def shop(tmp_path_factory):
     return events, truth
 
 
+@pytest.fixture(scope="module")
+def first_party_shop(tmp_path_factory):
+    """``SHOP`` where customers also dispute some of their own orders (first-party fraud): accounts,
+    devices and cards that order again after a chargeback has arrived, as the default shop's
+    fraudsters never do."""
+    import dataclasses
+
+    out = tmp_path_factory.mktemp("first-party")
+    days = generate_shop_data(dataclasses.replace(SHOP, first_party_rate=0.03), out)
+    events = pl.concat([pl.read_parquet(d.events_path) for d in days]).sort("event_time")
+    truth = pl.read_csv(out / "truth" / "fraud.csv", try_parse_dates=True)
+    return events, truth
+
+
+CHARGEBACK_FEATURES = ("user_chargebacks", "device_chargebacks", "payment_chargebacks")
+
+
+def _charged_again(events: pl.DataFrame, everything: pl.DataFrame, n: int) -> list[str]:
+    """Orders that count an earlier chargeback, and orders placed before a chargeback of their own
+    account arrived (which must not count it yet): ``n`` of each."""
+    from pipeline.families.fraud.orders import charged_back
+
+    counted = everything.filter(pl.any_horizontal(pl.col(c) > 0 for c in CHARGEBACK_FEATURES))
+    charged = charged_back(orders_of(events), events)
+    waiting = (
+        everything.join(charged.select("user_id", "chargeback_time"), on="user_id")
+        .filter(pl.col("order_time") < pl.col("chargeback_time"))
+        .unique("session_id", maintain_order=True)
+    )
+    assert counted.height >= n and waiting.height >= n
+    return counted["session_id"].head(n).to_list() + waiting["session_id"].tail(n).to_list()
+
+
+def _assert_features_from_before(events: pl.DataFrame, everything: pl.DataFrame, sample: list[str]) -> None:
+    orders = orders_of(events)
+    for session in sample:
+        order = orders.filter(pl.col("session_id") == session)
+        t = order["order_time"][0]
+        # Only what existed before the order, plus the order's own purchases (what it is), not its
+        # own chargeback.
+        own = (pl.col("session_id") == session) & (pl.col("event_type") != "chargeback")
+        before = events.filter((pl.col("event_time") < t) | own)
+        alone = order_features(orders_of(before), before).filter(pl.col("session_id") == session)
+        got = everything.filter(pl.col("session_id") == session).select(DENSE).row(0, named=True)
+        want = alone.select(DENSE).row(0, named=True)
+        for name in DENSE:
+            assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (session, name, got[name], want[name])
+
+
 @FAST
 def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
     """Features of every order, computed at once, equal those computed from the events strictly
@@ -47,16 +96,28 @@ def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
     rng = np.random.default_rng(0)
     fraud = truth.group_by("scenario").agg(pl.col("session_id").first())["session_id"].to_list()
     sample = fraud + orders["session_id"].gather(rng.choice(orders.height, 40, replace=False)).to_list()
-    for session in sample:
-        order = orders.filter(pl.col("session_id") == session)
-        t = order["order_time"][0]
-        # Only what existed before the order, plus the order's own purchases (what it is).
-        before = events.filter((pl.col("event_time") < t) | (pl.col("session_id") == session))
-        alone = order_features(orders_of(before), before).filter(pl.col("session_id") == session)
-        got = everything.filter(pl.col("session_id") == session).select(DENSE).row(0, named=True)
-        want = alone.select(DENSE).row(0, named=True)
-        for name in DENSE:
-            assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (session, name, got[name], want[name])
+    _assert_features_from_before(events, everything, sample)
+
+
+@FAST
+def test_an_order_counts_only_the_chargebacks_that_had_arrived_before_it(first_party_shop):
+    """The chargeback counts of an account, device and card, as of the order: equal to those from
+    the events before the order alone, for orders that count some and for orders placed before
+    their own account's chargeback arrived; first-party frauds count one far more often than
+    genuine orders, and the rules flag them for it."""
+    from pipeline.families.fraud.scoring import RulesScorer
+
+    events, truth = first_party_shop
+    everything = order_features(orders_of(events), events)
+    _assert_features_from_before(events, everything, _charged_again(events, everything, 8))
+    labelled = everything.join(truth.select("session_id", "scenario"), on="session_id", how="left")
+    rule = "earlier chargeback on the account, device or card"
+    labelled = pl.concat([labelled, RulesScorer.fit(everything).hits(everything).select(rule)], how="horizontal")
+    share = {
+        r["scenario"]: r[rule]
+        for r in labelled.group_by(pl.col("scenario").fill_null("genuine")).agg(pl.col(rule).mean()).to_dicts()
+    }
+    assert share["first_party"] > 0.1 > 0.02 > share["genuine"], share
 
 
 @FAST
@@ -373,6 +434,67 @@ def test_the_lightgbm_floor_keeps_the_setting_best_on_validation_and_serves_with
     np.testing.assert_allclose(loaded.scores(periods["test"]), pyfunc.scores(periods["test"]))
 
 
+def _served_sample(events, sample, tmp_path):
+    """``sample``'s features as ``/score`` computes them from a snapshot of ``events`` (one order at
+    a time: a batch shares its orders' rows, which would hide a missing lookup), and the snapshot."""
+    from pipeline.families.fraud.evaluation import order_body
+    from pipeline.families.fraud.serving import Order, OrderScorer, order_frame
+    from pipeline.serving.snapshot import FeatureSnapshot
+
+    snapshot = FeatureSnapshot.load(tmp_path / "snap")
+    scorer = OrderScorer(None, snapshot, "memory")
+    served = pl.concat([scorer.feature_rows(order_frame([Order(**order_body(r))])) for r in sample.to_dicts()])
+    assert served["session_id"].to_list() == sample["session_id"].to_list()
+    for name in DENSE:
+        np.testing.assert_allclose(served[name].to_numpy(), sample[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def _snapshot(events, tmp_path):
+    from pipeline.families.fraud.serving import snapshot_tables
+    from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot_of
+
+    catalog = pl.DataFrame({"item_id": ["order"], "category": ["c"], "brand": ["b"], "price": [1.0]})
+    write_snapshot_of(snapshot_tables, events, catalog, "test", tmp_path / "snap")
+    return FeatureSnapshot.load(tmp_path / "snap")
+
+
+@FAST
+def test_a_scorer_saved_before_the_chargeback_counts_reads_the_features_it_was_trained_on(shop, tmp_path):
+    """A scorer file names its features; one saved before it did (a champion trained before the
+    chargeback counts were added) scores the columns it learnt from, out of today's feature rows,
+    as it did; one naming a feature this version does not compute is refused, naming it."""
+    import lightgbm as lgb
+
+    from pipeline.families.fraud.decisions import Bands
+    from pipeline.families.fraud.pyfunc import LEGACY_FEATURES, FraudPyfunc, scorer_file
+    from pipeline.families.fraud.scoring import LightGBMScorer
+
+    events, _ = shop
+    rows = order_features(orders_of(events), events).join(
+        shop[1].select("session_id", pl.lit(1.0).alias("label")), on="session_id", how="left"
+    )
+    old = list(DENSE[:LEGACY_FEATURES])
+    assert not any("chargeback" in name for name in old)
+    x, y = rows.select(old).to_numpy().astype(np.float32), rows["label"].fill_null(0.0).to_numpy()
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7}, lgb.Dataset(x, y), 20)
+    want = booster.predict(x)
+    pyfunc = FraudPyfunc.from_parts("lightgbm", LightGBMScorer(booster.model_to_string()), Bands(0.5, 0.9))
+    path = scorer_file(pyfunc, tmp_path / "old.json")
+    saved = json.loads(path.read_text())
+    assert saved["features"] == list(DENSE)
+    del saved["features"]  # as files were written before
+    path.write_text(json.dumps(saved))
+    loaded = FraudPyfunc.from_file(path)
+    assert loaded.features == tuple(old)
+    matrix = rows.select(DENSE).to_numpy()
+    np.testing.assert_allclose(loaded.matrix_scores(matrix), want, rtol=1e-6)
+    reasons = loaded.matrix_reasons(matrix[:50])
+    assert all(r["feature"] in old for why in reasons for r in why) and any(reasons)
+    path.write_text(json.dumps({**saved, "features": [*old, "ip_chargebacks"]}))
+    with pytest.raises(ValueError, match="ip_chargebacks"):
+        FraudPyfunc.from_file(path)
+
+
 @FAST
 def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_path):
     """``/score``'s features (the snapshot's rows of the order's keys, then ``order_features``)
@@ -381,16 +503,11 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
     remembered, so a burst from one new device is seen as a burst."""
     from datetime import datetime, timezone
 
-    from pipeline.families.fraud.evaluation import order_body
-    from pipeline.families.fraud.serving import Order, OrderScorer, order_frame, snapshot_tables
-    from pipeline.serving.snapshot import FeatureSnapshot, write_snapshot_of
+    from pipeline.families.fraud.serving import Order, OrderScorer
 
     events, truth = shop
-    catalog = pl.DataFrame({"item_id": ["order"], "category": ["c"], "brand": ["b"], "price": [1.0]})
-    write_snapshot_of(snapshot_tables, events, catalog, "test", tmp_path / "snap")
-    snapshot = FeatureSnapshot.load(tmp_path / "snap")
-    orders = orders_of(events)
-    everything = order_features(orders, events)
+    snapshot = _snapshot(events, tmp_path)
+    everything = order_features(orders_of(events), events)
     cutoff = snapshot.cutoff
     recent = everything.filter(pl.col("order_time") >= cutoff - timedelta(days=6))
     fraud = recent.join(truth.select("session_id"), on="session_id", how="semi")
@@ -398,12 +515,7 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
     # Every kind of feature takes part: a history shared with other accounts, sightings, bursts.
     for name in ("device_accounts", "payment_accounts", "new_device_for_user", "user_orders_10m", "user_prior_orders"):
         assert (sample[name] > 0).any(), name
-    scorer = OrderScorer(None, snapshot, "memory")
-    # One order at a time (a batch shares its orders' rows, which would hide a missing lookup).
-    served = pl.concat([scorer.feature_rows(order_frame([Order(**order_body(r))])) for r in sample.to_dicts()])
-    assert served["session_id"].to_list() == sample["session_id"].to_list()
-    for name in DENSE:
-        np.testing.assert_allclose(served[name].to_numpy(), sample[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
+    _served_sample(events, sample, tmp_path)
 
     # After the cutoff: three orders two minutes apart from one new device and card, scored in turn.
     class Banded:
@@ -422,6 +534,41 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
         burst.append(scorer.score_requests([[order]])[0][0])
     assert [b["score"] for b in burst] == [0.0, 1.0, 2.0]
     assert [b["band"] for b in burst] == ["approve", "review", "block"]
+
+
+@FAST
+def test_served_chargeback_counts_equal_the_training_ones_and_count_those_reported_since(first_party_shop, tmp_path):
+    """Orders that count earlier chargebacks, and orders placed before their account's chargeback
+    arrived, get the training code's counts from the snapshot; after the cutoff, a chargeback sent
+    to ``/chargebacks`` counts for the next orders of its account, device and card, from its time
+    on, once however often it is sent."""
+    from datetime import datetime, timezone
+
+    from pipeline.families.fraud.serving import Chargeback, Order, OrderScorer, order_rows
+
+    events, _ = first_party_shop
+    snapshot = _snapshot(events, tmp_path)
+    everything = order_features(orders_of(events), events)
+    sample = everything.filter(pl.col("session_id").is_in(_charged_again(events, everything, 8)))
+    _served_sample(events, sample, tmp_path)
+
+    scorer = OrderScorer(None, snapshot, "memory")
+    at = datetime.fromtimestamp(snapshot.cutoff.timestamp() + 86_400, timezone.utc)
+    user, device, card = "u-new", "d-new", "p-new"
+
+    def counts(hours: float, **keys) -> list[float]:
+        order = Order(order_time=at + timedelta(hours=hours), amount=10.0, **({"user_id": user} | keys))
+        row = scorer.features(order_rows([order]))
+        return [float(row[0, DENSE.index(c)]) for c in CHARGEBACK_FEATURES]
+
+    assert counts(1, device_id=device, payment_id=card) == [0.0, 0.0, 0.0]
+    reported = Chargeback(order_id="o-disputed", time=at, user_id=user, device_id=device, payment_id=card)
+    assert scorer.record_chargebacks([reported]) == 1
+    assert scorer.record_chargebacks([reported]) == 0  # a notice sent twice is one chargeback
+    assert counts(1, device_id=device, payment_id=card) == [1.0, 1.0, 1.0]
+    assert counts(-1, device_id=device, payment_id=card) == [0.0, 0.0, 0.0]  # before it arrived
+    # Another account on the same card: the card's count, not the account's.
+    assert counts(2, user_id="u-other", payment_id=card) == [0.0, 0.0, 1.0]
 
 
 @FAST
@@ -572,6 +719,15 @@ def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family, tmp_p
             body = {k: v for k, v in {**order, **change}.items() if v is not None}
             response = http.post(f"{url}/score", json={"orders": [body]})
             assert response.status_code == 400 and field in response.text, (body, response.text)
+        # A chargeback as it arrives: the admin key only (a checkout's key could mark anyone's card).
+        chargeback = {"order_id": "o-1", "time": meta["features_as_of"], "user_id": "u1", "payment_id": "card-1"}
+        assert http.post(f"{url}/chargebacks", json={"chargebacks": [chargeback]}).status_code == 403
+        as_admin = {"authorization": f"Bearer {admin}"}
+        recorded = http.post(f"{url}/chargebacks", json={"chargebacks": [chargeback]}, headers=as_admin)
+        assert recorded.status_code == 200 and recorded.json() == {"recorded": 1}, recorded.text
+        undated = {k: v for k, v in chargeback.items() if k != "time"}
+        refused = http.post(f"{url}/chargebacks", json={"chargebacks": [undated]}, headers=as_admin)
+        assert refused.status_code == 400 and "time" in refused.text, refused.text
 
 
 def test_the_gate_scores_only_orders_whose_labels_had_matured(fraud_family):
@@ -657,8 +813,8 @@ def test_workers_share_the_orders_they_scored(tmp_path):
     a.add([order])
     a.add([order])  # a retry: kept once
     keys = {"user_id": ["u9"], "device_id": ["d1"], "payment_id": ["p1"]}
-    orders, seen = b.arrays(
-        lookup_keys(keys, ("user_id", "device_id", "ip", "payment_id")), lookup_keys(keys, ("device_id",))
+    orders, seen, _ = b.arrays(
+        lookup_keys(keys, ("user_id", "device_id", "ip", "payment_id")), lookup_keys(keys, ("device_id",)), []
     )
     # Found under its device and its card: once per key.
     assert orders["session_id"].tolist() == ["o1", "o1"] and orders["order_time"][0] == _us(t)
@@ -670,7 +826,7 @@ def test_workers_share_the_orders_they_scored(tmp_path):
         "session_start": t - timedelta(hours=1),
     }
     b.add([earlier])  # the same device pair seen earlier: one sighting, at the earlier time
-    _, seen = a.arrays([], lookup_keys(keys, ("device_id",)))
+    _, seen, _ = a.arrays([], lookup_keys(keys, ("device_id",)), [])
     assert seen["event_time"].tolist() == [_us(t - timedelta(hours=1))]
     b.PRUNE_EVERY = 1
     later = {
@@ -681,7 +837,7 @@ def test_workers_share_the_orders_they_scored(tmp_path):
         "session_start": t + timedelta(days=60),
     }
     b.add([later])
-    orders, _ = a.arrays(lookup_keys(keys, ("device_id",)), [])
+    orders, _, _ = a.arrays(lookup_keys(keys, ("device_id",)), [], [])
     assert orders["session_id"].tolist() == ["o2"]
 
 

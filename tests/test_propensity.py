@@ -90,6 +90,26 @@ def test_unknown_ids_map_to_zero_and_the_model_scores_them():
 
 
 @pytest.mark.fast
+def test_a_feature_constant_in_training_does_not_move_the_output_when_it_changes_later():
+    """A dense input the scaler saw constant (std 0) taught the network nothing: a later value of
+    it (the first chargeback count of 1 after a training set without one) leaves the logit as it
+    was, where dividing by the std's floor would have made it a million standard deviations."""
+    torch.manual_seed(0)
+    model = DCNv2(DCNConfig(n_dense=3, id_cardinalities=(), hidden=(8,))).eval()
+    train = torch.randn(200, 3).abs()
+    train[:, 2] = 0.0
+    model.fit_scaler(train)
+    ids = torch.zeros(5, 0, dtype=torch.long)
+    later = train[:5].clone()
+    later[:, 2] = 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, later), model(ids, train[:5]))
+        moved = train[:5].clone()
+        moved[:, 0] += 1.0  # a feature it did learn from still counts
+        assert not torch.allclose(model(ids, moved), model(ids, train[:5]))
+
+
+@pytest.mark.fast
 def test_platt_calibration_lowers_log_loss_of_a_miscalibrated_model():
     torch.manual_seed(0)
     n = 4000

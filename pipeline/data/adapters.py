@@ -215,7 +215,9 @@ def _fraud_orders_events(f: pl.LazyFrame) -> pl.LazyFrame:
     the account's ``signup`` (at ``signup_time``), the order's ``purchase`` (``purchase_value``; the
     layout names no item, so every order buys the item ``order``) and, where ``class`` is 1, its
     ``chargeback``. The layout says which orders were fraud, not when that was learnt: the
-    chargeback is dated at the purchase, so every label of the file counts as known at once."""
+    chargeback is dated at the purchase, so every label of the file counts as known at once, and
+    later orders of the same device count it at once too (``*_chargebacks``), sooner than a real
+    chargeback would arrive."""
     formats = FRAUD_ORDERS_TIME_FORMATS
     number = _text("ip_address").cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)
     quad = pl.concat_str([(number // 256**k % 256).cast(pl.String) for k in (3, 2, 1, 0)], separator=".")

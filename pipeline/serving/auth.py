@@ -11,8 +11,10 @@ its hash is compared with every stored hash in constant time (``hmac.compare_dig
 exit), so the time taken says nothing about which key, or how much of one, matched.
 
 Two roles: ``client`` calls the model endpoints; ``admin`` also reads ``/metadata`` (the commit, run,
-dataset and log location) and ``/metrics``, and alone may set ``x-shopml-event-time`` (a replay's
-answer logged at a past hour). Health probes (``/livez``, ``/readyz``, ``/healthz``) need no key.
+dataset and log location) and ``/metrics``, and alone may report chargebacks (the fraud service's
+``/chargebacks``: a checkout's key that could would let its holder mark any customer's account or
+card as charged back) and set ``x-shopml-event-time`` (a replay's answer logged at a past hour).
+Health probes (``/livez``, ``/readyz``, ``/healthz``) need no key.
 
 Nobody gets in without a key: a service with no keys file, or an empty one, answers 401 to every
 request but the probes. ``SHOPML_AUTH=off`` turns the check off for a server on loopback that only
@@ -36,7 +38,7 @@ from pipeline.core.errors import BadInput, NotFound
 ROLES = ("client", "admin")
 PREFIX = "shopml_"
 PROBES = ("/livez", "/readyz", "/healthz")
-ADMIN_PATHS = ("/metadata", "/metrics")
+ADMIN_PATHS = ("/metadata", "/metrics", "/chargebacks")
 
 
 class KeyFileError(BadInput):

@@ -20,7 +20,7 @@ of BentoML's validation errors, and rewrites ``/docs.json`` so that the document
 errors and status codes.
 
 Before any of that it checks the request's API key (``pipeline.serving.auth``): 401 without a
-valid one, 403 for ``/metadata`` and ``/metrics`` without the admin key, and
+valid one, 403 for ``/metadata``, ``/metrics`` and ``/chargebacks`` without the admin key, and
 ``x-shopml-event-time`` removed from a request without the admin key.
 
 It also ends a keep-alive connection after ``SHOPML_KEEPALIVE_REQUESTS`` requests (default 100;

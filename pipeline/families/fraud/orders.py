@@ -9,7 +9,8 @@ chargeback dated after ``t`` as nothing, and an order younger than the window as
 out, not counted as genuine).
 
 **Features** of an order read only events strictly before the order's time (the velocity counts,
-the account's age, the devices and cards seen before). ``order_features`` computes them for every
+the account's age, the devices and cards seen before, the chargebacks that had arrived on its
+account, device and card). ``order_features`` computes them for every
 order at once with as-of joins and left-closed rolling windows; the tests recompute a sample of
 orders from the events before each one alone and require the same values.
 """
@@ -23,6 +24,8 @@ import polars as pl
 # Rolling windows of the velocity counts, as polars durations, and their feature-name suffixes.
 WINDOWS: tuple[tuple[str, str], ...] = (("10m", "10m"), ("1h", "1h"), ("1d", "1d"), ("7d", "7d"), ("30d", "30d"))
 KEYS = ("user_id", "device_id", "ip", "payment_id")
+# The keys whose earlier chargebacks an order's features count (a risk team's negative lists).
+CHARGEBACK_KEYS = ("user_id", "device_id", "payment_id")
 # An account whose sign-up the data does not hold is older than the data: its age is this many days.
 UNKNOWN_ACCOUNT_AGE_DAYS = 365.0
 
@@ -43,6 +46,9 @@ DENSE: tuple[str, ...] = (
     "payment_accounts",
     "device_cards_1d",
     "seconds_since_user_last_order",
+    # Appended after the rest, so that a scorer trained before them reads the first columns as it
+    # did (``pyfunc.LEGACY_FEATURES``).
+    *(f"{key.removesuffix('_id')}_chargebacks" for key in CHARGEBACK_KEYS),
 )
 
 
@@ -161,8 +167,49 @@ def order_features(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
         .alias("seconds_since_user_last_order"),
     )
     base = base.join(_first_seen_flags(orders, events), on="session_id", how="left")
+    charged = charged_back(orders, events)
+    for key in CHARGEBACK_KEYS:
+        base = base.join(_chargebacks_before(orders, charged, key), on="session_id", how="left")
     return base.drop("signed_up", "_prior_amount", "_prior_time").with_columns(
         pl.col(c).fill_null(0.0).cast(pl.Float64) for c in DENSE
+    )
+
+
+def charged_back(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """The charged-back orders: ``session_id``, their keys (``CHARGEBACK_KEYS``) and
+    ``chargeback_time``, when their first chargeback arrived."""
+    first = (
+        events.filter(pl.col("event_type") == "chargeback")
+        .group_by("session_id")
+        .agg(pl.col("event_time").min().alias("chargeback_time"))
+    )
+    return orders.select("session_id", *CHARGEBACK_KEYS).join(first, on="session_id")
+
+
+def _chargebacks_before(orders: pl.DataFrame, charged: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Per order: how many orders of the same ``key`` had been charged back before the order's time
+    (a chargeback at the very same microsecond is not before)."""
+    name = f"{key.removesuffix('_id')}_chargebacks"
+    # Running count per key, in time order: the last row before an order is how many there were.
+    known = (
+        charged.filter(pl.col(key).is_not_null())
+        .sort("chargeback_time", "session_id")
+        .select(key, "chargeback_time", pl.int_range(1, pl.len() + 1).over(key).cast(pl.Float64).alias(name))
+    )
+    return (
+        orders.filter(pl.col(key).is_not_null())
+        .select("session_id", key, "order_time")
+        .sort("order_time")
+        .join_asof(
+            known,
+            left_on="order_time",
+            right_on="chargeback_time",
+            by=key,
+            strategy="backward",
+            allow_exact_matches=False,
+            check_sortedness=False,  # both sorted by time above (with ``by``, polars cannot check it)
+        )
+        .select("session_id", name)
     )
 
 

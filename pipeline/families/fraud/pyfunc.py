@@ -23,18 +23,25 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 KINDS = ("network", "lightgbm", "rules")
+# What a scorer file without a ``features`` list was trained on: ``orders.DENSE`` before the
+# chargeback counts were appended to it.
+LEGACY_FEATURES = 40
 
 
 class FraudPyfunc(PythonModel):
     currency: str = "EUR"  # the shop's currency, in which the amounts were learnt
     # Where the bands were chosen: the validation orders' figures under them, and the cost policy.
     figures: dict | None = None
+    # The features it was trained on, in its input order: ``orders.DENSE`` when it was trained.
+    features: tuple[str, ...] = ()
 
     @classmethod
     def from_parts(cls, kind: str, scorer, bands, currency: str = "EUR", figures: dict | None = None) -> FraudPyfunc:
+        from pipeline.families.fraud.orders import DENSE
+
         wrapper = cls()
         wrapper.kind, wrapper.scorer, wrapper.bands, wrapper.currency = kind, scorer, bands, currency
-        wrapper.figures = figures
+        wrapper.figures, wrapper.features = figures, DENSE
         wrapper._setup()
         return wrapper
 
@@ -50,10 +57,15 @@ class FraudPyfunc(PythonModel):
 
     def _load(self, scorer: Path, weights) -> None:
         from pipeline.families.fraud.decisions import Bands
+        from pipeline.families.fraud.orders import DENSE
         from pipeline.families.fraud.scoring import LightGBMScorer, RulesScorer
 
         saved = json.loads(scorer.read_text())
         self.kind, self.bands = saved["kind"], Bands(**saved["bands"])
+        self.features = tuple(saved.get("features", DENSE[:LEGACY_FEATURES]))
+        unknown = [f for f in self.features if f not in DENSE]
+        if unknown:
+            raise ValueError(f"{scorer}: features {unknown} are not computed by this version; it computes {DENSE}")
         self.currency, self.figures = saved.get("currency", "EUR"), saved.get("figures")
         if self.kind == "network":
             if weights is None:
@@ -69,6 +81,11 @@ class FraudPyfunc(PythonModel):
         self._setup()
 
     def _setup(self) -> None:
+        from pipeline.families.fraud.orders import DENSE
+
+        # The columns of a ``DENSE`` matrix this scorer reads, in its own order.
+        self._columns = [DENSE.index(f) for f in self.features]
+        self._all = self._columns == list(range(len(DENSE)))
         self._booster = None
         if self.kind == "lightgbm":
             import lightgbm as lgb
@@ -84,10 +101,11 @@ class FraudPyfunc(PythonModel):
 
     def matrix_scores(self, x: np.ndarray) -> np.ndarray:
         """The score of each row of a ``[rows, len(DENSE)]`` feature matrix. The learned scorers read
-        it as float32, as they were trained; the rules compare the exact values."""
+        their own features' columns as float32, as they were trained; the rules compare the exact
+        values."""
         if self.kind == "rules":
             return self.scorer.score(_frame(x))
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self._own(x)
         if self.kind == "network":
             with torch.no_grad():
                 dense = torch.from_numpy(x)
@@ -108,7 +126,6 @@ class FraudPyfunc(PythonModel):
         """Each row's ``k`` features (or rules) that raised its score most: ``{"feature", "value",
         "contribution"}``, contribution in the scorer's own units (the logit for the network and
         LightGBM, points for the rules); features that lowered the score are not reasons."""
-        from pipeline.families.fraud.orders import DENSE
         from pipeline.families.fraud.scoring import RULES
 
         if self.kind == "rules":
@@ -120,18 +137,26 @@ class FraudPyfunc(PythonModel):
                 ]
                 for h in hits
             ]
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self._own(x)
         if self._booster is not None:
             contributions = np.asarray(self._booster.predict(x, pred_contrib=True, **_threads(x)))[
-                :, : len(DENSE)
+                :, : len(self.features)
             ]  # TreeSHAP
         else:
             contributions = network_contributions(self.scorer, x)
         out = []
         for row, values in zip(contributions, x, strict=True):
             top = [j for j in np.argsort(-row)[:k] if row[j] > 0]
-            out.append([{"feature": DENSE[j], "value": float(values[j]), "contribution": float(row[j])} for j in top])
+            out.append(
+                [{"feature": self.features[j], "value": float(values[j]), "contribution": float(row[j])} for j in top]
+            )
         return out
+
+    def _own(self, x: np.ndarray) -> np.ndarray:
+        """This scorer's columns of a ``DENSE`` matrix, as the float32 it was trained on."""
+        if not self._all:
+            x = x[:, self._columns]
+        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 # Below this many rows LightGBM scores on one thread. Its OpenMP team keeps its other threads
@@ -193,6 +218,7 @@ def scorer_file(pyfunc: FraudPyfunc, path: Path) -> Path:
         "bands": pyfunc.bands.to_dict(),
         "currency": pyfunc.currency,
         "figures": pyfunc.figures,
+        "features": list(pyfunc.features),
     }
     if kind == "lightgbm":
         state["booster"] = scorer.booster_text

@@ -31,6 +31,11 @@ RULES: tuple[tuple[str, str, float], ...] = (
     ),
     ("burst of orders", "user_orders_10m >= 3 or device_orders_1h >= 5", 2.0),
     ("far above the user's usual amount", "amount_vs_user_mean >= 5", 1.0),
+    (
+        "earlier chargeback on the account, device or card",
+        "user_chargebacks or device_chargebacks or payment_chargebacks",
+        3.0,
+    ),
 )
 
 
@@ -59,6 +64,7 @@ class RulesScorer:
             (c("user_seen_before") > 0) & (c("new_device_for_user") > 0) & (c("new_country_for_user") > 0),
             (c("user_orders_10m") >= 3) | (c("device_orders_1h") >= 5),
             c("amount_vs_user_mean") >= 5,
+            (c("user_chargebacks") > 0) | (c("device_chargebacks") > 0) | (c("payment_chargebacks") > 0),
         ]
         return rows.select(cond.alias(name) for cond, (name, _, _) in zip(conditions, RULES, strict=True))
 

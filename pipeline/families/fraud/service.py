@@ -1,4 +1,6 @@
-"""The ``fraud`` service: ``/score`` (orders in; a score, a band and the top reasons out) and ``/metadata``.
+"""The ``fraud`` service: ``/score`` (orders in; a score, a band and the top reasons out),
+``/chargebacks`` (chargebacks as they arrive, which the next orders of the same account, device and
+card count) and ``/metadata``.
 
 An order's features are computed from the packaged snapshot of earlier orders and first sightings,
 plus the orders this worker scored since (``serving.OrderScorer``), as of the order's own time; or
@@ -12,7 +14,7 @@ from __future__ import annotations
 import bentoml
 from bentoml.exceptions import InvalidArgument
 
-from pipeline.families.fraud.serving import ScoreRequest, Scores
+from pipeline.families.fraud.serving import ChargebackRequest, Recorded, ScoreRequest, Scores
 from pipeline.serving.api import Metadata
 from pipeline.serving.common import (
     BATCHING,
@@ -101,6 +103,15 @@ class FraudService:
     async def score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> Scores:
         users = {o.user_id for o in request.orders}
         return await self.traffic.answer(request, ctx, users.pop() if len(users) == 1 else None)
+
+    @bentoml.api
+    def chargebacks(self, request: ChargebackRequest, /) -> Recorded:
+        """Chargebacks as they arrive (from the payment provider's notices), each with the keys of
+        the order it disputes. Every model version served here reads them: the champion's and a
+        challenger's stores are both written."""
+        engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+        counts = [engine.scorer.record_chargebacks(request.chargebacks) for engine in engines]
+        return Recorded(recorded=counts[0])
 
     @bentoml.api
     def metadata(self) -> FraudMetadata:

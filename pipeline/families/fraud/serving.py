@@ -5,12 +5,14 @@ An order's features are velocities and first sightings, which only its keys' his
 snapshot (``snapshot_tables``, cut from the dataset version as of its end) holds, per key, the
 earlier orders (every order of a user; the last ``RECENT_DAYS`` of each device, address and card)
 and when each (user, device), (user, country) and (card, user) pair was first seen, with sign-ups
-and each user's first event. A request's features are those of ``orders.order_features`` (the
+and each user's first event, and the chargebacks that had arrived, under the account, device and card
+of the order charged back. A request's features are those of ``orders.order_features`` (the
 training code) over the rows of the request's own keys plus the request, computed for the request
 alone (``online_matrix``, in numpy; tested against the training code order by order): the values
 training computed, as of the order's time. Orders scored since the snapshot was cut are kept
 (``RecentOrders``: a SQLite file every worker of the host shares) and count too, so a burst of card
-tests minutes apart is seen as a burst.
+tests minutes apart is seen as a burst; so are the chargebacks reported since (``/chargebacks``),
+so an account charged back this morning is known at its next checkout, not at the next retrain.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import polars as pl
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
-from pipeline.families.fraud.orders import DENSE, orders_of
+from pipeline.families.fraud.orders import CHARGEBACK_KEYS, DENSE, charged_back, orders_of
 from pipeline.serving.api import Id, Strict
 
 MAX_ORDERS = 100
@@ -48,6 +50,12 @@ SEEN_COLUMNS: dict[str, pl.DataType] = {
     "country": pl.String(),
     "payment_id": pl.String(),
     "event_type": pl.String(),
+    "event_time": pl.Datetime("us", "UTC"),
+}
+# A chargeback under one key of the order charged back (``key`` as in ``KEY_TABLES``).
+CHARGEBACK_COLUMNS: dict[str, pl.DataType] = {
+    "key": pl.String(),
+    "session_id": pl.String(),
     "event_time": pl.Datetime("us", "UTC"),
 }
 # The keys an order is looked up by, and the prefix of each in the snapshot tables' ``key`` column.
@@ -95,6 +103,25 @@ class ScoreRequest(Strict):
     orders: list[Order] = Field(min_length=1, max_length=MAX_ORDERS)
 
 
+class Chargeback(Strict):
+    """A chargeback that has arrived, with the keys of the order it disputes, as sent at checkout:
+    the account's, device's and card's next orders count it (``*_chargebacks``)."""
+
+    order_id: Id = Field(description="the order charged back (the id /score answered with)")
+    time: AwareDatetime = Field(description="when the chargeback arrived, with its time zone")
+    user_id: Id
+    device_id: Id | None = None
+    payment_id: Id | None = Field(None, description="the payment fingerprint the order was paid with")
+
+
+class ChargebackRequest(Strict):
+    chargebacks: list[Chargeback] = Field(min_length=1, max_length=MAX_ORDERS)
+
+
+class Recorded(BaseModel):
+    recorded: int = Field(description="chargebacks kept; one already kept is not counted twice")
+
+
 class Reason(BaseModel):
     feature: str
     value: float
@@ -126,7 +153,18 @@ def snapshot_tables(events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
     return {
         "orders": (pl.concat(keyed), ["key"]),
         "seen": (pl.concat([_keyed(seen, key) for key in SEEN_KEYS]), ["key"]),
+        "chargebacks": (chargeback_rows(charged_back(orders_of(past), past)), ["key"]),
     }
+
+
+def chargeback_rows(charged: pl.DataFrame) -> pl.DataFrame:
+    """Charged-back orders (``orders.charged_back``) as ``CHARGEBACK_COLUMNS`` rows, one under
+    each of the order's keys."""
+    parts = [
+        _keyed(charged, key).select("key", "session_id", pl.col("chargeback_time").alias("event_time"))
+        for key in CHARGEBACK_KEYS
+    ]
+    return pl.concat([p.select(_typed(p, CHARGEBACK_COLUMNS)) for p in parts], how="vertical")
 
 
 def _keyed(frame: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -183,6 +221,7 @@ class RecentOrders:
     PRUNE_EVERY = 1000
     ORDER_FIELDS = tuple(ORDER_COLUMNS)
     SEEN_FIELDS = tuple(SEEN_COLUMNS)
+    CHARGEBACK_FIELDS = tuple(CHARGEBACK_COLUMNS)
 
     def __init__(self, path: str | None = None) -> None:
         import os
@@ -212,13 +251,34 @@ class RecentOrders:
             self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS orders_v2_once ON orders_v2 (key, session_id)")
             self.db.execute(f"CREATE TABLE IF NOT EXISTS seen_v2 (key TEXT, fact TEXT, {seen})")
             self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS seen_v2_once ON seen_v2 (key, fact)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS chargebacks_v1 (key TEXT, session_id TEXT, event_time INTEGER)")
+            self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS chargebacks_v1_once ON chargebacks_v1 (key, session_id)")
         self._insert_order = f"INSERT OR IGNORE INTO orders_v2 VALUES ({', '.join('?' * (len(self.ORDER_FIELDS) + 1))})"
         self._insert_seen = (
             f"INSERT INTO seen_v2 VALUES ({', '.join('?' * (len(self.SEEN_FIELDS) + 2))}) "
             "ON CONFLICT (key, fact) DO UPDATE SET event_time = excluded.event_time "
             "WHERE excluded.event_time < seen_v2.event_time"
         )
+        self._insert_chargeback = (
+            "INSERT INTO chargebacks_v1 VALUES (?, ?, ?) "
+            "ON CONFLICT (key, session_id) DO UPDATE SET event_time = excluded.event_time "
+            "WHERE excluded.event_time < chargebacks_v1.event_time"
+        )
         self.added = 0
+
+    def add_chargebacks(self, chargebacks: list[Chargeback]) -> int:
+        """Remember these chargebacks under their order's account, device and card (each once, at
+        its earliest time); how many were new."""
+        rows = [
+            (key, c.order_id, _us(_utc(c.time)))
+            for c in chargebacks
+            for key in lookup_keys({k: [getattr(c, k)] for k in CHARGEBACK_KEYS if getattr(c, k)}, CHARGEBACK_KEYS)
+        ]
+        with self.lock, self.db:
+            before = self.db.execute("SELECT count(DISTINCT session_id) FROM chargebacks_v1").fetchone()[0]
+            self.db.executemany(self._insert_chargeback, rows)
+            after = self.db.execute("SELECT count(DISTINCT session_id) FROM chargebacks_v1").fetchone()[0]
+        return after - before
 
     def add(self, orders: list[dict]) -> None:
         """Remember these order rows (``order_rows``); an order already kept is not added twice."""
@@ -243,11 +303,12 @@ class RecentOrders:
                     oldest = newest - RECENT_DAYS * DAY_US
                     self.db.execute("DELETE FROM orders_v2 WHERE order_time < ?", (oldest,))
                     self.db.execute("DELETE FROM seen_v2 WHERE event_time < ?", (oldest,))
+                    self.db.execute("DELETE FROM chargebacks_v1 WHERE event_time < ?", (oldest,))
 
-    def arrays(self, order_keys: list[str], seen_keys: list[str]) -> tuple[dict, dict]:
-        """The kept orders and sightings under these keys (``lookup_keys``), as numpy columns of
-        ``ORDER_COLUMNS`` and ``SEEN_COLUMNS`` (times in microseconds); an order found under
-        several keys is there once per key."""
+    def arrays(self, order_keys: list[str], seen_keys: list[str], charge_keys: list[str]) -> tuple[dict, dict, dict]:
+        """The kept orders, sightings and chargebacks under these keys (``lookup_keys``), as numpy
+        columns of ``ORDER_COLUMNS``, ``SEEN_COLUMNS`` and ``CHARGEBACK_COLUMNS`` (times in
+        microseconds); an order found under several keys is there once per key."""
 
         def fetch(table: str, fields: tuple, keys: list[str]) -> list[tuple]:
             if not keys:
@@ -258,7 +319,8 @@ class RecentOrders:
         with self.lock:
             orders = fetch("orders_v2", self.ORDER_FIELDS, order_keys)
             seen = fetch("seen_v2", self.SEEN_FIELDS, seen_keys)
-        return _columns(orders, ORDER_TYPES), _columns(seen, SEEN_TYPES)
+            charged = fetch("chargebacks_v1", self.CHARGEBACK_FIELDS, charge_keys)
+        return _columns(orders, ORDER_TYPES), _columns(seen, SEEN_TYPES), _columns(charged, CHARGEBACK_TYPES)
 
     def close(self) -> None:
         with self.lock:
@@ -277,6 +339,7 @@ def _numpy_types(schema: dict) -> list[tuple[str, type]]:
 
 # Each column's numpy type, worked out once rather than on every request's rows.
 ORDER_TYPES, SEEN_TYPES = _numpy_types(ORDER_COLUMNS), _numpy_types(SEEN_COLUMNS)
+CHARGEBACK_TYPES = _numpy_types(CHARGEBACK_COLUMNS)
 
 
 def _columns(rows: list[tuple], types: list[tuple[str, type]]) -> dict[str, np.ndarray]:
@@ -337,10 +400,13 @@ WINDOW_US["30d"] = 30 * 86_400_000_000
 DAY_US = 86_400_000_000
 
 
-def online_matrix(requests: list[dict], orders: dict[str, np.ndarray], seen: dict[str, np.ndarray]) -> np.ndarray:
+def online_matrix(
+    requests: list[dict], orders: dict[str, np.ndarray], seen: dict[str, np.ndarray], chargebacks: dict[str, np.ndarray]
+) -> np.ndarray:
     """``orders.order_features`` of the ``requests`` (order rows), ``[len(requests), len(DENSE)]``,
     from ``orders`` (the requests and the earlier orders sharing a key with them, as columns, times
-    in microseconds) and ``seen`` (the sightings of their users, devices and cards, as columns). The
+    in microseconds), ``seen`` (the sightings of their users, devices and cards, as columns) and
+    ``chargebacks`` (those under their users, devices and cards; an order's may be there twice). The
     same definitions (left-closed windows, orders in (time, id) order, sightings before the session
     began, whole seconds), in numpy over the few rows a request has: ``order_features`` over the
     same rows takes about 60 ms of polars calls, this well under one. ``tests/test_fraud.py``
@@ -353,6 +419,7 @@ def online_matrix(requests: list[dict], orders: dict[str, np.ndarray], seen: dic
     rank[order] = np.arange(o_sid.size)
     rank_of = dict(zip(o_sid.tolist(), rank.tolist(), strict=True))
     s_user, s_time, s_type = seen["user_id"], seen["event_time"], seen["event_type"]
+    c_key, c_time, c_sid = chargebacks["key"], chargebacks["event_time"], chargebacks["session_id"]
     index = {name: j for j, name in enumerate(DENSE)}
     spans = np.array([WINDOW_US[period] for period, _ in WINDOWS], dtype=np.int64)
     out = np.zeros((len(requests), len(DENSE)), dtype=np.float64)
@@ -411,6 +478,11 @@ def online_matrix(requests: list[dict], orders: dict[str, np.ndarray], seen: dic
         if r["device_id"] is not None:
             day = (orders["device_id"] == r["device_id"]) & (o_time < t) & (o_time >= t - DAY_US)
             row[index["device_cards_1d"]] = len(set(orders["payment_id"][day].tolist()))
+        if c_key.size:
+            for key in CHARGEBACK_KEYS:
+                if r[key] is not None:
+                    known = (c_key == f"{KEY_TABLES[key]}:{r[key]}") & (c_time < t)
+                    row[index[f"{key.removesuffix('_id')}_chargebacks"]] = len(set(c_sid[known].tolist()))
     return out
 
 
@@ -449,16 +521,18 @@ class OrderScorer:
         the snapshot's and the recent orders of their keys; in the same order."""
         keys = {k: [r[k] for r in requests if r[k] is not None] for k in KEY_TABLES}
         order_keys, seen_keys = lookup_keys(keys, KEY_TABLES), lookup_keys(keys, SEEN_KEYS)
+        charge_keys = lookup_keys(keys, CHARGEBACK_KEYS)
         snapshot_orders = self.snapshot.arrays("orders", order_keys)
         snapshot_seen = self.snapshot.arrays("seen", seen_keys)
-        recent_orders, recent_seen = self.recent.arrays(order_keys, seen_keys)
+        recent_orders, recent_seen, recent_chargebacks = self.recent.arrays(order_keys, seen_keys, charge_keys)
         # Each order once (it is found under each of its keys), the first of: the request itself (so
         # that a replayed order's own earlier copy is dropped), the snapshot's copy, the one kept since.
         orders = _concat([order_columns(requests), snapshot_orders, recent_orders], ORDER_COLUMNS)
         first = np.sort(np.unique(orders["session_id"], return_index=True)[1])
         orders = {name: column[first] for name, column in orders.items()}
         seen = _concat([snapshot_seen, recent_seen], SEEN_COLUMNS)
-        return online_matrix(requests, orders, seen)
+        charged = _concat([self.snapshot.arrays("chargebacks", charge_keys), recent_chargebacks], CHARGEBACK_COLUMNS)
+        return online_matrix(requests, orders, seen, charged)
 
     def feature_rows(self, requested: pl.DataFrame) -> pl.DataFrame:
         """``features`` of order rows given as a frame (``order_frame``), as a frame with ``session_id``."""
@@ -493,6 +567,11 @@ class OrderScorer:
             out.append(answers[start : start + len(orders)])
             start += len(orders)
         return out
+
+    def record_chargebacks(self, chargebacks: list[Chargeback]) -> int:
+        """Keep chargebacks reported since the snapshot: the next orders of their accounts, devices
+        and cards count them. How many were new."""
+        return self.recent.add_chargebacks(chargebacks)
 
     def remember(self, requests: list[list[Order]], answers: Sequence[list[dict]]) -> None:
         """Keep the orders of answered requests that were scored from their keys, under the ids
