@@ -46,7 +46,10 @@ class CrossLayer(nn.Module):
         return x0 * self.linear(x) + x
 
 
-MIN_STD = 1e-6  # the floor of a dense input's std: what a feature constant in training gets
+def _every_input_learnt(module, state_dict, prefix, *_) -> None:
+    """A checkpoint saved before ``dense_learnt`` existed: every input enters as it did then."""
+    if prefix + "dense_std" in state_dict and prefix + "dense_learnt" not in state_dict:
+        state_dict[prefix + "dense_learnt"] = torch.ones_like(state_dict[prefix + "dense_std"])
 
 
 class DCNv2(nn.Module):
@@ -71,6 +74,12 @@ class DCNv2(nn.Module):
         # Standardisation of dense inputs and Platt scaling of the logit, saved with the weights.
         self.register_buffer("dense_mean", torch.zeros(config.n_dense))
         self.register_buffer("dense_std", torch.ones(config.n_dense))
+        # 1 for a dense input that varied in the rows the scaler saw, 0 for one that was constant
+        # there: it taught the network nothing, so it enters as 0 whatever value it takes later.
+        # Dividing by the std's floor instead made the first unseen value (a fraud family's first
+        # chargeback count of 1 after a training set with none) a million standard deviations.
+        self.register_buffer("dense_learnt", torch.ones(config.n_dense))
+        self.register_load_state_dict_pre_hook(_every_input_learnt)
         self.register_buffer("platt", torch.tensor([1.0, 0.0]))
 
     @staticmethod
@@ -81,15 +90,13 @@ class DCNv2(nn.Module):
     def fit_scaler(self, dense: torch.Tensor) -> None:
         x = self.transform(dense)
         self.dense_mean.copy_(x.mean(0))
-        self.dense_std.copy_(x.std(0).clamp_min(MIN_STD))
+        self.dense_std.copy_(x.std(0).clamp_min(1e-6))
+        # Compared exactly: a constant column's float32 std is its mean's rounding error, not 0.
+        self.dense_learnt.copy_((x.amax(0) > x.amin(0)).to(x.dtype))
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits, [batch]."""
-        # A feature constant in training (its std at the floor) taught the network nothing: its
-        # input is 0 whatever value it takes later, not (x - mean) / 1e-6, which would turn the
-        # first unseen value (a fraud family's first chargeback count of 1) into a million.
-        learnt = (self.dense_std > MIN_STD).to(dense.dtype)
-        x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std * learnt
+        x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std * self.dense_learnt
         x0 = torch.cat(
             [
                 x_dense,

@@ -107,6 +107,15 @@ def test_a_feature_constant_in_training_does_not_move_the_output_when_it_changes
         moved = train[:5].clone()
         moved[:, 0] += 1.0  # a feature it did learn from still counts
         assert not torch.allclose(model(ids, moved), model(ids, train[:5]))
+    assert model.dense_learnt.tolist() == [1.0, 1.0, 0.0]
+    # A checkpoint from before the mask loads with every input entering as it did then.
+    state = {k: v for k, v in model.state_dict().items() if k != "dense_learnt"}
+    old = DCNv2(DCNConfig(n_dense=3, id_cardinalities=(), hidden=(8,))).eval()
+    old.load_state_dict(state)
+    assert old.dense_learnt.tolist() == [1.0, 1.0, 1.0]
+    with torch.no_grad():
+        torch.testing.assert_close(old(ids, train[:5]), model(ids, train[:5]))  # the column was 0 - 0
+        assert not torch.allclose(old(ids, later), model(ids, later))
 
 
 @pytest.mark.fast
