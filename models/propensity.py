@@ -96,7 +96,10 @@ class DCNv2(nn.Module):
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits, [batch]."""
-        x_dense = (self.transform(dense) - self.dense_mean) / self.dense_std * self.dense_learnt
+        standard = (self.transform(dense) - self.dense_mean) / self.dense_std
+        # Selected, not multiplied: an infinite value of an unlearnt input (an amount past float32's
+        # range) times 0 would be NaN.
+        x_dense = torch.where(self.dense_learnt > 0, standard, torch.zeros_like(standard))
         x0 = torch.cat(
             [
                 x_dense,

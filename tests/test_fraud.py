@@ -8,6 +8,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from pipeline.core.errors import BadInput
 from pipeline.core.params import GenerateParams
@@ -589,6 +590,58 @@ def test_a_bad_order_is_refused_naming_the_field():
         body = {k: v for k, v in {**good, **change}.items() if v is not None}
         with pytest.raises(ValidationError, match=field):
             ScoreRequest(orders=[body])
+
+
+@FAST
+def test_a_huge_amount_or_an_order_after_free_ones_gets_a_finite_score(shop, tmp_path):
+    """Valid orders at the edges: an amount past float32's range (1e284, found by fuzzing /score:
+    the network's answer was NaN, a 500), and a paid order after only free ones (its amount
+    against a mean of 0). The network scores both, with finite features online and offline alike."""
+    from datetime import datetime, timezone
+
+    from models.propensity import DCNConfig, DCNv2
+    from pipeline.families.fraud.decisions import Bands
+    from pipeline.families.fraud.pyfunc import FraudPyfunc
+    from pipeline.families.fraud.scoring import dense_matrix
+    from pipeline.families.fraud.serving import Order, OrderScorer, order_rows
+
+    events, _ = shop
+    network = DCNv2(DCNConfig(n_dense=len(DENSE), id_cardinalities=(), hidden=(8,)))
+    features = order_features(orders_of(events), events)
+    network.fit_scaler(torch.from_numpy(dense_matrix(features)))
+    pyfunc = FraudPyfunc.from_parts("network", network.eval(), Bands(review_at=0.5, block_at=0.9))
+    scorer = OrderScorer(pyfunc, _snapshot(events, tmp_path), "memory")
+    at = datetime.fromtimestamp(scorer.snapshot.cutoff.timestamp() + 3600, timezone.utc)
+    orders = [
+        Order(user_id="big-spender", order_time=at, amount=6.9e284),
+        Order(user_id="voucher", order_time=at, amount=0.0, order_id="free-1"),
+        Order(user_id="voucher", order_time=at + timedelta(minutes=1), amount=0.0, order_id="free-2"),
+        Order(user_id="voucher", order_time=at + timedelta(minutes=2), amount=30.0, order_id="paid"),
+    ]
+    # Online: the paid order's features once the free ones were scored (and remembered).
+    for o in orders[1:3]:
+        scorer.score_requests([[o]])
+    online = scorer.features(order_rows(orders[3:]))
+    assert online[0, DENSE.index("amount_vs_user_mean")] == 30.0  # against one unit, not 30 / 0
+    answers = [scorer.score_requests([[o]])[0][0] for o in (orders[0], orders[3])]
+    assert all(np.isfinite(a["score"]) and a["band"] in ("approve", "review", "block") for a in answers), answers
+    assert all(np.isfinite(r["contribution"]) for a in answers for r in a["reasons"]), answers
+    # Offline, the same orders: the same value.
+    free = pl.DataFrame(
+        {
+            "session_id": ["free-1", "free-2", "paid"],
+            "user_id": ["voucher"] * 3,
+            "order_time": [o.order_time for o in orders[1:]],
+            "amount": [0.0, 0.0, 30.0],
+            "items": [1.0] * 3,
+        }
+    ).with_columns(pl.col("order_time").dt.cast_time_unit("us").alias("session_start"))
+    none = [pl.lit(None, pl.String).alias(c) for c in ("device_id", "ip", "country", "payment_id")]
+    purchases = free.select(
+        "session_id", "user_id", pl.col("order_time").alias("event_time"), pl.lit("purchase").alias("event_type"), *none
+    )
+    offline = order_features(free.with_columns(none), purchases)
+    assert offline["amount_vs_user_mean"].to_list() == [1.0, 0.0, 30.0]
 
 
 @FAST

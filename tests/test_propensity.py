@@ -104,6 +104,9 @@ def test_a_feature_constant_in_training_does_not_move_the_output_when_it_changes
     later[:, 2] = 1.0
     with torch.no_grad():
         torch.testing.assert_close(model(ids, later), model(ids, train[:5]))
+        later[:, 2] = float("inf")  # selected away, not multiplied by 0 (inf * 0 is NaN)
+        torch.testing.assert_close(model(ids, later), model(ids, train[:5]))
+        later[:, 2] = 1.0
         moved = train[:5].clone()
         moved[:, 0] += 1.0  # a feature it did learn from still counts
         assert not torch.allclose(model(ids, moved), model(ids, train[:5]))

@@ -157,8 +157,10 @@ def order_features(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
     base = base.join(
         by_user.select("session_id", "_prior_amount", "_prior_time", "user_prior_orders"), on="session_id", how="left"
     ).with_columns(
+        # Against the user's mean amount; after only free orders (a mean of 0), against one unit
+        # of the currency, not a division by zero (an infinite feature, a NaN for 0 / 0).
         pl.when(pl.col("user_prior_orders") > 0)
-        .then(pl.col("amount") / (pl.col("_prior_amount") / pl.col("user_prior_orders")))
+        .then(pl.col("amount") / _unit_if_free(pl.col("_prior_amount") / pl.col("user_prior_orders")))
         .otherwise(1.0)
         .alias("amount_vs_user_mean"),
         pl.when(pl.col("_prior_time").is_not_null())
@@ -211,6 +213,10 @@ def _chargebacks_before(orders: pl.DataFrame, charged: pl.DataFrame, key: str) -
         )
         .select("session_id", name)
     )
+
+
+def _unit_if_free(mean: pl.Expr) -> pl.Expr:
+    return pl.when(mean > 0).then(mean).otherwise(1.0)
 
 
 def _first_seen(events: pl.DataFrame, a: str, b: str) -> pl.DataFrame:

@@ -154,9 +154,11 @@ class FraudPyfunc(PythonModel):
 
     def _own(self, x: np.ndarray) -> np.ndarray:
         """This scorer's columns of a ``DENSE`` matrix, as the float32 it was trained on."""
+        from pipeline.families.fraud.scoring import as_model_input
+
         if not self._all:
             x = x[:, self._columns]
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return as_model_input(x)
 
 
 # Below this many rows LightGBM scores on one thread. Its OpenMP team keeps its other threads

@@ -74,8 +74,18 @@ class RulesScorer:
         return points + np.minimum(rows["amount"].to_numpy(), 1e6) / 1e7
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_model_input(x: np.ndarray) -> np.ndarray:
+    """Feature values as the learned scorers read them, in training and at serving alike: float32,
+    with values past its range held at its largest finite value. A cast alone made an amount of
+    1e284 (valid JSON, a valid order) infinite, and the network's answer NaN: a 500."""
+    return np.ascontiguousarray(np.clip(x, -FLOAT32_MAX, FLOAT32_MAX), dtype=np.float32)
+
+
 def dense_matrix(rows: pl.DataFrame) -> np.ndarray:
-    return rows.select(DENSE).to_numpy().astype(np.float32)
+    return as_model_input(rows.select(DENSE).to_numpy())
 
 
 # The LightGBM floor's settings, searched on validation as a data scientist tuning it would (the
