@@ -274,10 +274,14 @@ class RecentOrders:
             for c in chargebacks
             for key in lookup_keys({k: [getattr(c, k)] for k in CHARGEBACK_KEYS if getattr(c, k)}, CHARGEBACK_KEYS)
         ]
+        ids = sorted({c.order_id for c in chargebacks})
+        known = (
+            f"SELECT count(DISTINCT session_id) FROM chargebacks_v1 WHERE session_id IN ({','.join('?' * len(ids))})"
+        )
         with self.lock, self.db:
-            before = self.db.execute("SELECT count(DISTINCT session_id) FROM chargebacks_v1").fetchone()[0]
+            before = self.db.execute(known, ids).fetchone()[0]
             self.db.executemany(self._insert_chargeback, rows)
-            after = self.db.execute("SELECT count(DISTINCT session_id) FROM chargebacks_v1").fetchone()[0]
+            after = self.db.execute(known, ids).fetchone()[0]
         return after - before
 
     def add(self, orders: list[dict]) -> None:
