@@ -80,11 +80,7 @@ def labels_as_of(orders: pl.DataFrame, events: pl.DataFrame, as_of: datetime, ma
     """The orders placed before ``as_of`` with the label known then: ``label`` 1 (a chargeback had
     arrived), 0 (the maturity window had passed without one) or null (not yet known), and
     ``label_time``, when it became known."""
-    charged = (
-        events.filter((pl.col("event_type") == "chargeback") & (pl.col("event_time") < as_of))
-        .group_by("session_id")
-        .agg(pl.col("event_time").min().alias("chargeback_time"))
-    )
+    charged = first_chargebacks(events).filter(pl.col("chargeback_time") < as_of)
     mature = pl.col("order_time") + timedelta(days=maturity_days)
     return (
         orders.filter(pl.col("order_time") < as_of)
@@ -177,15 +173,19 @@ def order_features(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def charged_back(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
-    """The charged-back orders: ``session_id``, their keys (``CHARGEBACK_KEYS``) and
-    ``chargeback_time``, when their first chargeback arrived."""
-    first = (
+def first_chargebacks(events: pl.DataFrame) -> pl.DataFrame:
+    """Per charged-back session (order): ``chargeback_time``, when its first chargeback arrived."""
+    return (
         events.filter(pl.col("event_type") == "chargeback")
         .group_by("session_id")
         .agg(pl.col("event_time").min().alias("chargeback_time"))
     )
-    return orders.select("session_id", *CHARGEBACK_KEYS).join(first, on="session_id")
+
+
+def charged_back(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """The charged-back orders: ``session_id``, their keys (``CHARGEBACK_KEYS``) and
+    ``chargeback_time``, when their first chargeback arrived."""
+    return orders.select("session_id", *CHARGEBACK_KEYS).join(first_chargebacks(events), on="session_id")
 
 
 def _chargebacks_before(orders: pl.DataFrame, charged: pl.DataFrame, key: str) -> pl.DataFrame:

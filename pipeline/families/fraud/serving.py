@@ -153,7 +153,7 @@ def snapshot_tables(events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
     return {
         "orders": (pl.concat(keyed), ["key"]),
         "seen": (pl.concat([_keyed(seen, key) for key in SEEN_KEYS]), ["key"]),
-        "chargebacks": (chargeback_rows(charged_back(orders_of(past), past)), ["key"]),
+        "chargebacks": (chargeback_rows(charged_back(orders, past)), ["key"]),
     }
 
 
