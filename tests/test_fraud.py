@@ -497,6 +497,36 @@ def test_a_scorer_saved_before_the_chargeback_counts_reads_the_features_it_was_t
 
 
 @FAST
+@pytest.mark.parametrize("sigmoid", [1.0, 2.5])
+def test_lightgbm_scores_and_reasons_from_one_call_equal_those_of_two(sigmoid):
+    """``score_matrix`` takes LightGBM's score from the sum of its TreeSHAP contributions (one
+    booster call): the same scores as ``predict`` and the same reasons, for the objective's own
+    sigmoid; a booster of another objective is scored by ``predict``."""
+    import lightgbm as lgb
+
+    from pipeline.families.fraud.decisions import Bands
+    from pipeline.families.fraud.pyfunc import FraudPyfunc, binary_sigmoid
+    from pipeline.families.fraud.scoring import LightGBMScorer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, len(DENSE)))
+    y = (x[:, 0] + 0.5 * x[:, 3] - x[:, 7] + rng.normal(size=len(x)) > 1.5).astype(float)
+    params = {"objective": "binary", "sigmoid": sigmoid, "num_leaves": 15, "verbose": -1, "seed": 0}
+    booster = lgb.train(params, lgb.Dataset(x.astype(np.float32), y), 40)
+    assert binary_sigmoid(booster.model_to_string()) == sigmoid
+    pyfunc = FraudPyfunc.from_parts("lightgbm", LightGBMScorer(booster.model_to_string()), Bands(0.3, 0.8))
+    scores, reasons = pyfunc.score_matrix(x)
+    np.testing.assert_allclose(scores, booster.predict(x.astype(np.float32)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(scores, pyfunc.matrix_scores(x), rtol=1e-12, atol=1e-12)
+    assert reasons == pyfunc.matrix_reasons(x) and any(reasons)
+
+    regression = lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(x.astype(np.float32), y), 10)
+    assert binary_sigmoid(regression.model_to_string()) is None
+    other = FraudPyfunc.from_parts("lightgbm", LightGBMScorer(regression.model_to_string()), Bands(0.3, 0.8))
+    np.testing.assert_allclose(other.score_matrix(x)[0], regression.predict(x.astype(np.float32)))
+
+
+@FAST
 def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_path):
     """``/score``'s features (the snapshot's rows of the order's keys, then ``order_features``)
     equal those computed over every event, for orders before the snapshot's cutoff sent as raw
