@@ -97,6 +97,15 @@ def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
     rng = np.random.default_rng(0)
     fraud = truth.group_by("scenario").agg(pl.col("session_id").first())["session_id"].to_list()
     sample = fraud + orders["session_id"].gather(rng.choice(orders.height, 40, replace=False)).to_list()
+    # Network addresses shared by accounts: orders that count others before them, and the first
+    # order of each such address, which must not count the accounts that came after it.
+    shared = orders.group_by("ip").agg(pl.col("user_id").n_unique().alias("accounts")).filter(pl.col("accounts") > 1)
+    first = (
+        orders.join(shared, on="ip", how="semi").group_by("ip", maintain_order=True).agg(pl.col("session_id").first())
+    )
+    counting = everything.filter(pl.col("ip_accounts_1d") > 0)
+    assert first.height >= 5 and counting.height >= 5
+    sample += first["session_id"].head(5).to_list() + counting["session_id"].head(5).to_list()
     _assert_features_from_before(events, everything, sample)
 
 
@@ -544,7 +553,14 @@ def test_served_features_equal_the_training_features_as_of_each_order(shop, tmp_
     fraud = recent.join(truth.select("session_id"), on="session_id", how="semi")
     sample = pl.concat([fraud, recent.sample(60, seed=0)]).unique("session_id", maintain_order=True)
     # Every kind of feature takes part: a history shared with other accounts, sightings, bursts.
-    for name in ("device_accounts", "payment_accounts", "new_device_for_user", "user_orders_10m", "user_prior_orders"):
+    for name in (
+        "device_accounts",
+        "payment_accounts",
+        "ip_accounts_30d",
+        "new_device_for_user",
+        "user_orders_10m",
+        "user_prior_orders",
+    ):
         assert (sample[name] > 0).any(), name
     _served_sample(events, sample, tmp_path)
 

@@ -28,6 +28,9 @@ KEYS = ("user_id", "device_id", "ip", "payment_id")
 CHARGEBACK_KEYS = ("user_id", "device_id", "payment_id")
 # An account whose sign-up the data does not hold is older than the data: its age is this many days.
 UNKNOWN_ACCOUNT_AGE_DAYS = 365.0
+# The windows (of ``WINDOWS``) over which an order counts the other accounts that ordered from its
+# network address: a ring of accounts behind one address (``ip_accounts_<window>``).
+IP_ACCOUNT_WINDOWS = ("1d", "30d")
 
 DENSE: tuple[str, ...] = (
     *(f"{key.removesuffix('_id')}_orders_{suffix}" for key in KEYS for _, suffix in WINDOWS),
@@ -49,6 +52,7 @@ DENSE: tuple[str, ...] = (
     # Appended after the rest, so that a scorer trained before them reads the first columns as it
     # did (``pyfunc.LEGACY_FEATURES``).
     *(f"{key.removesuffix('_id')}_chargebacks" for key in CHARGEBACK_KEYS),
+    *(f"ip_accounts_{suffix}" for suffix in IP_ACCOUNT_WINDOWS),
 )
 
 
@@ -123,6 +127,38 @@ def _rolling(orders: pl.DataFrame, key: str) -> pl.DataFrame:
     return out.drop(key, "order_time")
 
 
+def _ip_accounts(orders: pl.DataFrame) -> pl.DataFrame:
+    """Per order: how many other accounts had ordered from its network address in each window of
+    ``IP_ACCOUNT_WINDOWS`` before it (left-closed, as ``_rolling``): the accounts of the address's
+    orders in the window, less the order's own account if it was among them."""
+    keyed = (
+        orders.filter(pl.col("ip").is_not_null())
+        .select("session_id", "ip", "user_id", "order_time")
+        .sort("ip", "order_time")
+    )
+    out = keyed
+    periods = {suffix: period for period, suffix in WINDOWS}
+    for suffix in IP_ACCOUNT_WINDOWS:
+        period = periods[suffix]
+        everyone = keyed.rolling("order_time", period=period, group_by="ip", closed="left").agg(
+            pl.col("user_id").n_unique().alias("_accounts")
+        )
+        own = keyed.rolling("order_time", period=period, group_by=["ip", "user_id"], closed="left").agg(
+            pl.len().alias("_own")
+        )
+        out = (
+            out.join(everyone.unique(subset=["ip", "order_time"]), on=["ip", "order_time"], how="left")
+            .join(own.unique(subset=["ip", "user_id", "order_time"]), on=["ip", "user_id", "order_time"], how="left")
+            .with_columns(
+                (pl.col("_accounts") - (pl.col("_own") > 0).cast(pl.Int64))
+                .cast(pl.Float64)
+                .alias(f"ip_accounts_{suffix}")
+            )
+            .drop("_accounts", "_own")
+        )
+    return out.drop("ip", "user_id", "order_time")
+
+
 def order_features(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
     """``orders`` (from ``orders_of``) with every feature of ``DENSE``, each from events strictly
     before the order's time."""
@@ -168,6 +204,7 @@ def order_features(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
     charged = charged_back(orders, events)
     for key in CHARGEBACK_KEYS:
         base = base.join(_chargebacks_before(orders, charged, key), on="session_id", how="left")
+    base = base.join(_ip_accounts(orders), on="session_id", how="left")
     return base.drop("signed_up", "_prior_amount", "_prior_time").with_columns(
         pl.col(c).fill_null(0.0).cast(pl.Float64) for c in DENSE
     )

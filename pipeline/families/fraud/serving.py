@@ -415,7 +415,7 @@ def online_matrix(
     began, whole seconds), in numpy over the few rows a request has: ``order_features`` over the
     same rows takes about 60 ms of polars calls, this well under one. ``tests/test_fraud.py``
     checks both give the same values, order by order."""
-    from pipeline.families.fraud.orders import UNKNOWN_ACCOUNT_AGE_DAYS, WINDOWS
+    from pipeline.families.fraud.orders import IP_ACCOUNT_WINDOWS, UNKNOWN_ACCOUNT_AGE_DAYS, WINDOWS
 
     o_time, o_amount, o_sid = orders["order_time"], orders["amount"], orders["session_id"]
     order = np.lexsort((o_sid, o_time))  # (time, id): the order offline features number them in
@@ -450,6 +450,10 @@ def online_matrix(
                 row[index[f"{name}_orders_{suffix}"]] = counts[w]
                 if amounts is not None and suffix in ("1d", "7d", "30d"):
                     row[index[f"{name}_amount_{suffix}"]] = amounts[w]
+                if key == "ip" and suffix in IP_ACCOUNT_WINDOWS:
+                    others = set(orders["user_id"][mine][inside[:, w]].tolist())
+                    others.discard(user)
+                    row[index[f"ip_accounts_{suffix}"]] = len(others)
         user_rows = s_user == user
         signed = s_time[user_rows & (s_type == "signup")]
         signed_up = int(signed.min()) if signed.size else None
