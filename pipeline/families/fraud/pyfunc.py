@@ -128,7 +128,7 @@ class FraudPyfunc(PythonModel):
         traversal of the trees a request instead of two)."""
         if self._booster is not None and self._sigmoid is not None:
             own = self._own(x)
-            contributions = np.asarray(self._booster.predict(own, pred_contrib=True, **_threads(own)))
+            contributions = self._tree_shap(own)
             scores = expit(self._sigmoid * contributions.sum(axis=1))
             return scores, self._top(contributions[:, : len(self.features)], own, k)
         return self.matrix_scores(x), self.matrix_reasons(x, k)
@@ -150,12 +150,16 @@ class FraudPyfunc(PythonModel):
             ]
         x = self._own(x)
         if self._booster is not None:
-            contributions = np.asarray(self._booster.predict(x, pred_contrib=True, **_threads(x)))[
-                :, : len(self.features)
-            ]  # TreeSHAP
+            contributions = self._tree_shap(x)[:, : len(self.features)]
         else:
             contributions = network_contributions(self.scorer, x)
         return self._top(contributions, x, k)
+
+    def _tree_shap(self, own: np.ndarray) -> np.ndarray:
+        """LightGBM's TreeSHAP contributions of this scorer's own columns (``_own``), one column per
+        feature and a last one for the base value."""
+        assert self._booster is not None  # kind lightgbm
+        return np.asarray(self._booster.predict(own, pred_contrib=True, **_threads(own)))
 
     def _top(self, contributions: np.ndarray, x: np.ndarray, k: int) -> list[list[dict]]:
         """Each row's ``k`` largest positive contributions, with the feature's name and value."""

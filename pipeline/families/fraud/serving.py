@@ -446,12 +446,13 @@ def online_matrix(
             inside = (ago[:, None] > 0) & (ago[:, None] <= spans[None, :])
             counts = inside.sum(axis=0)
             amounts = o_amount[mine] @ inside if key in ("user_id", "device_id") else None
+            users = orders["user_id"][mine] if key == "ip" else None
             for w, (_, suffix) in enumerate(WINDOWS):
                 row[index[f"{name}_orders_{suffix}"]] = counts[w]
                 if amounts is not None and suffix in ("1d", "7d", "30d"):
                     row[index[f"{name}_amount_{suffix}"]] = amounts[w]
-                if key == "ip" and suffix in IP_ACCOUNT_WINDOWS:
-                    others = set(orders["user_id"][mine][inside[:, w]].tolist())
+                if users is not None and suffix in IP_ACCOUNT_WINDOWS:
+                    others = set(users[inside[:, w]].tolist())
                     others.discard(user)
                     row[index[f"ip_accounts_{suffix}"]] = len(others)
         user_rows = s_user == user
