@@ -266,15 +266,77 @@ def test_each_rule_fires_on_its_scenario(shop):
     for disguised in (False, True):
         assert row["card_testing", disguised]["many cards on one device in a day"] > 0.4
         assert row["reseller", disguised]["card shared by other accounts"] > 0.5
+    # A disguised ring orders from one address, a device each: its later accounts trip the address
+    # rule (the plain ring shares one device, whose rule it trips).
+    assert row["reseller", True]["many accounts on one network address in a day"] > 0.3
     # The plain takeovers and new accounts trip their rule; the disguised ones slip past it.
     for scenario, rule in (
         ("account_takeover", "known account, new device and country"),
         ("new_account", "new account, large order"),
     ):
         assert row[scenario, False][rule] > 0.5 > row[scenario, True][rule], scenario
-    # Genuine orders rarely trip any of them.
-    genuine = hits.filter(pl.col("scenario").is_null()).select(names).to_numpy().any(axis=1).mean()
-    assert genuine < 0.1
+    # Genuine orders rarely trip any of them, and the address rule almost never (households are two).
+    genuine = hits.filter(pl.col("scenario").is_null())
+    assert genuine.select(names).to_numpy().any(axis=1).mean() < 0.1
+    assert genuine["many accounts on one network address in a day"].mean() < 0.002
+
+
+@FAST
+def test_a_rules_file_saved_before_the_address_rule_runs_the_rules_it_was_banded_with(shop, tmp_path):
+    """A rules scorer names its rules in its file; one saved before it did (a champion whose bands
+    were chosen on eight rules) runs those eight, so its scores are those its bands were chosen
+    on; a file naming a rule this version does not know is refused, naming it. A rules scorer's
+    reasons are its hits, most points first."""
+    from pipeline.families.fraud.decisions import Bands
+    from pipeline.families.fraud.pyfunc import FraudPyfunc, scorer_file
+    from pipeline.families.fraud.scoring import LEGACY_RULES, RULE_NAMES, RulesScorer
+
+    events, _ = shop
+    rows = order_features(orders_of(events), events)
+    address = "many accounts on one network address in a day"
+    assert address in RULE_NAMES and address not in LEGACY_RULES
+    current = RulesScorer.fit(rows)
+    ring = rows.filter(pl.col("ip_accounts_1d") >= 2)
+    assert ring.height > 0 and current.rules == RULE_NAMES
+    pyfunc = FraudPyfunc.from_parts("rules", current, Bands(4.0, 6.0))
+    path = scorer_file(pyfunc, tmp_path / "rules.json")
+    saved = json.loads(path.read_text())
+    assert saved["rules"]["rules"] == list(RULE_NAMES)
+    np.testing.assert_array_equal(FraudPyfunc.from_file(path).scores(rows), current.score(rows))
+    del saved["rules"]["rules"]  # as files were written before
+    path.write_text(json.dumps(saved))
+    old = FraudPyfunc.from_file(path)
+    assert old.scorer.rules == LEGACY_RULES
+    # The ring's orders score two points less under the old rules, and every other order the same.
+    diff = current.score(rows) - old.scores(rows)
+    hit = (rows["ip_accounts_1d"] >= 2).to_numpy()
+    np.testing.assert_allclose(diff[hit], 2.0)
+    np.testing.assert_allclose(diff[~hit], 0.0)
+    saved["rules"]["rules"] = [*LEGACY_RULES, "many accounts on one card"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="many accounts on one card"):
+        FraudPyfunc.from_file(path)
+    # Reasons: most points first, whatever the rules' order. Four two-point rules come before the
+    # chargeback's three points in ``RULES``: it must still be named first.
+    busy = ring.head(1).with_columns(
+        # no other rule: an old account, one card on the device, a known device, a usual amount
+        account_age_days=pl.lit(300.0),
+        device_cards_1d=pl.lit(1.0),
+        new_device_for_user=pl.lit(0.0),
+        amount_vs_user_mean=pl.lit(1.0),
+        device_accounts=pl.lit(2.0),
+        payment_accounts=pl.lit(1.0),
+        user_orders_10m=pl.lit(3.0),
+        user_chargebacks=pl.lit(1.0),
+    )
+    why = pyfunc.matrix_reasons(busy.select(DENSE).to_numpy())[0]
+    assert why[0] == {"feature": "earlier chargeback on the account, device or card", "value": 1.0, "contribution": 3.0}
+    assert [r["contribution"] for r in why] == [3.0, 2.0, 2.0]
+    reasons = pyfunc.matrix_reasons(ring.select(DENSE).to_numpy())
+    for why in reasons:
+        points = [r["contribution"] for r in why]
+        assert points == sorted(points, reverse=True), why
+    assert any(r["feature"] == address for why in reasons for r in why)
 
 
 @FAST

@@ -137,14 +137,14 @@ class FraudPyfunc(PythonModel):
         """Each row's ``k`` features (or rules) that raised its score most: ``{"feature", "value",
         "contribution"}``, contribution in the scorer's own units (the logit for the network and
         LightGBM, points for the rules); features that lowered the score are not reasons."""
-        from pipeline.families.fraud.scoring import RULES
-
         if self.kind == "rules":
             hits = self.scorer.hits(_frame(x)).to_numpy()
-            points = np.array([p for _, _, p in RULES])
+            points, names = self.scorer.points, self.scorer.rules
+            # Its hits, most points first (ties in the rules' order).
             return [
-                [{"feature": RULES[j][0], "value": 1.0, "contribution": float(points[j])} for j in np.flatnonzero(h)][
-                    :k
+                [
+                    {"feature": names[j], "value": 1.0, "contribution": float(points[j])}
+                    for j in sorted(np.flatnonzero(h), key=lambda j: -points[j])[:k]
                 ]
                 for h in hits
             ]
