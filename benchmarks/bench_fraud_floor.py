@@ -81,7 +81,11 @@ def floor_choice(seed: int, first_party: float, choose_days: int) -> list[tuple[
     fits = []
     for setting in LIGHTGBM_GRID:
         booster = lgb.train(
-            lightgbm_params(setting, y), train_set, 1000, valid_sets=[a_set], callbacks=[lgb.early_stopping(50, False)]
+            lightgbm_params(setting, y),
+            train_set,
+            1000,
+            valid_sets=[a_set],
+            callbacks=[lgb.early_stopping(50, verbose=False)],
         )
         rounds = booster.best_iteration
         raw_a = booster.predict(x_a, num_iteration=rounds, raw_score=True)
