@@ -916,6 +916,102 @@ def test_the_gate_scores_only_orders_whose_labels_had_matured(fraud_family):
     assert young.height > 0 and not set(young["session_id"]) & set(rows["user_id"])
 
 
+def test_the_monitor_judges_the_floors_on_the_orders_the_champion_scored(fraud_family):
+    """Once a served day's labels have matured, the monitor scores the floors of the champion's run
+    (the rules, LightGBM) on the very orders the champion scored, each with its features as of its
+    time: their online figures, and the champion minus each floor over those orders, which the
+    retrain rules read. The floor file of the champion's own kind answers exactly as it did; an
+    order the events do not hold is judged for nobody but the champion."""
+    import dataclasses
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import bentoml
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
+    from pipeline.data.predictions import SCHEMA, default_root, partition
+    from pipeline.data.version import current_dataset_version, open_dataset
+    from pipeline.lifecycle import monitor as monitoring
+    from pipeline.serving.common import load_pyfunc
+    from pipeline.serving.package import use_bento_home
+
+    paths, _, _ = fraud_family
+    client = mlflow_client(paths)
+    mv = alias_version(client, "fraud", CHAMPION)
+    use_bento_home(paths)
+    champion = load_pyfunc(bentoml.bentos.get(mv.tags["bento_tag"]).info.args["model_tag"]).unwrap_python_model()
+    events = open_dataset(paths, current_dataset_version(paths).version).events()
+    # The shop's 12th day (6 of its orders are fraud): its chargebacks, 1 to 2 days late, have all
+    # arrived by the shop's end, 4 days later.
+    day = "2026-10-12"
+    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    every = order_features(orders_of(events), events)
+    served = every.filter((pl.col("order_time") >= start) & (pl.col("order_time") < start + timedelta(days=1)))
+    assert served.height > 100
+    scores = champion.scores(served).tolist()
+    ids = served["session_id"].to_list()
+    # Two orders a request (a checkout batch: the day's first half beside its second, so that the
+    # morning's frauds share requests with genuine orders), and one order no event stream holds.
+    half = (len(ids) + 1) // 2
+    pairs = [[i, i + half] if i + half < len(ids) else [i] for i in range(half)]
+    requests = [([ids[j] for j in pair], [scores[j] for j in pair]) for pair in pairs]
+    requests.append((["not-an-order"], [0.5]))
+    times = [served["order_time"][pair[-1]] for pair in pairs] + [served["order_time"][-1]]
+    log = pa.table(
+        {
+            "request_id": [f"r{i}" for i in range(len(requests))],
+            "ts": times,
+            "model": ["fraud"] * len(requests),
+            "model_version": [str(mv.version)] * len(requests),
+            "role": ["champion"] * len(requests),
+            "user_id": [f"u{i}" for i in range(len(requests))],
+            "items": [items for items, _ in requests],
+            "scores": [values for _, values in requests],
+            "source": ["model"] * len(requests),
+            "history": [[] for _ in requests],
+            "client_request_id": [None] * len(requests),
+        },
+        schema=SCHEMA,
+    )
+    root = default_root() or str(paths.home / "predictions")
+    folder = Path(partition(root, "fraud", start))
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(log, folder / "test.parquet")
+    policy = dataclasses.replace(monitoring.load_monitoring_policy("fraud"), horizon_hours=72, bootstrap_samples=200)
+    result = monitoring.monitor(paths, "fraud", day, policy=policy)
+    assert result.judged
+    mine = result.online[f"champion v{mv.version}"]
+    assert mine["orders"] == len(ids) + 1
+    labels = (
+        served["session_id"]
+        .is_in(events.filter(pl.col("event_type") == "chargeback")["session_id"].implode())
+        .to_numpy()
+    )
+    assert labels.sum() >= 5
+    from pipeline.families.fraud.decisions import average_precision
+    from pipeline.families.fraud.pyfunc import FraudPyfunc
+
+    judged = pl.read_parquet(Path(result.report).parent / "outcomes.parquet")
+    for name in ("rules", "lightgbm"):
+        floor = result.online[f"floor {name}"]
+        assert floor["orders"] == len(ids)  # every order but the unknown one
+        # Each order's answer is the floor file's score of that order's features as of its time.
+        local = client.download_artifacts(mv.run_id, f"baseline/{name}.json", str(paths.home / "check"))
+        want = dict(zip(ids, FraudPyfunc.from_file(local).scores(served).tolist(), strict=True))
+        got = judged.filter((pl.col("role") == "floor") & (pl.col("model_version") == name))
+        assert sorted(got["item_id"]) == sorted(ids)
+        np.testing.assert_array_equal(got["score"].to_numpy(), [want[i] for i in got["item_id"]])
+        assert floor["auc_pr"] == pytest.approx(
+            average_precision(labels.astype(float), np.array([want[i] for i in ids]))
+        )
+        diff, (low, high) = result.floors[name]
+        assert low <= diff <= high
+        if champion.kind == name:  # a floor serves: its floor file is itself
+            assert diff == low == high == 0.0
+
+
 @FAST
 def test_a_served_order_is_fraud_only_if_its_chargeback_came_within_the_window():
     from datetime import datetime, timezone

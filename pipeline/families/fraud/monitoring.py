@@ -5,7 +5,9 @@ when its chargeback arrives within ``horizon_hours`` of the answer (the label ma
 ``monitoring.fraud.horizon_hours``, 30 days by default), genuine otherwise; the monitor judges a
 day only once the published data reaches that far past it, and marks its figures provisional
 before (an order without a chargeback yet is not yet genuine). Figures: AUC-PR, recall at the
-daily review budget, the fraud rate and the mean score of the served orders. Drift: the day's
+daily review budget, the fraud rate and the mean score of the served orders; the same for the
+floors of the champion's run (the rules, LightGBM) on the very orders it scored (``references``),
+with the champion-minus-floor interval that the retrain rules read. Drift: the day's
 order features against the champion's validation orders. Skew: the snapshot's features against the
 same recomputed offline. ``requests``: a day's orders as ``/score`` bodies (``python -m pipeline
 replay``). The order id the shop sends is the session id of the purchase in its event stream, so
@@ -122,6 +124,48 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict]]:
     return [(r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders.to_dicts()]
 
 
+def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snapshot, policy) -> pl.DataFrame:
+    """The floors of the champion's run (``baseline/rules.json``, ``baseline/lightgbm.json``: the
+    rules and LightGBM fitted beside the model, each with its own bands) scoring the very orders the
+    champion scored, so that the online figures and the retrain rule compare them on the same rows.
+    Each order's features are those as of its time, recomputed from the published events (what the
+    service computes from its snapshot and the orders scored since; the parity test checks it order
+    by order). An order the events do not hold (an id that is no session of the event stream) is
+    left out of the floors' answers, and so of the pairs: no chargeback will ever judge it."""
+    import tempfile
+
+    from pipeline.core.integrity import baseline_folder
+    from pipeline.families.fraud.evaluation import FLOORS
+    from pipeline.families.fraud.pyfunc import FraudPyfunc
+
+    asked = answers.filter((pl.col("role") == "champion") & (pl.col("model_version") == champion["version"]))
+    if asked.height == 0:
+        return asked.clear()
+    ids = asked.select(pl.col("items").explode().drop_nulls().unique())["items"]
+    every = orders_of(events)
+    if not every["session_id"].is_in(ids.implode()).any():
+        return asked.clear()
+    # Velocity counts need every earlier order, so the features are computed over all of them.
+    rows = order_features(every, events).filter(pl.col("session_id").is_in(ids.implode()))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(baseline_folder(champion["client"], champion["run"].info.run_id, Path(tmp)))
+        floors = {name: FraudPyfunc.from_file(folder / f"{name}.json") for name in FLOORS}
+    known = rows["session_id"].to_list()
+    out = []
+    for name, floor in floors.items():
+        score = dict(zip(known, floor.scores(rows).tolist(), strict=True))
+        items = [[i for i in request if i in score] for request in asked["items"].to_list()]
+        out.append(
+            asked.with_columns(
+                pl.Series("items", items, dtype=pl.List(pl.String)),
+                pl.Series("scores", [[score[i] for i in request] for request in items], dtype=pl.List(pl.Float64)),
+                pl.lit("floor").alias("role"),
+                pl.lit(name).alias("model_version"),
+            ).filter(pl.col("items").list.len() > 0)
+        )
+    return pl.concat(out)
+
+
 MONITORING = Monitoring(
     outcomes=outcomes,
     figures=figures,
@@ -133,6 +177,7 @@ MONITORING = Monitoring(
     value_column="score",
     pair_keys=("request_id", "item_id"),
     statistic=statistic,
+    references=references,
     protocol=lambda policy: (
         f"served orders charged back within {policy.horizon_hours / 24:g} days (the maturity window)"
     ),
