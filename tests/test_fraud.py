@@ -876,6 +876,7 @@ def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family, tmp_p
             ({"amount": -5.0}, "amount"),
             ({"currency": "USD"}, "currency"),  # a real code, not the shop's
             ({"currency": "dollars"}, "currency"),
+            ({"session_start": "0001-01-01T00:30:00+01:00"}, "session_start"),  # before year 1 in UTC: was a 500
         ):
             body = {k: v for k, v in {**order, **change}.items() if v is not None}
             response = http.post(f"{url}/score", json={"orders": [body]})
@@ -1010,6 +1011,32 @@ def test_the_monitor_judges_the_floors_on_the_orders_the_champion_scored(fraud_f
         assert low <= diff <= high
         if champion.kind == name:  # a floor serves: its floor file is itself
             assert diff == low == high == 0.0
+
+
+@FAST
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("order_time", "0001-01-01T00:30:00+01:00"),
+        ("session_start", "0001-01-01T00:30:00+01:00"),
+        ("order_time", "9999-12-31T23:30:00-01:00"),
+    ],
+)
+def test_a_time_outside_utc_s_years_is_refused_naming_its_field(field, value):
+    """A time that is valid ISO 8601 but lies before year 1 or after 9999 once in UTC is refused with
+    the field's name (it was a 500: the conversion to UTC overflowed); the edges inside are kept."""
+    from pydantic import ValidationError
+
+    from pipeline.families.fraud.serving import Chargeback, Order, order_frame
+
+    order = {"user_id": "u1", "order_time": "9999-12-31T22:00:00-01:00", "amount": 1.0}
+    with pytest.raises(ValidationError, match=field) as error:
+        Order(**{**order, field: value})
+    assert "outside the years 1 to 9999 in UTC" in str(error.value)
+    with pytest.raises(ValidationError, match="time"):
+        Chargeback(order_id="o1", time=value, user_id="u1")
+    kept = Order(**{**order, "session_start": "0001-01-01T00:30:00-01:00"})
+    assert order_frame([kept]).height == 1
 
 
 @FAST

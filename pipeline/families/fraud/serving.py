@@ -22,10 +22,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import polars as pl
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator, model_validator
 
 from pipeline.families.fraud.orders import CHARGEBACK_KEYS, DENSE, charged_back, orders_of
 from pipeline.serving.api import Id, Strict
@@ -63,16 +64,31 @@ KEY_TABLES = {"user_id": "u", "device_id": "d", "ip": "i", "payment_id": "p"}
 SEEN_KEYS = ("user_id", "device_id", "payment_id")
 
 
+def _utc_representable(moment: datetime) -> datetime:
+    """A time whose UTC equivalent Python can hold. ``0001-01-01T00:30:00+01:00`` is valid ISO 8601
+    but lies before year 1 once in UTC, and ``9999-12-31T23:30:00-01:00`` after year 9999: the
+    conversion raised OverflowError, a 500 (found by make test-reliability's fuzzing). Now a 400
+    naming the field."""
+    try:
+        moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} lies outside the years 1 to 9999 in UTC") from None
+    return moment
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_utc_representable)]
+
+
 class Order(Strict):
     """One order at checkout. Its features are computed from the snapshot and the orders scored
     since, by its keys, unless the caller sends them (``features``: all of ``orders.DENSE``)."""
 
-    order_time: AwareDatetime = Field(description="when the order was placed, with its time zone")
+    order_time: UtcTime = Field(description="when the order was placed, with its time zone")
     amount: float = Field(ge=0, allow_inf_nan=False, description="the order's total, in the shop's currency")
     currency: str | None = Field(None, description="ISO 4217 code; must be the shop's (see /metadata)")
     user_id: Id
     order_id: Id | None = Field(None, description="the shop's order id; one is made when absent")
-    session_start: AwareDatetime | None = Field(None, description="when the order's session began (default: its time)")
+    session_start: UtcTime | None = Field(None, description="when the order's session began (default: its time)")
     items: float = Field(1.0, ge=0, allow_inf_nan=False)
     device_id: Id | None = None
     ip: Id | None = None
@@ -108,7 +124,7 @@ class Chargeback(Strict):
     the account's, device's and card's next orders count it (``*_chargebacks``)."""
 
     order_id: Id = Field(description="the order charged back (the id /score answered with)")
-    time: AwareDatetime = Field(description="when the chargeback arrived, with its time zone")
+    time: UtcTime = Field(description="when the chargeback arrived, with its time zone")
     user_id: Id
     device_id: Id | None = None
     payment_id: Id | None = Field(None, description="the payment fingerprint the order was paid with")
