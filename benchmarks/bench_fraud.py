@@ -52,6 +52,7 @@ import numpy as np
 NETWORK = "dcn_v2"
 BUDGET = 50  # reviews a day (policy.yaml's): the generated shop has about 14 orders of fraud a day
 SHOP_DAYS, SHOP_EVENTS_PER_DAY, SHOP_PERIOD_DAYS = 200, 20_000, 21
+SHOP_MATURITY_DAYS = 20  # the generated shop's label maturity window (chargebacks arrive 3 to 60 days late)
 TRUTH_KEYS = ("auc_pr_truth", "cost_per_1000_truth")  # the generated shop's only
 
 
@@ -113,6 +114,19 @@ def file_events(path: Path, home: Path):
     return load_events(paths.staging)
 
 
+def labelled_periods_of(events, valid_days: int, test_days: int, maturity_days: int):
+    """The split of ``events``' whole days (train | gap | validation | gap | test | gap), each
+    period's labelled orders with their features, and how many orders the events hold."""
+    from pipeline.families.fraud.features import labelled_features
+    from pipeline.families.fraud.split import fraud_split
+
+    first = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
+    end = events["event_time"].max().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    split = fraud_split(first, end, valid_days, test_days, maturity_days)
+    periods, orders = labelled_features(events, split, maturity_days)
+    return split, periods, orders
+
+
 def fraud_benchmark(
     events, valid_days: int, test_days: int, maturity_days: int, budget: int, samples: int = 500, truth=None
 ):
@@ -121,16 +135,11 @@ def fraud_benchmark(
     figures again against it: the test frauds whose chargeback had not arrived when the period was
     labelled count as fraud there, not as genuine."""
     from pipeline.families.fraud import decisions
-    from pipeline.families.fraud.features import labelled_features
-    from pipeline.families.fraud.split import fraud_split
     from pipeline.families.fraud.train import figures as fraud_figures
     from pipeline.families.fraud.train import fit_scorers
 
     started = time.perf_counter()
-    first = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
-    end = events["event_time"].max().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    split = fraud_split(first, end, valid_days, test_days, maturity_days)
-    periods, orders = labelled_features(events, split, maturity_days)
+    split, periods, orders = labelled_periods_of(events, valid_days, test_days, maturity_days)
     seconds_features = time.perf_counter() - started
     for name, rows in periods.items():
         if rows.height == 0 or rows["label"].sum() == 0:
@@ -287,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_generated:
             valid, test = args.valid_days or SHOP_PERIOD_DAYS, args.test_days or SHOP_PERIOD_DAYS
             events, truth = generated_shop(Path(home), args.shop_seed, args.first_party)
-            fig = fraud_benchmark(events, valid, test, 20, args.budget, truth=truth)
+            fig = fraud_benchmark(events, valid, test, SHOP_MATURITY_DAYS, args.budget, truth=truth)
             print_figures(
                 f"generated shop (seed {args.shop_seed}, {SHOP_DAYS} days, {SHOP_EVENTS_PER_DAY:,} events a day, "
                 f"2% fraud{f', {args.first_party:.0%} first-party' if args.first_party else ''})",

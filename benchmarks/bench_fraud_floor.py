@@ -28,24 +28,23 @@ import numpy as np
 
 
 def floor_choice(seed: int, first_party: float, choose_days: int) -> list[tuple[str, dict]]:
-    import lightgbm as lgb
     import polars as pl
 
-    from benchmarks.bench_fraud import BUDGET, SHOP_PERIOD_DAYS, generated_shop
+    from benchmarks.bench_fraud import (
+        BUDGET,
+        SHOP_MATURITY_DAYS,
+        SHOP_PERIOD_DAYS,
+        generated_shop,
+        labelled_periods_of,
+    )
     from pipeline.families.fraud import decisions
-    from pipeline.families.fraud.features import labelled_features
-    from pipeline.families.fraud.orders import DENSE
-    from pipeline.families.fraud.scoring import LIGHTGBM_GRID, dense_matrix, lightgbm_params
-    from pipeline.families.fraud.split import fraud_split
+    from pipeline.families.fraud.scoring import dense_matrix, lightgbm_grid_fits
 
     with tempfile.TemporaryDirectory(prefix="shopml-bench-floor-") as home:
         os.environ["SHOPML_HOME"] = home
         events, truth = generated_shop(Path(home), seed, first_party)
-    first = events["event_time"].min().replace(hour=0, minute=0, second=0, microsecond=0)
-    end = events["event_time"].max().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    # make bench-fraud's split (maturity 20 days); its test period is left unread.
-    split = fraud_split(first, end, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, 20)
-    periods, _ = labelled_features(events, split, 20)
+    # make bench-fraud's split; its test period is left unread.
+    split, periods, _ = labelled_periods_of(events, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, SHOP_MATURITY_DAYS)
     train, valid = periods["train"], periods["valid"]
     cut = split.valid_start + timedelta(days=choose_days)
     a, b = valid.filter(pl.col("order_time") < cut), valid.filter(pl.col("order_time") >= cut)
@@ -54,10 +53,6 @@ def floor_choice(seed: int, first_party: float, choose_days: int) -> list[tuple[
     y, y_a, y_b = train["label"].to_numpy(), a["label"].to_numpy(), b["label"].to_numpy()
     true_b = b["session_id"].is_in(truth.implode()).to_numpy().astype(float)
     x_a, x_b = dense_matrix(a), dense_matrix(b)
-    train_set = lgb.Dataset(
-        dense_matrix(train), y, feature_name=list(DENSE), free_raw_data=False, params={"feature_pre_filter": False}
-    )
-    a_set = lgb.Dataset(x_a, y_a, reference=train_set, params={"feature_pre_filter": False})
     b_days = (split.valid_end - cut).total_seconds() / 86_400
     print(
         f"seed {seed}{f', first-party {first_party:.0%}' if first_party else ''}: train {train.height:,} orders "
@@ -79,19 +74,13 @@ def floor_choice(seed: int, first_party: float, choose_days: int) -> list[tuple[
         }
 
     fits = []
-    for setting in LIGHTGBM_GRID:
-        booster = lgb.train(
-            lightgbm_params(setting, y),
-            train_set,
-            1000,
-            valid_sets=[a_set],
-            callbacks=[lgb.early_stopping(50, verbose=False)],
-        )
+    # The floor's own grid fits (scoring.lightgbm_grid_fits), early-stopped and ranked on A.
+    for setting, booster, ap in lightgbm_grid_fits(train, a):
         rounds = booster.best_iteration
         raw_a = booster.predict(x_a, num_iteration=rounds, raw_score=True)
         raw_b = booster.predict(x_b, num_iteration=rounds, raw_score=True)
         name = f"{setting['num_leaves']}/{setting['min_data_in_leaf']}/{setting['weighting']}, {rounds} rounds"
-        fits.append((decisions.average_precision(y_a, raw_a), name, raw_a, raw_b))
+        fits.append((ap, name, raw_a, raw_b))
     fits.sort(key=lambda f: -f[0])
     rows = [
         (f"{i + 1:>2}. {name} (A {ap:.4f})", judged(raw_a, raw_b)) for i, (ap, name, raw_a, raw_b) in enumerate(fits)

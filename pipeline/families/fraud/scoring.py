@@ -10,7 +10,9 @@ weighting and learning rate in every run, over ``NETWORK_GRID``, its size once, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -156,6 +158,41 @@ def lightgbm_params(setting: dict, labels: np.ndarray, seed: int = 0) -> dict:
     }
 
 
+def lightgbm_grid_fits(
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    seed: int = 0,
+    rounds: int = 1000,
+    grid: tuple[dict, ...] = LIGHTGBM_GRID,
+) -> Iterator[tuple[dict, Any, float]]:
+    """Each setting of ``grid`` fitted on ``train`` and early-stopped on ``valid``'s average
+    precision, in the grid's order: the setting, its booster (``best_iteration`` set) and its
+    validation average precision (``LightGBMScorer.fit`` keeps the best;
+    ``benchmarks.bench_fraud_floor`` compares them all)."""
+    import lightgbm as lgb
+
+    from pipeline.families.fraud.decisions import average_precision
+
+    y, y_valid = train["label"].to_numpy(), valid["label"].to_numpy()
+    # One binned dataset for every setting: its pre-filter would otherwise bake in the first
+    # setting's min_data_in_leaf, and LightGBM refuses a smaller one after it.
+    train_set = lgb.Dataset(
+        dense_matrix(train), y, feature_name=list(DENSE), free_raw_data=False, params={"feature_pre_filter": False}
+    )
+    x_valid = dense_matrix(valid)
+    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set, params={"feature_pre_filter": False})
+    for setting in grid:
+        booster = lgb.train(
+            lightgbm_params(setting, y, seed),
+            train_set,
+            rounds,
+            valid_sets=[valid_set],
+            callbacks=[lgb.early_stopping(50, verbose=False)],
+        )
+        ap = average_precision(y_valid, np.asarray(booster.predict(x_valid, num_iteration=booster.best_iteration)))
+        yield setting, booster, ap
+
+
 @dataclass
 class LightGBMScorer:
     booster_text: str
@@ -172,28 +209,8 @@ class LightGBMScorer:
     ) -> LightGBMScorer:
         """Every setting of ``grid`` fitted on ``train``, early-stopped on ``valid``; the one with the
         best validation average precision kept."""
-        import lightgbm as lgb
-
-        from pipeline.families.fraud.decisions import average_precision
-
-        y, y_valid = train["label"].to_numpy(), valid["label"].to_numpy()
-        # One binned dataset for every setting: its pre-filter would otherwise bake in the first
-        # setting's min_data_in_leaf, and LightGBM refuses a smaller one after it.
-        train_set = lgb.Dataset(
-            dense_matrix(train), y, feature_name=list(DENSE), free_raw_data=False, params={"feature_pre_filter": False}
-        )
-        x_valid = dense_matrix(valid)
-        valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set, params={"feature_pre_filter": False})
         best: tuple[float, str, dict] | None = None
-        for setting in grid:
-            booster = lgb.train(
-                lightgbm_params(setting, y, seed),
-                train_set,
-                rounds,
-                valid_sets=[valid_set],
-                callbacks=[lgb.early_stopping(50, verbose=False)],
-            )
-            ap = average_precision(y_valid, np.asarray(booster.predict(x_valid, num_iteration=booster.best_iteration)))
+        for setting, booster, ap in lightgbm_grid_fits(train, valid, seed, rounds, grid):
             if best is None or ap > best[0]:
                 text = booster.model_to_string(num_iteration=booster.best_iteration)
                 best = (ap, text, {**setting, "rounds": int(booster.best_iteration), "valid_auc_pr": ap})
