@@ -928,15 +928,14 @@ def test_the_monitor_judges_the_floors_on_the_orders_the_champion_scored(fraud_f
     from pathlib import Path
 
     import bentoml
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
-    from pipeline.data.predictions import SCHEMA, default_root, partition
+    from pipeline.data.predictions import default_root
     from pipeline.data.version import current_dataset_version, open_dataset
     from pipeline.lifecycle import monitor as monitoring
     from pipeline.serving.common import load_pyfunc
     from pipeline.serving.package import use_bento_home
+    from pipeline.serving.predlog import PredictionLog
 
     paths, _, _ = fraud_family
     client = mlflow_client(paths)
@@ -960,26 +959,22 @@ def test_the_monitor_judges_the_floors_on_the_orders_the_champion_scored(fraud_f
     requests = [([ids[j] for j in pair], [scores[j] for j in pair]) for pair in pairs]
     requests.append((["not-an-order"], [0.5]))
     times = [served["order_time"][pair[-1]] for pair in pairs] + [served["order_time"][-1]]
-    log = pa.table(
-        {
-            "request_id": [f"r{i}" for i in range(len(requests))],
-            "ts": times,
-            "model": ["fraud"] * len(requests),
-            "model_version": [str(mv.version)] * len(requests),
-            "role": ["champion"] * len(requests),
-            "user_id": [f"u{i}" for i in range(len(requests))],
-            "items": [items for items, _ in requests],
-            "scores": [values for _, values in requests],
-            "source": ["model"] * len(requests),
-            "history": [[] for _ in requests],
-            "client_request_id": [None] * len(requests),
-        },
-        schema=SCHEMA,
-    )
-    root = default_root() or str(paths.home / "predictions")
-    folder = Path(partition(root, "fraud", start))
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(log, folder / "test.parquet")
+    # Logged by the services' own writer, as /score logs its answers.
+    log = PredictionLog(default_root() or str(paths.home / "predictions"), "fraud")
+    for i, ((items, values), ts) in enumerate(zip(requests, times, strict=True)):
+        recorded = log.record(
+            request_id=f"r{i}",
+            ts=ts,
+            model_version=str(mv.version),
+            role="champion",
+            user_id=f"u{i}",
+            items=items,
+            scores=values,
+            source="model",
+        )
+        assert recorded
+    log.close()
+    assert log.written == len(requests)
     policy = dataclasses.replace(monitoring.load_monitoring_policy("fraud"), horizon_hours=72, bootstrap_samples=200)
     result = monitoring.monitor(paths, "fraud", day, policy=policy)
     assert result.judged
