@@ -1008,6 +1008,89 @@ def test_the_monitor_judges_the_floors_on_the_orders_the_champion_scored(fraud_f
             assert diff == low == high == 0.0
 
 
+def test_the_online_protocol_runs_offline_on_the_test_orders_for_the_monitor_and_the_gate(fraud_family, monkeypatch):
+    """The evaluation runs the monitor's protocol on the run's test orders: each order judged fraud
+    when its chargeback arrives within the monitoring horizon of the order (not as known at the
+    data's end, as the gate's figures are), only orders whose horizon ends by the data's end, each
+    with its features as of its time. The run logs each side's figures (``session_<side>.*``, which
+    the monitor prints beside the online ones) and the per-order rows the gate's online-protocol
+    floors read; the candidate and both floors score the very orders the gate's test set holds,
+    with the same scores."""
+    import dataclasses
+    import tempfile
+
+    import mlflow
+
+    from pipeline.core.tracking import logged_model_uri, mlflow_client
+    from pipeline.data.version import open_dataset
+    from pipeline.families.fraud import evaluation as fraud_eval
+    from pipeline.families.fraud.decisions import average_precision
+    from pipeline.families.fraud.monitoring import MONITORING
+    from pipeline.families.fraud.pyfunc import FraudPyfunc
+    from pipeline.lifecycle import evaluate
+    from pipeline.lifecycle.gate import _online_protocol_rows
+    from pipeline.lifecycle.monitor import load_monitoring_policy
+
+    paths, _, promoted = fraud_family
+    client = mlflow_client(paths)
+    run = client.get_run(promoted.get("candidate_run_id") or promoted["run_id"])
+    params = run.data.params
+    split = fraud_eval.split_of_run(params)
+    dataset = open_dataset(paths, run.data.tags["dataset_version"])
+    events = dataset.events()
+    test = fraud_eval.test_set(dataset, None, params)  # the gate's orders, features and scores
+    ids = test.users.tolist()
+    charged = dict(
+        events.filter(pl.col("event_type") == "chargeback")
+        .group_by("session_id")
+        .agg(pl.col("event_time").min())
+        .iter_rows()
+    )
+    when = dict(zip(ids, test.context["order"]["order_time"].to_list(), strict=True))
+    model = mlflow.pyfunc.load_model(logged_model_uri(client, run.info.run_id))
+    want = {"candidate": fraud_eval.predict_batches(model, test.inputs, 20_000)["score"].to_numpy()}
+    for name in fraud_eval.FLOORS:
+        floor = client.download_artifacts(run.info.run_id, f"baseline/{name}.json", str(paths.home / "protocol"))
+        want[name] = FraudPyfunc.from_file(floor).scores(test.inputs)
+
+    # A 36-hour window: every test order's ends by the data's end (2 days after the test period),
+    # and the chargebacks that come 36 to 48 hours late count in the gate's labels, not here.
+    hours = 36
+    policy = dataclasses.replace(load_monitoring_policy("fraud"), horizon_hours=hours)
+    labels = np.array([float(i in charged and when[i] < charged[i] <= when[i] + timedelta(hours=hours)) for i in ids])
+    assert 0 < labels.sum() < test.labels.sum()  # the two protocols differ on this shop's orders
+    monkeypatch.setattr(evaluate, "load_monitoring_policy", lambda name: policy)
+    evaluate.evaluate_candidate(paths, "fraud", run.info.run_id)
+    logged = client.get_run(run.info.run_id).data.metrics
+    for side, scores in want.items():
+        assert logged[f"session_{side}.orders"] == len(ids)
+        assert logged[f"session_{side}.auc_pr"] == pytest.approx(average_precision(labels, scores), abs=1e-6)
+        assert logged[f"session_{side}.fraud_rate"] == pytest.approx(labels.mean())
+    with tempfile.TemporaryDirectory() as tmp:
+        metric, rows = _online_protocol_rows(client, "fraud", run.info.run_id, tmp)
+    # Paired by order, each side's statistic there is its logged figure (the gate's floor check).
+    assert metric == "auc_pr" and len(rows.candidate) == len(ids) and set(rows.baselines) == set(fraud_eval.FLOORS)
+    every = np.arange(len(ids))
+    for side, values in {"candidate": rows.candidate, **rows.baselines}.items():
+        assert rows.statistic(values, every) == pytest.approx(logged[f"session_{side}.auc_pr"], abs=1e-6)
+
+    # A 60-hour window ends after the data for the test period's last 12 hours: those are left out.
+    late = dataclasses.replace(policy, horizon_hours=60)
+    judged = MONITORING.offline(model, dataset, None, late, {"client": client, "run": run})
+    inside = {i for i in ids if when[i] + timedelta(hours=60) <= split.end}
+    assert 0 < len(inside) < len(ids)
+    assert sorted(judged["model_version"].unique()) == ["candidate", *sorted(fraud_eval.FLOORS)]
+    for (_, side), part in judged.group_by("role", "model_version"):
+        assert sorted(part["item_id"]) == sorted(inside), side
+        got = dict(zip(part["item_id"], part["score"], strict=True))
+        np.testing.assert_allclose(
+            [got[i] for i in ids if i in inside],
+            [s for i, s in zip(ids, want[side], strict=True) if i in inside],
+            rtol=0,
+            atol=1e-6,
+        )
+
+
 @FAST
 @pytest.mark.parametrize(
     ("field", "value"),

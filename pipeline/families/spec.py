@@ -187,7 +187,7 @@ class References(Protocol):
 
 
 class OfflineProtocol(Protocol):
-    def __call__(self, pyfunc: Any, dataset: Dataset, split: TimeSplit, policy: Any, /) -> pl.DataFrame: ...
+    def __call__(self, pyfunc: Any, dataset: Dataset, split: TimeSplit, policy: Any, run: dict, /) -> pl.DataFrame: ...
 
 
 @dataclass(frozen=True)
@@ -215,9 +215,11 @@ class Monitoring:
         references: ``(answers, events, champion, snapshot, policy) -> answers``: the floors'
             answers to the very requests the champion answered (role ``floor``, the floor's name as
             the version), scored online beside it; or None.
-        offline: ``(pyfunc, dataset, split, policy) -> outcomes``: the online protocol run offline
-            on the test period, the candidate's pyfunc (role ``candidate``) and the floors (role
-            ``floor``) answering the same requests; the evaluation logs their figures, which the
+        offline: ``(pyfunc, dataset, split, policy, run) -> outcomes``: the online protocol run
+            offline on the test period, the candidate's pyfunc (role ``candidate``) and the floors
+            (role ``floor``) answering the same requests; ``run`` holds the candidate's MLflow
+            ``client`` and ``run`` (its params, its fitted floors under ``baseline/``, as
+            ``references``' ``champion`` does); the evaluation logs their figures, which the
             monitor prints beside the online ones, and the gate bootstraps its floors on them
             (policy ``online_protocol``); or None.
         protocol: ``(policy) -> words``: what the online figures measure.

@@ -119,7 +119,11 @@ def evaluate_candidate(
             version, split = run_data(run)
             monitoring = load_monitoring_policy(model_name)
             session = spec.monitoring.offline(
-                loaded, open_dataset(paths, dataset_version or version), split, monitoring
+                loaded,
+                open_dataset(paths, dataset_version or version),
+                split,
+                monitoring,
+                {"client": client, "run": run},
             )
             figures = session_figures(spec.monitoring, session, monitoring)
         model_mb = _dir_mb(Path(local))

@@ -433,7 +433,8 @@ def _online_protocol_rows(client, model_name: str, run_id: str, tmp: str) -> tup
         return None  # evaluated without the hook, or before it existed
     outcomes = pl.read_parquet(client.download_artifacts(run_id, path, tmp))
     keys, column = list(hooks.pair_keys), hooks.value_column
-    paired = outcomes.filter(pl.col("role") == "candidate").select(*keys, "user_id", column)
+    # The candidate's rows whole: the statistic may read more than the values (fraud's labels).
+    paired = outcomes.filter(pl.col("role") == "candidate")
     floors = outcomes.filter(pl.col("role") == "floor")["model_version"].unique().sort().to_list()
     for name in floors:
         side = outcomes.filter((pl.col("role") == "floor") & (pl.col("model_version") == name))

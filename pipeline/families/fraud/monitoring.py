@@ -124,6 +124,20 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict]]:
     return [(r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders.to_dicts()]
 
 
+def run_floors(run: dict) -> dict:
+    """The floors a run fitted beside its model (``baseline/<floor>.json``, checked against the
+    digests the run recorded), by name: ``FraudPyfunc`` scorers with their own bands."""
+    import tempfile
+
+    from pipeline.core.integrity import baseline_folder
+    from pipeline.families.fraud.evaluation import FLOORS
+    from pipeline.families.fraud.pyfunc import FraudPyfunc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(baseline_folder(run["client"], run["run"].info.run_id, Path(tmp)))
+        return {name: FraudPyfunc.from_file(folder / f"{name}.json") for name in FLOORS}
+
+
 def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snapshot, policy) -> pl.DataFrame:
     """The floors of the champion's run (``baseline/rules.json``, ``baseline/lightgbm.json``: the
     rules and LightGBM fitted beside the model, each with its own bands) scoring the very orders the
@@ -132,12 +146,6 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
     service computes from its snapshot and the orders scored since; the parity test checks it order
     by order). An order the events do not hold (an id that is no session of the event stream) is
     left out of the floors' answers, and so of the pairs: no chargeback will ever judge it."""
-    import tempfile
-
-    from pipeline.core.integrity import baseline_folder
-    from pipeline.families.fraud.evaluation import FLOORS
-    from pipeline.families.fraud.pyfunc import FraudPyfunc
-
     asked = answers.filter((pl.col("role") == "champion") & (pl.col("model_version") == champion["version"]))
     if asked.height == 0:
         return asked.clear()
@@ -147,12 +155,9 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
         return asked.clear()
     # Velocity counts need every earlier order, so the features are computed over all of them.
     rows = order_features(every, events).filter(pl.col("session_id").is_in(ids.implode()))
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(baseline_folder(champion["client"], champion["run"].info.run_id, Path(tmp)))
-        floors = {name: FraudPyfunc.from_file(folder / f"{name}.json") for name in FLOORS}
     known = rows["session_id"].to_list()
     out = []
-    for name, floor in floors.items():
+    for name, floor in run_floors(champion).items():
         score = dict(zip(known, floor.scores(rows).tolist(), strict=True))
         items = [[i for i in request if i in score] for request in asked["items"].to_list()]
         out.append(
@@ -164,6 +169,51 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
             ).filter(pl.col("items").list.len() > 0)
         )
     return pl.concat(out)
+
+
+def offline_orders(model, dataset, split, policy, run: dict) -> pl.DataFrame:
+    """The online protocol run offline on the run's test orders: each order of the test period is a
+    request of one order, with its features as of its time (what ``/score`` computes), judged by the
+    online rule: fraud when its chargeback arrives within ``horizon_hours`` of the order, genuine
+    otherwise, among the orders whose horizon ends by the data's end (``split.end``; a later order
+    is left out, never counted as genuine). The candidate's pyfunc (role ``candidate``) and the
+    run's floors (role ``floor``, the rules and LightGBM with their own bands) score the same
+    orders; their outcomes (``outcomes``' rows). The gate's figures label the same orders as known
+    at the data's end (a chargeback later than the horizon still counts there), so the two differ
+    by the chargebacks that arrive between the horizon and the data's end."""
+    from pipeline.families.base import predict_batches
+    from pipeline.families.fraud.evaluation import split_of_run
+
+    fraud = split_of_run(run["run"].data.params)
+    events = dataset.events().filter(pl.col("event_time") < fraud.end)
+    horizon = timedelta(hours=policy.horizon_hours)
+    test = (pl.col("order_time") >= fraud.test_start) & (pl.col("order_time") < fraud.test_end)
+    every = orders_of(events)
+    if not every.filter(test & (pl.col("order_time") + horizon <= fraud.end)).height:
+        return pl.DataFrame()
+    # Velocity counts need every earlier order, so the features are computed over all of them.
+    rows = order_features(every, events).filter(test & (pl.col("order_time") + horizon <= fraud.end))
+    asked = rows.select(
+        pl.col("session_id").alias("request_id"),
+        pl.col("order_time").alias("ts"),
+        pl.col("user_id").cast(pl.String).fill_null(""),
+        pl.concat_list("session_id").alias("items"),
+    )
+    inputs = rows.select(DENSE).to_pandas()
+    answers = [("candidate", "candidate", predict_batches(model, inputs, 20_000)["score"].to_numpy(np.float64))]
+    answers += [("floor", name, floor.scores(inputs)) for name, floor in run_floors(run).items()]
+    return outcomes(
+        pl.concat(
+            asked.with_columns(
+                pl.Series("scores", [[float(v)] for v in values], dtype=pl.List(pl.Float64)),
+                pl.lit(role).alias("role"),
+                pl.lit(name).alias("model_version"),
+            )
+            for role, name, values in answers
+        ),
+        events,
+        policy,
+    )
 
 
 MONITORING = Monitoring(
@@ -178,7 +228,9 @@ MONITORING = Monitoring(
     pair_keys=("request_id", "item_id"),
     statistic=statistic,
     references=references,
+    offline=offline_orders,
     protocol=lambda policy: (
         f"served orders charged back within {policy.horizon_hours / 24:g} days (the maturity window)"
     ),
+    offline_protocol="the same, on the test period's orders whose window ends by the data's end",
 )

@@ -243,13 +243,14 @@ def references(answers: pl.DataFrame, events: pl.DataFrame, champion: dict, snap
     return _floor_answers(asked, histories, events, TimeSplit.from_dict(champion["split"]), policy.k)
 
 
-def offline_session(model, dataset, split: TimeSplit, policy) -> pl.DataFrame:
+def offline_session(model, dataset, split: TimeSplit, policy, run: dict | None = None) -> pl.DataFrame:
     """The online protocol run offline on the held-out sessions of the test period: every step of
     every session is a request (the user's history before the test period, as a snapshot would hold
     it, then the session so far: ``requests``), its outcome the user's next step within the horizon,
     only for requests whose horizon ends inside the test period (none censored). The model
     (``model``, the candidate's pyfunc; role ``candidate``) and the floors (role ``floor``, the
-    floor's name as the version) answer the same requests; their outcomes (``outcomes``' rows)."""
+    floor's name as the version) answer the same requests; their outcomes (``outcomes``' rows).
+    The floors are fitted on the dataset's training period here, so ``run`` is not read."""
     events = dataset.events().filter(pl.col("event_time") < split.end)
     test = events.filter(pl.col("event_time") >= split.valid_end)
     horizon = timedelta(hours=policy.horizon_hours)
