@@ -651,6 +651,7 @@ def _serve(args: argparse.Namespace) -> int:
     command = serve_command(tag, args.port, args.host)
     keys = keys_path(paths.home)
     os.environ["SHOPML_API_KEYS"] = str(keys)
+    os.environ["SHOPML_HOME"] = str(paths.home)  # the service logs its answers under it
     store = KeyStore.load(keys)
     if not auth_off() and not store.keys:
         # Nobody gets in without a key: the first serve makes one, shown once.

@@ -660,3 +660,29 @@ def test_the_bento_requirements_are_the_locks_hashed_entries_or_a_clear_refusal(
         ServingError, match=r"not in it \['pandas'\].*other versions \['numpy 2\.1\.0 \(locked: 2\.0\.0\)'\]"
     ):
         hashed_requirements(["numpy==2.1.0", "pandas==2.2.0"], root=tmp_path)
+
+
+@pytest.mark.fast
+def test_a_served_bento_keeps_the_callers_state_folder_when_the_environment_names_none(tmp_path, monkeypatch):
+    """``shopml replay --serve`` run without ``SHOPML_HOME`` printed that it logged the answers to the
+    state folder, but the server it started had no state folder: it logged nothing, and fraud kept
+    the orders it scored under the Bento's own folder. The server now gets the caller's."""
+    from unittest import mock
+
+    from pipeline.core.settings import get_state_paths
+    from pipeline.data.predictions import default_root
+    from pipeline.serving.package import server_environment
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("SHOPML_HOME", "SHOPML_PREDICTION_LOG", "SHOPML_FRAUD_RECENT"):
+        monkeypatch.delenv(name, raising=False)
+    paths = get_state_paths()  # the default: .state in the current folder
+    assert paths.home == (tmp_path / ".state").resolve()
+    env = server_environment(paths, tmp_path / "bentoml")
+    bento_folder = tmp_path / "bentoml" / "bentos" / "shopml-fraud" / "v1" / "src"
+    bento_folder.mkdir(parents=True)
+    monkeypatch.chdir(bento_folder)  # where bentoml serve runs a service
+    with mock.patch.dict(os.environ, env, clear=True):
+        assert default_root() == str(paths.home / "predictions")
+        assert get_state_paths().home == paths.home
+    assert env["BENTOML_HOME"] == str(tmp_path / "bentoml")

@@ -394,6 +394,19 @@ def serve_command(bento_tag: str, port: int, host: str = "127.0.0.1") -> list[st
     return [str(Path(sys.executable).with_name("bentoml")), "serve", bento_tag, "--host", host, "--port", str(port)]
 
 
+def server_environment(paths: StatePaths, bento_home: Path) -> dict[str, str]:
+    """The environment a served Bento of ``paths`` starts with: the caller's, with its state folder
+    (``SHOPML_HOME``: where the answers are logged, ``$SHOPML_HOME/predictions``, and where fraud
+    keeps the orders it scored) and the Bento store. Without ``SHOPML_HOME`` a service logs no
+    answers, and a relative default would resolve in the Bento's own folder."""
+    return {
+        **os.environ,
+        "SHOPML_HOME": str(paths.home),
+        "BENTOML_HOME": str(bento_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+
+
 @contextmanager
 def served(
     paths: StatePaths,
@@ -416,7 +429,7 @@ def served(
     home = use_bento_home(paths)
     chosen = port
     auth = {"SHOPML_API_KEYS": str(api_keys), "SHOPML_AUTH": "on"} if api_keys else {"SHOPML_AUTH": "off"}
-    full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **auth, **(env or {})}
+    full_env = {**server_environment(paths, home), **auth, **(env or {})}
     # A port found free can be taken before the server binds it (BentoML reserves ports of its own
     # for its workers the same way): on "Address already in use" at startup, another port, twice.
     for attempt in range(3):
