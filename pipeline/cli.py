@@ -303,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--events", type=Path, metavar="FILE", help="the raw events file (default: the landing file of that day)"
     )
-    rp.add_argument("--concurrency", type=_positive, default=16, help="requests in flight (default: 16)")
+    rp.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=16,
+        help="requests in flight (default: 16; fraud sends one at a time: an order's counts include the earlier ones)",
+    )
     rp.add_argument("--limit", type=_positive, help="at most this many requests")
     rp.add_argument(
         "--serve",

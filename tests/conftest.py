@@ -82,9 +82,10 @@ def shared_data() -> Path:
 
 
 @contextmanager
-def published_shop(home: Path, params) -> Iterator[StatePaths]:
-    """A state folder at ``home`` holding ``params.days`` generated days, ingested, validated and
-    published, with MLflow on its default store there; for module-scoped fixtures (no monkeypatch)."""
+def published_shop(home: Path, params, publish: int | None = None) -> Iterator[StatePaths]:
+    """A state folder at ``home`` holding ``params.days`` generated days, the first ``publish`` of
+    them (default: all) ingested, validated and published, with MLflow on its default store there;
+    for module-scoped fixtures (no monkeypatch)."""
     from pipeline.cli import main as cli
     from pipeline.data.generate import generate_shop_data
 
@@ -94,7 +95,7 @@ def published_shop(home: Path, params) -> Iterator[StatePaths]:
     try:
         paths = get_state_paths()
         generate_shop_data(params, paths.landing)
-        assert cli(["run", "--start", params.start_date, "--days", str(params.days)]) == 0
+        assert cli(["run", "--start", params.start_date, "--days", str(publish or params.days)]) == 0
         yield paths
     finally:
         mp.undo()

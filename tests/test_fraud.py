@@ -681,6 +681,57 @@ def test_served_chargeback_counts_equal_the_training_ones_and_count_those_report
 
 
 @FAST
+def test_an_account_opened_after_the_snapshot_is_known_as_new_once_its_signup_is_reported(shop, tmp_path):
+    """A day after the snapshot, sent as it happened (its sign-ups to ``/signups`` and its orders to
+    ``/score``, in time order): every order's served features are the training code's, the
+    accounts opened that day included (new-account and card-testing frauds). Without the sign-ups
+    the service took those accounts for the shop's oldest customers, whose sign-up it never saw
+    (the demo's replayed day: 30 of 193 orders)."""
+    from datetime import datetime, timezone
+
+    from pipeline.families.fraud.evaluation import order_body
+    from pipeline.families.fraud.serving import Order, OrderScorer, Signup, order_frame
+
+    events, truth = shop
+    first = events["event_time"].min()
+    cutoff = datetime(first.year, first.month, first.day, tzinfo=timezone.utc) + timedelta(days=30)
+    end = cutoff + timedelta(days=1)
+    snapshot = _snapshot(events.filter(pl.col("event_time") < cutoff), tmp_path)
+    # What the service is told of the day: sign-ups and orders (its chargebacks are another test's).
+    known = events.filter(
+        (pl.col("event_time") < end) & ~((pl.col("event_type") == "chargeback") & (pl.col("event_time") >= cutoff))
+    )
+    offline = (
+        order_features(orders_of(known), known).filter(pl.col("order_time") >= cutoff).sort("order_time", "session_id")
+    )
+    signups = known.filter((pl.col("event_type") == "signup") & (pl.col("event_time") >= cutoff))
+    opened = offline.filter(pl.col("user_id").is_in(signups["user_id"].implode()))
+    assert opened.height >= 5 and opened["session_id"].is_in(truth["session_id"].implode()).sum() >= 3
+
+    def served(report_signups: bool) -> pl.DataFrame:
+        scorer = OrderScorer(None, snapshot, "memory")
+        happened = [(r["event_time"], 0, r) for r in signups.to_dicts()]
+        happened += [(r["order_time"], 1, r) for r in offline.to_dicts()]
+        rows = []
+        for at, kind, r in sorted(happened, key=lambda h: (h[0], h[1])):
+            if kind == 0 and report_signups:
+                fields = {k: r[k] for k in ("user_id", "device_id", "country", "payment_id")}
+                assert scorer.record_signups([Signup(time=at, **fields)]) == 1
+            elif kind == 1:
+                order = Order(**order_body(r))
+                rows.append(scorer.feature_rows(order_frame([order])))
+                scorer.remember([[order]], [[{"order_id": r["session_id"]}]])
+        return pl.concat(rows)
+
+    got = served(report_signups=True)
+    assert got["session_id"].to_list() == offline["session_id"].to_list()
+    for name in DENSE:
+        np.testing.assert_allclose(got[name].to_numpy(), offline[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
+    blind = served(report_signups=False).filter(pl.col("session_id").is_in(opened["session_id"].implode()))
+    assert blind["account_age_known"].sum() == 0 and opened["account_age_known"].min() == 1.0
+
+
+@FAST
 def test_a_bad_order_is_refused_naming_the_field():
     from pydantic import ValidationError
 
@@ -781,7 +832,7 @@ def test_the_gate_compares_cost_auc_pr_and_recall_at_budget_on_the_same_orders()
 FAMILY_SHOP = GenerateParams(
     seed=5,
     start_date="2026-10-01",
-    days=16,
+    days=17,  # the last is not published: the served champion has not seen it (a replay's day)
     events_per_day=3000,
     initial_users=1500,
     initial_items=800,
@@ -799,7 +850,7 @@ def fraud_family(tmp_path_factory):
     from pipeline.lifecycle.gate import load_policy
     from pipeline.lifecycle.steps import retrain
 
-    with published_shop(tmp_path_factory.mktemp("fraud-family"), FAMILY_SHOP) as paths:
+    with published_shop(tmp_path_factory.mktemp("fraud-family"), FAMILY_SHOP, publish=FAMILY_SHOP.days - 1) as paths:
         params = load_params()
         short = dataclasses.replace(
             params.train_fraud, maturity_days=2, valid_days=3, test_days=3, min_train_days=4, epochs=10
@@ -890,6 +941,16 @@ def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family, tmp_p
         undated = {k: v for k, v in chargeback.items() if k != "time"}
         refused = http.post(f"{url}/chargebacks", json={"chargebacks": [undated]}, headers=as_admin)
         assert refused.status_code == 400 and "time" in refused.text, refused.text
+        # A sign-up likewise (a checkout's key could make a new account look old); an account's
+        # next large order then knows it is minutes old.
+        signup = {"user_id": "u-opened", "time": meta["features_as_of"], "device_id": "d-opened", "country": "DE"}
+        assert http.post(f"{url}/signups", json={"signups": [signup]}).status_code == 403
+        recorded = http.post(f"{url}/signups", json={"signups": [signup]}, headers=as_admin)
+        assert recorded.status_code == 200 and recorded.json() == {"recorded": 1}, recorded.text
+        again = http.post(f"{url}/signups", json={"signups": [signup]}, headers=as_admin)
+        assert again.json() == {"recorded": 0}  # reported twice, kept once
+        refused = http.post(f"{url}/signups", json={"signups": [{**signup, "country": "Germany"}]}, headers=as_admin)
+        assert refused.status_code == 400 and "country" in refused.text, refused.text
 
 
 def test_the_gate_scores_only_orders_whose_labels_had_matured(fraud_family):
@@ -1089,6 +1150,75 @@ def test_the_online_protocol_runs_offline_on_the_test_orders_for_the_monitor_and
             rtol=0,
             atol=1e-6,
         )
+
+
+def test_a_replayed_day_reaches_the_service_as_it_happened(fraud_family, tmp_path):
+    """``shopml replay`` of a day the champion's snapshot does not hold sends its sign-ups
+    (``/signups``) and orders (``/score``) one at a time, in time order, as the shop's services
+    would: every logged score is the champion's score of the order's features as of its time,
+    computed offline from the published events and the day's (its chargebacks, which a service
+    learns from ``/chargebacks``, left out). Sent concurrently, a card-testing burst's later orders
+    were scored before the earlier ones were remembered; without the sign-ups, the accounts opened
+    that day looked as old as the shop's first customers."""
+    import time
+    from datetime import datetime, timezone
+
+    import bentoml
+
+    from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
+    from pipeline.data.predictions import read_predictions
+    from pipeline.data.version import current_dataset_version, open_dataset
+    from pipeline.families.fraud.evaluation import SCORE_TOLERANCE
+    from pipeline.serving.common import load_pyfunc
+    from pipeline.serving.package import served, use_bento_home
+    from pipeline.serving.replay import read_day, replay
+
+    paths, _, _ = fraud_family
+    mv = alias_version(mlflow_client(paths), "fraud", CHAMPION)
+    use_bento_home(paths)
+    tag = mv.tags["bento_tag"]
+    champion = load_pyfunc(bentoml.bentos.get(tag).info.args["model_tag"]).unwrap_python_model()
+    day = "2026-10-17"
+    today = read_day(next((paths.landing / "events").glob(f"events-{day}.*")))
+    published = open_dataset(paths, current_dataset_version(paths).version).events()
+    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    # This small shop's day holds few frauds: add a card-testing burst as the generator's are, by an
+    # account opened three minutes before it (six orders a minute apart, one device, a card each).
+    row = today.filter(pl.col("event_type") == "purchase").row(0, named=True)
+    noon, tester = start + timedelta(hours=12), {"user_id": "tester", "device_id": "tester-device"}
+    burst = [
+        {
+            **row,
+            **tester,
+            "event_time": noon + timedelta(minutes=k),
+            "session_id": f"test-{k}",
+            "payment_id": f"card-{k}",
+        }
+        for k in range(6)
+    ]
+    signup = {**row, **tester, "event_time": noon - timedelta(minutes=3), "event_type": "signup", "payment_id": None}
+    today = pl.concat([today, pl.DataFrame([*burst, signup], schema=today.schema)]).sort("event_time")
+    assert published["event_time"].max() < start  # the day is after the snapshot's cut-off
+    told = today.filter(pl.col("event_type") != "chargeback")
+    known = pl.concat([published, told.select(published.columns)], how="vertical_relaxed")
+    expected = order_features(orders_of(known), known).filter(pl.col("order_time") >= start)
+    want = dict(zip(expected["session_id"].to_list(), champion.scores(expected).tolist(), strict=True))
+    opened = today.filter(pl.col("event_type") == "signup")["user_id"]
+    # The two things a careless replay gets wrong are on this day: bursts, and accounts opened today.
+    assert expected.filter(pl.col("device_orders_10m") > 0).height >= 5
+    assert expected["user_id"].is_in(opened.implode()).sum() >= 7
+
+    log, env = tmp_path / "log", {"SHOPML_ACCEPT_EVENT_TIME": "1", "SHOPML_PREDICTION_LOG_FLUSH_S": "1"}
+    env |= {"SHOPML_PREDICTION_LOG": str(log), "SHOPML_FRAUD_RECENT": str(tmp_path / "recent.sqlite")}
+    with served(paths, tag, env=env) as url:
+        result = replay(url, "fraud", today, concurrency=8)
+        time.sleep(3)  # a flush a second
+    logged = read_predictions(str(log), "fraud", day).explode("items", "scores")
+    got = dict(zip(logged["items"].to_list(), logged["scores"].to_list(), strict=True))
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=0, atol=SCORE_TOLERANCE)
+    assert result.failed == 0 and result.in_order, result.statuses
+    assert result.endpoints == {"score": len(want), "signups": opened.n_unique()}
 
 
 @FAST

@@ -199,7 +199,7 @@ def test_schemathesis_on_the_propensity_bento(shop):
 
 
 def test_schemathesis_on_the_fraud_bento(shop):
-    """/score and /chargebacks from the OpenAPI document: times without a zone, negative or
+    """/score, /chargebacks and /signups from the OpenAPI document: times without a zone, negative or
     infinite amounts, unknown fields and currencies are 4xx, never 5xx; an order the schema allows
     is scored."""
     import httpx
@@ -210,9 +210,9 @@ def test_schemathesis_on_the_fraud_bento(shop):
     bento = build_bento(paths, "fraud", versions["fraud"])
     with served(paths, bento.bento_tag) as url:
         counts = _fuzz(url, "fraud")
-        assert set(counts) == {"/score", "/chargebacks", "/metadata"}, counts
-        assert counts["/score"]["4xx"] > 0 and counts["/score"]["5xx"] == 0
-        assert counts["/chargebacks"]["4xx"] > 0 and counts["/chargebacks"]["5xx"] == 0
+        assert set(counts) == {"/score", "/chargebacks", "/signups", "/metadata"}, counts
+        for endpoint in ("/score", "/chargebacks", "/signups"):
+            assert counts[endpoint]["4xx"] > 0 and counts[endpoint]["5xx"] == 0, (endpoint, counts)
         order = {"user_id": "u1", "order_time": "2026-10-07T10:00:00Z", "amount": 10.0}
         answer = httpx.post(f"{url}/score", json={"orders": [order]}, timeout=30)
         assert answer.status_code == 200 and answer.json()["scores"][0]["band"] in ("approve", "review", "block")

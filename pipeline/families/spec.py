@@ -15,7 +15,7 @@ Standard library only at run time: DAG files import the family table when Airflo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -167,7 +167,9 @@ class Skew(Protocol):
 
 
 class Requests(Protocol):
-    def __call__(self, events: pl.DataFrame, /) -> list[tuple[str, dict[str, Any]]]: ...
+    def __call__(
+        self, events: pl.DataFrame, /
+    ) -> Sequence[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]]: ...
 
 
 class Statistic(Protocol):
@@ -206,7 +208,9 @@ class Monitoring:
         served_scores: ``(answers) -> array``: the scores whose distribution is watched.
         skew: ``(snapshot, events, catalog, answers) -> [FeatureSkew]``: the snapshot's lookups for
             the day's users against the same features recomputed offline.
-        requests: ``(events) -> [(event time, body)]``: a day of raw sessions as requests (replay).
+        requests: ``(events) -> [(event time, body)]``: a day of raw sessions as requests (replay),
+            to ``ModelSpec.endpoint``; ``(event time, body, endpoint)`` for another of the
+            service's endpoints (fraud's ``signups``, reported between the orders as they came).
         value_column: the per-row value the online gate compares (``hit``, ``probability``).
         pair_keys: the columns pairing a shadow's rows with the champion's.
         statistic: ``(outcomes) -> (values, rows) -> float``: the statistic of ``value_column`` at
@@ -224,6 +228,9 @@ class Monitoring:
             (policy ``online_protocol``); or None.
         protocol: ``(policy) -> words``: what the online figures measure.
         offline_protocol: what ``offline`` measures.
+        in_order: each answer depends on the requests answered before it (fraud's velocity
+            counts remember the orders scored), so a replay sends them one at a time, in time
+            order; False: concurrently, as a shop's traffic comes.
     """
 
     outcomes: Outcomes
@@ -240,6 +247,7 @@ class Monitoring:
     offline: OfflineProtocol | None = None
     protocol: Callable[[Any], str] | None = None
     offline_protocol: str = ""
+    in_order: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -29,11 +29,15 @@ class ReplayResult:
     failed: int
     seconds: float
     statuses: dict[int, int]
+    in_order: bool = False  # sent one at a time (``Monitoring.in_order``)
+    endpoints: dict[str, int] = field(default_factory=dict)  # requests per endpoint
 
     def line(self, model: str, day: str) -> str:
+        order = ", one at a time in time order" if self.in_order else ""
+        each = f" ({', '.join(f'{n} to /{e}' for e, n in self.endpoints.items())})" if len(self.endpoints) > 1 else ""
         return (
-            f"replayed {self.requests} {model} requests of {day} in {self.seconds:.1f} s "
-            f"({self.requests / max(self.seconds, 1e-9):.0f}/s), {self.failed} failed"
+            f"replayed {self.requests} {model} requests of {day}{each} in {self.seconds:.1f} s "
+            f"({self.requests / max(self.seconds, 1e-9):.0f}/s{order}), {self.failed} failed"
         )
 
 
@@ -54,7 +58,9 @@ def read_day(path: Path) -> pl.DataFrame:
 
 
 def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, limit: int | None = None) -> ReplayResult:
-    """Send the day's requests (in time order, ``concurrency`` at a time); a failed request is counted."""
+    """Send the day's requests (in time order, ``concurrency`` at a time; one at a time for a family
+    whose answers depend on the requests answered before, ``Monitoring.in_order``); a failed
+    request is counted."""
     import time
 
     import httpx
@@ -65,8 +71,10 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
     if spec.monitoring is None:
         raise BadInput(f"model family {model!r} cannot replay sessions (no ModelSpec.monitoring)")
     requests = spec.monitoring.requests(events)
+    if spec.monitoring.in_order:
+        concurrency = 1
     requests = requests[:limit] if limit else requests
-    endpoint = f"{url.rstrip('/')}/{spec.endpoint}"
+    base = url.rstrip("/")
     statuses: dict[int, int] = {}
     # A served model lets nobody in without a key; the event time counts only with the admin key.
     headers = {"authorization": f"Bearer {os.environ[KEY_ENV]}"} if os.environ.get(KEY_ENV) else {}
@@ -79,7 +87,8 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
 
             async def worker() -> None:
                 while not queue.empty():
-                    at, body = queue.get_nowait()
+                    at, body, *other = queue.get_nowait()
+                    endpoint = f"{base}/{other[0] if other else spec.endpoint}"
                     try:
                         response = await client.post(
                             endpoint, json=body, headers={**headers, "x-shopml-event-time": at}
@@ -94,4 +103,10 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
     started = time.perf_counter()
     asyncio.run(run())
     failed = sum(n for code, n in statuses.items() if code != 200)
-    return ReplayResult(len(requests), failed, time.perf_counter() - started, statuses)
+    endpoints: dict[str, int] = {}
+    for r in requests:
+        name = r[2] if len(r) > 2 else spec.endpoint
+        endpoints[name] = endpoints.get(name, 0) + 1
+    return ReplayResult(
+        len(requests), failed, time.perf_counter() - started, statuses, spec.monitoring.in_order, endpoints
+    )

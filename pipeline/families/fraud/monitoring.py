@@ -116,12 +116,29 @@ def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.Data
     return out
 
 
-def requests(events: pl.DataFrame) -> list[tuple[str, dict]]:
-    """(order time, body) per order of the day, as a checkout would send it."""
+def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, str]]:
+    """The day as the shop's services would report it, in time order: (order time, body) per order,
+    as a checkout sends it to ``/score``, and (time, body, ``signups``) per account opened, as the
+    sign-up form reports it; an account opened after the served snapshot is otherwise unknown."""
     from pipeline.families.fraud.evaluation import order_body
 
-    orders = orders_of(events)
-    return [(r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders.to_dicts()]
+    opened = events.filter(pl.col("event_type") == "signup").sort("event_time")
+    signups = [
+        (
+            r["event_time"].isoformat(),
+            {
+                "signups": [
+                    {"user_id": r["user_id"], "time": r["event_time"].isoformat()}
+                    | {k: r[k] for k in ("device_id", "country", "payment_id") if r.get(k) is not None}
+                ]
+            },
+            "signups",
+        )
+        for r in opened.to_dicts()
+    ]
+    orders = [(r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders_of(events).to_dicts()]
+    # A sign-up before an order at the same instant (sorted is stable: sign-ups come first).
+    return sorted([*signups, *orders], key=lambda request: datetime.fromisoformat(request[0]))
 
 
 def run_floors(run: dict) -> dict:
@@ -233,4 +250,8 @@ MONITORING = Monitoring(
         f"served orders charged back within {policy.horizon_hours / 24:g} days (the maturity window)"
     ),
     offline_protocol="the same, on the test period's orders whose window ends by the data's end",
+    # An order's velocity counts include the orders the service scored before it: a replay that
+    # sent a card-testing burst concurrently would score its orders before their predecessors were
+    # remembered (the demo's day: 10 of 193 orders, all frauds, scored 0 instead of 5 by the rules).
+    in_order=True,
 )

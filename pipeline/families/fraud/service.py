@@ -14,7 +14,7 @@ from __future__ import annotations
 import bentoml
 from bentoml.exceptions import InvalidArgument
 
-from pipeline.families.fraud.serving import ChargebackRequest, Recorded, ScoreRequest, Scores
+from pipeline.families.fraud.serving import ChargebackRequest, Recorded, ScoreRequest, Scores, SignupRequest
 from pipeline.serving.api import Metadata
 from pipeline.serving.common import (
     BATCHING,
@@ -111,6 +111,15 @@ class FraudService:
         challenger's stores are both written."""
         engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
         counts = [engine.scorer.record_chargebacks(request.chargebacks) for engine in engines]
+        return Recorded(recorded=counts[0])
+
+    @bentoml.api
+    def signups(self, request: SignupRequest, /) -> Recorded:
+        """Accounts as they are opened, each with the device, country and card of its sign-up: an
+        account opened after the snapshot is otherwise unknown, so its first orders would look as
+        old as the shop's oldest customers'. Written to every served version's store."""
+        engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+        counts = [engine.scorer.record_signups(request.signups) for engine in engines]
         return Recorded(recorded=counts[0])
 
     @bentoml.api

@@ -12,7 +12,10 @@ alone (``online_matrix``, in numpy; tested against the training code order by or
 training computed, as of the order's time. Orders scored since the snapshot was cut are kept
 (``RecentOrders``: a SQLite file every worker of the host shares) and count too, so a burst of card
 tests minutes apart is seen as a burst; so are the chargebacks reported since (``/chargebacks``),
-so an account charged back this morning is known at its next checkout, not at the next retrain.
+so an account charged back this morning is known at its next checkout, not at the next retrain,
+and the sign-ups reported since (``/signups``), so an account opened minutes before its first
+order is known as new: without them every account opened after the snapshot looked as old as the
+unknown sign-ups of the shop's first customers (the demo's replayed day: 30 of 193 orders).
 """
 
 from __future__ import annotations
@@ -134,8 +137,23 @@ class ChargebackRequest(Strict):
     chargebacks: list[Chargeback] = Field(min_length=1, max_length=MAX_ORDERS)
 
 
+class Signup(Strict):
+    """An account opened, as the sign-up saw it: its next orders know its age (``account_age_*``),
+    and its device, country and card count as already seen with it."""
+
+    user_id: Id
+    time: UtcTime = Field(description="when the account was opened, with its time zone")
+    device_id: Id | None = None
+    country: str | None = Field(None, min_length=2, max_length=2, description="ISO 3166 alpha-2")
+    payment_id: Id | None = Field(None, description="a payment fingerprint given at sign-up, if any")
+
+
+class SignupRequest(Strict):
+    signups: list[Signup] = Field(min_length=1, max_length=MAX_ORDERS)
+
+
 class Recorded(BaseModel):
-    recorded: int = Field(description="chargebacks kept; one already kept is not counted twice")
+    recorded: int = Field(description="chargebacks or sign-ups kept; one already kept is not counted twice")
 
 
 class Reason(BaseModel):
@@ -300,18 +318,38 @@ class RecentOrders:
             after = self.db.execute(known, ids).fetchone()[0]
         return after - before
 
+    def add_signups(self, signups: list[Signup]) -> int:
+        """Remember these sign-ups as the events training reads them (``first_sightings``): the
+        account's sign-up and first event, and its (user, device), (user, country) and (user,
+        card) pairs, each at its earliest time; how many accounts' sign-ups were new or earlier."""
+        rows = self._seen_rows([fact for signup in signups for fact in _signup_sightings(signup)])
+        users = sorted(lookup_keys({"user_id": [s.user_id for s in signups]}, ("user_id",)))
+        query = f"SELECT key, event_time FROM seen_v2 WHERE fact LIKE ? AND key IN ({','.join('?' * len(users))})"
+        with self.lock, self.db:
+            before = dict(self.db.execute(query, ["signup\x1f%", *users]).fetchall())
+            self.db.executemany(self._insert_seen, rows)
+            after = dict(self.db.execute(query, ["signup\x1f%", *users]).fetchall())
+        return sum(1 for user in users if after.get(user) != before.get(user))
+
+    def _seen_rows(self, sightings: list[tuple[dict, list[str]]]) -> list[tuple]:
+        """``seen_v2`` rows of sightings (``_sightings_of``): one per key each is found by, named
+        by its fact, so that a fact is kept once, at its earliest time."""
+        rows = []
+        for sighting, under in sightings:
+            fact = "\x1f".join(
+                str(sighting[k]) for k in ("event_type", "user_id", "device_id", "country", "payment_id")
+            )
+            values = tuple(_us(sighting[k]) if k in TIME_FIELDS else sighting[k] for k in self.SEEN_FIELDS)
+            rows += [(key, fact, *values) for key in under]
+        return rows
+
     def add(self, orders: list[dict]) -> None:
         """Remember these order rows (``order_rows``); an order already kept is not added twice."""
         order_rows, seen_rows = [], []
         for row in orders:
             values = tuple(_us(row[k]) if k in TIME_FIELDS else row[k] for k in self.ORDER_FIELDS)
             order_rows += [(f"{KEY_TABLES[k]}:{row[k]}", *values) for k in KEY_TABLES if row[k]]
-            for sighting, under in _sightings_of(row):
-                fact = "\x1f".join(
-                    str(sighting[k]) for k in ("event_type", "user_id", "device_id", "country", "payment_id")
-                )
-                values = tuple(_us(sighting[k]) if k in TIME_FIELDS else sighting[k] for k in self.SEEN_FIELDS)
-                seen_rows += [(key, fact, *values) for key in under]
+            seen_rows += self._seen_rows(_sightings_of(row))
         with self.lock, self.db:
             self.db.executemany(self._insert_order, order_rows)
             self.db.executemany(self._insert_seen, seen_rows)
@@ -377,12 +415,22 @@ def _columns(rows: list[tuple], types: list[tuple[str, type]]) -> dict[str, np.n
 def _sightings_of(order: dict) -> list[tuple[dict, list[str]]]:
     """An order's own facts as sightings, each with the keys it is found by: its session's start as
     its user's event, and as the first time of its (user, device), (user, country), (user, card)."""
-    user, at = order["user_id"], order["session_start"]
+    return _sightings(order, order["session_start"], ("first",))
+
+
+def _signup_sightings(signup: Signup) -> list[tuple[dict, list[str]]]:
+    """A sign-up's facts as sightings: the account's sign-up and its first event, and the first
+    time of its (user, device), (user, country), (user, card), at the sign-up's time."""
+    return _sightings(signup.model_dump(), _utc(signup.time), ("signup", "first"))
+
+
+def _sightings(event: dict, at: datetime, kinds: tuple[str, ...]) -> list[tuple[dict, list[str]]]:
+    user = event["user_id"]
     base = {"user_id": user, "device_id": None, "country": None, "payment_id": None, "event_time": at}
     (by_user,) = lookup_keys({"user_id": [user]}, ("user_id",))
-    out = [({**base, "event_type": "first"}, [by_user])]
+    out = [({**base, "event_type": kind}, [by_user]) for kind in kinds]
     for column in ("device_id", "country", "payment_id"):
-        value = order[column]
+        value = event[column]
         if value is not None:
             # Found under the user's key, and under its own where sightings are keyed by it.
             under = [by_user, *lookup_keys({column: [value]}, (column,) if column in SEEN_KEYS else ())]
@@ -597,6 +645,11 @@ class OrderScorer:
         """Keep chargebacks reported since the snapshot: the next orders of their accounts, devices
         and cards count them. How many were new."""
         return self.recent.add_chargebacks(chargebacks)
+
+    def record_signups(self, signups: list[Signup]) -> int:
+        """Keep sign-ups reported since the snapshot: the next orders of their accounts know how
+        old they are. How many were new (or earlier than one kept)."""
+        return self.recent.add_signups(signups)
 
     def remember(self, requests: list[list[Order]], answers: Sequence[list[dict]]) -> None:
         """Keep the orders of answered requests that were scored from their keys, under the ids
