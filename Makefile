@@ -36,13 +36,15 @@ $(VENV)/.installed: requirements.lock requirements-torch-cpu.lock requirements-t
 
 install: $(VENV)/.installed ## create .venv from requirements.lock (pinned) and install the project
 
-demo: install ## the whole pipeline end to end on a generated shop, about 5 minutes
+demo: install ## the whole pipeline end to end on a generated shop, 6 to 9 minutes
 	@# A shop dense enough in users and items per event for the sequential model to learn from.
 	@# 5% fraudulent orders, chargebacks within a day of their order, and a one-day label maturity window for the fraud
 	@# family (params.yaml's 30 days need months of data; the demo has ten days): demo-params.yaml.
 	$(PY) -m pipeline generate --start-date $(DEMO_START) --days $$(($(DEMO_DAYS) + 2)) --events-per-day 5000 \
 	  --initial-users 2000 --initial-items 1200 --seed 11 --fraud-rate 0.05 --chargeback-days 0.5 1
 	@$(PY) -c 'import sys, yaml; p = yaml.safe_load(open("params.yaml")); p["train_fraud"].update(maturity_days=1, valid_days=2, test_days=3, min_train_days=2); yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)' $(SHOPML_HOME)/demo-params.yaml
+	@# The same window for judging served fraud scores (policy.yaml's 720 hours): demo-policy.yaml.
+	@$(PY) -c 'import sys, yaml; p = yaml.safe_load(open("policy.yaml")); p["monitoring"]["fraud"]["horizon_hours"] = 24; yaml.safe_dump(p, open(sys.argv[1], "w"), sort_keys=False)' $(SHOPML_HOME)/demo-policy.yaml
 	@echo "== the first $$(($(DEMO_DAYS) - 1)) days through the same stages without Airflow (faster) =="
 	$(PY) -m pipeline run --start $(DEMO_START) --days $$(($(DEMO_DAYS) - 1)) > $(SHOPML_HOME)/demo-backfill.log 2>&1 \
 	  || { tail -40 $(SHOPML_HOME)/demo-backfill.log; exit 1; }
@@ -54,7 +56,7 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	grep -E "^(ingested|validation of|dataset version)" $(SHOPML_HOME)/demo-ingest.log
 	@for dag in retrain_next_item retrain_purchase_propensity retrain_price retrain_fraud retrain_next_item; do \
 	  echo "== airflow dags test $$dag: features -> train -> evaluate -> gate -> register -> package -> promote =="; \
-	  SHOPML_PARAMS=$(SHOPML_HOME)/demo-params.yaml $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
+	  SHOPML_PARAMS=$(SHOPML_HOME)/demo-params.yaml SHOPML_POLICY=$(SHOPML_HOME)/demo-policy.yaml $(PY) -m pipeline airflow dags test $$dag > $(SHOPML_HOME)/demo-$$dag.log 2>&1 \
 	    || { tail -60 $(SHOPML_HOME)/demo-$$dag.log; exit 1; }; \
 	  grep -E "^([a-z_]+ gate decision|  (PASS|FAIL) |  parity( by user id)?: |[a-z_]+: champion is now|[a-z_]+ floor serves|run [0-9a-f]+ on dataset)" \
 	    $(SHOPML_HOME)/demo-$$dag.log; \
@@ -85,7 +87,14 @@ demo: install ## the whole pipeline end to end on a generated shop, about 5 minu
 	$(PY) -m pipeline monitor --model next_item --date $$day > $(SHOPML_HOME)/demo-monitor.log 2>&1 \
 	  || { tail -30 $(SHOPML_HOME)/demo-monitor.log; exit 1; }; \
 	grep -E "^(drift|skew|retrain|MLflow run)" $(SHOPML_HOME)/demo-monitor.log; \
-	grep -E "^(online|offline) next_item" $(SHOPML_HOME)/demo-monitor.log
+	grep -E "^(online|offline) next_item" $(SHOPML_HOME)/demo-monitor.log; \
+	echo "== the fraud champion scores $$day's orders at checkout; their chargebacks, within a day, judge it =="; \
+	$(PY) -m pipeline replay --model fraud --date $$day --serve > $(SHOPML_HOME)/demo-replay-fraud.log 2>&1 \
+	  || { tail -30 $(SHOPML_HOME)/demo-replay-fraud.log; exit 1; }; \
+	grep -E "^replayed" $(SHOPML_HOME)/demo-replay-fraud.log; \
+	SHOPML_POLICY=$(SHOPML_HOME)/demo-policy.yaml $(PY) -m pipeline monitor --model fraud --date $$day \
+	  > $(SHOPML_HOME)/demo-monitor-fraud.log 2>&1 || { tail -30 $(SHOPML_HOME)/demo-monitor-fraud.log; exit 1; }; \
+	grep -E "^(online|offline|retrain) fraud" $(SHOPML_HOME)/demo-monitor-fraud.log
 
 # Serve the champion's Bento (MODEL=purchase_propensity for the other model) on port 3000.
 MODEL ?= next_item
