@@ -58,8 +58,11 @@ print(json.dumps({"files": report, "heavy": heavy, "import_errors": errors, "dag
 
 def _env(home: Path) -> dict[str, str]:
     """The environment of a fresh deployment in ``home``: nothing inherited from the caller's
-    SHOPML_* or AIRFLOW* settings (make exports SHOPML_HOME, a developer may have AIRFLOW_HOME)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPML_", "AIRFLOW"))}
+    SHOPML_*, AIRFLOW* or MLFLOW_* settings (make exports SHOPML_HOME, a developer may have
+    AIRFLOW_HOME; ``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI, so a test that trained
+    earlier in the same pytest worker pointed these DAG runs at its registry, where fraud had a
+    champion: the monitor DAG then found nothing to request for it)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPML_", "AIRFLOW", "MLFLOW_"))}
     return airflow_env(get_state_paths({"SHOPML_HOME": str(home)}), DAGS, env=clean)
 
 
