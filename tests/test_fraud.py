@@ -727,6 +727,10 @@ def test_an_account_opened_after_the_snapshot_is_known_as_new_once_its_signup_is
     assert got["session_id"].to_list() == offline["session_id"].to_list()
     for name in DENSE:
         np.testing.assert_allclose(got[name].to_numpy(), offline[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
+    # One account reported twice in one request (a retried form, an earlier time): one sign-up.
+    twice = OrderScorer(None, snapshot, "memory")
+    opened_at = [Signup(user_id="u-twice", time=cutoff + timedelta(minutes=m)) for m in (5, 1)]
+    assert twice.record_signups(opened_at) == 1 and twice.record_signups(opened_at[:1]) == 0
     blind = served(report_signups=False).filter(pl.col("session_id").is_in(opened["session_id"].implode()))
     assert blind["account_age_known"].sum() == 0 and opened["account_age_known"].min() == 1.0
 

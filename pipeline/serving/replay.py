@@ -70,7 +70,10 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
     spec = families.get(model)
     if spec.monitoring is None:
         raise BadInput(f"model family {model!r} cannot replay sessions (no ModelSpec.monitoring)")
-    requests = spec.monitoring.requests(events)
+    # (event time, body, endpoint): a request that names no endpoint goes to the family's own.
+    requests: list[tuple[str, dict, str]] = [
+        (r[0], r[1], r[2] if len(r) > 2 else spec.endpoint) for r in spec.monitoring.requests(events)
+    ]
     if spec.monitoring.in_order:
         concurrency = 1
     requests = requests[:limit] if limit else requests
@@ -87,11 +90,10 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
 
             async def worker() -> None:
                 while not queue.empty():
-                    at, body, *other = queue.get_nowait()
-                    endpoint = f"{base}/{other[0] if other else spec.endpoint}"
+                    at, body, endpoint = queue.get_nowait()
                     try:
                         response = await client.post(
-                            endpoint, json=body, headers={**headers, "x-shopml-event-time": at}
+                            f"{base}/{endpoint}", json=body, headers={**headers, "x-shopml-event-time": at}
                         )
                         code = response.status_code
                     except httpx.HTTPError:
@@ -104,9 +106,8 @@ def replay(url: str, model: str, events: pl.DataFrame, concurrency: int = 16, li
     asyncio.run(run())
     failed = sum(n for code, n in statuses.items() if code != 200)
     endpoints: dict[str, int] = {}
-    for r in requests:
-        name = r[2] if len(r) > 2 else spec.endpoint
-        endpoints[name] = endpoints.get(name, 0) + 1
+    for _, _, endpoint in requests:
+        endpoints[endpoint] = endpoints.get(endpoint, 0) + 1
     return ReplayResult(
         len(requests), failed, time.perf_counter() - started, statuses, spec.monitoring.in_order, endpoints
     )

@@ -204,12 +204,16 @@ def offline_orders(model, dataset, split, policy, run: dict) -> pl.DataFrame:
     fraud = split_of_run(run["run"].data.params)
     events = dataset.events().filter(pl.col("event_time") < fraud.end)
     horizon = timedelta(hours=policy.horizon_hours)
-    test = (pl.col("order_time") >= fraud.test_start) & (pl.col("order_time") < fraud.test_end)
+    judged = (
+        (pl.col("order_time") >= fraud.test_start)
+        & (pl.col("order_time") < fraud.test_end)
+        & (pl.col("order_time") + horizon <= fraud.end)
+    )
     every = orders_of(events)
-    if not every.filter(test & (pl.col("order_time") + horizon <= fraud.end)).height:
+    if not every.filter(judged).height:
         return pl.DataFrame()
     # Velocity counts need every earlier order, so the features are computed over all of them.
-    rows = order_features(every, events).filter(test & (pl.col("order_time") + horizon <= fraud.end))
+    rows = order_features(every, events).filter(judged)
     asked = rows.select(
         pl.col("session_id").alias("request_id"),
         pl.col("order_time").alias("ts"),

@@ -323,7 +323,7 @@ class RecentOrders:
         account's sign-up and first event, and its (user, device), (user, country) and (user,
         card) pairs, each at its earliest time; how many accounts' sign-ups were new or earlier."""
         rows = self._seen_rows([fact for signup in signups for fact in _signup_sightings(signup)])
-        users = sorted(lookup_keys({"user_id": [s.user_id for s in signups]}, ("user_id",)))
+        users = sorted(set(lookup_keys({"user_id": [s.user_id for s in signups]}, ("user_id",))))
         query = f"SELECT key, event_time FROM seen_v2 WHERE fact LIKE ? AND key IN ({','.join('?' * len(users))})"
         with self.lock, self.db:
             before = dict(self.db.execute(query, ["signup\x1f%", *users]).fetchall())
