@@ -29,7 +29,7 @@ from pipeline.families.spec import SnapshotTables
 
 SNAPSHOT_MODEL = "shopml-features"
 # Bump when the snapshot's layout changes, so a Bento store never reuses a snapshot of the old layout.
-SNAPSHOT_FORMAT = 4  # 4: one snapshot per family, its tables and their keys named in meta.json
+SNAPSHOT_FORMAT = 5  # 4: one snapshot per family, its tables and their keys named in meta.json; 5: fraud's order_keys
 
 View = TypeVar("View")
 

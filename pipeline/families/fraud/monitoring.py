@@ -118,12 +118,15 @@ def skew(snapshot, events: pl.DataFrame, catalog: pl.DataFrame, answers: pl.Data
 
 def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, str]]:
     """The day as the shop's services would report it, in time order: (order time, body) per order,
-    as a checkout sends it to ``/score``, and (time, body, ``signups``) per account opened, as the
-    sign-up form reports it; an account opened after the served snapshot is otherwise unknown."""
+    as a checkout sends it to ``/score``; (time, body, ``signups``) per account opened, as the
+    sign-up form reports it (an account opened after the served snapshot is otherwise unknown);
+    and (time, body, ``chargebacks``) per order charged back that day: the order, its account and
+    the time, as the shop's chargeback feed has them; the service fills in the device and card it
+    saw the order with (``OrderScorer.complete_chargebacks``)."""
     from pipeline.families.fraud.evaluation import order_body
 
     opened = events.filter(pl.col("event_type") == "signup").sort("event_time")
-    signups = [
+    signups: list[tuple[str, dict, str]] = [
         (
             r["event_time"].isoformat(),
             {
@@ -136,9 +139,32 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, s
         )
         for r in opened.to_dicts()
     ]
-    orders = [(r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders_of(events).to_dicts()]
-    # A sign-up before an order at the same instant (sorted is stable: sign-ups come first).
-    return sorted([*signups, *orders], key=lambda request: datetime.fromisoformat(request[0]))
+    # The account is the shop's own record of the order; its device and card, the service's.
+    disputed = (
+        events.filter(pl.col("event_type") == "chargeback")
+        .group_by("session_id")
+        .agg(pl.col("event_time").min(), pl.col("user_id").sort_by("event_time").first())
+        .sort("event_time", "session_id")
+    )
+    notices: list[tuple[str, dict, str]] = [
+        (
+            r["event_time"].isoformat(),
+            {
+                "chargebacks": [
+                    {"order_id": r["session_id"], "time": r["event_time"].isoformat(), "user_id": r["user_id"]}
+                ]
+            },
+            "chargebacks",
+        )
+        for r in disputed.to_dicts()
+    ]
+    orders: list[tuple[str, dict]] = [
+        (r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders_of(events).to_dicts()
+    ]
+    # Sign-ups and chargebacks before an order at the same instant (sorted is stable; an order
+    # counts no chargeback of its very microsecond, whichever comes first).
+    happened: list[tuple[str, dict] | tuple[str, dict, str]] = [*signups, *notices, *orders]
+    return sorted(happened, key=lambda request: datetime.fromisoformat(request[0]))
 
 
 def run_floors(run: dict) -> dict:

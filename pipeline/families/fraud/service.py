@@ -1,6 +1,7 @@
 """The ``fraud`` service: ``/score`` (orders in; a score, a band and the top reasons out),
 ``/chargebacks`` (chargebacks as they arrive, which the next orders of the same account, device and
-card count) and ``/metadata``.
+card count; a notice names the order, whose keys the service knows), ``/signups`` (accounts as they
+are opened) and ``/metadata``.
 
 An order's features are computed from the packaged snapshot of earlier orders and first sightings,
 plus the orders this worker scored since (``serving.OrderScorer``), as of the order's own time; or
@@ -106,11 +107,19 @@ class FraudService:
 
     @bentoml.api
     def chargebacks(self, request: ChargebackRequest, /) -> Recorded:
-        """Chargebacks as they arrive (from the payment provider's notices), each with the keys of
-        the order it disputes. Every model version served here reads them: the champion's and a
-        challenger's stores are both written."""
+        """Chargebacks as they arrive (from the payment provider's notices): the order's id and the
+        time suffice for an order this service saw; its keys are taken as it saw them. Every model
+        version served here reads them: the champion's and a challenger's stores are both written.
+        An order never seen, sent without its account, is a 400 naming it, and nothing is kept."""
+        from pipeline.families.fraud.serving import UnknownOrder
+
         engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
-        counts = [engine.scorer.record_chargebacks(request.chargebacks) for engine in engines]
+        try:
+            # Every engine's keys first: a notice one of them cannot place keeps nothing anywhere.
+            completed = [engine.scorer.complete_chargebacks(request.chargebacks) for engine in engines]
+        except UnknownOrder as exc:
+            raise InvalidArgument(str(exc)) from None
+        counts = [engine.scorer.recent.add_chargebacks(c) for engine, c in zip(engines, completed, strict=True)]
         return Recorded(recorded=counts[0])
 
     @bentoml.api

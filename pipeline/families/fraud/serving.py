@@ -5,11 +5,12 @@ An order's features are velocities and first sightings, which only its keys' his
 snapshot (``snapshot_tables``, cut from the dataset version as of its end) holds, per key, the
 earlier orders (every order of a user; the last ``RECENT_DAYS`` of each device, address and card)
 and when each (user, device), (user, country) and (card, user) pair was first seen, with sign-ups
-and each user's first event, and the chargebacks that had arrived, under the account, device and card
-of the order charged back. A request's features are those of ``orders.order_features`` (the
-training code) over the rows of the request's own keys plus the request, computed for the request
-alone (``online_matrix``, in numpy; tested against the training code order by order): the values
-training computed, as of the order's time. Orders scored since the snapshot was cut are kept
+and each user's first event, the chargebacks that had arrived, under the account, device and card
+of the order charged back, and every order's keys by its id (a chargeback notice names the order).
+A request's features are those of ``orders.order_features`` (the training code) over the rows of
+the request's own keys plus the request, computed for the request alone (``online_matrix``, in
+numpy; tested against the training code order by order): the values training computed, as of the
+order's time. Orders scored since the snapshot was cut are kept
 (``RecentOrders``: a SQLite file every worker of the host shares) and count too, so a burst of card
 tests minutes apart is seen as a burst; so are the chargebacks reported since (``/chargebacks``),
 so an account charged back this morning is known at its next checkout, not at the next retrain,
@@ -123,14 +124,22 @@ class ScoreRequest(Strict):
 
 
 class Chargeback(Strict):
-    """A chargeback that has arrived, with the keys of the order it disputes, as sent at checkout:
-    the account's, device's and card's next orders count it (``*_chargebacks``)."""
+    """A chargeback that has arrived: the account's, device's and card's next orders count it
+    (``*_chargebacks``). A payment provider's notice names the order and its time; the order's
+    keys are the ones the service saw it with (in its snapshot, or scored since), so only an
+    order the service never saw needs them sent. A key sent is used as sent."""
 
     order_id: Id = Field(description="the order charged back (the id /score answered with)")
     time: UtcTime = Field(description="when the chargeback arrived, with its time zone")
-    user_id: Id
-    device_id: Id | None = None
-    payment_id: Id | None = Field(None, description="the payment fingerprint the order was paid with")
+    user_id: Id | None = Field(None, description="the order's account (default: as the service saw the order)")
+    device_id: Id | None = Field(None, description="the order's device (default: as the service saw the order)")
+    payment_id: Id | None = Field(
+        None, description="the payment fingerprint the order was paid with (default: as the service saw the order)"
+    )
+
+
+class UnknownOrder(ValueError):
+    """A chargeback of an order the service never saw, sent without the order's account."""
 
 
 class ChargebackRequest(Strict):
@@ -188,6 +197,8 @@ def snapshot_tables(events: pl.DataFrame, catalog: pl.DataFrame, cutoff: datetim
         "orders": (pl.concat(keyed), ["key"]),
         "seen": (pl.concat([_keyed(seen, key) for key in SEEN_KEYS]), ["key"]),
         "chargebacks": (chargeback_rows(charged_back(orders, past)), ["key"]),
+        # Every order's keys by its id: a chargeback notice names only the order.
+        "order_keys": (orders.select("session_id", *CHARGEBACK_KEYS), ["session_id"]),
     }
 
 
@@ -283,6 +294,7 @@ class RecentOrders:
             # v2: typed columns (v1 held JSON rows); a v1 file's tables are left alone, unread.
             self.db.execute(f"CREATE TABLE IF NOT EXISTS orders_v2 (key TEXT, {orders})")
             self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS orders_v2_once ON orders_v2 (key, session_id)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS orders_v2_by_id ON orders_v2 (session_id)")
             self.db.execute(f"CREATE TABLE IF NOT EXISTS seen_v2 (key TEXT, fact TEXT, {seen})")
             self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS seen_v2_once ON seen_v2 (key, fact)")
             self.db.execute("CREATE TABLE IF NOT EXISTS chargebacks_v1 (key TEXT, session_id TEXT, event_time INTEGER)")
@@ -300,9 +312,23 @@ class RecentOrders:
         )
         self.added = 0
 
+    def order_keys(self, order_ids: list[str]) -> dict[str, dict]:
+        """The account, device and card (``CHARGEBACK_KEYS``) of these orders, by id, for those
+        kept here."""
+        if not order_ids:
+            return {}
+        marks = ",".join("?" * len(order_ids))
+        fields = ", ".join(CHARGEBACK_KEYS)
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT session_id, {fields} FROM orders_v2 WHERE session_id IN ({marks})", order_ids
+            ).fetchall()
+        return {row[0]: dict(zip(CHARGEBACK_KEYS, row[1:], strict=True)) for row in rows}
+
     def add_chargebacks(self, chargebacks: list[Chargeback]) -> int:
         """Remember these chargebacks under their order's account, device and card (each once, at
-        its earliest time); how many were new."""
+        its earliest time); how many were new. Every chargeback names its account
+        (``OrderScorer.record_chargebacks`` fills the keys the notice left out)."""
         rows = [
             (key, c.order_id, _us(_utc(c.time)))
             for c in chargebacks
@@ -643,8 +669,33 @@ class OrderScorer:
 
     def record_chargebacks(self, chargebacks: list[Chargeback]) -> int:
         """Keep chargebacks reported since the snapshot: the next orders of their accounts, devices
-        and cards count them. How many were new."""
-        return self.recent.add_chargebacks(chargebacks)
+        and cards count them. How many were new. A key a notice leaves out is the order's, as the
+        service saw it (the orders scored since, then the snapshot's), as training takes it
+        (``orders.charged_back``); a notice of an order never seen, without its account, raises
+        ``UnknownOrder`` naming it, and none of the request's chargebacks is kept."""
+        return self.recent.add_chargebacks(self.complete_chargebacks(chargebacks))
+
+    def complete_chargebacks(self, chargebacks: list[Chargeback]) -> list[Chargeback]:
+        """These chargebacks with the keys they leave out filled from their orders (see
+        ``record_chargebacks``)."""
+        wanted = sorted({c.order_id for c in chargebacks if any(getattr(c, k) is None for k in CHARGEBACK_KEYS)})
+        seen = self.recent.order_keys(wanted)
+        older = [i for i in wanted if i not in seen]
+        if older and "order_keys" in self.snapshot.tables:  # a snapshot cut before it held no such table
+            found = self.snapshot.arrays("order_keys", older)
+            for n, order_id in enumerate(found["session_id"]):
+                seen.setdefault(order_id, {k: found[k][n] for k in CHARGEBACK_KEYS})
+        out = []
+        for i, c in enumerate(chargebacks):
+            order = seen.get(c.order_id, {})
+            filled = {k: order.get(k) for k in CHARGEBACK_KEYS if getattr(c, k) is None and order.get(k) is not None}
+            if c.user_id is None and "user_id" not in filled:
+                raise UnknownOrder(
+                    f"chargebacks[{i}].order_id: order {c.order_id!r} is unknown to this service (not in its "
+                    "snapshot, not scored since); send the order's user_id (and its device_id, payment_id)"
+                )
+            out.append(c.model_copy(update=filled) if filled else c)
+        return out
 
     def record_signups(self, signups: list[Signup]) -> int:
         """Keep sign-ups reported since the snapshot: the next orders of their accounts know how
