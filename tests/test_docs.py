@@ -93,7 +93,7 @@ def _other(argv: list[str]) -> str | None:
     if program in ("bentoml", "dvc", "mlflow"):
         return None if (REPO / ".venv" / "bin" / program).exists() else f"{program} is not installed in .venv"
     if program == "curl":
-        from pipeline.families.fraud.serving import ChargebackRequest, ScoreRequest, SignupRequest
+        from pipeline.families.fraud.serving import ChargebackRequest, ScoreRequest, SessionRequest, SignupRequest
         from pipeline.families.next_item.serving import RecommendRequest
         from pipeline.families.price.serving import ForecastRequest, PriceRequest
         from pipeline.families.purchase_propensity.serving import PropensityRequest
@@ -106,6 +106,7 @@ def _other(argv: list[str]) -> str | None:
             "/score": ScoreRequest,
             "/chargebacks": ChargebackRequest,
             "/signups": SignupRequest,
+            "/sessions": SessionRequest,
         }
         url = next(a for a in argv if "localhost" in a or "127.0.0.1" in a)
         route = "/" + url.split("/", 1)[1]

@@ -53,6 +53,7 @@ def first_party_shop(tmp_path_factory):
 
 
 CHARGEBACK_FEATURES = ("user_chargebacks", "device_chargebacks", "payment_chargebacks")
+SESSION_FIELDS = ("user_id", "device_id", "country", "payment_id")  # a sign-up's or a session's report
 
 
 def _charged_again(events: pl.DataFrame, everything: pl.DataFrame, n: int) -> list[str]:
@@ -736,19 +737,27 @@ def test_an_account_opened_after_the_snapshot_is_known_as_new_once_its_signup_is
 
 
 @FAST
-def test_a_chargeback_notice_naming_only_the_order_counts_under_the_keys_the_service_saw_it_with(
-    first_party_shop, tmp_path
-):
-    """Ten days after a snapshot, sent as they happened: sign-ups, orders, and each chargeback as a
-    payment provider's notice, the order's id and the time, nothing else. The service takes the
-    order's account, device and card as it saw the order (the snapshot's orders, or the ones scored
-    since), so every order's served features are the training code's over all the events, the
-    chargebacks of the ten days included. A notice of an order never seen, without its account, is
-    refused naming it, and none of its request is kept."""
+def test_ten_days_told_as_they_happened_give_every_order_the_training_features(first_party_shop, tmp_path):
+    """Ten days after a snapshot, told to the service as they happened: sign-ups, sessions begun
+    without an order (``/sessions``), orders, and each chargeback as a payment provider's notice,
+    the order's id and the time, nothing else. The service takes the order's account, device and
+    card as it saw the order (the snapshot's orders, or the ones scored since), so every order's
+    served features are the training code's over all the events. Without the notices, orders after
+    a chargeback of their device or card miss it; without the sessions, an account that browsed
+    days before its first order looks like a first visit. A notice of an order never seen, without
+    its account, is refused naming it, and none of its request is kept."""
     from datetime import datetime, timezone
 
     from pipeline.families.fraud.evaluation import order_body
-    from pipeline.families.fraud.serving import Chargeback, Order, OrderScorer, Signup, UnknownOrder, order_frame
+    from pipeline.families.fraud.serving import (
+        Chargeback,
+        Order,
+        OrderScorer,
+        Session,
+        Signup,
+        UnknownOrder,
+        order_frame,
+    )
 
     events, _ = first_party_shop
     first = events["event_time"].min()
@@ -756,62 +765,57 @@ def test_a_chargeback_notice_naming_only_the_order_counts_under_the_keys_the_ser
     end = cutoff + timedelta(days=10)
     snapshot = _snapshot(events.filter(pl.col("event_time") < cutoff), tmp_path)
     known = events.filter(pl.col("event_time") < end)
-    # What the service is told after the snapshot: sign-ups, orders (with their session's start)
-    # and chargebacks; training's code over the events, those of the ten days cut to the same.
-    day = known.filter(pl.col("event_time") >= cutoff)
-    ordered = day.filter(pl.col("event_type") == "purchase")["session_id"].unique().implode()
-    told = pl.concat(
-        [
-            known.filter(pl.col("event_time") < cutoff),
-            day.filter(pl.col("event_type").is_in(["signup", "chargeback"]) | pl.col("session_id").is_in(ordered)),
-        ]
-    )
     offline = (
-        order_features(orders_of(told), told).filter(pl.col("order_time") >= cutoff).sort("order_time", "session_id")
+        order_features(orders_of(known), known).filter(pl.col("order_time") >= cutoff).sort("order_time", "session_id")
     )
+    day = known.filter(pl.col("event_time") >= cutoff)
     signups = day.filter(pl.col("event_type") == "signup")
     notices = day.filter(pl.col("event_type") == "chargeback").group_by("session_id").agg(pl.col("event_time").min())
     placed_before = notices["session_id"].is_in(orders_of(events.filter(pl.col("event_time") < cutoff))["session_id"])
     # The notices name orders of both kinds: in the snapshot, and scored since.
     assert placed_before.sum() >= 5 and (~placed_before).sum() >= 5, (placed_before.sum(), notices.height)
+    ordered = day.filter(pl.col("event_type") == "purchase")["session_id"].unique().implode()
+    visits = (
+        day.filter(~pl.col("event_type").is_in(["signup", "chargeback"]) & ~pl.col("session_id").is_in(ordered))
+        .group_by("session_id")
+        .agg(pl.col("event_time").min(), *(pl.col(k).drop_nulls().first() for k in SESSION_FIELDS))
+    )
 
-    def served(notify: bool) -> pl.DataFrame:
+    def served(notify: bool = True, browse: bool = True) -> pl.DataFrame:
         scorer = OrderScorer(None, snapshot, "memory")
         happened = [(r["event_time"], 0, r) for r in signups.to_dicts()]
         happened += [(r["event_time"], 1, r) for r in notices.to_dicts()]
-        happened += [(r["order_time"], 2, r) for r in offline.to_dicts()]
+        happened += [(r["event_time"], 2, r) for r in visits.to_dicts()]
+        happened += [(r["order_time"], 3, r) for r in offline.to_dicts()]
         rows = []
         for at, kind, r in sorted(happened, key=lambda h: (h[0], h[1])):
             if kind == 0:
-                fields = {k: r[k] for k in ("user_id", "device_id", "country", "payment_id")}
-                scorer.record_signups([Signup(time=at, **fields)])
+                scorer.record_signups([Signup(time=at, **{k: r[k] for k in SESSION_FIELDS})])
             elif kind == 1 and notify:
                 assert scorer.record_chargebacks([Chargeback(order_id=r["session_id"], time=at)]) == 1
-            elif kind == 2:
+            elif kind == 2 and browse:
+                scorer.record_sessions([Session(time=at, **{k: r[k] for k in SESSION_FIELDS})])
+            elif kind == 3:
                 order = Order(**order_body(r))
                 rows.append(scorer.feature_rows(order_frame([order])))
                 scorer.remember([[order]], [[{"order_id": r["session_id"]}]])
         return pl.concat(rows)
 
-    got = served(notify=True)
+    got = served()
     assert got["session_id"].to_list() == offline["session_id"].to_list()
     for name in DENSE:
         np.testing.assert_allclose(got[name].to_numpy(), offline[name].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
-    # What the service is not told: browsing sessions without an order. A user first seen after the
-    # snapshot browsing, days before ordering, is seen before (on that device, from that country) in
-    # training; served, the order looks like a first visit, and its device shared by fewer accounts.
-    # Only those sightings' features differ (on 32 of this shop's 1,174 orders).
-    everything = order_features(orders_of(known), known).filter(pl.col("order_time") >= cutoff)
-    everything = everything.sort("order_time", "session_id")
-    unseen = [n for n in DENSE if not np.allclose(everything[n].to_numpy(), offline[n].to_numpy(), rtol=1e-9)]
-    assert set(unseen) <= {"user_seen_before", "new_device_for_user", "new_country_for_user", "device_accounts"}
-    # The notices mattered: without them, orders after a chargeback of their device or card miss it.
+    # What each report is for: without the notices, orders after a chargeback of their device or
+    # card miss it; without the sessions, a browser's first order looks like a first visit.
     blind = served(notify=False)
     for name in ("device_chargebacks", "payment_chargebacks"):
         assert (blind[name].to_numpy() < offline[name].to_numpy()).sum() >= 1, name
+    unseen = served(browse=False)
+    assert (unseen["user_seen_before"].to_numpy() < offline["user_seen_before"].to_numpy()).sum() >= 10
+    assert (unseen["new_device_for_user"].to_numpy() > offline["new_device_for_user"].to_numpy()).sum() >= 10
 
     scorer = OrderScorer(None, snapshot, "memory")
-    seen = Chargeback(order_id=notices["session_id"][0], time=end)
+    seen = Chargeback(order_id=notices.filter(placed_before)["session_id"][0], time=end)  # in the snapshot
     never = Chargeback(order_id="o-never-seen", time=end)
     with pytest.raises(UnknownOrder, match=r"chargebacks\[1\].order_id: order 'o-never-seen' is unknown"):
         scorer.record_chargebacks([seen, never])
@@ -819,6 +823,11 @@ def test_a_chargeback_notice_naming_only_the_order_counts_under_the_keys_the_ser
     # Sent with its account, an order never seen counts for that account alone.
     assert scorer.record_chargebacks([never.model_copy(update={"user_id": "u-x"})]) == 1
     assert scorer.recent.arrays([], [], ["u:u-x", "d:None", "p:None"])[2]["session_id"].tolist() == ["o-never-seen"]
+    # A session tells something once: again, nothing; earlier, its earlier time; on another device, that pair.
+    visit = Session(user_id="u-v", time=end, device_id="d-v", country="DE")
+    assert scorer.record_sessions([visit]) == 1 and scorer.record_sessions([visit, visit]) == 0
+    earlier, elsewhere = visit.model_copy(update={"time": cutoff}), visit.model_copy(update={"device_id": "d-w"})
+    assert scorer.record_sessions([earlier, visit, elsewhere]) == 2
 
 
 @FAST
@@ -1049,6 +1058,13 @@ def test_the_fraud_family_goes_through_every_step_and_serves(fraud_family, tmp_p
         assert again.json() == {"recorded": 0}  # reported twice, kept once
         refused = http.post(f"{url}/signups", json={"signups": [{**signup, "country": "Germany"}]}, headers=as_admin)
         assert refused.status_code == 400 and "country" in refused.text, refused.text
+        # A session likewise (a checkout's key could make a stranger's device look familiar).
+        visit = {"user_id": "u-browser", "time": meta["features_as_of"], "device_id": "d-browser"}
+        assert http.post(f"{url}/sessions", json={"sessions": [visit]}).status_code == 403
+        recorded = http.post(f"{url}/sessions", json={"sessions": [visit, visit]}, headers=as_admin)
+        assert recorded.status_code == 200 and recorded.json() == {"recorded": 1}, recorded.text
+        refused = http.post(f"{url}/sessions", json={"sessions": [{**visit, "time": "2026-10-01"}]}, headers=as_admin)
+        assert refused.status_code == 400 and "time" in refused.text, refused.text
 
 
 def test_the_gate_scores_only_orders_whose_labels_had_matured(fraud_family):
@@ -1253,11 +1269,12 @@ def test_the_online_protocol_runs_offline_on_the_test_orders_for_the_monitor_and
 def test_a_replayed_day_reaches_the_service_as_it_happened(fraud_family, tmp_path):
     """``shopml replay`` of a day the champion's snapshot does not hold sends its sign-ups
     (``/signups``), chargebacks (``/chargebacks``: the order and its account; the service knows
-    its device and card) and orders (``/score``) one at a time, in time order, as the shop's
-    services would: every logged score is the champion's score of the order's features as of its
-    time, computed offline from the published events and the day's. Sent concurrently, a
-    card-testing burst's later orders were scored before the earlier ones were remembered; without
-    the sign-ups, the accounts opened that day looked as old as the shop's first customers."""
+    its device and card), sessions begun without an order (``/sessions``) and orders (``/score``)
+    one at a time, in time order, as the shop's services would: every logged score is the
+    champion's score of the order's features as of its time, computed offline from the published
+    events and the day's. Sent concurrently, a card-testing burst's later orders were scored before
+    the earlier ones were remembered; without the sign-ups, the accounts opened that day looked as
+    old as the shop's first customers."""
     import time
     from datetime import datetime, timezone
 
@@ -1321,7 +1338,14 @@ def test_a_replayed_day_reaches_the_service_as_it_happened(fraud_family, tmp_pat
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=0, atol=SCORE_TOLERANCE)
     assert result.failed == 0 and result.in_order, result.statuses
-    assert result.endpoints == {"score": len(want), "signups": opened.n_unique(), "chargebacks": charged.n_unique()}
+    ordered = today.filter(pl.col("event_type") == "purchase")["session_id"].unique().implode()
+    browsed = today.filter(~pl.col("event_type").is_in(["signup", "chargeback"]) & ~pl.col("session_id").is_in(ordered))
+    reported = {
+        "signups": opened.n_unique(),
+        "chargebacks": charged.n_unique(),
+        "sessions": browsed["session_id"].n_unique(),
+    }
+    assert result.endpoints == {"score": len(want), **reported}
 
 
 @FAST

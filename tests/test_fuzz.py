@@ -199,9 +199,9 @@ def test_schemathesis_on_the_propensity_bento(shop):
 
 
 def test_schemathesis_on_the_fraud_bento(shop):
-    """/score, /chargebacks and /signups from the OpenAPI document: times without a zone, negative or
-    infinite amounts, unknown fields and currencies are 4xx, never 5xx; an order the schema allows
-    is scored."""
+    """/score, /chargebacks, /signups and /sessions from the OpenAPI document: times without a zone,
+    negative or infinite amounts, unknown fields, currencies and orders are 4xx, never 5xx; an order
+    the schema allows is scored."""
     import httpx
 
     from pipeline.serving.package import build_bento, served
@@ -210,8 +210,8 @@ def test_schemathesis_on_the_fraud_bento(shop):
     bento = build_bento(paths, "fraud", versions["fraud"])
     with served(paths, bento.bento_tag) as url:
         counts = _fuzz(url, "fraud")
-        assert set(counts) == {"/score", "/chargebacks", "/signups", "/metadata"}, counts
-        for endpoint in ("/score", "/chargebacks", "/signups"):
+        assert set(counts) == {"/score", "/chargebacks", "/signups", "/sessions", "/metadata"}, counts
+        for endpoint in ("/score", "/chargebacks", "/signups", "/sessions"):
             assert counts[endpoint]["4xx"] > 0 and counts[endpoint]["5xx"] == 0, (endpoint, counts)
         order = {"user_id": "u1", "order_time": "2026-10-07T10:00:00Z", "amount": 10.0}
         answer = httpx.post(f"{url}/score", json={"orders": [order]}, timeout=30)

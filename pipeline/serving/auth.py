@@ -13,8 +13,9 @@ exit), so the time taken says nothing about which key, or how much of one, match
 Two roles: ``client`` calls the model endpoints; ``admin`` also reads ``/metadata`` (the commit, run,
 dataset and log location) and ``/metrics``, and alone may report chargebacks (the fraud service's
 ``/chargebacks``: a checkout's key that could would let its holder mark any customer's account or
-card as charged back) and sign-ups (``/signups``: one could make a new account look years old)
-and set ``x-shopml-event-time`` (a replay's answer logged at a past hour).
+card as charged back), sign-ups (``/signups``: one could make a new account look years old)
+and sessions (``/sessions``: one could make a stranger's device look familiar), and set
+``x-shopml-event-time`` (a replay's answer logged at a past hour).
 Health probes (``/livez``, ``/readyz``, ``/healthz``) need no key.
 
 Nobody gets in without a key: a service with no keys file, or an empty one, answers 401 to every
@@ -39,7 +40,7 @@ from pipeline.core.errors import BadInput, NotFound
 ROLES = ("client", "admin")
 PREFIX = "shopml_"
 PROBES = ("/livez", "/readyz", "/healthz")
-ADMIN_PATHS = ("/metadata", "/metrics", "/chargebacks", "/signups")
+ADMIN_PATHS = ("/metadata", "/metrics", "/chargebacks", "/signups", "/sessions")
 
 
 class KeyFileError(BadInput):

@@ -120,9 +120,11 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, s
     """The day as the shop's services would report it, in time order: (order time, body) per order,
     as a checkout sends it to ``/score``; (time, body, ``signups``) per account opened, as the
     sign-up form reports it (an account opened after the served snapshot is otherwise unknown);
-    and (time, body, ``chargebacks``) per order charged back that day: the order, its account and
-    the time, as the shop's chargeback feed has them; the service fills in the device and card it
-    saw the order with (``OrderScorer.complete_chargebacks``)."""
+    (time, body, ``chargebacks``) per order charged back that day: the order, its account and the
+    time, as the shop's chargeback feed has them (the service fills in the device and card it saw
+    the order with, ``OrderScorer.complete_chargebacks``); and (time, body, ``sessions``) per
+    session begun without an order, as the storefront sees it begin (an account that browsed
+    before its first order is otherwise a first visit)."""
     from pipeline.families.fraud.evaluation import order_body
 
     opened = events.filter(pl.col("event_type") == "signup").sort("event_time")
@@ -161,9 +163,31 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, s
     orders: list[tuple[str, dict]] = [
         (r["order_time"].isoformat(), {"orders": [order_body(r)]}) for r in orders_of(events).to_dicts()
     ]
-    # Sign-ups and chargebacks before an order at the same instant (sorted is stable; an order
-    # counts no chargeback of its very microsecond, whichever comes first).
-    happened: list[tuple[str, dict] | tuple[str, dict, str]] = [*signups, *notices, *orders]
+    # Sessions without an order, at their start, as the storefront sees them begin.
+    ordered = events.filter(pl.col("event_type") == "purchase")["session_id"].unique().implode()
+    fields = ("device_id", "country", "payment_id")
+    browsed = (
+        events.filter(~pl.col("event_type").is_in(["signup", "chargeback"]) & ~pl.col("session_id").is_in(ordered))
+        .group_by("session_id")
+        .agg(pl.col("event_time").min(), pl.col("user_id").first(), *(pl.col(k).drop_nulls().first() for k in fields))
+        .sort("event_time", "session_id")
+    )
+    visits: list[tuple[str, dict, str]] = [
+        (
+            r["event_time"].isoformat(),
+            {
+                "sessions": [
+                    {"user_id": r["user_id"], "time": r["event_time"].isoformat()}
+                    | {k: r[k] for k in fields if r[k] is not None}
+                ]
+            },
+            "sessions",
+        )
+        for r in browsed.to_dicts()
+    ]
+    # Sign-ups, chargebacks and sessions before an order at the same instant (sorted is stable; an
+    # order counts no chargeback of its very microsecond, whichever comes first).
+    happened: list[tuple[str, dict] | tuple[str, dict, str]] = [*signups, *notices, *visits, *orders]
     return sorted(happened, key=lambda request: datetime.fromisoformat(request[0]))
 
 

@@ -1,7 +1,7 @@
 """The ``fraud`` service: ``/score`` (orders in; a score, a band and the top reasons out),
 ``/chargebacks`` (chargebacks as they arrive, which the next orders of the same account, device and
 card count; a notice names the order, whose keys the service knows), ``/signups`` (accounts as they
-are opened) and ``/metadata``.
+are opened), ``/sessions`` (visits as they begin) and ``/metadata``.
 
 An order's features are computed from the packaged snapshot of earlier orders and first sightings,
 plus the orders this worker scored since (``serving.OrderScorer``), as of the order's own time; or
@@ -15,7 +15,14 @@ from __future__ import annotations
 import bentoml
 from bentoml.exceptions import InvalidArgument
 
-from pipeline.families.fraud.serving import ChargebackRequest, Recorded, ScoreRequest, Scores, SignupRequest
+from pipeline.families.fraud.serving import (
+    ChargebackRequest,
+    Recorded,
+    ScoreRequest,
+    Scores,
+    SessionRequest,
+    SignupRequest,
+)
 from pipeline.serving.api import Metadata
 from pipeline.serving.common import (
     BATCHING,
@@ -129,6 +136,16 @@ class FraudService:
         old as the shop's oldest customers'. Written to every served version's store."""
         engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
         counts = [engine.scorer.record_signups(request.signups) for engine in engines]
+        return Recorded(recorded=counts[0])
+
+    @bentoml.api
+    def sessions(self, request: SessionRequest, /) -> Recorded:
+        """Visits as they begin (a login, a browsing session's first page), each with its device,
+        country and card if any: an account that browsed after the snapshot, before its first
+        order, would otherwise look like a first visit from a new device. Written to every served
+        version's store."""
+        engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+        counts = [engine.scorer.record_sessions(request.sessions) for engine in engines]
         return Recorded(recorded=counts[0])
 
     @bentoml.api

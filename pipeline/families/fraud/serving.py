@@ -16,7 +16,10 @@ tests minutes apart is seen as a burst; so are the chargebacks reported since (`
 so an account charged back this morning is known at its next checkout, not at the next retrain,
 and the sign-ups reported since (``/signups``), so an account opened minutes before its first
 order is known as new: without them every account opened after the snapshot looked as old as the
-unknown sign-ups of the shop's first customers (the demo's replayed day: 30 of 193 orders).
+unknown sign-ups of the shop's first customers (the demo's replayed day: 30 of 193 orders); and
+the sessions begun since (``/sessions``), so an account that browsed days before its first order
+is known as seen, on that device (ten days after a snapshot of the test shop: 32 of 1,174 orders
+looked like first visits without them).
 """
 
 from __future__ import annotations
@@ -161,8 +164,27 @@ class SignupRequest(Strict):
     signups: list[Signup] = Field(min_length=1, max_length=MAX_ORDERS)
 
 
+class Session(Strict):
+    """A visit that began without an order yet (a login, a browsing session's first page), as the
+    storefront saw it: the account's next orders count it as seen before, and its device, country
+    and card as seen with it (``user_seen_before``, ``new_device_for_user``, ``device_accounts``)."""
+
+    user_id: Id
+    time: UtcTime = Field(description="when the session began, with its time zone")
+    device_id: Id | None = None
+    country: str | None = Field(None, min_length=2, max_length=2, description="ISO 3166 alpha-2")
+    payment_id: Id | None = Field(None, description="a payment fingerprint seen in the session, if any")
+
+
+class SessionRequest(Strict):
+    sessions: list[Session] = Field(min_length=1, max_length=MAX_ORDERS)
+
+
 class Recorded(BaseModel):
-    recorded: int = Field(description="chargebacks or sign-ups kept; one already kept is not counted twice")
+    recorded: int = Field(
+        description="chargebacks, sign-ups or sessions that told the service something new; "
+        "one already kept is not counted twice"
+    )
 
 
 class Reason(BaseModel):
@@ -357,6 +379,18 @@ class RecentOrders:
             after = dict(self.db.execute(query, ["signup\x1f%", *users]).fetchall())
         return sum(1 for user in users if after.get(user) != before.get(user))
 
+    def add_sessions(self, sessions: list[Session]) -> int:
+        """Remember these sessions as the events training reads them (``first_sightings``): the
+        account's first event and its (user, device), (user, country) and (user, card) pairs, each
+        at its earliest time; how many sessions told something new (a fact, or an earlier time)."""
+        told = 0
+        with self.lock, self.db:
+            for session in sessions:
+                before = self.db.total_changes
+                self.db.executemany(self._insert_seen, self._seen_rows(_session_sightings(session)))
+                told += self.db.total_changes > before
+        return told
+
     def _seen_rows(self, sightings: list[tuple[dict, list[str]]]) -> list[tuple]:
         """``seen_v2`` rows of sightings (``_sightings_of``): one per key each is found by, named
         by its fact, so that a fact is kept once, at its earliest time."""
@@ -448,6 +482,12 @@ def _signup_sightings(signup: Signup) -> list[tuple[dict, list[str]]]:
     """A sign-up's facts as sightings: the account's sign-up and its first event, and the first
     time of its (user, device), (user, country), (user, card), at the sign-up's time."""
     return _sightings(signup.model_dump(), _utc(signup.time), ("signup", "first"))
+
+
+def _session_sightings(session: Session) -> list[tuple[dict, list[str]]]:
+    """A session's facts as sightings: its user's event, and the first time of its (user, device),
+    (user, country), (user, card), at the session's start (as an order's, ``_sightings_of``)."""
+    return _sightings(session.model_dump(), _utc(session.time), ("first",))
 
 
 def _sightings(event: dict, at: datetime, kinds: tuple[str, ...]) -> list[tuple[dict, list[str]]]:
@@ -701,6 +741,11 @@ class OrderScorer:
         """Keep sign-ups reported since the snapshot: the next orders of their accounts know how
         old they are. How many were new (or earlier than one kept)."""
         return self.recent.add_signups(signups)
+
+    def record_sessions(self, sessions: list[Session]) -> int:
+        """Keep sessions begun since the snapshot: an account that browsed before its first order
+        is known as seen, on that device and from that country. How many told something new."""
+        return self.recent.add_sessions(sessions)
 
     def remember(self, requests: list[list[Order]], answers: Sequence[list[dict]]) -> None:
         """Keep the orders of answered requests that were scored from their keys, under the ids
