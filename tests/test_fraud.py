@@ -1404,6 +1404,27 @@ def test_a_served_order_is_fraud_only_if_its_chargeback_came_within_the_window()
     assert got["item_id"].to_list() == ["o1", "o2", "o3"]
     assert got["label"].to_list() == [1.0, 0.0, 0.0]  # o3's chargeback came after the window
     assert got["score"].to_list() == [0.9, 0.1, 0.5]
+    # o1 scored again an hour later (a retry), and by a challenger: one row per order and scorer,
+    # at the order's first answer.
+    again = pl.DataFrame(
+        {
+            "request_id": ["r3", "r4"],
+            "ts": [t + timedelta(hours=1), t + timedelta(hours=1)],
+            "user_id": ["u1", "u1"],
+            "model_version": ["3", "4"],
+            "role": ["champion", "challenger"],
+            "items": [["o1"], ["o1"]],
+            "scores": [[0.2], [0.7]],
+        }
+    )
+    got = outcomes(pl.concat([again, answers]), events, MonitoringPolicy(horizon_hours=30 * 24))
+    got = got.sort("model_version", "item_id")
+    assert got.select("model_version", "item_id", "score").rows() == [
+        ("3", "o1", 0.9),
+        ("3", "o2", 0.1),
+        ("3", "o3", 0.5),
+        ("4", "o1", 0.7),
+    ]
 
 
 @FAST

@@ -29,9 +29,17 @@ from pipeline.families.spec import Monitoring
 
 
 def outcomes(answers: pl.DataFrame, events: pl.DataFrame, policy) -> pl.DataFrame:
-    """One row per served order: its score and whether its chargeback arrived within the horizon."""
+    """One row per served order and scorer: its score and whether its chargeback arrived within the
+    horizon. An order scored more than once by the same version (a checkout's retry, a day replayed
+    twice) counts once, at its first answer: counted twice, it would weigh double in AUC-PR and
+    take two places in the day's review budget."""
     horizon = timedelta(hours=policy.horizon_hours)
-    served = answers.explode("items", "scores").rename({"items": "item_id", "scores": "score"})
+    served = (
+        answers.explode("items", "scores")
+        .rename({"items": "item_id", "scores": "score"})
+        .sort("ts", "request_id", maintain_order=True)
+        .unique(subset=["model_version", "role", "item_id"], keep="first", maintain_order=True)
+    )
     charged = (
         events.filter(pl.col("event_type") == "chargeback")
         .group_by("session_id")
