@@ -1430,7 +1430,8 @@ def test_a_served_order_is_fraud_only_if_its_chargeback_came_within_the_window()
 @FAST
 def test_workers_share_the_orders_they_scored(tmp_path):
     """Two workers (two ``RecentOrders`` on one file): an order one scored is found by the other under
-    each of its keys, once; orders older than the window before the newest go at pruning."""
+    each of its keys, once; orders older than the window before the newest go at pruning, with
+    their sightings and chargebacks, once the served snapshot holds them."""
     from datetime import datetime, timezone
 
     from pipeline.families.fraud.serving import RecentOrders, _us, lookup_keys
@@ -1479,6 +1480,28 @@ def test_workers_share_the_orders_they_scored(tmp_path):
     b.add([later])
     orders, _, _ = a.arrays(lookup_keys(keys, ("device_id",)), [], [])
     assert orders["session_id"].tolist() == ["o2"]
+
+    # Behind a snapshot cut before them, old rows are the only record of their facts, which
+    # training counts over all time: kept, whatever their age, until a snapshot holds them.
+    from pipeline.families.fraud.serving import Chargeback
+
+    def pruned_store(covered_until) -> tuple[list, list, list]:
+        store = RecentOrders(str(tmp_path / f"recent-{covered_until:%Y%m%d}.sqlite"), covered_until=covered_until)
+        store.add([order])
+        store.add_chargebacks([Chargeback(order_id="o1", time=t + timedelta(days=5), user_id="u1", device_id="d1")])
+        store.PRUNE_EVERY = 1
+        store.add([later])
+        found = store.arrays(
+            lookup_keys(keys, ("device_id",)), lookup_keys({"user_id": ["u1"]}, ("user_id",)), ["d:d1"]
+        )
+        return (
+            found[0]["session_id"].tolist(),
+            sorted(set(found[1]["user_id"].tolist())),
+            found[2]["session_id"].tolist(),
+        )
+
+    assert pruned_store(t - timedelta(days=1)) == (["o1", "o2"], ["u1"], ["o1"])
+    assert pruned_store(t + timedelta(days=30)) == (["o2"], [], [])  # the snapshot holds them
 
 
 def test_a_model_changed_after_training_is_refused_before_it_is_loaded(fraud_family):

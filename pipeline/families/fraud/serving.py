@@ -279,8 +279,11 @@ class RecentOrders:
     adding an order and finding a request's rows are a fraction of a millisecond. A sighting is
     kept once per fact (a user's first event; a (user, device), (user, country) or (user, card)
     pair), at its earliest time: the features only ask whether, and by whom, each was seen before
-    a session began. Bounded: orders older than ``RECENT_DAYS`` before the newest are deleted,
-    with their sightings, every ``PRUNE_EVERY`` additions.
+    a session began. Bounded: every ``PRUNE_EVERY`` additions, orders, sightings and chargebacks
+    older than ``RECENT_DAYS`` before the newest order are deleted, if the served snapshot holds
+    them (``covered_until``: its cutoff). Training counts sightings, chargebacks and a user's
+    orders over all time, so a row the snapshot lacks is kept until a newer snapshot holds it:
+    pruned at 37 days, a chargeback was forgotten, and an account of a stale Bento's was new again.
 
     Written here rather than on a cache library: the rows are looked up by any of four keys, and
     SQLite (standard library, WAL mode) is safe across processes; Redis would be the next step."""
@@ -290,7 +293,8 @@ class RecentOrders:
     SEEN_FIELDS = tuple(SEEN_COLUMNS)
     CHARGEBACK_FIELDS = tuple(CHARGEBACK_COLUMNS)
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, covered_until: datetime | None = None) -> None:
+        """``covered_until``: the served snapshot's cutoff (None: prune by age alone)."""
         import os
         import sqlite3
 
@@ -333,6 +337,7 @@ class RecentOrders:
             "WHERE excluded.event_time < chargebacks_v1.event_time"
         )
         self.added = 0
+        self.covered_until = None if covered_until is None else _us(_utc(covered_until))
 
     def order_keys(self, order_ids: list[str]) -> dict[str, dict]:
         """The account, device and card (``CHARGEBACK_KEYS``) of these orders, by id, for those
@@ -419,6 +424,8 @@ class RecentOrders:
                 (newest,) = self.db.execute("SELECT max(order_time) FROM orders_v2").fetchone()
                 if newest is not None:
                     oldest = newest - RECENT_DAYS * DAY_US
+                    if self.covered_until is not None:
+                        oldest = min(oldest, self.covered_until)
                     self.db.execute("DELETE FROM orders_v2 WHERE order_time < ?", (oldest,))
                     self.db.execute("DELETE FROM seen_v2 WHERE event_time < ?", (oldest,))
                     self.db.execute("DELETE FROM chargebacks_v1 WHERE event_time < ?", (oldest,))
@@ -653,7 +660,7 @@ class OrderScorer:
     def __init__(self, pyfunc, snapshot, recent: str | None = None) -> None:
         """``recent``: where the orders scored since are kept (``RecentOrders``; None: the default)."""
         self.pyfunc, self.snapshot = pyfunc, snapshot
-        self.recent = RecentOrders(recent)
+        self.recent = RecentOrders(recent, covered_until=snapshot.cutoff)
 
     def features(self, requests: list[dict]) -> np.ndarray:
         """The feature matrix (``DENSE`` columns) of these order rows, as of each one's time, from
