@@ -1503,6 +1503,20 @@ def test_workers_share_the_orders_they_scored(tmp_path):
     assert pruned_store(t - timedelta(days=1)) == (["o1", "o2"], ["u1"], ["o1"])
     assert pruned_store(t + timedelta(days=30)) == (["o2"], [], [])  # the snapshot holds them
 
+    # A champion and a challenger on one file, the challenger's snapshot newer: the rows the
+    # champion's snapshot lacks stay while the champion is served, and go once it is not.
+    shared = str(tmp_path / "shared.sqlite")
+    champion = RecentOrders(shared, covered_until=t - timedelta(days=1))
+    challenger = RecentOrders(shared, covered_until=t + timedelta(days=30))
+    champion.add([order])
+    challenger.PRUNE_EVERY = 1
+    challenger.add([later])
+    assert champion.arrays(lookup_keys(keys, ("device_id",)), [], [])[0]["session_id"].tolist() == ["o1", "o2"]
+    with champion.db:
+        champion.db.execute("UPDATE holders_v1 SET seen = 0 WHERE covered_until = ?", (champion.covered_until,))
+    challenger.add([{**later, "session_id": "o3"}])
+    assert champion.arrays(lookup_keys(keys, ("device_id",)), [], [])[0]["session_id"].tolist() == ["o2", "o3"]
+
 
 def test_a_model_changed_after_training_is_refused_before_it_is_loaded(fraud_family):
     """Whoever can write the artifact store or the Bento store must not get their pickle loaded: the

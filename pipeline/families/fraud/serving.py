@@ -284,11 +284,15 @@ class RecentOrders:
     them (``covered_until``: its cutoff). Training counts sightings, chargebacks and a user's
     orders over all time, so a row the snapshot lacks is kept until a newer snapshot holds it:
     pruned at 37 days, a chargeback was forgotten, and an account of a stale Bento's was new again.
+    Every version served from the file (a champion and a challenger, each with its snapshot)
+    notes its cutoff in it (``holders_v1``, refreshed as it adds orders), and rows go only once
+    the oldest cutoff of those that added orders in the last ``HOLDER_TTL_S`` holds them.
 
     Written here rather than on a cache library: the rows are looked up by any of four keys, and
     SQLite (standard library, WAL mode) is safe across processes; Redis would be the next step."""
 
     PRUNE_EVERY = 1000
+    HOLDER_TTL_S = 2 * 86_400  # a version that added no order for two days no longer holds rows back
     ORDER_FIELDS = tuple(ORDER_COLUMNS)
     SEEN_FIELDS = tuple(SEEN_COLUMNS)
     CHARGEBACK_FIELDS = tuple(CHARGEBACK_COLUMNS)
@@ -325,6 +329,8 @@ class RecentOrders:
             self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS seen_v2_once ON seen_v2 (key, fact)")
             self.db.execute("CREATE TABLE IF NOT EXISTS chargebacks_v1 (key TEXT, session_id TEXT, event_time INTEGER)")
             self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS chargebacks_v1_once ON chargebacks_v1 (key, session_id)")
+            # Per served snapshot: its cutoff and when a version on it last added orders (wall clock).
+            self.db.execute("CREATE TABLE IF NOT EXISTS holders_v1 (covered_until INTEGER PRIMARY KEY, seen REAL)")
         self._insert_order = f"INSERT OR IGNORE INTO orders_v2 VALUES ({', '.join('?' * (len(self.ORDER_FIELDS) + 1))})"
         self._insert_seen = (
             f"INSERT INTO seen_v2 VALUES ({', '.join('?' * (len(self.SEEN_FIELDS) + 2))}) "
@@ -338,6 +344,27 @@ class RecentOrders:
         )
         self.added = 0
         self.covered_until = None if covered_until is None else _us(_utc(covered_until))
+        if self.covered_until is not None:
+            with self.lock, self.db:
+                self._hold()
+
+    def _hold(self) -> None:
+        """Note (or refresh) this store's snapshot cutoff in the file; the caller holds the lock."""
+        import time
+
+        self.db.execute(
+            "INSERT INTO holders_v1 VALUES (?, ?) ON CONFLICT (covered_until) DO UPDATE SET seen = excluded.seen",
+            (self.covered_until, time.time()),
+        )
+
+    def _covered(self) -> int | None:
+        """The oldest cutoff of the snapshots served from this file lately (None: none noted)."""
+        import time
+
+        (oldest,) = self.db.execute(
+            "SELECT min(covered_until) FROM holders_v1 WHERE seen >= ?", (time.time() - self.HOLDER_TTL_S,)
+        ).fetchone()
+        return oldest
 
     def order_keys(self, order_ids: list[str]) -> dict[str, dict]:
         """The account, device and card (``CHARGEBACK_KEYS``) of these orders, by id, for those
@@ -419,13 +446,16 @@ class RecentOrders:
             self.db.executemany(self._insert_order, order_rows)
             self.db.executemany(self._insert_seen, seen_rows)
             self.added += len(orders)
+            if self.covered_until is not None:
+                self._hold()
             if self.added >= self.PRUNE_EVERY:
                 self.added = 0
                 (newest,) = self.db.execute("SELECT max(order_time) FROM orders_v2").fetchone()
                 if newest is not None:
                     oldest = newest - RECENT_DAYS * DAY_US
-                    if self.covered_until is not None:
-                        oldest = min(oldest, self.covered_until)
+                    covered = self._covered() if self.covered_until is not None else None
+                    if covered is not None:
+                        oldest = min(oldest, covered)
                     self.db.execute("DELETE FROM orders_v2 WHERE order_time < ?", (oldest,))
                     self.db.execute("DELETE FROM seen_v2 WHERE event_time < ?", (oldest,))
                     self.db.execute("DELETE FROM chargebacks_v1 WHERE event_time < ?", (oldest,))
