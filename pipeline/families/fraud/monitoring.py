@@ -135,20 +135,25 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, s
     before its first order is otherwise a first visit)."""
     from pipeline.families.fraud.evaluation import order_body
 
-    opened = events.filter(pl.col("event_type") == "signup").sort("event_time")
-    signups: list[tuple[str, dict, str]] = [
-        (
-            r["event_time"].isoformat(),
-            {
-                "signups": [
-                    {"user_id": r["user_id"], "time": r["event_time"].isoformat()}
-                    | {k: r[k] for k in ("device_id", "country", "payment_id") if r.get(k) is not None}
-                ]
-            },
-            "signups",
-        )
-        for r in opened.to_dicts()
-    ]
+    fields = ("device_id", "country", "payment_id")
+
+    def reported(rows: pl.DataFrame, endpoint: str) -> list[tuple[str, dict, str]]:
+        """A sign-up or a session per row (``event_time``, ``user_id`` and ``fields``), as its body."""
+        return [
+            (
+                r["event_time"].isoformat(),
+                {
+                    endpoint: [
+                        {"user_id": r["user_id"], "time": r["event_time"].isoformat()}
+                        | {k: r[k] for k in fields if r.get(k) is not None}
+                    ]
+                },
+                endpoint,
+            )
+            for r in rows.to_dicts()
+        ]
+
+    signups = reported(events.filter(pl.col("event_type") == "signup").sort("event_time"), "signups")
     # The account is the shop's own record of the order; its device and card, the service's.
     disputed = (
         events.filter(pl.col("event_type") == "chargeback")
@@ -173,26 +178,13 @@ def requests(events: pl.DataFrame) -> list[tuple[str, dict] | tuple[str, dict, s
     ]
     # Sessions without an order, at their start, as the storefront sees them begin.
     ordered = events.filter(pl.col("event_type") == "purchase")["session_id"].unique().implode()
-    fields = ("device_id", "country", "payment_id")
     browsed = (
         events.filter(~pl.col("event_type").is_in(["signup", "chargeback"]) & ~pl.col("session_id").is_in(ordered))
         .group_by("session_id")
         .agg(pl.col("event_time").min(), pl.col("user_id").first(), *(pl.col(k).drop_nulls().first() for k in fields))
         .sort("event_time", "session_id")
     )
-    visits: list[tuple[str, dict, str]] = [
-        (
-            r["event_time"].isoformat(),
-            {
-                "sessions": [
-                    {"user_id": r["user_id"], "time": r["event_time"].isoformat()}
-                    | {k: r[k] for k in fields if r[k] is not None}
-                ]
-            },
-            "sessions",
-        )
-        for r in browsed.to_dicts()
-    ]
+    visits = reported(browsed, "sessions")
     # Sign-ups, chargebacks and sessions before an order at the same instant (sorted is stable; an
     # order counts no chargeback of its very microsecond, whichever comes first).
     happened: list[tuple[str, dict] | tuple[str, dict, str]] = [*signups, *notices, *visits, *orders]

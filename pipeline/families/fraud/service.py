@@ -107,6 +107,11 @@ class FraudService:
     def __is_ready__(self) -> bool:
         return self.champion is not None
 
+    def _engines(self) -> list[_Engine]:
+        """Every model version served here (the champion, and a challenger if any): what a shop
+        reports (chargebacks, sign-ups, sessions) is written to each one's store."""
+        return [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+
     @bentoml.api
     async def score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> Scores:
         users = {o.user_id for o in request.orders}
@@ -120,7 +125,7 @@ class FraudService:
         An order never seen, sent without its account, is a 400 naming it, and nothing is kept."""
         from pipeline.families.fraud.serving import UnknownOrder
 
-        engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+        engines = self._engines()
         try:
             # Every engine's keys first: a notice one of them cannot place keeps nothing anywhere.
             completed = [engine.scorer.complete_chargebacks(request.chargebacks) for engine in engines]
@@ -134,7 +139,7 @@ class FraudService:
         """Accounts as they are opened, each with the device, country and card of its sign-up: an
         account opened after the snapshot is otherwise unknown, so its first orders would look as
         old as the shop's oldest customers'. Written to every served version's store."""
-        engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+        engines = self._engines()
         counts = [engine.scorer.record_signups(request.signups) for engine in engines]
         return Recorded(recorded=counts[0])
 
@@ -144,7 +149,7 @@ class FraudService:
         country and card if any: an account that browsed after the snapshot, before its first
         order, would otherwise look like a first visit from a new device. Written to every served
         version's store."""
-        engines = [self.champion] + ([self.traffic.challenger] if self.traffic.challenger is not None else [])
+        engines = self._engines()
         counts = [engine.scorer.record_sessions(request.sessions) for engine in engines]
         return Recorded(recorded=counts[0])
 

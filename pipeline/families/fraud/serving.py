@@ -149,14 +149,22 @@ class ChargebackRequest(Strict):
     chargebacks: list[Chargeback] = Field(min_length=1, max_length=MAX_ORDERS)
 
 
-class Signup(Strict):
+class Sighting(Strict):
+    """An account seen somewhere other than an order, with what was seen with it: the facts
+    training reads of such events (``first_sightings``)."""
+
+    user_id: Id
+    time: UtcTime
+    device_id: Id | None = None
+    country: str | None = Field(None, min_length=2, max_length=2, description="ISO 3166 alpha-2")
+    payment_id: Id | None = None
+
+
+class Signup(Sighting):
     """An account opened, as the sign-up saw it: its next orders know its age (``account_age_*``),
     and its device, country and card count as already seen with it."""
 
-    user_id: Id
     time: UtcTime = Field(description="when the account was opened, with its time zone")
-    device_id: Id | None = None
-    country: str | None = Field(None, min_length=2, max_length=2, description="ISO 3166 alpha-2")
     payment_id: Id | None = Field(None, description="a payment fingerprint given at sign-up, if any")
 
 
@@ -164,15 +172,12 @@ class SignupRequest(Strict):
     signups: list[Signup] = Field(min_length=1, max_length=MAX_ORDERS)
 
 
-class Session(Strict):
+class Session(Sighting):
     """A visit that began without an order yet (a login, a browsing session's first page), as the
     storefront saw it: the account's next orders count it as seen before, and its device, country
     and card as seen with it (``user_seen_before``, ``new_device_for_user``, ``device_accounts``)."""
 
-    user_id: Id
     time: UtcTime = Field(description="when the session began, with its time zone")
-    device_id: Id | None = None
-    country: str | None = Field(None, min_length=2, max_length=2, description="ISO 3166 alpha-2")
     payment_id: Id | None = Field(None, description="a payment fingerprint seen in the session, if any")
 
 
