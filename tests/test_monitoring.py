@@ -226,6 +226,67 @@ def test_the_next_step_outcome_join_on_a_hand_built_log():
 
 
 @pytest.mark.fast
+def test_a_day_replayed_twice_is_counted_once(tmp_path):
+    """A replay resent (an Airflow retry, ``make demo`` run again) logs every answer again, under new
+    request ids: the online figures count each answer once. Answers that only look alike stay: a
+    shadow's answer to the same request, the same user a minute later, another session's history at
+    the same second."""
+    from pipeline.data.predictions import distinct_answers
+    from pipeline.families.next_item.monitoring import figures, outcomes
+    from pipeline.serving.predlog import PredictionLog
+
+    root = str(tmp_path / "predictions")
+
+    def replay(run: int) -> None:
+        log = PredictionLog(root, "next_item", flush_seconds=60)
+        for n, (minute, user, role, history, items) in enumerate(
+            [
+                (0, "a", "champion", ["i0"], ["i1", "i9"]),
+                (0, "a", "shadow", ["i0"], ["i9", "i1"]),  # the challenger's answer, logged beside
+                (1, "a", "champion", ["i0", "i1"], ["i2", "i9"]),  # a minute later
+                (1, "a", "champion", ["i5"], ["i6", "i1"]),  # another session of a's, the same second
+                (0, "b", "champion", ["j0"], ["j2", "j1"]),
+            ]
+        ):
+            assert log.record(
+                request_id=f"run{run}-{n}",  # the server's: new on every run
+                ts=_at(10, minute),
+                model_version="3",
+                role=role,
+                user_id=user,
+                items=items,
+                scores=[0.9, 0.1],
+                source="model",
+                history=history,
+            )
+        log.close()
+
+    replay(1)
+    once = read_predictions(root, "next_item", "2026-11-11")
+    replay(2)
+    twice = read_predictions(root, "next_item", "2026-11-11")
+    kept, repeats = distinct_answers(twice)
+    assert twice.height == 10 and kept.height == 5 and repeats == 5
+    assert distinct_answers(once)[1] == 0 and distinct_answers(once)[0].equals(once)
+    assert sorted(kept["request_id"]) == sorted(once["request_id"])  # the first run's rows
+
+    events = pl.DataFrame(
+        {
+            "user_id": ["a", "a", "b"],
+            "event_time": [_at(10, 2), _at(10, 3), _at(10, 4)],
+            "item_id": ["i2", "i6", "j1"],
+            "event_type": ["view", "view", "view"],
+            "session_id": ["s1", "s2", "s3"],
+        }
+    )
+    policy = SimpleNamespace(k=2, horizon_hours=24)
+    judged = outcomes(kept, events, policy)
+    assert figures(judged, policy) == figures(outcomes(once, events, policy), policy)
+    assert figures(judged.filter(pl.col("role") == "champion"), policy)["requests"] == 4
+    assert figures(outcomes(twice, events, policy).filter(pl.col("role") == "champion"), policy)["requests"] == 8
+
+
+@pytest.mark.fast
 def test_the_propensity_outcome_join_keeps_each_answer_to_the_same_request_apart():
     """A served candidate's label: bought strictly after the answer and within the horizon. The
     champion's, a shadow's and a floor's answers to one request stay three sets of rows (they were
@@ -469,13 +530,17 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
     champions = {m: _retrain(paths, m) for m in ("next_item", "purchase_propensity")}
     day_file = paths.landing / "events" / f"events-{DAY_SERVED}.csv"
     env = {"SHOPML_ACCEPT_EVENT_TIME": "1", "SHOPML_PREDICTION_LOG_FLUSH_S": "1"}
+    sent = {}
     for model, state in champions.items():
         with served(paths, state["bento_tag"], env=env) as url:
             result = replay(url, model, read_day(day_file), concurrency=8)
             assert result.requests > 100 and result.failed == 0, result.statuses
+            again = replay(url, model, read_day(day_file), concurrency=8)  # the replay task, retried
+            assert again.requests == result.requests and again.failed == 0, again.statuses
             time.sleep(3)  # a flush a second
+        sent[model] = result.requests
         logged = read_predictions(str(paths.home / "predictions"), model, DAY_SERVED)
-        assert logged.height == result.requests and set(logged["model_version"]) == {state["version"]}
+        assert logged.height == 2 * result.requests and set(logged["model_version"]) == {state["version"]}
         assert logged["ts"].dt.date().unique().to_list() == [date.fromisoformat(DAY_SERVED)]  # replayed times
 
     # The served day alone: its late answers cannot have their outcome yet, so the figures are provisional
@@ -498,11 +563,15 @@ def test_a_replayed_day_is_judged_against_the_next_days_events_on_the_model_vers
         lines = outcome.lines(policy)
         figures = outcome.champion_online
         assert outcome.judged and outcome.coverage_hours == 48
+        # Every answer of the second replay repeats one of the first, and is counted once.
+        assert outcome.repeats == sent[model] and lines[0].endswith(
+            f"; {sent[model]} answers logged again (a day replayed twice) counted once"
+        )
         if model == "next_item":
             assert re.fullmatch(
                 rf"online next_item {DAY_SERVED} \(judged: next step within 24 h of each request, "
                 r"every outcome horizon passed\): champion v\d+ hit_rate_at_10 0\.\d{4}, ndcg_at_10 "
-                r"0\.\d{4} over \d+ users \(\d+ of \d+ answers had an outcome\)",
+                r"0\.\d{4} over \d+ users \(\d+ of \d+ answers had an outcome\); \d+ answers logged again .*",
                 lines[0],
             ), lines[0]
             # Both floors answered the very requests the champion answered; whatever serves (the learned

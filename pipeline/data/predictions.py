@@ -17,6 +17,9 @@ scores (for the propensity model: the candidates and their probabilities), and t
 (``model`` or ``popularity``), and the item ids the request itself sent (a recommender's sent
 history; empty otherwise), so that monitoring can score the floors on the very input the model had.
 Files written before that column existed read back with it empty.
+
+A day replayed twice (an Airflow retry of a replay task, ``make demo`` run again on the same state)
+logs every answer twice. ``distinct_answers`` keeps one of each, for the figures.
 """
 
 from __future__ import annotations
@@ -88,3 +91,19 @@ def read_predictions(root: str, model: str, day: date | str) -> pl.DataFrame:
                 raise BadInput(f"prediction log file {fs.unstrip_protocol(path)} is not readable: {exc}") from exc
     frame = pl.from_arrow(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
     return frame.sort("ts", "request_id")
+
+
+# What makes two logged rows one answer: the same model version, in the same role, answering the
+# same user at the same time with the same sent history and the same items (the orders, candidates or
+# forecasts asked for; a recommender's answer, which is the same for the same history and version).
+# A live service logs at its own clock, to the microsecond, so only a repeat of a replay (whose
+# requests carry their event time) or a client's resent request can match.
+ANSWER_KEY = ("model", "model_version", "role", "user_id", "ts", "history", "items")
+
+
+def distinct_answers(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``frame`` with each answer once (the first logged, in ``read_predictions``' order), and how
+    many repeats were left out. The request id is not part of the key: the server makes a new one for
+    every request, resent or not (``pipeline.serving.common.request_context``)."""
+    kept = frame.unique(subset=list(ANSWER_KEY), keep="first", maintain_order=True)
+    return kept, frame.height - kept.height

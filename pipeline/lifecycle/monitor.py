@@ -127,6 +127,7 @@ class MonitorResult:
     prediction_drift: FeatureDrift | None = None
     skew: list[FeatureSkew] = field(default_factory=list)
     coverage_hours: float = 0.0  # hours of published data after the day's end
+    repeats: int = 0  # logged answers left out as repeats of another (``distinct_answers``)
     run_id: str = ""
     report: str = ""
 
@@ -160,6 +161,7 @@ class MonitorResult:
                 if outcome is not None and self.answered
                 else ""
             )
+            + (f"; {self.repeats} answers logged again (a day replayed twice) counted once" if self.repeats else "")
         ]
         for key, other in self.online.items():
             if key.startswith("floor "):
@@ -261,7 +263,7 @@ def monitor(
 ) -> MonitorResult:
     """Online quality, drift and skew of ``model`` on ``day``; logged to MLflow (see the module
     docstring). The events come from ``dataset_version`` (default: the current one)."""
-    from pipeline.data.predictions import default_root, read_predictions
+    from pipeline.data.predictions import default_root, distinct_answers, read_predictions
     from pipeline.data.version import open_dataset, resolve_dataset_version
 
     policy = policy or load_monitoring_policy(model)
@@ -271,7 +273,7 @@ def monitor(
     events = dataset.events()
     start, end = _day_bounds(day)
     root = default_root() or str(paths.home / "predictions")
-    answers = read_predictions(root, model, day)
+    answers, repeats = distinct_answers(read_predictions(root, model, day))
 
     hooks = _spec(model)
     snapshot = None
@@ -313,6 +315,7 @@ def monitor(
         judged=coverage >= policy.horizon_hours,
         answered=asked.height,
         coverage_hours=coverage,
+        repeats=repeats,
     )
     result.floors = _floor_intervals(outcomes, champion["version"], hooks, policy)
     result.earlier = _earlier_median(paths, model, day, champion["version"], policy)
@@ -384,7 +387,7 @@ def _prediction_drift(
 ) -> FeatureDrift | None:
     """The champion's served top score (next item) or probabilities on this day against the same
     version's answers of the seven days before; None without both."""
-    from pipeline.data.predictions import read_predictions
+    from pipeline.data.predictions import distinct_answers, read_predictions
 
     def scores(frame: pl.DataFrame) -> np.ndarray:
         return _spec(model).served_scores(
@@ -393,7 +396,10 @@ def _prediction_drift(
 
     current = scores(answers)
     reference = np.concatenate(
-        [scores(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d))) for d in range(1, 8)]
+        [
+            scores(distinct_answers(read_predictions(root, model, date.fromisoformat(day) - timedelta(days=d)))[0])
+            for d in range(1, 8)
+        ]
     )
     if current.size == 0 or reference.size == 0:
         return None
@@ -411,6 +417,7 @@ def _summary(result: MonitorResult, policy: MonitoringPolicy) -> dict:
         "coverage_hours": result.coverage_hours,
         "judged": result.judged,
         "answered": result.answered,
+        "repeats": result.repeats,
         "floors": {n: {"difference": d, "interval": list(i)} for n, (d, i) in result.floors.items()},
         "earlier": result.earlier,
         "drift": [{**asdict(d), "drifted": d.drifted} for d in result.drift],
