@@ -65,6 +65,7 @@ def _chain(model: str) -> None:
             "dataset_version": version,
             "run_id": result.run_id,
             "reasons": monitoring.retrain_reasons(result, policy),
+            "unweighed": monitoring.unweighed(result, policy),
         }
 
     @task(task_id=f"request_retrain_{model}", outlets=[retrain_request(model)])
@@ -82,6 +83,7 @@ def _chain(model: str) -> None:
             monitored["reasons"],
             monitoring.load_monitoring_policy(model),
             monitored["dataset_version"],
+            monitored.get("unweighed", ""),
         )
         print(decision.line())
         if not decision.requested:  # a skipped task updates no Asset: retrain_<model> is not started

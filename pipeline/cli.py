@@ -738,10 +738,17 @@ def _monitor(args: argparse.Namespace) -> int:
     for line in result.lines(policy):
         print(line)
     reasons = monitoring.retrain_reasons(result, policy)
+    unweighed = monitoring.unweighed(result, policy)
     if args.no_trigger:
-        print(f"retrain {args.model} {args.date}: not recorded (--no-trigger); reasons: {'; '.join(reasons) or 'none'}")
+        print(
+            f"retrain {args.model} {args.date}: not recorded (--no-trigger); reasons: {'; '.join(reasons) or 'none'}"
+            + (f" ({unweighed})" if unweighed else "")
+        )
     else:
-        print(monitoring.retrain_decision(paths, args.model, args.date, reasons, policy, result.dataset_version).line())
+        decision = monitoring.retrain_decision(
+            paths, args.model, args.date, reasons, policy, result.dataset_version, unweighed
+        )
+        print(decision.line())
     print(f"MLflow run {result.run_id} (experiment {monitoring.EXPERIMENT_PREFIX}{args.model})")
     return 0
 

@@ -384,22 +384,23 @@ def test_the_online_gate_needs_a_sample_that_bounds_the_loss():
 
 
 @pytest.mark.fast
-def test_retrain_triggers_compare_with_the_floors_and_earlier_days_and_ignore_provisional_days():
-    from pipeline.lifecycle.monitor import MonitoringPolicy, MonitorResult, retrain_reasons
+def test_retrain_triggers_compare_with_the_floors_and_earlier_days_and_ignore_provisional_days(state):
+    from pipeline.lifecycle.monitor import MonitoringPolicy, MonitorResult, retrain_decision, retrain_reasons, unweighed
 
     policy = MonitoringPolicy(min_users=50, max_drop=0.2)
 
-    def day(judged: bool, value: float, floors: dict, earlier: float | None = None) -> MonitorResult:
+    def day(judged: bool, value: float, floors: dict, earlier: float | None = None, users=400.0) -> MonitorResult:
         return MonitorResult(
             "next_item",
             "2026-11-11",
             "d" * 32,
             "3",
-            {"champion v3": {"hit_rate_at_10": value, "users": 400.0}},
+            {"champion v3": {"hit_rate_at_10": value, "users": users}},
             {},
             judged=judged,
             floors=floors,
             earlier=earlier,
+            coverage_hours=6.0,
         )
 
     below = {"cooccurrence": (-0.09, (-0.12, -0.06)), "popularity": (0.3, (0.27, 0.33))}
@@ -411,6 +412,19 @@ def test_retrain_triggers_compare_with_the_floors_and_earlier_days_and_ignore_pr
     [drop] = retrain_reasons(day(True, 0.30, within, earlier=0.45), policy)
     assert drop.startswith("online hit_rate_at_10 0.3000 < 0.80 x 0.4500, the median of its own earlier days")
     assert retrain_reasons(day(True, 0.40, within, earlier=0.45), policy) == []
+
+    # A champion below a floor on a day too small (or too early) to count: no retrain, and the decision
+    # says why the online figures were not weighed rather than that no threshold was crossed.
+    few = day(True, 0.42, below, users=49.0)
+    assert retrain_reasons(few, policy) == [] and unweighed(day(True, 0.42, below), policy) == ""
+    decision = retrain_decision(state, "next_item", "2026-11-11", [], policy, unweighed=unweighed(few, policy))
+    assert not decision.requested and decision.line() == (
+        "retrain next_item 2026-11-11: not needed (no threshold crossed; the online figures over 49 users are "
+        "fewer than min_users 50, so not weighed)"
+    )
+    assert unweighed(day(False, 0.42, below), policy) == (
+        "the online figures are provisional (6 h of events after the day, 24 h needed), so they were not weighed"
+    )
 
 
 @pytest.mark.fast

@@ -538,10 +538,12 @@ class RetrainDecision:
     reasons: list[str]
     requested: bool
     suppressed_by: dict | None = None  # the earlier request whose cool-down holds this one back
+    unweighed: str = ""  # why the day's online figures were no evidence (``unweighed``), if they were not
 
     def line(self) -> str:
         if not self.reasons:
-            return f"retrain {self.model} {self.day}: not needed (no threshold crossed)"
+            why = f"; {self.unweighed}" if self.unweighed else ""
+            return f"retrain {self.model} {self.day}: not needed (no threshold crossed{why})"
         why = "; ".join(self.reasons)
         if self.requested:
             return f"retrain {self.model} {self.day}: REQUESTED ({why})"
@@ -591,15 +593,40 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
     return reasons
 
 
+def unweighed(result: MonitorResult, policy: MonitoringPolicy) -> str:
+    """Why ``retrain_reasons`` did not weigh the day's online figures (the floors' intervals, the
+    earlier days), in words; empty when it did. A champion below a floor with confidence on a day
+    too small to count is otherwise a contradiction the decision line would leave unexplained."""
+    if not result.judged:
+        return (
+            f"the online figures are provisional ({result.coverage_hours:.0f} h of events after the day, "
+            f"{policy.horizon_hours:g} h needed), so they were not weighed"
+        )
+    figures = result.champion_online
+    if figures.get(policy.metric) is None:
+        return "no online figure of the champion, so none was weighed"
+    users = int(figures.get("users", 0))
+    if users < policy.min_users:
+        return f"the online figures over {users} users are fewer than min_users {policy.min_users}, so not weighed"
+    return ""
+
+
 def retrain_decision(
-    paths: StatePaths, model: str, day: str, reasons: list[str], policy: MonitoringPolicy, dataset_version: str = ""
+    paths: StatePaths,
+    model: str,
+    day: str,
+    reasons: list[str],
+    policy: MonitoringPolicy,
+    dataset_version: str = "",
+    unweighed: str = "",
 ) -> RetrainDecision:
     """Request a retrain when there are reasons, unless one was requested less than the cool-down
     before (on the monitored days' clock: the end of ``day``). A request is recorded in
-    ``$SHOPML_HOME/monitoring/<model>/retrain_requests.json``, under the lock every worker shares."""
+    ``$SHOPML_HOME/monitoring/<model>/retrain_requests.json``, under the lock every worker shares.
+    ``unweighed`` (``unweighed(result, policy)``) is said on a decision without reasons."""
     from pipeline.core.locks import shared_lock
 
-    decision = RetrainDecision(model, day, reasons, False)
+    decision = RetrainDecision(model, day, reasons, False, unweighed=unweighed)
     if not reasons:
         return decision
     at = _day_bounds(day)[1]
