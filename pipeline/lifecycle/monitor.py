@@ -570,12 +570,10 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
         reasons.append(
             "drift: " + ", ".join(f"{d.feature} {d.statistic} {d.value:.3f} > {d.threshold:g}" for d in drifted)
         )
-    if not result.judged:
-        return reasons  # a provisional day's online figures are not evidence yet
+    if unweighed(result, policy):
+        return reasons  # a provisional day's online figures, or too few, are not evidence
     figures = result.champion_online
-    value, users = figures.get(policy.metric), int(figures.get("users", 0))
-    if value is None or users < policy.min_users:
-        return reasons
+    value, users = figures[policy.metric], int(figures.get("users", 0))
     sign = 1.0 if policy.higher_is_better else -1.0
     for name, (diff, (low, high)) in result.floors.items():
         if (high < 0) if policy.higher_is_better else (low > 0):
@@ -594,9 +592,10 @@ def retrain_reasons(result: MonitorResult | None, policy: MonitoringPolicy, no_c
 
 
 def unweighed(result: MonitorResult, policy: MonitoringPolicy) -> str:
-    """Why ``retrain_reasons`` did not weigh the day's online figures (the floors' intervals, the
-    earlier days), in words; empty when it did. A champion below a floor with confidence on a day
-    too small to count is otherwise a contradiction the decision line would leave unexplained."""
+    """Why ``retrain_reasons`` does not weigh the day's online figures (the floors' intervals, the
+    earlier days), in words; empty when it does (``retrain_reasons`` asks this very function). A
+    champion below a floor with confidence on a day too small to count is otherwise a contradiction
+    the decision line would leave unexplained."""
     if not result.judged:
         return (
             f"the online figures are provisional ({result.coverage_hours:.0f} h of events after the day, "
