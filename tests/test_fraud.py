@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -1516,6 +1517,18 @@ def test_workers_share_the_orders_they_scored(tmp_path):
         champion.db.execute("UPDATE holders_v1 SET seen = 0 WHERE covered_until = ?", (champion.covered_until,))
     challenger.add([{**later, "session_id": "o3"}])
     assert champion.arrays(lookup_keys(keys, ("device_id",)), [], [])[0]["session_id"].tolist() == ["o2", "o3"]
+
+    # A version adding orders refreshes its row hourly, not on every write.
+    def seen() -> float:
+        return champion.db.execute(
+            "SELECT seen FROM holders_v1 WHERE covered_until = ?", (champion.covered_until,)
+        ).fetchone()[0]
+
+    champion.add([{**later, "session_id": "o4"}])
+    assert seen() == 0
+    champion._held_at -= champion.HOLD_REFRESH_S
+    champion.add([{**later, "session_id": "o5"}])
+    assert seen() == pytest.approx(time.time(), abs=60)
 
 
 def test_a_model_changed_after_training_is_refused_before_it_is_loaded(fraud_family):

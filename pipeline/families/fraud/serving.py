@@ -25,6 +25,7 @@ looked like first visits without them).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -290,7 +291,7 @@ class RecentOrders:
     orders over all time, so a row the snapshot lacks is kept until a newer snapshot holds it:
     pruned at 37 days, a chargeback was forgotten, and an account of a stale Bento's was new again.
     Every version served from the file (a champion and a challenger, each with its snapshot)
-    notes its cutoff in it (``holders_v1``, refreshed as it adds orders), and rows go only once
+    notes its cutoff in it (``holders_v1``, refreshed hourly as it adds orders), and rows go only once
     the oldest cutoff of those that added orders in the last ``HOLDER_TTL_S`` holds them.
 
     Written here rather than on a cache library: the rows are looked up by any of four keys, and
@@ -298,6 +299,7 @@ class RecentOrders:
 
     PRUNE_EVERY = 1000
     HOLDER_TTL_S = 2 * 86_400  # a version that added no order for two days no longer holds rows back
+    HOLD_REFRESH_S = 3_600  # a version adding orders refreshes its row this often, not on every write
     ORDER_FIELDS = tuple(ORDER_COLUMNS)
     SEEN_FIELDS = tuple(SEEN_COLUMNS)
     CHARGEBACK_FIELDS = tuple(CHARGEBACK_COLUMNS)
@@ -348,6 +350,7 @@ class RecentOrders:
             "WHERE excluded.event_time < chargebacks_v1.event_time"
         )
         self.added = 0
+        self._held_at = 0.0  # when this store last refreshed its row in holders_v1 (wall clock)
         self.covered_until = None if covered_until is None else _us(_utc(covered_until))
         if self.covered_until is not None:
             with self.lock, self.db:
@@ -355,17 +358,14 @@ class RecentOrders:
 
     def _hold(self) -> None:
         """Note (or refresh) this store's snapshot cutoff in the file; the caller holds the lock."""
-        import time
-
+        self._held_at = time.time()
         self.db.execute(
             "INSERT INTO holders_v1 VALUES (?, ?) ON CONFLICT (covered_until) DO UPDATE SET seen = excluded.seen",
-            (self.covered_until, time.time()),
+            (self.covered_until, self._held_at),
         )
 
     def _covered(self) -> int | None:
         """The oldest cutoff of the snapshots served from this file lately (None: none noted)."""
-        import time
-
         (oldest,) = self.db.execute(
             "SELECT min(covered_until) FROM holders_v1 WHERE seen >= ?", (time.time() - self.HOLDER_TTL_S,)
         ).fetchone()
@@ -451,7 +451,9 @@ class RecentOrders:
             self.db.executemany(self._insert_order, order_rows)
             self.db.executemany(self._insert_seen, seen_rows)
             self.added += len(orders)
-            if self.covered_until is not None:
+            # The row only has to stay younger than HOLDER_TTL_S: a write per /score batch was
+            # needless I/O on the path every checkout takes.
+            if self.covered_until is not None and time.time() - self._held_at >= self.HOLD_REFRESH_S:
                 self._hold()
             if self.added >= self.PRUNE_EVERY:
                 self.added = 0
