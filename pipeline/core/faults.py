@@ -26,6 +26,7 @@ KILL_POINTS: tuple[str, ...] = (
     "register.tagged",  # tagged, the challenger alias not yet set
     # serving.package.package
     "package.built",  # the Bento built, the model version not yet tagged with it
+    "package.serving",  # the smoke test's `bentoml serve` answering (a child of this process), no check run yet
     "package.tested",  # the smoke test passed, the version not yet tagged "passed"
     # lifecycle.registry.promote
     "promote.locked",  # the promotion lock held, the alias not yet moved
