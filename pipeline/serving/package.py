@@ -592,6 +592,7 @@ def smoke_test(
             return _post(client, f"{url}/{endpoint}", body)
 
         meta, _ = post("metadata", {})
+        kill_point("package.serving")
         if meta["version"] != str(version) or meta["bento_tag"] != bento_tag:
             raise ServingError(
                 f"{bento_tag} says it serves version {meta['version']} ({meta['bento_tag']}), "
