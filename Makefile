@@ -13,7 +13,7 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability bench-data bench-models bench-price bench-fraud bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
@@ -137,6 +137,17 @@ test-reliability: install ## SIGKILL at every kill point, then a rerun; fuzzing 
 
 test-integration: install ## the production profile on this machine's PostgreSQL and Redis
 	$(PY) -m pytest -m integration tests/test_integration.py
+
+# The two suites above side by side, as CI runs them. Each keeps about one core busy (servers and
+# workers started, killed and rerun one after another), so on 2 cores the pair takes about as long as
+# the longer one instead of the sum. Every line is prefixed with its suite; the target fails when either does.
+test-system: install ## test-integration and test-reliability side by side, lines prefixed (CI runs this)
+	@failed=""; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-integration 2>&1 | awk '{ print "integration | " $$0; fflush() }' ) & integration=$$!; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-reliability 2>&1 | awk '{ print "reliability | " $$0; fflush() }' ) & reliability=$$!; \
+	wait $$integration || failed="$$failed test-integration"; \
+	wait $$reliability || failed="$$failed test-reliability"; \
+	if [ -n "$$failed" ]; then echo "test-system: failed:$$failed (their lines above carry the prefix)"; exit 1; fi
 
 bench-price: install ## demand forecasts (backtest WAPE, RMSSE) and elasticities on UCI and the generated shop
 	$(PY) -m benchmarks.bench_price
