@@ -143,9 +143,10 @@ def test_schemathesis_on_the_next_item_bento(shop):
 def _bentoml_servers(tag: str) -> list[int]:
     """Pids of the processes of a `bentoml serve <tag>[:version]` of this session's Bento store: its
     workers (`_bentoml_impl.worker.service <tag>:<version>`) and its arbiter (the `bentoml serve`
-    process, which retitles itself `circusd` and names no tag: any arbiter of the store counts). Another suite on the machine (`make test-system` runs
-    the integration suite beside this one) packages and smoke-tests Bentos of the same name from its
-    own store; this session's is the `BENTOML_HOME` its servers inherit."""
+    process, which retitles itself `circusd` and names no tag: any arbiter of the store counts).
+    Another suite on the machine (`make test-system` runs the integration suite beside this one)
+    packages and smoke-tests Bentos of the same name from its own store; this session's is the
+    `BENTOML_HOME` its servers inherit."""
     import os
     from pathlib import Path
 
