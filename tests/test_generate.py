@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -51,6 +52,37 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     files = lambda days: [p for d in days for p in (d.events_path, d.catalog_path)]  # noqa: E731
     assert _digest(files(a)) == _digest(files(b))
     assert _digest(files(a)) != _digest(files(c))
+
+
+def test_the_files_do_not_depend_on_the_cpus_vector_instructions(tmp_path):
+    """The same seed gives the same files on any x86 host: numpy picks sort and math kernels by the
+    CPU (AVX-512, AVX2 or the baseline), and an unstable sort orders equal prices differently on
+    each, which changed the items of card-testing orders and so every dataset version id between
+    hosts. Here the generator runs with numpy's every dispatched extension this CPU has turned off
+    (``NPY_DISABLE_CPU_FEATURES``), and with all of them."""
+    import subprocess
+    import sys
+
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    found = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    if not found:
+        pytest.skip("this CPU has nothing beyond numpy's baseline to turn off")
+    run = (
+        "import sys; from pathlib import Path; from pipeline.core.params import GenerateParams;"
+        "from pipeline.data.generate import generate_shop_data;"
+        "generate_shop_data(GenerateParams(seed=7, start_date='2026-11-02', days=4, events_per_day=3000,"
+        " initial_users=800, initial_items=1200, fraud_rate=0.2), Path(sys.argv[1]))"
+    )
+    digests = []
+    for name, disabled in (("all", ""), ("baseline", " ".join(found))):
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disabled}
+        done = subprocess.run(
+            [sys.executable, "-c", run, str(tmp_path / name)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(_digest(sorted((tmp_path / name).rglob("*.csv"))))
+    assert digests[0] == digests[1], f"numpy's {found} and its baseline generate different files"
 
 
 def test_every_event_lies_in_its_days_file(week):

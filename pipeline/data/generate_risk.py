@@ -198,7 +198,7 @@ def fraud_day(
     n = rng.poisson(rate * genuine_orders / ORDERS_PER_INCIDENT) if rate > 0 else 0
     if n == 0 or live_items.size == 0:
         return []
-    order = np.argsort(prices)
+    order = np.argsort(prices, kind="stable")  # equal prices in item order on every CPU
     cheap = live_items[order[: max(1, order.size // 10)]]
     dear = live_items[order[-max(1, order.size // 10) :]]
     price_of = dict(zip(live_items.tolist(), prices.tolist(), strict=True))

@@ -165,7 +165,7 @@ class FraudPyfunc(PythonModel):
         """Each row's ``k`` largest positive contributions, with the feature's name and value."""
         out = []
         for row, values in zip(contributions, x, strict=True):
-            top = [j for j in np.argsort(-row)[:k] if row[j] > 0]
+            top = [j for j in np.argsort(-row, kind="stable")[:k] if row[j] > 0]  # ties in feature order
             out.append(
                 [{"feature": self.features[j], "value": float(values[j]), "contribution": float(row[j])} for j in top]
             )
