@@ -58,7 +58,8 @@ TRUTH_KEYS = ("auc_pr_truth", "cost_per_1000_truth")  # the generated shop's onl
 
 def generated_shop(home: Path, seed: int = 2, first_party: float = 0.0):
     """The generated shop's events (read from the landing files directly), and the sessions of its
-    fraudulent orders (the generator's truth file, which the pipeline never reads)."""
+    fraudulent orders with their scenarios (``session_id``, ``scenario``: the generator's truth
+    file, which the pipeline never reads)."""
     import polars as pl
 
     from pipeline.core.params import GenerateParams
@@ -78,7 +79,7 @@ def generated_shop(home: Path, seed: int = 2, first_party: float = 0.0):
     )
     days = generate_shop_data(params, home / "landing")
     events = pl.concat([pl.read_parquet(d.events_path) for d in days]).sort("event_time")
-    truth = pl.read_csv(home / "landing" / FRAUD_TRUTH_FILE, columns=["session_id"])["session_id"]
+    truth = pl.read_csv(home / "landing" / FRAUD_TRUTH_FILE, columns=["session_id", "scenario"])
     return events, truth
 
 
@@ -131,9 +132,13 @@ def fraud_benchmark(
     events, valid_days: int, test_days: int, maturity_days: int, budget: int, samples: int = 500, truth=None
 ):
     """The three scorers' figures on the test orders, with the network-minus-floor intervals. With
-    ``truth`` (the sessions of every fraudulent order, known for a generated shop only), the same
-    figures again against it: the test frauds whose chargeback had not arrived when the period was
-    labelled count as fraud there, not as genuine."""
+    ``truth`` (the sessions of every fraudulent order, known for a generated shop only: a series of
+    ``session_id``, or a frame with ``session_id`` and its ``scenario``), the same figures again
+    against it: the test frauds whose chargeback had not arrived when the period was labelled count
+    as fraud there, not as genuine. With scenarios, also where each scenario's frauds rank
+    (``by_scenario``)."""
+    import polars as pl
+
     from pipeline.families.fraud import decisions
     from pipeline.families.fraud.train import figures as fraud_figures
     from pipeline.families.fraud.train import fit_scorers
@@ -155,7 +160,7 @@ def fraud_benchmark(
     scorers, epochs = fit_scorers(train, valid, valid_days, policy, epochs=30, seed=0)
     seconds_fit = time.perf_counter() - fit_start
     y_test, amounts_test = test["label"].to_numpy(), test["amount"].to_numpy()
-    figures, scores, decided = {}, {}, {}
+    figures, scores, decided, by_scenario = {}, {}, {}, {}
     for name, pyfunc in scorers.items():
         scores[name] = pyfunc.scores(test)
         decided[name] = pyfunc.bands.decide(scores[name])
@@ -163,13 +168,18 @@ def fraud_benchmark(
     _differences(figures, scores, decided, y_test, amounts_test, policy, samples, "")
     rows = {name: (rows.height, int(rows["label"].sum())) for name, rows in periods.items()}
     if truth is not None:
-        true = test["session_id"].is_in(truth.implode()).to_numpy().astype(float)
+        if isinstance(truth, pl.Series):
+            truth = truth.to_frame("session_id")
+        true = test["session_id"].is_in(truth["session_id"].implode()).to_numpy().astype(float)
         rows["test_late"] = (int(((true == 1) & (y_test == 0)).sum()), int(true.sum()))
         for name in scorers:
             figures[name]["auc_pr_truth"] = decisions.average_precision(true, scores[name])
             costs = decisions.order_costs(decided[name], true, amounts_test, policy)
             figures[name]["cost_per_1000_truth"] = float(costs.mean() * 1000)
         _differences(figures, scores, decided, true, amounts_test, policy, samples, "_truth")
+        if "scenario" in truth.columns:
+            scenario = test.select("session_id").join(truth, on="session_id", how="left")["scenario"].to_numpy()
+            by_scenario = scenario_ranks(true, scenario, scores)
     return {
         "orders": orders,
         "rows": rows,
@@ -180,7 +190,32 @@ def fraud_benchmark(
         "seconds_fit": seconds_fit,
         "budget": budget,
         "policy": policy.to_dict(),
+        "by_scenario": by_scenario,
     }
+
+
+def scenario_ranks(true: np.ndarray, scenario: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Where each scenario's true frauds rank, per scorer: ``outranked``, how many of them have a
+    genuine order (by the truth) scored at or above them, so that no band can catch them without
+    stopping a genuine order first; and ``auc_pr_truth_without``, the AUC-PR against the truth with
+    that scenario's orders left out: how much of a scorer's distance from a perfect ranking the
+    scenario holds. ``scenario`` is None on genuine orders."""
+    from pipeline.families.fraud import decisions
+
+    fraud = true == 1
+    out: dict[str, dict] = {}
+    for name in sorted({str(s) for s in scenario[fraud]}):
+        mine = fraud & (scenario == name)
+        row: dict = {"frauds": int(mine.sum())}
+        for scorer, s in scores.items():
+            genuine = np.sort(s[~fraud])
+            at_or_above = genuine.size - np.searchsorted(genuine, s[mine], side="left")
+            row[scorer] = {
+                "outranked": int((at_or_above > 0).sum()),
+                "auc_pr_truth_without": decisions.average_precision(true[~mine], s[~mine]),
+            }
+        out[name] = row
+    return out
 
 
 def _differences(figures, scores, decided, labels, amounts, policy, samples: int, suffix: str) -> None:
@@ -239,6 +274,16 @@ def print_figures(title: str, fig: dict) -> None:
             f"  headroom: the better floor ranks the true frauds at AUC-PR {best:.3f}; no scorer can lead it "
             f"by more than {1 - best:.3f} there"
         )
+    if fig.get("by_scenario"):
+        names = list(fig["models"])
+        print(
+            "  per scenario of the truth: its test frauds; per scorer, how many of them a genuine order "
+            "outranks (at or above), and the AUC-PR, truth, without the scenario"
+        )
+        print(f"  {'scenario':18} {'frauds':>6} " + " ".join(f"{n:>16}" for n in names))
+        for scenario, row in fig["by_scenario"].items():
+            cells = " ".join(f"{row[n]['outranked']:>7} {row[n]['auc_pr_truth_without']:8.4f}" for n in names)
+            print(f"  {scenario:18} {row['frauds']:>6} {cells}")
 
 
 def _print_differences(net: dict, suffix: str) -> None:

@@ -51,7 +51,7 @@ def floor_choice(seed: int, first_party: float, choose_days: int) -> list[tuple[
     policy = decisions.load_cost_policy()
     policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": BUDGET})
     y, y_a, y_b = train["label"].to_numpy(), a["label"].to_numpy(), b["label"].to_numpy()
-    true_b = b["session_id"].is_in(truth.implode()).to_numpy().astype(float)
+    true_b = b["session_id"].is_in(truth["session_id"].implode()).to_numpy().astype(float)
     x_a, x_b = dense_matrix(a), dense_matrix(b)
     b_days = (split.valid_end - cut).total_seconds() / 86_400
     print(

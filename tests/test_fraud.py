@@ -427,10 +427,13 @@ def test_the_benchmark_figures_the_generated_shop_against_its_truth_as_well(shop
     from benchmarks.bench_fraud import NETWORK, fraud_benchmark
 
     events, truth = shop
-    fig = fraud_benchmark(events, 5, 5, 7, budget=20, samples=50, truth=truth["session_id"])
+    fig = fraud_benchmark(events, 5, 5, 7, budget=20, samples=50, truth=truth.select("session_id", "scenario"))
     _, test_frauds = fig["rows"]["test"]
     late, true = fig["rows"]["test_late"]
     assert true - late == test_frauds > 0  # every labelled fraud is a true one, the rest are late
+    # Each true test fraud is in one scenario's row.
+    assert sum(row["frauds"] for row in fig["by_scenario"].values()) == true
+    assert set(fig["by_scenario"]) <= {"card_testing", "account_takeover", "new_account", "reseller"}
     assert late > 0  # chargebacks of up to 60 days: some had not arrived 7 days after the period
     for name, m in fig["models"].items():
         assert 0 < m["auc_pr_truth"] <= 1 and m["cost_per_1000_truth"] >= 0, name
@@ -445,6 +448,22 @@ def test_the_benchmark_figures_the_generated_shop_against_its_truth_as_well(shop
     for name, m in same["models"].items():
         assert m["auc_pr_truth"] == pytest.approx(m["auc_pr"]), name
         assert m["cost_per_1000_truth"] == pytest.approx(m["cost_per_1000"]), name
+
+
+@FAST
+def test_the_benchmark_says_which_scenarios_frauds_a_genuine_order_outranks():
+    """Per scenario: how many of its frauds have a genuine order scored at or above them (a tie
+    counts: no threshold takes the fraud without the genuine order), and the AUC-PR without it."""
+    from benchmarks.bench_fraud import scenario_ranks
+
+    true = np.array([1, 0, 1, 0, 1, 0], dtype=float)
+    scenario = np.array(["a", None, "b", None, "b", None], dtype=object)
+    scores = {"m": np.array([0.9, 0.9, 0.95, 0.5, 0.3, 0.1])}
+    ranks = scenario_ranks(true, scenario, scores)
+    # "a"'s fraud ties a genuine order; "b"'s first is above every genuine order, its second under two.
+    assert ranks["a"] == {"frauds": 1, "m": {"outranked": 1, "auc_pr_truth_without": pytest.approx(0.75)}}
+    assert ranks["b"] == {"frauds": 2, "m": {"outranked": 1, "auc_pr_truth_without": pytest.approx(0.5)}}
+    # Without "a": precision 1 at recall 1/2, then 2/4 at 1. Without "b": "a" tied, precision 1/2.
 
 
 @FAST
