@@ -179,7 +179,7 @@ def fraud_benchmark(
         _differences(figures, scores, decided, true, amounts_test, policy, samples, "_truth")
         if "scenario" in truth.columns:
             scenario = test.select("session_id").join(truth, on="session_id", how="left")["scenario"].to_numpy()
-            by_scenario = scenario_ranks(true, scenario, scores)
+            by_scenario = scenario_figures(true, scenario, scores, decided)
     return {
         "orders": orders,
         "rows": rows,
@@ -194,12 +194,13 @@ def fraud_benchmark(
     }
 
 
-def scenario_ranks(true: np.ndarray, scenario: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Where each scenario's true frauds rank, per scorer: ``outranked``, how many of them have a
-    genuine order (by the truth) scored at or above them, so that no band can catch them without
-    stopping a genuine order first; and ``auc_pr_truth_without``, the AUC-PR against the truth with
-    that scenario's orders left out: how much of a scorer's distance from a perfect ranking the
-    scenario holds. ``scenario`` is None on genuine orders."""
+def scenario_figures(
+    true: np.ndarray, scenario: np.ndarray, scores: dict[str, np.ndarray], decided: dict[str, np.ndarray]
+) -> dict[str, dict]:
+    """Each scenario's true frauds, per scorer: ``stopped``, how many of them its bands send to review
+    or block; and ``auc_pr_truth_without``, the AUC-PR against the truth with that scenario's orders
+    left out: how much of the scorer's distance from a perfect ranking the scenario holds.
+    ``scenario`` is None on genuine orders."""
     from pipeline.families.fraud import decisions
 
     fraud = true == 1
@@ -208,10 +209,8 @@ def scenario_ranks(true: np.ndarray, scenario: np.ndarray, scores: dict[str, np.
         mine = fraud & (scenario == name)
         row: dict = {"frauds": int(mine.sum())}
         for scorer, s in scores.items():
-            genuine = np.sort(s[~fraud])
-            at_or_above = genuine.size - np.searchsorted(genuine, s[mine], side="left")
             row[scorer] = {
-                "outranked": int((at_or_above > 0).sum()),
+                "stopped": int((decided[scorer][mine] != decisions.APPROVE).sum()),
                 "auc_pr_truth_without": decisions.average_precision(true[~mine], s[~mine]),
             }
         out[name] = row
@@ -277,12 +276,12 @@ def print_figures(title: str, fig: dict) -> None:
     if fig.get("by_scenario"):
         names = list(fig["models"])
         print(
-            "  per scenario of the truth: its test frauds; per scorer, how many of them a genuine order "
-            "outranks (at or above), and the AUC-PR, truth, without the scenario"
+            "  per scenario of the truth: its test frauds; per scorer, how many of them its bands stop "
+            "(review or block), and its AUC-PR, truth, without the scenario"
         )
         print(f"  {'scenario':18} {'frauds':>6} " + " ".join(f"{n:>16}" for n in names))
         for scenario, row in fig["by_scenario"].items():
-            cells = " ".join(f"{row[n]['outranked']:>7} {row[n]['auc_pr_truth_without']:8.4f}" for n in names)
+            cells = " ".join(f"{row[n]['stopped']:>7} {row[n]['auc_pr_truth_without']:8.4f}" for n in names)
             print(f"  {scenario:18} {row['frauds']:>6} {cells}")
 
 

@@ -451,19 +451,23 @@ def test_the_benchmark_figures_the_generated_shop_against_its_truth_as_well(shop
 
 
 @FAST
-def test_the_benchmark_says_which_scenarios_frauds_a_genuine_order_outranks():
-    """Per scenario: how many of its frauds have a genuine order scored at or above them (a tie
-    counts: no threshold takes the fraud without the genuine order), and the AUC-PR without it."""
-    from benchmarks.bench_fraud import scenario_ranks
+def test_the_benchmark_says_per_scenario_how_many_frauds_the_bands_stop():
+    """Per scenario of the truth: its frauds, how many of them the bands send to review or block,
+    and the AUC-PR with its orders left out (ties ranked as one threshold, as everywhere)."""
+    from benchmarks.bench_fraud import scenario_figures
+    from pipeline.families.fraud.decisions import Bands
 
     true = np.array([1, 0, 1, 0, 1, 0], dtype=float)
     scenario = np.array(["a", None, "b", None, "b", None], dtype=object)
     scores = {"m": np.array([0.9, 0.9, 0.95, 0.5, 0.3, 0.1])}
-    ranks = scenario_ranks(true, scenario, scores)
-    # "a"'s fraud ties a genuine order; "b"'s first is above every genuine order, its second under two.
-    assert ranks["a"] == {"frauds": 1, "m": {"outranked": 1, "auc_pr_truth_without": pytest.approx(0.75)}}
-    assert ranks["b"] == {"frauds": 2, "m": {"outranked": 1, "auc_pr_truth_without": pytest.approx(0.5)}}
+    decided = {"m": Bands(review_at=0.3, block_at=0.95).decide(scores["m"])}
+    figures = scenario_figures(true, scenario, scores, decided)
+    # "a"'s fraud (0.9) is reviewed; "b"'s are blocked (0.95) and reviewed (0.3, at the threshold).
+    assert figures["a"] == {"frauds": 1, "m": {"stopped": 1, "auc_pr_truth_without": pytest.approx(0.75)}}
+    assert figures["b"] == {"frauds": 2, "m": {"stopped": 2, "auc_pr_truth_without": pytest.approx(0.5)}}
     # Without "a": precision 1 at recall 1/2, then 2/4 at 1. Without "b": "a" tied, precision 1/2.
+    higher = {"m": Bands(review_at=0.31, block_at=0.95).decide(scores["m"])}
+    assert scenario_figures(true, scenario, scores, higher)["b"]["m"]["stopped"] == 1
 
 
 @FAST
