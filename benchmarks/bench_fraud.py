@@ -21,7 +21,9 @@ on this shop alone the figures are given a second time against that truth: a ten
 frauds have no chargeback yet when the test period is labelled (it arrives after the window), and
 count as genuine in the first figures, whichever scorer ranks them high. The truth figures show
 how much of a difference between scorers is ranking and how much is where those late frauds fell,
-and how close the better floor comes to a perfect ranking (the "headroom" line). A file
+and how close the better floor comes to a perfect ranking (the "headroom" line); then, per scenario
+of the truth, how many of its frauds each scorer's bands stop, and each scorer's AUC-PR without
+that scenario (where the distance from a perfect ranking lies). A file
 in the public layout (``user_id, signup_time, purchase_time, purchase_value, device_id, source,
 browser, sex, age, ip_address, class``) is ingested with the ``fraud_orders`` adapter; its labels
 are all known (the layout does not say when), so its maturity window is 0: validation and test
