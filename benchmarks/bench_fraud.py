@@ -137,8 +137,8 @@ def fraud_benchmark(
     ``truth`` (the sessions of every fraudulent order, known for a generated shop only: a series of
     ``session_id``, or a frame with ``session_id`` and its ``scenario``), the same figures again
     against it: the test frauds whose chargeback had not arrived when the period was labelled count
-    as fraud there, not as genuine. With scenarios, also where each scenario's frauds rank
-    (``by_scenario``)."""
+    as fraud there, not as genuine. With scenarios, also how many of each scenario's frauds each
+    scorer's bands stop, and its AUC-PR without them (``by_scenario``)."""
     import polars as pl
 
     from pipeline.families.fraud import decisions
