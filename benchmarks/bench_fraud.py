@@ -134,13 +134,11 @@ def fraud_benchmark(
     events, valid_days: int, test_days: int, maturity_days: int, budget: int, samples: int = 500, truth=None
 ):
     """The three scorers' figures on the test orders, with the network-minus-floor intervals. With
-    ``truth`` (the sessions of every fraudulent order, known for a generated shop only: a series of
-    ``session_id``, or a frame with ``session_id`` and its ``scenario``), the same figures again
+    ``truth`` (the sessions of every fraudulent order, known for a generated shop only: a frame of
+    ``session_id``, with its ``scenario`` where known), the same figures again
     against it: the test frauds whose chargeback had not arrived when the period was labelled count
     as fraud there, not as genuine. With scenarios, also how many of each scenario's frauds each
     scorer's bands stop, and its AUC-PR without them (``by_scenario``)."""
-    import polars as pl
-
     from pipeline.families.fraud import decisions
     from pipeline.families.fraud.train import figures as fraud_figures
     from pipeline.families.fraud.train import fit_scorers
@@ -170,8 +168,6 @@ def fraud_benchmark(
     _differences(figures, scores, decided, y_test, amounts_test, policy, samples, "")
     rows = {name: (rows.height, int(rows["label"].sum())) for name, rows in periods.items()}
     if truth is not None:
-        if isinstance(truth, pl.Series):
-            truth = truth.to_frame("session_id")
         true = test["session_id"].is_in(truth["session_id"].implode()).to_numpy().astype(float)
         rows["test_late"] = (int(((true == 1) & (y_test == 0)).sum()), int(true.sum()))
         for name in scorers:
@@ -180,7 +176,8 @@ def fraud_benchmark(
             figures[name]["cost_per_1000_truth"] = float(costs.mean() * 1000)
         _differences(figures, scores, decided, true, amounts_test, policy, samples, "_truth")
         if "scenario" in truth.columns:
-            scenario = test.select("session_id").join(truth, on="session_id", how="left")["scenario"].to_numpy()
+            of_test = test.select("session_id").join(truth, on="session_id", how="left", maintain_order="left")
+            scenario = of_test["scenario"].to_numpy()
             by_scenario = scenario_figures(true, scenario, scores, decided)
     return {
         "orders": orders,

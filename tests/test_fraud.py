@@ -442,7 +442,7 @@ def test_the_benchmark_figures_the_generated_shop_against_its_truth_as_well(shop
     # The labels of the test period are the chargebacks arrived by the data's end: as the truth,
     # they give the labels' own figures.
     end = datetime.fromisoformat(fig["split"]["end"])
-    known = truth.filter(pl.col("chargeback_time") < end)["session_id"]
+    known = truth.filter(pl.col("chargeback_time") < end).select("session_id")
     same = fraud_benchmark(events, 5, 5, 7, budget=20, samples=50, truth=known)
     assert same["rows"]["test_late"] == (0, test_frauds)
     for name, m in same["models"].items():
