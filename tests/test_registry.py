@@ -32,7 +32,9 @@ def shop(tmp_path_factory):
             seed=11, start_date="2026-11-01", days=10, events_per_day=5000, initial_users=2000, initial_items=1200
         ),
     ) as paths:
-        good = TrainRecommenderParams(epochs=10, patience=3)  # params.yaml's model, fewer epochs
+        good = TrainRecommenderParams(
+            epochs=3, patience=3
+        )  # params.yaml's model, few epochs: enough to beat a random one
         untrained = dataclasses.replace(good, lr=0.0, epochs=1, blend=False)  # scores at random
         runs = {
             "untrained": train_recommender(paths, untrained).run_id,
