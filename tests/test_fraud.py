@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -468,6 +468,47 @@ def test_the_benchmark_says_per_scenario_how_many_frauds_the_bands_stop():
     # Without "a": precision 1 at recall 1/2, then 2/4 at 1. Without "b": "a" tied, precision 1/2.
     higher = {"m": Bands(review_at=0.31, block_at=0.95).decide(scores["m"])}
     assert scenario_figures(true, scenario, scores, higher)["b"]["m"]["stopped"] == 1
+
+
+@FAST
+def test_the_session_probe_counts_browsing_before_the_purchase_only():
+    """benchmarks/fraud_sessions.py: views after the purchase do not count, a view beyond the items
+    bought does, and seconds run from the session's first event to the purchase."""
+    from benchmarks.fraud_sessions import lookalikes, session_shape, shape_table
+
+    at = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+
+    def event(session: str, seconds: float, kind: str = "view") -> dict:
+        return {"session_id": session, "event_time": at + timedelta(seconds=seconds), "event_type": kind}
+
+    events = pl.DataFrame(
+        [
+            event("quick", -60),  # one view of the one item bought, a minute before
+            event("quick", 30),  # after the purchase: not browsing before it
+            event("browsed", -600),
+            event("browsed", -300),  # a second view: beyond the one item bought
+            event("fraud", -90),
+        ]
+    )
+    features = pl.DataFrame(
+        {
+            "session_id": ["quick", "browsed", "fraud"],
+            "order_time": [at] * 3,
+            "session_start": [at - timedelta(seconds=60), at - timedelta(seconds=600), at - timedelta(seconds=90)],
+            "items": [1.0, 1.0, 1.0],
+            "new_device_for_user": [1.0, 1.0, 0.0],
+            "user_prior_orders": [2.0, 3.0, 0.0],
+        }
+    )
+    truth = pl.DataFrame({"session_id": ["fraud"], "scenario": ["account_takeover"]})
+    shape = session_shape(events, features, truth).sort("session_id")
+    assert shape["scenario"].to_list() == ["genuine", "account_takeover", "genuine"]  # browsed, fraud, quick
+    assert shape["views"].to_list() == [2.0, 1.0, 1.0] and shape["extra_views"].to_list() == [1.0, 0.0, 0.0]
+    assert shape["browse_s"].to_list() == [600.0, 90.0, 60.0]
+    assert lookalikes(shape) == (2, 1, 1)  # two known customers on a new device; one never browsed
+    table = {r["scenario"]: r for r in shape_table(shape).iter_rows(named=True)}
+    assert table["genuine"]["orders"] == 2 and table["genuine"]["no_extra_views"] == 0.5
+    assert table["account_takeover"]["under_short_s"] == 1.0
 
 
 @FAST

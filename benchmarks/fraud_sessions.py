@@ -1,0 +1,103 @@
+"""How an order's own session looks before its purchase, per fraud scenario of the generated shop's
+truth and for its genuine orders: a measurement for the next feature, not yet a feature.
+
+The fraud features (``pipeline.families.fraud.orders.DENSE``) read the history of an order's keys,
+never the browsing of its own session. The learned scorers' misses on the generated shop are
+account takeovers (``make bench-fraud``'s table per scenario): a known customer's account on a new
+device, which genuine customers who change phones look like in every feature. This prints, per
+scenario, the share of orders whose session holds no view beyond the items bought, and the share
+whose session began under ``SHORT_S`` seconds before the purchase; then how many genuine known
+customers on a new device look like that. The second needs nothing a ``/score`` request lacks
+(``session_start`` is one of its fields).
+
+    python -m benchmarks.fraud_sessions [--shop-seed N ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+SHORT_S = 130.0  # the generator's fraud views come 20-120 s before the purchase
+
+
+def session_shape(events: pl.DataFrame, features: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
+    """Per order of ``features`` (``order_features``' rows): ``views`` and ``extra_views`` (views
+    before the purchase, and those beyond the items bought), ``browse_s`` (seconds from the
+    session's first event to the purchase) and ``scenario`` (the truth's, else ``genuine``)."""
+    before = (
+        events.join(features.select("session_id", "order_time"), on="session_id")
+        .filter(pl.col("event_time") < pl.col("order_time"))
+        .group_by("session_id")
+        .agg((pl.col("event_type") == "view").sum().cast(pl.Float64).alias("views"))
+    )
+    return (
+        features.select(
+            "session_id",
+            "items",
+            "new_device_for_user",
+            "user_prior_orders",
+            ((pl.col("order_time") - pl.col("session_start")).dt.total_seconds()).cast(pl.Float64).alias("browse_s"),
+        )
+        .join(before, on="session_id", how="left")
+        .join(truth.select("session_id", "scenario"), on="session_id", how="left")
+        .with_columns(
+            pl.col("views").fill_null(0.0),
+            pl.col("scenario").fill_null("genuine"),
+        )
+        .with_columns((pl.col("views") - pl.col("items")).alias("extra_views"))
+    )
+
+
+def shape_table(shape: pl.DataFrame) -> pl.DataFrame:
+    """Per scenario: orders, the share with no view beyond the items bought, the share begun under
+    ``SHORT_S`` before the purchase, and the median seconds from the session's start."""
+    return (
+        shape.group_by("scenario")
+        .agg(
+            pl.len().alias("orders"),
+            (pl.col("extra_views") <= 0).mean().alias("no_extra_views"),
+            (pl.col("browse_s") < SHORT_S).mean().alias("under_short_s"),
+            pl.col("browse_s").median().alias("median_browse_s"),
+        )
+        .sort("scenario")
+    )
+
+
+def lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
+    """Genuine orders of known customers (an earlier order) from a new device: how many, how many
+    of them with no extra view, and how many of them also begun under ``SHORT_S``."""
+    look = shape.filter(
+        (pl.col("scenario") == "genuine") & (pl.col("new_device_for_user") == 1) & (pl.col("user_prior_orders") > 0)
+    )
+    quick = look.filter(pl.col("extra_views") <= 0)
+    return look.height, quick.height, quick.filter(pl.col("browse_s") < SHORT_S).height
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.bench_fraud import generated_shop
+    from pipeline.families.fraud.orders import order_features, orders_of
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shop-seed", type=int, nargs="+", default=[2, 5, 7], help="the generated shops' seeds")
+    args = parser.parse_args(argv)
+    pl.Config.set_tbl_rows(20)
+    for seed in args.shop_seed:
+        with tempfile.TemporaryDirectory(prefix="shopml-fraud-sessions-") as home:
+            events, truth = generated_shop(Path(home), seed)
+        shape = session_shape(events, order_features(orders_of(events), events), truth)
+        print(f"generated shop, seed {seed} (bench_fraud's recipe): {shape.height:,} orders")
+        print(shape_table(shape))
+        n, quick, both = lookalikes(shape)
+        print(
+            f"genuine known customers on a new device: {n:,}; with no view beyond the items bought {quick:,}, "
+            f"and of those begun under {SHORT_S:.0f} s before the purchase {both:,}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
