@@ -1,5 +1,6 @@
-"""How an order's own session looks before its purchase, per fraud scenario of the generated shop's
-truth and for its genuine orders: a measurement for the next feature, not yet a feature.
+"""What the fraud features do not read yet, measured on the generated shop: how an order's own
+session looks before its purchase, and whether its network address is new to its user, per fraud
+scenario of the truth and for genuine orders. Measurements for the next features, not features.
 
 The fraud features (``pipeline.families.fraud.orders.DENSE``) read the history of an order's keys,
 never the browsing of its own session. The learned scorers' misses on the generated shop are
@@ -8,7 +9,11 @@ device, which genuine customers who change phones look like in every feature. Th
 scenario, the share of orders whose session holds no view beyond the items bought, and the share
 whose session began under ``SHORT_S`` seconds before the purchase; then how many genuine known
 customers on a new device look like that. The second needs nothing a ``/score`` request lacks
-(``session_start`` is one of its fields).
+(``session_start`` is one of its fields). Then the address: the share of each scenario's orders
+placed from an address the user had not been seen on before the session (``new_ip_for_user``, as
+``new_device_for_user`` is computed for the device), and how many of the genuine known customers
+on a new device also are, and of those how many from their own country (a disguised takeover's
+look).
 
     python -m benchmarks.fraud_sessions [--shop-seed N ...]
 """
@@ -67,6 +72,48 @@ def shape_table(shape: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def with_new_address(events: pl.DataFrame, shape: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """``shape`` with ``new_ip_for_user`` (1.0 unless the order's user was seen on its address
+    before its session began; an order without an address, 0.0) and ``new_country_for_user``."""
+    first = (
+        events.filter(pl.col("ip").is_not_null())
+        .group_by("user_id", "ip")
+        .agg(pl.col("event_time").min().alias("_first"))
+    )
+    known = (
+        features.select("session_id", "user_id", "ip", "session_start", "new_country_for_user")
+        .join(first, on=["user_id", "ip"], how="left")
+        .select(
+            "session_id",
+            "new_country_for_user",
+            pl.when(pl.col("ip").is_null())
+            .then(0.0)
+            .otherwise((~(pl.col("_first") < pl.col("session_start")).fill_null(False)).cast(pl.Float64))
+            .alias("new_ip_for_user"),
+        )
+    )
+    return shape.join(known, on="session_id", how="left")
+
+
+def address_table(shape: pl.DataFrame) -> pl.DataFrame:
+    """Per scenario: the share of orders from an address new to the user (``with_new_address``)."""
+    return (
+        shape.group_by("scenario")
+        .agg(pl.len().alias("orders"), pl.col("new_ip_for_user").mean().alias("new_address"))
+        .sort("scenario")
+    )
+
+
+def address_lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
+    """Genuine known customers on a new device: how many, how many of them on an address new to
+    them, and how many of those from their own country."""
+    look = shape.filter(
+        (pl.col("scenario") == "genuine") & (pl.col("new_device_for_user") == 1) & (pl.col("user_prior_orders") > 0)
+    )
+    new = look.filter(pl.col("new_ip_for_user") == 1)
+    return look.height, new.height, new.filter(pl.col("new_country_for_user") == 0).height
+
+
 def lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
     """Genuine orders of known customers (an earlier order) from a new device: how many, how many
     of them with no extra view, and how many of them also begun under ``SHORT_S``."""
@@ -88,13 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.shop_seed:
         with tempfile.TemporaryDirectory(prefix="shopml-fraud-sessions-") as home:
             events, truth = generated_shop(Path(home), seed)
-        shape = session_shape(events, order_features(orders_of(events), events), truth)
+        features = order_features(orders_of(events), events)
+        shape = with_new_address(events, session_shape(events, features, truth), features)
         print(f"generated shop, seed {seed} (bench_fraud's recipe): {shape.height:,} orders")
         print(shape_table(shape))
         n, quick, both = lookalikes(shape)
         print(
             f"genuine known customers on a new device: {n:,}; with no view beyond the items bought {quick:,}, "
             f"and of those begun under {SHORT_S:.0f} s before the purchase {both:,}"
+        )
+        print(address_table(shape))
+        n, new, own = address_lookalikes(shape)
+        print(
+            f"genuine known customers on a new device: {n:,}; on an address new to them {new:,}, "
+            f"and of those from their own country {own:,}"
         )
     return 0
 

@@ -512,6 +512,46 @@ def test_the_session_probe_counts_browsing_before_the_purchase_only():
 
 
 @FAST
+def test_the_address_probe_counts_an_address_new_when_first_seen_in_the_orders_own_session():
+    """benchmarks/fraud_sessions.py: an address is new to a user unless seen with that user before
+    the order's session began (a sighting within the session does not count); none is not new."""
+    from benchmarks.fraud_sessions import address_lookalikes, address_table, with_new_address
+
+    at = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+    day = timedelta(days=1)
+    events = pl.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u2", "u3"],
+            "ip": ["10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.1"],
+            # u1 on its address the day before; u2 only within its session; u3 on u1's address, today
+            "event_time": [at - day, at - timedelta(seconds=30), at, at],
+        }
+    )
+    features = pl.DataFrame(
+        {
+            "session_id": ["s1", "s2", "s3", "s4"],
+            "user_id": ["u1", "u2", "u3", "u4"],
+            "ip": ["10.0.0.1", "10.0.0.2", "10.0.0.1", None],
+            "session_start": [at - timedelta(seconds=60)] * 4,
+            "new_country_for_user": [0.0, 0.0, 1.0, 0.0],
+        }
+    )
+    shape = pl.DataFrame(
+        {
+            "session_id": ["s1", "s2", "s3", "s4"],
+            "scenario": ["genuine", "genuine", "account_takeover", "genuine"],
+            "new_device_for_user": [1.0, 1.0, 1.0, 1.0],
+            "user_prior_orders": [1.0, 1.0, 0.0, 2.0],
+        }
+    )
+    out = with_new_address(events, shape, features).sort("session_id")
+    assert out["new_ip_for_user"].to_list() == [0.0, 1.0, 1.0, 0.0]
+    assert address_lookalikes(out) == (3, 1, 1)  # s2: a known customer, new device, new address, home country
+    table = {r["scenario"]: r["new_address"] for r in address_table(out).iter_rows(named=True)}
+    assert table == {"account_takeover": 1.0, "genuine": pytest.approx(1 / 3)}
+
+
+@FAST
 def test_the_feature_set_writes_each_period_with_labels_known_at_its_moment(shop, tmp_path):
     from pipeline.core.params import TrainFraudParams
     from pipeline.data.dataset import Dataset
