@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,12 @@ from benchmarks.data import DATA_ENV, data_dir
 from pipeline.core.settings import StatePaths, get_state_paths
 
 REPO = Path(__file__).resolve().parent.parent
+# MLflow's telemetry (on when no test is running as mlflow is first imported, as during collection)
+# starts a thread that sets and removes _MLFLOW_TELEMETRY_SESSION_ID in os.environ; a test iterating
+# os.environ at that moment (requests reading the proxy settings) failed with a KeyError naming it
+# (test_mlflow_auth, CI of 724532d). Off for the whole run and every process the tests start; set
+# here, before anything imports mlflow.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # CI sets this: a missing sample fails the run there instead of skipping its tests.
 REQUIRE_DATA = "SHOPML_REQUIRE_DATA"
 
@@ -39,7 +46,6 @@ def demo_shop(days: int) -> list[str]:
 
 def need_sample(path: Path) -> Path:
     """``path`` (a public data sample), or skip the test with a message naming the setting."""
-    import os
 
     if path.exists():
         return path
@@ -53,7 +59,6 @@ def need_sample(path: Path) -> Path:
 def bento_store(tmp_path_factory) -> Path:
     """One Bento store for the session, set before BentoML is first imported (it reads BENTOML_HOME
     once per process). Tags carry run ids, so tests never collide in it."""
-    import os
 
     home = tmp_path_factory.mktemp("bentoml")
     os.environ["BENTOML_HOME"] = str(home)
