@@ -117,7 +117,7 @@ airflow: install ## the Airflow UI on this project's DAGs and state (Ctrl-C stop
 # on 2 cores the suite's waits (servers starting, subprocesses) overlap the other worker's training.
 TEST_WORKERS ?= 2
 test: install ## the default test suite (about 12 minutes on 2 cores, two workers)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The fast layer alone: no training, no servers, no Airflow runs (run it on every change). Two workers
 # stealing single tests: 75 s on 2 cores, against 119 s on one and 88 s with whole modules per worker

@@ -128,33 +128,3 @@ def wait_http(url: str, proc, log: Callable[[], str], seconds: float = 180.0) ->
         except OSError:  # not listening yet, or not ready (an HTTP error status is an OSError too)
             time.sleep(0.5)
     pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log()[-3000:]}")
-
-
-# Seconds each of the longest modules took in `make test` (two workers, whole modules each) on
-# 2026-12-07, on the AMD EPYC host at 6f5a8d0 (`pytest --durations=60`, summed per module). Under
-# `--dist loadfile` they are handed out longest first (`make test` passes --no-loadscope-reorder),
-# so that the two workers finish together: by default pytest-xdist hands modules out by their count
-# of tests, which sent test_registry (3 tests, about 150 s) and test_families (3, about 95 s) last.
-# A module missing here runs after these, in collection order; the figures need only be roughly right.
-MODULE_SECONDS = {
-    "test_serving.py": 242,
-    "test_train_tracking.py": 217,
-    "test_fraud.py": 200,
-    "test_registry.py": 146,
-    "test_dags.py": 107,
-    "test_families.py": 95,
-    "test_price.py": 85,
-    "test_mlflow_auth.py": 53,
-    "test_models.py": 39,
-    "test_propensity.py": 35,
-    "test_dvc_repro.py": 23,
-    "test_validate_version.py": 16,
-}
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under ``--dist loadfile``, the longest modules first (``MODULE_SECONDS``); each module's
-    tests keep their order, and every other run keeps pytest's order."""
-    if getattr(config.option, "dist", "no") != "loadfile":
-        return
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))  # stable: a module stays whole

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     from pipeline.lifecycle import registry, steps
 
     paths, runs = shop
-    policy = dataclasses.replace(load_policy("next_item"), bootstrap_samples=500)
+    # No latency guard: it is test_gate's (on given values). Here it made the lifecycle depend on
+    # the machine's load: a one-row p95 of 216.6 ms failed it once in CI, beside test_serving.
+    policy = dataclasses.replace(load_policy("next_item"), bootstrap_samples=500, max_latency_ms=math.inf)
     client = mlflow_client(paths)
 
     def champion():
