@@ -75,20 +75,17 @@ def shape_table(shape: pl.DataFrame) -> pl.DataFrame:
 def with_new_address(events: pl.DataFrame, shape: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
     """``shape`` with ``new_ip_for_user`` (1.0 unless the order's user was seen on its address
     before its session began; an order without an address, 0.0) and ``new_country_for_user``."""
-    first = (
-        events.filter(pl.col("ip").is_not_null())
-        .group_by("user_id", "ip")
-        .agg(pl.col("event_time").min().alias("_first"))
-    )
+    from pipeline.families.fraud.orders import _first_seen  # the pairs new_device_for_user reads
+
     known = (
         features.select("session_id", "user_id", "ip", "session_start", "new_country_for_user")
-        .join(first, on=["user_id", "ip"], how="left")
+        .join(_first_seen(events, "user_id", "ip"), on=["user_id", "ip"], how="left")
         .select(
             "session_id",
             "new_country_for_user",
             pl.when(pl.col("ip").is_null())
             .then(0.0)
-            .otherwise((~(pl.col("_first") < pl.col("session_start")).fill_null(False)).cast(pl.Float64))
+            .otherwise((~(pl.col("first") < pl.col("session_start")).fill_null(False)).cast(pl.Float64))
             .alias("new_ip_for_user"),
         )
     )
@@ -104,12 +101,17 @@ def address_table(shape: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _known_on_new_device(shape: pl.DataFrame) -> pl.DataFrame:
+    """Genuine orders of known customers (an earlier order) from a device new to them."""
+    return shape.filter(
+        (pl.col("scenario") == "genuine") & (pl.col("new_device_for_user") == 1) & (pl.col("user_prior_orders") > 0)
+    )
+
+
 def address_lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
     """Genuine known customers on a new device: how many, how many of them on an address new to
     them, and how many of those from their own country."""
-    look = shape.filter(
-        (pl.col("scenario") == "genuine") & (pl.col("new_device_for_user") == 1) & (pl.col("user_prior_orders") > 0)
-    )
+    look = _known_on_new_device(shape)
     new = look.filter(pl.col("new_ip_for_user") == 1)
     return look.height, new.height, new.filter(pl.col("new_country_for_user") == 0).height
 
@@ -117,9 +119,7 @@ def address_lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
 def lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
     """Genuine orders of known customers (an earlier order) from a new device: how many, how many
     of them with no extra view, and how many of them also begun under ``SHORT_S``."""
-    look = shape.filter(
-        (pl.col("scenario") == "genuine") & (pl.col("new_device_for_user") == 1) & (pl.col("user_prior_orders") > 0)
-    )
+    look = _known_on_new_device(shape)
     quick = look.filter(pl.col("extra_views") <= 0)
     return look.height, quick.height, quick.filter(pl.col("browse_s") < SHORT_S).height
 

@@ -46,7 +46,6 @@ def demo_shop(days: int) -> list[str]:
 
 def need_sample(path: Path) -> Path:
     """``path`` (a public data sample), or skip the test with a message naming the setting."""
-
     if path.exists():
         return path
     message = f"the public data sample {path} is missing: set {DATA_ENV} to their folder, or run `make data`"
@@ -59,7 +58,6 @@ def need_sample(path: Path) -> Path:
 def bento_store(tmp_path_factory) -> Path:
     """One Bento store for the session, set before BentoML is first imported (it reads BENTOML_HOME
     once per process). Tags carry run ids, so tests never collide in it."""
-
     home = tmp_path_factory.mktemp("bentoml")
     os.environ["BENTOML_HOME"] = str(home)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
