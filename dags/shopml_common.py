@@ -9,6 +9,10 @@ from datetime import timedelta
 from airflow.sdk import Asset
 
 from pipeline import families
+from pipeline.core.settings import apply_process_defaults
+
+# Every task process imports this module (the DAG files do) before a task imports mlflow.
+apply_process_defaults()
 
 # Updated by ingest_events after each published day; training DAGs are scheduled on it.
 CANONICAL_DATASET = Asset("shopml://dataset/canonical")

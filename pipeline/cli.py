@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pipeline.core.errors import EXIT_CODES, BadInput, NotFound, Refused
+from pipeline.core.settings import apply_process_defaults
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -795,6 +796,7 @@ def exit_code(exc: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    apply_process_defaults()  # before any command imports mlflow (or starts Airflow, which does)
     if argv[:1] == ["airflow"]:
         return run_airflow(argv[1:])
     try:

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.data import DATA_ENV, data_dir
-from pipeline.core.settings import StatePaths, get_state_paths
+from pipeline.core.settings import StatePaths, apply_process_defaults, get_state_paths
 
 REPO = Path(__file__).resolve().parent.parent
-# MLflow's telemetry (on when no test is running as mlflow is first imported, as during collection)
-# starts a thread that sets and removes _MLFLOW_TELEMETRY_SESSION_ID in os.environ; a test iterating
-# os.environ at that moment (requests reading the proxy settings) failed with a KeyError naming it
-# (test_mlflow_auth, CI of 724532d). Off for the whole run and every process the tests start; set
-# here, before anything imports mlflow.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# The project's process defaults (MLflow's telemetry off: it is on when no test is running as mlflow
+# is first imported, as during collection, and its thread raced a test reading os.environ, CI of
+# 724532d) for the whole run and every process the tests start; set here, before anything imports
+# mlflow.
+apply_process_defaults()
 # CI sets this: a missing sample fails the run there instead of skipping its tests.
 REQUIRE_DATA = "SHOPML_REQUIRE_DATA"
 

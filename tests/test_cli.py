@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shlex
 import subprocess
 import sys
@@ -213,3 +214,18 @@ def test_generate_takes_the_fraud_options_to_the_generator(tmp_path, capsys):
     assert "generated" in capsys.readouterr().out
     scenarios = set(pl.read_csv(out / "truth" / "fraud.csv")["scenario"])
     assert "first_party" in scenarios and len(scenarios) > 1
+
+
+def test_the_command_line_sets_the_process_defaults_unless_the_environment_does(monkeypatch, capsys):
+    """MLflow's telemetry is off in the project's processes (``settings.PROCESS_DEFAULTS``) unless
+    the environment says otherwise; the command line sets it before any command imports mlflow."""
+    from pipeline.core.settings import PROCESS_DEFAULTS
+
+    assert PROCESS_DEFAULTS["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    assert main(["--help"]) == 0
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")  # a shop that wants it on
+    assert main(["--help"]) == 0
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
+    capsys.readouterr()

@@ -488,6 +488,10 @@ def test_packaging_is_recorded_on_the_version_and_lineage_finds_it(shop, next_it
     unhashed = [b.splitlines()[0] for b in blocks if not re.match(r"\S+==\S+", b) or "--hash=sha256:" not in b]
     assert blocks and not unhashed, unhashed
     assert {"torch", "bentoml", "mlflow", "s3fs"} <= {re.split(r"[=; ]", b, maxsplit=1)[0] for b in blocks}
+    # Its image sets the project's process defaults (MLflow's telemetry off), which its code cannot
+    # set before the service's imports load mlflow.
+    envs = {e.name: e.value for e in bentoml.get(next_item_bento.bento_tag).info.envs}
+    assert envs.get("MLFLOW_DISABLE_TELEMETRY") == "true", envs
 
 
 def _random_events(

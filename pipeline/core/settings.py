@@ -7,6 +7,9 @@ Variables:
     SHOPML_HOME: root of all local state (default: ``.state`` in the current directory).
     SHOPML_DVC_REMOTE: DVC remote URL for dataset versions (default: ``$SHOPML_HOME/dvc-remote``;
         ``s3://bucket/prefix`` in a scaled-out setup).
+
+Process defaults (``PROCESS_DEFAULTS``): the command line, the DAGs and the services set these in
+their own environment when it does not set them already; importing ``pipeline`` sets nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,22 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+# Environment defaults of the project's own processes (the command line, the DAGs' tasks, the
+# services), each kept where the environment already sets it:
+# - MLFLOW_DISABLE_TELEMETRY: MLflow (3.2 on) starts a thread at its first import that sends usage
+#   data to MLflow's servers. A shop's deployment often has no way out to them, and the thread sets
+#   and removes a variable of os.environ while other threads read it (a KeyError in a test of
+#   ours, CI of 724532d). Off unless a shop sets it to "false".
+PROCESS_DEFAULTS: dict[str, str] = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def apply_process_defaults(env: os._Environ | dict[str, str] | None = None) -> None:
+    """Set each of ``PROCESS_DEFAULTS`` in ``env`` (default: ``os.environ``) that it does not set.
+    Call it before anything imports mlflow."""
+    env = os.environ if env is None else env
+    for name, value in PROCESS_DEFAULTS.items():
+        env.setdefault(name, value)
 
 
 @dataclass(frozen=True)

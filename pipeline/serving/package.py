@@ -52,7 +52,7 @@ from pipeline import families
 from pipeline.core.errors import Refused
 from pipeline.core.faults import kill_point
 from pipeline.core.hints import command
-from pipeline.core.settings import StatePaths
+from pipeline.core.settings import PROCESS_DEFAULTS, StatePaths
 from pipeline.core.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -332,6 +332,9 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
     models already in the store); its tag."""
     import bentoml
 
+    # The type bentoml.bentos.build's ``envs`` takes (its signature names it; no public alias).
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+
     name, version = args["bento_tag"].split(":")
     # BentoML imports the service to build it, and the service reads its build arguments (the model
     # tags it declares) when its module is imported: a module left from an earlier build in this
@@ -350,6 +353,9 @@ def build(args: dict[str, str], service: str, labels: dict[str, str] | None = No
         labels=labels or {},
         description=description,
         args=args,
+        # The project's process defaults (MLflow's telemetry off) as the container's environment:
+        # a service imports mlflow with its family, before any of our code could set them.
+        envs=[BentoEnvSchema(name=name, value=value) for name, value in PROCESS_DEFAULTS.items()],
     )
     if hashed is None:
         log.warning("no %s beside the code: the Bento %s pins versions without hashes", LOCKS[0], bento.tag)
