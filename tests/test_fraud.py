@@ -108,6 +108,11 @@ def test_no_feature_of_an_order_reads_an_event_at_or_after_its_time(shop):
     counting = everything.filter(pl.col("ip_accounts_1d") > 0)
     assert first.height >= 5 and counting.height >= 5
     sample += first["session_id"].head(5).to_list() + counting["session_id"].head(5).to_list()
+    # An account's orders from an address it had ordered from, and its first from a new one.
+    for new in (0.0, 1.0):
+        known = everything.filter((pl.col("new_ip_for_user") == new) & (pl.col("user_prior_orders") > 0))
+        assert known.height >= 5, new
+        sample += known["session_id"].head(5).to_list()
     _assert_features_from_before(events, everything, sample)
 
 

@@ -5,11 +5,12 @@ fingerprint); a session comes from the home device most of the time, from a seco
 then. Genuine customers also do what fraud does, as real ones do, so that no single sign gives
 fraud away: some households share one device between two accounts (``P_HOUSEHOLD``), some customers
 pay with a second card now and then (``P_SECOND_CARD``), and a session may come from abroad, a
-traveller's own device on a roaming address (``P_TRAVEL``), or from a brand-new device
-(``P_NEW_DEVICE``). Users created during the simulation sign up (a ``signup`` event) minutes before
-their first session. On top of the genuine traffic, ``GenerateParams.fraud_rate`` (a share of the
-day's genuine orders) of fraudulent orders are added, each from one of four scenarios with its own
-behaviour, a share of each disguised (``DISGUISED``):
+traveller's own device on a roaming address (``P_TRAVEL``), from a brand-new device
+(``P_NEW_DEVICE``), or from another address of the user's network (``P_NEW_ADDRESS``: a phone on
+its carrier's network, a re-leased home address). Users created during the simulation sign up
+(a ``signup`` event) minutes before their first session. On top of the genuine traffic,
+``GenerateParams.fraud_rate`` (a share of the day's genuine orders) of fraudulent orders are added,
+each from one of four scenarios with its own behaviour, a share of each disguised (``DISGUISED``):
 
 * ``card_testing``: one new account and device place a burst of small orders, each paid with
   another card fingerprint, seconds apart (disguised: minutes apart, past the short windows);
@@ -22,7 +23,8 @@ behaviour, a share of each disguised (``DISGUISED``):
   device (disguised: a device each, one network address).
 
 Fraud comes from data-centre addresses (``172.*``), and the disguised share from residential ones
-that look like customers' (``10.*``).
+that look like customers' (``10.*``). An undisguised fraud goes straight to what it buys; a
+disguised one browses other items first, minutes long, as a customer's session does (``_browsing``).
 
 **First-party fraud** (``GenerateParams.first_party_rate``, off by default): a genuine customer
 disputes their own order, placed like any other, from their own device and card. A share of
@@ -62,6 +64,11 @@ P_SECOND_CARD = 0.1  # a genuine user has a second card ...
 P_USE_SECOND_CARD = 0.3  # ... and pays with it on this share of orders
 P_TRAVEL = 0.02  # a genuine session from abroad: the user's device, a roaming address, another country
 P_NEW_DEVICE = 0.01  # a genuine session from a device the user never used before (a new phone)
+# A genuine session from an address of the user's network other than its usual one: a phone on its
+# carrier's network, a home address the provider re-leased. Real customers' addresses change; with
+# one address for good, "an address new to the account" singled out every takeover (make
+# bench-fraud's shops, benchmarks/fraud_sessions.py), a sign real data does not give so cleanly.
+P_NEW_ADDRESS = 0.2
 # Per scenario, the share of incidents disguised as genuine behaviour (see the module's docstring).
 DISGUISED = {"card_testing": 0.4, "account_takeover": 0.5, "new_account": 0.4, "reseller": 0.5}
 AGED_ACCOUNT_DAYS = (1.0, 14.0)  # a disguised new account signs up this long before its order
@@ -139,6 +146,13 @@ def add_context(events: pl.DataFrame, risk: RiskWorld, seed: int, day_index: int
     device = np.where(new_device, np.char.add(f"dn{day_index}-", sessions.astype(str)), device)
     country = np.where(travel & (abroad != risk.country[users]), abroad, risk.country[users])
     ip = np.where(travel, roaming, risk.ip[users])
+    # A stream of its own, so that every draw above stays what it was before it existed.
+    churn = np.random.default_rng([seed, 23, day_index])
+    moved = (churn.random(unique.size) < P_NEW_ADDRESS)[inverse] & ~travel
+    # The same /16 as the home address (``10.a``), another host in it.
+    network = pl.Series(risk.ip[users], dtype=pl.String).str.extract(r"^(\d+\.\d+)\.", 1).to_numpy().astype(str)
+    host = np.array([f".{b}.{c}" for b, c in churn.integers(0, 256, size=(unique.size, 2))], dtype=str)[inverse]
+    ip = np.where(moved, np.char.add(network, host), ip)
     card = np.where(second_card & (risk.second_payment[users] != None), risk.second_payment[users], risk.payment[users])  # noqa: E711
     purchase = (events["event_type"] == "purchase").to_numpy()
     return events.with_columns(
@@ -195,6 +209,8 @@ def fraud_day(
     """The day's fraudulent orders (views, cart adds, purchases, sign-ups) as event rows; their
     chargebacks are queued in ``risk.pending``, and each order is added to ``risk.truth``."""
     rng = np.random.default_rng([seed, 13, day_index])
+    # The disguised orders' browsing: a stream of its own, so the incidents stay as they were drawn.
+    browse = np.random.default_rng([seed, 29, day_index])
     n = rng.poisson(rate * genuine_orders / ORDERS_PER_INCIDENT) if rate > 0 else 0
     if n == 0 or live_items.size == 0:
         return []
@@ -209,7 +225,9 @@ def fraud_day(
         disguised = bool(rng.random() < DISGUISED[name])
         t0 = day_start.timestamp() + rng.uniform(0, 86_000)
         ip = _ip(rng, residential=disguised)
-        orders: list[tuple[int, str, list[int], float, str, str, str, str]] = []
+        # Per order: account, session, items, time, device, address, country, card, and the earliest
+        # its session may begin (the account's sign-up, the incident's previous order).
+        orders: list[tuple[int, str, list[int], float, str, str, str, str, float]] = []
         if name == "card_testing":
             user = risk.next_account
             risk.next_account += 1
@@ -217,16 +235,27 @@ def fraud_day(
             rows.append(_event(t0, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
             t = t0 + rng.uniform(30, 300)
             for j in range(int(rng.integers(4, 12))):
+                floor = t
                 t += rng.uniform(180, 1800) if disguised else rng.uniform(20, 90)
                 orders.append(
-                    (user, f"f{tag}-{k}-{j}", [int(rng.choice(cheap))], t, device, ip, country, f"fp{tag}-{k}-{j}")
+                    (
+                        user,
+                        f"f{tag}-{k}-{j}",
+                        [int(rng.choice(cheap))],
+                        t,
+                        device,
+                        ip,
+                        country,
+                        f"fp{tag}-{k}-{j}",
+                        floor,
+                    )
                 )
         elif name == "account_takeover":
             user = int(rng.choice(live_users))
             device = f"fd{tag}-{k}"
             country = str(risk.country[user]) if disguised else str(rng.choice(FOREIGN))
             items = [int(i) for i in rng.choice(dear, size=int(rng.integers(1, 4)))]
-            orders.append((user, f"f{tag}-{k}", items, t0, device, ip, country, str(risk.payment[user])))
+            orders.append((user, f"f{tag}-{k}", items, t0, device, ip, country, str(risk.payment[user]), t0 - 3_600))
         elif name == "new_account":
             user = risk.next_account
             risk.next_account += 1
@@ -234,7 +263,7 @@ def fraud_day(
             rows.append(_event(t0, user, f"signup-u{user}", None, "signup", None, 1, device, ip, country))
             wait = rng.uniform(*AGED_ACCOUNT_DAYS) * 86_400 if disguised else rng.uniform(60, 900)
             items = [int(i) for i in rng.choice(dear, size=int(rng.integers(1, 3)))]
-            orders.append((user, f"f{tag}-{k}", items, t0 + wait, device, ip, country, f"fp{tag}-{k}"))
+            orders.append((user, f"f{tag}-{k}", items, t0 + wait, device, ip, country, f"fp{tag}-{k}", t0))
         else:  # reseller: several accounts, one card, the same item; one device (disguised: one each)
             device, country = f"fd{tag}-{k}", str(rng.choice(COUNTRIES))
             item = int(rng.choice(dear))
@@ -244,13 +273,17 @@ def fraud_day(
                 risk.next_account += 1
                 own = f"{device}-{j}" if disguised else device
                 rows.append(_event(t, user, f"signup-u{user}", None, "signup", None, 1, own, ip, country))
+                floor = t
                 t += rng.uniform(120, 1200)
-                orders.append((user, f"f{tag}-{k}-{j}", [item], t, own, ip, country, f"fp{tag}-{k}"))
+                orders.append((user, f"f{tag}-{k}-{j}", [item], t, own, ip, country, f"fp{tag}-{k}", floor))
         day_end = day_start.timestamp() + 86_400
-        for user, session, items, t, device, ip, country, payment in orders:
+        for user, session, items, t, device, ip, country, payment, floor in orders:
             total = 0.0
             # An order past today (an aged account's) waits in the queue for its day's file.
             target: list[dict] = rows if t < day_end else []
+            if disguised:
+                for at, i in _browsing(browse, floor, t, live_items):
+                    target.append(_event(at, user, session, f"i{i}", "view", price_of[i], 1, device, ip, country))
             for i in items:
                 at = t - rng.uniform(20, 120)
                 item_id, price = f"i{i}", price_of[i]
@@ -275,6 +308,23 @@ def fraud_day(
                 }
             )
     return rows
+
+
+# A disguised order's browsing before the items it buys: this many other items viewed (1 + a
+# Poisson draw of the mean), over a span drawn from this range (seconds), as a customer's session.
+BROWSE_VIEWS = 3.0
+BROWSE_SPAN_S = (150.0, 1500.0)
+
+
+def _browsing(rng: np.random.Generator, floor: float, t: float, live_items: np.ndarray) -> list[tuple[float, int]]:
+    """(time, item) views of other items before an order at ``t``, none before ``floor`` + 1 s and
+    none in the last 121 s (where the order's own items are viewed). Without them every generated
+    fraud went straight to what it bought (benchmarks/fraud_sessions.py); a disguised one now
+    browses as customers do."""
+    n = 1 + int(rng.poisson(BROWSE_VIEWS))
+    start = max(floor + 1.0, t - rng.uniform(*BROWSE_SPAN_S))
+    times = np.sort(rng.uniform(start, t - 121.0, size=n)) if start < t - 121.0 else np.array([])
+    return [(float(at), int(rng.choice(live_items))) for at in times]
 
 
 def _chargeback_delay_days(rng: np.random.Generator, chargeback_days: tuple[float, float]) -> float:

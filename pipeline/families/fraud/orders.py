@@ -53,6 +53,12 @@ DENSE: tuple[str, ...] = (
     # did (``pyfunc.LEGACY_FEATURES``).
     *(f"{key.removesuffix('_id')}_chargebacks" for key in CHARGEBACK_KEYS),
     *(f"ip_accounts_{suffix}" for suffix in IP_ACCOUNT_WINDOWS),
+    # How long the order's session had run (its first event to the order, whole seconds): a bot
+    # goes straight to what it buys, a customer browses.
+    "session_seconds",
+    # The order's network address was not that of any earlier order of the account: a takeover's
+    # session comes from the fraudster's address, as does a customer's on a new network.
+    "new_ip_for_user",
 )
 
 
@@ -181,14 +187,22 @@ def order_features(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
         (pl.col("signed_up") < pl.col("order_time")).fill_null(False).cast(pl.Float64).alias("account_age_known"),
     )
     # The user's earlier orders: how many, their mean amount, the last one's time.
-    by_user = orders.sort("user_id", "order_time").with_columns(
+    # In (time, id) order, as the service numbers them.
+    by_user = orders.sort("user_id", "order_time", "session_id").with_columns(
         pl.col("amount").cum_sum().shift(1).over("user_id").alias("_prior_amount"),
         pl.col("order_time").shift(1).over("user_id").alias("_prior_time"),
         pl.int_range(pl.len()).over("user_id").cast(pl.Float64).alias("user_prior_orders"),
+        # The account's first order from this address (an order without one is not new).
+        (pl.col("ip").is_not_null() & (pl.int_range(pl.len()).over("user_id", "ip") == 0))
+        .cast(pl.Float64)
+        .alias("new_ip_for_user"),
     )
     base = base.join(
-        by_user.select("session_id", "_prior_amount", "_prior_time", "user_prior_orders"), on="session_id", how="left"
+        by_user.select("session_id", "_prior_amount", "_prior_time", "user_prior_orders", "new_ip_for_user"),
+        on="session_id",
+        how="left",
     ).with_columns(
+        (pl.col("order_time") - pl.col("session_start")).dt.total_seconds().cast(pl.Float64).alias("session_seconds"),
         # Against the user's mean amount; after only free orders (a mean of 0), against one unit
         # of the currency, not a division by zero (an infinite feature, a NaN for 0 / 0).
         pl.when(pl.col("user_prior_orders") > 0)

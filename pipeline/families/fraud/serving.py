@@ -639,6 +639,8 @@ def online_matrix(
         # The user's orders before this one, in (time, id) order.
         earlier = np.flatnonzero((orders["user_id"] == user) & (rank < rank_of[r["session_id"]]))
         row[index["user_prior_orders"]] = earlier.size
+        row[index["new_ip_for_user"]] = float(r["ip"] is not None and not (orders["ip"][earlier] == r["ip"]).any())
+        row[index["session_seconds"]] = (t - start) // 1_000_000
         mean = o_amount[earlier].sum() / earlier.size if earlier.size else 0.0
         # After only free orders, against one unit of the currency (``orders._unit_if_free``).
         row[index["amount_vs_user_mean"]] = r["amount"] / (mean if mean > 0 else 1.0) if earlier.size else 1.0
