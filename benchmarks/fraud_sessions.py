@@ -1,9 +1,12 @@
-"""What the fraud features do not read yet, measured on the generated shop: how an order's own
-session looks before its purchase, and whether its network address is new to its user, per fraud
-scenario of the truth and for genuine orders. Measurements for the next features, not features.
+"""How an order's own session looks before its purchase, and whether its network address is new to
+its user, per fraud scenario of the truth and for genuine orders, on the generated shop.
 
-The fraud features (``pipeline.families.fraud.orders.DENSE``) read the history of an order's keys,
-never the browsing of its own session. The learned scorers' misses on the generated shop are
+Written as a measurement for the next features (``ecbb3cc``): the fraud features
+(``pipeline.families.fraud.orders.DENSE``) then read the history of an order's keys, never the
+browsing of its own session; every generated fraud went straight to what it bought, and every
+customer kept one address. Since ``b140c87`` the generator's customers change address and its
+disguised frauds browse, and the features read both (``session_seconds``, ``new_ip_for_user``);
+this shows how far each sign still tells fraud from genuine orders. The learned scorers' misses on the generated shop are
 account takeovers (``make bench-fraud``'s table per scenario): a known customer's account on a new
 device, which genuine customers who change phones look like in every feature. This prints, per
 scenario, the share of orders whose session holds no view beyond the items bought, and the share
