@@ -6,17 +6,17 @@ Written as a measurement for the next features (``ecbb3cc``): the fraud features
 browsing of its own session; every generated fraud went straight to what it bought, and every
 customer kept one address. Since ``b140c87`` the generator's customers change address and its
 disguised frauds browse, and the features read both (``session_seconds``, ``new_ip_for_user``);
-this shows how far each sign still tells fraud from genuine orders. The learned scorers' misses on the generated shop are
-account takeovers (``make bench-fraud``'s table per scenario): a known customer's account on a new
-device, which genuine customers who change phones look like in every feature. This prints, per
-scenario, the share of orders whose session holds no view beyond the items bought, and the share
-whose session began under ``SHORT_S`` seconds before the purchase; then how many genuine known
-customers on a new device look like that. The second needs nothing a ``/score`` request lacks
-(``session_start`` is one of its fields). Then the address: the share of each scenario's orders
-placed from an address the user had not been seen on before the session (``new_ip_for_user``, as
-``new_device_for_user`` is computed for the device), and how many of the genuine known customers
-on a new device also are, and of those how many from their own country (a disguised takeover's
-look).
+this shows how far each sign still tells fraud from genuine orders. The learned scorers' misses
+on the generated shop are account takeovers (``make bench-fraud``'s table per scenario): a known
+customer's account on a new device, which genuine customers who change phones look like in every
+other feature. This prints, per scenario, the share of orders whose session holds no view beyond
+the items bought, and the share whose session began under ``SHORT_S`` seconds before the
+purchase; then how many genuine known customers on a new device look like that. Then the address:
+the share of each scenario's orders placed from an address the user had not been seen on (in any
+event) before the session, as ``new_device_for_user`` is computed for the device (the feature
+``new_ip_for_user`` reads the account's earlier orders only), and how many of the genuine known
+customers on a new device also are, and of those how many from their own country (a disguised
+takeover's look).
 
     python -m benchmarks.fraud_sessions [--shop-seed N ...]
 """

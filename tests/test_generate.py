@@ -261,6 +261,13 @@ def test_fraud_scenarios_behave_as_described(risky):
     assert (per_card["device_id"] == 1).any() and (per_card["device_id"] == per_card["user_id"]).any()
 
 
+def test_every_event_of_a_shop_with_fraud_lies_in_its_days_file(risky):
+    days, _, _ = risky
+    for d in days:
+        times = pl.read_parquet(d.events_path)["event_time"]
+        assert times.dt.date().cast(pl.String).unique().to_list() == [d.day]
+
+
 def test_genuine_customers_also_share_devices_travel_and_change_devices(risky):
     """What fraud does, customers do too now and then: no single sign gives fraud away."""
     _, events, truth = risky
@@ -274,6 +281,15 @@ def test_genuine_customers_also_share_devices_travel_and_change_devices(risky):
     assert 0 < (countries > 1).mean() < 0.5  # travellers
     assert genuine["ip"].str.starts_with("100.").any()  # on roaming addresses
     assert genuine["device_id"].str.starts_with("dn").any()  # a new phone
+    # Another address of their network now and then (a phone on its carrier's, a re-leased one).
+    addresses = sessions.join(genuine.group_by("session_id").agg(pl.col("ip").first()), on="session_id").filter(
+        pl.col("ip").str.starts_with("10.")
+    )
+    per_user = addresses.group_by("user_id").agg(
+        pl.col("ip").n_unique(), pl.col("ip").str.extract(r"^(10\.\d+)\.").n_unique().alias("networks")
+    )
+    assert 0.1 < (per_user["ip"] > 1).mean() < 0.9
+    assert per_user["networks"].max() == 1  # always the same network (its /16)
 
 
 def test_fraud_leaves_the_genuine_events_as_they_were(tmp_path):
@@ -359,3 +375,23 @@ def test_first_party_disputes_come_from_the_disputing_customers_and_their_dearer
     ids = disputed["user_id"].str.strip_prefix("u").cast(pl.Int64).to_numpy()
     assert risk.disputer[ids].all()  # only the disputing customers
     assert (disputed["price"] == 100.0).mean() > 0.8  # dearer orders ten times as likely, each
+
+
+def test_a_days_fraud_events_lie_in_that_day_browsing_included():
+    """Ingestion reads a day's file for that day alone: a fraud event of today's file dated before
+    midnight (a disguised takeover's browsing, drawn up to 25 minutes before an order placed just
+    after midnight) would be left outside every interval."""
+    from pipeline.data import generate_risk
+
+    risk = generate_risk.build_risk_world(3000, seed=3)
+    day_start = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    items = np.arange(800)
+    prices = np.random.default_rng(0).uniform(1, 500, items.size)
+    rows = generate_risk.fraud_day(risk, 0.6, 12_000, 5, day_start, np.arange(3000), items, prices, seed=3)
+    times = generate_risk.rows_frame(rows)["event_time"]
+    truth = pl.DataFrame(risk.truth)
+    # The case this guards: disguised orders placed in the day's first 25 minutes, which browse.
+    early = truth.filter(pl.col("disguised") & (pl.col("order_time") < day_start + timedelta(minutes=25)))
+    assert early.height >= 3
+    # (Rows past midnight, a ring's later sign-ups, are carried to tomorrow's file by the caller.)
+    assert times.min() >= day_start, times.min()

@@ -281,11 +281,15 @@ def fraud_day(
             total = 0.0
             # An order past today (an aged account's) waits in the queue for its day's file.
             target: list[dict] = rows if t < day_end else []
+            # Today's events go to today's file, so none may lie before today: ingestion reads a
+            # day's file for that day alone, and an earlier row would be left outside every
+            # interval. (A queued order's events go to the file of the day each one lies in.)
+            lowest = day_start.timestamp() if target is rows else -np.inf
             if disguised:
-                for at, i in _browsing(browse, floor, t, live_items):
+                for at, i in _browsing(browse, max(floor, lowest), t, live_items):
                     target.append(_event(at, user, session, f"i{i}", "view", price_of[i], 1, device, ip, country))
             for i in items:
-                at = t - rng.uniform(20, 120)
+                at = max(t - rng.uniform(20, 120), lowest)
                 item_id, price = f"i{i}", price_of[i]
                 target.append(_event(at, user, session, item_id, "view", price, 1, device, ip, country))
                 target.append(_event(at + 5, user, session, item_id, "add_to_cart", price, 1, device, ip, country))
