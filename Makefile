@@ -13,7 +13,7 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-repeats bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
@@ -160,6 +160,9 @@ bench-price: install ## demand forecasts (backtest WAPE, RMSSE) and elasticities
 
 bench-fraud: install ## fraud scores (AUC-PR, recall at the review budget, cost) against the rules and LightGBM
 	$(PY) -m benchmarks.bench_fraud
+
+bench-fraud-repeats: install ## how far one training run's fraud figures move: refits with other seeds, and without 1% of the training orders
+	$(PY) -m benchmarks.fraud_repeats
 
 bench-fraud-serve: install ## the fraud Bento's /score latency, one order a request, at 1 and 8 clients
 	$(PY) -m benchmarks.bench_fraud_serve

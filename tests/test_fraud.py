@@ -1693,3 +1693,24 @@ def test_a_model_changed_after_training_is_refused_before_it_is_loaded(fraud_fam
     finally:
         served.write_bytes(original)
     assert load_pyfunc(str(bento_model.tag)).unwrap_python_model().kind in ("rules", "lightgbm", "network")
+
+
+@FAST
+def test_the_repeats_benchmark_leaves_out_a_fresh_share_of_training_orders_and_measures_the_spread():
+    from benchmarks.fraud_repeats import spread, training_orders
+
+    train = pl.DataFrame({"session_id": [f"s{i}" for i in range(20_000)], "order_time": list(range(20_000))})
+    assert training_orders(train, 0.0, 3) is train
+    a, b = training_orders(train, 0.01, 0), training_orders(train, 0.01, 1)
+    assert 19_700 < a.height < 19_900 and 19_700 < b.height < 19_900
+    assert a["order_time"].is_sorted() and a.equals(training_orders(train, 0.01, 0))  # drawn again: the same
+    assert set(a["session_id"]) != set(b["session_id"])  # another repeat leaves out others
+
+    def run(lightgbm: float, network: float) -> dict:
+        keys = ("cost_per_1000", "auc_pr", "cost_per_1000_truth", "auc_pr_truth")
+        return {"lightgbm": dict.fromkeys(keys, lightgbm), "dcn_v2": dict.fromkeys(keys, network)}
+
+    s = spread([run(90.0, 120.0), run(75.0, 70.0), run(60.0, 80.0)])
+    assert s["lightgbm"]["cost_per_1000"] == {"min": 60.0, "max": 90.0, "std": 15.0}
+    assert s["difference"]["cost_per_1000"]["min"] == -5.0 and s["difference"]["cost_per_1000"]["max"] == 30.0
+    assert s["network_cheaper"] == 1
