@@ -13,10 +13,10 @@ other feature. This prints, per scenario, the share of orders whose session hold
 the items bought, and the share whose session began under ``SHORT_S`` seconds before the
 purchase; then how many genuine known customers on a new device look like that. Then the address:
 the share of each scenario's orders placed from an address the user had not been seen on (in any
-event) before the session, as ``new_device_for_user`` is computed for the device (the feature
-``new_ip_for_user`` reads the account's earlier orders only), and how many of the genuine known
-customers on a new device also are, and of those how many from their own country (a disguised
-takeover's look).
+event) before the session (``address_unseen``, computed as ``new_device_for_user`` is for the
+device), and how many of the genuine known customers on a new device also are, and of those how
+many from their own country (a disguised takeover's look). The feature ``new_ip_for_user`` reads
+the account's earlier orders only, hence another name here.
 
     python -m benchmarks.fraud_sessions [--shop-seed N ...]
 """
@@ -76,7 +76,7 @@ def shape_table(shape: pl.DataFrame) -> pl.DataFrame:
 
 
 def with_new_address(events: pl.DataFrame, shape: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
-    """``shape`` with ``new_ip_for_user`` (1.0 unless the order's user was seen on its address
+    """``shape`` with ``address_unseen`` (1.0 unless the order's user was seen on its address
     before its session began; an order without an address, 0.0) and ``new_country_for_user``."""
     from pipeline.families.fraud.orders import _first_seen  # the pairs new_device_for_user reads
 
@@ -89,7 +89,7 @@ def with_new_address(events: pl.DataFrame, shape: pl.DataFrame, features: pl.Dat
             pl.when(pl.col("ip").is_null())
             .then(0.0)
             .otherwise((~(pl.col("first") < pl.col("session_start")).fill_null(False)).cast(pl.Float64))
-            .alias("new_ip_for_user"),
+            .alias("address_unseen"),
         )
     )
     return shape.join(known, on="session_id", how="left")
@@ -99,7 +99,7 @@ def address_table(shape: pl.DataFrame) -> pl.DataFrame:
     """Per scenario: the share of orders from an address new to the user (``with_new_address``)."""
     return (
         shape.group_by("scenario")
-        .agg(pl.len().alias("orders"), pl.col("new_ip_for_user").mean().alias("new_address"))
+        .agg(pl.len().alias("orders"), pl.col("address_unseen").mean().alias("new_address"))
         .sort("scenario")
     )
 
@@ -115,7 +115,7 @@ def address_lookalikes(shape: pl.DataFrame) -> tuple[int, int, int]:
     """Genuine known customers on a new device: how many, how many of them on an address new to
     them, and how many of those from their own country."""
     look = _known_on_new_device(shape)
-    new = look.filter(pl.col("new_ip_for_user") == 1)
+    new = look.filter(pl.col("address_unseen") == 1)
     return look.height, new.height, new.filter(pl.col("new_country_for_user") == 0).height
 
 

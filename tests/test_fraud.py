@@ -550,7 +550,7 @@ def test_the_address_probe_counts_an_address_new_when_first_seen_in_the_orders_o
         }
     )
     out = with_new_address(events, shape, features).sort("session_id")
-    assert out["new_ip_for_user"].to_list() == [0.0, 1.0, 1.0, 0.0]
+    assert out["address_unseen"].to_list() == [0.0, 1.0, 1.0, 0.0]
     assert address_lookalikes(out) == (3, 1, 1)  # s2: a known customer, new device, new address, home country
     table = {r["scenario"]: r["new_address"] for r in address_table(out).iter_rows(named=True)}
     assert table == {"account_takeover": 1.0, "genuine": pytest.approx(1 / 3)}
