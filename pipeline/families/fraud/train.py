@@ -91,12 +91,17 @@ def fit_scorers(
     lightgbm = scoring.LightGBMScorer.fit(train, valid, seed=seed)
     network, result, network_setting = scoring.fit_network(train, valid, epochs=epochs, seed=seed)
     fitted = {
-        "rules": ("rules", scoring.RulesScorer.fit(train)),
+        "rules": ("rules", scoring.RulesScorer.fit(train, policy)),
         "lightgbm": ("lightgbm", lightgbm),
         NETWORK: ("network", network),
     }
     # The settings each learned scorer chose on validation travel with its scorer file.
-    settings = {NETWORK: network_setting, "lightgbm": lightgbm.settings}
+    # The rules chosen on the training orders (``scoring.select_rules``) travel in the rules file itself.
+    settings = {
+        NETWORK: network_setting,
+        "lightgbm": lightgbm.settings,
+        "rules": {"left_out": "; ".join(n for n in scoring.RULE_NAMES if n not in fitted["rules"][1].rules) or "none"},
+    }
     labels, amounts = valid["label"].to_numpy(), valid["amount"].to_numpy()
     out = {}
     for name, (kind, scorer) in fitted.items():
@@ -163,10 +168,11 @@ def train(
                 "model.epochs_run": fit.epochs,
                 "model.features": len(DENSE),
                 **{f"bands.{name}.{k}": v for name, s in fit.scorers.items() for k, v in s.bands.to_dict().items()},
-                # The learned scorers' settings, chosen on validation (scoring.LIGHTGBM_GRID, NETWORK_GRID).
+                # The learned scorers' settings, chosen on validation (scoring.LIGHTGBM_GRID, NETWORK_GRID),
+                # and the rules the rules floor left out, on the training orders (scoring.select_rules).
                 **{
                     f"{name}.{k}": v
-                    for name in ("lightgbm", NETWORK)
+                    for name in (*FLOORS, NETWORK)
                     for k, v in ((fit.scorers[name].figures or {}).get("settings") or {}).items()
                 },
             }
