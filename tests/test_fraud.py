@@ -318,6 +318,14 @@ def test_the_rules_floor_retires_on_its_training_orders_a_rule_that_costs_more_t
         return choose_bands(scorer.score(rows), labels, amounts, days, policy)[1]["cost_per_1000"]
 
     assert cost(chosen) < cost(RulesScorer.fit(rows))
+    # benchmarks.fraud_rules' table counts what each rule flags: the noisy rule, those genuine
+    # orders alone; card testing, frauds of which some no other rule flags.
+    from benchmarks.fraud_rules import rules_table
+
+    table = {name: (hit, alone, genuine) for name, hit, alone, genuine in rules_table(rows, RulesScorer.fit(rows))}
+    assert table["far above the user's usual amount"] == (0, 0, int(noisy.sum()))
+    hit, alone, _ = table["many cards on one device in a day"]
+    assert 0 < alone < hit
 
 
 @FAST
