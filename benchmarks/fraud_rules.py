@@ -12,7 +12,7 @@ on ``make bench-fraud``'s shops, never reading their test period:
   ``--rule``'s points set to each of ``--points``; and with the rules that training keeps
   (``scoring.select_rules``, chosen on the training orders).
 
-    python -m benchmarks.fraud_rules [--shop-seed N ...] [--rule NAME] [--points 1 2 3]
+    python -m benchmarks.fraud_rules [--shop-seed N ...] [--first-party R] [--rule NAME] [--points 1 2 3]
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shop-seed", type=int, nargs="+", default=[2, 5, 7], help="the generated shops' seeds")
+    parser.add_argument(
+        "--first-party", type=float, default=0.0, help="share of genuine orders disputed by their customers"
+    )
     parser.add_argument("--rule", default=RULE_NAMES[-1], help="the rule whose points are varied (default: the last)")
     parser.add_argument("--points", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="points tried for --rule")
     args = parser.parse_args(argv)
@@ -77,14 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     for shop in args.shop_seed:
         with tempfile.TemporaryDirectory(prefix="shopml-fraud-rules-") as home:
             os.environ["SHOPML_HOME"] = home
-            events, _ = generated_shop(Path(home), shop)
+            events, _ = generated_shop(Path(home), shop, args.first_party)
             split, periods, _ = labelled_periods_of(events, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, SHOP_MATURITY_DAYS)
         train, valid = periods["train"], periods["valid"]
         train_days = (split.train_end - split.start).total_seconds() / 86_400
         rules = RulesScorer.fit(train)
         frauds = int(train["label"].sum())
         print(
-            f"generated shop, seed {shop}: training orders {train.height:,} ({frauds} frauds, {train_days:.0f} days); "
+            f"generated shop, seed {shop}{f', first-party {args.first_party:.0%}' if args.first_party else ''}: "
+            f"training orders {train.height:,} ({frauds} frauds, {train_days:.0f} days); "
             f"validation {valid.height:,} ({int(valid['label'].sum())} frauds)"
         )
         print(f"  {'rule (training orders)':<52} {'frauds':>7} {'alone':>6} {'genuine':>8} {'genuine/day':>12}")
