@@ -47,8 +47,9 @@ def floor_cost(rows, rules, points: np.ndarray, days: float, policy) -> tuple[fl
     """The rules floor with these points on ``rows``: cost per 1,000 orders and recall at the
     budget under the bands chosen on the same rows (as training chooses them on validation)."""
     from pipeline.families.fraud import decisions
+    from pipeline.families.fraud.scoring import rule_scores
 
-    scores = rules.hits(rows).to_numpy().astype(float) @ points + np.minimum(rows["amount"].to_numpy(), 1e6) / 1e7
+    scores = rule_scores(rules.hits(rows).to_numpy().astype(float), points, rows["amount"].to_numpy())
     labels, amounts = rows["label"].to_numpy(), rows["amount"].to_numpy()
     bands, _ = decisions.choose_bands(scores, labels, amounts, days, policy)
     costs = decisions.order_costs(bands.decide(scores), labels, amounts, policy)
