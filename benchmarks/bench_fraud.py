@@ -85,6 +85,25 @@ def generated_shop(home: Path, seed: int = 2, first_party: float = 0.0):
     return events, truth
 
 
+def bench_policy(budget: int = BUDGET):
+    """``policy.yaml``'s ``fraud_costs`` with the bench's daily review budget."""
+    from pipeline.families.fraud import decisions
+
+    policy = decisions.load_cost_policy()
+    return type(policy)(**{**policy.to_dict(), "review_budget_per_day": budget})
+
+
+def bench_shop_periods(seed: int, first_party: float = 0.0, prefix: str = "shopml-bench-fraud-"):
+    """The generated shop of ``seed`` split as ``make bench-fraud`` splits it, generated in a
+    temporary home: its split, each period's labelled orders with their features, and the
+    generator's truth (``generated_shop``)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
+        os.environ["SHOPML_HOME"] = home
+        events, truth = generated_shop(Path(home), seed, first_party)
+        split, periods, _ = labelled_periods_of(events, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, SHOP_MATURITY_DAYS)
+    return split, periods, truth
+
+
 def file_events(path: Path, home: Path):
     """A file in the public fraud layout, through the ``fraud_orders`` adapter."""
     import polars as pl

@@ -29,22 +29,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from benchmarks.bench_fraud import (
-    BUDGET,
-    NETWORK,
-    SHOP_MATURITY_DAYS,
-    SHOP_PERIOD_DAYS,
-    generated_shop,
-    labelled_periods_of,
-)
+from benchmarks.bench_fraud import NETWORK, SHOP_PERIOD_DAYS, bench_policy, bench_shop_periods
 
 LEARNED = ("lightgbm", NETWORK)
 FIGURES = ("cost_per_1000", "auc_pr", "cost_per_1000_truth", "auc_pr_truth")
@@ -110,16 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 2 or not 0 < args.drop < 1:
         parser.error("--repeats must be 2 or more and --drop between 0 and 1")
-    from pipeline.families.fraud import decisions
-
     logging.basicConfig(level=logging.WARNING)
-    policy = decisions.load_cost_policy()
-    policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": BUDGET})
+    policy = bench_policy()
     for shop in args.shop_seed:
-        with tempfile.TemporaryDirectory(prefix="shopml-fraud-repeats-") as home:
-            os.environ["SHOPML_HOME"] = home
-            events, truth_frame = generated_shop(Path(home), shop)
-            _, periods, _ = labelled_periods_of(events, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, SHOP_MATURITY_DAYS)
+        _, periods, truth_frame = bench_shop_periods(shop, prefix="shopml-fraud-repeats-")
         train, valid, test = periods["train"], periods["valid"], periods["test"]
         truth = test["session_id"].is_in(truth_frame["session_id"].implode()).to_numpy().astype(float)
         print(f"generated shop, seed {shop}: train {train.height:,}, validation {valid.height:,}, test {test.height:,}")

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -71,18 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.rule not in RULE_NAMES:
         parser.error(f"--rule {args.rule!r} is not one of the rules: {', '.join(RULE_NAMES)}")
 
-    from benchmarks.bench_fraud import BUDGET, SHOP_MATURITY_DAYS, SHOP_PERIOD_DAYS, generated_shop, labelled_periods_of
-    from pipeline.families.fraud import decisions
+    from benchmarks.bench_fraud import SHOP_PERIOD_DAYS, bench_policy, bench_shop_periods
     from pipeline.families.fraud.scoring import RulesScorer
 
     logging.basicConfig(level=logging.WARNING)
-    policy = decisions.load_cost_policy()
-    policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": BUDGET})
+    policy = bench_policy()
     for shop in args.shop_seed:
-        with tempfile.TemporaryDirectory(prefix="shopml-fraud-rules-") as home:
-            os.environ["SHOPML_HOME"] = home
-            events, _ = generated_shop(Path(home), shop, args.first_party)
-            split, periods, _ = labelled_periods_of(events, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, SHOP_MATURITY_DAYS)
+        split, periods, _ = bench_shop_periods(shop, args.first_party, "shopml-fraud-rules-")
         train, valid = periods["train"], periods["valid"]
         train_days = (split.train_end - split.start).total_seconds() / 86_400
         rules = RulesScorer.fit(train)
