@@ -172,8 +172,7 @@ def fraud_benchmark(
                 "thresholds and AUC-PR are undefined; give it more days (--valid-days, --test-days)"
             )
     train, valid, test = periods["train"], periods["valid"], periods["test"]
-    policy = decisions.load_cost_policy()
-    policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": budget})
+    policy = bench_policy(budget)
     fit_start = time.perf_counter()
     # The pipeline's own training step: each scorer with its bands chosen on validation.
     scorers, epochs = fit_scorers(train, valid, valid_days, policy, epochs=30, seed=0)

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 
@@ -30,26 +27,16 @@ import numpy as np
 def floor_choice(seed: int, first_party: float, choose_days: int) -> list[tuple[str, dict]]:
     import polars as pl
 
-    from benchmarks.bench_fraud import (
-        BUDGET,
-        SHOP_MATURITY_DAYS,
-        SHOP_PERIOD_DAYS,
-        generated_shop,
-        labelled_periods_of,
-    )
+    from benchmarks.bench_fraud import bench_policy, bench_shop_periods
     from pipeline.families.fraud import decisions
     from pipeline.families.fraud.scoring import dense_matrix, lightgbm_grid_fits
 
-    with tempfile.TemporaryDirectory(prefix="shopml-bench-floor-") as home:
-        os.environ["SHOPML_HOME"] = home
-        events, truth = generated_shop(Path(home), seed, first_party)
     # make bench-fraud's split; its test period is left unread.
-    split, periods, _ = labelled_periods_of(events, SHOP_PERIOD_DAYS, SHOP_PERIOD_DAYS, SHOP_MATURITY_DAYS)
+    split, periods, truth = bench_shop_periods(seed, first_party, "shopml-bench-floor-")
     train, valid = periods["train"], periods["valid"]
     cut = split.valid_start + timedelta(days=choose_days)
     a, b = valid.filter(pl.col("order_time") < cut), valid.filter(pl.col("order_time") >= cut)
-    policy = decisions.load_cost_policy()
-    policy = type(policy)(**{**policy.to_dict(), "review_budget_per_day": BUDGET})
+    policy = bench_policy()
     y, y_a, y_b = train["label"].to_numpy(), a["label"].to_numpy(), b["label"].to_numpy()
     true_b = b["session_id"].is_in(truth["session_id"].implode()).to_numpy().astype(float)
     x_a, x_b = dense_matrix(a), dense_matrix(b)
