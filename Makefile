@@ -13,7 +13,7 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-repeats bench-fraud-serve bench-serve bench-runtime bench-predlog bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-repeats bench-fraud-serve bench-serve bench-runtime bench-predlog bench-latency-guard bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
@@ -185,6 +185,9 @@ bench-runtime: install ## the recommender on CPU: eager, compile, TorchScript, i
 # What prediction logging costs a request (record() on the request path) and how fast it writes.
 bench-predlog: install ## what prediction logging costs a request
 	$(PY) -m benchmarks.bench_predlog
+
+bench-latency-guard: install ## the gate's latency guard on make demo's champions, quiet and beside training
+	$(PY) -m benchmarks.bench_latency_guard
 
 # The GPU check's input (benchmarks/gpu_check.py): a generated shop's two feature sets, exported to
 # .gpu/<name>.npz for a GPU host whose Python has torch, numpy, scikit-learn and PyYAML only.

@@ -5,9 +5,19 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipeline.lifecycle.gate import Policy, PolicyError, Rows, champion_ineligibility, decide, load_policy
+from pipeline.families import base
+from pipeline.lifecycle.gate import (
+    Policy,
+    PolicyError,
+    Rows,
+    champion_ineligibility,
+    decide,
+    latency_context,
+    load_policy,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -203,6 +213,68 @@ def test_guards_on_latency_and_size_reject_a_model_that_beats_everything():
     )
     assert not d.passed
     assert "FAIL latency: p95 80.0 ms (limit 50 ms)" in d.reasons and "PASS size: 4.0 MB (limit 10 MB)" in d.reasons
+
+    # Measured on a host busier than its cores, the refusal says so; a quiet host, or an evaluation
+    # from before the load was recorded, adds nothing.
+    busy = latency_context({"host_load_1m": 3.9, "host_cpus": 2})
+    assert busy.startswith("measured while the host's 1-minute load average was 3.9 on 2 cores")
+    assert latency_context({"host_load_1m": 1.5, "host_cpus": 2}) == latency_context({}) == ""
+    d = decide(
+        _policy(max_latency_ms=50),
+        {"ndcg_at_20": better.mean()},
+        {"popularity": floor.mean()},
+        rows=_paired(better, floor=floor),
+        latency_ms=80.0,
+        latency_context=busy,
+    )
+    assert f"FAIL latency: p95 80.0 ms (limit 50 ms); {busy}" in d.reasons
+    fast = decide(
+        _policy(max_latency_ms=50), {"ndcg_at_20": 1.0}, {"popularity": 0.0}, latency_ms=20.0, latency_context=busy
+    )
+    assert "PASS latency: p95 20.0 ms (limit 50 ms)" in fast.reasons
+
+
+class _Clock:
+    """Stands in for ``time`` in ``families.base``: the fake model below moves it on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _TimedModel:
+    """Each one-row predict takes ``cost_ms(request, call)`` on the fake clock."""
+
+    def __init__(self, clock: _Clock, cost_ms) -> None:
+        self.clock, self.cost_ms, self.calls = clock, cost_ms, 0
+
+    def predict(self, row):
+        self.clock.now += self.cost_ms(int(row["request"].iloc[0]), self.calls) / 1000
+        self.calls += 1
+
+
+def test_the_latency_guard_reads_a_requests_own_cost_not_the_hosts_load(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(base, "time", clock)
+    inputs = pd.DataFrame({"request": range(80)})
+
+    # The host was busy through the whole first round (every request 200 ms) and again for one
+    # request of the second; the model's own cost is 3 ms. One round read the load.
+    def busy_then_quiet(request, call):
+        return 200.0 if call < 50 or call == 57 else 3.0
+
+    model = _TimedModel(clock, busy_then_quiet)
+    assert base.latency_p95(model, inputs) == pytest.approx(3.0)
+    assert model.calls == 150  # the first 50 requests, each timed three times
+    assert base.latency_p95(_TimedModel(clock, busy_then_quiet), inputs, rounds=1) == pytest.approx(200.0)
+
+    # One request in ten is slow every time it is asked (a long history): that is the model's own
+    # tail, and the p95 keeps it.
+    slow_tail = _TimedModel(clock, lambda request, call: 40.0 if request % 10 == 0 else 3.0)
+    assert base.latency_p95(slow_tail, inputs) == pytest.approx(40.0)
+    assert np.isnan(base.latency_p95(slow_tail, inputs.iloc[:0]))
 
 
 def test_auc_is_bootstrapped_per_user_cluster():

@@ -111,6 +111,9 @@ def test_lifecycle_reject_promote_keep_rollback_and_lineage(shop):
     assert summary["champion_version"] == "1" and summary["test_start"] and summary["champion_data_end"]
     assert {"user_type=new", "user_type=returning", "price_band=low"} <= set(summary["candidate"]["slices"])
     assert 0 < summary["candidate"]["metrics"]["coverage_at_20"] <= 1
+    # The host's load beside the latency, for the gate to name when the latency is over its limit.
+    assert summary["host_cpus"] >= 1 and summary["host_load_1m"] >= 0
+    assert client.get_run(runs["good"]).data.metrics["eval_host_load_1m"] == summary["host_load_1m"]
 
     # The same training again: equal, not significantly better; registered as rejected.
     equal = steps.after_training(paths, "next_item", {"run_id": runs["good_again"]}, champion_only)

@@ -9,6 +9,7 @@ baselines (``ModelSpec.baselines``).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,18 @@ class Evaluation:
     # request, for the candidate (role ``candidate``) and the floors (role ``floor``).
     session: pl.DataFrame | None = None
     session_figures: dict[str, dict[str, float]] | None = None
+    # The host's 1-minute load average just after the candidate's latency was measured, and its
+    # cores: the gate names them beside a latency over its limit (``gate.latency_context``).
+    host_load: float = float("nan")
+    host_cpus: int = 0
+
+
+def host_load() -> float:
+    """The host's 1-minute load average (``nan`` where the OS has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return float("nan")
 
 
 def _dir_mb(path: Path) -> float:
@@ -114,6 +127,7 @@ def evaluate_candidate(
         )
         loaded = mlflow.pyfunc.load_model(local)
         candidate = score(loaded, test)
+        load = host_load()
         session, figures = None, None
         if spec.monitoring is not None and spec.monitoring.offline is not None:
             version, split = run_data(run)
@@ -150,6 +164,8 @@ def evaluate_candidate(
         champion_end,
         session,
         figures,
+        load,
+        os.cpu_count() or 0,
     )
     _log_evaluation(client, evaluation, test)
     return evaluation
@@ -169,6 +185,7 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
     metrics = {f"eval_{k}": v for k, v in ev.candidate.metrics.items()}
     metrics["eval_latency_ms_p95"] = ev.candidate.latency_ms_p95
     metrics["eval_model_mb"] = ev.model_mb
+    metrics["eval_host_load_1m"] = ev.host_load
     if ev.champion is not None:
         metrics.update({f"eval_champion_{k}": v for k, v in ev.champion.metrics.items()})
     for name, scores in ev.baselines.items():
@@ -187,6 +204,8 @@ def _log_evaluation(client, ev: Evaluation, test: TestSet) -> None:
         "users": int(pd.unique(test.users).size),
         "model_mb": ev.model_mb,
         "latency_ms_p95": ev.candidate.latency_ms_p95,
+        "host_load_1m": ev.host_load,
+        "host_cpus": ev.host_cpus,
         "test_start": ev.test_start,
         "champion_data_end": ev.champion_data_end or None,
         "session": ev.session_figures,

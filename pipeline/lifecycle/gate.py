@@ -250,6 +250,7 @@ def decide(
     champion_ineligible: str | None = None,
     online: tuple[str, Rows] | None = None,
     guards: dict[str, Rows] | None = None,
+    latency_context: str = "",
 ) -> Decision:
     """Apply the policy.
 
@@ -268,6 +269,8 @@ def decide(
             cleared there too, with confidence.
         guards: per metric of ``policy.guard_metrics``, the per-row values of the candidate and the
             champion: the candidate must not be worse there by more than ``guard_margin``.
+        latency_context: how busy the host was when the latency was measured
+            (``latency_context``), said beside a latency over its limit.
     """
     sign = 1.0 if policy.higher_is_better else -1.0
     metric = policy.metric
@@ -346,13 +349,9 @@ def decide(
     if champion is not None and not champion_ineligible:
         _guard_checks(decision, policy, guards or {})
     if math.isfinite(policy.max_latency_ms):
-        checks.append(
-            Check(
-                "latency",
-                bool(latency_ms <= policy.max_latency_ms),
-                f"p95 {latency_ms:.1f} ms (limit {policy.max_latency_ms:g} ms)",
-            )
-        )
+        fast = bool(latency_ms <= policy.max_latency_ms)
+        detail = f"p95 {latency_ms:.1f} ms (limit {policy.max_latency_ms:g} ms)"
+        checks.append(Check("latency", fast, detail + ("" if fast or not latency_context else f"; {latency_context}")))
     if math.isfinite(policy.max_model_mb):
         checks.append(
             Check(
@@ -467,6 +466,21 @@ def champion_ineligibility(summary: dict) -> str | None:
     )
 
 
+def latency_context(summary: dict) -> str:
+    """Words on the host's load while the evaluation measured the candidate's latency, when it was
+    busier than its cores (a 1-minute load average above the core count), else "". The latency is
+    the fastest of a few tries per request (``families.base.latency_p95``), which takes out load
+    that comes and goes; load that lasts the whole measurement still shows, and a reader of a
+    refusal should know it was there."""
+    load, cpus = summary.get("host_load_1m"), summary.get("host_cpus") or 0
+    if load is None or not math.isfinite(load) or not cpus or load <= cpus:
+        return ""
+    return (
+        f"measured while the host's 1-minute load average was {load:.1f} on {cpus} cores: "
+        "evaluate again on a quieter worker before reading this as the model's own latency"
+    )
+
+
 def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Policy | None = None) -> Decision:
     """Apply the policy to the run's evaluation; log and print the decision and every reason."""
     import pandas as pd
@@ -518,6 +532,7 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         champion_ineligible=champion_ineligibility(summary),
         online=online,
         guards=guards,
+        latency_context=latency_context(summary),
     )
     client.log_metric(run_id, "gate_passed", float(decision.passed))
     client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")
