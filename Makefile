@@ -13,10 +13,10 @@ SHOPML := $(BIN)/shopml
 # `$(call day_after,DAY,N)`: the day N days after DAY, YYYY-MM-DD (portable: no GNU `date -d`).
 day_after = $$($(PY) -c 'import datetime as d, sys; print(d.date.fromisoformat(sys.argv[1]) + d.timedelta(days=int(sys.argv[2])))' $(1) $(2))
 
-.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-repeats bench-fraud-serve bench-serve bench-runtime bench-predlog bench-latency-guard bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
+.PHONY: audit images test-compose help install demo airflow serve test test-fast test-slow test-integration test-reliability test-system bench-data bench-models bench-price bench-fraud bench-fraud-repeats bench-fraud-serve bench-serve bench-runtime bench-predlog bench-latency-guard bench-gate-calibration bench-airflow gpu-check-data lock lint typecheck docs docs-serve data clean
 
 help: ## list the targets, one line each
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 20
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | expand -t 24
 
 $(VENV)/.installed: requirements.lock requirements-torch-cpu.lock requirements-torch.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
@@ -188,6 +188,9 @@ bench-predlog: install ## what prediction logging costs a request
 
 bench-latency-guard: install ## the gate's latency guard on make demo's champions, quiet and beside training
 	$(PY) -m benchmarks.bench_latency_guard
+
+bench-gate-calibration: install ## how often the gate promotes a candidate no better than its champion (make demo's evaluations)
+	$(PY) -m benchmarks.bench_gate_calibration
 
 # The GPU check's input (benchmarks/gpu_check.py): a generated shop's two feature sets, exported to
 # .gpu/<name>.npz for a GPU host whose Python has torch, numpy, scikit-learn and PyYAML only.

@@ -375,3 +375,34 @@ def test_a_cheaper_candidate_that_catches_fewer_frauds_than_the_champion_is_refu
         Rows(orders, cheaper, mean_statistic, champion_cost),
     )
     assert not missing.passed
+
+
+def test_the_calibration_benchmark_counts_the_gates_promotions_of_an_exchangeable_candidate():
+    from benchmarks.bench_gate_calibration import null_promotions, wilson
+
+    # The candidate is better on every user as given; the benchmark swaps each user's values
+    # between the sides with probability one half, so that the two are equal in truth, and the
+    # gate's own decide promotes about (1 - confidence) / 2 of the replicates.
+    rng = np.random.default_rng(3)
+    champion = rng.random(400)
+    rows = pd.DataFrame(
+        {
+            "user_id": np.arange(400).astype(str),
+            "candidate.ndcg_at_20": champion + 0.05,
+            "champion.ndcg_at_20": champion,
+        }
+    )
+    policy = Policy(metric="ndcg_at_20", confidence=0.5, bootstrap_samples=200)
+    r = null_promotions("next_item", rows, policy, replicates=300, seed=0)
+    assert r["sides"] == "candidate, champion" and r["expected"] == 0.25 and r["clusters"] == 400
+    assert 0.15 < r["rate"] < 0.35 and r["rate_low"] < 0.25 < r["rate_high"]
+    assert r["daily_year"] == pytest.approx(1 - (1 - r["rate"]) ** 365)
+    # Unswapped, this candidate would pass every time: the gate finds a real difference.
+    assert decide(
+        policy,
+        {"ndcg_at_20": rows["candidate.ndcg_at_20"].mean()},
+        {},
+        champion={"ndcg_at_20": champion.mean()},
+        rows=Rows(np.arange(400), rows["candidate.ndcg_at_20"].to_numpy(), MEAN, champion=champion),
+    ).passed
+    assert wilson(0, 10)[0] == 0.0 and wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
