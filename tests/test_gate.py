@@ -17,6 +17,7 @@ from pipeline.lifecycle.gate import (
     decide,
     latency_context,
     load_policy,
+    positive_labels,
 )
 
 pytestmark = pytest.mark.fast
@@ -377,12 +378,12 @@ def test_a_cheaper_candidate_that_catches_fewer_frauds_than_the_champion_is_refu
     assert not missing.passed
 
 
-def test_the_calibration_benchmark_counts_the_gates_promotions_of_an_exchangeable_candidate():
+def test_the_calibration_benchmark_counts_how_often_the_gate_favours_one_of_two_equal_models():
     from benchmarks.bench_gate_calibration import null_promotions, wilson
 
-    # The candidate is better on every user as given; the benchmark swaps each user's values
-    # between the sides with probability one half, so that the two are equal in truth, and the
-    # gate's own decide promotes about (1 - confidence) / 2 of the replicates.
+    # The candidate is better on every user as given. The benchmark mixes the two into two equally
+    # good models, draws test sets of whole users from the rows, and gates each with the gate's
+    # own decide: at confidence 0.5 the interval favours either side about a quarter of the time.
     rng = np.random.default_rng(3)
     champion = rng.random(400)
     rows = pd.DataFrame(
@@ -393,11 +394,12 @@ def test_the_calibration_benchmark_counts_the_gates_promotions_of_an_exchangeabl
         }
     )
     policy = Policy(metric="ndcg_at_20", confidence=0.5, bootstrap_samples=200)
-    r = null_promotions("next_item", rows, policy, replicates=300, seed=0)
+    r = null_promotions("next_item", rows, policy, replicates=150, seed=0)
     assert r["sides"] == "candidate, champion" and r["expected"] == 0.25 and r["clusters"] == 400
+    assert r["gap"] < 1e-3  # the two mixtures' means on the rows
     assert 0.15 < r["rate"] < 0.35 and r["rate_low"] < 0.25 < r["rate_high"]
     assert r["daily_year"] == pytest.approx(1 - (1 - r["rate"]) ** 365)
-    # Unswapped, this candidate would pass every time: the gate finds a real difference.
+    # Unmixed, this candidate would pass every time: the gate finds a real difference.
     assert decide(
         policy,
         {"ndcg_at_20": rows["candidate.ndcg_at_20"].mean()},
@@ -406,3 +408,44 @@ def test_the_calibration_benchmark_counts_the_gates_promotions_of_an_exchangeabl
         rows=Rows(np.arange(400), rows["candidate.ndcg_at_20"].to_numpy(), MEAN, champion=champion),
     ).passed
     assert wilson(0, 10)[0] == 0.0 and wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    # A floor's own run has the floor on both sides: no two models to compare, said, not counted.
+    floor_run = rows.drop(columns="champion.ndcg_at_20").assign(**{"popularity.ndcg_at_20": champion + 0.05})
+    with pytest.raises(ValueError, match="no side of the evaluation differs from the candidate"):
+        null_promotions("next_item", floor_run, _policy(), replicates=1, seed=0)
+
+
+def test_too_few_positive_labels_decide_nothing_and_leave_the_family_to_the_champion_or_the_strongest_floor():
+    floor = _users(0)
+    better = floor.copy()
+    better[np.flatnonzero(floor == 0)[:300]] = 1.0  # clearly better than the floor and the champion
+    policy = dataclasses.replace(_policy(), floors=("popularity",), min_positives=30)
+
+    def gate(positives, champion=None):
+        return decide(
+            policy,
+            {"ndcg_at_20": better.mean()},
+            {"popularity": floor.mean()},
+            champion=None if champion is None else {"ndcg_at_20": champion.mean()},
+            champion_version=None if champion is None else "1",
+            rows=Rows(np.arange(floor.size), better, MEAN, champion=champion, baselines={"popularity": floor}),
+            positives=positives,
+        )
+
+    few = gate(8, champion=floor)
+    assert not few.passed
+    assert "FAIL evidence: 8 positive labels in the test rows (at least 30): too few to tell two models apart" in (
+        " ".join(few.reasons)
+    )
+    assert any(r.startswith("PASS significance") for r in few.reasons)  # the interval alone would promote
+    assert gate(30, champion=floor).passed
+    assert not gate(None, champion=floor).passed  # no labels to count: no evidence
+    # No champion: the strongest floor serves, as when the candidate fails a floor.
+    first = gate(8)
+    assert not first.passed and first.strongest_floor == "popularity"
+    assert gate(30).passed and gate(30).strongest_floor is None
+    # What the gate counts: 0/1 labels; a forecast's label (units sold) is no count of positives.
+    assert positive_labels(pd.DataFrame({"label": [0.0, 1.0, 1.0, None]})) == 2
+    assert positive_labels(pd.DataFrame({"label": [3.0, 1.0]})) is None
+    assert positive_labels(pd.DataFrame({"user_id": ["a"]})) is None
+    # The rule is off by default.
+    assert not [r for r in decide(_policy(), {"ndcg_at_20": 1.0}, {"popularity": 0.0}).reasons if "evidence" in r]

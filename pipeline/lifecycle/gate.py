@@ -62,6 +62,10 @@ class Policy:
     online_protocol: StrictBool = False  # the floors must also be cleared on the online protocol run offline
     confidence: float = Field(default=0.95, ge=0.5, lt=1)
     bootstrap_samples: int = Field(default=2000, ge=100)
+    # The test rows must hold at least this many positive labels (frauds) before any difference
+    # counts: with fewer, the bootstrap interval does not keep its error rate (make
+    # bench-gate-calibration). 0: no such rule.
+    min_positives: int = Field(default=0, ge=0)
     seed: int = 0
     max_latency_ms: float = Field(default=math.inf, gt=0)  # p95 of a one-row prediction
     max_model_mb: float = Field(default=math.inf, gt=0)
@@ -251,6 +255,7 @@ def decide(
     online: tuple[str, Rows] | None = None,
     guards: dict[str, Rows] | None = None,
     latency_context: str = "",
+    positives: int | None = None,
 ) -> Decision:
     """Apply the policy.
 
@@ -271,6 +276,8 @@ def decide(
             champion: the candidate must not be worse there by more than ``guard_margin``.
         latency_context: how busy the host was when the latency was measured
             (``latency_context``), said beside a latency over its limit.
+        positives: the positive labels among the test rows (frauds), for ``policy.min_positives``;
+            None when the evaluation has no labels.
     """
     sign = 1.0 if policy.higher_is_better else -1.0
     metric = policy.metric
@@ -289,6 +296,19 @@ def decide(
         users = int(np.unique(rows.groups).size)
     level = f"{policy.confidence:.0%}"
     clusters = rows.clusters if rows is not None else "users"
+    if policy.min_positives:
+        enough = positives is not None and positives >= policy.min_positives
+        checks.append(
+            Check(
+                "evidence",
+                enough,
+                f"{positives} positive labels in the test rows (at least {policy.min_positives})"
+                if positives is not None
+                else "the evaluation has no labels to count",
+            )
+        )
+        if not enough:
+            checks[-1].detail += ": too few to tell two models apart at the stated confidence"
     _floor_checks(decision, policy, "", metric, value, baselines, stats, users, clusters)
     if online is not None:
         online_metric, online_rows = online
@@ -338,12 +358,14 @@ def decide(
             low, high = _interval(stats["candidate"] - stats["champion"], policy.confidence)
             decision.interval = (low, high)
             lower = low if policy.higher_is_better else -high
+            interval = (
+                f"{level} bootstrap interval of the difference over {users} {clusters}: [{low:+.4f}, {high:+.4f}]"
+            )
             checks.append(
                 Check(
                     "significance",
                     lower > 0,
-                    f"{level} bootstrap interval of the difference over {users} {clusters}: "
-                    f"[{low:+.4f}, {high:+.4f}]" + ("" if lower > 0 else ", includes zero: not significantly better"),
+                    interval + ("" if lower > 0 else ", includes zero: not significantly better"),
                 )
             )
     if champion is not None and not champion_ineligible:
@@ -360,7 +382,10 @@ def decide(
         )
     decision.passed = all(c.passed for c in checks)
     floors = [n for n in policy.floors if n in baselines]
-    if champion is None and floors and not all(c.passed for c in checks if c.name.startswith("floor ")):
+    # With no champion, a candidate that failed a floor, or that too few labels could not tell from
+    # one, leaves the family to the strongest floor.
+    undecided = (c for c in checks if c.name.startswith("floor ") or c.name == "evidence")
+    if champion is None and floors and not all(c.passed for c in undecided):
         decision.strongest_floor = max(floors, key=lambda n: sign * baselines[n])
     return decision
 
@@ -466,6 +491,15 @@ def champion_ineligibility(summary: dict) -> str | None:
     )
 
 
+def positive_labels(rows) -> int | None:
+    """The positive labels (frauds, purchases) among an evaluation's rows; None where the rows have
+    no 0/1 labels (a forecast's label is the units sold)."""
+    if "label" not in rows:
+        return None
+    labels = rows["label"].dropna()
+    return int((labels == 1).sum()) if labels.isin([0, 1]).all() else None
+
+
 def latency_context(summary: dict) -> str:
     """Words on the host's load while the evaluation measured the candidate's latency, when it was
     busier than its cores (a 1-minute load average above the core count), else "". The latency is
@@ -533,6 +567,7 @@ def gate_candidate(paths: StatePaths, model_name: str, run_id: str, policy: Poli
         online=online,
         guards=guards,
         latency_context=latency_context(summary),
+        positives=positive_labels(rows),
     )
     client.log_metric(run_id, "gate_passed", float(decision.passed))
     client.set_tag(run_id, "gate.decision", "passed" if decision.passed else "rejected")
