@@ -90,25 +90,24 @@ def null_promotions(model: str, rows, policy, replicates: int, seed: int, scale:
     sets drawn from ``rows`` as from a population (whole users, with replacement; a user drawn
     twice is two users), each gated with the family's policy and statistic."""
     from pipeline import families
-    from pipeline.lifecycle.gate import Rows, decide, gate_rows, positive_labels
+    from pipeline.lifecycle.gate import Rows, decide, gate_rows, group_resampler, positive_labels
 
     rng = np.random.default_rng(seed)
     column = gate_rows(model, policy.metric, rows)[0]
     other, a, b, gap = balanced_sides(model, rows, policy, rng)
     population = rows.assign(**{f"candidate.{column}": a, f"champion.{column}": b})
-    order = np.argsort(population["user_id"].to_numpy(), kind="stable")
-    _, starts, counts = np.unique(population["user_id"].to_numpy()[order], return_index=True, return_counts=True)
+    users = population["user_id"].nunique()
+    draw = group_resampler(population["user_id"].to_numpy(), rng, round(scale * users))
+    labels = positive_labels(rows)
     bare = dataclasses.replace(
         policy, floors=(), max_latency_ms=math.inf, max_model_mb=math.inf, guard_metrics=(), online_protocol=False
     )
     favoured, positives = 0, 0
     started = time.perf_counter()
     for _ in range(replicates):
-        picked = rng.integers(0, starts.size, size=round(scale * starts.size))
-        lengths = counts[picked]
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        sample = population.iloc[order[np.repeat(starts[picked], lengths) + offsets]].reset_index(drop=True)
-        groups = np.repeat(np.arange(picked.size), lengths)
+        picked, lengths = draw()
+        sample = population.iloc[picked].reset_index(drop=True)
+        groups = np.repeat(np.arange(lengths.size), lengths)  # a user drawn twice is two users
         labelled = positive_labels(sample)
         positives += labelled or 0
         statistic = gate_rows(model, policy.metric, sample)[1]
@@ -135,7 +134,7 @@ def null_promotions(model: str, rows, policy, replicates: int, seed: int, scale:
         "model": model,
         "sides": f"candidate, {other}",
         "gap": gap,
-        "clusters": int(starts.size),
+        "clusters": int(users),
         "rows": len(rows),
         "metric": policy.metric,
         "min_positives": policy.min_positives,
@@ -150,29 +149,27 @@ def null_promotions(model: str, rows, policy, replicates: int, seed: int, scale:
         "weekly_year": 1 - (1 - rate) ** 52,
         "daily_year": 1 - (1 - rate) ** 365,
         "seconds": time.perf_counter() - started,
-        "labels": positive_labels(rows),
+        "labels": labels,
         "scale": scale,
         "test_rows": round(scale * len(rows)),
-        "test_labels": positives / replicates if positive_labels(rows) is not None else None,
+        "test_labels": positives / replicates if labels is not None else None,
     }
 
 
 def latest_evaluations(models: list[str]) -> dict:
     """The per-row values (``evaluation/rows.parquet``) of each model's latest evaluated run in the state's MLflow
     that was compared with a champion, else its latest evaluated run."""
-    import os
-
     import pandas as pd
 
     from pipeline.core.settings import get_state_paths
-    from pipeline.core.tracking import mlflow_client
+    from pipeline.core.tracking import experiment_name, mlflow_client
     from pipeline.lifecycle.floors import FLOOR_TAG
 
     paths = get_state_paths()
     client = mlflow_client(paths)
     out = {}
     for model in models:
-        experiment = client.get_experiment_by_name(f"{os.environ.get('SHOPML_EXPERIMENT', 'shopml')}-{model}")
+        experiment = client.get_experiment_by_name(experiment_name(model))
         runs = (
             client.search_runs(
                 [experiment.experiment_id], "metrics.eval_model_mb > 0", order_by=["attributes.start_time DESC"]

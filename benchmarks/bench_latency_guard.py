@@ -61,10 +61,6 @@ def _measure(model, inputs, repeats: int) -> dict[str, list[float]]:
     return out
 
 
-def _load_average() -> float:
-    return os.getloadavg()[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="next_item,purchase_propensity,fraud,price")
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.core.integrity import DIGEST_TAG, download_checked
     from pipeline.core.settings import get_state_paths
     from pipeline.core.tracking import CHAMPION, alias_version, mlflow_client
-    from pipeline.lifecycle.evaluate import build_test_set
+    from pipeline.lifecycle.evaluate import build_test_set, host_load
 
     paths = get_state_paths()
     client = mlflow_client(paths)
@@ -102,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for name, (_, model, inputs) in loaded.items():
             _measure(model, inputs, 1)  # warm-up: first calls load lazily
-            results[(name, "quiet")] = (_measure(model, inputs, args.repeats), _load_average())
+            results[(name, "quiet")] = (_measure(model, inputs, args.repeats), host_load())
         # spawn, not fork: a child forked after torch or LightGBM started their OpenMP threads hangs.
         spawn = mp.get_context("spawn")
         stop = spawn.Event()
@@ -116,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("a load process ended early; the busy figures would be quiet ones", file=sys.stderr)
                 return 1
             for name, (_, model, inputs) in loaded.items():
-                results[(name, "busy")] = (_measure(model, inputs, args.repeats), _load_average())
+                results[(name, "busy")] = (_measure(model, inputs, args.repeats), host_load())
         finally:
             stop.set()
             for w in workers:
@@ -126,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         f"p95 of one-row pyfunc predictions, ms; {args.repeats} measurements each; "
         f"busy = {args.load} training processes beside it (LightGBM, PyTorch in turn); {os.cpu_count()} cores"
     )
-    print(f"{'model':<22}{'host':<7}{'load 1m':>8}  {'way':<14}{'min':>9}{'median':>9}{'max':>9}")
+    print(f"{'model':<24}{'host':<7}{'load 1m':>8}  {'way':<14}{'min':>9}{'median':>9}{'max':>9}")
     for (name, host), (figures, load) in results.items():
         label = f"{name} v{loaded[name][0]}"
         for way, values in figures.items():
             print(
-                f"{label:<22}{host:<7}{load:>8.1f}  {way:<14}"
+                f"{label:<24}{host:<7}{load:>8.1f}  {way:<14}"
                 f"{min(values):>9.1f}{statistics.median(values):>9.1f}{max(values):>9.1f}"
             )
     return 0

@@ -23,6 +23,11 @@ def tracking_uri(paths: StatePaths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.home / 'mlflow' / 'mlflow.db'}"
 
 
+def experiment_name(model_name: str) -> str:
+    """The MLflow experiment of ``model_name``'s runs: ``$SHOPML_EXPERIMENT-<model>``."""
+    return f"{os.environ.get('SHOPML_EXPERIMENT', 'shopml')}-{model_name}"
+
+
 def use_experiment(paths: StatePaths, model_name: str) -> str:
     """Point MLflow at this project's tracking store and experiment; returns the experiment id.
 
@@ -34,7 +39,7 @@ def use_experiment(paths: StatePaths, model_name: str) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    name = f"{os.environ.get('SHOPML_EXPERIMENT', 'shopml')}-{model_name}"
+    name = experiment_name(model_name)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         location = None

@@ -17,7 +17,9 @@ A candidate is promoted only if every check passes:
 3. improvement: its metric exceeds the champion's by at least ``min_improvement``;
 4. significance: the same bootstrap interval of the candidate-minus-champion difference lies
    entirely above zero;
-5. guards: p95 latency of a one-row prediction and the model's size stay under their limits.
+5. guards: p95 latency of a one-row prediction and the model's size stay under their limits;
+6. evidence (with ``min_positives``): the test rows hold at least that many positive labels (frauds),
+   else no difference counts: the champion stays, and with none the strongest floor serves.
 
 Every side (candidate, champion, baselines) is resampled with the same draws of users, so each
 interval is paired on the same rows. When a candidate fails a floor and there is no champion,
@@ -130,20 +132,32 @@ class Decision:
         }
 
 
-def _group_draws(groups: np.ndarray, rng: np.random.Generator) -> Callable[[], np.ndarray]:
-    """A function drawing one bootstrap resample of whole groups: the row indices of as many groups
-    as there are, picked with replacement (each picked group's rows together)."""
+def group_resampler(
+    groups: np.ndarray, rng: np.random.Generator, size: int | None = None
+) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """A function drawing one resample of whole groups: ``size`` groups (default: as many as there
+    are) picked with replacement. It returns the row indices of every picked group's rows, together
+    and in the order picked, and how many rows each picked group has (so that a group picked twice
+    can be told apart as two)."""
     order = np.argsort(groups, kind="stable")
     _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    picks = starts.size if size is None else size
 
-    def draw() -> np.ndarray:
-        picked = rng.integers(0, starts.size, size=starts.size)
+    def draw() -> tuple[np.ndarray, np.ndarray]:
+        picked = rng.integers(0, starts.size, size=picks)
         lengths = counts[picked]
         # Row indices of every picked group, vectorised: each group's start plus 0..count-1.
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return order[np.repeat(starts[picked], lengths) + offsets]
+        return order[np.repeat(starts[picked], lengths) + offsets], lengths
 
     return draw
+
+
+def _group_draws(groups: np.ndarray, rng: np.random.Generator) -> Callable[[], np.ndarray]:
+    """A function drawing one bootstrap resample of whole groups: the row indices of as many groups
+    as there are, picked with replacement (each picked group's rows together)."""
+    draw = group_resampler(groups, rng)
+    return lambda: draw()[0]
 
 
 def _interval(diffs: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -298,17 +312,13 @@ def decide(
     clusters = rows.clusters if rows is not None else "users"
     if policy.min_positives:
         enough = positives is not None and positives >= policy.min_positives
-        checks.append(
-            Check(
-                "evidence",
-                enough,
-                f"{positives} positive labels in the test rows (at least {policy.min_positives})"
-                if positives is not None
-                else "the evaluation has no labels to count",
-            )
+        counted = (
+            "the evaluation has no labels to count"
+            if positives is None
+            else f"{positives} positive labels in the test rows (at least {policy.min_positives})"
         )
-        if not enough:
-            checks[-1].detail += ": too few to tell two models apart at the stated confidence"
+        too_few = "" if enough else ": too few to tell two models apart at the stated confidence"
+        checks.append(Check("evidence", enough, counted + too_few))
     _floor_checks(decision, policy, "", metric, value, baselines, stats, users, clusters)
     if online is not None:
         online_metric, online_rows = online
@@ -358,14 +368,12 @@ def decide(
             low, high = _interval(stats["candidate"] - stats["champion"], policy.confidence)
             decision.interval = (low, high)
             lower = low if policy.higher_is_better else -high
-            interval = (
-                f"{level} bootstrap interval of the difference over {users} {clusters}: [{low:+.4f}, {high:+.4f}]"
-            )
             checks.append(
                 Check(
                     "significance",
                     lower > 0,
-                    interval + ("" if lower > 0 else ", includes zero: not significantly better"),
+                    f"{level} bootstrap interval of the difference over {users} {clusters}: "
+                    f"[{low:+.4f}, {high:+.4f}]" + ("" if lower > 0 else ", includes zero: not significantly better"),
                 )
             )
     if champion is not None and not champion_ineligible:
