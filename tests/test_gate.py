@@ -304,6 +304,21 @@ def test_auc_is_bootstrapped_per_user_cluster():
     assert not same.passed
 
 
+def test_the_gates_auc_is_sklearns_with_ties_and_repeated_rows():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(3000) < 0.05).astype(float)
+    # Scores rounded to two decimals: many ties, within and across the classes.
+    scores = np.round(labels * 0.3 + rng.random(labels.size), 2)
+    rows = rng.integers(0, labels.size, labels.size)  # a bootstrap resample: rows drawn twice or more
+    for at in (np.arange(labels.size), rows):
+        assert base.auc(labels[at], scores[at]) == pytest.approx(roc_auc_score(labels[at], scores[at]), abs=1e-12)
+    assert base.auc(labels, -scores) == pytest.approx(1 - base.auc(labels, scores), abs=1e-12)
+    assert np.isnan(base.auc(np.zeros(5), np.arange(5.0)))
+    assert np.isnan(base.auc(np.ones(5), np.arange(5.0)))
+
+
 def test_a_candidate_that_loses_to_a_floor_on_the_task_it_serves_is_refused():
     # Ahead of the floor on the gate's own rows, behind it on the online protocol run offline (per
     # session step: the next step), where the floor gets 30% more of the requests right.

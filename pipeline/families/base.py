@@ -121,9 +121,20 @@ def latency_p95(model, inputs: pd.DataFrame, requests: int = 50, rounds: int = L
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    """Area under the ROC curve of 0/1 ``labels`` by ``scores`` (ties count half), NaN with one
+    class only. The Mann-Whitney form, from the scores' average ranks: the same value as
+    ``sklearn.metrics.roc_auc_score`` (tests/test_gate.py checks it, ties and repeated rows
+    included) in a fifth of the time, which is what the gate's bootstrap spends most of its time
+    on (1,000 resamples of every side)."""
+    from scipy.stats import rankdata
 
-    return float(roc_auc_score(labels, scores)) if np.unique(labels).size == 2 else float("nan")
+    positive = np.asarray(labels) == 1
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum = float(rankdata(scores)[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def auc_gate_statistic(metric: str, rows: pd.DataFrame):
