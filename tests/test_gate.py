@@ -317,6 +317,9 @@ def test_the_gates_auc_is_sklearns_with_ties_and_repeated_rows():
     assert base.auc(labels, -scores) == pytest.approx(1 - base.auc(labels, scores), abs=1e-12)
     assert np.isnan(base.auc(np.zeros(5), np.arange(5.0)))
     assert np.isnan(base.auc(np.ones(5), np.arange(5.0)))
+    assert np.isnan(base.auc(np.array([0.0, 1.0, np.nan]), np.arange(3.0)))  # a label missing: no AUC
+    with pytest.raises(ValueError, match="1 of 3 scores are NaN or infinite"):
+        base.auc(np.array([0.0, 1.0, 1.0]), np.array([0.1, np.nan, 0.3]))
 
 
 def test_a_candidate_that_loses_to_a_floor_on_the_task_it_serves_is_refused():

@@ -121,17 +121,22 @@ def latency_p95(model, inputs: pd.DataFrame, requests: int = 50, rounds: int = L
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve of 0/1 ``labels`` by ``scores`` (ties count half), NaN with one
-    class only. The Mann-Whitney form, from the scores' average ranks: the same value as
-    ``sklearn.metrics.roc_auc_score`` (tests/test_gate.py checks it, ties and repeated rows
-    included) in a fifth of the time, which is what the gate's bootstrap spends most of its time
-    on (1,000 resamples of every side)."""
+    """Area under the ROC curve of 0/1 ``labels`` by ``scores`` (ties count half); NaN unless the
+    labels are 0 and 1, both present. The Mann-Whitney form, from the scores' average ranks: the
+    same value as ``sklearn.metrics.roc_auc_score`` (tests/test_gate.py checks it, ties and
+    repeated rows included) in a fifth of the time, which is what the gate's bootstrap spends most
+    of its time on (1,000 resamples of every side). A score that is not finite is refused, as
+    sklearn refuses it: ranked, it would turn every resample holding it into NaN, which the
+    gate's interval leaves out."""
     from scipy.stats import rankdata
 
-    positive = np.asarray(labels) == 1
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"auc: {int((~np.isfinite(scores)).sum())} of {scores.size} scores are NaN or infinite")
+    positive = labels == 1
     n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    n_neg = int((labels == 0).sum())
+    if n_pos == 0 or n_neg == 0 or n_pos + n_neg != labels.size:
         return float("nan")
     rank_sum = float(rankdata(scores)[positive].sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
